@@ -1,0 +1,105 @@
+// Activations: the bias add fused with the activation (forward), and the activation's
+// derivative applied to an incoming delta (backward). `kind` codes match
+// `Activation::code` in src/network.rs:
+//   0 identity, 1 relu, 2 leaky relu (negative slope `slope`), 3 sigmoid, 4 tanh,
+//   5 sign (-1 or 1, the perceptron's), 6 step (0 or 1).
+// Sigmoid and tanh are written out in their overflow-free forms rather than with the
+// builtins, whose precision the WGSL spec leaves to the driver; the CPU twins use the same
+// formulas.
+
+struct ActivationParams {
+    rows: u32,
+    cols: u32,
+    kind: u32,
+    has_bias: u32,
+    slope: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * 256u;
+}
+
+fn sigmoid(z: f32) -> f32 {
+    if (z >= 0.0) {
+        return 1.0 / (1.0 + exp(-z));
+    }
+    let e = exp(z);
+    return e / (1.0 + e);
+}
+
+fn tanh_stable(z: f32) -> f32 {
+    let t = exp(-2.0 * abs(z));
+    let r = (1.0 - t) / (1.0 + t);
+    return select(r, -r, z < 0.0);
+}
+
+fn activate(kind: u32, slope: f32, z: f32) -> f32 {
+    switch kind {
+        case 1u: { return max(z, 0.0); }
+        case 2u: { return select(z * slope, z, z > 0.0); }
+        case 3u: { return sigmoid(z); }
+        case 4u: { return tanh_stable(z); }
+        case 5u: { return select(-1.0, 1.0, z >= 0.0); }
+        case 6u: { return select(0.0, 1.0, z >= 0.0); }
+        default: { return z; }
+    }
+}
+
+// d activate / dz at the pre-activation z. Sign and step have derivative 0 almost everywhere.
+fn derivative(kind: u32, slope: f32, z: f32) -> f32 {
+    switch kind {
+        case 1u: { return select(0.0, 1.0, z > 0.0); }
+        case 2u: { return select(slope, 1.0, z > 0.0); }
+        case 3u: {
+            let s = sigmoid(z);
+            return s * (1.0 - s);
+        }
+        case 4u: {
+            let t = tanh_stable(z);
+            return 1.0 - t * t;
+        }
+        case 5u, 6u: { return 0.0; }
+        default: { return 1.0; }
+    }
+}
+
+// out = act(pre + bias); pre += bias in place (it is kept for the backward pass).
+// With has_bias = 0 the bias binding is ignored.
+@group(0) @binding(0) var<storage, read_write> fwd_out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> fwd_pre: array<f32>;
+@group(0) @binding(2) var<storage, read> fwd_bias: array<f32>;
+@group(0) @binding(3) var<uniform> fwd_p: ActivationParams;
+
+@compute @workgroup_size(256, 1, 1)
+fn bias_activation_forward(@builtin(global_invocation_id) gid: vec3<u32>,
+                           @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= fwd_p.rows * fwd_p.cols) {
+        return;
+    }
+    var z = fwd_pre[i];
+    if (fwd_p.has_bias != 0u) {
+        z = z + fwd_bias[i % fwd_p.cols];
+        fwd_pre[i] = z;
+    }
+    fwd_out[i] = activate(fwd_p.kind, fwd_p.slope, z);
+}
+
+// dpre = dout * act'(pre)
+@group(0) @binding(0) var<storage, read_write> bwd_dpre: array<f32>;
+@group(0) @binding(1) var<storage, read> bwd_dout: array<f32>;
+@group(0) @binding(2) var<storage, read> bwd_pre: array<f32>;
+@group(0) @binding(3) var<uniform> bwd_p: ActivationParams;
+
+@compute @workgroup_size(256, 1, 1)
+fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>,
+                       @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= bwd_p.rows * bwd_p.cols) {
+        return;
+    }
+    bwd_dpre[i] = bwd_dout[i] * derivative(bwd_p.kind, bwd_p.slope, bwd_pre[i]);
+}

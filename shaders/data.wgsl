@@ -1,0 +1,56 @@
+// Batch gathering: rows of a dataset that stays resident on the GPU, drawn through an index
+// buffer (the epoch's permutation). Rows from `rows` up to `batch_rows` are zero-filled, so a
+// partial last batch runs through the same fixed-size buffers.
+
+struct GatherParams {
+    rows: u32,
+    cols: u32,
+    start: u32,
+    batch_rows: u32,
+}
+
+fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * 256u;
+}
+
+// out (batch_rows, cols)[r] = data[indices[start + r]] for r < rows.
+@group(0) @binding(0) var<storage, read_write> gr_out: array<f32>;
+@group(0) @binding(1) var<storage, read> gr_data: array<f32>;
+@group(0) @binding(2) var<storage, read> gr_indices: array<u32>;
+@group(0) @binding(3) var<uniform> gr_p: GatherParams;
+
+@compute @workgroup_size(256, 1, 1)
+fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= gr_p.batch_rows * gr_p.cols) {
+        return;
+    }
+    let r = i / gr_p.cols;
+    let c = i % gr_p.cols;
+    if (r < gr_p.rows) {
+        gr_out[i] = gr_data[gr_indices[gr_p.start + r] * gr_p.cols + c];
+    } else {
+        gr_out[i] = 0.0;
+    }
+}
+
+// out (batch_rows)[r] = labels[indices[start + r]] for r < rows (cols is ignored).
+@group(0) @binding(0) var<storage, read_write> gl_out: array<u32>;
+@group(0) @binding(1) var<storage, read> gl_labels: array<u32>;
+@group(0) @binding(2) var<storage, read> gl_indices: array<u32>;
+@group(0) @binding(3) var<uniform> gl_p: GatherParams;
+
+@compute @workgroup_size(256, 1, 1)
+fn gather_labels(@builtin(global_invocation_id) gid: vec3<u32>,
+                 @builtin(num_workgroups) groups: vec3<u32>) {
+    let r = flat_index(gid, groups);
+    if (r >= gl_p.batch_rows) {
+        return;
+    }
+    if (r < gl_p.rows) {
+        gl_out[r] = gl_labels[gl_indices[gl_p.start + r]];
+    } else {
+        gl_out[r] = 0u;
+    }
+}

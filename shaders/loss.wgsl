@@ -1,0 +1,165 @@
+// Softmax and the losses with their gradients. A loss kernel runs one invocation per row of
+// the batch buffer; it writes the gradient of the mean loss with respect to its input
+// (`scale` carries the 1/N of the mean) and each row's loss into `row_loss`
+// (see LossParams in src/params.rs):
+//   mse_loss:               row_loss = mean over cols of (pred - target)^2,
+//                           grad = 2 (pred - target) * scale, scale = 1/(rows*cols)
+//   softmax_cross_entropy:  row_loss = logsumexp(z) - z[label],
+//                           grad = (softmax(z) - onehot(label)) * scale, scale = 1/rows
+//   binary_cross_entropy:   row_loss = mean over cols of max(z,0) - z t + log(1 + exp(-|z|)),
+//                           grad = (sigmoid(z) - t) * scale, scale = 1/(rows*cols)
+// In every case the batch loss is the mean of row_loss over the live rows. Rows from `rows`
+// up to `batch_rows` (the padding of a partial last batch) get zero gradient and zero loss.
+
+struct LossParams {
+    rows: u32,
+    cols: u32,
+    batch_rows: u32,
+    scale: f32,
+}
+
+struct RowsParams {
+    rows: u32,
+    cols: u32,
+    accumulate: u32,
+    _pad0: u32,
+}
+
+fn nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+fn sigmoid(z: f32) -> f32 {
+    if (z >= 0.0) {
+        return 1.0 / (1.0 + exp(-z));
+    }
+    let e = exp(z);
+    return e / (1.0 + e);
+}
+
+// out (rows, cols) = softmax of each row of logits, max-subtracted.
+@group(0) @binding(0) var<storage, read_write> sm_out: array<f32>;
+@group(0) @binding(1) var<storage, read> sm_logits: array<f32>;
+@group(0) @binding(2) var<uniform> sm_p: RowsParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= sm_p.rows) {
+        return;
+    }
+    let base = row * sm_p.cols;
+    var m = sm_logits[base];
+    for (var c = 1u; c < sm_p.cols; c = c + 1u) {
+        m = max(m, sm_logits[base + c]);
+    }
+    var s = 0.0;
+    for (var c = 0u; c < sm_p.cols; c = c + 1u) {
+        s = s + exp(sm_logits[base + c] - m);
+    }
+    for (var c = 0u; c < sm_p.cols; c = c + 1u) {
+        sm_out[base + c] = exp(sm_logits[base + c] - m) / s;
+    }
+}
+
+@group(0) @binding(0) var<storage, read_write> mse_grad: array<f32>;
+@group(0) @binding(1) var<storage, read_write> mse_row_loss: array<f32>;
+@group(0) @binding(2) var<storage, read> mse_pred: array<f32>;
+@group(0) @binding(3) var<storage, read> mse_target: array<f32>;
+@group(0) @binding(4) var<uniform> mse_p: LossParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn mse_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= mse_p.batch_rows) {
+        return;
+    }
+    let base = row * mse_p.cols;
+    if (row >= mse_p.rows) {
+        for (var c = 0u; c < mse_p.cols; c = c + 1u) {
+            mse_grad[base + c] = 0.0;
+        }
+        mse_row_loss[row] = 0.0;
+        return;
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < mse_p.cols; c = c + 1u) {
+        let d = mse_pred[base + c] - mse_target[base + c];
+        mse_grad[base + c] = 2.0 * d * mse_p.scale;
+        sum = sum + d * d;
+    }
+    mse_row_loss[row] = sum / f32(mse_p.cols);
+}
+
+@group(0) @binding(0) var<storage, read_write> ce_grad: array<f32>;
+@group(0) @binding(1) var<storage, read_write> ce_row_loss: array<f32>;
+@group(0) @binding(2) var<storage, read> ce_logits: array<f32>;
+@group(0) @binding(3) var<storage, read> ce_labels: array<u32>;
+@group(0) @binding(4) var<uniform> ce_p: LossParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn softmax_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= ce_p.batch_rows) {
+        return;
+    }
+    let base = row * ce_p.cols;
+    if (row >= ce_p.rows) {
+        for (var c = 0u; c < ce_p.cols; c = c + 1u) {
+            ce_grad[base + c] = 0.0;
+        }
+        ce_row_loss[row] = 0.0;
+        return;
+    }
+    let label = ce_labels[row];
+    var m = ce_logits[base];
+    for (var c = 1u; c < ce_p.cols; c = c + 1u) {
+        m = max(m, ce_logits[base + c]);
+    }
+    var s = 0.0;
+    for (var c = 0u; c < ce_p.cols; c = c + 1u) {
+        s = s + exp(ce_logits[base + c] - m);
+    }
+    for (var c = 0u; c < ce_p.cols; c = c + 1u) {
+        let prob = exp(ce_logits[base + c] - m) / s;
+        let onehot = select(0.0, 1.0, c == label);
+        ce_grad[base + c] = (prob - onehot) * ce_p.scale;
+    }
+    if (label >= ce_p.cols) {
+        // Out-of-range labels are rejected on the host; if one slips through, the loss
+        // says so instead of reading out of bounds.
+        ce_row_loss[row] = nan();
+    } else {
+        ce_row_loss[row] = m + log(s) - ce_logits[base + label];
+    }
+}
+
+@group(0) @binding(0) var<storage, read_write> bce_grad: array<f32>;
+@group(0) @binding(1) var<storage, read_write> bce_row_loss: array<f32>;
+@group(0) @binding(2) var<storage, read> bce_logits: array<f32>;
+@group(0) @binding(3) var<storage, read> bce_target: array<f32>;
+@group(0) @binding(4) var<uniform> bce_p: LossParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn binary_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= bce_p.batch_rows) {
+        return;
+    }
+    let base = row * bce_p.cols;
+    if (row >= bce_p.rows) {
+        for (var c = 0u; c < bce_p.cols; c = c + 1u) {
+            bce_grad[base + c] = 0.0;
+        }
+        bce_row_loss[row] = 0.0;
+        return;
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < bce_p.cols; c = c + 1u) {
+        let z = bce_logits[base + c];
+        let t = bce_target[base + c];
+        bce_grad[base + c] = (sigmoid(z) - t) * bce_p.scale;
+        sum = sum + (max(z, 0.0) - z * t + log(1.0 + exp(-abs(z))));
+    }
+    bce_row_loss[row] = sum / f32(bce_p.cols);
+}

@@ -1,0 +1,99 @@
+// Optimizer updates, one invocation per parameter element, with PyTorch's semantics:
+//   sgd_update:      g = grad + wd p;  p -= lr g
+//   momentum_update: g = grad + wd p;  v = momentum v + g;  p -= lr v
+//                    (PyTorch's buffer starts at g on the first step; starting v at 0 gives
+//                    momentum*0 + g = g, the same value)
+//   adam_update:     Adam:  g = grad + wd p          AdamW: p *= 1 - lr wd
+//                    m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+//                    p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
+//                    with bc1 = 1 - beta1^t and bc2 = 1 - beta2^t given by the host.
+
+struct SgdParams {
+    len: u32,
+    lr: f32,
+    weight_decay: f32,
+    momentum: f32,
+}
+
+struct AdamParams {
+    len: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    bias_correction1: f32,
+    bias_correction2: f32,
+    decoupled: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * 256u;
+}
+
+@group(0) @binding(0) var<storage, read_write> sgd_param: array<f32>;
+@group(0) @binding(1) var<storage, read> sgd_grad: array<f32>;
+@group(0) @binding(2) var<uniform> sgd_p: SgdParams;
+
+@compute @workgroup_size(256, 1, 1)
+fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>,
+              @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= sgd_p.len) {
+        return;
+    }
+    let p = sgd_param[i];
+    let g = sgd_grad[i] + sgd_p.weight_decay * p;
+    sgd_param[i] = p - sgd_p.lr * g;
+}
+
+@group(0) @binding(0) var<storage, read_write> mom_param: array<f32>;
+@group(0) @binding(1) var<storage, read_write> mom_velocity: array<f32>;
+@group(0) @binding(2) var<storage, read> mom_grad: array<f32>;
+@group(0) @binding(3) var<uniform> mom_p: SgdParams;
+
+@compute @workgroup_size(256, 1, 1)
+fn momentum_update(@builtin(global_invocation_id) gid: vec3<u32>,
+                   @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= mom_p.len) {
+        return;
+    }
+    let p = mom_param[i];
+    let g = mom_grad[i] + mom_p.weight_decay * p;
+    let v = mom_p.momentum * mom_velocity[i] + g;
+    mom_velocity[i] = v;
+    mom_param[i] = p - mom_p.lr * v;
+}
+
+@group(0) @binding(0) var<storage, read_write> adam_param: array<f32>;
+@group(0) @binding(1) var<storage, read_write> adam_m: array<f32>;
+@group(0) @binding(2) var<storage, read_write> adam_v: array<f32>;
+@group(0) @binding(3) var<storage, read> adam_grad: array<f32>;
+@group(0) @binding(4) var<uniform> adam_p: AdamParams;
+
+@compute @workgroup_size(256, 1, 1)
+fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= adam_p.len) {
+        return;
+    }
+    var p = adam_param[i];
+    var g = adam_grad[i];
+    if (adam_p.decoupled != 0u) {
+        p = p * (1.0 - adam_p.lr * adam_p.weight_decay);
+    } else {
+        g = g + adam_p.weight_decay * p;
+    }
+    let m = adam_p.beta1 * adam_m[i] + (1.0 - adam_p.beta1) * g;
+    let v = adam_p.beta2 * adam_v[i] + (1.0 - adam_p.beta2) * g * g;
+    adam_m[i] = m;
+    adam_v[i] = v;
+    let step_size = adam_p.lr / adam_p.bias_correction1;
+    let denom = sqrt(v) / sqrt(adam_p.bias_correction2) + adam_p.eps;
+    adam_param[i] = p - step_size * (m / denom);
+}

@@ -1,0 +1,123 @@
+// Reductions: column sums (bias gradients), a deterministic sum of a vector (the loss of a
+// batch), and argmax / correct-count (accuracy).
+
+struct RowsParams {
+    rows: u32,
+    cols: u32,
+    accumulate: u32,
+    _pad0: u32,
+}
+
+struct ReduceParams {
+    len: u32,
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// out (cols) = sum over rows of x (rows, cols), summed in row order; accumulate = 1 adds.
+@group(0) @binding(0) var<storage, read_write> cs_out: array<f32>;
+@group(0) @binding(1) var<storage, read> cs_x: array<f32>;
+@group(0) @binding(2) var<uniform> cs_p: RowsParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    if (col >= cs_p.cols) {
+        return;
+    }
+    var acc = 0.0;
+    for (var r = 0u; r < cs_p.rows; r = r + 1u) {
+        acc = acc + cs_x[r * cs_p.cols + col];
+    }
+    if (cs_p.accumulate != 0u) {
+        cs_out[col] = cs_out[col] + acc;
+    } else {
+        cs_out[col] = acc;
+    }
+}
+
+// out[0] = sum of x[0..len]: one workgroup of 256; lane i sums x[i], x[i+256], ... in order,
+// then a fixed binary tree over the 256 partial sums. The CPU twin follows the same order.
+@group(0) @binding(0) var<storage, read_write> rs_out: array<f32>;
+@group(0) @binding(1) var<storage, read> rs_x: array<f32>;
+@group(0) @binding(2) var<uniform> rs_p: ReduceParams;
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256, 1, 1)
+fn reduce_sum(@builtin(local_invocation_index) lane: u32) {
+    var acc = 0.0;
+    for (var i = lane; i < rs_p.len; i = i + 256u) {
+        acc = acc + rs_x[i];
+    }
+    partial[lane] = acc;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
+        if (lane < stride) {
+            partial[lane] = partial[lane] + partial[lane + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u) {
+        if (rs_p.accumulate != 0u) {
+            rs_out[0] = rs_out[0] + partial[0];
+        } else {
+            rs_out[0] = partial[0];
+        }
+    }
+}
+
+// Index of the largest entry of each row (the first one on ties).
+@group(0) @binding(0) var<storage, read_write> am_out: array<u32>;
+@group(0) @binding(1) var<storage, read> am_x: array<f32>;
+@group(0) @binding(2) var<uniform> am_p: RowsParams;
+
+fn row_argmax(x_base: u32, cols: u32) -> u32 {
+    var best = 0u;
+    var best_value = am_x[x_base];
+    for (var c = 1u; c < cols; c = c + 1u) {
+        let v = am_x[x_base + c];
+        if (v > best_value) {
+            best = c;
+            best_value = v;
+        }
+    }
+    return best;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn argmax(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= am_p.rows) {
+        return;
+    }
+    am_out[row] = row_argmax(row * am_p.cols, am_p.cols);
+}
+
+// count[0] += number of rows whose argmax equals the label (rows past `rows` are ignored).
+@group(0) @binding(0) var<storage, read_write> cc_count: array<atomic<u32>>;
+@group(0) @binding(1) var<storage, read> cc_x: array<f32>;
+@group(0) @binding(2) var<storage, read> cc_labels: array<u32>;
+@group(0) @binding(3) var<uniform> cc_p: RowsParams;
+
+@compute @workgroup_size(64, 1, 1)
+fn correct_count(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= cc_p.rows) {
+        return;
+    }
+    let base = row * cc_p.cols;
+    var best = 0u;
+    var best_value = cc_x[base];
+    for (var c = 1u; c < cc_p.cols; c = c + 1u) {
+        let v = cc_x[base + c];
+        if (v > best_value) {
+            best = c;
+            best_value = v;
+        }
+    }
+    if (best == cc_labels[row]) {
+        atomicAdd(&cc_count[0], 1u);
+    }
+}

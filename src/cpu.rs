@@ -1,0 +1,451 @@
+//! The CPU reference: every WGSL kernel again as plain loops, with the same name, the same
+//! argument order (outputs first, then inputs, then the params struct) and, where it decides
+//! the last bit, the same order of floating-point operations. No wgpu here. The tests compare
+//! the two paths; the CPU path of the trainer runs on these functions.
+
+use crate::params::*;
+
+// ---------------------------------------------------------------------------------------
+// Matmul (shaders/matmul.wgsl)
+
+fn store(out: &mut [f32], i: usize, value: f32, accumulate: u32) {
+    if accumulate != 0 {
+        out[i] += value;
+    } else {
+        out[i] = value;
+    }
+}
+
+/// `out (m, n) = a (m, k) · b (n, k)ᵀ`.
+pub fn matmul_nt(out: &mut [f32], a: &[f32], b: &[f32], p: &MatmulParams) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    for row in 0..m {
+        let a_row = &a[row * k..row * k + k];
+        for col in 0..n {
+            let b_row = &b[col * k..col * k + k];
+            let mut acc = 0.0f32;
+            for kk in 0..k {
+                acc += a_row[kk] * b_row[kk];
+            }
+            store(out, row * n + col, acc, p.accumulate);
+        }
+    }
+}
+
+/// `out (m, n) = a (m, k) · b (k, n)`.
+pub fn matmul_nn(out: &mut [f32], a: &[f32], b: &[f32], p: &MatmulParams) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    for row in 0..m {
+        for col in 0..n {
+            let mut acc = 0.0f32;
+            for kk in 0..k {
+                acc += a[row * k + kk] * b[kk * n + col];
+            }
+            store(out, row * n + col, acc, p.accumulate);
+        }
+    }
+}
+
+/// `out (m, n) = a (k, m)ᵀ · b (k, n)`.
+pub fn matmul_tn(out: &mut [f32], a: &[f32], b: &[f32], p: &MatmulParams) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    for row in 0..m {
+        for col in 0..n {
+            let mut acc = 0.0f32;
+            for kk in 0..k {
+                acc += a[kk * m + row] * b[kk * n + col];
+            }
+            store(out, row * n + col, acc, p.accumulate);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activations (shaders/activation.wgsl)
+
+/// The logistic function in its overflow-free form.
+pub fn sigmoid(z: f32) -> f32 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// tanh in the overflow-free form the shader uses.
+pub fn tanh_stable(z: f32) -> f32 {
+    let t = (-2.0 * z.abs()).exp();
+    let r = (1.0 - t) / (1.0 + t);
+    if z < 0.0 {
+        -r
+    } else {
+        r
+    }
+}
+
+/// The activation with code `kind` (see `Activation::code`).
+pub fn activate(kind: u32, slope: f32, z: f32) -> f32 {
+    match kind {
+        1 => z.max(0.0),
+        2 => {
+            if z > 0.0 {
+                z
+            } else {
+                z * slope
+            }
+        }
+        3 => sigmoid(z),
+        4 => tanh_stable(z),
+        5 => {
+            if z >= 0.0 {
+                1.0
+            } else {
+                -1.0
+            }
+        }
+        6 => {
+            if z >= 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        _ => z,
+    }
+}
+
+/// Its derivative at the pre-activation `z` (0 for sign and step).
+pub fn derivative(kind: u32, slope: f32, z: f32) -> f32 {
+    match kind {
+        1 => {
+            if z > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        2 => {
+            if z > 0.0 {
+                1.0
+            } else {
+                slope
+            }
+        }
+        3 => {
+            let s = sigmoid(z);
+            s * (1.0 - s)
+        }
+        4 => {
+            let t = tanh_stable(z);
+            1.0 - t * t
+        }
+        5 | 6 => 0.0,
+        _ => 1.0,
+    }
+}
+
+/// `pre += bias` (when `has_bias`), `out = act(pre)`.
+pub fn bias_activation_forward(
+    out: &mut [f32],
+    pre: &mut [f32],
+    bias: &[f32],
+    p: &ActivationParams,
+) {
+    let (rows, cols) = (p.rows as usize, p.cols as usize);
+    for i in 0..rows * cols {
+        let mut z = pre[i];
+        if p.has_bias != 0 {
+            z += bias[i % cols];
+            pre[i] = z;
+        }
+        out[i] = activate(p.kind, p.slope, z);
+    }
+}
+
+/// `dpre = dout * act'(pre)`.
+pub fn activation_backward(dpre: &mut [f32], dout: &[f32], pre: &[f32], p: &ActivationParams) {
+    let len = (p.rows * p.cols) as usize;
+    for i in 0..len {
+        dpre[i] = dout[i] * derivative(p.kind, p.slope, pre[i]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reductions (shaders/reduce.wgsl)
+
+/// `out (cols) = Σ_rows x`, in row order.
+pub fn column_sum(out: &mut [f32], x: &[f32], p: &RowsParams) {
+    let (rows, cols) = (p.rows as usize, p.cols as usize);
+    for col in 0..cols {
+        let mut acc = 0.0f32;
+        for r in 0..rows {
+            acc += x[r * cols + col];
+        }
+        store(out, col, acc, p.accumulate);
+    }
+}
+
+/// `out[0] = Σ x` in the shader's order: 256 strided partial sums, then a binary tree.
+pub fn reduce_sum(out: &mut [f32], x: &[f32], p: &ReduceParams) {
+    let len = p.len as usize;
+    let mut partial = [0.0f32; 256];
+    for (lane, slot) in partial.iter_mut().enumerate() {
+        let mut acc = 0.0f32;
+        let mut i = lane;
+        while i < len {
+            acc += x[i];
+            i += 256;
+        }
+        *slot = acc;
+    }
+    let mut stride = 128;
+    while stride > 0 {
+        for lane in 0..stride {
+            partial[lane] += partial[lane + stride];
+        }
+        stride >>= 1;
+    }
+    store(out, 0, partial[0], p.accumulate);
+}
+
+fn row_argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    let mut best_value = row[0];
+    for (c, &v) in row.iter().enumerate().skip(1) {
+        if v > best_value {
+            best = c as u32;
+            best_value = v;
+        }
+    }
+    best
+}
+
+/// `out[r]` = index of the first maximum of row r.
+pub fn argmax(out: &mut [u32], x: &[f32], p: &RowsParams) {
+    let cols = p.cols as usize;
+    for r in 0..p.rows as usize {
+        out[r] = row_argmax(&x[r * cols..r * cols + cols]);
+    }
+}
+
+/// `count[0] += #{r < rows : argmax x[r] == labels[r]}`.
+pub fn correct_count(count: &mut [u32], x: &[f32], labels: &[u32], p: &RowsParams) {
+    let cols = p.cols as usize;
+    for r in 0..p.rows as usize {
+        if row_argmax(&x[r * cols..r * cols + cols]) == labels[r] {
+            count[0] += 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax and losses (shaders/loss.wgsl)
+
+/// Row-wise softmax, max-subtracted.
+pub fn softmax(out: &mut [f32], logits: &[f32], p: &RowsParams) {
+    let cols = p.cols as usize;
+    for r in 0..p.rows as usize {
+        let z = &logits[r * cols..r * cols + cols];
+        let m = z.iter().skip(1).fold(z[0], |m, &v| m.max(v));
+        let mut s = 0.0f32;
+        for &v in z {
+            s += (v - m).exp();
+        }
+        for c in 0..cols {
+            out[r * cols + c] = (z[c] - m).exp() / s;
+        }
+    }
+}
+
+fn zero_tail(grad: &mut [f32], row_loss: &mut [f32], row: usize, cols: usize) {
+    grad[row * cols..row * cols + cols].fill(0.0);
+    row_loss[row] = 0.0;
+}
+
+/// Mean squared error and its gradient (see `LossParams`).
+pub fn mse_loss(
+    grad: &mut [f32],
+    row_loss: &mut [f32],
+    pred: &[f32],
+    target: &[f32],
+    p: &LossParams,
+) {
+    let cols = p.cols as usize;
+    for row in 0..p.batch_rows as usize {
+        if row >= p.rows as usize {
+            zero_tail(grad, row_loss, row, cols);
+            continue;
+        }
+        let mut sum = 0.0f32;
+        for c in 0..cols {
+            let i = row * cols + c;
+            let d = pred[i] - target[i];
+            grad[i] = 2.0 * d * p.scale;
+            sum += d * d;
+        }
+        row_loss[row] = sum / cols as f32;
+    }
+}
+
+/// Softmax cross-entropy from logits and class labels, and its gradient.
+pub fn softmax_cross_entropy(
+    grad: &mut [f32],
+    row_loss: &mut [f32],
+    logits: &[f32],
+    labels: &[u32],
+    p: &LossParams,
+) {
+    let cols = p.cols as usize;
+    for row in 0..p.batch_rows as usize {
+        if row >= p.rows as usize {
+            zero_tail(grad, row_loss, row, cols);
+            continue;
+        }
+        let z = &logits[row * cols..row * cols + cols];
+        let label = labels[row] as usize;
+        let m = z.iter().skip(1).fold(z[0], |m, &v| m.max(v));
+        let mut s = 0.0f32;
+        for &v in z {
+            s += (v - m).exp();
+        }
+        for c in 0..cols {
+            let prob = (z[c] - m).exp() / s;
+            let target = if c == label { 1.0 } else { 0.0 };
+            grad[row * cols + c] = (prob - target) * p.scale;
+        }
+        row_loss[row] = if label >= cols {
+            f32::NAN
+        } else {
+            m + s.ln() - z[label]
+        };
+    }
+}
+
+/// Binary cross-entropy from logits and 0/1 targets, and its gradient.
+pub fn binary_cross_entropy(
+    grad: &mut [f32],
+    row_loss: &mut [f32],
+    logits: &[f32],
+    target: &[f32],
+    p: &LossParams,
+) {
+    let cols = p.cols as usize;
+    for row in 0..p.batch_rows as usize {
+        if row >= p.rows as usize {
+            zero_tail(grad, row_loss, row, cols);
+            continue;
+        }
+        let mut sum = 0.0f32;
+        for c in 0..cols {
+            let i = row * cols + c;
+            let (z, t) = (logits[i], target[i]);
+            grad[i] = (sigmoid(z) - t) * p.scale;
+            sum += z.max(0.0) - z * t + (1.0 + (-z.abs()).exp()).ln();
+        }
+        row_loss[row] = sum / cols as f32;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Optimizers (shaders/optim.wgsl)
+
+/// `p -= lr (g + wd p)`.
+pub fn sgd_update(param: &mut [f32], grad: &[f32], p: &SgdParams) {
+    for i in 0..p.len as usize {
+        let w = param[i];
+        let g = grad[i] + p.weight_decay * w;
+        param[i] = w - p.lr * g;
+    }
+}
+
+/// `v = momentum v + (g + wd p); p -= lr v`.
+pub fn momentum_update(param: &mut [f32], velocity: &mut [f32], grad: &[f32], p: &SgdParams) {
+    for i in 0..p.len as usize {
+        let w = param[i];
+        let g = grad[i] + p.weight_decay * w;
+        let v = p.momentum * velocity[i] + g;
+        velocity[i] = v;
+        param[i] = w - p.lr * v;
+    }
+}
+
+/// Adam / AdamW with host-given bias corrections.
+pub fn adam_update(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], p: &AdamParams) {
+    for i in 0..p.len as usize {
+        let mut w = param[i];
+        let mut g = grad[i];
+        if p.decoupled != 0 {
+            w *= 1.0 - p.lr * p.weight_decay;
+        } else {
+            g += p.weight_decay * w;
+        }
+        let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+        let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        let step_size = p.lr / p.bias_correction1;
+        let denom = vi.sqrt() / p.bias_correction2.sqrt() + p.eps;
+        param[i] = w - step_size * (mi / denom);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Data (shaders/data.wgsl)
+
+/// `out[r] = data[indices[start + r]]` for r < rows, zero rows up to batch_rows.
+pub fn gather_rows(out: &mut [f32], data: &[f32], indices: &[u32], p: &GatherParams) {
+    let cols = p.cols as usize;
+    for r in 0..p.batch_rows as usize {
+        let dst = &mut out[r * cols..r * cols + cols];
+        if r < p.rows as usize {
+            let src = indices[p.start as usize + r] as usize * cols;
+            dst.copy_from_slice(&data[src..src + cols]);
+        } else {
+            dst.fill(0.0);
+        }
+    }
+}
+
+/// `out[r] = labels[indices[start + r]]` for r < rows, 0 up to batch_rows.
+pub fn gather_labels(out: &mut [u32], labels: &[u32], indices: &[u32], p: &GatherParams) {
+    for r in 0..p.batch_rows as usize {
+        out[r] = if r < p.rows as usize {
+            labels[indices[p.start as usize + r] as usize]
+        } else {
+            0
+        };
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The perceptron (shaders/perceptron.wgsl)
+
+/// One epoch of Rosenblatt's online rule; `weights` = (w, theta); `errors[0]` = mistakes.
+pub fn perceptron_epoch(
+    weights: &mut [f32],
+    errors: &mut [u32],
+    x: &[f32],
+    targets: &[f32],
+    p: &PerceptronParams,
+) {
+    let (rows, cols) = (p.rows as usize, p.cols as usize);
+    let mut wrong = 0;
+    for s in 0..rows {
+        let mut net = 0.0f32;
+        for c in 0..cols {
+            net += weights[c] * x[s * cols + c];
+        }
+        net -= weights[cols];
+        let y = if net >= 0.0 { 1.0 } else { -1.0 };
+        let e = targets[s] - y;
+        if e != 0.0 {
+            wrong += 1;
+            for c in 0..cols {
+                weights[c] += p.lr * x[s * cols + c] * e;
+            }
+            weights[cols] -= p.lr * e;
+        }
+    }
+    errors[0] = wrong;
+}

@@ -1,0 +1,458 @@
+//! Numeric CSV tables to [`Dataset`]s: comma-separated, one sample per line, one column
+//! holding the class label or regression target and every other column a feature. It owns
+//! header detection, label-column lookup and the error messages for malformed files (path,
+//! 1-based line, what was expected). It does not handle quoted fields with embedded commas,
+//! missing values or text features: every cell must be a finite number (a cell's surrounding
+//! spaces and one pair of surrounding double quotes are ignored).
+//!
+//! Column numbers in messages and in [`LabelColumn::Index`] are 0-based; line numbers are
+//! 1-based physical lines of the file (blank lines are skipped but still counted).
+
+use std::path::Path;
+
+use super::{Dataset, Targets, Task};
+use crate::{Error, Result};
+
+/// Which column holds the label (classification) or target (regression).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelColumn {
+    /// The last column.
+    Last,
+    /// The column at this 0-based index.
+    Index(usize),
+    /// The column with this header name (needs a header row).
+    Name(String),
+}
+
+/// Whether the first non-blank line is a header row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderMode {
+    /// A header is present iff some cell of the first row is not a number.
+    Auto,
+    Present,
+    Absent,
+}
+
+/// How to read a CSV file. The default is: label in the last column, header auto-detected,
+/// classification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub label_column: LabelColumn,
+    pub header: HeaderMode,
+    pub task: Task,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            label_column: LabelColumn::Last,
+            header: HeaderMode::Auto,
+            task: Task::Classification,
+        }
+    }
+}
+
+/// Reads and parses a CSV file (see [`parse_csv`]); the dataset is named after the file stem.
+pub fn load_csv(path: &Path, opts: &CsvOptions) -> Result<Dataset> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| Error::Format {
+        path: path.to_path_buf(),
+        line: None,
+        message: format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })?;
+    parse_csv(&text, path, opts)
+}
+
+/// Parses CSV text; `source` is the path named in errors and gives the dataset's name (its
+/// file stem). Classification labels must be non-negative integers (`3` or `3.0`); the class
+/// count is the largest label + 1. Regression targets become [`Targets::Values`] of width 1.
+pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset> {
+    let format_error = |line: usize, message: String| Error::Format {
+        path: source.to_path_buf(),
+        line: Some(line),
+        message,
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+        .filter(|(_, l)| !l.trim().is_empty());
+
+    let Some((first_line, first)) = lines.next() else {
+        return Err(Error::Format {
+            path: source.to_path_buf(),
+            line: None,
+            message: "empty file: no non-blank lines".to_string(),
+        });
+    };
+    let first_cells: Vec<&str> = split_cells(first).collect();
+    let columns = first_cells.len();
+    let has_header = match opts.header {
+        HeaderMode::Present => true,
+        HeaderMode::Absent => false,
+        HeaderMode::Auto => first_cells.iter().any(|c| c.parse::<f64>().is_err()),
+    };
+    let names: Option<Vec<String>> =
+        has_header.then(|| first_cells.iter().map(|c| c.to_string()).collect());
+    if columns < 2 {
+        return Err(format_error(
+            first_line,
+            format!("needs at least 2 columns (features and a label), found {columns}"),
+        ));
+    }
+
+    let label = match &opts.label_column {
+        LabelColumn::Last => columns - 1,
+        LabelColumn::Index(i) if *i < columns => *i,
+        LabelColumn::Index(i) => {
+            return Err(format_error(
+                first_line,
+                format!("label column index {i} is out of range: the file has {columns} columns (0..{})", columns - 1),
+            ))
+        }
+        LabelColumn::Name(wanted) => match &names {
+            None => {
+                return Err(format_error(
+                    first_line,
+                    format!("label column '{wanted}' is given by name, but the file has no header row; give its index instead"),
+                ))
+            }
+            Some(names) => match names.iter().position(|n| n == wanted) {
+                Some(i) => i,
+                None => {
+                    return Err(format_error(
+                        first_line,
+                        format!(
+                            "no column named '{wanted}'; the columns are: {}",
+                            names.join(", ")
+                        ),
+                    ))
+                }
+            },
+        },
+    };
+    let column_name = |c: usize| match &names {
+        Some(names) => format!("column {c} ('{}')", names[c]),
+        None => format!("column {c}"),
+    };
+
+    let data_lines: Box<dyn Iterator<Item = (usize, &str)>> = if has_header {
+        Box::new(lines)
+    } else {
+        Box::new(std::iter::once((first_line, first)).chain(lines))
+    };
+    let width = columns - 1;
+    let mut features: Vec<f32> = Vec::new();
+    let mut labels: Vec<u32> = Vec::new();
+    let mut values: Vec<f32> = Vec::new();
+    let mut cells: Vec<&str> = Vec::with_capacity(columns);
+    for (line, row) in data_lines {
+        cells.clear();
+        cells.extend(split_cells(row));
+        if cells.len() != columns {
+            let origin = if has_header {
+                "the header"
+            } else {
+                "the first row"
+            };
+            return Err(format_error(
+                line,
+                format!(
+                    "expected {columns} columns (as in {origin}, line {first_line}), got {}",
+                    cells.len()
+                ),
+            ));
+        }
+        for (c, cell) in cells.iter().enumerate() {
+            let number = |cell: &str| -> Result<f32> {
+                let v: f32 = cell.parse().map_err(|_| {
+                    let what = if cell.is_empty() {
+                        "empty cell".to_string()
+                    } else {
+                        format!("non-numeric cell \"{cell}\"")
+                    };
+                    format_error(line, format!("{what} in {}", column_name(c)))
+                })?;
+                if !v.is_finite() {
+                    return Err(format_error(
+                        line,
+                        format!(
+                            "cell \"{cell}\" in {} is not a finite number",
+                            column_name(c)
+                        ),
+                    ));
+                }
+                Ok(v)
+            };
+            if c != label {
+                features.push(number(cell)?);
+            } else if opts.task == Task::Regression {
+                values.push(number(cell)?);
+            } else {
+                labels.push(class_label(cell).map_err(|why| {
+                    format_error(
+                        line,
+                        format!("class label \"{cell}\" in {} {why}", column_name(c)),
+                    )
+                })?);
+            }
+        }
+    }
+
+    let rows = features.len() / width;
+    if rows == 0 {
+        return Err(format_error(
+            first_line,
+            "no data rows (only a header)".to_string(),
+        ));
+    }
+    let targets = match opts.task {
+        Task::Classification => Targets::Classes {
+            classes: labels.iter().max().map_or(0, |&m| m as usize + 1),
+            labels,
+        },
+        Task::Regression => Targets::Values { values, width: 1 },
+    };
+    let name = source
+        .file_stem()
+        .map_or_else(|| "csv".to_string(), |s| s.to_string_lossy().into_owned());
+    Ok(Dataset {
+        name,
+        features,
+        width,
+        targets,
+    })
+}
+
+/// The cells of one line, trimmed, with one pair of surrounding double quotes removed.
+fn split_cells(line: &str) -> impl Iterator<Item = &str> {
+    line.split(',').map(|cell| {
+        let cell = cell.trim();
+        cell.strip_prefix('"')
+            .and_then(|c| c.strip_suffix('"'))
+            .unwrap_or(cell)
+    })
+}
+
+/// A class label cell as a `u32`, or why it is not one (completes "class label ... in column ...").
+fn class_label(cell: &str) -> std::result::Result<u32, &'static str> {
+    let v: f64 = cell
+        .parse()
+        .map_err(|_| "is not a number (class labels must be integers 0, 1, 2, ...)")?;
+    if !v.is_finite() {
+        Err("is not a finite number")
+    } else if v < 0.0 {
+        Err("is negative (class labels must be integers 0, 1, 2, ...)")
+    } else if v.fract() != 0.0 {
+        Err("is not an integer (for real-valued targets use the regression task)")
+    } else if v >= u32::MAX as f64 {
+        Err("is too large")
+    } else {
+        Ok(v as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, opts: &CsvOptions) -> Result<Dataset> {
+        parse_csv(text, Path::new("t/test.csv"), opts)
+    }
+
+    /// The line and message of a Format error; panics on anything else.
+    fn format_err(r: Result<Dataset>) -> (Option<usize>, String) {
+        match r {
+            Err(Error::Format {
+                path,
+                line,
+                message,
+            }) => {
+                assert_eq!(path, Path::new("t/test.csv"));
+                (line, message)
+            }
+            other => panic!("expected a Format error, got {other:?}"),
+        }
+    }
+
+    fn with_label(label_column: LabelColumn) -> CsvOptions {
+        CsvOptions {
+            label_column,
+            ..CsvOptions::default()
+        }
+    }
+
+    #[test]
+    fn header_auto_detection() {
+        let with = parse("a,b,y\n1,2,0\n3,4,1\n", &CsvOptions::default()).expect("header");
+        assert_eq!(with.len(), 2);
+        assert_eq!(with.name, "test");
+        let without = parse("1,2,0\n3,4,1\n", &CsvOptions::default()).expect("no header");
+        assert_eq!(without, with);
+        assert_eq!(without.features, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(without.labels(), Some(&[0u32, 1][..]));
+        assert_eq!(without.targets.classes(), Some(2));
+
+        // Forced modes override detection.
+        let absent = CsvOptions {
+            header: HeaderMode::Absent,
+            ..CsvOptions::default()
+        };
+        let (line, m) = format_err(parse("a,b,y\n1,2,0\n", &absent));
+        assert_eq!(line, Some(1));
+        assert!(m.contains("\"a\"") && m.contains("column 0"), "{m}");
+        let present = CsvOptions {
+            header: HeaderMode::Present,
+            ..CsvOptions::default()
+        };
+        assert_eq!(
+            parse("1,2,0\n5,6,1\n", &present)
+                .expect("numeric header")
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn label_by_last_index_and_name() {
+        let text = "y,a,b\n2,1.5,2.5\n0,3,4\n";
+        let by_index = parse(text, &with_label(LabelColumn::Index(0))).expect("index");
+        let by_name = parse(text, &with_label(LabelColumn::Name("y".into()))).expect("name");
+        assert_eq!(by_index, by_name);
+        assert_eq!(by_name.features, vec![1.5, 2.5, 3.0, 4.0]);
+        assert_eq!(by_name.labels(), Some(&[2u32, 0][..]));
+        assert_eq!(by_name.targets.classes(), Some(3));
+
+        let middle =
+            parse("a,y,b\n1,1,2\n", &with_label(LabelColumn::Name("y".into()))).expect("middle");
+        assert_eq!(middle.features, vec![1.0, 2.0]);
+
+        let last = parse("1,2,3.0\n", &CsvOptions::default()).expect("last");
+        assert_eq!(last.labels(), Some(&[3u32][..]));
+        assert_eq!(last.targets.classes(), Some(4));
+
+        let (_, m) = format_err(parse("1,2,3\n", &with_label(LabelColumn::Index(3))));
+        assert!(m.contains("index 3") && m.contains("3 columns"), "{m}");
+    }
+
+    #[test]
+    fn unknown_label_name_lists_the_columns() {
+        let (line, m) = format_err(parse(
+            "a,b,target\n1,2,0\n",
+            &with_label(LabelColumn::Name("label".into())),
+        ));
+        assert_eq!(line, Some(1));
+        assert!(m.contains("'label'") && m.contains("a, b, target"), "{m}");
+        let (_, m) = format_err(parse("1,2,0\n", &with_label(LabelColumn::Name("y".into()))));
+        assert!(m.contains("no header"), "{m}");
+    }
+
+    #[test]
+    fn wrong_column_count_names_line_and_counts() {
+        let (line, m) = format_err(parse("a,b,y\n1,2,0\n\n3,4\n", &CsvOptions::default()));
+        assert_eq!(line, Some(4));
+        assert!(
+            m.contains("expected 3 columns") && m.contains("got 2"),
+            "{m}"
+        );
+        let (line, m) = format_err(parse("1,2,0\n1,2,0,9\n", &CsvOptions::default()));
+        assert_eq!(line, Some(2));
+        assert!(m.contains("got 4"), "{m}");
+    }
+
+    #[test]
+    fn non_numeric_cells_are_quoted_with_their_column() {
+        let (line, m) = format_err(parse("a,b,y\n1,2,0\n1,abc,1\n", &CsvOptions::default()));
+        assert_eq!(line, Some(3));
+        assert!(m.contains("\"abc\"") && m.contains("column 1 ('b')"), "{m}");
+        let (_, m) = format_err(parse("a,b,y\n1,,1\n", &CsvOptions::default()));
+        assert!(m.contains("empty cell") && m.contains("('b')"), "{m}");
+        let (_, m) = format_err(parse("a,b,y\n1,inf,1\n", &CsvOptions::default()));
+        assert!(m.contains("not a finite number"), "{m}");
+        let (_, m) = format_err(parse("a,b,y\n1,2,cat\n", &CsvOptions::default()));
+        assert!(m.contains("\"cat\"") && m.contains("('y')"), "{m}");
+    }
+
+    #[test]
+    fn bad_class_labels() {
+        let (line, m) = format_err(parse("1,2,0\n1,2,-1\n", &CsvOptions::default()));
+        assert_eq!(line, Some(2));
+        assert!(m.contains("\"-1\"") && m.contains("negative"), "{m}");
+        let (_, m) = format_err(parse("1,2,0.5\n", &CsvOptions::default()));
+        assert!(m.contains("not an integer"), "{m}");
+        // The same values are fine as regression targets.
+        let reg = CsvOptions {
+            task: Task::Regression,
+            ..CsvOptions::default()
+        };
+        let ds = parse("1,2,0.5\n1,2,-1\n", &reg).expect("regression");
+        assert_eq!(
+            ds.targets,
+            Targets::Values {
+                values: vec![0.5, -1.0],
+                width: 1
+            }
+        );
+        assert_eq!(ds.task(), Task::Regression);
+    }
+
+    #[test]
+    fn empty_inputs() {
+        for text in ["", "\n\n", "  \r\n\n", "\u{feff}"] {
+            let (line, m) = format_err(parse(text, &CsvOptions::default()));
+            assert_eq!(line, None);
+            assert!(m.contains("empty"), "{m}");
+        }
+        let (line, m) = format_err(parse("a,b,y\n\n", &CsvOptions::default()));
+        assert_eq!(line, Some(1));
+        assert!(m.contains("no data rows"), "{m}");
+        let (_, m) = format_err(parse("5\n6\n", &CsvOptions::default()));
+        assert!(m.contains("at least 2 columns"), "{m}");
+    }
+
+    #[test]
+    fn crlf_blank_lines_spaces_and_quotes() {
+        let text = "\u{feff}\"a\", \"b\" ,y\r\n\r\n 1 , 2 ,0\r\n3,4,1\r";
+        let ds = parse(text, &with_label(LabelColumn::Name("y".into()))).expect("crlf");
+        assert_eq!(ds.features, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(ds.labels(), Some(&[0u32, 1][..]));
+    }
+
+    #[test]
+    fn load_csv_reads_files_and_reports_io_errors() {
+        let dir = crate::data::test_temp_dir("csv");
+        let path = dir.join("small.csv");
+        std::fs::write(&path, "x,target\n0.5,1\n").expect("write");
+        let ds = load_csv(&path, &CsvOptions::default()).expect("load");
+        assert_eq!((ds.name.as_str(), ds.len(), ds.width), ("small", 1, 1));
+        std::fs::write(&path, b"x,y\n\xff,1\n").expect("write");
+        assert!(matches!(
+            load_csv(&path, &CsvOptions::default()),
+            Err(Error::Format { line: None, .. })
+        ));
+        let missing = dir.join("missing.csv");
+        match load_csv(&missing, &CsvOptions::default()) {
+            Err(Error::Io { path, .. }) => assert_eq!(path, missing),
+            other => panic!("expected Io error, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn shared_wine_file_loads_when_present() {
+        let path = Path::new("/work/shared/data/wine/wine.csv");
+        if !path.exists() {
+            println!("SKIPPED: {} not found", path.display());
+            return;
+        }
+        let ds = load_csv(path, &CsvOptions::default()).expect("wine");
+        assert_eq!(
+            (ds.len(), ds.width, ds.targets.classes()),
+            (178, 13, Some(3))
+        );
+    }
+}

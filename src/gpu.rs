@@ -1,0 +1,338 @@
+//! `Gpu`: the adapter, device and queue soma works on, either opened by soma or borrowed from a
+//! host application; the limits it asked for; the compiled pipelines (built once, on first
+//! use); and counters of queue submissions and buffer maps. It does not own any tensor.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::kernels::{Kernel, Pipeline};
+
+/// What soma needs to know about an adapter, for logs and `soma devices`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub timestamp_queries: bool,
+}
+
+impl AdapterSummary {
+    fn new(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, features: wgpu::Features) -> Self {
+        AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            timestamp_queries: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        }
+    }
+}
+
+/// Counts of the host-to-device traffic that matters for speed: queue submissions and buffer
+/// maps. The trainer's "one submit per step, no maps" promise is checked against these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    pub submissions: u64,
+    pub maps: u64,
+}
+
+/// Where the device came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// soma opened the adapter and device itself.
+    Owned,
+    /// A host application handed soma its device and queue.
+    Borrowed,
+}
+
+/// The device context every GPU operation goes through. Cheap to share by reference; clone
+/// the `wgpu::Device`/`Queue` handles if you need them elsewhere.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    summary: AdapterSummary,
+    limits: wgpu::Limits,
+    ownership: Ownership,
+    pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
+    submissions: AtomicU64,
+    maps: AtomicU64,
+}
+
+/// How `Gpu::new` picks an adapter.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterRequest {
+    /// Backends to look at; `None` means `WGPU_BACKEND` if set, else Vulkan/Metal/DX12 and,
+    /// only when those offer nothing, GL.
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name (`SOMA_ADAPTER` when `None`).
+    pub name_contains: Option<String>,
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn instance_for(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    desc.flags = wgpu::InstanceFlags::default().with_env();
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see on the requested backends (all of them when `None`).
+pub fn enumerate_adapters(backends: Option<wgpu::Backends>) -> Vec<AdapterSummary> {
+    let backends = backends
+        .or_else(wgpu::Backends::from_env)
+        .unwrap_or(wgpu::Backends::all());
+    let instance = instance_for(backends);
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    adapters
+        .iter()
+        .map(|a| AdapterSummary::new(&a.get_info(), &a.limits(), a.features()))
+        .collect()
+}
+
+fn pick_adapter(request: &AdapterRequest) -> Result<wgpu::Adapter> {
+    let filter = request
+        .name_contains
+        .clone()
+        .or_else(|| std::env::var("SOMA_ADAPTER").ok())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_lowercase());
+    let explicit = request.backends.or_else(wgpu::Backends::from_env);
+    // Vulkan/Metal/DX12 first; GL only when asked for or when nothing else exists.
+    let tries: Vec<wgpu::Backends> = match explicit {
+        Some(b) => vec![b],
+        None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::GL],
+    };
+    let mut seen = Vec::new();
+    for backends in tries {
+        let instance = instance_for(backends);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        seen.extend(adapters.iter().map(|a| a.get_info().name));
+        if let Some(f) = &filter {
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(f));
+        }
+        adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
+        if let Some(a) = adapters.into_iter().next() {
+            return Ok(a);
+        }
+    }
+    let detail = match filter {
+        Some(f) if !seen.is_empty() => format!(
+            " matches SOMA_ADAPTER='{f}' (adapters present: {})",
+            seen.join(", ")
+        ),
+        _ => String::new(),
+    };
+    Err(Error::NoAdapter { detail })
+}
+
+/// The limits soma asks for: the WebGPU defaults (or the downlevel ones where the adapter
+/// does not reach them), with the sizes that bound what can be trained raised to what the
+/// adapter allows.
+fn wanted_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
+    let base = if wgpu::Limits::default().check_limits(adapter) {
+        wgpu::Limits::default()
+    } else {
+        wgpu::Limits::downlevel_defaults()
+    };
+    wgpu::Limits {
+        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size,
+        max_buffer_size: adapter.max_buffer_size,
+        max_storage_buffers_per_shader_stage: adapter
+            .max_storage_buffers_per_shader_stage
+            .max(base.max_storage_buffers_per_shader_stage),
+        max_compute_workgroup_storage_size: adapter.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: adapter.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_size_x: adapter.max_compute_workgroup_size_x,
+        max_compute_workgroup_size_y: adapter.max_compute_workgroup_size_y,
+        max_compute_workgroups_per_dimension: adapter.max_compute_workgroups_per_dimension,
+        ..base
+    }
+}
+
+impl Gpu {
+    /// Opens the best adapter: `SOMA_ADAPTER` / `WGPU_BACKEND` honoured, a discrete or
+    /// integrated GPU preferred over a CPU adapter.
+    pub fn new() -> Result<Gpu> {
+        Self::with_request(&AdapterRequest::default())
+    }
+
+    /// Opens an adapter as `request` says.
+    pub fn with_request(request: &AdapterRequest) -> Result<Gpu> {
+        let adapter = pick_adapter(request)?;
+        let info = adapter.get_info();
+        let limits = wanted_limits(&adapter.limits());
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("soma"),
+            required_features: features,
+            required_limits: limits,
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::RequestDevice {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        // Errors that no error scope caught are logged, not panicked on.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            log::error!("uncaptured wgpu error: {e}");
+        }));
+        let gpu = Gpu::assemble(device, queue, Ownership::Owned);
+        log::info!(
+            "adapter: {} ({}, {}, driver {} {}); max storage binding {} MiB",
+            gpu.summary.name,
+            gpu.summary.backend,
+            gpu.summary.device_type,
+            gpu.summary.driver,
+            gpu.summary.driver_info,
+            gpu.summary.max_storage_buffer_binding_size >> 20
+        );
+        Ok(gpu)
+    }
+
+    /// Builds a `Gpu` on a device and queue that a host application already owns. soma needs
+    /// no features and only the WebGPU default limits (or the downlevel ones: 4 storage
+    /// buffers per stage are not enough, soma binds up to 5); larger networks or batches
+    /// need larger `max_storage_buffer_binding_size`/`max_buffer_size`, which are checked
+    /// before anything is dispatched. soma leaves the host's error handler alone.
+    pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+        Gpu::assemble(device, queue, Ownership::Borrowed)
+    }
+
+    fn assemble(device: wgpu::Device, queue: wgpu::Queue, ownership: Ownership) -> Gpu {
+        let limits = device.limits();
+        let summary = AdapterSummary::new(&device.adapter_info(), &limits, device.features());
+        Gpu {
+            device,
+            queue,
+            summary,
+            limits,
+            ownership,
+            pipelines: Mutex::new(HashMap::new()),
+            submissions: AtomicU64::new(0),
+            maps: AtomicU64::new(0),
+        }
+    }
+
+    /// The adapter's name, backend, type, driver and the limits that matter here.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.summary
+    }
+
+    /// The limits the device was opened with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Whether soma opened the device or borrowed it.
+    pub fn ownership(&self) -> Ownership {
+        self.ownership
+    }
+
+    /// Submissions and maps made through soma so far.
+    pub fn stats(&self) -> GpuStats {
+        GpuStats {
+            submissions: self.submissions.load(Ordering::Relaxed),
+            maps: self.maps.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Submits command buffers (the only place soma submits) and counts the submission.
+    pub fn submit(&self, buffers: Vec<wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        self.queue.submit(buffers)
+    }
+
+    pub(crate) fn count_map(&self) {
+        self.maps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Blocks until every submitted piece of work has completed.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::DeviceLost(e.to_string()))
+    }
+
+    /// Checks `bytes` of a buffer named `what` against the adapter's buffer limits.
+    pub fn check_buffer_size(&self, what: &str, bytes: u64) -> Result<()> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        if bytes > self.limits.max_storage_buffer_binding_size {
+            return Err(Error::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit: self.limits.max_storage_buffer_binding_size,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// The compiled pipeline of a kernel, built (once) on first use.
+    pub fn pipeline(&self, kernel: Kernel) -> Result<Arc<Pipeline>> {
+        let mut cache = self
+            .pipelines
+            .lock()
+            .map_err(|_| Error::DeviceLost("pipeline cache poisoned by a panic".into()))?;
+        if let Some(p) = cache.get(&kernel) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(Pipeline::build(self, kernel)?);
+        cache.insert(kernel, p.clone());
+        Ok(p)
+    }
+
+    /// Runs `f` inside a validation error scope and turns a captured error into
+    /// `Error::Shader { label, .. }`.
+    pub fn scoped<T>(&self, label: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        match pollster::block_on(scope.pop()) {
+            None => Ok(value),
+            Some(e) => Err(Error::Shader {
+                label: label.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.summary)
+            .field("ownership", &self.ownership)
+            .finish()
+    }
+}

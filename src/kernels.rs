@@ -1,0 +1,1037 @@
+//! The WGSL kernels: which file and entry point each one is, its bindings, its pipeline
+//! (built once per `Gpu`), and one small function per op that checks shapes and returns a
+//! ready-to-record [`Dispatch`] (named like the WGSL entry point and like its twin in
+//! `cpu.rs`; outputs first, then inputs, then sizes). A `Dispatch` owns its bind group and
+//! uniform, so a training step only records; nothing is created in the hot loop.
+//! Scheduling whole training steps is `trainer.rs`'s job, not this module's.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::network::Activation;
+use crate::params::*;
+use crate::tensor::{DType, GpuTensor};
+
+/// A WGSL file in `shaders/`, embedded at build time (the file on disk is the shader that runs).
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    pub file: &'static str,
+    pub source: &'static str,
+}
+
+macro_rules! shader {
+    ($file:literal) => {
+        Shader {
+            file: $file,
+            source: include_str!(concat!("../shaders/", $file)),
+        }
+    };
+}
+
+pub const MATMUL: Shader = shader!("matmul.wgsl");
+pub const ACTIVATION: Shader = shader!("activation.wgsl");
+pub const REDUCE: Shader = shader!("reduce.wgsl");
+pub const LOSS: Shader = shader!("loss.wgsl");
+pub const OPTIM: Shader = shader!("optim.wgsl");
+pub const DATA: Shader = shader!("data.wgsl");
+pub const PERCEPTRON: Shader = shader!("perceptron.wgsl");
+
+/// Every shader file.
+pub const SHADERS: &[Shader] = &[MATMUL, ACTIVATION, REDUCE, LOSS, OPTIM, DATA, PERCEPTRON];
+
+/// How a kernel uses one of its storage bindings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    Read,
+}
+
+use Access::{Read as R, ReadWrite as W};
+
+/// Every kernel soma dispatches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    MatmulNt,
+    MatmulNn,
+    MatmulTn,
+    BiasActivationForward,
+    ActivationBackward,
+    ColumnSum,
+    ReduceSum,
+    Argmax,
+    CorrectCount,
+    Softmax,
+    MseLoss,
+    SoftmaxCrossEntropy,
+    BinaryCrossEntropy,
+    SgdUpdate,
+    MomentumUpdate,
+    AdamUpdate,
+    GatherRows,
+    GatherLabels,
+    PerceptronEpoch,
+}
+
+impl Kernel {
+    pub const ALL: &'static [Kernel] = &[
+        Kernel::MatmulNt,
+        Kernel::MatmulNn,
+        Kernel::MatmulTn,
+        Kernel::BiasActivationForward,
+        Kernel::ActivationBackward,
+        Kernel::ColumnSum,
+        Kernel::ReduceSum,
+        Kernel::Argmax,
+        Kernel::CorrectCount,
+        Kernel::Softmax,
+        Kernel::MseLoss,
+        Kernel::SoftmaxCrossEntropy,
+        Kernel::BinaryCrossEntropy,
+        Kernel::SgdUpdate,
+        Kernel::MomentumUpdate,
+        Kernel::AdamUpdate,
+        Kernel::GatherRows,
+        Kernel::GatherLabels,
+        Kernel::PerceptronEpoch,
+    ];
+
+    /// (shader file, entry point, storage bindings in binding order, uniform struct name).
+    /// The uniform is always the binding right after the storage ones.
+    pub fn spec(self) -> (Shader, &'static str, &'static [Access], &'static str) {
+        match self {
+            Kernel::MatmulNt => (MATMUL, "matmul_nt", &[W, R, R], MatmulParams::WGSL_NAME),
+            Kernel::MatmulNn => (MATMUL, "matmul_nn", &[W, R, R], MatmulParams::WGSL_NAME),
+            Kernel::MatmulTn => (MATMUL, "matmul_tn", &[W, R, R], MatmulParams::WGSL_NAME),
+            Kernel::BiasActivationForward => (
+                ACTIVATION,
+                "bias_activation_forward",
+                &[W, W, R],
+                ActivationParams::WGSL_NAME,
+            ),
+            Kernel::ActivationBackward => (
+                ACTIVATION,
+                "activation_backward",
+                &[W, R, R],
+                ActivationParams::WGSL_NAME,
+            ),
+            Kernel::ColumnSum => (REDUCE, "column_sum", &[W, R], RowsParams::WGSL_NAME),
+            Kernel::ReduceSum => (REDUCE, "reduce_sum", &[W, R], ReduceParams::WGSL_NAME),
+            Kernel::Argmax => (REDUCE, "argmax", &[W, R], RowsParams::WGSL_NAME),
+            Kernel::CorrectCount => (REDUCE, "correct_count", &[W, R, R], RowsParams::WGSL_NAME),
+            Kernel::Softmax => (LOSS, "softmax", &[W, R], RowsParams::WGSL_NAME),
+            Kernel::MseLoss => (LOSS, "mse_loss", &[W, W, R, R], LossParams::WGSL_NAME),
+            Kernel::SoftmaxCrossEntropy => (
+                LOSS,
+                "softmax_cross_entropy",
+                &[W, W, R, R],
+                LossParams::WGSL_NAME,
+            ),
+            Kernel::BinaryCrossEntropy => (
+                LOSS,
+                "binary_cross_entropy",
+                &[W, W, R, R],
+                LossParams::WGSL_NAME,
+            ),
+            Kernel::SgdUpdate => (OPTIM, "sgd_update", &[W, R], SgdParams::WGSL_NAME),
+            Kernel::MomentumUpdate => (OPTIM, "momentum_update", &[W, W, R], SgdParams::WGSL_NAME),
+            Kernel::AdamUpdate => (OPTIM, "adam_update", &[W, W, W, R], AdamParams::WGSL_NAME),
+            Kernel::GatherRows => (DATA, "gather_rows", &[W, R, R], GatherParams::WGSL_NAME),
+            Kernel::GatherLabels => (DATA, "gather_labels", &[W, R, R], GatherParams::WGSL_NAME),
+            Kernel::PerceptronEpoch => (
+                PERCEPTRON,
+                "perceptron_epoch",
+                &[W, W, R, R],
+                PerceptronParams::WGSL_NAME,
+            ),
+        }
+    }
+
+    pub fn entry_point(self) -> &'static str {
+        self.spec().1
+    }
+}
+
+/// A compiled compute pipeline and its bind group layout.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub kernel: Kernel,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl Pipeline {
+    /// Compiles `kernel`'s entry point; a validation failure comes back as `Error::Shader`.
+    pub fn build(gpu: &Gpu, kernel: Kernel) -> Result<Pipeline> {
+        let (shader, entry, storage, _) = kernel.spec();
+        let device = &gpu.device;
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = storage
+            .iter()
+            .enumerate()
+            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *access == Access::Read,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: storage.len() as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+        gpu.scoped(entry, || {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.file),
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            });
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(entry),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            Pipeline {
+                kernel,
+                pipeline,
+                layout,
+            }
+        })
+    }
+}
+
+/// One kernel launch, ready to record: pipeline, bind group, uniform and grid. The uniform
+/// holds one or more parameter entries (one per training step of an epoch, say); recording
+/// picks one by index through a dynamic offset.
+#[derive(Debug)]
+pub struct Dispatch {
+    pipeline: Arc<Pipeline>,
+    buffers: Vec<wgpu::Buffer>,
+    bind_group: wgpu::BindGroup,
+    uniform: wgpu::Buffer,
+    param_size: u64,
+    stride: u64,
+    entries: u32,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    /// Binds `tensors` (in binding order) and `params` (one entry or more) to `kernel`.
+    pub fn new<P: Params>(
+        gpu: &Gpu,
+        kernel: Kernel,
+        tensors: &[&GpuTensor],
+        params: &[P],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let (_, entry, storage, _) = kernel.spec();
+        if tensors.len() != storage.len() {
+            return Err(Error::shape(
+                entry,
+                format!("{} buffers", storage.len()),
+                format!("{} buffers", tensors.len()),
+            ));
+        }
+        let max = gpu.limits().max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&w| w > max) {
+            return Err(Error::TooLarge {
+                what: format!("{entry} grid {workgroups:?}"),
+                bytes: *workgroups.iter().max().unwrap_or(&0) as u64,
+                limit: max as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        let pipeline = gpu.pipeline(kernel)?;
+        let buffers: Vec<wgpu::Buffer> = tensors.iter().map(|t| t.buffer().clone()).collect();
+        let param_size = std::mem::size_of::<P>() as u64;
+        let align = gpu.limits().min_uniform_buffer_offset_alignment as u64;
+        let stride = param_size.next_multiple_of(align);
+        let (uniform, bind_group) =
+            Self::bind(gpu, &pipeline, &buffers, param_size, stride, params.len())?;
+        let d = Dispatch {
+            pipeline,
+            buffers,
+            bind_group,
+            uniform,
+            param_size,
+            stride,
+            entries: params.len() as u32,
+            workgroups,
+        };
+        d.write_entries(gpu, params);
+        Ok(d)
+    }
+
+    fn bind(
+        gpu: &Gpu,
+        pipeline: &Pipeline,
+        buffers: &[wgpu::Buffer],
+        param_size: u64,
+        stride: u64,
+        entries: usize,
+    ) -> Result<(wgpu::Buffer, wgpu::BindGroup)> {
+        let entry = pipeline.kernel.entry_point();
+        gpu.scoped(entry, || {
+            let uniform = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(entry),
+                size: stride * entries.max(1) as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut bind: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            bind.push(wgpu::BindGroupEntry {
+                binding: buffers.len() as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniform,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(param_size),
+                }),
+            });
+            let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &pipeline.layout,
+                entries: &bind,
+            });
+            (uniform, bind_group)
+        })
+    }
+
+    fn write_entries<P: Params>(&self, gpu: &Gpu, params: &[P]) {
+        let mut bytes = vec![0u8; (self.stride * params.len() as u64) as usize];
+        for (i, p) in params.iter().enumerate() {
+            let at = i * self.stride as usize;
+            bytes[at..at + self.param_size as usize].copy_from_slice(bytemuck::bytes_of(p));
+        }
+        gpu.queue.write_buffer(&self.uniform, 0, &bytes);
+    }
+
+    /// Replaces the parameter entries. Growing the number of entries rebuilds the uniform
+    /// and bind group (do that at setup, not per step); rewriting them does not.
+    pub fn set_params<P: Params>(&mut self, gpu: &Gpu, params: &[P]) -> Result<()> {
+        if std::mem::size_of::<P>() as u64 != self.param_size {
+            return Err(Error::shape(
+                self.pipeline.kernel.entry_point(),
+                format!("{}-byte parameters", self.param_size),
+                format!("{}-byte {}", std::mem::size_of::<P>(), P::WGSL_NAME),
+            ));
+        }
+        if params.len() as u32 > self.entries {
+            let (uniform, bind_group) = Self::bind(
+                gpu,
+                &self.pipeline,
+                &self.buffers,
+                self.param_size,
+                self.stride,
+                params.len(),
+            )?;
+            self.uniform = uniform;
+            self.bind_group = bind_group;
+            self.entries = params.len() as u32;
+        }
+        self.write_entries(gpu, params);
+        Ok(())
+    }
+
+    /// Records the launch into a compute pass with parameter entry `entry`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, entry: u32) {
+        debug_assert!(entry < self.entries.max(1));
+        let offset = (entry.min(self.entries.saturating_sub(1)) as u64 * self.stride) as u32;
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[offset]);
+        let [x, y, z] = self.workgroups;
+        if x > 0 && y > 0 && z > 0 {
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.pipeline.kernel
+    }
+}
+
+/// Records `dispatches` (each with entry 0) into one compute pass and submits it, with
+/// validation errors captured as `Error::Shader`. Convenient for one-off work and tests; the
+/// trainer records its own passes.
+pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
+    let label = dispatches
+        .first()
+        .map(|d| d.kernel().entry_point())
+        .unwrap_or("empty run");
+    gpu.scoped(label, || {
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            for d in dispatches {
+                d.record(&mut pass, 0);
+            }
+        }
+        gpu.submit(vec![encoder.finish()]);
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Grids
+
+const WG_1D: u32 = 256;
+
+/// A 1-D grid of 256-wide workgroups covering `len` invocations, folded into y when it
+/// exceeds the per-dimension limit (the shaders index with `gid.x + gid.y * groups.x * 256`).
+fn grid_1d(gpu: &Gpu, len: usize) -> [u32; 3] {
+    let groups = (len as u64).div_ceil(WG_1D as u64);
+    let max = gpu.limits().max_compute_workgroups_per_dimension as u64;
+    if groups <= max {
+        [groups as u32, 1, 1]
+    } else {
+        [max as u32, groups.div_ceil(max) as u32, 1]
+    }
+}
+
+/// A grid of 64-wide workgroups, one invocation per row (or column).
+fn grid_rows(rows: usize) -> [u32; 3] {
+    [(rows as u32).div_ceil(64), 1, 1]
+}
+
+// ---------------------------------------------------------------------------------------
+// Shape checks
+
+fn matrix(op: &str, t: &GpuTensor) -> Result<(usize, usize)> {
+    match *t.shape() {
+        [r, c] => Ok((r, c)),
+        [n] => Ok((1, n)),
+        _ => Err(Error::shape(
+            op,
+            format!("'{}' as a matrix", t.label()),
+            format!("shape {:?}", t.shape()),
+        )),
+    }
+}
+
+fn expect_shape(op: &str, t: &GpuTensor, want: (usize, usize)) -> Result<()> {
+    let got = matrix(op, t)?;
+    if got != want {
+        return Err(Error::shape(
+            op,
+            format!("'{}' of {} x {}", t.label(), want.0, want.1),
+            format!("{} x {}", got.0, got.1),
+        ));
+    }
+    Ok(())
+}
+
+fn expect_len(op: &str, t: &GpuTensor, len: usize) -> Result<()> {
+    if t.len() != len {
+        return Err(Error::shape(
+            op,
+            format!("'{}' of {len} elements", t.label()),
+            format!("{} elements (shape {:?})", t.len(), t.shape()),
+        ));
+    }
+    Ok(())
+}
+
+fn expect_dtype(op: &str, t: &GpuTensor, dtype: DType) -> Result<()> {
+    if t.dtype() != dtype {
+        return Err(Error::shape(
+            op,
+            format!("'{}' of {dtype:?}", t.label()),
+            format!("{:?}", t.dtype()),
+        ));
+    }
+    Ok(())
+}
+
+fn u32_of(op: &str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::TooLarge {
+        what: format!("{op}: {what}"),
+        bytes: v as u64,
+        limit: u32::MAX as u64,
+        limit_name: "u32 index range",
+    })
+}
+
+/// Whether a matmul or reduction overwrites its output or adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accumulate {
+    Overwrite,
+    Add,
+}
+
+impl Accumulate {
+    fn flag(self) -> u32 {
+        (self == Accumulate::Add) as u32
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Matmul
+
+fn matmul_grid(m: usize, n: usize) -> [u32; 3] {
+    [(n as u32).div_ceil(16), (m as u32).div_ceil(16), 1]
+}
+
+/// `out (m, n) = a (m, k) · b (n, k)ᵀ` — the forward product `Y = X·Wᵀ`.
+pub fn matmul_nt(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    acc: Accumulate,
+) -> Result<Dispatch> {
+    let (m, k) = matrix("matmul_nt", a)?;
+    let (n, _) = matrix("matmul_nt", b)?;
+    expect_shape("matmul_nt", b, (n, k))?;
+    expect_shape("matmul_nt", out, (m, n))?;
+    let p = matmul_params("matmul_nt", m, n, k, acc)?;
+    Dispatch::new(gpu, Kernel::MatmulNt, &[out, a, b], &[p], matmul_grid(m, n))
+}
+
+/// `out (m, n) = a (m, k) · b (k, n)` — the input delta `dX = dY·W`.
+pub fn matmul_nn(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    acc: Accumulate,
+) -> Result<Dispatch> {
+    let (m, k) = matrix("matmul_nn", a)?;
+    let (_, n) = matrix("matmul_nn", b)?;
+    expect_shape("matmul_nn", b, (k, n))?;
+    expect_shape("matmul_nn", out, (m, n))?;
+    let p = matmul_params("matmul_nn", m, n, k, acc)?;
+    Dispatch::new(gpu, Kernel::MatmulNn, &[out, a, b], &[p], matmul_grid(m, n))
+}
+
+/// `out (m, n) = a (k, m)ᵀ · b (k, n)` — the weight gradient `dW = dYᵀ·X`.
+pub fn matmul_tn(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    acc: Accumulate,
+) -> Result<Dispatch> {
+    let (k, m) = matrix("matmul_tn", a)?;
+    let (_, n) = matrix("matmul_tn", b)?;
+    expect_shape("matmul_tn", b, (k, n))?;
+    expect_shape("matmul_tn", out, (m, n))?;
+    let p = matmul_params("matmul_tn", m, n, k, acc)?;
+    Dispatch::new(gpu, Kernel::MatmulTn, &[out, a, b], &[p], matmul_grid(m, n))
+}
+
+fn matmul_params(op: &str, m: usize, n: usize, k: usize, acc: Accumulate) -> Result<MatmulParams> {
+    u32_of(op, "m*k", m * k)?;
+    u32_of(op, "n*k", n * k)?;
+    u32_of(op, "m*n", m * n)?;
+    Ok(MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: acc.flag(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Activations
+
+fn activation_params(
+    rows: usize,
+    cols: usize,
+    act: Activation,
+    has_bias: bool,
+) -> ActivationParams {
+    ActivationParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        kind: act.code(),
+        has_bias: has_bias as u32,
+        slope: act.slope(),
+        ..Default::default()
+    }
+}
+
+/// `pre += bias` (when given) and `out = act(pre)`, over `(rows, cols)`; `bias` has `cols`
+/// values. Without a bias, pass a placeholder of any size through `bias_or_dummy`.
+pub fn bias_activation_forward(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    pre: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    dummy: &GpuTensor,
+    act: Activation,
+) -> Result<Dispatch> {
+    let op = "bias_activation_forward";
+    let (rows, cols) = matrix(op, pre)?;
+    expect_shape(op, out, (rows, cols))?;
+    if let Some(b) = bias {
+        expect_len(op, b, cols)?;
+    }
+    u32_of(op, "rows*cols", rows * cols)?;
+    let p = activation_params(rows, cols, act, bias.is_some());
+    Dispatch::new(
+        gpu,
+        Kernel::BiasActivationForward,
+        &[out, pre, bias.unwrap_or(dummy)],
+        &[p],
+        grid_1d(gpu, rows * cols),
+    )
+}
+
+/// `dpre = dout * act'(pre)`, element-wise over `(rows, cols)`.
+pub fn activation_backward(
+    gpu: &Gpu,
+    dpre: &GpuTensor,
+    dout: &GpuTensor,
+    pre: &GpuTensor,
+    act: Activation,
+) -> Result<Dispatch> {
+    let op = "activation_backward";
+    let (rows, cols) = matrix(op, pre)?;
+    expect_shape(op, dpre, (rows, cols))?;
+    expect_shape(op, dout, (rows, cols))?;
+    u32_of(op, "rows*cols", rows * cols)?;
+    let p = activation_params(rows, cols, act, false);
+    Dispatch::new(
+        gpu,
+        Kernel::ActivationBackward,
+        &[dpre, dout, pre],
+        &[p],
+        grid_1d(gpu, rows * cols),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Reductions
+
+/// `out (cols) = Σ_rows x (rows, cols)` — the bias gradient.
+pub fn column_sum(gpu: &Gpu, out: &GpuTensor, x: &GpuTensor, acc: Accumulate) -> Result<Dispatch> {
+    let (rows, cols) = matrix("column_sum", x)?;
+    expect_len("column_sum", out, cols)?;
+    let p = RowsParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        accumulate: acc.flag(),
+        ..Default::default()
+    };
+    Dispatch::new(gpu, Kernel::ColumnSum, &[out, x], &[p], grid_rows(cols))
+}
+
+/// `out[0] = Σ x` (or `+=` with `Accumulate::Add`), in a fixed order.
+pub fn reduce_sum(gpu: &Gpu, out: &GpuTensor, x: &GpuTensor, acc: Accumulate) -> Result<Dispatch> {
+    if out.is_empty() {
+        return Err(Error::shape("reduce_sum", "an output of 1 element", "0"));
+    }
+    let p = ReduceParams {
+        len: u32_of("reduce_sum", "len", x.len())?,
+        accumulate: acc.flag(),
+        ..Default::default()
+    };
+    Dispatch::new(gpu, Kernel::ReduceSum, &[out, x], &[p], [1, 1, 1])
+}
+
+/// `out[r] = argmax_c x[r][c]` (u32, the first maximum on ties).
+pub fn argmax(gpu: &Gpu, out: &GpuTensor, x: &GpuTensor) -> Result<Dispatch> {
+    let (rows, cols) = matrix("argmax", x)?;
+    expect_dtype("argmax", out, DType::U32)?;
+    expect_len("argmax", out, rows)?;
+    let p = RowsParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        ..Default::default()
+    };
+    Dispatch::new(gpu, Kernel::Argmax, &[out, x], &[p], grid_rows(rows))
+}
+
+/// `count[0] += #{r < rows : argmax x[r] == labels[r]}` (u32 count, u32 labels).
+pub fn correct_count(
+    gpu: &Gpu,
+    count: &GpuTensor,
+    logits: &GpuTensor,
+    labels: &GpuTensor,
+    rows: usize,
+) -> Result<Dispatch> {
+    let op = "correct_count";
+    let (batch_rows, cols) = matrix(op, logits)?;
+    expect_dtype(op, count, DType::U32)?;
+    expect_dtype(op, labels, DType::U32)?;
+    expect_len(op, labels, batch_rows)?;
+    if rows > batch_rows {
+        return Err(Error::shape(op, format!("at most {batch_rows} rows"), rows));
+    }
+    let p = RowsParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        ..Default::default()
+    };
+    Dispatch::new(
+        gpu,
+        Kernel::CorrectCount,
+        &[count, logits, labels],
+        &[p],
+        grid_rows(batch_rows),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax and losses
+
+/// `out = softmax(logits)` row by row.
+pub fn softmax(gpu: &Gpu, out: &GpuTensor, logits: &GpuTensor) -> Result<Dispatch> {
+    let (rows, cols) = matrix("softmax", logits)?;
+    expect_shape("softmax", out, (rows, cols))?;
+    let p = RowsParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        ..Default::default()
+    };
+    Dispatch::new(gpu, Kernel::Softmax, &[out, logits], &[p], grid_rows(rows))
+}
+
+/// The loss functions soma trains with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Mean squared error over every output element (PyTorch's `MSELoss`).
+    Mse,
+    /// Softmax cross-entropy from logits and class labels (PyTorch's `CrossEntropyLoss`).
+    SoftmaxCrossEntropy,
+    /// Binary cross-entropy from logits and 0/1 targets (PyTorch's `BCEWithLogitsLoss`).
+    BinaryCrossEntropy,
+}
+
+impl Loss {
+    /// The parameters for `rows` live rows of width `cols` in a buffer of `batch_rows` rows.
+    pub fn params(self, rows: usize, cols: usize, batch_rows: usize) -> LossParams {
+        let n = match self {
+            Loss::SoftmaxCrossEntropy => rows,
+            Loss::Mse | Loss::BinaryCrossEntropy => rows * cols,
+        };
+        LossParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            batch_rows: batch_rows as u32,
+            scale: if n == 0 { 0.0 } else { 1.0 / n as f32 },
+        }
+    }
+
+    /// Whether the targets are class labels (u32) rather than values (f32).
+    pub fn takes_labels(self) -> bool {
+        self == Loss::SoftmaxCrossEntropy
+    }
+
+    fn kernel(self) -> Kernel {
+        match self {
+            Loss::Mse => Kernel::MseLoss,
+            Loss::SoftmaxCrossEntropy => Kernel::SoftmaxCrossEntropy,
+            Loss::BinaryCrossEntropy => Kernel::BinaryCrossEntropy,
+        }
+    }
+}
+
+/// A loss and its gradient over `pred (batch_rows, cols)`, the first `rows` live:
+/// `grad` (same shape), `row_loss (batch_rows)`. `target` is u32 labels `(batch_rows)` for
+/// softmax cross-entropy and f32 `(batch_rows, cols)` otherwise. The batch loss is
+/// `Σ row_loss / rows`.
+pub fn loss(
+    gpu: &Gpu,
+    kind: Loss,
+    grad: &GpuTensor,
+    row_loss: &GpuTensor,
+    pred: &GpuTensor,
+    target: &GpuTensor,
+    rows: usize,
+) -> Result<Dispatch> {
+    let op = kind.kernel().entry_point();
+    let (batch_rows, cols) = matrix(op, pred)?;
+    expect_shape(op, grad, (batch_rows, cols))?;
+    expect_len(op, row_loss, batch_rows)?;
+    if kind.takes_labels() {
+        expect_dtype(op, target, DType::U32)?;
+        expect_len(op, target, batch_rows)?;
+    } else {
+        expect_dtype(op, target, DType::F32)?;
+        expect_shape(op, target, (batch_rows, cols))?;
+    }
+    if rows > batch_rows {
+        return Err(Error::shape(
+            op,
+            format!("at most {batch_rows} live rows"),
+            rows,
+        ));
+    }
+    let p = kind.params(rows, cols, batch_rows);
+    Dispatch::new(
+        gpu,
+        kind.kernel(),
+        &[grad, row_loss, pred, target],
+        &[p],
+        grid_rows(batch_rows),
+    )
+}
+
+/// MSE: see [`loss`].
+pub fn mse_loss(
+    gpu: &Gpu,
+    grad: &GpuTensor,
+    row_loss: &GpuTensor,
+    pred: &GpuTensor,
+    target: &GpuTensor,
+    rows: usize,
+) -> Result<Dispatch> {
+    loss(gpu, Loss::Mse, grad, row_loss, pred, target, rows)
+}
+
+/// Softmax cross-entropy from logits: see [`loss`].
+pub fn softmax_cross_entropy(
+    gpu: &Gpu,
+    grad: &GpuTensor,
+    row_loss: &GpuTensor,
+    logits: &GpuTensor,
+    labels: &GpuTensor,
+    rows: usize,
+) -> Result<Dispatch> {
+    loss(
+        gpu,
+        Loss::SoftmaxCrossEntropy,
+        grad,
+        row_loss,
+        logits,
+        labels,
+        rows,
+    )
+}
+
+/// Binary cross-entropy from logits: see [`loss`].
+pub fn binary_cross_entropy(
+    gpu: &Gpu,
+    grad: &GpuTensor,
+    row_loss: &GpuTensor,
+    logits: &GpuTensor,
+    targets: &GpuTensor,
+    rows: usize,
+) -> Result<Dispatch> {
+    loss(
+        gpu,
+        Loss::BinaryCrossEntropy,
+        grad,
+        row_loss,
+        logits,
+        targets,
+        rows,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Optimizer updates
+
+fn check_param_pair(op: &str, param: &GpuTensor, other: &GpuTensor) -> Result<u32> {
+    expect_len(op, other, param.len())?;
+    u32_of(op, "len", param.len())
+}
+
+/// `p -= lr (g + wd p)`; `params.len` is filled in from the tensor.
+pub fn sgd_update(
+    gpu: &Gpu,
+    param: &GpuTensor,
+    grad: &GpuTensor,
+    params: SgdParams,
+) -> Result<Dispatch> {
+    let len = check_param_pair("sgd_update", param, grad)?;
+    let p = SgdParams { len, ..params };
+    Dispatch::new(
+        gpu,
+        Kernel::SgdUpdate,
+        &[param, grad],
+        &[p],
+        grid_1d(gpu, param.len()),
+    )
+}
+
+/// `v = momentum v + (g + wd p); p -= lr v`.
+pub fn momentum_update(
+    gpu: &Gpu,
+    param: &GpuTensor,
+    velocity: &GpuTensor,
+    grad: &GpuTensor,
+    params: SgdParams,
+) -> Result<Dispatch> {
+    let len = check_param_pair("momentum_update", param, grad)?;
+    check_param_pair("momentum_update", param, velocity)?;
+    let p = SgdParams { len, ..params };
+    Dispatch::new(
+        gpu,
+        Kernel::MomentumUpdate,
+        &[param, velocity, grad],
+        &[p],
+        grid_1d(gpu, param.len()),
+    )
+}
+
+/// Adam / AdamW (PyTorch's semantics; see shaders/optim.wgsl).
+pub fn adam_update(
+    gpu: &Gpu,
+    param: &GpuTensor,
+    m: &GpuTensor,
+    v: &GpuTensor,
+    grad: &GpuTensor,
+    params: AdamParams,
+) -> Result<Dispatch> {
+    let len = check_param_pair("adam_update", param, grad)?;
+    check_param_pair("adam_update", param, m)?;
+    check_param_pair("adam_update", param, v)?;
+    let p = AdamParams { len, ..params };
+    Dispatch::new(
+        gpu,
+        Kernel::AdamUpdate,
+        &[param, m, v, grad],
+        &[p],
+        grid_1d(gpu, param.len()),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Data
+
+fn gather_params(
+    op: &str,
+    batch_rows: usize,
+    cols: usize,
+    indices: &GpuTensor,
+    start: usize,
+    rows: usize,
+) -> Result<GatherParams> {
+    expect_dtype(op, indices, DType::U32)?;
+    if rows > batch_rows || start + rows > indices.len() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "rows {start}..{} within {} indices and at most {batch_rows} rows",
+                start + rows,
+                indices.len()
+            ),
+            format!("{rows} rows from {start}"),
+        ));
+    }
+    Ok(GatherParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        start: start as u32,
+        batch_rows: batch_rows as u32,
+    })
+}
+
+/// `out[r] = data[indices[start + r]]` for `r < rows`, zero rows after that.
+/// `data (n, cols)`, `out (batch_rows, cols)`, `indices` u32.
+pub fn gather_rows(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    data: &GpuTensor,
+    indices: &GpuTensor,
+    start: usize,
+    rows: usize,
+) -> Result<Dispatch> {
+    let (batch_rows, cols) = matrix("gather_rows", out)?;
+    let (_, data_cols) = matrix("gather_rows", data)?;
+    if data_cols != cols {
+        return Err(Error::shape(
+            "gather_rows",
+            format!("data of width {cols}"),
+            data_cols,
+        ));
+    }
+    u32_of("gather_rows", "data size", data.len())?;
+    let p = gather_params("gather_rows", batch_rows, cols, indices, start, rows)?;
+    Dispatch::new(
+        gpu,
+        Kernel::GatherRows,
+        &[out, data, indices],
+        &[p],
+        grid_1d(gpu, batch_rows * cols),
+    )
+}
+
+/// `out[r] = labels[indices[start + r]]` for `r < rows`, 0 after that (all u32).
+pub fn gather_labels(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    labels: &GpuTensor,
+    indices: &GpuTensor,
+    start: usize,
+    rows: usize,
+) -> Result<Dispatch> {
+    expect_dtype("gather_labels", out, DType::U32)?;
+    expect_dtype("gather_labels", labels, DType::U32)?;
+    let p = gather_params("gather_labels", out.len(), 1, indices, start, rows)?;
+    Dispatch::new(
+        gpu,
+        Kernel::GatherLabels,
+        &[out, labels, indices],
+        &[p],
+        grid_1d(gpu, out.len()),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The perceptron
+
+/// One epoch of Rosenblatt's rule: `weights (cols + 1)` = (w, theta), `errors` u32 (1),
+/// `x (rows, cols)`, `targets (rows)` in {-1, 1}.
+pub fn perceptron_epoch(
+    gpu: &Gpu,
+    weights: &GpuTensor,
+    errors: &GpuTensor,
+    x: &GpuTensor,
+    targets: &GpuTensor,
+    lr: f32,
+) -> Result<Dispatch> {
+    let op = "perceptron_epoch";
+    let (rows, cols) = matrix(op, x)?;
+    expect_len(op, weights, cols + 1)?;
+    expect_len(op, targets, rows)?;
+    expect_dtype(op, errors, DType::U32)?;
+    let p = PerceptronParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        lr,
+        ..Default::default()
+    };
+    Dispatch::new(
+        gpu,
+        Kernel::PerceptronEpoch,
+        &[weights, errors, x, targets],
+        &[p],
+        [1, 1, 1],
+    )
+}

@@ -1,0 +1,263 @@
+//! `GpuTensor`: one storage buffer with a shape, an element type and a label. Upload, zeros
+//! and readback live here; readback is the one place in soma that maps a buffer. This module
+//! records no kernels (see `kernels.rs`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// The element type of a tensor's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U32,
+}
+
+/// A storage buffer of `shape.iter().product()` elements of `dtype`, row-major.
+#[derive(Debug)]
+pub struct GpuTensor {
+    buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+    dtype: DType,
+    label: String,
+}
+
+fn byte_len(shape: &[usize]) -> u64 {
+    shape.iter().product::<usize>() as u64 * 4
+}
+
+impl GpuTensor {
+    fn create(gpu: &Gpu, label: &str, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        let bytes = byte_len(shape);
+        gpu.check_buffer_size(label, bytes)?;
+        // A binding may not be empty: an empty tensor still gets one 16-byte buffer.
+        let size = bytes.max(16).next_multiple_of(4);
+        let buffer = gpu.scoped(label, || {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(GpuTensor {
+            buffer,
+            shape: shape.to_vec(),
+            dtype,
+            label: label.to_string(),
+        })
+    }
+
+    fn check_len(label: &str, shape: &[usize], len: usize) -> Result<()> {
+        let want: usize = shape.iter().product();
+        if want != len {
+            return Err(Error::shape(
+                format!("upload of '{label}'"),
+                format!("{want} values for shape {shape:?}"),
+                format!("{len} values"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new f32 tensor holding `data` (row-major, `shape.product()` values).
+    pub fn upload(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> Result<GpuTensor> {
+        Self::check_len(label, shape, data.len())?;
+        let t = Self::create(gpu, label, shape, DType::F32)?;
+        gpu.queue
+            .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// A new u32 tensor (labels, indices, counters) holding `data`.
+    pub fn upload_u32(gpu: &Gpu, label: &str, shape: &[usize], data: &[u32]) -> Result<GpuTensor> {
+        Self::check_len(label, shape, data.len())?;
+        let t = Self::create(gpu, label, shape, DType::U32)?;
+        gpu.queue
+            .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// A new f32 tensor of zeros (wgpu zero-initialises new buffers).
+    pub fn zeros(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<GpuTensor> {
+        Self::create(gpu, label, shape, DType::F32)
+    }
+
+    /// A new u32 tensor of zeros.
+    pub fn zeros_u32(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<GpuTensor> {
+        Self::create(gpu, label, shape, DType::U32)
+    }
+
+    /// Overwrites the whole tensor with `data` (queued; it lands before the next submission).
+    pub fn write(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        self.expect_dtype(DType::F32)?;
+        Self::check_len(&self.label, &self.shape, data.len())?;
+        gpu.queue
+            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Overwrites the whole u32 tensor with `data`.
+    pub fn write_u32(&self, gpu: &Gpu, data: &[u32]) -> Result<()> {
+        self.expect_dtype(DType::U32)?;
+        Self::check_len(&self.label, &self.shape, data.len())?;
+        gpu.queue
+            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    fn expect_dtype(&self, dtype: DType) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(Error::shape(
+                format!("'{}'", self.label),
+                format!("{dtype:?} elements"),
+                format!("{:?} elements", self.dtype),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Size of the data in bytes (the buffer may be padded beyond it).
+    pub fn byte_len(&self) -> u64 {
+        byte_len(&self.shape)
+    }
+
+    /// Starts a readback: records a copy into a staging buffer, submits it, and asks for the
+    /// map. The returned handle resolves once the device has been polled past the copy
+    /// (`Readback::wait` polls; `Readback::into_future` leaves polling to the caller, for hosts
+    /// that poll their device in their own loop).
+    pub fn start_read(&self, gpu: &Gpu) -> Result<Readback> {
+        let bytes = self.byte_len();
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&format!("{} readback", self.label)),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        if bytes > 0 {
+            encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, bytes);
+        }
+        gpu.submit(vec![encoder.finish()]);
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        gpu.count_map();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            flag.store(true, Ordering::Release);
+            let _ = sender.send(r);
+        });
+        Ok(Readback {
+            staging,
+            receiver,
+            done,
+            label: self.label.clone(),
+            bytes,
+        })
+    }
+
+    /// Reads the f32 tensor back to the host, blocking until the GPU has finished.
+    pub fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.expect_dtype(DType::F32)?;
+        let bytes = self.start_read(gpu)?.wait(gpu)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Reads the u32 tensor back to the host, blocking.
+    pub fn read_u32(&self, gpu: &Gpu) -> Result<Vec<u32>> {
+        self.expect_dtype(DType::U32)?;
+        let bytes = self.start_read(gpu)?.wait(gpu)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Reads the f32 tensor back without blocking: the future completes when whoever owns the
+    /// device polls it past the copy (a host's frame loop, or `Gpu::wait`).
+    pub async fn read_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.expect_dtype(DType::F32)?;
+        let bytes = self.start_read(gpu)?.into_future().await?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+}
+
+/// A readback in flight: a staging buffer whose map has been requested.
+pub struct Readback {
+    staging: wgpu::Buffer,
+    receiver: futures_intrusive::channel::shared::OneshotReceiver<
+        std::result::Result<(), wgpu::BufferAsyncError>,
+    >,
+    done: Arc<AtomicBool>,
+    label: String,
+    bytes: u64,
+}
+
+impl Readback {
+    /// True once the map has completed (it never blocks; it does not poll the device).
+    pub fn is_ready(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Waits for the map, polling the device, and returns the bytes.
+    pub fn wait(self, gpu: &Gpu) -> Result<Vec<u8>> {
+        gpu.wait()?;
+        pollster::block_on(self.into_future())
+    }
+
+    /// The bytes, once someone has polled the device past the copy.
+    pub async fn into_future(self) -> Result<Vec<u8>> {
+        let result = self.receiver.receive().await;
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                return Err(Error::Readback {
+                    label: self.label,
+                    message: e.to_string(),
+                })
+            }
+            None => {
+                return Err(Error::Readback {
+                    label: self.label,
+                    message: "the map callback was dropped (device lost?)".into(),
+                })
+            }
+        }
+        let data = {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback {
+                    label: self.label.clone(),
+                    message: e.to_string(),
+                })?;
+            view[..self.bytes as usize].to_vec()
+        };
+        self.staging.unmap();
+        Ok(data)
+    }
+}

@@ -1,0 +1,704 @@
+//! Every kernel against its CPU twin on seeded random inputs, at odd shapes (1x1, 1xn, 7x3,
+//! 33x17, 129x65 and one dimension >= 512). Tolerances are abs + rel and chosen per kernel
+//! (the reason is next to each). GPU tests print SKIPPED without an adapter and fail when
+//! SOMA_REQUIRE_GPU=1.
+
+mod common;
+
+use common::{assert_close, gpu, TestRng};
+use soma::kernels::{self, Accumulate, Loss};
+use soma::params::*;
+use soma::{cpu, Activation, Gpu, GpuTensor};
+
+/// (rows, cols) shapes of the element-wise and row-wise tests.
+const SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (1, 9),
+    (7, 3),
+    (33, 17),
+    (129, 65),
+    (600, 5),
+    (3, 530),
+];
+
+fn up(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> GpuTensor {
+    GpuTensor::upload(gpu, label, shape, data).unwrap()
+}
+
+fn up_u32(gpu: &Gpu, label: &str, shape: &[usize], data: &[u32]) -> GpuTensor {
+    GpuTensor::upload_u32(gpu, label, shape, data).unwrap()
+}
+
+fn run(gpu: &Gpu, d: &soma::Dispatch) {
+    kernels::run(gpu, &[d]).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn matmul_forms_match_cpu() {
+    let Some(gpu) = gpu("matmul_forms_match_cpu") else {
+        return;
+    };
+    // (m, k, n)
+    let cases = [
+        (1, 1, 1),
+        (1, 7, 9),
+        (7, 3, 5),
+        (33, 17, 9),
+        (129, 65, 33),
+        (513, 31, 17),
+        (5, 600, 3),
+    ];
+    let mut rng = TestRng::new(1);
+    for &(m, k, n) in &cases {
+        for acc in [Accumulate::Overwrite, Accumulate::Add] {
+            let a = rng.vec(m * k, -1.0, 1.0);
+            let prior = rng.vec(m * n, -1.0, 1.0);
+            let p = MatmulParams {
+                m: m as u32,
+                n: n as u32,
+                k: k as u32,
+                accumulate: (acc == Accumulate::Add) as u32,
+            };
+            // Each product is a k-term sum of terms bounded by 1: the GPU may fuse multiply and
+            // add (one rounding instead of two) so sums can differ by ~k ulps of the partial
+            // sums; 2k * eps absolute covers that with margin, and rel 1e-6 the large values.
+            let atol = 2.0 * k as f32 * f32::EPSILON + 1e-6;
+            let label = format!("{m}x{k}x{n} {acc:?}");
+
+            // nt: a (m,k) · b (n,k)^T
+            let b = rng.vec(n * k, -1.0, 1.0);
+            let mut want = prior.clone();
+            cpu::matmul_nt(&mut want, &a, &b, &p);
+            let out = up(gpu, "out", &[m, n], &prior);
+            let d = kernels::matmul_nt(
+                gpu,
+                &out,
+                &up(gpu, "a", &[m, k], &a),
+                &up(gpu, "b", &[n, k], &b),
+                acc,
+            )
+            .unwrap();
+            run(gpu, &d);
+            assert_close(
+                &format!("matmul_nt {label}"),
+                &out.read(gpu).unwrap(),
+                &want,
+                atol,
+                1e-6,
+            );
+
+            // nn: a (m,k) · b (k,n)
+            let b = rng.vec(k * n, -1.0, 1.0);
+            let mut want = prior.clone();
+            cpu::matmul_nn(&mut want, &a, &b, &p);
+            let out = up(gpu, "out", &[m, n], &prior);
+            let d = kernels::matmul_nn(
+                gpu,
+                &out,
+                &up(gpu, "a", &[m, k], &a),
+                &up(gpu, "b", &[k, n], &b),
+                acc,
+            )
+            .unwrap();
+            run(gpu, &d);
+            assert_close(
+                &format!("matmul_nn {label}"),
+                &out.read(gpu).unwrap(),
+                &want,
+                atol,
+                1e-6,
+            );
+
+            // tn: a (k,m)^T · b (k,n)
+            let at = rng.vec(k * m, -1.0, 1.0);
+            let b = rng.vec(k * n, -1.0, 1.0);
+            let mut want = prior.clone();
+            cpu::matmul_tn(&mut want, &at, &b, &p);
+            let out = up(gpu, "out", &[m, n], &prior);
+            let d = kernels::matmul_tn(
+                gpu,
+                &out,
+                &up(gpu, "a", &[k, m], &at),
+                &up(gpu, "b", &[k, n], &b),
+                acc,
+            )
+            .unwrap();
+            run(gpu, &d);
+            assert_close(
+                &format!("matmul_tn {label}"),
+                &out.read(gpu).unwrap(),
+                &want,
+                atol,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_rejects_mismatched_shapes() {
+    let Some(gpu) = gpu("matmul_rejects_mismatched_shapes") else {
+        return;
+    };
+    let a = GpuTensor::zeros(gpu, "a", &[3, 4]).unwrap();
+    let b = GpuTensor::zeros(gpu, "b", &[5, 3]).unwrap();
+    let out = GpuTensor::zeros(gpu, "out", &[3, 5]).unwrap();
+    let err = kernels::matmul_nt(gpu, &out, &a, &b, Accumulate::Overwrite).unwrap_err();
+    assert!(matches!(err, soma::Error::Shape { .. }), "{err}");
+    assert!(err.to_string().contains("'b' of 5 x 4"), "{err}");
+}
+
+#[test]
+fn bias_activation_forward_matches_cpu() {
+    let Some(gpu) = gpu("bias_activation_forward_matches_cpu") else {
+        return;
+    };
+    let mut rng = TestRng::new(2);
+    let dummy = GpuTensor::zeros(gpu, "no bias", &[1]).unwrap();
+    for &(rows, cols) in SHAPES {
+        for act in Activation::ALL {
+            for has_bias in [true, false] {
+                let pre = rng.vec(rows * cols, -4.0, 4.0);
+                let bias = rng.vec(cols, -1.0, 1.0);
+                let p = ActivationParams {
+                    rows: rows as u32,
+                    cols: cols as u32,
+                    kind: act.code(),
+                    has_bias: has_bias as u32,
+                    slope: act.slope(),
+                    ..Default::default()
+                };
+                let mut want_out = vec![0.0; rows * cols];
+                let mut want_pre = pre.clone();
+                cpu::bias_activation_forward(&mut want_out, &mut want_pre, &bias, &p);
+                let out = GpuTensor::zeros(gpu, "out", &[rows, cols]).unwrap();
+                let pre_t = up(gpu, "pre", &[rows, cols], &pre);
+                let bias_t = up(gpu, "bias", &[cols], &bias);
+                let d = kernels::bias_activation_forward(
+                    gpu,
+                    &out,
+                    &pre_t,
+                    has_bias.then_some(&bias_t),
+                    &dummy,
+                    act,
+                )
+                .unwrap();
+                run(gpu, &d);
+                let label = format!("{act} {rows}x{cols} bias={has_bias}");
+                // The bias add is one f32 addition on both sides: exact.
+                assert_close(
+                    &format!("pre {label}"),
+                    &pre_t.read(gpu).unwrap(),
+                    &want_pre,
+                    0.0,
+                    0.0,
+                );
+                // relu/leaky/sign/step/identity are exact; sigmoid/tanh go through exp, whose
+                // GPU accuracy the spec leaves at a few ulps: 1e-6 abs on values in [-1, 1].
+                assert_close(
+                    &format!("out {label}"),
+                    &out.read(gpu).unwrap(),
+                    &want_out,
+                    1e-6,
+                    1e-6,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_backward_matches_cpu() {
+    let Some(gpu) = gpu("activation_backward_matches_cpu") else {
+        return;
+    };
+    let mut rng = TestRng::new(3);
+    for &(rows, cols) in SHAPES {
+        for act in Activation::ALL {
+            let pre = rng.vec(rows * cols, -4.0, 4.0);
+            let dout = rng.vec(rows * cols, -1.0, 1.0);
+            let p = ActivationParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                kind: act.code(),
+                slope: act.slope(),
+                ..Default::default()
+            };
+            let mut want = vec![0.0; rows * cols];
+            cpu::activation_backward(&mut want, &dout, &pre, &p);
+            let dpre = GpuTensor::zeros(gpu, "dpre", &[rows, cols]).unwrap();
+            let d = kernels::activation_backward(
+                gpu,
+                &dpre,
+                &up(gpu, "dout", &[rows, cols], &dout),
+                &up(gpu, "pre", &[rows, cols], &pre),
+                act,
+            )
+            .unwrap();
+            run(gpu, &d);
+            // Derivatives of sigmoid/tanh carry exp's few-ulp error; the rest are exact.
+            assert_close(
+                &format!("activation_backward {act} {rows}x{cols}"),
+                &dpre.read(gpu).unwrap(),
+                &want,
+                1e-6,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn column_sum_and_reduce_sum_match_cpu() {
+    let Some(gpu) = gpu("column_sum_and_reduce_sum_match_cpu") else {
+        return;
+    };
+    let mut rng = TestRng::new(4);
+    for &(rows, cols) in SHAPES {
+        for acc in [Accumulate::Overwrite, Accumulate::Add] {
+            let x = rng.vec(rows * cols, -1.0, 1.0);
+            let prior = rng.vec(cols, -1.0, 1.0);
+            let p = RowsParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                accumulate: (acc == Accumulate::Add) as u32,
+                ..Default::default()
+            };
+            let mut want = prior.clone();
+            cpu::column_sum(&mut want, &x, &p);
+            let out = up(gpu, "out", &[cols], &prior);
+            run(
+                gpu,
+                &kernels::column_sum(gpu, &out, &up(gpu, "x", &[rows, cols], &x), acc).unwrap(),
+            );
+            // Same order of additions on both sides: exact.
+            assert_close(
+                &format!("column_sum {rows}x{cols} {acc:?}"),
+                &out.read(gpu).unwrap(),
+                &want,
+                0.0,
+                0.0,
+            );
+
+            let prior = [0.5f32];
+            let p = ReduceParams {
+                len: (rows * cols) as u32,
+                accumulate: (acc == Accumulate::Add) as u32,
+                ..Default::default()
+            };
+            let mut want = prior.to_vec();
+            cpu::reduce_sum(&mut want, &x, &p);
+            let out = up(gpu, "sum", &[1], &prior);
+            run(
+                gpu,
+                &kernels::reduce_sum(gpu, &out, &up(gpu, "x", &[rows * cols], &x), acc).unwrap(),
+            );
+            // The CPU twin follows the shader's strided-then-tree order: exact.
+            assert_close(
+                &format!("reduce_sum {} {acc:?}", rows * cols),
+                &out.read(gpu).unwrap(),
+                &want,
+                0.0,
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn argmax_and_correct_count_match_cpu() {
+    let Some(gpu) = gpu("argmax_and_correct_count_match_cpu") else {
+        return;
+    };
+    let mut rng = TestRng::new(5);
+    for &(rows, cols) in SHAPES {
+        let mut x = rng.vec(rows * cols, -1.0, 1.0);
+        // Ties: the first maximum wins on both sides.
+        if cols > 2 {
+            x[1] = 2.0;
+            x[2] = 2.0;
+        }
+        let labels: Vec<u32> = (0..rows).map(|_| rng.below(cols as u32)).collect();
+        let p = RowsParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            ..Default::default()
+        };
+        let mut want = vec![0u32; rows];
+        cpu::argmax(&mut want, &x, &p);
+        let out = GpuTensor::zeros_u32(gpu, "argmax", &[rows]).unwrap();
+        let xt = up(gpu, "x", &[rows, cols], &x);
+        run(gpu, &kernels::argmax(gpu, &out, &xt).unwrap());
+        assert_eq!(out.read_u32(gpu).unwrap(), want, "argmax {rows}x{cols}");
+
+        // Count over the first `live` rows only, added to a prior count of 3.
+        let live = rows.div_ceil(2);
+        let p = RowsParams {
+            rows: live as u32,
+            cols: cols as u32,
+            ..Default::default()
+        };
+        let mut want = vec![3u32];
+        cpu::correct_count(&mut want, &x, &labels, &p);
+        let count = up_u32(gpu, "count", &[1], &[3]);
+        run(
+            gpu,
+            &kernels::correct_count(
+                gpu,
+                &count,
+                &xt,
+                &up_u32(gpu, "labels", &[rows], &labels),
+                live,
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            count.read_u32(gpu).unwrap(),
+            want,
+            "correct_count {rows}x{cols}"
+        );
+    }
+}
+
+#[test]
+fn softmax_matches_cpu() {
+    let Some(gpu) = gpu("softmax_matches_cpu") else {
+        return;
+    };
+    let mut rng = TestRng::new(6);
+    for &(rows, cols) in SHAPES {
+        // Large logits: the max subtraction must keep exp finite.
+        let x = rng.vec(rows * cols, -80.0, 80.0);
+        let p = RowsParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            ..Default::default()
+        };
+        let mut want = vec![0.0; rows * cols];
+        cpu::softmax(&mut want, &x, &p);
+        let out = GpuTensor::zeros(gpu, "softmax", &[rows, cols]).unwrap();
+        run(
+            gpu,
+            &kernels::softmax(gpu, &out, &up(gpu, "x", &[rows, cols], &x)).unwrap(),
+        );
+        // Probabilities in [0, 1] built from exp (few ulps) and a sum of up to 530 terms.
+        assert_close(
+            &format!("softmax {rows}x{cols}"),
+            &out.read(gpu).unwrap(),
+            &want,
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn losses_match_cpu() {
+    let Some(gpu) = gpu("losses_match_cpu") else {
+        return;
+    };
+    let mut rng = TestRng::new(7);
+    for &(batch_rows, cols) in SHAPES {
+        // The live rows: all of them, and a partial last batch (padding must get zeros).
+        for rows in [batch_rows, batch_rows.div_ceil(3)] {
+            for kind in [
+                Loss::Mse,
+                Loss::SoftmaxCrossEntropy,
+                Loss::BinaryCrossEntropy,
+            ] {
+                let pred = rng.vec(batch_rows * cols, -6.0, 6.0);
+                let p = kind.params(rows, cols, batch_rows);
+                let mut grad = vec![9.0; batch_rows * cols];
+                let mut row_loss = vec![9.0; batch_rows];
+                let grad_t = up(gpu, "grad", &[batch_rows, cols], &grad);
+                let loss_t = up(gpu, "row_loss", &[batch_rows], &row_loss);
+                let pred_t = up(gpu, "pred", &[batch_rows, cols], &pred);
+                let d = match kind {
+                    Loss::SoftmaxCrossEntropy => {
+                        let labels: Vec<u32> =
+                            (0..batch_rows).map(|_| rng.below(cols as u32)).collect();
+                        cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &pred, &labels, &p);
+                        let lt = up_u32(gpu, "labels", &[batch_rows], &labels);
+                        kernels::softmax_cross_entropy(gpu, &grad_t, &loss_t, &pred_t, &lt, rows)
+                            .unwrap()
+                    }
+                    Loss::Mse => {
+                        let target = rng.vec(batch_rows * cols, -6.0, 6.0);
+                        cpu::mse_loss(&mut grad, &mut row_loss, &pred, &target, &p);
+                        let tt = up(gpu, "target", &[batch_rows, cols], &target);
+                        kernels::mse_loss(gpu, &grad_t, &loss_t, &pred_t, &tt, rows).unwrap()
+                    }
+                    Loss::BinaryCrossEntropy => {
+                        let target: Vec<f32> = (0..batch_rows * cols)
+                            .map(|_| rng.below(2) as f32)
+                            .collect();
+                        cpu::binary_cross_entropy(&mut grad, &mut row_loss, &pred, &target, &p);
+                        let tt = up(gpu, "target", &[batch_rows, cols], &target);
+                        kernels::binary_cross_entropy(gpu, &grad_t, &loss_t, &pred_t, &tt, rows)
+                            .unwrap()
+                    }
+                };
+                run(gpu, &d);
+                let label = format!("{kind:?} {rows}/{batch_rows}x{cols}");
+                // Gradients are products of exp-based probabilities and the 1/N scale: a few
+                // ulps relative, tiny absolute. Row losses are sums of up to 530 log/exp terms of
+                // size <= ~12: 1e-5 relative.
+                assert_close(
+                    &format!("grad {label}"),
+                    &grad_t.read(gpu).unwrap(),
+                    &grad,
+                    1e-7,
+                    1e-5,
+                );
+                assert_close(
+                    &format!("row_loss {label}"),
+                    &loss_t.read(gpu).unwrap(),
+                    &row_loss,
+                    1e-5,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn optimizers_match_cpu() {
+    let Some(gpu) = gpu("optimizers_match_cpu") else {
+        return;
+    };
+    let mut rng = TestRng::new(8);
+    for len in [1usize, 7, 561, 1757, 70_000] {
+        let param = rng.vec(len, -1.0, 1.0);
+        let grad = rng.vec(len, -1.0, 1.0);
+        let state = rng.vec(len, -0.1, 0.1);
+        let state2 = rng.vec(len, 0.0, 0.01);
+
+        for wd in [0.0, 0.01] {
+            let p = SgdParams {
+                len: len as u32,
+                lr: 0.05,
+                weight_decay: wd,
+                momentum: 0.9,
+            };
+            let mut want = param.clone();
+            cpu::sgd_update(&mut want, &grad, &p);
+            let pt = up(gpu, "param", &[len], &param);
+            run(
+                gpu,
+                &kernels::sgd_update(gpu, &pt, &up(gpu, "grad", &[len], &grad), p).unwrap(),
+            );
+            // A handful of f32 operations per element, the same on both sides; a fused
+            // multiply-add on the GPU is the only possible difference (1 ulp).
+            assert_close(
+                &format!("sgd_update {len} wd={wd}"),
+                &pt.read(gpu).unwrap(),
+                &want,
+                1e-7,
+                1e-6,
+            );
+
+            let mut want = param.clone();
+            let mut want_v = state.clone();
+            cpu::momentum_update(&mut want, &mut want_v, &grad, &p);
+            let pt = up(gpu, "param", &[len], &param);
+            let vt = up(gpu, "velocity", &[len], &state);
+            run(
+                gpu,
+                &kernels::momentum_update(gpu, &pt, &vt, &up(gpu, "grad", &[len], &grad), p)
+                    .unwrap(),
+            );
+            assert_close(
+                &format!("momentum param {len} wd={wd}"),
+                &pt.read(gpu).unwrap(),
+                &want,
+                1e-7,
+                1e-6,
+            );
+            assert_close(
+                &format!("momentum velocity {len} wd={wd}"),
+                &vt.read(gpu).unwrap(),
+                &want_v,
+                1e-7,
+                1e-6,
+            );
+
+            for decoupled in [0u32, 1] {
+                let t = 3i32;
+                let p = AdamParams {
+                    len: len as u32,
+                    lr: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: wd,
+                    bias_correction1: 1.0 - 0.9f32.powi(t),
+                    bias_correction2: 1.0 - 0.999f32.powi(t),
+                    decoupled,
+                    ..Default::default()
+                };
+                let (mut want, mut want_m, mut want_v) =
+                    (param.clone(), state.clone(), state2.clone());
+                cpu::adam_update(&mut want, &mut want_m, &mut want_v, &grad, &p);
+                let pt = up(gpu, "param", &[len], &param);
+                let mt = up(gpu, "m", &[len], &state);
+                let vt = up(gpu, "v", &[len], &state2);
+                run(
+                    gpu,
+                    &kernels::adam_update(gpu, &pt, &mt, &vt, &up(gpu, "grad", &[len], &grad), p)
+                        .unwrap(),
+                );
+                let label = format!("adam {len} wd={wd} decoupled={decoupled}");
+                // sqrt and division are correctly rounded in Vulkan's SPIR-V only to a few ulps;
+                // the step is ~lr, so 1e-7 absolute on parameters of size ~1.
+                assert_close(
+                    &format!("{label} param"),
+                    &pt.read(gpu).unwrap(),
+                    &want,
+                    1e-7,
+                    1e-6,
+                );
+                assert_close(
+                    &format!("{label} m"),
+                    &mt.read(gpu).unwrap(),
+                    &want_m,
+                    1e-8,
+                    1e-6,
+                );
+                assert_close(
+                    &format!("{label} v"),
+                    &vt.read(gpu).unwrap(),
+                    &want_v,
+                    1e-9,
+                    1e-6,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gathers_match_cpu() {
+    let Some(gpu) = gpu("gathers_match_cpu") else {
+        return;
+    };
+    let mut rng = TestRng::new(9);
+    for &(n, cols) in SHAPES {
+        let data = rng.vec(n * cols, -1.0, 1.0);
+        let labels: Vec<u32> = (0..n).map(|_| rng.below(10)).collect();
+        // A permutation of 0..n.
+        let mut perm: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            perm.swap(i, rng.below(i as u32 + 1) as usize);
+        }
+        let batch_rows = n.div_ceil(2).max(1);
+        let start = n / 2;
+        let rows = (n - start).min(batch_rows);
+        let p = GatherParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            start: start as u32,
+            batch_rows: batch_rows as u32,
+        };
+        let mut want = vec![7.0; batch_rows * cols];
+        cpu::gather_rows(&mut want, &data, &perm, &p);
+        let mut want_l = vec![7u32; batch_rows];
+        cpu::gather_labels(&mut want_l, &labels, &perm, &p);
+
+        let it = up_u32(gpu, "perm", &[n], &perm);
+        let out = up(
+            gpu,
+            "batch",
+            &[batch_rows, cols],
+            &vec![7.0; batch_rows * cols],
+        );
+        run(
+            gpu,
+            &kernels::gather_rows(
+                gpu,
+                &out,
+                &up(gpu, "data", &[n, cols], &data),
+                &it,
+                start,
+                rows,
+            )
+            .unwrap(),
+        );
+        // A copy: exact.
+        assert_close(
+            &format!("gather_rows {n}x{cols}"),
+            &out.read(gpu).unwrap(),
+            &want,
+            0.0,
+            0.0,
+        );
+        let out_l = up_u32(gpu, "batch labels", &[batch_rows], &vec![7; batch_rows]);
+        run(
+            gpu,
+            &kernels::gather_labels(
+                gpu,
+                &out_l,
+                &up_u32(gpu, "labels", &[n], &labels),
+                &it,
+                start,
+                rows,
+            )
+            .unwrap(),
+        );
+        assert_eq!(out_l.read_u32(gpu).unwrap(), want_l, "gather_labels {n}");
+    }
+}
+
+#[test]
+fn perceptron_epoch_matches_cpu_exactly() {
+    let Some(gpu) = gpu("perceptron_epoch_matches_cpu_exactly") else {
+        return;
+    };
+    let mut rng = TestRng::new(10);
+    for &(rows, cols) in SHAPES {
+        let x = rng.vec(rows * cols, -1.0, 1.0);
+        let targets: Vec<f32> = (0..rows)
+            .map(|_| if rng.below(2) == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let w0 = rng.vec(cols + 1, -0.5, 0.5);
+        let p = PerceptronParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            lr: 0.1,
+            ..Default::default()
+        };
+        let mut want = w0.clone();
+        let mut want_err = vec![0u32];
+        let wt = up(gpu, "weights", &[cols + 1], &w0);
+        let et = GpuTensor::zeros_u32(gpu, "errors", &[1]).unwrap();
+        let d = kernels::perceptron_epoch(
+            gpu,
+            &wt,
+            &et,
+            &up(gpu, "x", &[rows, cols], &x),
+            &up(gpu, "targets", &[rows], &targets),
+            0.1,
+        )
+        .unwrap();
+        for epoch in 0..3 {
+            cpu::perceptron_epoch(&mut want, &mut want_err, &x, &targets, &p);
+            run(gpu, &d);
+            // Sequential multiply-adds in the same order; a fused multiply-add on the GPU
+            // could move the last bit, which here would flip no decision: 1e-6 abs.
+            assert_close(
+                &format!("perceptron {rows}x{cols} epoch {epoch}"),
+                &wt.read(gpu).unwrap(),
+                &want,
+                1e-6,
+                1e-6,
+            );
+            assert_eq!(
+                et.read_u32(gpu).unwrap(),
+                want_err,
+                "perceptron errors {rows}x{cols} epoch {epoch}"
+            );
+        }
+    }
+}
