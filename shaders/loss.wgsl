@@ -22,7 +22,7 @@ struct RowsParams {
     rows: u32,
     cols: u32,
     accumulate: u32,
-    _pad0: u32,
+    threshold: f32,
 }
 
 fn nan() -> f32 {

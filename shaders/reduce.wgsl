@@ -5,7 +5,7 @@ struct RowsParams {
     rows: u32,
     cols: u32,
     accumulate: u32,
-    _pad0: u32,
+    threshold: f32,
 }
 
 struct ReduceParams {
@@ -95,7 +95,9 @@ fn argmax(@builtin(global_invocation_id) gid: vec3<u32>) {
     am_out[row] = row_argmax(row * am_p.cols, am_p.cols);
 }
 
-// count[0] += number of rows whose argmax equals the label (rows past `rows` are ignored).
+// count[0] += number of rows whose prediction equals the label (rows past `rows` are
+// ignored). The prediction is the argmax, or with a single column (a binary output), 1 when
+// the value is at or above `threshold` and 0 otherwise.
 @group(0) @binding(0) var<storage, read_write> cc_count: array<atomic<u32>>;
 @group(0) @binding(1) var<storage, read> cc_x: array<f32>;
 @group(0) @binding(2) var<storage, read> cc_labels: array<u32>;
@@ -108,6 +110,13 @@ fn correct_count(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let base = row * cc_p.cols;
+    if (cc_p.cols == 1u) {
+        let predicted = select(0u, 1u, cc_x[base] >= cc_p.threshold);
+        if (predicted == cc_labels[row]) {
+            atomicAdd(&cc_count[0], 1u);
+        }
+        return;
+    }
     var best = 0u;
     var best_value = cc_x[base];
     for (var c = 1u; c < cc_p.cols; c = c + 1u) {

@@ -229,11 +229,17 @@ pub fn argmax(out: &mut [u32], x: &[f32], p: &RowsParams) {
     }
 }
 
-/// `count[0] += #{r < rows : argmax x[r] == labels[r]}`.
+/// `count[0] += #{r < rows : prediction(x[r]) == labels[r]}`: the argmax, or with one
+/// column, `x >= threshold`.
 pub fn correct_count(count: &mut [u32], x: &[f32], labels: &[u32], p: &RowsParams) {
     let cols = p.cols as usize;
     for r in 0..p.rows as usize {
-        if row_argmax(&x[r * cols..r * cols + cols]) == labels[r] {
+        let predicted = if cols == 1 {
+            (x[r] >= p.threshold) as u32
+        } else {
+            row_argmax(&x[r * cols..r * cols + cols])
+        };
+        if predicted == labels[r] {
             count[0] += 1;
         }
     }
@@ -405,6 +411,35 @@ pub fn gather_rows(out: &mut [f32], data: &[f32], indices: &[u32], p: &GatherPar
             dst.fill(0.0);
         }
     }
+}
+
+/// `out[r] = bytes of data row indices[start + r] / divisor` for r < rows, zero rows up to
+/// batch_rows; `data` holds the bytes packed four to a u32, little-endian.
+pub fn gather_rows_u8(out: &mut [f32], data: &[u32], indices: &[u32], p: &GatherParams) {
+    let cols = p.cols as usize;
+    for r in 0..p.batch_rows as usize {
+        for c in 0..cols {
+            out[r * cols + c] = if r < p.rows as usize {
+                let i = indices[p.start as usize + r] as usize * cols + c;
+                let byte = (data[i / 4] >> (8 * (i % 4))) & 0xff;
+                byte as f32 / p.divisor
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// Packs bytes four to a u32, little-endian (the layout `gather_rows_u8` reads).
+pub fn pack_u8(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect()
 }
 
 /// `out[r] = labels[indices[start + r]]` for r < rows, 0 up to batch_rows.

@@ -5,10 +5,12 @@
 //! uniform, so a training step only records; nothing is created in the hot loop.
 //! Scheduling whole training steps is `trainer.rs`'s job, not this module's.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::loss::Loss;
 use crate::network::Activation;
 use crate::params::*;
 use crate::tensor::{DType, GpuTensor};
@@ -69,6 +71,7 @@ pub enum Kernel {
     MomentumUpdate,
     AdamUpdate,
     GatherRows,
+    GatherRowsU8,
     GatherLabels,
     PerceptronEpoch,
 }
@@ -92,6 +95,7 @@ impl Kernel {
         Kernel::MomentumUpdate,
         Kernel::AdamUpdate,
         Kernel::GatherRows,
+        Kernel::GatherRowsU8,
         Kernel::GatherLabels,
         Kernel::PerceptronEpoch,
     ];
@@ -137,6 +141,7 @@ impl Kernel {
             Kernel::MomentumUpdate => (OPTIM, "momentum_update", &[W, W, R], SgdParams::WGSL_NAME),
             Kernel::AdamUpdate => (OPTIM, "adam_update", &[W, W, W, R], AdamParams::WGSL_NAME),
             Kernel::GatherRows => (DATA, "gather_rows", &[W, R, R], GatherParams::WGSL_NAME),
+            Kernel::GatherRowsU8 => (DATA, "gather_rows_u8", &[W, R, R], GatherParams::WGSL_NAME),
             Kernel::GatherLabels => (DATA, "gather_labels", &[W, R, R], GatherParams::WGSL_NAME),
             Kernel::PerceptronEpoch => (
                 PERCEPTRON,
@@ -363,7 +368,6 @@ impl Dispatch {
 
     /// Records the launch into a compute pass with parameter entry `entry`.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, entry: u32) {
-        debug_assert!(entry < self.entries.max(1));
         let offset = (entry.min(self.entries.saturating_sub(1)) as u64 * self.stride) as u32;
         pass.set_pipeline(&self.pipeline.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[offset]);
@@ -379,13 +383,43 @@ impl Dispatch {
 }
 
 /// Records `dispatches` (each with entry 0) into one compute pass and submits it, with
-/// validation errors captured as `Error::Shader`. Convenient for one-off work and tests; the
-/// trainer records its own passes.
+/// validation errors captured as `Error::Shader`. Convenient for one-off work and tests.
 pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
     let label = dispatches
         .first()
         .map(|d| d.kernel().entry_point())
         .unwrap_or("empty run");
+    submit_pass(gpu, label, |pass| {
+        for d in dispatches {
+            d.record(pass, 0);
+        }
+    })
+}
+
+/// Records steps `steps` of a list of dispatches (each step records every dispatch with
+/// that step's parameter entry) into one compute pass, and submits it once.
+pub fn run_steps(
+    gpu: &Gpu,
+    label: &str,
+    dispatches: &[Dispatch],
+    steps: Range<usize>,
+) -> Result<()> {
+    submit_pass(gpu, label, |pass| {
+        for s in steps {
+            for d in dispatches {
+                d.record(pass, s as u32);
+            }
+        }
+    })
+}
+
+/// One encoder, one compute pass filled by `record`, one submission, validation errors
+/// captured as `Error::Shader { label, .. }`.
+pub fn submit_pass(
+    gpu: &Gpu,
+    label: &str,
+    record: impl FnOnce(&mut wgpu::ComputePass<'_>),
+) -> Result<()> {
     gpu.scoped(label, || {
         let mut encoder = gpu
             .device
@@ -395,9 +429,7 @@ pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
                 label: Some(label),
                 timestamp_writes: None,
             });
-            for d in dispatches {
-                d.record(&mut pass, 0);
-            }
+            record(&mut pass);
         }
         gpu.submit(vec![encoder.finish()]);
     })
@@ -674,13 +706,15 @@ pub fn argmax(gpu: &Gpu, out: &GpuTensor, x: &GpuTensor) -> Result<Dispatch> {
     Dispatch::new(gpu, Kernel::Argmax, &[out, x], &[p], grid_rows(rows))
 }
 
-/// `count[0] += #{r < rows : argmax x[r] == labels[r]}` (u32 count, u32 labels).
+/// `count[0] += #{r < rows : prediction(x[r]) == labels[r]}` (u32 count, u32 labels); the
+/// prediction is the argmax, or `x >= threshold` for a single column.
 pub fn correct_count(
     gpu: &Gpu,
     count: &GpuTensor,
     logits: &GpuTensor,
     labels: &GpuTensor,
     rows: usize,
+    threshold: f32,
 ) -> Result<Dispatch> {
     let op = "correct_count";
     let (batch_rows, cols) = matrix(op, logits)?;
@@ -693,6 +727,7 @@ pub fn correct_count(
     let p = RowsParams {
         rows: rows as u32,
         cols: cols as u32,
+        threshold,
         ..Default::default()
     };
     Dispatch::new(
@@ -719,44 +754,11 @@ pub fn softmax(gpu: &Gpu, out: &GpuTensor, logits: &GpuTensor) -> Result<Dispatc
     Dispatch::new(gpu, Kernel::Softmax, &[out, logits], &[p], grid_rows(rows))
 }
 
-/// The loss functions soma trains with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Loss {
-    /// Mean squared error over every output element (PyTorch's `MSELoss`).
-    Mse,
-    /// Softmax cross-entropy from logits and class labels (PyTorch's `CrossEntropyLoss`).
-    SoftmaxCrossEntropy,
-    /// Binary cross-entropy from logits and 0/1 targets (PyTorch's `BCEWithLogitsLoss`).
-    BinaryCrossEntropy,
-}
-
-impl Loss {
-    /// The parameters for `rows` live rows of width `cols` in a buffer of `batch_rows` rows.
-    pub fn params(self, rows: usize, cols: usize, batch_rows: usize) -> LossParams {
-        let n = match self {
-            Loss::SoftmaxCrossEntropy => rows,
-            Loss::Mse | Loss::BinaryCrossEntropy => rows * cols,
-        };
-        LossParams {
-            rows: rows as u32,
-            cols: cols as u32,
-            batch_rows: batch_rows as u32,
-            scale: if n == 0 { 0.0 } else { 1.0 / n as f32 },
-        }
-    }
-
-    /// Whether the targets are class labels (u32) rather than values (f32).
-    pub fn takes_labels(self) -> bool {
-        self == Loss::SoftmaxCrossEntropy
-    }
-
-    fn kernel(self) -> Kernel {
-        match self {
-            Loss::Mse => Kernel::MseLoss,
-            Loss::SoftmaxCrossEntropy => Kernel::SoftmaxCrossEntropy,
-            Loss::BinaryCrossEntropy => Kernel::BinaryCrossEntropy,
-        }
+fn loss_kernel(kind: Loss) -> Kernel {
+    match kind {
+        Loss::Mse => Kernel::MseLoss,
+        Loss::SoftmaxCrossEntropy => Kernel::SoftmaxCrossEntropy,
+        Loss::BinaryCrossEntropy => Kernel::BinaryCrossEntropy,
     }
 }
 
@@ -773,7 +775,7 @@ pub fn loss(
     target: &GpuTensor,
     rows: usize,
 ) -> Result<Dispatch> {
-    let op = kind.kernel().entry_point();
+    let op = loss_kernel(kind).entry_point();
     let (batch_rows, cols) = matrix(op, pred)?;
     expect_shape(op, grad, (batch_rows, cols))?;
     expect_len(op, row_loss, batch_rows)?;
@@ -794,7 +796,7 @@ pub fn loss(
     let p = kind.params(rows, cols, batch_rows);
     Dispatch::new(
         gpu,
-        kind.kernel(),
+        loss_kernel(kind),
         &[grad, row_loss, pred, target],
         &[p],
         grid_rows(batch_rows),
@@ -949,6 +951,7 @@ fn gather_params(
         cols: cols as u32,
         start: start as u32,
         batch_rows: batch_rows as u32,
+        ..Default::default()
     })
 }
 
@@ -976,6 +979,32 @@ pub fn gather_rows(
     Dispatch::new(
         gpu,
         Kernel::GatherRows,
+        &[out, data, indices],
+        &[p],
+        grid_1d(gpu, batch_rows * cols),
+    )
+}
+
+/// `out[r] = bytes of row indices[start + r] / divisor` for `r < rows`, zero rows after that.
+/// `data` is a u32 tensor holding `n * cols` bytes packed four to a word (`cpu::pack_u8`).
+#[allow(clippy::too_many_arguments)]
+pub fn gather_rows_u8(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    data: &GpuTensor,
+    indices: &GpuTensor,
+    start: usize,
+    rows: usize,
+    divisor: f32,
+) -> Result<Dispatch> {
+    let (batch_rows, cols) = matrix("gather_rows_u8", out)?;
+    expect_dtype("gather_rows_u8", data, DType::U32)?;
+    u32_of("gather_rows_u8", "data bytes", data.len() * 4)?;
+    let mut p = gather_params("gather_rows_u8", batch_rows, cols, indices, start, rows)?;
+    p.divisor = divisor;
+    Dispatch::new(
+        gpu,
+        Kernel::GatherRowsU8,
         &[out, data, indices],
         &[p],
         grid_1d(gpu, batch_rows * cols),

@@ -4,15 +4,27 @@
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod exec;
 pub mod gpu;
 pub mod kernels;
+pub mod loss;
 pub mod network;
+pub mod optim;
 pub mod params;
+pub mod plan;
 pub mod rng;
 pub mod tensor;
+pub mod trainer;
 
 pub use error::{Error, Result};
+pub use exec::Device;
 pub use gpu::{AdapterSummary, Gpu, GpuStats, Ownership};
-pub use kernels::{Accumulate, Dispatch, Kernel, Loss};
+pub use kernels::{Accumulate, Dispatch, Kernel};
+pub use loss::Loss;
 pub use network::Activation;
+pub use network::{Init, Layer, LayerParams, Network, Parameters};
+pub use optim::{Optimizer, OptimizerKind, Schedule};
 pub use tensor::{DType, GpuTensor};
+pub use trainer::{
+    fit, EarlyStopping, EpochMetrics, Evaluation, History, Model, TrainConfig, Trainer,
+};

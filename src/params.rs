@@ -67,7 +67,9 @@ params_struct! {
         cols: u32,
         /// 1: add into the output instead of overwriting it.
         accumulate: u32,
-        _pad0: u32,
+        /// correct_count with a single column: the row predicts class 1 when its value is
+        /// at or above this threshold (0 for logits, 0.5 for probabilities).
+        threshold: f32,
     }
 }
 
@@ -129,6 +131,11 @@ params_struct! {
         cols: u32,
         start: u32,
         batch_rows: u32,
+        /// gather_rows_u8 only: each byte b becomes `b / divisor` (255 for pixels).
+        divisor: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 

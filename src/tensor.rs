@@ -206,6 +206,31 @@ impl GpuTensor {
     }
 }
 
+/// Copies each `(src, dst)` pair, whole, in one submission (snapshots of training state).
+pub fn copy_tensors(gpu: &Gpu, pairs: &[(&GpuTensor, &GpuTensor)]) -> Result<()> {
+    for (src, dst) in pairs {
+        if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
+            return Err(Error::shape(
+                format!("copy '{}' -> '{}'", src.label(), dst.label()),
+                format!("{:?} {:?}", src.shape(), src.dtype()),
+                format!("{:?} {:?}", dst.shape(), dst.dtype()),
+            ));
+        }
+    }
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("copy"),
+        });
+    for (src, dst) in pairs {
+        if src.byte_len() > 0 {
+            encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.byte_len());
+        }
+    }
+    gpu.submit(vec![encoder.finish()]);
+    Ok(())
+}
+
 /// A readback in flight: a staging buffer whose map has been requested.
 pub struct Readback {
     staging: wgpu::Buffer,

@@ -6,8 +6,9 @@
 mod common;
 
 use common::{assert_close, gpu, TestRng};
-use soma::kernels::{self, Accumulate, Loss};
+use soma::kernels::{self, Accumulate};
 use soma::params::*;
+use soma::Loss;
 use soma::{cpu, Activation, Gpu, GpuTensor};
 
 /// (rows, cols) shapes of the element-wise and row-wise tests.
@@ -334,10 +335,17 @@ fn argmax_and_correct_count_match_cpu() {
         assert_eq!(out.read_u32(gpu).unwrap(), want, "argmax {rows}x{cols}");
 
         // Count over the first `live` rows only, added to a prior count of 3.
+        // With one column the prediction is `x >= threshold` against 0/1 labels.
         let live = rows.div_ceil(2);
+        let labels: Vec<u32> = if cols == 1 {
+            labels.iter().map(|l| l % 2).collect()
+        } else {
+            labels
+        };
         let p = RowsParams {
             rows: live as u32,
             cols: cols as u32,
+            threshold: 0.25,
             ..Default::default()
         };
         let mut want = vec![3u32];
@@ -351,6 +359,7 @@ fn argmax_and_correct_count_match_cpu() {
                 &xt,
                 &up_u32(gpu, "labels", &[rows], &labels),
                 live,
+                0.25,
             )
             .unwrap(),
         );
@@ -601,6 +610,7 @@ fn gathers_match_cpu() {
             cols: cols as u32,
             start: start as u32,
             batch_rows: batch_rows as u32,
+            ..Default::default()
         };
         let mut want = vec![7.0; batch_rows * cols];
         cpu::gather_rows(&mut want, &data, &perm, &p);
@@ -648,6 +658,46 @@ fn gathers_match_cpu() {
             .unwrap(),
         );
         assert_eq!(out_l.read_u32(gpu).unwrap(), want_l, "gather_labels {n}");
+
+        // The byte table: values b/255, packed four to a word (n*cols need not divide by 4).
+        let bytes: Vec<u8> = (0..n * cols).map(|_| rng.below(256) as u8).collect();
+        let packed = cpu::pack_u8(&bytes);
+        let p = GatherParams {
+            divisor: 255.0,
+            ..p
+        };
+        let mut want = vec![7.0; batch_rows * cols];
+        cpu::gather_rows_u8(&mut want, &packed, &perm, &p);
+        for (r, row) in want.chunks(cols).enumerate().take(rows) {
+            let src = perm[start + r] as usize * cols;
+            for (c, v) in row.iter().enumerate() {
+                assert_eq!(
+                    *v,
+                    bytes[src + c] as f32 / 255.0,
+                    "cpu::gather_rows_u8 unpacks row {r}"
+                );
+            }
+        }
+        let out = up(
+            gpu,
+            "batch",
+            &[batch_rows, cols],
+            &vec![7.0; batch_rows * cols],
+        );
+        let table = up_u32(gpu, "pixels", &[packed.len()], &packed);
+        run(
+            gpu,
+            &kernels::gather_rows_u8(gpu, &out, &table, &it, start, rows, 255.0).unwrap(),
+        );
+        // One exactly rounded division by 255 on both sides (lavapipe's division is IEEE);
+        // other drivers may round the division to within 2.5 ulp, hence 1 ulp of 1.0 absolute.
+        assert_close(
+            &format!("gather_rows_u8 {n}x{cols}"),
+            &out.read(gpu).unwrap(),
+            &want,
+            1.2e-7,
+            0.0,
+        );
     }
 }
 

@@ -1,0 +1,756 @@
+//! The two executors of a [`Plan`]: the GPU one keeps every buffer resident and turns each op
+//! into a prebuilt [`Dispatch`], recording a whole step into one compute pass and one
+//! submission; the CPU one keeps host vectors and calls the twins in `cpu.rs` in the same
+//! order. `Executor` is the closed enum the trainer talks to. Deciding what to run and when
+//! is the trainer's job.
+
+use std::ops::Range;
+
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::{self, Accumulate, Dispatch};
+use crate::network::Activation;
+use crate::plan::{entry, BufId, Op, Plan};
+use crate::tensor::{copy_tensors, DType, GpuTensor};
+
+/// Where a run executes.
+#[derive(Clone, Copy, Debug)]
+pub enum Device<'a> {
+    /// On this GPU, every buffer resident.
+    Gpu(&'a Gpu),
+    /// On the host, with the CPU reference kernels.
+    Cpu,
+}
+
+impl Device<'_> {
+    /// A short name for logs: the adapter's name, or "cpu".
+    pub fn name(&self) -> String {
+        match self {
+            Device::Gpu(g) => g.adapter().name.clone(),
+            Device::Cpu => "cpu".into(),
+        }
+    }
+}
+
+/// Which op list of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Train,
+    Eval,
+}
+
+fn ops_of(plan: &Plan, pass: Pass) -> &[Op] {
+    match pass {
+        Pass::Train => &plan.train_step,
+        Pass::Eval => &plan.eval_step,
+    }
+}
+
+fn activation_of(kind: u32, slope: f32) -> Activation {
+    match kind {
+        1 => Activation::Relu,
+        2 => Activation::LeakyRelu { slope },
+        3 => Activation::Sigmoid,
+        4 => Activation::Tanh,
+        5 => Activation::Sign,
+        6 => Activation::Step,
+        _ => Activation::Identity,
+    }
+}
+
+fn acc(flag: u32) -> Accumulate {
+    if flag != 0 {
+        Accumulate::Add
+    } else {
+        Accumulate::Overwrite
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// The GPU executor: resident tensors and one prebuilt dispatch per op.
+pub struct GpuExec<'a> {
+    gpu: &'a Gpu,
+    tensors: Vec<GpuTensor>,
+    train: Vec<Dispatch>,
+    eval: Vec<Dispatch>,
+    snapshot: Vec<(BufId, GpuTensor)>,
+}
+
+impl<'a> GpuExec<'a> {
+    fn new(gpu: &'a Gpu, plan: &Plan) -> Result<GpuExec<'a>> {
+        // Every buffer is checked against the adapter's limits before any is created.
+        for b in &plan.buffers {
+            gpu.check_buffer_size(&b.name, b.len() as u64 * 4)?;
+        }
+        let tensors = plan
+            .buffers
+            .iter()
+            .map(|b| match b.dtype {
+                DType::F32 => GpuTensor::zeros(gpu, &b.name, &b.shape),
+                DType::U32 => GpuTensor::zeros_u32(gpu, &b.name, &b.shape),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut exec = GpuExec {
+            gpu,
+            tensors,
+            train: vec![],
+            eval: vec![],
+            snapshot: vec![],
+        };
+        exec.train = plan
+            .train_step
+            .iter()
+            .map(|op| exec.build(plan, op))
+            .collect::<Result<_>>()?;
+        exec.eval = plan
+            .eval_step
+            .iter()
+            .map(|op| exec.build(plan, op))
+            .collect::<Result<_>>()?;
+        Ok(exec)
+    }
+
+    /// Builds an op's dispatch with the shape-checking recorder of its kernel, then gives it
+    /// the op's own parameter entries.
+    fn build(&self, plan: &Plan, op: &Op) -> Result<Dispatch> {
+        let g = self.gpu;
+        let t = &self.tensors;
+        Ok(match op {
+            Op::GatherRows {
+                out,
+                data,
+                indices,
+                params,
+            } => {
+                let p = params[0];
+                let mut d = kernels::gather_rows(
+                    g,
+                    &t[*out],
+                    &t[*data],
+                    &t[*indices],
+                    p.start as usize,
+                    p.rows as usize,
+                )?;
+                d.set_params(g, params)?;
+                d
+            }
+            Op::GatherRowsU8 {
+                out,
+                data,
+                indices,
+                params,
+            } => {
+                let p = params[0];
+                let mut d = kernels::gather_rows_u8(
+                    g,
+                    &t[*out],
+                    &t[*data],
+                    &t[*indices],
+                    p.start as usize,
+                    p.rows as usize,
+                    p.divisor,
+                )?;
+                d.set_params(g, params)?;
+                d
+            }
+            Op::GatherLabels {
+                out,
+                labels,
+                indices,
+                params,
+            } => {
+                let p = params[0];
+                let mut d = kernels::gather_labels(
+                    g,
+                    &t[*out],
+                    &t[*labels],
+                    &t[*indices],
+                    p.start as usize,
+                    p.rows as usize,
+                )?;
+                d.set_params(g, params)?;
+                d
+            }
+            Op::MatmulNt { out, a, b, params } => {
+                kernels::matmul_nt(g, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
+            }
+            Op::MatmulNn { out, a, b, params } => {
+                kernels::matmul_nn(g, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
+            }
+            Op::MatmulTn { out, a, b, params } => {
+                kernels::matmul_tn(g, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
+            }
+            Op::BiasActivationForward {
+                out,
+                pre,
+                bias,
+                params,
+            } => {
+                let act = activation_of(params.kind, params.slope);
+                let bias = bias.map(|b| &t[b]);
+                kernels::bias_activation_forward(g, &t[*out], &t[*pre], bias, &t[plan.dummy], act)?
+            }
+            Op::ActivationBackward {
+                dpre,
+                dout,
+                pre,
+                params,
+            } => {
+                let act = activation_of(params.kind, params.slope);
+                kernels::activation_backward(g, &t[*dpre], &t[*dout], &t[*pre], act)?
+            }
+            Op::ColumnSum { out, x, params } => {
+                kernels::column_sum(g, &t[*out], &t[*x], acc(params.accumulate))?
+            }
+            Op::Loss {
+                kind,
+                grad,
+                row_loss,
+                pred,
+                target,
+                params,
+            } => {
+                let mut d = kernels::loss(
+                    g,
+                    *kind,
+                    &t[*grad],
+                    &t[*row_loss],
+                    &t[*pred],
+                    &t[*target],
+                    params[0].rows as usize,
+                )?;
+                d.set_params(g, params)?;
+                d
+            }
+            Op::ReduceSum { out, x, params } => {
+                kernels::reduce_sum(g, &t[*out], &t[*x], acc(params.accumulate))?
+            }
+            Op::CorrectCount {
+                count,
+                x,
+                labels,
+                params,
+            } => {
+                let p = params[0];
+                let mut d = kernels::correct_count(
+                    g,
+                    &t[*count],
+                    &t[*x],
+                    &t[*labels],
+                    p.rows as usize,
+                    p.threshold,
+                )?;
+                d.set_params(g, params)?;
+                d
+            }
+            Op::SgdUpdate {
+                param,
+                grad,
+                params,
+            } => {
+                let mut d = kernels::sgd_update(g, &t[*param], &t[*grad], entry(params, 0))?;
+                d.set_params(g, params)?;
+                d
+            }
+            Op::MomentumUpdate {
+                param,
+                velocity,
+                grad,
+                params,
+            } => {
+                let mut d = kernels::momentum_update(
+                    g,
+                    &t[*param],
+                    &t[*velocity],
+                    &t[*grad],
+                    entry(params, 0),
+                )?;
+                d.set_params(g, params)?;
+                d
+            }
+            Op::AdamUpdate {
+                param,
+                m,
+                v,
+                grad,
+                params,
+            } => {
+                let mut d = kernels::adam_update(
+                    g,
+                    &t[*param],
+                    &t[*m],
+                    &t[*v],
+                    &t[*grad],
+                    entry(params, 0),
+                )?;
+                d.set_params(g, params)?;
+                d
+            }
+        })
+    }
+
+    /// Re-sends the parameter entries of op `index` of `pass` (after `Plan::set_epoch`).
+    fn refresh(&mut self, plan: &Plan, pass: Pass, index: usize) -> Result<()> {
+        let g = self.gpu;
+        let d = match pass {
+            Pass::Train => &mut self.train[index],
+            Pass::Eval => &mut self.eval[index],
+        };
+        match &ops_of(plan, pass)[index] {
+            Op::SgdUpdate { params, .. } | Op::MomentumUpdate { params, .. } => {
+                d.set_params(g, params)
+            }
+            Op::AdamUpdate { params, .. } => d.set_params(g, params),
+            Op::GatherRows { params, .. }
+            | Op::GatherRowsU8 { params, .. }
+            | Op::GatherLabels { params, .. } => d.set_params(g, params),
+            Op::Loss { params, .. } => d.set_params(g, params),
+            Op::CorrectCount { params, .. } => d.set_params(g, params),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records steps `steps` of `pass` into one compute pass and submits it once.
+    fn run(&self, pass: Pass, steps: Range<usize>) -> Result<()> {
+        match pass {
+            Pass::Train => kernels::run_steps(self.gpu, "train step", &self.train, steps),
+            Pass::Eval => kernels::run_steps(self.gpu, "eval step", &self.eval, steps),
+        }
+    }
+
+    /// Copies `ids` into snapshot buffers (created on first use) in one submission.
+    fn save(&mut self, ids: &[BufId]) -> Result<()> {
+        if self.snapshot.is_empty() {
+            for &id in ids {
+                let t = &self.tensors[id];
+                let copy =
+                    GpuTensor::zeros(self.gpu, &format!("{} snapshot", t.label()), t.shape())?;
+                self.snapshot.push((id, copy));
+            }
+        }
+        self.copy_all(true)
+    }
+
+    fn restore(&mut self) -> Result<()> {
+        self.copy_all(false)
+    }
+
+    fn copy_all(&self, save: bool) -> Result<()> {
+        let pairs: Vec<(&GpuTensor, &GpuTensor)> = self
+            .snapshot
+            .iter()
+            .map(|(id, copy)| {
+                let live = &self.tensors[*id];
+                if save {
+                    (live, copy)
+                } else {
+                    (copy, live)
+                }
+            })
+            .collect();
+        copy_tensors(self.gpu, &pairs)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum HostBuf {
+    F32(Vec<f32>),
+    U32(Vec<u32>),
+}
+
+/// The CPU executor: host vectors and the CPU twins, op by op in plan order.
+pub struct CpuExec {
+    bufs: Vec<HostBuf>,
+    snapshot: Vec<(BufId, HostBuf)>,
+}
+
+impl CpuExec {
+    fn new(plan: &Plan) -> CpuExec {
+        let bufs = plan
+            .buffers
+            .iter()
+            .map(|b| match b.dtype {
+                DType::F32 => HostBuf::F32(vec![0.0; b.len()]),
+                DType::U32 => HostBuf::U32(vec![0; b.len()]),
+            })
+            .collect();
+        CpuExec {
+            bufs,
+            snapshot: vec![],
+        }
+    }
+
+    fn f(&self, id: BufId) -> &[f32] {
+        match &self.bufs[id] {
+            HostBuf::F32(v) => v,
+            HostBuf::U32(_) => &[],
+        }
+    }
+
+    fn u(&self, id: BufId) -> &[u32] {
+        match &self.bufs[id] {
+            HostBuf::U32(v) => v,
+            HostBuf::F32(_) => &[],
+        }
+    }
+
+    fn take_f(&mut self, id: BufId) -> Vec<f32> {
+        match std::mem::replace(&mut self.bufs[id], HostBuf::F32(vec![])) {
+            HostBuf::F32(v) => v,
+            other => {
+                self.bufs[id] = other;
+                vec![]
+            }
+        }
+    }
+
+    fn take_u(&mut self, id: BufId) -> Vec<u32> {
+        match std::mem::replace(&mut self.bufs[id], HostBuf::U32(vec![])) {
+            HostBuf::U32(v) => v,
+            other => {
+                self.bufs[id] = other;
+                vec![]
+            }
+        }
+    }
+
+    fn exec(&mut self, op: &Op, step: usize) {
+        match op {
+            Op::GatherRows {
+                out,
+                data,
+                indices,
+                params,
+            } => {
+                let mut o = self.take_f(*out);
+                cpu::gather_rows(
+                    &mut o,
+                    self.f(*data),
+                    self.u(*indices),
+                    &entry(params, step),
+                );
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::GatherRowsU8 {
+                out,
+                data,
+                indices,
+                params,
+            } => {
+                let mut o = self.take_f(*out);
+                cpu::gather_rows_u8(
+                    &mut o,
+                    self.u(*data),
+                    self.u(*indices),
+                    &entry(params, step),
+                );
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::GatherLabels {
+                out,
+                labels,
+                indices,
+                params,
+            } => {
+                let mut o = self.take_u(*out);
+                cpu::gather_labels(
+                    &mut o,
+                    self.u(*labels),
+                    self.u(*indices),
+                    &entry(params, step),
+                );
+                self.bufs[*out] = HostBuf::U32(o);
+            }
+            Op::MatmulNt { out, a, b, params } => {
+                let mut o = self.take_f(*out);
+                cpu::matmul_nt(&mut o, self.f(*a), self.f(*b), params);
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::MatmulNn { out, a, b, params } => {
+                let mut o = self.take_f(*out);
+                cpu::matmul_nn(&mut o, self.f(*a), self.f(*b), params);
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::MatmulTn { out, a, b, params } => {
+                let mut o = self.take_f(*out);
+                cpu::matmul_tn(&mut o, self.f(*a), self.f(*b), params);
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::BiasActivationForward {
+                out,
+                pre,
+                bias,
+                params,
+            } => {
+                let mut o = self.take_f(*out);
+                let mut p = self.take_f(*pre);
+                let b: &[f32] = match bias {
+                    Some(b) => self.f(*b),
+                    None => &[],
+                };
+                cpu::bias_activation_forward(&mut o, &mut p, b, params);
+                self.bufs[*out] = HostBuf::F32(o);
+                self.bufs[*pre] = HostBuf::F32(p);
+            }
+            Op::ActivationBackward {
+                dpre,
+                dout,
+                pre,
+                params,
+            } => {
+                let mut o = self.take_f(*dpre);
+                cpu::activation_backward(&mut o, self.f(*dout), self.f(*pre), params);
+                self.bufs[*dpre] = HostBuf::F32(o);
+            }
+            Op::ColumnSum { out, x, params } => {
+                let mut o = self.take_f(*out);
+                cpu::column_sum(&mut o, self.f(*x), params);
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::Loss {
+                kind,
+                grad,
+                row_loss,
+                pred,
+                target,
+                params,
+            } => {
+                let mut g = self.take_f(*grad);
+                let mut l = self.take_f(*row_loss);
+                let p = entry(params, step);
+                match kind {
+                    crate::Loss::Mse => {
+                        cpu::mse_loss(&mut g, &mut l, self.f(*pred), self.f(*target), &p)
+                    }
+                    crate::Loss::SoftmaxCrossEntropy => cpu::softmax_cross_entropy(
+                        &mut g,
+                        &mut l,
+                        self.f(*pred),
+                        self.u(*target),
+                        &p,
+                    ),
+                    crate::Loss::BinaryCrossEntropy => cpu::binary_cross_entropy(
+                        &mut g,
+                        &mut l,
+                        self.f(*pred),
+                        self.f(*target),
+                        &p,
+                    ),
+                }
+                self.bufs[*grad] = HostBuf::F32(g);
+                self.bufs[*row_loss] = HostBuf::F32(l);
+            }
+            Op::ReduceSum { out, x, params } => {
+                let mut o = self.take_f(*out);
+                cpu::reduce_sum(&mut o, self.f(*x), params);
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::CorrectCount {
+                count,
+                x,
+                labels,
+                params,
+            } => {
+                let mut c = self.take_u(*count);
+                cpu::correct_count(&mut c, self.f(*x), self.u(*labels), &entry(params, step));
+                self.bufs[*count] = HostBuf::U32(c);
+            }
+            Op::SgdUpdate {
+                param,
+                grad,
+                params,
+            } => {
+                let mut p = self.take_f(*param);
+                cpu::sgd_update(&mut p, self.f(*grad), &entry(params, step));
+                self.bufs[*param] = HostBuf::F32(p);
+            }
+            Op::MomentumUpdate {
+                param,
+                velocity,
+                grad,
+                params,
+            } => {
+                let mut p = self.take_f(*param);
+                let mut v = self.take_f(*velocity);
+                cpu::momentum_update(&mut p, &mut v, self.f(*grad), &entry(params, step));
+                self.bufs[*param] = HostBuf::F32(p);
+                self.bufs[*velocity] = HostBuf::F32(v);
+            }
+            Op::AdamUpdate {
+                param,
+                m,
+                v,
+                grad,
+                params,
+            } => {
+                let mut p = self.take_f(*param);
+                let mut mm = self.take_f(*m);
+                let mut vv = self.take_f(*v);
+                cpu::adam_update(
+                    &mut p,
+                    &mut mm,
+                    &mut vv,
+                    self.f(*grad),
+                    &entry(params, step),
+                );
+                self.bufs[*param] = HostBuf::F32(p);
+                self.bufs[*m] = HostBuf::F32(mm);
+                self.bufs[*v] = HostBuf::F32(vv);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A plan's executor: on a GPU or on the CPU.
+pub enum Executor<'a> {
+    Gpu(GpuExec<'a>),
+    Cpu(CpuExec),
+}
+
+fn type_error(plan: &Plan, id: BufId, want: DType) -> Error {
+    Error::shape(
+        format!("'{}'", plan.buffers[id].name),
+        format!("{want:?} data"),
+        format!("{:?} buffer", plan.buffers[id].dtype),
+    )
+}
+
+impl<'a> Executor<'a> {
+    /// Allocates every buffer of `plan` and prepares its op lists.
+    pub fn new(device: Device<'a>, plan: &Plan) -> Result<Executor<'a>> {
+        Ok(match device {
+            Device::Gpu(gpu) => Executor::Gpu(GpuExec::new(gpu, plan)?),
+            Device::Cpu => Executor::Cpu(CpuExec::new(plan)),
+        })
+    }
+
+    /// Overwrites an f32 buffer.
+    pub fn write_f32(&mut self, plan: &Plan, id: BufId, data: &[f32]) -> Result<()> {
+        if plan.buffers[id].dtype != DType::F32 {
+            return Err(type_error(plan, id, DType::F32));
+        }
+        if data.len() != plan.buffers[id].len() {
+            return Err(Error::shape(
+                &plan.buffers[id].name,
+                plan.buffers[id].len(),
+                data.len(),
+            ));
+        }
+        match self {
+            Executor::Gpu(g) => g.tensors[id].write(g.gpu, data),
+            Executor::Cpu(c) => {
+                c.bufs[id] = HostBuf::F32(data.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// Overwrites a u32 buffer.
+    pub fn write_u32(&mut self, plan: &Plan, id: BufId, data: &[u32]) -> Result<()> {
+        if plan.buffers[id].dtype != DType::U32 {
+            return Err(type_error(plan, id, DType::U32));
+        }
+        if data.len() != plan.buffers[id].len() {
+            return Err(Error::shape(
+                &plan.buffers[id].name,
+                plan.buffers[id].len(),
+                data.len(),
+            ));
+        }
+        match self {
+            Executor::Gpu(g) => g.tensors[id].write_u32(g.gpu, data),
+            Executor::Cpu(c) => {
+                c.bufs[id] = HostBuf::U32(data.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads an f32 buffer (on the GPU: a readback, which waits).
+    pub fn read_f32(&self, id: BufId) -> Result<Vec<f32>> {
+        match self {
+            Executor::Gpu(g) => g.tensors[id].read(g.gpu),
+            Executor::Cpu(c) => Ok(c.f(id).to_vec()),
+        }
+    }
+
+    /// Reads a u32 buffer.
+    pub fn read_u32(&self, id: BufId) -> Result<Vec<u32>> {
+        match self {
+            Executor::Gpu(g) => g.tensors[id].read_u32(g.gpu),
+            Executor::Cpu(c) => Ok(c.u(id).to_vec()),
+        }
+    }
+
+    /// Runs steps `steps` of `pass` (on the GPU: one submission for all of them).
+    pub fn run(&mut self, plan: &Plan, pass: Pass, steps: Range<usize>) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.run(pass, steps),
+            Executor::Cpu(c) => {
+                for s in steps {
+                    for op in ops_of(plan, pass) {
+                        c.exec(op, s);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Re-sends the parameters of the ops `indices` of `pass` after the plan changed them.
+    pub fn refresh(&mut self, plan: &Plan, pass: Pass, indices: &[usize]) -> Result<()> {
+        if let Executor::Gpu(g) = self {
+            for &i in indices {
+                g.refresh(plan, pass, i)?;
+            }
+        }
+        // The CPU executor reads the plan's ops directly.
+        Ok(())
+    }
+
+    /// Saves the buffers `ids` (on the GPU: device-side copies) for `restore`.
+    pub fn save(&mut self, ids: &[BufId]) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.save(ids),
+            Executor::Cpu(c) => {
+                c.snapshot = ids.iter().map(|&id| (id, c.bufs[id].clone())).collect();
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts back what `save` saved.
+    pub fn restore(&mut self) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.restore(),
+            Executor::Cpu(c) => {
+                for (id, b) in c.snapshot.clone() {
+                    c.bufs[id] = b;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The resident tensor behind a buffer, on the GPU path.
+    pub fn tensor(&self, id: BufId) -> Option<&GpuTensor> {
+        match self {
+            Executor::Gpu(g) => g.tensors.get(id),
+            Executor::Cpu(_) => None,
+        }
+    }
+
+    /// The GPU, on the GPU path.
+    pub fn gpu(&self) -> Option<&'a Gpu> {
+        match self {
+            Executor::Gpu(g) => Some(g.gpu),
+            Executor::Cpu(_) => None,
+        }
+    }
+}

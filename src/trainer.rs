@@ -1,0 +1,595 @@
+//! The scheduler: a [`Trainer`] owns a run's resident state (through an [`Executor`]) and
+//! runs epochs of whole training steps: per epoch, the shuffled order goes to the device
+//! once; per step, one submission (gather, forward, loss, backward, update, metrics); reads
+//! only at log points. [`Model`] is the network with its parameter values, and [`fit`] the
+//! one-call training loop with validation, early stopping and a learning-rate schedule.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::exec::{Device, Executor, Pass};
+use crate::loss::Loss;
+use crate::network::{Init, LayerParams, Network, Parameters};
+use crate::optim::{Optimizer, Schedule};
+use crate::plan::{pixel_bytes, targets_for, DataBufs, Plan};
+use crate::rng::{Rng, RngState};
+
+/// A network and the values of its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub network: Network,
+    pub params: Parameters,
+}
+
+/// Loss and (for classification data) accuracy over a dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub loss: f32,
+    pub accuracy: Option<f32>,
+    pub samples: usize,
+}
+
+/// When to stop before the last epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopping {
+    /// Epochs without an improvement of at least `min_delta` before stopping.
+    pub patience: usize,
+    pub min_delta: f32,
+    /// Put back the parameters of the best epoch when stopping (Keras' restore_best_weights).
+    pub restore_best: bool,
+}
+
+/// How `fit` trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Reshuffle the training order every epoch (seeded).
+    pub shuffle: bool,
+    pub seed: u64,
+    /// Keras' validation_split: this fraction of the rows, taken from the end before any
+    /// shuffling, is held out for validation (when no validation set is given).
+    pub validation_fraction: Option<f32>,
+    pub early_stopping: Option<EarlyStopping>,
+    pub schedule: Schedule,
+    /// Read the running loss back every this many steps (0: only at epoch ends).
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 32,
+            shuffle: true,
+            seed: 0,
+            validation_fraction: None,
+            early_stopping: None,
+            schedule: Schedule::Constant,
+            log_every: 0,
+        }
+    }
+}
+
+/// What one epoch did.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    pub lr: f32,
+    pub train_loss: f32,
+    pub train_accuracy: Option<f32>,
+    pub val_loss: Option<f32>,
+    pub val_accuracy: Option<f32>,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+}
+
+/// Every epoch's metrics, and how training ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub epochs: Vec<EpochMetrics>,
+    pub stopped_early: bool,
+    /// 1-based epoch whose parameters the model ends with.
+    pub best_epoch: usize,
+}
+
+/// Where a run stands between two epochs: what a checkpoint needs to resume exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Steps completed.
+    pub step: u64,
+    pub rng: RngState,
+}
+
+/// Progress inside an epoch, for progress bars.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    pub epoch: usize,
+    pub step: usize,
+    pub steps: usize,
+    /// The mean loss so far this epoch, when it was read back at this step.
+    pub loss: Option<f32>,
+}
+
+impl Model {
+    /// A network with seeded initial parameters.
+    pub fn new(network: Network, init: Init, seed: u64) -> Result<Model> {
+        network.validate()?;
+        let params = Parameters::init(&network, init, seed);
+        Ok(Model { network, params })
+    }
+
+    /// A network with given parameters (checked against its shapes).
+    pub fn with_params(network: Network, params: Parameters) -> Result<Model> {
+        network.validate()?;
+        params.check(&network, "parameters")?;
+        Ok(Model { network, params })
+    }
+
+    /// Loss and accuracy over `data` (one submission for all batches on the GPU).
+    pub fn evaluate(
+        &self,
+        device: Device<'_>,
+        loss: Loss,
+        data: &Dataset,
+        batch: usize,
+    ) -> Result<Evaluation> {
+        let plan = Plan::new(&self.network, loss, None, None, Some(data), batch)?;
+        let mut exec = Executor::new(device, &plan)?;
+        upload_params(&mut exec, &plan, &self.params)?;
+        let eval = plan
+            .eval
+            .clone()
+            .ok_or_else(|| Error::Config("no evaluation data".into()))?;
+        upload_data(&mut exec, &plan, &eval, data, loss)?;
+        evaluate_pass(&mut exec, &plan, &eval)
+    }
+
+    /// The network's outputs for `rows` samples of `x` (row-major, `rows x inputs`):
+    /// `rows x outputs` values, computed on `device` in batches.
+    pub fn predict(&self, device: Device<'_>, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let inputs = self.network.input_width();
+        let outputs = self.network.output_width();
+        if x.len() != rows * inputs {
+            return Err(Error::shape(
+                "predict",
+                format!("{rows} x {inputs} values"),
+                x.len(),
+            ));
+        }
+        if rows == 0 {
+            return Ok(vec![]);
+        }
+        // Targets are not used for prediction; zeros keep the plan's loss defined.
+        let data = Dataset::new(
+            "predict",
+            x.to_vec(),
+            inputs,
+            crate::data::Targets::Values {
+                values: vec![0.0; rows * outputs],
+                width: outputs,
+            },
+        )?;
+        let plan = Plan::new(&self.network, Loss::Mse, None, None, Some(&data), 1024)?;
+        let mut exec = Executor::new(device, &plan)?;
+        upload_params(&mut exec, &plan, &self.params)?;
+        let eval = plan
+            .eval
+            .clone()
+            .ok_or_else(|| Error::Config("no data".into()))?;
+        upload_data(&mut exec, &plan, &eval, &data, Loss::Mse)?;
+        let last = plan.layers.last().map(|l| l.out).unwrap_or(plan.input);
+        let mut out = Vec::with_capacity(rows * outputs);
+        for s in 0..eval.steps {
+            exec.run(&plan, Pass::Eval, s..s + 1)?;
+            let batch = exec.read_f32(last)?;
+            let live = (rows - s * plan.batch).min(plan.batch);
+            out.extend_from_slice(&batch[..live * outputs]);
+        }
+        Ok(out)
+    }
+}
+
+fn upload_params(exec: &mut Executor<'_>, plan: &Plan, params: &Parameters) -> Result<()> {
+    for (id, values) in plan.parameter_values(params)? {
+        exec.write_f32(plan, id, values)?;
+    }
+    Ok(())
+}
+
+fn upload_data(
+    exec: &mut Executor<'_>,
+    plan: &Plan,
+    bufs: &DataBufs,
+    data: &Dataset,
+    loss: Loss,
+) -> Result<()> {
+    if bufs.x_u8 {
+        let bytes = pixel_bytes(&data.features)
+            .ok_or_else(|| Error::Data(format!("{}: features are not 8-bit values", data.name)))?;
+        exec.write_u32(plan, bufs.x, &crate::cpu::pack_u8(&bytes))?;
+    } else {
+        exec.write_f32(plan, bufs.x, &data.features)?;
+    }
+    let (labels, values) = targets_for(loss, plan.network.output_width(), data)?;
+    if let (Some(id), Some(l)) = (bufs.labels, labels) {
+        exec.write_u32(plan, id, &l)?;
+    }
+    if let (Some(id), Some(v)) = (bufs.values, values) {
+        exec.write_f32(plan, id, &v)?;
+    }
+    let order: Vec<u32> = (0..data.len() as u32).collect();
+    exec.write_u32(plan, bufs.indices, &order)
+}
+
+fn zero_metrics(exec: &mut Executor<'_>, plan: &Plan, bufs: &DataBufs) -> Result<()> {
+    exec.write_f32(plan, bufs.loss_sum, &[0.0])?;
+    if let Some(c) = bufs.correct {
+        exec.write_u32(plan, c, &[0])?;
+    }
+    Ok(())
+}
+
+fn read_metrics(exec: &Executor<'_>, bufs: &DataBufs) -> Result<(f32, Option<f32>)> {
+    let loss = exec.read_f32(bufs.loss_sum)?[0] / bufs.rows as f32;
+    let acc = match bufs.correct {
+        Some(c) => Some(exec.read_u32(c)?[0] as f32 / bufs.rows as f32),
+        None => None,
+    };
+    Ok((loss, acc))
+}
+
+fn evaluate_pass(exec: &mut Executor<'_>, plan: &Plan, bufs: &DataBufs) -> Result<Evaluation> {
+    zero_metrics(exec, plan, bufs)?;
+    exec.run(plan, Pass::Eval, 0..bufs.steps)?;
+    let (loss, accuracy) = read_metrics(exec, bufs)?;
+    Ok(Evaluation {
+        loss,
+        accuracy,
+        samples: bufs.rows,
+    })
+}
+
+/// A training run: the resident state of one model on one device, trained epoch by epoch.
+pub struct Trainer<'a> {
+    plan: Plan,
+    exec: Executor<'a>,
+    config: TrainConfig,
+    base_lr: f32,
+    rng: Rng,
+    epoch: usize,
+    step: u64,
+}
+
+impl<'a> Trainer<'a> {
+    /// Lays out and allocates everything once: parameters, gradients, optimizer state,
+    /// batch buffers, and the training (and validation) data, uploaded now. All input is
+    /// checked first; nothing is allocated for a run that cannot start.
+    pub fn new(
+        device: Device<'a>,
+        model: &Model,
+        loss: Loss,
+        optimizer: Optimizer,
+        train: &Dataset,
+        validation: Option<&Dataset>,
+        config: &TrainConfig,
+    ) -> Result<Trainer<'a>> {
+        if config.epochs == 0 {
+            return Err(Error::Config("epochs must be at least 1".into()));
+        }
+        model.params.check(&model.network, "model")?;
+        let plan = Plan::new(
+            &model.network,
+            loss,
+            Some(&optimizer),
+            Some(train),
+            validation,
+            config.batch_size,
+        )?;
+        log::info!(
+            "plan: {} buffers ({:.1} MiB), {} ops per training step, batch {}",
+            plan.buffers.len(),
+            plan.buffers.iter().map(|b| b.len() * 4).sum::<usize>() as f64 / (1 << 20) as f64,
+            plan.train_step.len(),
+            plan.batch
+        );
+        let mut exec = Executor::new(device, &plan)?;
+        upload_params(&mut exec, &plan, &model.params)?;
+        let train_bufs = plan
+            .train
+            .clone()
+            .ok_or_else(|| Error::Config("no training data".into()))?;
+        upload_data(&mut exec, &plan, &train_bufs, train, loss)?;
+        if let (Some(bufs), Some(v)) = (plan.eval.clone(), validation) {
+            upload_data(&mut exec, &plan, &bufs, v, loss)?;
+        }
+        Ok(Trainer {
+            plan,
+            exec,
+            config: config.clone(),
+            base_lr: optimizer.lr,
+            rng: Rng::new(config.seed),
+            epoch: 0,
+            step: 0,
+        })
+    }
+
+    /// The plan this run executes.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The executor (GPU tensors are reachable through it).
+    pub fn executor(&self) -> &Executor<'a> {
+        &self.exec
+    }
+
+    /// Epochs completed so far.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Where the run stands (for checkpoints).
+    pub fn state(&self) -> TrainState {
+        TrainState {
+            epoch: self.epoch,
+            step: self.step,
+            rng: self.rng.state(),
+        }
+    }
+
+    /// Continues from a saved state: epoch and step counters, the shuffle stream, and the
+    /// optimizer state tensors (in `Plan::state_buffers` order after the parameters).
+    pub fn resume(&mut self, state: &TrainState, optimizer_state: &[Vec<f32>]) -> Result<()> {
+        let ids = self.optimizer_state_buffers();
+        if ids.len() != optimizer_state.len() {
+            return Err(Error::Config(format!(
+                "optimizer state has {} tensors, this run needs {}",
+                optimizer_state.len(),
+                ids.len()
+            )));
+        }
+        for (id, values) in ids.into_iter().zip(optimizer_state) {
+            self.exec.write_f32(&self.plan, id, values)?;
+        }
+        self.epoch = state.epoch;
+        self.step = state.step;
+        self.rng = Rng::from_state(state.rng.clone());
+        Ok(())
+    }
+
+    fn optimizer_state_buffers(&self) -> Vec<usize> {
+        let params = self.plan.parameter_buffers();
+        self.plan
+            .state_buffers()
+            .into_iter()
+            .filter(|id| !params.contains(id))
+            .collect()
+    }
+
+    /// The optimizer's state tensors as host values (velocity or m and v, per parameter).
+    pub fn optimizer_state(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        self.optimizer_state_buffers()
+            .into_iter()
+            .map(|id| Ok((self.plan.buffers[id].name.clone(), self.exec.read_f32(id)?)))
+            .collect()
+    }
+
+    /// Reads the current parameters back to the host.
+    pub fn parameters(&self) -> Result<Parameters> {
+        let layers = self
+            .plan
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerParams {
+                    weight: self.exec.read_f32(l.weight)?,
+                    bias: l.bias.map(|b| self.exec.read_f32(b)).transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Parameters { layers })
+    }
+
+    /// Overwrites the parameters on the device (restoring the best epoch, say).
+    pub fn set_parameters(&mut self, params: &Parameters) -> Result<()> {
+        upload_params(&mut self.exec, &self.plan, params)
+    }
+
+    /// Loss and accuracy on the validation set given at construction.
+    pub fn validate(&mut self) -> Result<Option<Evaluation>> {
+        match self.plan.eval.clone() {
+            Some(bufs) => Ok(Some(evaluate_pass(&mut self.exec, &self.plan, &bufs)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One epoch: a fresh (seeded) order, then every batch, one submission per step.
+    /// A non-finite loss stops it with `Error::Diverged`, naming the epoch and step, with
+    /// the parameters of the last good step left in place.
+    pub fn run_epoch(&mut self, mut on_step: impl FnMut(Progress)) -> Result<EpochMetrics> {
+        let started = Instant::now();
+        let bufs = self
+            .plan
+            .train
+            .clone()
+            .ok_or_else(|| Error::Config("no training data".into()))?;
+        let lr = self
+            .config
+            .schedule
+            .lr(self.base_lr, self.epoch, self.config.epochs);
+        let changed = self.plan.set_epoch(self.epoch, lr, self.step)?;
+        self.exec.refresh(&self.plan, Pass::Train, &changed)?;
+        let order: Vec<u32> = if self.config.shuffle {
+            self.rng.permutation(bufs.rows)
+        } else {
+            (0..bufs.rows as u32).collect()
+        };
+        self.exec.write_u32(&self.plan, bufs.indices, &order)?;
+        zero_metrics(&mut self.exec, &self.plan, &bufs)?;
+        self.exec.save(&self.plan.state_buffers())?;
+
+        let log_every = self.config.log_every;
+        for s in 0..bufs.steps {
+            self.exec.run(&self.plan, Pass::Train, s..s + 1)?;
+            let loss = if log_every > 0 && (s + 1) % log_every == 0 {
+                let sum = self.exec.read_f32(bufs.loss_sum)?[0];
+                Some(sum / ((s + 1) * self.plan.batch).min(bufs.rows) as f32)
+            } else {
+                None
+            };
+            on_step(Progress {
+                epoch: self.epoch + 1,
+                step: s + 1,
+                steps: bufs.steps,
+                loss,
+            });
+        }
+        let (train_loss, train_accuracy) = read_metrics(&self.exec, &bufs)?;
+        if !train_loss.is_finite() {
+            return Err(self.find_divergence(&bufs));
+        }
+        self.step += bufs.steps as u64;
+        self.epoch += 1;
+        let seconds = started.elapsed().as_secs_f64();
+        let val = self.validate()?;
+        Ok(EpochMetrics {
+            epoch: self.epoch,
+            lr,
+            train_loss,
+            train_accuracy,
+            val_loss: val.map(|v| v.loss),
+            val_accuracy: val.and_then(|v| v.accuracy),
+            seconds,
+            samples_per_s: bufs.rows as f64 / seconds.max(1e-9),
+        })
+    }
+
+    /// Replays the epoch from its saved start, reading the loss after every step, to find
+    /// the first bad step; then replays up to the step before it, so that the last good
+    /// weights stay on the device.
+    fn find_divergence(&mut self, bufs: &DataBufs) -> Error {
+        let epoch = self.epoch + 1;
+        let mut search = || -> Result<Error> {
+            self.exec.restore()?;
+            zero_metrics(&mut self.exec, &self.plan, bufs)?;
+            let mut bad = (bufs.steps, f32::NAN);
+            for s in 0..bufs.steps {
+                self.exec.run(&self.plan, Pass::Train, s..s + 1)?;
+                let sum = self.exec.read_f32(bufs.loss_sum)?[0];
+                if !sum.is_finite() {
+                    bad = (s, sum);
+                    break;
+                }
+            }
+            self.exec.restore()?;
+            if bad.0 > 0 {
+                self.exec.run(&self.plan, Pass::Train, 0..bad.0)?;
+            }
+            self.step += bad.0 as u64;
+            Ok(Error::Diverged {
+                epoch,
+                step: bad.0 + 1,
+                loss: bad.1,
+            })
+        };
+        match search() {
+            Ok(e) => e,
+            Err(e) => e,
+        }
+    }
+
+    /// Trains for the configured epochs (from wherever the run stands), with early
+    /// stopping and best-weight restoring as configured; `on_epoch` sees each epoch's
+    /// metrics as it ends and `on_step` each step.
+    pub fn fit(
+        &mut self,
+        mut on_epoch: impl FnMut(&EpochMetrics),
+        mut on_step: impl FnMut(Progress),
+    ) -> Result<History> {
+        let mut history = History::default();
+        let mut best: Option<(f32, usize, Option<Parameters>)> = None;
+        let mut since_best = 0;
+        while self.epoch < self.config.epochs {
+            let m = self.run_epoch(&mut on_step)?;
+            on_epoch(&m);
+            history.epochs.push(m);
+            history.best_epoch = m.epoch;
+            let Some(es) = self.config.early_stopping else {
+                continue;
+            };
+            let monitored = m.val_loss.unwrap_or(m.train_loss);
+            let improved = match &best {
+                None => true,
+                Some((b, _, _)) => monitored < b - es.min_delta,
+            };
+            if improved {
+                let snapshot = if es.restore_best {
+                    Some(self.parameters()?)
+                } else {
+                    None
+                };
+                best = Some((monitored, m.epoch, snapshot));
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if since_best >= es.patience {
+                    history.stopped_early = true;
+                    break;
+                }
+            }
+        }
+        if let Some((_, epoch, Some(params))) = best {
+            if let Some(es) = self.config.early_stopping {
+                if es.restore_best {
+                    self.set_parameters(&params)?;
+                    history.best_epoch = epoch;
+                }
+            }
+        }
+        Ok(history)
+    }
+}
+
+/// Trains `model` on `train` and leaves the trained parameters in it (also when training
+/// stops on a divergence: then the model holds the last good step's parameters). The
+/// validation set is `validation`, or the tail fraction `config.validation_fraction` of
+/// `train`.
+pub fn fit(
+    device: Device<'_>,
+    model: &mut Model,
+    loss: Loss,
+    optimizer: Optimizer,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    config: &TrainConfig,
+) -> Result<History> {
+    let split;
+    let (train, validation) = match (validation, config.validation_fraction) {
+        (Some(v), _) => (train, Some(v)),
+        (None, Some(f)) => {
+            split = train.split_tail(f)?;
+            (&split.0, Some(&split.1))
+        }
+        (None, None) => (train, None),
+    };
+    let mut trainer = Trainer::new(device, model, loss, optimizer, train, validation, config)?;
+    let result = trainer.fit(|_| {}, |_| {});
+    match result {
+        Ok(h) => {
+            model.params = trainer.parameters()?;
+            Ok(h)
+        }
+        Err(e @ Error::Diverged { .. }) => {
+            model.params = trainer.parameters()?;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
