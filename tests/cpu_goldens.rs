@@ -992,3 +992,30 @@ fn linear_layer_gradients_match_finite_differences() {
     let fd_x = central_diff(&x, h, |xs| loss(xs, &w));
     assert_close("dL/dX = G·W vs finite difference", &dx, &fd_x, 0.0, 0.0);
 }
+
+#[test]
+fn correct_count_single_column_threshold_golden() {
+    // One column: a row predicts class 1 when x >= threshold, else class 0.
+    // threshold 0.5, x = [0.2, 0.5, 0.9, -1.0] -> predictions [0, 1, 1, 0] (0.5 itself is
+    // class 1); labels [0, 1, 1, 1] -> rows 0, 1, 2 correct = 3, added to the 4 already there
+    // -> 7.
+    let x = [0.2f32, 0.5, 0.9, -1.0];
+    let labels = [0u32, 1, 1, 1];
+    let p = |rows: u32, threshold: f32| RowsParams {
+        rows,
+        cols: 1,
+        threshold,
+        ..Default::default()
+    };
+    let mut count = [4u32];
+    cpu::correct_count(&mut count, &x, &labels, &p(4, 0.5));
+    assert_eq!(count, [7], "correct_count, one column, threshold 0.5");
+    // Threshold 0 (logits): predictions [1, 1, 1, 0] -> rows 1, 2 correct = 2.
+    let mut count = [0u32];
+    cpu::correct_count(&mut count, &x, &labels, &p(4, 0.0));
+    assert_eq!(count, [2], "correct_count, one column, threshold 0");
+    // rows = 2 looks at rows 0 and 1 only -> 2 at threshold 0.5.
+    let mut count = [0u32];
+    cpu::correct_count(&mut count, &x, &labels, &p(2, 0.5));
+    assert_eq!(count, [2], "correct_count, one column, rows = 2");
+}
