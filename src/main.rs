@@ -1,1 +1,163 @@
-fn main() {}
+//! The `soma` command: train, eval, predict, check and devices (see `soma --help`).
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cli::options::TrainOptions;
+use cli::DeviceChoice;
+
+#[derive(Parser)]
+#[command(
+    name = "soma",
+    version,
+    about = "Train feedforward neural networks on any GPU with WGSL compute shaders, checked against a CPU reference"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a network (with no arguments: a 64-64-10 MLP on the bundled digits set)
+    Train {
+        #[command(flatten)]
+        options: TrainOptions,
+        /// A TOML file with the same settings (flags override it)
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        device: DeviceChoice,
+        /// The run directory [default: runs/<UTC timestamp>]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue an unfinished run (its DIR.partial) exactly where it stopped
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Print one JSON summary at the end instead of the text report
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many epochs, leaving a run that --resume continues
+        #[arg(long)]
+        stop_after: Option<usize>,
+    },
+    /// Loss, accuracy and confusion matrix of a trained model
+    Eval {
+        /// A run directory or a .safetensors checkpoint
+        #[arg(long)]
+        model: PathBuf,
+        /// Data options (default: the run's own test split)
+        #[command(flatten)]
+        data: TrainOptions,
+        #[arg(long, value_enum, default_value_t)]
+        device: DeviceChoice,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Predictions for the rows of a CSV file
+    Predict {
+        /// A run directory or a .safetensors checkpoint
+        #[arg(long)]
+        model: PathBuf,
+        /// CSV of feature rows (a header row is detected)
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the predictions CSV [default: standard output]
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// A column of the input to ignore (its label column): name or 0-based index
+        #[arg(long)]
+        drop_column: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        device: DeviceChoice,
+    },
+    /// Run training steps on the GPU and on the CPU path and compare every tensor
+    Check {
+        #[command(flatten)]
+        options: TrainOptions,
+        /// Training steps to compare
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Largest accepted relative difference (per-step loss, per-tensor relative L2)
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the adapters wgpu can see
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train {
+            options,
+            config,
+            device,
+            out,
+            resume,
+            json,
+            stop_after,
+        } => cli::train::run(cli::train::TrainCommand {
+            options,
+            config,
+            device,
+            out,
+            resume,
+            json,
+            stop_after,
+        }),
+        Command::Eval {
+            model,
+            data,
+            device,
+            json,
+        } => cli::eval::run(cli::eval::EvalCommand {
+            model,
+            data,
+            device,
+            json,
+        }),
+        Command::Predict {
+            model,
+            input,
+            output,
+            drop_column,
+            device,
+        } => cli::predict::run(cli::predict::PredictCommand {
+            model,
+            input,
+            output,
+            drop_column,
+            device,
+        }),
+        Command::Check {
+            options,
+            steps,
+            tolerance,
+            json,
+        } => cli::check::run(cli::check::CheckCommand {
+            options,
+            steps,
+            tolerance,
+            json,
+        }),
+        Command::Devices { json } => cli::devices::run(json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

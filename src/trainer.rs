@@ -93,6 +93,8 @@ pub struct EpochMetrics {
 pub struct History {
     pub epochs: Vec<EpochMetrics>,
     pub stopped_early: bool,
+    /// An epoch callback asked to stop before the last epoch.
+    pub paused: bool,
     /// 1-based epoch whose parameters the model ends with.
     pub best_epoch: usize,
 }
@@ -506,11 +508,12 @@ impl<'a> Trainer<'a> {
     }
 
     /// Trains for the configured epochs (from wherever the run stands), with early
-    /// stopping and best-weight restoring as configured; `on_epoch` sees each epoch's
-    /// metrics as it ends and `on_step` each step.
+    /// stopping and best-weight restoring as configured. `on_epoch` sees the trainer and each
+    /// epoch's metrics as it ends (to save a checkpoint, say) and returns whether to go on;
+    /// `on_step` sees each step.
     pub fn fit(
         &mut self,
-        mut on_epoch: impl FnMut(&EpochMetrics),
+        mut on_epoch: impl FnMut(&Trainer<'a>, &EpochMetrics) -> Result<Flow>,
         mut on_step: impl FnMut(Progress),
     ) -> Result<History> {
         let mut history = History::default();
@@ -518,9 +521,12 @@ impl<'a> Trainer<'a> {
         let mut since_best = 0;
         while self.epoch < self.config.epochs {
             let m = self.run_epoch(&mut on_step)?;
-            on_epoch(&m);
             history.epochs.push(m);
             history.best_epoch = m.epoch;
+            if on_epoch(self, &m)? == Flow::Stop {
+                history.paused = true;
+                return Ok(history);
+            }
             let Some(es) = self.config.early_stopping else {
                 continue;
             };
@@ -545,16 +551,22 @@ impl<'a> Trainer<'a> {
                 }
             }
         }
-        if let Some((_, epoch, Some(params))) = best {
-            if let Some(es) = self.config.early_stopping {
-                if es.restore_best {
-                    self.set_parameters(&params)?;
-                    history.best_epoch = epoch;
-                }
+        if history.stopped_early {
+            if let Some((_, epoch, Some(params))) = best {
+                self.set_parameters(&params)?;
+                history.best_epoch = epoch;
             }
         }
         Ok(history)
     }
+}
+
+/// What an epoch callback wants next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop now, leaving the run where it is (it can be resumed later).
+    Stop,
 }
 
 /// Trains `model` on `train` and leaves the trained parameters in it (also when training
@@ -580,7 +592,7 @@ pub fn fit(
         (None, None) => (train, None),
     };
     let mut trainer = Trainer::new(device, model, loss, optimizer, train, validation, config)?;
-    let result = trainer.fit(|_| {}, |_| {});
+    let result = trainer.fit(|_, _| Ok(Flow::Continue), |_| {});
     match result {
         Ok(h) => {
             model.params = trainer.parameters()?;

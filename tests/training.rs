@@ -316,7 +316,9 @@ fn divergence_stops_with_the_step_and_keeps_good_weights() {
             &config,
         )
         .unwrap();
-        let err = t.fit(|_| {}, |_| {}).unwrap_err();
+        let err = t
+            .fit(|_, _| Ok(soma::trainer::Flow::Continue), |_| {})
+            .unwrap_err();
         let Error::Diverged { epoch, step, .. } = err else {
             panic!("{err}")
         };

@@ -1,0 +1,147 @@
+//! `soma check`: the same training steps on the GPU and on the CPU path from one seed, then
+//! the largest absolute and relative difference of every parameter tensor and of the
+//! per-step loss. Exits non-zero when a tensor's relative L2 difference is over the
+//! tolerance.
+
+use serde::Serialize;
+
+use soma::trainer::{Progress, TrainConfig, Trainer};
+use soma::{Device, Error, Gpu, Init, Model, Result};
+
+use super::options::{DataSpec, TrainOptions};
+use super::train::{build_network, build_optimizer, choose_loss, prepare_data};
+
+pub struct CheckCommand {
+    pub options: TrainOptions,
+    pub steps: usize,
+    pub tolerance: f64,
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct TensorDiff {
+    name: String,
+    max_abs: f64,
+    max_rel: f64,
+    rel_l2: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    adapter: String,
+    steps: usize,
+    loss_max_rel: f64,
+    tensors: Vec<TensorDiff>,
+    tolerance: f64,
+    pass: bool,
+}
+
+fn diff(name: String, g: &[f32], c: &[f32]) -> TensorDiff {
+    let (mut max_abs, mut max_rel, mut num, mut den) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in g.iter().zip(c) {
+        let (x, y) = (x as f64, y as f64);
+        let d = if x.is_finite() && y.is_finite() {
+            (x - y).abs()
+        } else {
+            f64::INFINITY
+        };
+        max_abs = max_abs.max(d);
+        max_rel = max_rel.max(d / y.abs().max(1e-6));
+        num += d * d;
+        den += y * y;
+    }
+    TensorDiff {
+        name,
+        max_abs,
+        max_rel,
+        rel_l2: (num / den.max(1e-30)).sqrt(),
+    }
+}
+
+pub fn run(cmd: CheckCommand) -> Result<()> {
+    let o = cmd.options.resolve()?;
+    if cmd.steps == 0 {
+        return Err(Error::Config("--steps must be at least 1".into()));
+    }
+    let spec = DataSpec::parse(&o.data)?;
+    let data = prepare_data(&o, &spec)?;
+    let rows = (cmd.steps * o.batch_size).min(data.train.len());
+    let train = data.train.select(&(0..rows).collect::<Vec<_>>());
+    let loss = choose_loss(&o, &train)?;
+    let network = build_network(&o, &train, loss)?;
+    let optimizer = build_optimizer(&o)?;
+    let model = Model::new(network, o.init_scheme.parse::<Init>()?, o.seed)?;
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: o.batch_size,
+        shuffle: o.shuffle,
+        seed: o.seed,
+        log_every: 1,
+        ..Default::default()
+    };
+    let gpu = Gpu::new()?;
+    let run = |device: Device<'_>| -> Result<(Vec<f32>, soma::Parameters)> {
+        let mut t = Trainer::new(device, &model, loss, optimizer, &train, None, &config)?;
+        let mut losses = vec![];
+        t.run_epoch(|p: Progress| losses.extend(p.loss))?;
+        Ok((losses, t.parameters()?))
+    };
+    let (gl, gp) = run(Device::Gpu(&gpu))?;
+    let (cl, cp) = run(Device::Cpu)?;
+    let loss_diff = diff("loss".into(), &gl, &cl);
+    let mut tensors = vec![];
+    for (i, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
+        tensors.push(diff(format!("layers.{i}.weight"), &g.weight, &c.weight));
+        if let (Some(gb), Some(cb)) = (&g.bias, &c.bias) {
+            tensors.push(diff(format!("layers.{i}.bias"), gb, cb));
+        }
+    }
+    let pass =
+        loss_diff.max_rel <= cmd.tolerance && tensors.iter().all(|t| t.rel_l2 <= cmd.tolerance);
+    let report = Report {
+        adapter: gpu.adapter().name.clone(),
+        steps: gl.len(),
+        loss_max_rel: loss_diff.max_rel,
+        tensors,
+        tolerance: cmd.tolerance,
+        pass,
+    };
+    if cmd.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?
+        );
+    } else {
+        println!(
+            "{} steps on '{}' against the CPU path",
+            report.steps, report.adapter
+        );
+        println!(
+            "per-step loss: max relative difference {:.3e}",
+            report.loss_max_rel
+        );
+        println!(
+            "{:<20} {:>12} {:>12} {:>12}",
+            "tensor", "max abs", "max rel", "rel L2"
+        );
+        for t in &report.tensors {
+            println!(
+                "{:<20} {:>12.3e} {:>12.3e} {:>12.3e}",
+                t.name, t.max_abs, t.max_rel, t.rel_l2
+            );
+        }
+        println!(
+            "{} (tolerance {:.1e} on the loss and on each tensor's relative L2 difference)",
+            if pass { "PASS" } else { "FAIL" },
+            cmd.tolerance
+        );
+    }
+    if pass {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "GPU and CPU differ by more than the tolerance {:.1e}",
+            cmd.tolerance
+        )))
+    }
+}

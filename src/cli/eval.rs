@@ -1,0 +1,146 @@
+//! `soma eval`: loss, accuracy and the confusion matrix of a trained model on a dataset
+//! (by default the test split of the run that made it).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use soma::data::Dataset;
+use soma::{Error, Model, Result};
+
+use super::options::{DataSpec, TrainOptions};
+use super::train::{prepare_data, RunConfig};
+use super::{load_model, open_device, DeviceChoice};
+
+pub struct EvalCommand {
+    pub model: PathBuf,
+    pub data: TrainOptions,
+    pub device: DeviceChoice,
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    data: String,
+    samples: usize,
+    loss: f32,
+    accuracy: Option<f32>,
+    /// rows: true class, columns: predicted class.
+    confusion: Option<Vec<Vec<u32>>>,
+}
+
+/// The class each row of `outputs (rows, width)` predicts.
+pub fn predicted_classes(outputs: &[f32], width: usize, threshold: f32) -> Vec<u32> {
+    outputs
+        .chunks(width.max(1))
+        .map(|row| {
+            if width == 1 {
+                (row[0] >= threshold) as u32
+            } else {
+                let mut best = 0;
+                for (c, v) in row.iter().enumerate() {
+                    if *v > row[best] {
+                        best = c;
+                    }
+                }
+                best as u32
+            }
+        })
+        .collect()
+}
+
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    let (file, ck) = load_model(&cmd.model)?;
+    let run_config: Option<RunConfig> = if cmd.model.is_dir() {
+        std::fs::read_to_string(cmd.model.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    } else {
+        None
+    };
+    // The data: as given (whole, scaled with the checkpoint's scaler), or the run's test split.
+    let (name, test): (String, Dataset) = match (&cmd.data.data, &run_config) {
+        (Some(spec_text), _) => {
+            let o = cmd.data.resolve()?;
+            let spec = DataSpec::parse(spec_text)?;
+            let (all, own_test) = spec.load(&o)?;
+            let mut d = own_test.unwrap_or(all);
+            if let Some(s) = &ck.scaler {
+                s.apply(&mut d)?;
+            }
+            (spec_text.clone(), d)
+        }
+        (None, Some(rc)) => {
+            let spec = DataSpec::parse(&rc.options.data)?;
+            (
+                format!("{} (test split)", rc.options.data),
+                prepare_data(&rc.options, &spec)?.test,
+            )
+        }
+        (None, None) => {
+            return Err(Error::Config(format!(
+                "{}: no run directory config to take the test split from; pass --data",
+                file.display()
+            )))
+        }
+    };
+    let model = Model::with_params(ck.network.clone(), ck.params.clone())?;
+    let opened = open_device(cmd.device)?;
+    let device = opened.device();
+    let e = model.evaluate(device, ck.loss, &test, 1024)?;
+    let confusion = match test.targets.classes() {
+        Some(classes) => {
+            let outputs = model.predict(device, &test.features, test.len())?;
+            let threshold = if ck.loss == soma::Loss::Mse { 0.5 } else { 0.0 };
+            let predicted = predicted_classes(&outputs, model.network.output_width(), threshold);
+            let mut m = vec![vec![0u32; classes.max(2)]; classes.max(2)];
+            for (t, p) in test.labels().unwrap_or(&[]).iter().zip(&predicted) {
+                if let Some(cell) = m.get_mut(*t as usize).and_then(|r| r.get_mut(*p as usize)) {
+                    *cell += 1;
+                }
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    let report = Report {
+        data: name,
+        samples: e.samples,
+        loss: e.loss,
+        accuracy: e.accuracy,
+        confusion,
+    };
+    if cmd.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: {} samples on {}",
+        report.data,
+        report.samples,
+        device.name()
+    );
+    println!("loss {:.5}", report.loss);
+    if let Some(a) = report.accuracy {
+        println!("accuracy {:.2}%", 100.0 * a);
+    }
+    if let Some(m) = &report.confusion {
+        println!("confusion matrix (rows: true class, columns: predicted):");
+        print!("      ");
+        for c in 0..m.len() {
+            print!("{c:>6}");
+        }
+        println!();
+        for (t, row) in m.iter().enumerate() {
+            print!("{t:>6}");
+            for v in row {
+                print!("{v:>6}");
+            }
+            println!();
+        }
+    }
+    Ok(())
+}

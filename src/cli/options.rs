@@ -1,0 +1,302 @@
+//! The settings of `soma train` (and what `eval`, `predict` and `check` share with it): one
+//! struct that a TOML file, the command line and a run directory's `config.json` all fill,
+//! with the defaults applied in one place, and the data specification they name.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use soma::data::{self, CsvOptions, Dataset, HeaderMode, LabelColumn, ScaleKind, Task};
+use soma::{Error, Result};
+
+/// Every setting of a training run. `None` means "the default" (see `resolve`).
+#[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainOptions {
+    /// Data: a bundled set (digits, iris, wine, breast-cancer, diabetes), mnist:DIR,
+    /// idx:IMAGES,LABELS or csv:FILE [default: digits]
+    #[arg(long)]
+    pub data: Option<String>,
+    /// CSV label column: a name, a 0-based index, or "last" [default: last]
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// CSV header: auto, yes or no [default: auto]
+    #[arg(long)]
+    pub header: Option<String>,
+    /// classification or regression [default: classification, diabetes regression]
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Layer widths, input first: e.g. 784,256,256,10 [default: inputs,64,outputs]
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Hidden activation: relu, leaky_relu[:slope], sigmoid, tanh, identity [default: relu]
+    #[arg(long)]
+    pub activation: Option<String>,
+    /// Output activation [default: identity]
+    #[arg(long)]
+    pub output_activation: Option<String>,
+    /// Loss: cross_entropy, mse, bce [default: cross_entropy, mse for regression]
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Optimizer: sgd, momentum, adam, adamw [default: adam]
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Learning rate [default: 1e-3 for adam/adamw, 0.01 for sgd/momentum]
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Momentum factor (momentum) [default: 0.9]
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Weight decay: L2 (sgd, momentum, adam) or decoupled (adamw) [default: 0, adamw 0.01]
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Learning-rate schedule: constant, step:EVERY:GAMMA, cosine[:MIN_LR] [default: constant]
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Batch size [default: 32]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Epochs [default: 20]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed for the initial weights, the splits and the shuffles [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction of the training rows held out for validation, from the end [default: 0.1]
+    #[arg(long)]
+    pub val_fraction: Option<f32>,
+    /// Fraction held out for the test set when the data has none of its own [default: 0.2]
+    #[arg(long)]
+    pub test_fraction: Option<f32>,
+    /// Early stopping: epochs without improvement of the validation loss [default: off]
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Early stopping: the smallest decrease that counts as an improvement [default: 0]
+    #[arg(long)]
+    pub min_delta: Option<f32>,
+    /// Input scaling fitted on the training split: standard, minmax, none
+    /// [default: standard, none for mnist/idx]
+    #[arg(long)]
+    pub scale: Option<String>,
+    /// Weight initialisation: pytorch, xavier, he [default: pytorch]
+    #[arg(long)]
+    pub init_scheme: Option<String>,
+    /// Start from the weights of this checkpoint (a run directory or a .safetensors file)
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Do not reshuffle the training rows each epoch
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_shuffle: bool,
+}
+
+/// `TrainOptions` with every default filled in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resolved {
+    pub data: String,
+    pub label_column: String,
+    pub header: String,
+    pub task: Option<String>,
+    pub layers: Option<Vec<usize>>,
+    pub activation: String,
+    pub output_activation: String,
+    pub loss: Option<String>,
+    pub optimizer: String,
+    pub lr: Option<f32>,
+    pub momentum: f32,
+    pub weight_decay: Option<f32>,
+    pub schedule: String,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub val_fraction: f32,
+    pub test_fraction: f32,
+    pub patience: Option<usize>,
+    pub min_delta: f32,
+    pub scale: Option<String>,
+    pub init_scheme: String,
+    pub init: Option<PathBuf>,
+    pub shuffle: bool,
+}
+
+impl TrainOptions {
+    /// Reads a TOML file of the same settings (keys as the flags, with `_` for `-`).
+    pub fn from_toml(path: &Path) -> Result<TrainOptions> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            line: None,
+            message: e.to_string(),
+        })
+    }
+
+    /// These options with `over`'s set values taking precedence.
+    pub fn overridden_by(&self, over: &TrainOptions) -> TrainOptions {
+        macro_rules! pick {
+            ($($f:ident),*) => {
+                TrainOptions { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* no_shuffle: over.no_shuffle || self.no_shuffle }
+            };
+        }
+        pick!(
+            data,
+            label_column,
+            header,
+            task,
+            layers,
+            activation,
+            output_activation,
+            loss,
+            optimizer,
+            lr,
+            momentum,
+            weight_decay,
+            schedule,
+            batch_size,
+            epochs,
+            seed,
+            val_fraction,
+            test_fraction,
+            patience,
+            min_delta,
+            scale,
+            init_scheme,
+            init
+        )
+    }
+
+    pub fn resolve(&self) -> Result<Resolved> {
+        let layers = self
+            .layers
+            .as_deref()
+            .map(|s| {
+                s.split(',')
+                    .map(|w| {
+                        w.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|&w| w > 0)
+                            .ok_or_else(|| {
+                                Error::Config(format!(
+                                    "--layers '{s}': '{w}' is not a positive integer"
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<usize>>>()
+            })
+            .transpose()?;
+        Ok(Resolved {
+            data: self.data.clone().unwrap_or_else(|| "digits".into()),
+            label_column: self.label_column.clone().unwrap_or_else(|| "last".into()),
+            header: self.header.clone().unwrap_or_else(|| "auto".into()),
+            task: self.task.clone(),
+            layers,
+            activation: self.activation.clone().unwrap_or_else(|| "relu".into()),
+            output_activation: self
+                .output_activation
+                .clone()
+                .unwrap_or_else(|| "identity".into()),
+            loss: self.loss.clone(),
+            optimizer: self.optimizer.clone().unwrap_or_else(|| "adam".into()),
+            lr: self.lr,
+            momentum: self.momentum.unwrap_or(0.9),
+            weight_decay: self.weight_decay,
+            schedule: self.schedule.clone().unwrap_or_else(|| "constant".into()),
+            batch_size: self.batch_size.unwrap_or(32),
+            epochs: self.epochs.unwrap_or(20),
+            seed: self.seed.unwrap_or(0),
+            val_fraction: self.val_fraction.unwrap_or(0.1),
+            test_fraction: self.test_fraction.unwrap_or(0.2),
+            patience: self.patience,
+            min_delta: self.min_delta.unwrap_or(0.0),
+            scale: self.scale.clone(),
+            init_scheme: self.init_scheme.clone().unwrap_or_else(|| "pytorch".into()),
+            init: self.init.clone(),
+            shuffle: !self.no_shuffle,
+        })
+    }
+}
+
+/// Where the data comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSpec {
+    Bundled(String),
+    Mnist(PathBuf),
+    Idx(PathBuf, PathBuf),
+    Csv(PathBuf),
+}
+
+impl DataSpec {
+    pub fn parse(s: &str) -> Result<DataSpec> {
+        if let Some(dir) = s.strip_prefix("mnist:") {
+            return Ok(DataSpec::Mnist(dir.into()));
+        }
+        if let Some(rest) = s.strip_prefix("idx:") {
+            let (images, labels) = rest
+                .split_once(',')
+                .ok_or_else(|| Error::Config(format!("--data '{s}': idx: takes IMAGES,LABELS")))?;
+            return Ok(DataSpec::Idx(images.into(), labels.into()));
+        }
+        if let Some(file) = s.strip_prefix("csv:") {
+            return Ok(DataSpec::Csv(file.into()));
+        }
+        if data::BUNDLED.contains(&s) {
+            return Ok(DataSpec::Bundled(s.into()));
+        }
+        Err(Error::Config(format!(
+            "--data '{s}': not a bundled dataset ({}) nor mnist:DIR, idx:IMAGES,LABELS or csv:FILE",
+            data::BUNDLED.join(", ")
+        )))
+    }
+
+    /// Pixel data is already in [0, 1]; everything else is standardised by default.
+    pub fn default_scale(&self) -> ScaleKind {
+        match self {
+            DataSpec::Mnist(_) | DataSpec::Idx(..) => ScaleKind::None,
+            _ => ScaleKind::Standard,
+        }
+    }
+
+    /// Loads the data: (training rows, the data's own test set if it has one).
+    pub fn load(&self, o: &Resolved) -> Result<(Dataset, Option<Dataset>)> {
+        match self {
+            DataSpec::Bundled(name) => Ok((data::bundled(name)?, None)),
+            DataSpec::Mnist(dir) => {
+                let (train, test) = data::load_mnist_dir(dir)?;
+                Ok((train, Some(test)))
+            }
+            DataSpec::Idx(images, labels) => Ok((data::load_idx(images, labels)?, None)),
+            DataSpec::Csv(path) => Ok((data::load_csv(path, &csv_options(o)?)?, None)),
+        }
+    }
+}
+
+/// The CSV reading options of a run.
+pub fn csv_options(o: &Resolved) -> Result<CsvOptions> {
+    let label_column = match o.label_column.as_str() {
+        "last" => LabelColumn::Last,
+        s => match s.parse::<usize>() {
+            Ok(i) => LabelColumn::Index(i),
+            Err(_) => LabelColumn::Name(s.to_string()),
+        },
+    };
+    let header = match o.header.as_str() {
+        "auto" => HeaderMode::Auto,
+        "yes" | "true" | "present" => HeaderMode::Present,
+        "no" | "false" | "absent" => HeaderMode::Absent,
+        h => {
+            return Err(Error::Config(format!(
+                "--header '{h}': use auto, yes or no"
+            )))
+        }
+    };
+    let task = match &o.task {
+        Some(t) => t.parse::<Task>()?,
+        None => Task::Classification,
+    };
+    Ok(CsvOptions {
+        label_column,
+        header,
+        task,
+    })
+}
