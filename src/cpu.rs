@@ -60,6 +60,27 @@ pub fn matmul_tn(out: &mut [f32], a: &[f32], b: &[f32], p: &MatmulParams) {
     }
 }
 
+/// `out (m, n) = A · B` through strides (see `BlockedMatmulParams`), summed in k order like
+/// the other forms: the twin of the register-blocked kernel.
+pub fn matmul_blocked(out: &mut [f32], a: &[f32], b: &[f32], p: &BlockedMatmulParams) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let (ar, ac, br, bc) = (
+        p.a_row as usize,
+        p.a_col as usize,
+        p.b_row as usize,
+        p.b_col as usize,
+    );
+    for row in 0..m {
+        for col in 0..n {
+            let mut acc = 0.0f32;
+            for kk in 0..k {
+                acc += a[row * ar + kk * ac] * b[kk * br + col * bc];
+            }
+            store(out, row * n + col, acc, p.accumulate);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Activations (shaders/activation.wgsl)
 

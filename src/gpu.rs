@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, Pipeline};
+use crate::kernels::{Kernel, MatmulVariant, Pipeline};
 
 /// What soma needs to know about an adapter, for logs and `soma devices`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +67,7 @@ pub struct Gpu {
     limits: wgpu::Limits,
     ownership: Ownership,
     pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
+    matmul: Mutex<MatmulVariant>,
     submissions: AtomicU64,
     maps: AtomicU64,
 }
@@ -232,6 +233,12 @@ impl Gpu {
             limits,
             ownership,
             pipelines: Mutex::new(HashMap::new()),
+            matmul: Mutex::new(
+                std::env::var("SOMA_MATMUL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_default(),
+            ),
             submissions: AtomicU64::new(0),
             maps: AtomicU64::new(0),
         }
@@ -250,6 +257,18 @@ impl Gpu {
     /// Whether soma opened the device or borrowed it.
     pub fn ownership(&self) -> Ownership {
         self.ownership
+    }
+
+    /// The matmul kernel new dispatches use (`SOMA_MATMUL=naive|blocked`, default blocked).
+    pub fn matmul_variant(&self) -> MatmulVariant {
+        self.matmul.lock().map(|v| *v).unwrap_or_default()
+    }
+
+    /// Chooses the matmul kernel for dispatches built from now on.
+    pub fn set_matmul_variant(&self, variant: MatmulVariant) {
+        if let Ok(mut v) = self.matmul.lock() {
+            *v = variant;
+        }
     }
 
     /// Submissions and maps made through soma so far.

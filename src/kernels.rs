@@ -57,6 +57,7 @@ pub enum Kernel {
     MatmulNt,
     MatmulNn,
     MatmulTn,
+    MatmulBlocked,
     BiasActivationForward,
     ActivationBackward,
     ColumnSum,
@@ -81,6 +82,7 @@ impl Kernel {
         Kernel::MatmulNt,
         Kernel::MatmulNn,
         Kernel::MatmulTn,
+        Kernel::MatmulBlocked,
         Kernel::BiasActivationForward,
         Kernel::ActivationBackward,
         Kernel::ColumnSum,
@@ -107,6 +109,12 @@ impl Kernel {
             Kernel::MatmulNt => (MATMUL, "matmul_nt", &[W, R, R], MatmulParams::WGSL_NAME),
             Kernel::MatmulNn => (MATMUL, "matmul_nn", &[W, R, R], MatmulParams::WGSL_NAME),
             Kernel::MatmulTn => (MATMUL, "matmul_tn", &[W, R, R], MatmulParams::WGSL_NAME),
+            Kernel::MatmulBlocked => (
+                MATMUL,
+                "matmul_blocked",
+                &[W, R, R],
+                BlockedMatmulParams::WGSL_NAME,
+            ),
             Kernel::BiasActivationForward => (
                 ACTIVATION,
                 "bias_activation_forward",
@@ -535,6 +543,35 @@ fn matmul_grid(m: usize, n: usize) -> [u32; 3] {
     [(n as u32).div_ceil(16), (m as u32).div_ceil(16), 1]
 }
 
+/// 8 x 8 invocations of 4 x 4 outputs: a 32 x 32 tile per workgroup.
+fn blocked_grid(m: usize, n: usize) -> [u32; 3] {
+    [(n as u32).div_ceil(32), (m as u32).div_ceil(32), 1]
+}
+
+/// Which matmul kernel the three forms dispatch to. The naive kernels stay as the
+/// yardstick; both pass the same twin tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// One invocation per output (`matmul_nt`, `matmul_nn`, `matmul_tn`).
+    Naive,
+    /// 4 x 4 register blocks (`matmul_blocked`).
+    #[default]
+    Blocked,
+}
+
+impl std::str::FromStr for MatmulVariant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "naive" => Ok(MatmulVariant::Naive),
+            "blocked" => Ok(MatmulVariant::Blocked),
+            _ => Err(Error::Config(format!(
+                "unknown matmul variant '{s}' (naive, blocked)"
+            ))),
+        }
+    }
+}
+
 /// `out (m, n) = a (m, k) · b (n, k)ᵀ` — the forward product `Y = X·Wᵀ`.
 pub fn matmul_nt(
     gpu: &Gpu,
@@ -548,7 +585,18 @@ pub fn matmul_nt(
     expect_shape("matmul_nt", b, (n, k))?;
     expect_shape("matmul_nt", out, (m, n))?;
     let p = matmul_params("matmul_nt", m, n, k, acc)?;
-    Dispatch::new(gpu, Kernel::MatmulNt, &[out, a, b], &[p], matmul_grid(m, n))
+    match gpu.matmul_variant() {
+        MatmulVariant::Naive => {
+            Dispatch::new(gpu, Kernel::MatmulNt, &[out, a, b], &[p], matmul_grid(m, n))
+        }
+        MatmulVariant::Blocked => Dispatch::new(
+            gpu,
+            Kernel::MatmulBlocked,
+            &[out, a, b],
+            &[BlockedMatmulParams::nt(&p)],
+            blocked_grid(m, n),
+        ),
+    }
 }
 
 /// `out (m, n) = a (m, k) · b (k, n)` — the input delta `dX = dY·W`.
@@ -564,7 +612,18 @@ pub fn matmul_nn(
     expect_shape("matmul_nn", b, (k, n))?;
     expect_shape("matmul_nn", out, (m, n))?;
     let p = matmul_params("matmul_nn", m, n, k, acc)?;
-    Dispatch::new(gpu, Kernel::MatmulNn, &[out, a, b], &[p], matmul_grid(m, n))
+    match gpu.matmul_variant() {
+        MatmulVariant::Naive => {
+            Dispatch::new(gpu, Kernel::MatmulNn, &[out, a, b], &[p], matmul_grid(m, n))
+        }
+        MatmulVariant::Blocked => Dispatch::new(
+            gpu,
+            Kernel::MatmulBlocked,
+            &[out, a, b],
+            &[BlockedMatmulParams::nn(&p)],
+            blocked_grid(m, n),
+        ),
+    }
 }
 
 /// `out (m, n) = a (k, m)ᵀ · b (k, n)` — the weight gradient `dW = dYᵀ·X`.
@@ -580,7 +639,18 @@ pub fn matmul_tn(
     expect_shape("matmul_tn", b, (k, n))?;
     expect_shape("matmul_tn", out, (m, n))?;
     let p = matmul_params("matmul_tn", m, n, k, acc)?;
-    Dispatch::new(gpu, Kernel::MatmulTn, &[out, a, b], &[p], matmul_grid(m, n))
+    match gpu.matmul_variant() {
+        MatmulVariant::Naive => {
+            Dispatch::new(gpu, Kernel::MatmulTn, &[out, a, b], &[p], matmul_grid(m, n))
+        }
+        MatmulVariant::Blocked => Dispatch::new(
+            gpu,
+            Kernel::MatmulBlocked,
+            &[out, a, b],
+            &[BlockedMatmulParams::tn(&p)],
+            blocked_grid(m, n),
+        ),
+    }
 }
 
 fn matmul_params(op: &str, m: usize, n: usize, k: usize, acc: Accumulate) -> Result<MatmulParams> {

@@ -44,6 +44,64 @@ params_struct! {
 }
 
 params_struct! {
+    /// A matrix product through strides, `out (m, n) = A · B` with
+    /// `A(i, kk) = a[i * a_row + kk * a_col]` and `B(kk, j) = b[kk * b_row + j * b_col]`,
+    /// which covers the three matmul forms (see `shaders/matmul.wgsl`).
+    BlockedMatmulParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        accumulate: u32,
+        a_row: u32,
+        a_col: u32,
+        b_row: u32,
+        b_col: u32,
+    }
+}
+
+impl BlockedMatmulParams {
+    /// The strides of `out = a · bᵀ` (a (m, k), b (n, k)).
+    pub fn nt(p: &MatmulParams) -> Self {
+        BlockedMatmulParams {
+            m: p.m,
+            n: p.n,
+            k: p.k,
+            accumulate: p.accumulate,
+            a_row: p.k,
+            a_col: 1,
+            b_row: 1,
+            b_col: p.k,
+        }
+    }
+    /// The strides of `out = a · b` (a (m, k), b (k, n)).
+    pub fn nn(p: &MatmulParams) -> Self {
+        BlockedMatmulParams {
+            m: p.m,
+            n: p.n,
+            k: p.k,
+            accumulate: p.accumulate,
+            a_row: p.k,
+            a_col: 1,
+            b_row: p.n,
+            b_col: 1,
+        }
+    }
+    /// The strides of `out = aᵀ · b` (a (k, m), b (k, n)).
+    pub fn tn(p: &MatmulParams) -> Self {
+        BlockedMatmulParams {
+            m: p.m,
+            n: p.n,
+            k: p.k,
+            accumulate: p.accumulate,
+            a_row: 1,
+            a_col: p.m,
+            b_row: p.n,
+            b_col: 1,
+        }
+    }
+}
+
+params_struct! {
     /// An element-wise activation over a `(rows, cols)` matrix.
     ActivationParams {
         rows: u32,

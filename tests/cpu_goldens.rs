@@ -1019,3 +1019,31 @@ fn correct_count_single_column_threshold_golden() {
     cpu::correct_count(&mut count, &x, &labels, &p(2, 0.5));
     assert_eq!(count, [2], "correct_count, one column, rows = 2");
 }
+
+/// The strided twin of the register-blocked kernel is the three forms again: with the
+/// strides of each form it adds the same products in the same order, so the bits agree.
+#[test]
+fn matmul_blocked_strides_reproduce_the_three_forms() {
+    let mut rng = TestRng::new(77);
+    let (m, k, n) = (5usize, 7usize, 3usize);
+    let p = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: 0,
+    };
+    let a = rng.vec(m * k, -1.0, 1.0);
+    let at = rng.vec(k * m, -1.0, 1.0);
+    let b_nk = rng.vec(n * k, -1.0, 1.0);
+    let b_kn = rng.vec(k * n, -1.0, 1.0);
+    let (mut want, mut got) = (vec![0.0; m * n], vec![0.0; m * n]);
+    cpu::matmul_nt(&mut want, &a, &b_nk, &p);
+    cpu::matmul_blocked(&mut got, &a, &b_nk, &BlockedMatmulParams::nt(&p));
+    assert_close("blocked as nt", &got, &want, 0.0, 0.0);
+    cpu::matmul_nn(&mut want, &a, &b_kn, &p);
+    cpu::matmul_blocked(&mut got, &a, &b_kn, &BlockedMatmulParams::nn(&p));
+    assert_close("blocked as nn", &got, &want, 0.0, 0.0);
+    cpu::matmul_tn(&mut want, &at, &b_kn, &p);
+    cpu::matmul_blocked(&mut got, &at, &b_kn, &BlockedMatmulParams::tn(&p));
+    assert_close("blocked as tn", &got, &want, 0.0, 0.0);
+}

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{assert_close, gpu, TestRng};
-use soma::kernels::{self, Accumulate};
+use soma::kernels::{self, Accumulate, MatmulVariant};
 use soma::params::*;
 use soma::Loss;
 use soma::{cpu, Activation, Gpu, GpuTensor};
@@ -51,8 +51,16 @@ fn matmul_forms_match_cpu() {
         (513, 31, 17),
         (5, 600, 3),
     ];
+    for variant in [MatmulVariant::Naive, MatmulVariant::Blocked] {
+        gpu.set_matmul_variant(variant);
+        matmul_cases(gpu, &cases, variant);
+    }
+    gpu.set_matmul_variant(MatmulVariant::default());
+}
+
+fn matmul_cases(gpu: &Gpu, cases: &[(usize, usize, usize)], variant: MatmulVariant) {
     let mut rng = TestRng::new(1);
-    for &(m, k, n) in &cases {
+    for &(m, k, n) in cases {
         for acc in [Accumulate::Overwrite, Accumulate::Add] {
             let a = rng.vec(m * k, -1.0, 1.0);
             let prior = rng.vec(m * n, -1.0, 1.0);
@@ -66,7 +74,7 @@ fn matmul_forms_match_cpu() {
             // add (one rounding instead of two) so sums can differ by ~k ulps of the partial
             // sums; 2k * eps absolute covers that with margin, and rel 1e-6 the large values.
             let atol = 2.0 * k as f32 * f32::EPSILON + 1e-6;
-            let label = format!("{m}x{k}x{n} {acc:?}");
+            let label = format!("{variant:?} {m}x{k}x{n} {acc:?}");
 
             // nt: a (m,k) · b (n,k)^T
             let b = rng.vec(n * k, -1.0, 1.0);

@@ -153,6 +153,7 @@ fn params_structs_match_wgsl() {
     check_params::<SgdParams>();
     check_params::<AdamParams>();
     check_params::<GatherParams>();
+    check_params::<BlockedMatmulParams>();
     check_params::<ReduceParams>();
     check_params::<PerceptronParams>();
     for p in [
