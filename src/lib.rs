@@ -1,6 +1,7 @@
 //! soma trains feedforward neural networks on any GPU that wgpu reaches, with WGSL compute
 //! shaders, and checks every GPU result against a plain-Rust CPU reference.
 
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod network;
 pub mod optim;
 pub mod params;
 pub mod plan;
+pub mod plot;
 pub mod rng;
 pub mod tensor;
 pub mod trainer;
