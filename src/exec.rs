@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{self, Accumulate, Dispatch};
 use crate::network::Activation;
+use crate::params::BlockedMatmulParams;
 use crate::plan::{entry, BufId, Op, Plan};
 use crate::tensor::{copy_tensors, DType, GpuTensor};
 
@@ -19,8 +20,12 @@ use crate::tensor::{copy_tensors, DType, GpuTensor};
 pub enum Device<'a> {
     /// On this GPU, every buffer resident.
     Gpu(&'a Gpu),
-    /// On the host, with the CPU reference kernels.
+    /// On the host: the CPU kernels, with matrix products by a threaded gemm (fast; equal
+    /// to the GPU to rounding).
     Cpu,
+    /// On the host with nothing but the plain-loop twins of the GPU kernels, in their order
+    /// of operations: the yardstick for cross-checking (slow for large products).
+    CpuReference,
 }
 
 impl Device<'_> {
@@ -29,6 +34,7 @@ impl Device<'_> {
         match self {
             Device::Gpu(g) => g.adapter().name.clone(),
             Device::Cpu => "cpu".into(),
+            Device::CpuReference => "cpu (reference)".into(),
         }
     }
 }
@@ -362,14 +368,27 @@ enum HostBuf {
     U32(Vec<u32>),
 }
 
+/// How the CPU executor multiplies matrices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuMatmul {
+    /// The plain-loop twins of the GPU kernels (`cpu::matmul_nt` ...), bit-for-bit in the
+    /// kernels' order of operations.
+    Reference,
+    /// `matrixmultiply`'s threaded sgemm (`cpu::matmul_gemm`): many times faster, equal to
+    /// rounding.
+    #[default]
+    Gemm,
+}
+
 /// The CPU executor: host vectors and the CPU twins, op by op in plan order.
 pub struct CpuExec {
     bufs: Vec<HostBuf>,
     snapshot: Vec<(BufId, HostBuf)>,
+    matmul: CpuMatmul,
 }
 
 impl CpuExec {
-    fn new(plan: &Plan) -> CpuExec {
+    fn new(plan: &Plan, matmul: CpuMatmul) -> CpuExec {
         let bufs = plan
             .buffers
             .iter()
@@ -381,6 +400,7 @@ impl CpuExec {
         CpuExec {
             bufs,
             snapshot: vec![],
+            matmul,
         }
     }
 
@@ -467,17 +487,41 @@ impl CpuExec {
             }
             Op::MatmulNt { out, a, b, params } => {
                 let mut o = self.take_f(*out);
-                cpu::matmul_nt(&mut o, self.f(*a), self.f(*b), params);
+                match self.matmul {
+                    CpuMatmul::Reference => cpu::matmul_nt(&mut o, self.f(*a), self.f(*b), params),
+                    CpuMatmul::Gemm => cpu::matmul_gemm(
+                        &mut o,
+                        self.f(*a),
+                        self.f(*b),
+                        &BlockedMatmulParams::nt(params),
+                    ),
+                }
                 self.bufs[*out] = HostBuf::F32(o);
             }
             Op::MatmulNn { out, a, b, params } => {
                 let mut o = self.take_f(*out);
-                cpu::matmul_nn(&mut o, self.f(*a), self.f(*b), params);
+                match self.matmul {
+                    CpuMatmul::Reference => cpu::matmul_nn(&mut o, self.f(*a), self.f(*b), params),
+                    CpuMatmul::Gemm => cpu::matmul_gemm(
+                        &mut o,
+                        self.f(*a),
+                        self.f(*b),
+                        &BlockedMatmulParams::nn(params),
+                    ),
+                }
                 self.bufs[*out] = HostBuf::F32(o);
             }
             Op::MatmulTn { out, a, b, params } => {
                 let mut o = self.take_f(*out);
-                cpu::matmul_tn(&mut o, self.f(*a), self.f(*b), params);
+                match self.matmul {
+                    CpuMatmul::Reference => cpu::matmul_tn(&mut o, self.f(*a), self.f(*b), params),
+                    CpuMatmul::Gemm => cpu::matmul_gemm(
+                        &mut o,
+                        self.f(*a),
+                        self.f(*b),
+                        &BlockedMatmulParams::tn(params),
+                    ),
+                }
                 self.bufs[*out] = HostBuf::F32(o);
             }
             Op::BiasActivationForward {
@@ -626,7 +670,8 @@ impl<'a> Executor<'a> {
     pub fn new(device: Device<'a>, plan: &Plan) -> Result<Executor<'a>> {
         Ok(match device {
             Device::Gpu(gpu) => Executor::Gpu(GpuExec::new(gpu, plan)?),
-            Device::Cpu => Executor::Cpu(CpuExec::new(plan)),
+            Device::Cpu => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Gemm)),
+            Device::CpuReference => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Reference)),
         })
     }
 

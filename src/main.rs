@@ -88,6 +88,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the shared benchmark workloads (B1 matmul, B2 MLP throughput, B3 tiny-MLP latency)
+    Bench {
+        #[arg(long, value_enum, default_value_t)]
+        device: DeviceChoice,
+        /// Only these workloads (B1, B2, B3); repeatable
+        #[arg(long)]
+        only: Vec<String>,
+        /// B1 matrix sizes, comma-separated [default: 256,512,1024,2048 (+4096 on a GPU)]
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<usize>>,
+        /// The adapter's fp32 peak in GFLOP/s, for B1's fraction of peak
+        #[arg(long)]
+        peak_gflops: Option<f64>,
+        /// Where B2 looks for MNIST (synthetic data when absent)
+        #[arg(long, default_value = "../shared/data/mnist")]
+        mnist: PathBuf,
+        /// One JSON document instead of RESULT lines and a table
+        #[arg(long)]
+        json: bool,
+    },
     /// List the adapters wgpu can see
     Devices {
         #[arg(long)]
@@ -96,6 +116,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let process_start = std::time::Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -150,6 +171,22 @@ fn main() -> ExitCode {
             steps,
             tolerance,
             json,
+        }),
+        Command::Bench {
+            device,
+            only,
+            sizes,
+            peak_gflops,
+            mnist,
+            json,
+        } => cli::bench::run(cli::bench::BenchCommand {
+            device,
+            only,
+            sizes,
+            peak_gflops,
+            mnist,
+            json,
+            process_start,
         }),
         Command::Devices { json } => cli::devices::run(json),
     };

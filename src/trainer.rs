@@ -267,6 +267,17 @@ pub struct Trainer<'a> {
     rng: Rng,
     epoch: usize,
     step: u64,
+    /// The epoch under way, if any.
+    cursor: Option<Cursor>,
+    /// The identity order has been sent (no-shuffle runs send it once).
+    order_written: bool,
+}
+
+/// Where an epoch stands.
+struct Cursor {
+    step: usize,
+    lr: f32,
+    started: Instant,
 }
 
 impl<'a> Trainer<'a> {
@@ -319,6 +330,8 @@ impl<'a> Trainer<'a> {
             rng: Rng::new(config.seed),
             epoch: 0,
             step: 0,
+            cursor: None,
+            order_written: false,
         })
     }
 
@@ -412,58 +425,100 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// One epoch: a fresh (seeded) order, then every batch, one submission per step.
-    /// A non-finite loss stops it with `Error::Diverged`, naming the epoch and step, with
-    /// the parameters of the last good step left in place.
-    pub fn run_epoch(&mut self, mut on_step: impl FnMut(Progress)) -> Result<EpochMetrics> {
-        let started = Instant::now();
-        let bufs = self
-            .plan
-            .train
-            .clone()
-            .ok_or_else(|| Error::Config("no training data".into()))?;
+    /// Starts an epoch (if none is under way): the scheduled learning rate, a fresh seeded
+    /// order of the training rows sent to the device, zeroed metrics, and a device-side
+    /// snapshot of the state for divergence recovery. `run_epoch` calls it; call it yourself
+    /// to drive steps one by one with `run_steps`.
+    pub fn begin_epoch(&mut self) -> Result<()> {
+        if self.cursor.is_some() {
+            return Ok(());
+        }
+        let bufs = self.train_bufs()?;
         let lr = self
             .config
             .schedule
             .lr(self.base_lr, self.epoch, self.config.epochs);
         let changed = self.plan.set_epoch(self.epoch, lr, self.step)?;
         self.exec.refresh(&self.plan, Pass::Train, &changed)?;
-        let order: Vec<u32> = if self.config.shuffle {
-            self.rng.permutation(bufs.rows)
-        } else {
-            (0..bufs.rows as u32).collect()
-        };
-        self.exec.write_u32(&self.plan, bufs.indices, &order)?;
+        if self.config.shuffle || !self.order_written {
+            let order: Vec<u32> = if self.config.shuffle {
+                self.rng.permutation(bufs.rows)
+            } else {
+                (0..bufs.rows as u32).collect()
+            };
+            self.exec.write_u32(&self.plan, bufs.indices, &order)?;
+            self.order_written = true;
+        }
         zero_metrics(&mut self.exec, &self.plan, &bufs)?;
         self.exec.save(&self.plan.state_buffers())?;
+        self.cursor = Some(Cursor {
+            step: 0,
+            lr,
+            started: Instant::now(),
+        });
+        Ok(())
+    }
 
-        let log_every = self.config.log_every;
-        for s in 0..bufs.steps {
-            self.exec.run(&self.plan, Pass::Train, s..s + 1)?;
-            let loss = if log_every > 0 && (s + 1) % log_every == 0 {
-                let sum = self.exec.read_f32(bufs.loss_sum)?[0];
-                Some(sum / ((s + 1) * self.plan.batch).min(bufs.rows) as f32)
-            } else {
-                None
-            };
-            on_step(Progress {
-                epoch: self.epoch + 1,
-                step: s + 1,
-                steps: bufs.steps,
-                loss,
-            });
+    fn train_bufs(&self) -> Result<DataBufs> {
+        self.plan
+            .train
+            .clone()
+            .ok_or_else(|| Error::Config("no training data".into()))
+    }
+
+    /// Steps left in the current epoch (all of them before `begin_epoch`).
+    pub fn steps_left(&self) -> usize {
+        let steps = self.plan.train.as_ref().map_or(0, |d| d.steps);
+        steps - self.cursor.as_ref().map_or(0, |c| c.step)
+    }
+
+    /// Runs up to `n` training steps of the current epoch (starting one if needed), all in
+    /// one submission on the GPU; returns how many ran. Nothing is read back.
+    pub fn run_steps(&mut self, n: usize) -> Result<usize> {
+        self.begin_epoch()?;
+        let n = n.min(self.steps_left());
+        let first = self.cursor.as_ref().map_or(0, |c| c.step);
+        if n > 0 {
+            self.exec.run(&self.plan, Pass::Train, first..first + n)?;
         }
+        if let Some(c) = self.cursor.as_mut() {
+            c.step += n;
+        }
+        Ok(n)
+    }
+
+    /// The mean training loss of the current epoch so far (a readback, which waits for the
+    /// device).
+    pub fn running_loss(&self) -> Result<f32> {
+        let bufs = self.train_bufs()?;
+        let done = self.cursor.as_ref().map_or(0, |c| c.step);
+        let sum = self.exec.read_f32(bufs.loss_sum)?[0];
+        Ok(sum / (done * self.plan.batch).clamp(1, bufs.rows) as f32)
+    }
+
+    /// Finishes the current epoch (running any steps left): reads its metrics, checks the
+    /// loss, evaluates the validation set. A non-finite loss stops the run with
+    /// `Error::Diverged`, naming the epoch and step, with the parameters of the last good
+    /// step left in place.
+    pub fn end_epoch(&mut self) -> Result<EpochMetrics> {
+        let left = self.steps_left();
+        self.run_steps(left)?;
+        let bufs = self.train_bufs()?;
         let (train_loss, train_accuracy) = read_metrics(&self.exec, &bufs)?;
+        let cursor = self
+            .cursor
+            .take()
+            .ok_or_else(|| Error::Config("no epoch under way".into()))?;
         if !train_loss.is_finite() {
             return Err(self.find_divergence(&bufs));
         }
         self.step += bufs.steps as u64;
         self.epoch += 1;
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = cursor.started.elapsed().as_secs_f64();
         let val = self.validate()?;
         Ok(EpochMetrics {
             epoch: self.epoch,
-            lr,
+            lr: cursor.lr,
             train_loss,
             train_accuracy,
             val_loss: val.map(|v| v.loss),
@@ -471,6 +526,30 @@ impl<'a> Trainer<'a> {
             seconds,
             samples_per_s: bufs.rows as f64 / seconds.max(1e-9),
         })
+    }
+
+    /// One epoch: a fresh (seeded) order, then every batch, one submission per step, then
+    /// the epoch's metrics (see `end_epoch`).
+    pub fn run_epoch(&mut self, mut on_step: impl FnMut(Progress)) -> Result<EpochMetrics> {
+        self.begin_epoch()?;
+        let steps = self.plan.train.as_ref().map_or(0, |d| d.steps);
+        let log_every = self.config.log_every;
+        while self.steps_left() > 0 {
+            self.run_steps(1)?;
+            let s = steps - self.steps_left();
+            let loss = if log_every > 0 && s % log_every == 0 {
+                Some(self.running_loss()?)
+            } else {
+                None
+            };
+            on_step(Progress {
+                epoch: self.epoch + 1,
+                step: s,
+                steps,
+                loss,
+            });
+        }
+        self.end_epoch()
     }
 
     /// Replays the epoch from its saved start, reading the loss after every step, to find

@@ -1047,3 +1047,45 @@ fn matmul_blocked_strides_reproduce_the_three_forms() {
     cpu::matmul_blocked(&mut got, &at, &b_kn, &BlockedMatmulParams::tn(&p));
     assert_close("blocked as tn", &got, &want, 0.0, 0.0);
 }
+
+/// The CPU executor's fast product (matrixmultiply's sgemm) against the reference twins, for
+/// the three forms and with accumulation: equal to rounding. Sums of k products of values in
+/// [-1, 1] reordered: k * eps absolute is the bound on the difference.
+#[test]
+fn matmul_gemm_matches_the_reference_twins() {
+    let mut rng = TestRng::new(78);
+    for &(m, k, n) in &[
+        (1usize, 1usize, 1usize),
+        (7, 3, 5),
+        (33, 17, 9),
+        (129, 65, 33),
+    ] {
+        for accumulate in [0u32, 1] {
+            let p = MatmulParams {
+                m: m as u32,
+                n: n as u32,
+                k: k as u32,
+                accumulate,
+            };
+            let a = rng.vec(m * k, -1.0, 1.0);
+            let at = rng.vec(k * m, -1.0, 1.0);
+            let b_nk = rng.vec(n * k, -1.0, 1.0);
+            let b_kn = rng.vec(k * n, -1.0, 1.0);
+            let prior = rng.vec(m * n, -1.0, 1.0);
+            let tol = 2.0 * k as f32 * f32::EPSILON;
+            let label = format!("{m}x{k}x{n} acc={accumulate}");
+            let (mut want, mut got) = (prior.clone(), prior.clone());
+            cpu::matmul_nt(&mut want, &a, &b_nk, &p);
+            cpu::matmul_gemm(&mut got, &a, &b_nk, &BlockedMatmulParams::nt(&p));
+            assert_close(&format!("gemm nt {label}"), &got, &want, tol, 1e-6);
+            let (mut want, mut got) = (prior.clone(), prior.clone());
+            cpu::matmul_nn(&mut want, &a, &b_kn, &p);
+            cpu::matmul_gemm(&mut got, &a, &b_kn, &BlockedMatmulParams::nn(&p));
+            assert_close(&format!("gemm nn {label}"), &got, &want, tol, 1e-6);
+            let (mut want, mut got) = (prior.clone(), prior);
+            cpu::matmul_tn(&mut want, &at, &b_kn, &p);
+            cpu::matmul_gemm(&mut got, &at, &b_kn, &BlockedMatmulParams::tn(&p));
+            assert_close(&format!("gemm tn {label}"), &got, &want, tol, 1e-6);
+        }
+    }
+}

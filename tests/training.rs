@@ -97,7 +97,7 @@ fn gpu_matches_cpu_for_every_optimizer_and_loss() {
                 ..Optimizer::new(kind)
             };
             let (gl, gp) = run_steps(Device::Gpu(gpu), &model, loss, opt, &train, 32);
-            let (cl, cp) = run_steps(Device::Cpu, &model, loss, opt, &train, 32);
+            let (cl, cp) = run_steps(Device::CpuReference, &model, loss, opt, &train, 32);
             assert_eq!(gl.len(), 20);
             let label = format!("{loss} {kind}");
             // Per-step loss: the GPU's exp/log and fused multiply-adds move the last bits of

@@ -1,4 +1,5 @@
-//! `soma check`: the same training steps on the GPU and on the CPU path from one seed, then
+//! `soma check`: the same training steps on the GPU and on the CPU reference path (the
+//! plain-loop twins of the kernels) from one seed, then
 //! the largest absolute and relative difference of every parameter tensor and of the
 //! per-step loss. Exits non-zero when a tensor's relative L2 difference is over the
 //! tolerance.
@@ -87,7 +88,7 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
         Ok((losses, t.parameters()?))
     };
     let (gl, gp) = run(Device::Gpu(&gpu))?;
-    let (cl, cp) = run(Device::Cpu)?;
+    let (cl, cp) = run(Device::CpuReference)?;
     let loss_diff = diff("loss".into(), &gl, &cl);
     let mut tensors = vec![];
     for (i, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {

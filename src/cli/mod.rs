@@ -1,6 +1,7 @@
 //! The `soma` command's subcommands. Each file is one subcommand; this one holds what they
 //! share: choosing the device, and loading a model from a run directory or checkpoint.
 
+pub mod bench;
 pub mod check;
 pub mod devices;
 pub mod eval;

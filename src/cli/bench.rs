@@ -1,0 +1,374 @@
+//! `soma bench`: the shared workloads of `shared/bench/SPEC.md` (B1 matmul, B2 MLP training
+//! throughput, B3 tiny-MLP step latency), timed exactly as the spec says, on the selected
+//! adapter or the CPU path. Prints `RESULT {json}` lines, a table, or one JSON document.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use soma::data::{self, Dataset};
+use soma::kernels::{self, Accumulate};
+use soma::params::{BlockedMatmulParams, MatmulParams};
+use soma::rng::Rng;
+use soma::trainer::{TrainConfig, Trainer};
+use soma::{
+    cpu, Activation, Device, Error, GpuTensor, Init, Loss, Model, Network, Optimizer, Result,
+};
+
+use super::{open_device, DeviceChoice};
+
+pub struct BenchCommand {
+    pub device: DeviceChoice,
+    pub only: Vec<String>,
+    pub sizes: Option<Vec<usize>>,
+    pub peak_gflops: Option<f64>,
+    pub mnist: std::path::PathBuf,
+    pub json: bool,
+    pub process_start: Instant,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// Peak resident memory of this process so far, from /proc (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The CPU's fp32 peak as SPEC.md defines it: cores x 2 FMA units x lanes x 2 x clock,
+/// with the lanes of the vector width the adapter reports (llvmpipe says "256 bits").
+fn cpu_peak_gflops(adapter: &str) -> Option<(f64, String)> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let cores = info.lines().filter(|l| l.starts_with("processor")).count() as f64;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    let lanes = if adapter.contains("512 bits") {
+        16.0
+    } else if adapter.contains("128 bits") {
+        4.0
+    } else {
+        8.0
+    };
+    let peak = cores * 2.0 * lanes * 2.0 * mhz / 1000.0;
+    Some((
+        peak,
+        format!("{cores} cores x 2 FMA x {lanes} lanes x 2 x {mhz:.0} MHz"),
+    ))
+}
+
+struct Ctx<'a> {
+    device: Device<'a>,
+    peer: &'static str,
+    adapter: String,
+    results: Vec<Value>,
+    json: bool,
+}
+
+impl Ctx<'_> {
+    fn result(&mut self, bench: &str, metric: &str, value: f64, unit: &str, extra: Value) {
+        let mut r = json!({
+            "bench": bench, "peer": self.peer, "metric": metric, "value": value, "unit": unit,
+            "adapter": self.adapter,
+        });
+        if let (Some(obj), Some(more)) = (r.as_object_mut(), extra.as_object()) {
+            for (k, v) in more {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        if !self.json {
+            println!("RESULT {r}");
+        }
+        self.results.push(r);
+    }
+}
+
+/// B1: C = A·B for square n x n, A and B uniform in [-1, 1).
+fn b1(ctx: &mut Ctx<'_>, sizes: &[usize], peak: Option<(f64, String)>) -> Result<()> {
+    let mut rng = Rng::new(1);
+    for &n in sizes {
+        let a: Vec<f32> = (0..n * n).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+        let b: Vec<f32> = (0..n * n).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+        let p = MatmulParams {
+            m: n as u32,
+            n: n as u32,
+            k: n as u32,
+            accumulate: 0,
+        };
+        let mut times = Vec::new();
+        let first: Vec<f32>;
+        match ctx.device {
+            Device::Gpu(gpu) => {
+                let at = GpuTensor::upload(gpu, "A", &[n, n], &a)?;
+                let bt = GpuTensor::upload(gpu, "B", &[n, n], &b)?;
+                let ct = GpuTensor::zeros(gpu, "C", &[n, n])?;
+                let d = kernels::matmul_nn(gpu, &ct, &at, &bt, Accumulate::Overwrite)?;
+                gpu.wait()?;
+                kernels::run(gpu, &[&d])?;
+                first = ct.read(gpu)?;
+                kernels::run(gpu, &[&d])?;
+                gpu.wait()?;
+                for _ in 0..7 {
+                    let t = Instant::now();
+                    kernels::run(gpu, &[&d])?;
+                    gpu.wait()?;
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            Device::Cpu | Device::CpuReference => {
+                // The CPU path's product: matrixmultiply's threaded sgemm.
+                let p = BlockedMatmulParams::nn(&p);
+                let mut c = vec![0.0f32; n * n];
+                cpu::matmul_gemm(&mut c, &a, &b, &p);
+                first = c.clone();
+                cpu::matmul_gemm(&mut c, &a, &b, &p);
+                for _ in 0..7 {
+                    let t = Instant::now();
+                    cpu::matmul_gemm(&mut c, &a, &b, &p);
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        // 16 entries of the first result against f64 dot products.
+        let mut worst = 0.0f64;
+        for i in 0..16 {
+            let (r, c) = ((i * 7919) % n, (i * 104729) % n);
+            let exact: f64 = (0..n)
+                .map(|k| a[r * n + k] as f64 * b[k * n + c] as f64)
+                .sum();
+            worst = worst.max((first[r * n + c] as f64 - exact).abs());
+        }
+        let tol = 1e-5 * n as f64;
+        if worst > tol {
+            return Err(Error::Config(format!(
+                "B1 n={n}: result differs from f64 by {worst:e} (over {tol:e})"
+            )));
+        }
+        let secs = median(times);
+        let gflops = 2.0 * (n as f64).powi(3) / secs / 1e9;
+        let mut extra = json!({ "n": n, "median_s": secs, "check_max_abs_err": worst });
+        if let Some((pk, how)) = &peak {
+            extra["peak_gflops"] = json!(pk);
+            extra["peak_basis"] = json!(how);
+            extra["fraction_of_peak"] = json!(gflops / pk);
+        }
+        ctx.result("B1", "gflops", gflops, "GFLOP/s", extra);
+    }
+    Ok(())
+}
+
+/// Runs `steps` training steps, then reads the running loss back (the sync).
+fn steps_then_loss(t: &mut Trainer<'_>, steps: usize) -> Result<f32> {
+    let mut left = steps;
+    while left > 0 {
+        if t.steps_left() == 0 {
+            t.end_epoch()?;
+        }
+        left -= t.run_steps(1)?;
+    }
+    t.running_loss()
+}
+
+/// B2: 784-256-256-10 on MNIST (or the synthetic set), SGD lr 0.05, batch 128.
+fn b2(ctx: &mut Ctx<'_>, mnist: &Path, process_start: Instant) -> Result<()> {
+    let (train, source) = match data::load_mnist_dir(mnist) {
+        Ok((train, _)) => (train, "mnist-idx"),
+        Err(_) => (data::b2_synthetic(60_000), "synthetic-lowbias32"),
+    };
+    // Step s uses rows [(s mod 468) * 128, +128): 468 full batches, no shuffling.
+    let train = train.select(&(0..468 * 128).collect::<Vec<_>>());
+    let net = Network::mlp(&[784, 256, 256, 10], Activation::Relu, Activation::Identity)?;
+    let model = Model::new(net, Init::Pytorch, 0)?;
+    let config = TrainConfig {
+        epochs: usize::MAX,
+        batch_size: 128,
+        shuffle: false,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(
+        ctx.device,
+        &model,
+        Loss::SoftmaxCrossEntropy,
+        Optimizer::sgd(0.05),
+        &train,
+        None,
+        &config,
+    )?;
+    let setup_s = process_start.elapsed().as_secs_f64();
+    let step0 = Instant::now();
+    let first_loss = steps_then_loss(&mut t, 1)?;
+    let first_step_s = step0.elapsed().as_secs_f64();
+    let to_first = process_start.elapsed().as_secs_f64();
+    steps_then_loss(&mut t, 4)?;
+    let mut rates = Vec::new();
+    let mut last_loss = first_loss;
+    for _ in 0..3 {
+        let s = Instant::now();
+        last_loss = steps_then_loss(&mut t, 50)?;
+        rates.push(50.0 * 128.0 / s.elapsed().as_secs_f64());
+    }
+    // The first loss is the mean over step 0's batch; the last over the epoch so far.
+    ctx.result(
+        "B2",
+        "samples_per_s",
+        median(rates),
+        "samples/s",
+        json!({ "data": source, "time_to_first_step_s": to_first, "setup_s": setup_s,
+                "first_step_s": first_step_s, "first_loss": first_loss, "last_loss": last_loss,
+                "peak_rss_mib": peak_rss_mib() }),
+    );
+    Ok(())
+}
+
+/// B3: 2-64-64-1, MSE, SGD lr 0.01, the same batch of 4096 every step.
+fn b3(ctx: &mut Ctx<'_>) -> Result<()> {
+    let batch = data::b3_synthetic();
+    // The same 4096 rows every step: the batch, repeated, walked in order.
+    let reps = 61;
+    let idx: Vec<usize> = (0..reps * batch.len()).map(|i| i % batch.len()).collect();
+    let train: Dataset = batch.select(&idx);
+    let net = Network::mlp(&[2, 64, 64, 1], Activation::Relu, Activation::Identity)?;
+    let model = Model::new(net, Init::Pytorch, 0)?;
+    let config = TrainConfig {
+        epochs: usize::MAX,
+        batch_size: 4096,
+        shuffle: false,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(
+        ctx.device,
+        &model,
+        Loss::Mse,
+        Optimizer::sgd(0.01),
+        &train,
+        None,
+        &config,
+    )?;
+    let sync = |t: &Trainer<'_>| -> Result<()> {
+        match t.executor().gpu() {
+            Some(g) => g.wait(),
+            None => Ok(()),
+        }
+    };
+    for _ in 0..10 {
+        t.run_steps(1)?;
+        sync(&t)?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let s = Instant::now();
+        t.run_steps(1)?;
+        sync(&t)?;
+        times.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    let loss = t.running_loss()?;
+    ctx.result(
+        "B3",
+        "ms_per_step",
+        median(times.clone()),
+        "ms",
+        json!({ "p10_ms": percentile(times.clone(), 0.1), "p90_ms": percentile(times, 0.9),
+                "loss": loss }),
+    );
+    Ok(())
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    let opened = open_device(cmd.device)?;
+    let device = opened.device();
+    let (peer, adapter) = match device {
+        Device::Gpu(g) => ("soma-gpu", g.adapter().name.clone()),
+        Device::Cpu | Device::CpuReference => ("soma-cpu", "cpu".to_string()),
+    };
+    let cpu_like = match device {
+        Device::Gpu(g) => g.adapter().device_type == "Cpu",
+        Device::Cpu | Device::CpuReference => true,
+    };
+    let mut ctx = Ctx {
+        device,
+        peer,
+        adapter: adapter.clone(),
+        results: vec![],
+        json: cmd.json,
+    };
+    let want = |b: &str| cmd.only.is_empty() || cmd.only.iter().any(|o| o.eq_ignore_ascii_case(b));
+    let peak = match cmd.peak_gflops {
+        Some(p) => Some((p, "given with --peak-gflops".to_string())),
+        None if cpu_like => cpu_peak_gflops(&adapter),
+        None => None,
+    };
+    if want("B1") {
+        let sizes = cmd.sizes.clone().unwrap_or_else(|| {
+            if cpu_like {
+                vec![256, 512, 1024, 2048]
+            } else {
+                vec![256, 512, 1024, 2048, 4096]
+            }
+        });
+        b1(&mut ctx, &sizes, peak)?;
+    }
+    if want("B2") {
+        b2(&mut ctx, &cmd.mnist, cmd.process_start)?;
+    }
+    if want("B3") {
+        b3(&mut ctx)?;
+    }
+    if cmd.json {
+        let doc = json!({ "adapter": adapter, "peer": peer, "results": ctx.results });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| Error::Config(e.to_string()))?
+        );
+    } else {
+        println!("\n{:<4} {:>14} {:>12}  details", "", "value", "unit");
+        for r in &ctx.results {
+            let detail = match r["bench"].as_str() {
+                Some("B1") => format!("n = {}", r["n"]),
+                Some("B2") => format!(
+                    "{}, first step after {:.2} s, peak RSS {:.0} MiB",
+                    r["data"].as_str().unwrap_or(""),
+                    r["time_to_first_step_s"].as_f64().unwrap_or(f64::NAN),
+                    r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+                ),
+                Some("B3") => format!(
+                    "p10 {:.2} ms, p90 {:.2} ms",
+                    r["p10_ms"].as_f64().unwrap_or(f64::NAN),
+                    r["p90_ms"].as_f64().unwrap_or(f64::NAN)
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "{:<4} {:>14.2} {:>12}  {detail}",
+                r["bench"].as_str().unwrap_or(""),
+                r["value"].as_f64().unwrap_or(f64::NAN),
+                r["unit"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
