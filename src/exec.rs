@@ -748,6 +748,29 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// Records steps `steps` of `pass` into a compute pass that a host application owns
+    /// (GPU only; nothing is submitted).
+    pub fn record_into(
+        &self,
+        pass: Pass,
+        steps: Range<usize>,
+        cpass: &mut wgpu::ComputePass<'_>,
+    ) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => {
+                let dispatches = match pass {
+                    Pass::Train => &g.train,
+                    Pass::Eval => &g.eval,
+                };
+                kernels::record_steps(cpass, dispatches, steps);
+                Ok(())
+            }
+            Executor::Cpu(_) => Err(Error::Config(
+                "recording into a compute pass needs the GPU executor".into(),
+            )),
+        }
+    }
+
     /// Re-sends the parameters of the ops `indices` of `pass` after the plan changed them.
     pub fn refresh(&mut self, plan: &Plan, pass: Pass, indices: &[usize]) -> Result<()> {
         if let Executor::Gpu(g) = self {

@@ -412,13 +412,20 @@ pub fn run_steps(
     dispatches: &[Dispatch],
     steps: Range<usize>,
 ) -> Result<()> {
-    submit_pass(gpu, label, |pass| {
-        for s in steps {
-            for d in dispatches {
-                d.record(pass, s as u32);
-            }
+    submit_pass(gpu, label, |pass| record_steps(pass, dispatches, steps))
+}
+
+/// Records steps `steps` of a list of dispatches into a compute pass someone else owns.
+pub fn record_steps(
+    pass: &mut wgpu::ComputePass<'_>,
+    dispatches: &[Dispatch],
+    steps: Range<usize>,
+) {
+    for s in steps {
+        for d in dispatches {
+            d.record(pass, s as u32);
         }
-    })
+    }
 }
 
 /// One encoder, one compute pass filled by `record`, one submission, validation errors

@@ -16,6 +16,7 @@ use crate::network::{Init, LayerParams, Network, Parameters};
 use crate::optim::{Optimizer, Schedule};
 use crate::plan::{pixel_bytes, targets_for, DataBufs, Plan};
 use crate::rng::{Rng, RngState};
+use crate::tensor::GpuTensor;
 
 /// A network and the values of its parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -487,6 +488,59 @@ impl<'a> Trainer<'a> {
         Ok(n)
     }
 
+    /// Records up to `n` training steps of the current epoch into a compute pass the caller
+    /// owns (a host application's frame), starting an epoch if needed; returns how many.
+    /// Nothing is submitted for the steps and nothing waits; starting an epoch queues the
+    /// epoch's order and submits one small copy (the divergence snapshot).
+    pub fn record_steps(&mut self, cpass: &mut wgpu::ComputePass<'_>, n: usize) -> Result<usize> {
+        self.begin_epoch()?;
+        let n = n.min(self.steps_left());
+        let first = self.cursor.as_ref().map_or(0, |c| c.step);
+        self.exec
+            .record_into(Pass::Train, first..first + n, cpass)?;
+        if let Some(c) = self.cursor.as_mut() {
+            c.step += n;
+        }
+        Ok(n)
+    }
+
+    /// Starts reading the running loss back without waiting: the returned handle resolves
+    /// once whoever owns the device polls it past the copy (GPU only; on the CPU path the
+    /// value is ready at once).
+    pub fn start_loss_readback(&self) -> Result<LossReadback> {
+        let bufs = self.train_bufs()?;
+        let done = self.cursor.as_ref().map_or(0, |c| c.step);
+        let rows = (done * self.plan.batch).clamp(1, bufs.rows);
+        Ok(match self.exec.tensor(bufs.loss_sum) {
+            Some(t) => LossReadback {
+                pending: Some(
+                    t.start_read(
+                        self.exec
+                            .gpu()
+                            .ok_or_else(|| Error::Config("no GPU".into()))?,
+                    )?,
+                ),
+                value: None,
+                rows,
+            },
+            None => LossReadback {
+                pending: None,
+                value: Some(self.exec.read_f32(bufs.loss_sum)?[0]),
+                rows,
+            },
+        })
+    }
+
+    /// The weight and bias tensors of layer `i` as they live on the GPU (weight
+    /// `(outputs, inputs)` row-major f32, bias `(outputs)`), for a host's own shaders.
+    /// `None` on the CPU path or past the last layer.
+    pub fn layer_tensors(&self, i: usize) -> Option<(&GpuTensor, Option<&GpuTensor>)> {
+        let l = self.plan.layers.get(i)?;
+        let w = self.exec.tensor(l.weight)?;
+        let b = l.bias.and_then(|b| self.exec.tensor(b));
+        Some((w, b))
+    }
+
     /// The mean training loss of the current epoch so far (a readback, which waits for the
     /// device).
     pub fn running_loss(&self) -> Result<f32> {
@@ -637,6 +691,43 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(history)
+    }
+}
+
+/// A running-loss readback in flight (see `Trainer::start_loss_readback`).
+pub struct LossReadback {
+    pending: Option<crate::tensor::Readback>,
+    value: Option<f32>,
+    rows: usize,
+}
+
+impl LossReadback {
+    /// Whether the value has arrived (never blocks, never polls the device).
+    pub fn is_ready(&self) -> bool {
+        self.value.is_some() || self.pending.as_ref().is_some_and(|p| p.is_ready())
+    }
+
+    /// The mean loss, once ready; `Ok(None)` while the copy is still in flight.
+    pub fn try_take(&mut self) -> Result<Option<f32>> {
+        if let Some(v) = self.value {
+            return Ok(Some(v / self.rows as f32));
+        }
+        match self.pending.take() {
+            Some(p) if p.is_ready() => {
+                // The map has completed, so this future is already resolved.
+                let bytes = pollster::block_on(p.into_future())?;
+                let sum = bytes
+                    .get(..4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(f32::NAN);
+                self.value = Some(sum);
+                Ok(Some(sum / self.rows as f32))
+            }
+            other => {
+                self.pending = other;
+                Ok(None)
+            }
+        }
     }
 }
 
