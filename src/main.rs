@@ -35,7 +35,8 @@ enum Command {
         /// The run directory [default: runs/<UTC timestamp>]
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue an unfinished run (its DIR.partial) exactly where it stopped
+        /// Continue a run: an unfinished DIR.partial exactly where it stopped, or a finished
+        /// DIR for more --epochs (in place)
         #[arg(long)]
         resume: Option<PathBuf>,
         /// Print one JSON summary at the end instead of the text report

@@ -349,6 +349,14 @@ impl Plan {
         for d in train.iter().chain(eval.iter()) {
             check_inputs(network, loss, d, batch)?;
         }
+        if let Some(d) = train {
+            if d.targets.classes().is_some_and(|c| c < 2) {
+                return Err(Error::Data(format!(
+                    "{}: every label is 0; a classifier needs at least two classes",
+                    d.name
+                )));
+            }
+        }
         if train.is_some() {
             let opt =
                 optimizer.ok_or_else(|| Error::Config("training needs an optimizer".into()))?;

@@ -591,7 +591,7 @@ impl<'a> Trainer<'a> {
         while self.steps_left() > 0 {
             self.run_steps(1)?;
             let s = steps - self.steps_left();
-            let loss = if log_every > 0 && s % log_every == 0 {
+            let loss = if log_every > 0 && s.is_multiple_of(log_every) {
                 Some(self.running_loss()?)
             } else {
                 None

@@ -51,10 +51,14 @@ pub fn predicted_classes(outputs: &[f32], width: usize, threshold: f32) -> Vec<u
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
     let (file, ck) = load_model(&cmd.model)?;
-    let run_config: Option<RunConfig> = if cmd.model.is_dir() {
-        std::fs::read_to_string(cmd.model.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+    let config_path = cmd.model.join("config.json");
+    let run_config: Option<RunConfig> = if cmd.model.is_dir() && config_path.exists() {
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        Some(serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: config_path.clone(),
+            line: Some(e.line()),
+            message: e.to_string(),
+        })?)
     } else {
         None
     };
@@ -65,6 +69,14 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             let spec = DataSpec::parse(spec_text)?;
             let (all, own_test) = spec.load(&o)?;
             let mut d = own_test.unwrap_or(all);
+            if d.width != ck.network.input_width() {
+                return Err(Error::Data(format!(
+                    "{spec_text} has {} features per row but the model {} takes {}",
+                    d.width,
+                    file.display(),
+                    ck.network.input_width()
+                )));
+            }
             if let Some(s) = &ck.scaler {
                 s.apply(&mut d)?;
             }

@@ -125,10 +125,21 @@ impl TrainOptions {
     /// Reads a TOML file of the same settings (keys as the flags, with `_` for `-`).
     pub fn from_toml(path: &Path) -> Result<TrainOptions> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            line: None,
-            message: e.to_string(),
+        toml::from_str(&text).map_err(|e| {
+            // One line: the line number and text of the error's span, and the message (the
+            // crate's own rendering is a multi-line snippet).
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let source = line
+                .and_then(|l| text.lines().nth(l - 1))
+                .map(|t| format!(" (in `{}`)", t.trim()))
+                .unwrap_or_default();
+            Error::Format {
+                path: path.to_path_buf(),
+                line,
+                message: format!("{}{source}", e.message().trim().replace('\n', " ")),
+            }
         })
     }
 

@@ -221,14 +221,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub fn run(cmd: TrainCommand) -> Result<()> {
     let started = Instant::now();
     // Settings: a resumed run's own config, else TOML file then flags.
-    let (options, resume_from) = match &cmd.resume {
+    // "run/" and "run" are the same directory (a trailing slash would break the renames).
+    let normal = |p: &PathBuf| -> PathBuf { p.components().collect() };
+    let (options, resume_from) = match cmd.resume.as_ref().map(normal) {
         Some(dir) => {
-            let cfg = read_run_config(dir)?;
+            let cfg = read_run_config(&dir)?;
             let mut o = cfg.options.clone();
             if let Some(e) = cmd.options.epochs {
                 o.epochs = e;
             }
-            (o, Some(dir.clone()))
+            (o, Some(dir))
         }
         None => {
             let base = match &cmd.config {
@@ -287,7 +289,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             (fin, dir.clone())
         }
         None => {
-            let fin = cmd.out.clone().unwrap_or_else(default_run_dir);
+            let fin = cmd.out.as_ref().map(normal).unwrap_or_else(default_run_dir);
             if fin.exists() {
                 return Err(Error::Config(format!(
                     "run directory {} already exists; choose another --out",
@@ -475,7 +477,10 @@ fn train_in(
             save_checkpoint(dir, rc, &t.parameters()?, &data.scaler, t)?;
             soma::plot::write_curves(&dir.join("curves.svg"), &history, &title(rc))?;
             epoch_start.set(Instant::now());
-            if cmd.stop_after.is_some_and(|k| t.epoch() >= k) {
+            if cmd
+                .stop_after
+                .is_some_and(|k| t.epoch() >= k && t.epoch() < rc.train.epochs)
+            {
                 return Ok(Flow::Stop);
             }
             Ok(Flow::Continue)
