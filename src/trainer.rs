@@ -157,21 +157,49 @@ impl Model {
     /// The network's outputs for `rows` samples of `x` (row-major, `rows x inputs`):
     /// `rows x outputs` values, computed on `device` in batches.
     pub fn predict(&self, device: Device<'_>, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let outputs = self.network.output_width();
+        let mut out = Vec::with_capacity(rows * outputs);
+        let Some(mut run) = self.forward_run(device, x, rows, "predict")? else {
+            return Ok(out);
+        };
+        let last = run
+            .plan
+            .layers
+            .last()
+            .map(|l| l.out)
+            .unwrap_or(run.plan.input);
+        for s in 0..run.bufs.steps {
+            let live = run.step(s)?;
+            out.extend_from_slice(&run.exec.read_f32(last)?[..live * outputs]);
+        }
+        Ok(out)
+    }
+
+    /// A forward-only run over `rows` samples of `x` (row-major, `rows x inputs`) in batches
+    /// of up to 1024, parameters and inputs uploaded; `None` for zero rows. `predict` and
+    /// `forward_layers` step through it.
+    pub(crate) fn forward_run<'a>(
+        &self,
+        device: Device<'a>,
+        x: &[f32],
+        rows: usize,
+        op: &str,
+    ) -> Result<Option<ForwardRun<'a>>> {
         let inputs = self.network.input_width();
         let outputs = self.network.output_width();
-        if x.len() != rows * inputs {
+        if rows.checked_mul(inputs) != Some(x.len()) {
             return Err(Error::shape(
-                "predict",
+                op,
                 format!("{rows} x {inputs} values"),
                 x.len(),
             ));
         }
         if rows == 0 {
-            return Ok(vec![]);
+            return Ok(None);
         }
-        // Targets are not used for prediction; zeros keep the plan's loss defined.
+        // The targets are not used; zeros keep the plan's loss defined.
         let data = Dataset::new(
-            "predict",
+            op,
             x.to_vec(),
             inputs,
             crate::data::Targets::Values {
@@ -182,20 +210,33 @@ impl Model {
         let plan = Plan::new(&self.network, Loss::Mse, None, None, Some(&data), 1024)?;
         let mut exec = Executor::new(device, &plan)?;
         upload_params(&mut exec, &plan, &self.params)?;
-        let eval = plan
+        let bufs = plan
             .eval
             .clone()
-            .ok_or_else(|| Error::Config("no data".into()))?;
-        upload_data(&mut exec, &plan, &eval, &data, Loss::Mse)?;
-        let last = plan.layers.last().map(|l| l.out).unwrap_or(plan.input);
-        let mut out = Vec::with_capacity(rows * outputs);
-        for s in 0..eval.steps {
-            exec.run(&plan, Pass::Eval, s..s + 1)?;
-            let batch = exec.read_f32(last)?;
-            let live = (rows - s * plan.batch).min(plan.batch);
-            out.extend_from_slice(&batch[..live * outputs]);
-        }
-        Ok(out)
+            .ok_or_else(|| Error::Config(format!("{op}: the plan has no evaluation data")))?;
+        upload_data(&mut exec, &plan, &bufs, &data, Loss::Mse)?;
+        Ok(Some(ForwardRun {
+            plan,
+            exec,
+            bufs,
+            rows,
+        }))
+    }
+}
+
+/// A forward-only run prepared by `Model::forward_run`.
+pub(crate) struct ForwardRun<'a> {
+    pub plan: Plan,
+    pub exec: Executor<'a>,
+    pub bufs: DataBufs,
+    pub rows: usize,
+}
+
+impl ForwardRun<'_> {
+    /// Runs batch `s`; returns how many of its rows are live.
+    pub fn step(&mut self, s: usize) -> Result<usize> {
+        self.exec.run(&self.plan, Pass::Eval, s..s + 1)?;
+        Ok((self.rows - s * self.plan.batch).min(self.plan.batch))
     }
 }
 
