@@ -215,10 +215,11 @@ impl Gpu {
     }
 
     /// Builds a `Gpu` on a device and queue that a host application already owns. soma needs
-    /// no features and only the WebGPU default limits (or the downlevel ones: 4 storage
-    /// buffers per stage are not enough, soma binds up to 5); larger networks or batches
+    /// no features and no more than the WebGPU default limits (a kernel binds at most 4
+    /// storage buffers and one uniform, with a dynamic offset); larger networks or batches
     /// need larger `max_storage_buffer_binding_size`/`max_buffer_size`, which are checked
-    /// before anything is dispatched. soma leaves the host's error handler alone.
+    /// before anything is dispatched (`embed::required_limits` says how large). soma leaves
+    /// the host's error handler alone.
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         Gpu::assemble(device, queue, Ownership::Borrowed)
     }

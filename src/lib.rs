@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
+pub mod embed;
 pub mod error;
 pub mod exec;
 pub mod gpu;

@@ -330,7 +330,7 @@ impl Parameters {
     }
 
     /// Every parameter tensor in order (weight, then bias, per layer), with its name in
-    /// PyTorch's `nn.Linear` layout: `layers.{i}.weight` [out, in], `layers.{i}.bias` [out].
+    /// PyTorch's `nn.Linear` layout: `layers.{i}.weight` `[out, in]`, `layers.{i}.bias` `[out]`.
     pub fn named(&self, net: &Network) -> Vec<(String, Vec<usize>, &[f32])> {
         let mut out = Vec::new();
         for (i, (p, l)) in self.layers.iter().zip(&net.layers).enumerate() {

@@ -163,7 +163,7 @@ pub struct LayerBufs {
     pub bias: Option<BufId>,   // (outputs)
     pub d_weight: BufId,       // (outputs, inputs)
     pub d_bias: Option<BufId>, // (outputs)
-    /// Optimizer state per parameter tensor, weight first: [velocity] or [m, v].
+    /// Optimizer state per parameter tensor, weight first: `[velocity]` or `[m, v]`.
     pub weight_state: Vec<BufId>,
     pub bias_state: Vec<BufId>,
     pub pre: BufId, // (batch, outputs): x·Wᵀ + b
