@@ -39,10 +39,12 @@ fn main() -> soma::Result<()> {
 
     let net = Network::mlp(&[784, 256, 256, 10], Activation::Relu, Activation::Identity)?;
     let model = Model::new(net, Init::Pytorch, 0)?;
+    // Cosine decay over the epoch budget, as `soma train` does by default.
     let config = TrainConfig {
         epochs,
         batch_size: 128,
         seed: 0,
+        schedule: soma::Schedule::Cosine { min_lr: 0.0 },
         ..Default::default()
     };
     let mut trainer = Trainer::new(

@@ -56,7 +56,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 /// The CPU's fp32 peak as SPEC.md defines it: cores x 2 FMA units x lanes x 2 x clock,
-/// with the lanes of the vector width the adapter reports (llvmpipe says "256 bits").
+/// with the lanes of the vector width the adapter reports (llvmpipe says "256 bits") or, on
+/// the CPU path, of the widest vector FMA the processor has (AVX-512: 16, AVX2: 8).
 fn cpu_peak_gflops(adapter: &str) -> Option<(f64, String)> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let cores = info.lines().filter(|l| l.starts_with("processor")).count() as f64;
@@ -68,12 +69,18 @@ fn cpu_peak_gflops(adapter: &str) -> Option<(f64, String)> {
         .trim()
         .parse()
         .ok()?;
-    let lanes = if adapter.contains("512 bits") {
-        16.0
-    } else if adapter.contains("128 bits") {
-        4.0
-    } else {
-        8.0
+    // llvmpipe names its vector width ("256 bits"); on the CPU path, the widest FMA vectors
+    // the processor has.
+    let bits = adapter
+        .split_whitespace()
+        .zip(adapter.split_whitespace().skip(1))
+        .find(|(_, unit)| unit.starts_with("bits"))
+        .and_then(|(n, _)| n.parse::<f64>().ok());
+    let lanes = match bits {
+        Some(b) => b / 32.0,
+        None if info.contains(" avx512f") => 16.0,
+        None if info.contains(" avx2") => 8.0,
+        None => 4.0,
     };
     let peak = cores * 2.0 * lanes * 2.0 * mhz / 1000.0;
     Some((
