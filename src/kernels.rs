@@ -587,23 +587,7 @@ pub fn matmul_nt(
     b: &GpuTensor,
     acc: Accumulate,
 ) -> Result<Dispatch> {
-    let (m, k) = matrix("matmul_nt", a)?;
-    let (n, _) = matrix("matmul_nt", b)?;
-    expect_shape("matmul_nt", b, (n, k))?;
-    expect_shape("matmul_nt", out, (m, n))?;
-    let p = matmul_params("matmul_nt", m, n, k, acc)?;
-    match gpu.matmul_variant() {
-        MatmulVariant::Naive => {
-            Dispatch::new(gpu, Kernel::MatmulNt, &[out, a, b], &[p], matmul_grid(m, n))
-        }
-        MatmulVariant::Blocked => Dispatch::new(
-            gpu,
-            Kernel::MatmulBlocked,
-            &[out, a, b],
-            &[BlockedMatmulParams::nt(&p)],
-            blocked_grid(m, n),
-        ),
-    }
+    matmul(gpu, Form::Nt, out, a, b, acc)
 }
 
 /// `out (m, n) = a (m, k) · b (k, n)` — the input delta `dX = dY·W`.
@@ -614,23 +598,7 @@ pub fn matmul_nn(
     b: &GpuTensor,
     acc: Accumulate,
 ) -> Result<Dispatch> {
-    let (m, k) = matrix("matmul_nn", a)?;
-    let (_, n) = matrix("matmul_nn", b)?;
-    expect_shape("matmul_nn", b, (k, n))?;
-    expect_shape("matmul_nn", out, (m, n))?;
-    let p = matmul_params("matmul_nn", m, n, k, acc)?;
-    match gpu.matmul_variant() {
-        MatmulVariant::Naive => {
-            Dispatch::new(gpu, Kernel::MatmulNn, &[out, a, b], &[p], matmul_grid(m, n))
-        }
-        MatmulVariant::Blocked => Dispatch::new(
-            gpu,
-            Kernel::MatmulBlocked,
-            &[out, a, b],
-            &[BlockedMatmulParams::nn(&p)],
-            blocked_grid(m, n),
-        ),
-    }
+    matmul(gpu, Form::Nn, out, a, b, acc)
 }
 
 /// `out (m, n) = a (k, m)ᵀ · b (k, n)` — the weight gradient `dW = dYᵀ·X`.
@@ -641,22 +609,58 @@ pub fn matmul_tn(
     b: &GpuTensor,
     acc: Accumulate,
 ) -> Result<Dispatch> {
-    let (k, m) = matrix("matmul_tn", a)?;
-    let (_, n) = matrix("matmul_tn", b)?;
-    expect_shape("matmul_tn", b, (k, n))?;
-    expect_shape("matmul_tn", out, (m, n))?;
-    let p = matmul_params("matmul_tn", m, n, k, acc)?;
+    matmul(gpu, Form::Tn, out, a, b, acc)
+}
+
+/// Which operand of a product is read transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Nt,
+    Nn,
+    Tn,
+}
+
+/// The three forms: shapes checked, then the naive kernel of the form or the blocked one.
+fn matmul(
+    gpu: &Gpu,
+    form: Form,
+    out: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    acc: Accumulate,
+) -> Result<Dispatch> {
+    let (op, naive) = match form {
+        Form::Nt => ("matmul_nt", Kernel::MatmulNt),
+        Form::Nn => ("matmul_nn", Kernel::MatmulNn),
+        Form::Tn => ("matmul_tn", Kernel::MatmulTn),
+    };
+    let (a_rows, a_cols) = matrix(op, a)?;
+    let (b_rows, b_cols) = matrix(op, b)?;
+    // (m, k) from a, n from b, then b and out must agree.
+    let (m, k, n, b_shape) = match form {
+        Form::Nt => (a_rows, a_cols, b_rows, (b_rows, a_cols)),
+        Form::Nn => (a_rows, a_cols, b_cols, (a_cols, b_cols)),
+        Form::Tn => (a_cols, a_rows, b_cols, (a_rows, b_cols)),
+    };
+    expect_shape(op, b, b_shape)?;
+    expect_shape(op, out, (m, n))?;
+    let p = matmul_params(op, m, n, k, acc)?;
     match gpu.matmul_variant() {
-        MatmulVariant::Naive => {
-            Dispatch::new(gpu, Kernel::MatmulTn, &[out, a, b], &[p], matmul_grid(m, n))
+        MatmulVariant::Naive => Dispatch::new(gpu, naive, &[out, a, b], &[p], matmul_grid(m, n)),
+        MatmulVariant::Blocked => {
+            let strides = match form {
+                Form::Nt => BlockedMatmulParams::nt(&p),
+                Form::Nn => BlockedMatmulParams::nn(&p),
+                Form::Tn => BlockedMatmulParams::tn(&p),
+            };
+            Dispatch::new(
+                gpu,
+                Kernel::MatmulBlocked,
+                &[out, a, b],
+                &[strides],
+                blocked_grid(m, n),
+            )
         }
-        MatmulVariant::Blocked => Dispatch::new(
-            gpu,
-            Kernel::MatmulBlocked,
-            &[out, a, b],
-            &[BlockedMatmulParams::tn(&p)],
-            blocked_grid(m, n),
-        ),
     }
 }
 
