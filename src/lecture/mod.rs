@@ -1,4 +1,4 @@
-//! The lecture's examples as library functions (`seed/lecture.txt`: neuron, perceptron,
+//! The lecture's examples as library functions (the lecture soma grew from: neuron, perceptron,
 //! XOR by hand and by back-propagation, the Theano softmax classifier, regression), so that
 //! `examples/*.rs` and `tests/lecture.rs` run exactly the same code on the GPU and on the
 //! CPU path. Each function takes a [`Device`], builds its network with soma's own types and
