@@ -60,8 +60,11 @@ pub struct Workload<'a> {
     pub inference_rows: usize,
 }
 
-/// The largest buffer `workload` allocates, in bytes: the largest resident tensor of the run,
-/// the per-step uniform entries of an epoch (256 bytes a step), or an inference buffer.
+/// The largest buffer `workload` allocates when everything is resident, in bytes: the
+/// largest tensor of the run, the per-step uniform entries of an epoch (256 bytes a step), or
+/// an inference buffer. A device with smaller limits still trains when only the feature
+/// tables are over them (those stay on the host and stream batch by batch, one submission
+/// a step); any other buffer over the limits is `Error::TooLarge`.
 pub fn largest_buffer(workload: &Workload<'_>) -> Result<u64> {
     let plan = Plan::new(
         workload.network,

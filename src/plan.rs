@@ -142,6 +142,10 @@ pub struct DataBufs {
     pub x: BufId,
     /// The features are 8-bit values over 255 (pixels), kept as bytes.
     pub x_u8: bool,
+    /// The features stay on the host (too large for one binding): the gather of the input
+    /// rows is not an op; before each step the caller gathers the batch on the host with
+    /// these per-step parameters (`cpu::gather_rows`) and writes it into `Plan::input`.
+    pub streamed: Option<Vec<GatherParams>>,
     /// Class labels `(rows)` u32, for classification data.
     pub labels: Option<BufId>,
     /// Targets as values `(rows, outputs)` f32, when the loss takes values.
@@ -463,6 +467,7 @@ impl Plan {
                     b.f32(format!("{what} features"), &[d.len(), d.width])
                 },
                 x_u8,
+                streamed: None,
                 labels: labels.map(|_| b.u32(format!("{what} labels"), &[d.len()])),
                 values: values.map(|_| b.f32(format!("{what} targets"), &[d.len(), outputs])),
                 indices: b.u32(format!("{what} order"), &[d.len()]),
@@ -505,6 +510,52 @@ impl Plan {
             plan.eval_step = plan.forward_ops(&d);
         }
         Ok(plan)
+    }
+
+    /// Leaves the features of the training (`train`) or evaluation set on the host: the op
+    /// that gathered the input rows on the device is dropped, its parameters kept in
+    /// `DataBufs::streamed`, and the feature buffer shrinks to one row. For tables larger
+    /// than a device binding allows.
+    pub fn stream_features(&mut self, train: bool) {
+        let (bufs, ops) = if train {
+            (self.train.as_mut(), &mut self.train_step)
+        } else {
+            (self.eval.as_mut(), &mut self.eval_step)
+        };
+        let Some(d) = bufs else {
+            return;
+        };
+        if d.streamed.is_some() {
+            return;
+        }
+        let input = self.input;
+        let mut params = None;
+        ops.retain(|op| match op {
+            Op::GatherRows {
+                out,
+                data,
+                params: p,
+                ..
+            }
+            | Op::GatherRowsU8 {
+                out,
+                data,
+                params: p,
+                ..
+            } if *out == input && *data == d.x => {
+                params = Some(p.clone());
+                false
+            }
+            _ => true,
+        });
+        d.streamed = params;
+        d.x_u8 = false;
+        let width = self.network.input_width();
+        self.buffers[d.x] = BufSpec {
+            name: format!("{} (streamed from the host)", self.buffers[d.x].name),
+            shape: vec![1, width],
+            dtype: DType::F32,
+        };
     }
 
     /// Gather, forward, loss and metrics for batches drawn from `d`.

@@ -143,7 +143,8 @@ impl Model {
         data: &Dataset,
         batch: usize,
     ) -> Result<Evaluation> {
-        let plan = Plan::new(&self.network, loss, None, None, Some(data), batch)?;
+        let mut plan = Plan::new(&self.network, loss, None, None, Some(data), batch)?;
+        stream_large_tables(&mut plan, device);
         let mut exec = Executor::new(device, &plan)?;
         upload_params(&mut exec, &plan, &self.params)?;
         let eval = plan
@@ -151,7 +152,8 @@ impl Model {
             .clone()
             .ok_or_else(|| Error::Config("no evaluation data".into()))?;
         upload_data(&mut exec, &plan, &eval, data, loss)?;
-        evaluate_pass(&mut exec, &plan, &eval)
+        let order: Vec<u32> = (0..data.len() as u32).collect();
+        evaluate_pass(&mut exec, &plan, &eval, (&data.features, &order))
     }
 
     /// The network's outputs for `rows` samples of `x` (row-major, `rows x inputs`):
@@ -207,7 +209,8 @@ impl Model {
                 width: outputs,
             },
         )?;
-        let plan = Plan::new(&self.network, Loss::Mse, None, None, Some(&data), 1024)?;
+        let mut plan = Plan::new(&self.network, Loss::Mse, None, None, Some(&data), 1024)?;
+        stream_large_tables(&mut plan, device);
         let mut exec = Executor::new(device, &plan)?;
         upload_params(&mut exec, &plan, &self.params)?;
         let bufs = plan
@@ -220,6 +223,8 @@ impl Model {
             exec,
             bufs,
             rows,
+            features: data.features,
+            order: (0..rows as u32).collect(),
         }))
     }
 }
@@ -230,12 +235,21 @@ pub(crate) struct ForwardRun<'a> {
     pub exec: Executor<'a>,
     pub bufs: DataBufs,
     pub rows: usize,
+    features: Vec<f32>,
+    order: Vec<u32>,
 }
 
 impl ForwardRun<'_> {
     /// Runs batch `s`; returns how many of its rows are live.
     pub fn step(&mut self, s: usize) -> Result<usize> {
-        self.exec.run(&self.plan, Pass::Eval, s..s + 1)?;
+        run_pass(
+            &mut self.exec,
+            &self.plan,
+            Pass::Eval,
+            &self.bufs,
+            (&self.features, &self.order),
+            s..s + 1,
+        )?;
         Ok((self.rows - s * self.plan.batch).min(self.plan.batch))
     }
 }
@@ -247,6 +261,55 @@ fn upload_params(exec: &mut Executor<'_>, plan: &Plan, params: &Parameters) -> R
     Ok(())
 }
 
+/// On a GPU, leaves on the host every feature table too large for one binding (batches are
+/// then gathered on the host and written per step); says so in the log.
+fn stream_large_tables(plan: &mut Plan, device: Device<'_>) {
+    let Device::Gpu(gpu) = device else {
+        return;
+    };
+    let limit = gpu
+        .limits()
+        .max_storage_buffer_binding_size
+        .min(gpu.limits().max_buffer_size);
+    for train in [true, false] {
+        let bufs = if train { &plan.train } else { &plan.eval };
+        if let Some(d) = bufs {
+            let bytes = plan.buffers[d.x].len() as u64 * 4;
+            if bytes > limit {
+                log::info!(
+                    "{}: {bytes} bytes exceed the adapter's {limit}-byte binding limit; streaming its batches from the host",
+                    plan.buffers[d.x].name
+                );
+                plan.stream_features(train);
+            }
+        }
+    }
+}
+
+/// Runs steps `steps` of `pass` in one submission; or, when the data is streamed, gathers
+/// each step's batch on the host from `host` (features, row order), writes it into the
+/// plan's input, and submits that step alone.
+fn run_pass(
+    exec: &mut Executor<'_>,
+    plan: &Plan,
+    pass: Pass,
+    bufs: &DataBufs,
+    host: (&[f32], &[u32]),
+    steps: std::ops::Range<usize>,
+) -> Result<()> {
+    let Some(params) = &bufs.streamed else {
+        return exec.run(plan, pass, steps);
+    };
+    let (features, order) = host;
+    let mut batch = vec![0.0; plan.batch * plan.network.input_width()];
+    for s in steps {
+        crate::cpu::gather_rows(&mut batch, features, order, &crate::plan::entry(params, s));
+        exec.write_f32(plan, plan.input, &batch)?;
+        exec.run(plan, pass, s..s + 1)?;
+    }
+    Ok(())
+}
+
 fn upload_data(
     exec: &mut Executor<'_>,
     plan: &Plan,
@@ -254,7 +317,9 @@ fn upload_data(
     data: &Dataset,
     loss: Loss,
 ) -> Result<()> {
-    if bufs.x_u8 {
+    if bufs.streamed.is_some() {
+        // The features stay on the host; `run_pass` writes each batch.
+    } else if bufs.x_u8 {
         let bytes = pixel_bytes(&data.features)
             .ok_or_else(|| Error::Data(format!("{}: features are not 8-bit values", data.name)))?;
         exec.write_u32(plan, bufs.x, &crate::cpu::pack_u8(&bytes))?;
@@ -289,9 +354,14 @@ fn read_metrics(exec: &Executor<'_>, bufs: &DataBufs) -> Result<(f32, Option<f32
     Ok((loss, acc))
 }
 
-fn evaluate_pass(exec: &mut Executor<'_>, plan: &Plan, bufs: &DataBufs) -> Result<Evaluation> {
+fn evaluate_pass(
+    exec: &mut Executor<'_>,
+    plan: &Plan,
+    bufs: &DataBufs,
+    host: (&[f32], &[u32]),
+) -> Result<Evaluation> {
     zero_metrics(exec, plan, bufs)?;
-    exec.run(plan, Pass::Eval, 0..bufs.steps)?;
+    run_pass(exec, plan, Pass::Eval, bufs, host, 0..bufs.steps)?;
     let (loss, accuracy) = read_metrics(exec, bufs)?;
     Ok(Evaluation {
         loss,
@@ -313,6 +383,17 @@ pub struct Trainer<'a> {
     cursor: Option<Cursor>,
     /// The identity order has been sent (no-shuffle runs send it once).
     order_written: bool,
+    /// Host copies of streamed feature tables (empty when resident) and the row orders.
+    host: HostData,
+}
+
+/// What the host keeps of the data: streamed features and the current row orders.
+#[derive(Default)]
+struct HostData {
+    train_x: Vec<f32>,
+    train_order: Vec<u32>,
+    eval_x: Vec<f32>,
+    eval_order: Vec<u32>,
 }
 
 /// Where an epoch stands.
@@ -339,7 +420,7 @@ impl<'a> Trainer<'a> {
             return Err(Error::Config("epochs must be at least 1".into()));
         }
         model.params.check(&model.network, "model")?;
-        let plan = Plan::new(
+        let mut plan = Plan::new(
             &model.network,
             loss,
             Some(&optimizer),
@@ -347,6 +428,7 @@ impl<'a> Trainer<'a> {
             validation,
             config.batch_size,
         )?;
+        stream_large_tables(&mut plan, device);
         log::info!(
             "plan: {} buffers ({:.1} MiB), {} ops per training step, batch {}",
             plan.buffers.len(),
@@ -361,8 +443,16 @@ impl<'a> Trainer<'a> {
             .clone()
             .ok_or_else(|| Error::Config("no training data".into()))?;
         upload_data(&mut exec, &plan, &train_bufs, train, loss)?;
+        let mut host = HostData::default();
+        if train_bufs.streamed.is_some() {
+            host.train_x = train.features.clone();
+        }
         if let (Some(bufs), Some(v)) = (plan.eval.clone(), validation) {
             upload_data(&mut exec, &plan, &bufs, v, loss)?;
+            if bufs.streamed.is_some() {
+                host.eval_x = v.features.clone();
+            }
+            host.eval_order = (0..v.len() as u32).collect();
         }
         Ok(Trainer {
             plan,
@@ -374,6 +464,7 @@ impl<'a> Trainer<'a> {
             step: 0,
             cursor: None,
             order_written: false,
+            host,
         })
     }
 
@@ -459,10 +550,33 @@ impl<'a> Trainer<'a> {
         upload_params(&mut self.exec, &self.plan, params)
     }
 
+    /// Runs training steps `steps` of the current epoch (streaming their batches when the
+    /// training table stays on the host).
+    fn run_train(&mut self, steps: std::ops::Range<usize>) -> Result<()> {
+        let bufs = self
+            .plan
+            .train
+            .as_ref()
+            .ok_or_else(|| Error::Config("no training data".into()))?;
+        run_pass(
+            &mut self.exec,
+            &self.plan,
+            Pass::Train,
+            bufs,
+            (&self.host.train_x, &self.host.train_order),
+            steps,
+        )
+    }
+
     /// Loss and accuracy on the validation set given at construction.
     pub fn validate(&mut self) -> Result<Option<Evaluation>> {
         match self.plan.eval.clone() {
-            Some(bufs) => Ok(Some(evaluate_pass(&mut self.exec, &self.plan, &bufs)?)),
+            Some(bufs) => Ok(Some(evaluate_pass(
+                &mut self.exec,
+                &self.plan,
+                &bufs,
+                (&self.host.eval_x, &self.host.eval_order),
+            )?)),
             None => Ok(None),
         }
     }
@@ -489,6 +603,7 @@ impl<'a> Trainer<'a> {
                 (0..bufs.rows as u32).collect()
             };
             self.exec.write_u32(&self.plan, bufs.indices, &order)?;
+            self.host.train_order = order;
             self.order_written = true;
         }
         zero_metrics(&mut self.exec, &self.plan, &bufs)?;
@@ -521,7 +636,7 @@ impl<'a> Trainer<'a> {
         let n = n.min(self.steps_left());
         let first = self.cursor.as_ref().map_or(0, |c| c.step);
         if n > 0 {
-            self.exec.run(&self.plan, Pass::Train, first..first + n)?;
+            self.run_train(first..first + n)?;
         }
         if let Some(c) = self.cursor.as_mut() {
             c.step += n;
@@ -534,6 +649,16 @@ impl<'a> Trainer<'a> {
     /// Nothing is submitted for the steps and nothing waits; starting an epoch queues the
     /// epoch's order and submits one small copy (the divergence snapshot).
     pub fn record_steps(&mut self, cpass: &mut wgpu::ComputePass<'_>, n: usize) -> Result<usize> {
+        if self
+            .plan
+            .train
+            .as_ref()
+            .is_some_and(|d| d.streamed.is_some())
+        {
+            return Err(Error::Config(
+                "the training table is streamed from the host (too large for one binding); its steps need run_steps, not record_steps".into(),
+            ));
+        }
         self.begin_epoch()?;
         let n = n.min(self.steps_left());
         let first = self.cursor.as_ref().map_or(0, |c| c.step);
@@ -657,7 +782,7 @@ impl<'a> Trainer<'a> {
             zero_metrics(&mut self.exec, &self.plan, bufs)?;
             let mut bad = (bufs.steps, f32::NAN);
             for s in 0..bufs.steps {
-                self.exec.run(&self.plan, Pass::Train, s..s + 1)?;
+                self.run_train(s..s + 1)?;
                 let sum = self.exec.read_f32(bufs.loss_sum)?[0];
                 if !sum.is_finite() {
                     bad = (s, sum);
@@ -666,7 +791,7 @@ impl<'a> Trainer<'a> {
             }
             self.exec.restore()?;
             if bad.0 > 0 {
-                self.exec.run(&self.plan, Pass::Train, 0..bad.0)?;
+                self.run_train(0..bad.0)?;
             }
             self.step += bad.0 as u64;
             Ok(Error::Diverged {

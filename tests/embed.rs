@@ -358,7 +358,8 @@ fn small_host_limits_give_too_large_not_a_panic() {
         wgpu::Limits::default().max_storage_buffer_binding_size
     );
 
-    // A host whose buffers may hold 16 KiB: the training set does not fit.
+    // A host whose buffers may hold 16 KiB: the training set (50 KiB) does not fit, but it
+    // can stay on the host and stream; a 64 x 128 weight matrix (32 KiB) cannot.
     let tiny = wgpu::Limits {
         max_storage_buffer_binding_size: 16 << 10,
         max_buffer_size: 16 << 10,
@@ -369,7 +370,7 @@ fn small_host_limits_give_too_large_not_a_panic() {
     };
     let errors = count_uncaptured(&device);
     let host = Gpu::from_wgpu(device, queue);
-    let err = Trainer::new(
+    let streams = Trainer::new(
         Device::Gpu(&host),
         &m,
         Loss::SoftmaxCrossEntropy,
@@ -378,12 +379,33 @@ fn small_host_limits_give_too_large_not_a_panic() {
         None,
         &config(),
     )
+    .expect("a training set over the limits streams from the host");
+    assert!(streams.plan().train.as_ref().unwrap().streamed.is_some());
+    drop(streams);
+    let wide = Model::new(
+        Network::mlp(&[64, 128, 10], Activation::Relu, Activation::Identity).unwrap(),
+        Init::Pytorch,
+        4,
+    )
+    .unwrap();
+    let err = Trainer::new(
+        Device::Gpu(&host),
+        &wide,
+        Loss::SoftmaxCrossEntropy,
+        Optimizer::adam(1e-2),
+        &train,
+        None,
+        &config(),
+    )
     .err()
-    .expect("a training set over the limits must be refused");
+    .expect("a weight matrix over the limits must be refused");
     match &err {
-        Error::TooLarge { bytes, limit, .. } => {
-            assert_eq!(*bytes, largest, "{err}");
+        Error::TooLarge {
+            bytes, limit, what, ..
+        } => {
+            assert_eq!(*bytes, 128 * 64 * 4, "{err}");
             assert_eq!(*limit, 16 << 10, "{err}");
+            assert!(what.contains("layers.0"), "{err}");
         }
         other => panic!("expected Error::TooLarge, got {other}"),
     }
@@ -628,4 +650,66 @@ fn inference_pass_matches_predict() {
     // weight, bias or activation, which moves outputs by 1e-3 or more.
     let cpu = trained.predict(Device::CpuReference, x, rows).unwrap();
     assert_close("inference vs CPU reference", &got, &cpu, 1e-5, 1e-5);
+}
+
+/// A training table larger than the device's binding limit is streamed from the host, batch
+/// by batch, instead of refused: on a device whose storage bindings are limited to 64 KiB,
+/// digits (368 KiB of features) trains to the same bits as on a device where it is resident,
+/// since the host gather is the same copy the gather kernel makes.
+#[test]
+fn a_table_over_the_binding_limit_is_streamed_to_the_same_bits() {
+    let Some((device, queue)) = host_device(
+        "a_table_over_the_binding_limit_is_streamed_to_the_same_bits",
+        Some(wgpu::Limits {
+            max_storage_buffer_binding_size: 64 << 10,
+            max_buffer_size: 64 << 10,
+            ..wgpu::Limits::default()
+        }),
+    ) else {
+        return;
+    };
+    let small = Gpu::from_wgpu(device, queue);
+    let Some(big) = gpu("a_table_over_the_binding_limit_is_streamed_to_the_same_bits") else {
+        return;
+    };
+    let all = soma::data::bundled("digits").unwrap();
+    let (train, val) = all.split(0.2, 3).unwrap();
+    let net = Network::mlp(&[64, 32, 10], Activation::Relu, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 8).unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 64,
+        ..Default::default()
+    };
+    let run = |g: &Gpu| {
+        let mut t = Trainer::new(
+            Device::Gpu(g),
+            &model,
+            Loss::SoftmaxCrossEntropy,
+            Optimizer::adam(1e-3),
+            &train,
+            Some(&val),
+            &config,
+        )
+        .unwrap();
+        let streamed = t.plan().train.as_ref().unwrap().streamed.is_some();
+        let m1 = t.run_epoch(|_| {}).unwrap();
+        let m2 = t.run_epoch(|_| {}).unwrap();
+        (streamed, m1, m2, t.parameters().unwrap())
+    };
+    let (s_small, a1, a2, pa) = run(&small);
+    let (s_big, b1, b2, pb) = run(big);
+    assert!(s_small, "the 64 KiB device streams the table");
+    assert!(!s_big, "the full device keeps it resident");
+    let bits = |p: &Parameters| -> Vec<u32> {
+        p.layers
+            .iter()
+            .flat_map(|l| l.weight.iter().chain(l.bias.iter().flatten()))
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&pa), bits(&pb), "same weights, streamed or resident");
+    assert_eq!(a1.train_loss.to_bits(), b1.train_loss.to_bits());
+    assert_eq!(a2.val_loss, b2.val_loss, "the validation set streams too");
+    assert_eq!(a2.val_accuracy, b2.val_accuracy);
 }
