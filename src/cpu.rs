@@ -81,6 +81,43 @@ pub fn matmul_blocked(out: &mut [f32], a: &[f32], b: &[f32], p: &BlockedMatmulPa
     }
 }
 
+/// `out (m, n) = a (m, k) · b (n, k)ᵀ` with k a multiple of 4, grouped like the vec4 kernel:
+/// each step of 4 in k adds one 4-term dot product to the running sum.
+pub fn matmul_nt_vec4(out: &mut [f32], a: &[f32], b: &[f32], p: &BlockedMatmulParams) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    for row in 0..m {
+        for col in 0..n {
+            let mut acc = 0.0f32;
+            for kk in (0..k).step_by(4) {
+                let x = &a[row * k + kk..row * k + kk + 4];
+                let y = &b[col * k + kk..col * k + kk + 4];
+                acc += x[0] * y[0] + x[1] * y[1] + x[2] * y[2] + x[3] * y[3];
+            }
+            store(out, row * n + col, acc, p.accumulate);
+        }
+    }
+}
+
+/// `out (m, n) = a (m, k) · b (k, n)` with k and n multiples of 4, grouped like the vec4
+/// kernel: each step of 4 in k adds its four products to the running sum one by one.
+pub fn matmul_nn_vec4(out: &mut [f32], a: &[f32], b: &[f32], p: &BlockedMatmulParams) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    for row in 0..m {
+        for col in 0..n {
+            let mut acc = 0.0f32;
+            for kk in (0..k).step_by(4) {
+                let x = &a[row * k + kk..row * k + kk + 4];
+                acc = acc
+                    + x[0] * b[kk * n + col]
+                    + x[1] * b[(kk + 1) * n + col]
+                    + x[2] * b[(kk + 2) * n + col]
+                    + x[3] * b[(kk + 3) * n + col];
+            }
+            store(out, row * n + col, acc, p.accumulate);
+        }
+    }
+}
+
 /// The same product as `matmul_blocked`, through `matrixmultiply`'s threaded, cache-blocked
 /// sgemm: what the CPU executor uses for speed. It sums in a different order than the
 /// twins above, so it agrees with them to rounding, not to the bit.

@@ -58,6 +58,8 @@ pub enum Kernel {
     MatmulNn,
     MatmulTn,
     MatmulBlocked,
+    MatmulNtVec4,
+    MatmulNnVec4,
     BiasActivationForward,
     ActivationBackward,
     ColumnSum,
@@ -83,6 +85,8 @@ impl Kernel {
         Kernel::MatmulNn,
         Kernel::MatmulTn,
         Kernel::MatmulBlocked,
+        Kernel::MatmulNtVec4,
+        Kernel::MatmulNnVec4,
         Kernel::BiasActivationForward,
         Kernel::ActivationBackward,
         Kernel::ColumnSum,
@@ -109,6 +113,18 @@ impl Kernel {
             Kernel::MatmulNt => (MATMUL, "matmul_nt", &[W, R, R], MatmulParams::WGSL_NAME),
             Kernel::MatmulNn => (MATMUL, "matmul_nn", &[W, R, R], MatmulParams::WGSL_NAME),
             Kernel::MatmulTn => (MATMUL, "matmul_tn", &[W, R, R], MatmulParams::WGSL_NAME),
+            Kernel::MatmulNtVec4 => (
+                MATMUL,
+                "matmul_nt_vec4",
+                &[W, R, R],
+                BlockedMatmulParams::WGSL_NAME,
+            ),
+            Kernel::MatmulNnVec4 => (
+                MATMUL,
+                "matmul_nn_vec4",
+                &[W, R, R],
+                BlockedMatmulParams::WGSL_NAME,
+            ),
             Kernel::MatmulBlocked => (
                 MATMUL,
                 "matmul_blocked",
@@ -561,7 +577,8 @@ fn blocked_grid(m: usize, n: usize) -> [u32; 3] {
 pub enum MatmulVariant {
     /// One invocation per output (`matmul_nt`, `matmul_nn`, `matmul_tn`).
     Naive,
-    /// 4 x 4 register blocks (`matmul_blocked`).
+    /// 4 x 4 register blocks (`matmul_blocked`), with vec4 loads where the shapes allow
+    /// (`matmul_nt_vec4` when k is a multiple of 4, `matmul_nn_vec4` when k and n are).
     #[default]
     Blocked,
 }
@@ -647,6 +664,22 @@ fn matmul(
     let p = matmul_params(op, m, n, k, acc)?;
     match gpu.matmul_variant() {
         MatmulVariant::Naive => Dispatch::new(gpu, naive, &[out, a, b], &[p], matmul_grid(m, n)),
+        // vec4 loads where the shapes allow them (see shaders/matmul.wgsl). A vec4 form
+        // of dW = dYᵀ·X was tried and was slower at training shapes on lavapipe.
+        MatmulVariant::Blocked if form == Form::Nt && k % 4 == 0 => Dispatch::new(
+            gpu,
+            Kernel::MatmulNtVec4,
+            &[out, a, b],
+            &[BlockedMatmulParams::nt(&p)],
+            blocked_grid(m, n),
+        ),
+        MatmulVariant::Blocked if form == Form::Nn && k % 4 == 0 && n % 4 == 0 => Dispatch::new(
+            gpu,
+            Kernel::MatmulNnVec4,
+            &[out, a, b],
+            &[BlockedMatmulParams::nn(&p)],
+            blocked_grid(m, n),
+        ),
         MatmulVariant::Blocked => {
             let strides = match form {
                 Form::Nt => BlockedMatmulParams::nt(&p),

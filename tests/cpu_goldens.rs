@@ -1089,3 +1089,42 @@ fn matmul_gemm_matches_the_reference_twins() {
         }
     }
 }
+
+/// The twins of the vec4 kernels group each step of 4 in k differently from the plain
+/// twins; on small integers every partial sum is exact, so they agree to the bit, and on
+/// random values to rounding (k products of values in [-1, 1]: 2k eps absolute).
+#[test]
+fn matmul_vec4_twins_match_the_plain_ones() {
+    let mut rng = TestRng::new(79);
+    let (m, k, n) = (5usize, 12usize, 8usize);
+    let p = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: 0,
+    };
+    for exact in [true, false] {
+        let draw = |rng: &mut TestRng, len: usize| -> Vec<f32> {
+            if exact {
+                (0..len).map(|_| rng.below(7) as f32 - 3.0).collect()
+            } else {
+                rng.vec(len, -1.0, 1.0)
+            }
+        };
+        let a = draw(&mut rng, m * k);
+        let b_nk = draw(&mut rng, n * k);
+        let b_kn = draw(&mut rng, k * n);
+        let tol = if exact {
+            0.0
+        } else {
+            2.0 * k as f32 * f32::EPSILON
+        };
+        let (mut want, mut got) = (vec![0.0; m * n], vec![0.0; m * n]);
+        cpu::matmul_nt(&mut want, &a, &b_nk, &p);
+        cpu::matmul_nt_vec4(&mut got, &a, &b_nk, &BlockedMatmulParams::nt(&p));
+        assert_close(&format!("nt_vec4 exact={exact}"), &got, &want, tol, 1e-6);
+        cpu::matmul_nn(&mut want, &a, &b_kn, &p);
+        cpu::matmul_nn_vec4(&mut got, &a, &b_kn, &BlockedMatmulParams::nn(&p));
+        assert_close(&format!("nn_vec4 exact={exact}"), &got, &want, tol, 1e-6);
+    }
+}

@@ -50,6 +50,11 @@ fn matmul_forms_match_cpu() {
         (129, 65, 33),
         (513, 31, 17),
         (5, 600, 3),
+        // k (and n) multiples of 4: the vec4 kernels, with and without edge blocks.
+        (12, 64, 20),
+        (33, 16, 9),
+        (33, 16, 12),
+        (130, 784, 36),
     ];
     for variant in [MatmulVariant::Naive, MatmulVariant::Blocked] {
         gpu.set_matmul_variant(variant);
