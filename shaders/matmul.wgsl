@@ -99,29 +99,30 @@ struct BlockedMatmulParams {
     b_col: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> bl_out: array<f32>;
+// The output and the sizes are shared by every blocked kernel below (and `store_block`).
+@group(0) @binding(0) var<storage, read_write> blk_out: array<f32>;
 @group(0) @binding(1) var<storage, read> bl_a: array<f32>;
 @group(0) @binding(2) var<storage, read> bl_b: array<f32>;
-@group(0) @binding(3) var<uniform> bl_p: BlockedMatmulParams;
+@group(0) @binding(3) var<uniform> blk_p: BlockedMatmulParams;
 
 @compute @workgroup_size(8, 8, 1)
 fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row0 = gid.y * 4u;
     let col0 = gid.x * 4u;
-    if (row0 >= bl_p.m || col0 >= bl_p.n) {
+    if (row0 >= blk_p.m || col0 >= blk_p.n) {
         return;
     }
-    let last_row = bl_p.m - 1u;
-    let last_col = bl_p.n - 1u;
-    let ra = vec4<u32>(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row)) * bl_p.a_row;
-    let cb = vec4<u32>(col0, min(col0 + 1u, last_col), min(col0 + 2u, last_col), min(col0 + 3u, last_col)) * bl_p.b_col;
+    let last_row = blk_p.m - 1u;
+    let last_col = blk_p.n - 1u;
+    let ra = vec4<u32>(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row)) * blk_p.a_row;
+    let cb = vec4<u32>(col0, min(col0 + 1u, last_col), min(col0 + 2u, last_col), min(col0 + 3u, last_col)) * blk_p.b_col;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < bl_p.k; kk = kk + 1u) {
-        let ka = kk * bl_p.a_col;
-        let kb = kk * bl_p.b_row;
+    for (var kk = 0u; kk < blk_p.k; kk = kk + 1u) {
+        let ka = kk * blk_p.a_col;
+        let kb = kk * blk_p.b_row;
         let bv = vec4<f32>(bl_b[kb + cb.x], bl_b[kb + cb.y], bl_b[kb + cb.z], bl_b[kb + cb.w]);
         let p0 = bl_a[ra.x + ka] * bv;
         let p1 = bl_a[ra.y + ka] * bv;
@@ -132,24 +133,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc2 = acc2 + p2;
         acc3 = acc3 + p3;
     }
-    var rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let row = row0 + i;
-        if (row >= bl_p.m) {
-            break;
-        }
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            let col = col0 + j;
-            if (col < bl_p.n) {
-                let idx = row * bl_p.n + col;
-                if (bl_p.accumulate != 0u) {
-                    bl_out[idx] = bl_out[idx] + rows[i][j];
-                } else {
-                    bl_out[idx] = rows[i][j];
-                }
-            }
-        }
-    }
+    store_block(row0, col0, array<vec4<f32>, 4>(acc0, acc1, acc2, acc3));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -161,21 +145,19 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
 // Within a step of 4 in k the products are added in another grouping than the scalar
 // kernels (a dot product, then the running sum), so these agree with them to rounding.
 
-@group(0) @binding(0) var<storage, read_write> v4_out: array<f32>;
 @group(0) @binding(1) var<storage, read> v4_a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> v4_b: array<vec4<f32>>;
-@group(0) @binding(3) var<uniform> v4_p: BlockedMatmulParams;
 
 @compute @workgroup_size(8, 8, 1)
 fn matmul_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row0 = gid.y * 4u;
     let col0 = gid.x * 4u;
-    if (row0 >= v4_p.m || col0 >= v4_p.n) {
+    if (row0 >= blk_p.m || col0 >= blk_p.n) {
         return;
     }
-    let kv = v4_p.k / 4u;
-    let last_row = v4_p.m - 1u;
-    let last_col = v4_p.n - 1u;
+    let kv = blk_p.k / 4u;
+    let last_row = blk_p.m - 1u;
+    let last_col = blk_p.n - 1u;
     let r0 = row0 * kv;
     let r1 = min(row0 + 1u, last_row) * kv;
     let r2 = min(row0 + 2u, last_row) * kv;
@@ -211,12 +193,12 @@ fn matmul_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn matmul_nn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row0 = gid.y * 4u;
     let col0 = gid.x * 4u;
-    if (row0 >= v4_p.m || col0 >= v4_p.n) {
+    if (row0 >= blk_p.m || col0 >= blk_p.n) {
         return;
     }
-    let kv = v4_p.k / 4u;
-    let nv = v4_p.n / 4u;
-    let last_row = v4_p.m - 1u;
+    let kv = blk_p.k / 4u;
+    let nv = blk_p.n / 4u;
+    let last_row = blk_p.m - 1u;
     let r0 = row0 * kv;
     let r1 = min(row0 + 1u, last_row) * kv;
     let r2 = min(row0 + 2u, last_row) * kv;
@@ -249,17 +231,17 @@ fn store_block(row0: u32, col0: u32, rows_in: array<vec4<f32>, 4>) {
     var rows = rows_in;
     for (var i = 0u; i < 4u; i = i + 1u) {
         let row = row0 + i;
-        if (row >= v4_p.m) {
+        if (row >= blk_p.m) {
             break;
         }
         for (var j = 0u; j < 4u; j = j + 1u) {
             let col = col0 + j;
-            if (col < v4_p.n) {
-                let idx = row * v4_p.n + col;
-                if (v4_p.accumulate != 0u) {
-                    v4_out[idx] = v4_out[idx] + rows[i][j];
+            if (col < blk_p.n) {
+                let idx = row * blk_p.n + col;
+                if (blk_p.accumulate != 0u) {
+                    blk_out[idx] = blk_out[idx] + rows[i][j];
                 } else {
-                    v4_out[idx] = rows[i][j];
+                    blk_out[idx] = rows[i][j];
                 }
             }
         }
