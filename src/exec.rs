@@ -13,7 +13,7 @@ use crate::kernels::{self, Accumulate, Dispatch};
 use crate::network::Activation;
 use crate::params::BlockedMatmulParams;
 use crate::plan::{entry, BufId, Op, Plan};
-use crate::tensor::{copy_tensors, DType, GpuTensor};
+use crate::tensor::{copy_tensors, start_read_many, DType, GpuTensor};
 
 /// Where a run executes.
 #[derive(Clone, Copy, Debug)]
@@ -730,6 +730,33 @@ impl<'a> Executor<'a> {
         match self {
             Executor::Gpu(g) => g.tensors[id].read_u32(g.gpu),
             Executor::Cpu(c) => Ok(c.u(id).to_vec()),
+        }
+    }
+
+    /// Reads the first 4-byte word of each buffer `ids` (scalars such as metric sums), in
+    /// one readback on the GPU.
+    pub fn read_words(&self, ids: &[BufId]) -> Result<Vec<[u8; 4]>> {
+        match self {
+            Executor::Gpu(g) => {
+                let tensors: Vec<&GpuTensor> = ids.iter().map(|&id| &g.tensors[id]).collect();
+                let bytes = start_read_many(g.gpu, &tensors)?.wait(g.gpu)?;
+                let mut at = 0;
+                Ok(tensors
+                    .iter()
+                    .map(|t| {
+                        let w = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+                        at += t.byte_len() as usize;
+                        w
+                    })
+                    .collect())
+            }
+            Executor::Cpu(c) => Ok(ids
+                .iter()
+                .map(|&id| match &c.bufs[id] {
+                    HostBuf::F32(v) => v.first().map_or([0; 4], |x| x.to_le_bytes()),
+                    HostBuf::U32(v) => v.first().map_or([0; 4], |x| x.to_le_bytes()),
+                })
+                .collect()),
         }
     }
 

@@ -150,37 +150,7 @@ impl GpuTensor {
     /// (`Readback::wait` polls; `Readback::into_future` leaves polling to the caller, for hosts
     /// that poll their device in their own loop).
     pub fn start_read(&self, gpu: &Gpu) -> Result<Readback> {
-        let bytes = self.byte_len();
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&format!("{} readback", self.label)),
-            size: bytes.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("readback"),
-            });
-        if bytes > 0 {
-            encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, bytes);
-        }
-        gpu.submit(vec![encoder.finish()]);
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
-        gpu.count_map();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            flag.store(true, Ordering::Release);
-            let _ = sender.send(r);
-        });
-        Ok(Readback {
-            staging,
-            receiver,
-            done,
-            label: self.label.clone(),
-            bytes,
-        })
+        start_read_many(gpu, &[self])
     }
 
     /// Reads the f32 tensor back to the host, blocking until the GPU has finished.
@@ -204,6 +174,52 @@ impl GpuTensor {
         let bytes = self.start_read(gpu)?.into_future().await?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
+}
+
+/// Starts one readback of several tensors: each is copied, whole and in order, into one
+/// staging buffer in one submission, which is mapped once; the bytes come back
+/// concatenated.
+pub fn start_read_many(gpu: &Gpu, tensors: &[&GpuTensor]) -> Result<Readback> {
+    let bytes: u64 = tensors.iter().map(|t| t.byte_len()).sum();
+    let label = tensors
+        .iter()
+        .map(|t| t.label())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&format!("{label} readback")),
+        size: bytes.max(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
+    let mut at = 0;
+    for t in tensors {
+        if t.byte_len() > 0 {
+            encoder.copy_buffer_to_buffer(t.buffer(), 0, &staging, at, t.byte_len());
+        }
+        at += t.byte_len();
+    }
+    gpu.submit(vec![encoder.finish()]);
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    gpu.count_map();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        flag.store(true, Ordering::Release);
+        let _ = sender.send(r);
+    });
+    Ok(Readback {
+        staging,
+        receiver,
+        done,
+        label,
+        bytes,
+    })
 }
 
 /// Copies each `(src, dst)` pair, whole, in one submission (snapshots of training state).

@@ -345,12 +345,15 @@ fn zero_metrics(exec: &mut Executor<'_>, plan: &Plan, bufs: &DataBufs) -> Result
     Ok(())
 }
 
+/// The mean loss and the accuracy of a pass, in one readback.
 fn read_metrics(exec: &Executor<'_>, bufs: &DataBufs) -> Result<(f32, Option<f32>)> {
-    let loss = exec.read_f32(bufs.loss_sum)?[0] / bufs.rows as f32;
-    let acc = match bufs.correct {
-        Some(c) => Some(exec.read_u32(c)?[0] as f32 / bufs.rows as f32),
-        None => None,
-    };
+    let mut ids = vec![bufs.loss_sum];
+    ids.extend(bufs.correct);
+    let words = exec.read_words(&ids)?;
+    let loss = f32::from_le_bytes(words[0]) / bufs.rows as f32;
+    let acc = words
+        .get(1)
+        .map(|w| u32::from_le_bytes(*w) as f32 / bufs.rows as f32);
     Ok((loss, acc))
 }
 
