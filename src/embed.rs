@@ -5,7 +5,7 @@
 //! own compute pass, reading the trainer's resident weights ([`Inference`]).
 //!
 //! This module owns none of the device (`Gpu::from_wgpu` borrows it), none of the training
-//! steps (the trainer records them) and no kernel (it builds dispatches from `kernels.rs`).
+//! steps (the trainer records them) and no kernel (it builds dispatches from `kernels`).
 //!
 //! # What soma needs from a host device
 //! - **Features: none.** `Features::TIMESTAMP_QUERY` is optional: when the device has it,

@@ -1,6 +1,6 @@
 //! `GpuTensor`: one storage buffer with a shape, an element type and a label. Upload, zeros
 //! and readback live here; readback is the one place in soma that maps a buffer. This module
-//! records no kernels (see `kernels.rs`).
+//! records no kernels (see `kernels`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

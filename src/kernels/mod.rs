@@ -1,0 +1,471 @@
+//! The WGSL kernels: which file and entry point each one is, its bindings, its pipeline
+//! (built once per `Gpu`), and one small function per op that checks shapes and returns a
+//! ready-to-record [`Dispatch`] (named like the WGSL entry point and like its twin in
+//! `cpu.rs`; outputs first, then inputs, then sizes). A `Dispatch` owns its bind group and
+//! uniform, so a training step only records; nothing is created in the hot loop.
+//! Scheduling whole training steps is `trainer.rs`'s job, not this module's.
+//!
+//! This file holds the kernel table, pipelines, `Dispatch` and submission; `ops.rs` the
+//! per-op recorders with their shape checks.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::params::*;
+use crate::tensor::GpuTensor;
+
+mod ops;
+pub use ops::*;
+
+/// A WGSL file in `shaders/`, embedded at build time (the file on disk is the shader that runs).
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    pub file: &'static str,
+    pub source: &'static str,
+}
+
+macro_rules! shader {
+    ($file:literal) => {
+        Shader {
+            file: $file,
+            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
+        }
+    };
+}
+
+pub const MATMUL: Shader = shader!("matmul.wgsl");
+pub const ACTIVATION: Shader = shader!("activation.wgsl");
+pub const REDUCE: Shader = shader!("reduce.wgsl");
+pub const LOSS: Shader = shader!("loss.wgsl");
+pub const OPTIM: Shader = shader!("optim.wgsl");
+pub const DATA: Shader = shader!("data.wgsl");
+pub const PERCEPTRON: Shader = shader!("perceptron.wgsl");
+
+/// Every shader file.
+pub const SHADERS: &[Shader] = &[MATMUL, ACTIVATION, REDUCE, LOSS, OPTIM, DATA, PERCEPTRON];
+
+/// How a kernel uses one of its storage bindings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    Read,
+}
+
+use Access::{Read as R, ReadWrite as W};
+
+/// Every kernel soma dispatches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    MatmulNt,
+    MatmulNn,
+    MatmulTn,
+    MatmulBlocked,
+    MatmulNtVec4,
+    MatmulNnVec4,
+    BiasActivationForward,
+    ActivationBackward,
+    ColumnSum,
+    ReduceSum,
+    Argmax,
+    CorrectCount,
+    Softmax,
+    MseLoss,
+    SoftmaxCrossEntropy,
+    BinaryCrossEntropy,
+    SgdUpdate,
+    MomentumUpdate,
+    AdamUpdate,
+    GatherRows,
+    GatherRowsU8,
+    GatherLabels,
+    PerceptronEpoch,
+}
+
+impl Kernel {
+    pub const ALL: &'static [Kernel] = &[
+        Kernel::MatmulNt,
+        Kernel::MatmulNn,
+        Kernel::MatmulTn,
+        Kernel::MatmulBlocked,
+        Kernel::MatmulNtVec4,
+        Kernel::MatmulNnVec4,
+        Kernel::BiasActivationForward,
+        Kernel::ActivationBackward,
+        Kernel::ColumnSum,
+        Kernel::ReduceSum,
+        Kernel::Argmax,
+        Kernel::CorrectCount,
+        Kernel::Softmax,
+        Kernel::MseLoss,
+        Kernel::SoftmaxCrossEntropy,
+        Kernel::BinaryCrossEntropy,
+        Kernel::SgdUpdate,
+        Kernel::MomentumUpdate,
+        Kernel::AdamUpdate,
+        Kernel::GatherRows,
+        Kernel::GatherRowsU8,
+        Kernel::GatherLabels,
+        Kernel::PerceptronEpoch,
+    ];
+
+    /// (shader file, entry point, storage bindings in binding order, uniform struct name).
+    /// The uniform is always the binding right after the storage ones.
+    pub fn spec(self) -> (Shader, &'static str, &'static [Access], &'static str) {
+        match self {
+            Kernel::MatmulNt => (MATMUL, "matmul_nt", &[W, R, R], MatmulParams::WGSL_NAME),
+            Kernel::MatmulNn => (MATMUL, "matmul_nn", &[W, R, R], MatmulParams::WGSL_NAME),
+            Kernel::MatmulTn => (MATMUL, "matmul_tn", &[W, R, R], MatmulParams::WGSL_NAME),
+            Kernel::MatmulNtVec4 => (
+                MATMUL,
+                "matmul_nt_vec4",
+                &[W, R, R],
+                BlockedMatmulParams::WGSL_NAME,
+            ),
+            Kernel::MatmulNnVec4 => (
+                MATMUL,
+                "matmul_nn_vec4",
+                &[W, R, R],
+                BlockedMatmulParams::WGSL_NAME,
+            ),
+            Kernel::MatmulBlocked => (
+                MATMUL,
+                "matmul_blocked",
+                &[W, R, R],
+                BlockedMatmulParams::WGSL_NAME,
+            ),
+            Kernel::BiasActivationForward => (
+                ACTIVATION,
+                "bias_activation_forward",
+                &[W, W, R],
+                ActivationParams::WGSL_NAME,
+            ),
+            Kernel::ActivationBackward => (
+                ACTIVATION,
+                "activation_backward",
+                &[W, R, R],
+                ActivationParams::WGSL_NAME,
+            ),
+            Kernel::ColumnSum => (REDUCE, "column_sum", &[W, R], RowsParams::WGSL_NAME),
+            Kernel::ReduceSum => (REDUCE, "reduce_sum", &[W, R], ReduceParams::WGSL_NAME),
+            Kernel::Argmax => (REDUCE, "argmax", &[W, R], RowsParams::WGSL_NAME),
+            Kernel::CorrectCount => (REDUCE, "correct_count", &[W, R, R], RowsParams::WGSL_NAME),
+            Kernel::Softmax => (LOSS, "softmax", &[W, R], RowsParams::WGSL_NAME),
+            Kernel::MseLoss => (LOSS, "mse_loss", &[W, W, R, R], LossParams::WGSL_NAME),
+            Kernel::SoftmaxCrossEntropy => (
+                LOSS,
+                "softmax_cross_entropy",
+                &[W, W, R, R],
+                LossParams::WGSL_NAME,
+            ),
+            Kernel::BinaryCrossEntropy => (
+                LOSS,
+                "binary_cross_entropy",
+                &[W, W, R, R],
+                LossParams::WGSL_NAME,
+            ),
+            Kernel::SgdUpdate => (OPTIM, "sgd_update", &[W, R], SgdParams::WGSL_NAME),
+            Kernel::MomentumUpdate => (OPTIM, "momentum_update", &[W, W, R], SgdParams::WGSL_NAME),
+            Kernel::AdamUpdate => (OPTIM, "adam_update", &[W, W, W, R], AdamParams::WGSL_NAME),
+            Kernel::GatherRows => (DATA, "gather_rows", &[W, R, R], GatherParams::WGSL_NAME),
+            Kernel::GatherRowsU8 => (DATA, "gather_rows_u8", &[W, R, R], GatherParams::WGSL_NAME),
+            Kernel::GatherLabels => (DATA, "gather_labels", &[W, R, R], GatherParams::WGSL_NAME),
+            Kernel::PerceptronEpoch => (
+                PERCEPTRON,
+                "perceptron_epoch",
+                &[W, W, R, R],
+                PerceptronParams::WGSL_NAME,
+            ),
+        }
+    }
+
+    pub fn entry_point(self) -> &'static str {
+        self.spec().1
+    }
+}
+
+/// A compiled compute pipeline and its bind group layout.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub kernel: Kernel,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl Pipeline {
+    /// Compiles `kernel`'s entry point; a validation failure comes back as `Error::Shader`.
+    pub fn build(gpu: &Gpu, kernel: Kernel) -> Result<Pipeline> {
+        let (shader, entry, storage, _) = kernel.spec();
+        let device = &gpu.device;
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = storage
+            .iter()
+            .enumerate()
+            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *access == Access::Read,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: storage.len() as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+        gpu.scoped(entry, || {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.file),
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            });
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(entry),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            Pipeline {
+                kernel,
+                pipeline,
+                layout,
+            }
+        })
+    }
+}
+
+/// One kernel launch, ready to record: pipeline, bind group, uniform and grid. The uniform
+/// holds one or more parameter entries (one per training step of an epoch, say); recording
+/// picks one by index through a dynamic offset.
+#[derive(Debug)]
+pub struct Dispatch {
+    pipeline: Arc<Pipeline>,
+    buffers: Vec<wgpu::Buffer>,
+    bind_group: wgpu::BindGroup,
+    uniform: wgpu::Buffer,
+    param_size: u64,
+    stride: u64,
+    entries: u32,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    /// Binds `tensors` (in binding order) and `params` (one entry or more) to `kernel`.
+    pub fn new<P: Params>(
+        gpu: &Gpu,
+        kernel: Kernel,
+        tensors: &[&GpuTensor],
+        params: &[P],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let (_, entry, storage, _) = kernel.spec();
+        if tensors.len() != storage.len() {
+            return Err(Error::shape(
+                entry,
+                format!("{} buffers", storage.len()),
+                format!("{} buffers", tensors.len()),
+            ));
+        }
+        let max = gpu.limits().max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&w| w > max) {
+            return Err(Error::TooLarge {
+                what: format!("{entry} grid {workgroups:?}"),
+                bytes: *workgroups.iter().max().unwrap_or(&0) as u64,
+                limit: max as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        let pipeline = gpu.pipeline(kernel)?;
+        let buffers: Vec<wgpu::Buffer> = tensors.iter().map(|t| t.buffer().clone()).collect();
+        let param_size = std::mem::size_of::<P>() as u64;
+        let align = gpu.limits().min_uniform_buffer_offset_alignment as u64;
+        let stride = param_size.next_multiple_of(align);
+        let (uniform, bind_group) =
+            Self::bind(gpu, &pipeline, &buffers, param_size, stride, params.len())?;
+        let d = Dispatch {
+            pipeline,
+            buffers,
+            bind_group,
+            uniform,
+            param_size,
+            stride,
+            entries: params.len() as u32,
+            workgroups,
+        };
+        d.write_entries(gpu, params);
+        Ok(d)
+    }
+
+    fn bind(
+        gpu: &Gpu,
+        pipeline: &Pipeline,
+        buffers: &[wgpu::Buffer],
+        param_size: u64,
+        stride: u64,
+        entries: usize,
+    ) -> Result<(wgpu::Buffer, wgpu::BindGroup)> {
+        let entry = pipeline.kernel.entry_point();
+        gpu.scoped(entry, || {
+            let uniform = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(entry),
+                size: stride * entries.max(1) as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut bind: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            bind.push(wgpu::BindGroupEntry {
+                binding: buffers.len() as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniform,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(param_size),
+                }),
+            });
+            let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &pipeline.layout,
+                entries: &bind,
+            });
+            (uniform, bind_group)
+        })
+    }
+
+    fn write_entries<P: Params>(&self, gpu: &Gpu, params: &[P]) {
+        let mut bytes = vec![0u8; (self.stride * params.len() as u64) as usize];
+        for (i, p) in params.iter().enumerate() {
+            let at = i * self.stride as usize;
+            bytes[at..at + self.param_size as usize].copy_from_slice(bytemuck::bytes_of(p));
+        }
+        gpu.queue.write_buffer(&self.uniform, 0, &bytes);
+    }
+
+    /// Replaces the parameter entries. Growing the number of entries rebuilds the uniform
+    /// and bind group (do that at setup, not per step); rewriting them does not.
+    pub fn set_params<P: Params>(&mut self, gpu: &Gpu, params: &[P]) -> Result<()> {
+        if std::mem::size_of::<P>() as u64 != self.param_size {
+            return Err(Error::shape(
+                self.pipeline.kernel.entry_point(),
+                format!("{}-byte parameters", self.param_size),
+                format!("{}-byte {}", std::mem::size_of::<P>(), P::WGSL_NAME),
+            ));
+        }
+        if params.len() as u32 > self.entries {
+            let (uniform, bind_group) = Self::bind(
+                gpu,
+                &self.pipeline,
+                &self.buffers,
+                self.param_size,
+                self.stride,
+                params.len(),
+            )?;
+            self.uniform = uniform;
+            self.bind_group = bind_group;
+            self.entries = params.len() as u32;
+        }
+        self.write_entries(gpu, params);
+        Ok(())
+    }
+
+    /// Records the launch into a compute pass with parameter entry `entry`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, entry: u32) {
+        let offset = (entry.min(self.entries.saturating_sub(1)) as u64 * self.stride) as u32;
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[offset]);
+        let [x, y, z] = self.workgroups;
+        if x > 0 && y > 0 && z > 0 {
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.pipeline.kernel
+    }
+}
+
+/// Records `dispatches` (each with entry 0) into one compute pass and submits it, with
+/// validation errors captured as `Error::Shader`. Convenient for one-off work and tests.
+pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
+    let label = dispatches
+        .first()
+        .map(|d| d.kernel().entry_point())
+        .unwrap_or("empty run");
+    submit_pass(gpu, label, |pass| {
+        for d in dispatches {
+            d.record(pass, 0);
+        }
+    })
+}
+
+/// Records steps `steps` of a list of dispatches (each step records every dispatch with
+/// that step's parameter entry) into one compute pass, and submits it once.
+pub fn run_steps(
+    gpu: &Gpu,
+    label: &str,
+    dispatches: &[Dispatch],
+    steps: Range<usize>,
+) -> Result<()> {
+    submit_pass(gpu, label, |pass| record_steps(pass, dispatches, steps))
+}
+
+/// Records steps `steps` of a list of dispatches into a compute pass someone else owns.
+pub fn record_steps(
+    pass: &mut wgpu::ComputePass<'_>,
+    dispatches: &[Dispatch],
+    steps: Range<usize>,
+) {
+    for s in steps {
+        for d in dispatches {
+            d.record(pass, s as u32);
+        }
+    }
+}
+
+/// One encoder, one compute pass filled by `record`, one submission, validation errors
+/// captured as `Error::Shader { label, .. }`.
+pub fn submit_pass(
+    gpu: &Gpu,
+    label: &str,
+    record: impl FnOnce(&mut wgpu::ComputePass<'_>),
+) -> Result<()> {
+    gpu.scoped(label, || {
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            record(&mut pass);
+        }
+        gpu.submit(vec![encoder.finish()]);
+    })
+}
