@@ -62,6 +62,9 @@ pub struct Checkpoint {
     pub scaler: Option<Scaler>,
     /// The number of classes of a classification task.
     pub classes: Option<usize>,
+    /// The scaling of regression targets the network was trained on; its outputs are in
+    /// those units, so predictions are mapped back with `Scaler::invert_row`.
+    pub target_scaler: Option<Scaler>,
     /// Present when the run can be resumed from this file.
     pub resume: Option<Resume>,
 }
@@ -73,6 +76,7 @@ const KEY_NETWORK: &str = "soma.network";
 const KEY_LOSS: &str = "soma.loss";
 const KEY_SCALER: &str = "soma.scaler";
 const KEY_CLASSES: &str = "soma.classes";
+const KEY_TARGET_SCALER: &str = "soma.target_scaler";
 const KEY_TRAIN_STATE: &str = "soma.train_state";
 const KEY_OPTIMIZER: &str = "soma.optimizer";
 const KEY_CONFIG: &str = "soma.config";
@@ -165,6 +169,21 @@ fn to_json<T: Serialize + DeserializeOwned + PartialEq>(
     }
 }
 
+fn check_target_scaler(path: &Path, scaler: &Scaler, net: &Network) -> Result<()> {
+    let width = net.output_width();
+    if scaler.offset.len() != width || scaler.scale.len() != width {
+        return Err(bad(
+            path,
+            format!(
+                "'{KEY_TARGET_SCALER}': expected {width} columns (the network's outputs), got offset {} and scale {}",
+                scaler.offset.len(),
+                scaler.scale.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_scaler(path: &Path, scaler: &Scaler, net: &Network) -> Result<()> {
     let width = net.input_width();
     if scaler.offset.len() != width || scaler.scale.len() != width {
@@ -209,6 +228,13 @@ fn encode(path: &Path, ckpt: &Checkpoint) -> Result<Vec<u8>> {
     }
     if let Some(classes) = ckpt.classes {
         meta.insert(KEY_CLASSES.to_string(), classes.to_string());
+    }
+    if let Some(t) = &ckpt.target_scaler {
+        check_target_scaler(path, t, net)?;
+        meta.insert(
+            KEY_TARGET_SCALER.to_string(),
+            to_json(path, KEY_TARGET_SCALER, t)?,
+        );
     }
 
     // (name, shape, little-endian bytes)
@@ -379,6 +405,12 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     if let Some(s) = &scaler {
         check_scaler(path, s, &network)?;
     }
+    let target_scaler: Option<Scaler> = text(KEY_TARGET_SCALER)
+        .map(|t| json(path, KEY_TARGET_SCALER, t))
+        .transpose()?;
+    if let Some(s) = &target_scaler {
+        check_target_scaler(path, s, &network)?;
+    }
     let classes = text(KEY_CLASSES)
         .map(|t| {
             t.trim().parse::<usize>().map_err(|_| {
@@ -482,6 +514,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         loss,
         scaler,
         classes,
+        target_scaler,
         resume,
     })
 }
@@ -653,6 +686,7 @@ mod tests {
             loss: Loss::SoftmaxCrossEntropy,
             scaler: Some(scaler),
             classes: Some(4),
+            target_scaler: None,
             resume,
         }
     }
@@ -748,6 +782,7 @@ mod tests {
             loss: Loss::BinaryCrossEntropy,
             scaler: None,
             classes: None,
+            target_scaler: None,
             resume: Some(Resume {
                 state: TrainState {
                     epoch: 0,
@@ -790,6 +825,7 @@ mod tests {
             loss: Loss::SoftmaxCrossEntropy,
             scaler: None,
             classes: Some(2),
+            target_scaler: None,
             resume: None,
         };
         let dir = TempDir::new();

@@ -1442,3 +1442,76 @@ fn eval_names_a_corrupt_run_config() {
     );
     assert_clean_failure(&ran, &[config.to_str().unwrap()], None);
 }
+
+/// Regression: the targets are standardised for training (fitted on the training rows and
+/// stored in the checkpoint) and `predict` maps the outputs back to the targets' own units.
+#[test]
+fn regression_targets_are_scaled_and_predictions_mapped_back() {
+    let dir = TempDir::new("regression");
+    let run = train_cpu(&dir, "run", &["--data", "diabetes", "--epochs", "30"]);
+    let ck = load(&run.join("checkpoint.safetensors"));
+    let ts = ck
+        .target_scaler
+        .expect("a regression checkpoint stores its target scaling");
+    // diabetes targets have a mean near 152 and a std near 77 (raw units, 25..346).
+    assert!(
+        (ts.offset[0] - 152.0).abs() < 15.0,
+        "offset {}",
+        ts.offset[0]
+    );
+    assert!(
+        (1.0 / ts.scale[0] - 77.0).abs() < 15.0,
+        "std {}",
+        1.0 / ts.scale[0]
+    );
+
+    // Feature rows without their target column; predictions in raw units.
+    let all = soma::data::bundled("diabetes").unwrap();
+    let input = dir.join("rows.csv");
+    let mut text = String::new();
+    for r in 0..40 {
+        let cells: Vec<String> = all.row(r).iter().map(|v| v.to_string()).collect();
+        text.push_str(&cells.join(","));
+        text.push('\n');
+    }
+    std::fs::write(&input, text).unwrap();
+    let ran = soma(
+        &dir,
+        &[
+            "predict",
+            "--model",
+            run.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let predictions: Vec<f32> = ran
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(predictions.len(), 40);
+    let soma::data::Targets::Values { values, .. } = &all.targets else {
+        panic!("diabetes is a regression set");
+    };
+    let mean = predictions.iter().sum::<f32>() / 40.0;
+    assert!(
+        (60.0..260.0).contains(&mean),
+        "mean prediction {mean} is not in target units"
+    );
+    // Better than predicting the mean: the squared error is below the targets' variance.
+    let target_mean = values[..40].iter().sum::<f32>() / 40.0;
+    let sse: f32 = predictions
+        .iter()
+        .zip(&values[..40])
+        .map(|(p, t)| (p - t).powi(2))
+        .sum();
+    let sst: f32 = values[..40].iter().map(|t| (t - target_mean).powi(2)).sum();
+    assert!(
+        sse < sst,
+        "R² on these rows is {} (not better than the mean)",
+        1.0 - sse / sst
+    );
+}

@@ -80,6 +80,9 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             if let Some(s) = &ck.scaler {
                 s.apply(&mut d)?;
             }
+            if let Some(s) = &ck.target_scaler {
+                super::train::scale_targets(&mut d, s)?;
+            }
             (spec_text.clone(), d)
         }
         (None, Some(rc)) => {

@@ -80,6 +80,10 @@ pub struct TrainOptions {
     /// [default: standard, none for mnist/idx]
     #[arg(long)]
     pub scale: Option<String>,
+    /// Scaling of regression targets, fitted on the training split: standard, minmax, none
+    /// (predictions are mapped back) [default: standard]
+    #[arg(long)]
+    pub scale_target: Option<String>,
     /// Weight initialisation: pytorch, xavier, he [default: pytorch]
     #[arg(long)]
     pub init_scheme: Option<String>,
@@ -116,6 +120,8 @@ pub struct Resolved {
     pub patience: Option<usize>,
     pub min_delta: f32,
     pub scale: Option<String>,
+    #[serde(default)]
+    pub scale_target: Option<String>,
     pub init_scheme: String,
     pub init: Option<PathBuf>,
     pub shuffle: bool,
@@ -172,6 +178,7 @@ impl TrainOptions {
             patience,
             min_delta,
             scale,
+            scale_target,
             init_scheme,
             init
         )
@@ -224,6 +231,7 @@ impl TrainOptions {
             patience: self.patience,
             min_delta: self.min_delta.unwrap_or(0.0),
             scale: self.scale.clone(),
+            scale_target: self.scale_target.clone(),
             init_scheme: self.init_scheme.clone().unwrap_or_else(|| "pytorch".into()),
             init: self.init.clone(),
             shuffle: !self.no_shuffle,

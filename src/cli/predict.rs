@@ -134,6 +134,13 @@ pub fn run(cmd: PredictCommand) -> Result<()> {
             let names: Vec<String> = (0..out_w).map(|c| format!("y_{c}")).collect();
             text.push_str(&names.join(","));
             text.push('\n');
+            // Back from the scaled units the network was trained in to the targets' own.
+            let mut outputs = outputs;
+            if let Some(s) = &ck.target_scaler {
+                for row in outputs.chunks_mut(out_w) {
+                    s.invert_row(row)?;
+                }
+            }
             for row in outputs.chunks(out_w) {
                 let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
                 text.push_str(&cells.join(","));

@@ -42,6 +42,18 @@ pub struct Prepared {
     pub val: Option<Dataset>,
     pub test: Dataset,
     pub scaler: Scaler,
+    /// The scaling of regression targets (None for classification).
+    pub target_scaler: Option<Scaler>,
+}
+
+/// Scales the regression targets of `d` in place.
+pub fn scale_targets(d: &mut Dataset, s: &Scaler) -> Result<()> {
+    if let soma::data::Targets::Values { values, width } = &mut d.targets {
+        for row in values.chunks_mut((*width).max(1)) {
+            s.apply_row(row)?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads, splits and scales the data as the options say.
@@ -68,11 +80,30 @@ pub fn prepare_data(o: &Resolved, spec: &DataSpec) -> Result<Prepared> {
         scaler.apply(v)?;
     }
     scaler.apply(&mut test)?;
+    // Regression targets are standardised too (fitted on the training rows), so that the
+    // default learning rate suits any target range; predictions are mapped back.
+    let target_scaler = match &train.targets {
+        soma::data::Targets::Values { values, width } => {
+            let kind = match &o.scale_target {
+                Some(s) => s.parse::<ScaleKind>()?,
+                None => ScaleKind::Standard,
+            };
+            let s = Scaler::fit_values(kind, values, *width);
+            scale_targets(&mut train, &s)?;
+            if let Some(v) = val.as_mut() {
+                scale_targets(v, &s)?;
+            }
+            scale_targets(&mut test, &s)?;
+            Some(s)
+        }
+        soma::data::Targets::Classes { .. } => None,
+    };
     Ok(Prepared {
         train,
         val,
         test,
         scaler,
+        target_scaler,
     })
 }
 
@@ -364,7 +395,16 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                         eval.loss,
                         eval.samples
                     ),
-                    None => println!("test loss {:.4} on {} samples", eval.loss, eval.samples),
+                    None => println!(
+                        "test loss {:.4} on {} samples (mean squared error{})",
+                        eval.loss,
+                        eval.samples,
+                        if run_config.options.scale_target.as_deref() == Some("none") {
+                            ""
+                        } else {
+                            " of the scaled targets"
+                        }
+                    ),
                 }
                 println!(
                     "run directory: {} ({wall:.1} s on {adapter})",
@@ -474,7 +514,7 @@ fn train_in(
             }
             history.push(*m);
             write_metrics(&dir.join("metrics.jsonl"), &history)?;
-            save_checkpoint(dir, rc, &t.parameters()?, &data.scaler, t)?;
+            save_checkpoint(dir, rc, &t.parameters()?, data, t)?;
             soma::plot::write_curves(&dir.join("curves.svg"), &history, &title(rc))?;
             epoch_start.set(Instant::now());
             if cmd
@@ -512,7 +552,7 @@ fn train_in(
         );
     }
     model.params = trainer.parameters()?;
-    save_checkpoint(dir, rc, &model.params, &data.scaler, &trainer)?;
+    save_checkpoint(dir, rc, &model.params, data, &trainer)?;
     let eval = model.evaluate(device, rc.loss, &data.test, 1024)?;
     Ok(Outcome::Finished {
         eval,
@@ -552,7 +592,7 @@ fn save_checkpoint(
     dir: &Path,
     rc: &RunConfig,
     params: &soma::Parameters,
-    scaler: &Scaler,
+    data: &Prepared,
     t: &Trainer<'_>,
 ) -> Result<()> {
     let resume = Some(Resume {
@@ -565,8 +605,9 @@ fn save_checkpoint(
         network: rc.network.clone(),
         params: params.clone(),
         loss: rc.loss,
-        scaler: Some(scaler.clone()),
+        scaler: Some(data.scaler.clone()),
         classes: rc.classes,
+        target_scaler: data.target_scaler.clone(),
         resume,
     };
     checkpoint::save(&dir.join("checkpoint.safetensors"), &ck)

@@ -119,6 +119,30 @@ impl Scaler {
         Ok(())
     }
 
+    /// Undoes `apply_row`: `x = x' / scale + offset` (for outputs predicted in scaled units).
+    pub fn invert_row(&self, row: &mut [f32]) -> Result<()> {
+        self.check_width(row.len())?;
+        for ((x, &o), &s) in row.iter_mut().zip(&self.offset).zip(&self.scale) {
+            *x = *x / s + o;
+        }
+        Ok(())
+    }
+
+    /// Fits a scaler to regression targets `(rows, width)` row-major, as `fit` does to
+    /// features.
+    pub fn fit_values(kind: ScaleKind, values: &[f32], width: usize) -> Scaler {
+        let d = Dataset {
+            name: "targets".into(),
+            features: values.to_vec(),
+            width,
+            targets: crate::data::Targets::Values {
+                values: vec![],
+                width,
+            },
+        };
+        Scaler::fit(kind, &d)
+    }
+
     fn scale_row(&self, row: &mut [f32]) {
         for ((x, &o), &s) in row.iter_mut().zip(&self.offset).zip(&self.scale) {
             *x = (*x - o) * s;
