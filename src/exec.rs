@@ -82,6 +82,8 @@ pub struct GpuExec<'a> {
     train: Vec<Dispatch>,
     eval: Vec<Dispatch>,
     snapshot: Vec<(BufId, GpuTensor)>,
+    /// A snapshot was asked for and is taken at the start of the next submitted step.
+    save_pending: bool,
 }
 
 impl<'a> GpuExec<'a> {
@@ -104,6 +106,7 @@ impl<'a> GpuExec<'a> {
             train: vec![],
             eval: vec![],
             snapshot: vec![],
+            save_pending: false,
         };
         exec.train = plan
             .train_step
@@ -318,15 +321,34 @@ impl<'a> GpuExec<'a> {
         }
     }
 
-    /// Records steps `steps` of `pass` into one compute pass and submits it once.
-    fn run(&self, pass: Pass, steps: Range<usize>) -> Result<()> {
-        match pass {
-            Pass::Train => kernels::run_steps(self.gpu, "train step", &self.train, steps),
-            Pass::Eval => kernels::run_steps(self.gpu, "eval step", &self.eval, steps),
+    /// Records steps `steps` of `pass` into one compute pass and submits it once, with a
+    /// pending snapshot's copies ahead of the pass in the same submission.
+    fn run(&mut self, pass: Pass, steps: Range<usize>) -> Result<()> {
+        let (label, dispatches) = match pass {
+            Pass::Train => ("train step", &self.train),
+            Pass::Eval => ("eval step", &self.eval),
+        };
+        if self.save_pending {
+            let pairs = self.snapshot_pairs(true);
+            kernels::run_steps_after_copies(self.gpu, label, dispatches, steps, &pairs)?;
+            self.save_pending = false;
+            Ok(())
+        } else {
+            kernels::run_steps(self.gpu, label, dispatches, steps)
         }
     }
 
-    /// Copies `ids` into snapshot buffers (created on first use) in one submission.
+    /// Takes a pending snapshot now, in a submission of its own.
+    fn flush_save(&mut self) -> Result<()> {
+        if self.save_pending {
+            self.copy_all(true)?;
+            self.save_pending = false;
+        }
+        Ok(())
+    }
+
+    /// Marks `ids` for a snapshot (buffers created on first use); the copies ride along with
+    /// the next submitted step, so taking a snapshot costs no submission of its own.
     fn save(&mut self, ids: &[BufId]) -> Result<()> {
         if self.snapshot.is_empty() {
             for &id in ids {
@@ -336,16 +358,17 @@ impl<'a> GpuExec<'a> {
                 self.snapshot.push((id, copy));
             }
         }
-        self.copy_all(true)
+        self.save_pending = true;
+        Ok(())
     }
 
     fn restore(&mut self) -> Result<()> {
+        self.flush_save()?;
         self.copy_all(false)
     }
 
-    fn copy_all(&self, save: bool) -> Result<()> {
-        let pairs: Vec<(&GpuTensor, &GpuTensor)> = self
-            .snapshot
+    fn snapshot_pairs(&self, save: bool) -> Vec<(&GpuTensor, &GpuTensor)> {
+        self.snapshot
             .iter()
             .map(|(id, copy)| {
                 let live = &self.tensors[*id];
@@ -355,8 +378,11 @@ impl<'a> GpuExec<'a> {
                     (copy, live)
                 }
             })
-            .collect();
-        copy_tensors(self.gpu, &pairs)
+            .collect()
+    }
+
+    fn copy_all(&self, save: bool) -> Result<()> {
+        copy_tensors(self.gpu, &self.snapshot_pairs(save))
     }
 }
 
@@ -778,13 +804,15 @@ impl<'a> Executor<'a> {
     /// Records steps `steps` of `pass` into a compute pass that a host application owns
     /// (GPU only; nothing is submitted).
     pub fn record_into(
-        &self,
+        &mut self,
         pass: Pass,
         steps: Range<usize>,
         cpass: &mut wgpu::ComputePass<'_>,
     ) -> Result<()> {
         match self {
             Executor::Gpu(g) => {
+                // Copies cannot go into a compute pass: a pending snapshot goes on its own.
+                g.flush_save()?;
                 let dispatches = match pass {
                     Pass::Train => &g.train,
                     Pass::Eval => &g.eval,

@@ -224,6 +224,28 @@ pub fn start_read_many(gpu: &Gpu, tensors: &[&GpuTensor]) -> Result<Readback> {
 
 /// Copies each `(src, dst)` pair, whole, in one submission (snapshots of training state).
 pub fn copy_tensors(gpu: &Gpu, pairs: &[(&GpuTensor, &GpuTensor)]) -> Result<()> {
+    check_copies(pairs)?;
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("copy"),
+        });
+    record_copies(&mut encoder, pairs);
+    gpu.submit(vec![encoder.finish()]);
+    Ok(())
+}
+
+/// Records the whole-tensor copies `(src, dst)` into an encoder (checked by `check_copies`).
+pub fn record_copies(encoder: &mut wgpu::CommandEncoder, pairs: &[(&GpuTensor, &GpuTensor)]) {
+    for (src, dst) in pairs {
+        if src.byte_len() > 0 {
+            encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.byte_len());
+        }
+    }
+}
+
+/// Checks that each `(src, dst)` pair has one shape and element type.
+pub fn check_copies(pairs: &[(&GpuTensor, &GpuTensor)]) -> Result<()> {
     for (src, dst) in pairs {
         if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
             return Err(Error::shape(
@@ -233,17 +255,6 @@ pub fn copy_tensors(gpu: &Gpu, pairs: &[(&GpuTensor, &GpuTensor)]) -> Result<()>
             ));
         }
     }
-    let mut encoder = gpu
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("copy"),
-        });
-    for (src, dst) in pairs {
-        if src.byte_len() > 0 {
-            encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.byte_len());
-        }
-    }
-    gpu.submit(vec![encoder.finish()]);
     Ok(())
 }
 

@@ -435,6 +435,24 @@ pub fn run_steps(
     submit_pass(gpu, label, |pass| record_steps(pass, dispatches, steps))
 }
 
+/// `run_steps` with whole-tensor copies recorded ahead of the pass in the same submission
+/// (the trainer's epoch snapshot rides along with the epoch's first step).
+pub fn run_steps_after_copies(
+    gpu: &Gpu,
+    label: &str,
+    dispatches: &[Dispatch],
+    steps: Range<usize>,
+    copies: &[(&GpuTensor, &GpuTensor)],
+) -> Result<()> {
+    crate::tensor::check_copies(copies)?;
+    submit_pass_with(
+        gpu,
+        label,
+        |encoder| crate::tensor::record_copies(encoder, copies),
+        |pass| record_steps(pass, dispatches, steps),
+    )
+}
+
 /// Records steps `steps` of a list of dispatches into a compute pass someone else owns.
 pub fn record_steps(
     pass: &mut wgpu::ComputePass<'_>,
@@ -455,10 +473,21 @@ pub fn submit_pass(
     label: &str,
     record: impl FnOnce(&mut wgpu::ComputePass<'_>),
 ) -> Result<()> {
+    submit_pass_with(gpu, label, |_| {}, record)
+}
+
+/// `submit_pass` with commands recorded into the encoder ahead of the pass.
+pub fn submit_pass_with(
+    gpu: &Gpu,
+    label: &str,
+    before: impl FnOnce(&mut wgpu::CommandEncoder),
+    record: impl FnOnce(&mut wgpu::ComputePass<'_>),
+) -> Result<()> {
     gpu.scoped(label, || {
         let mut encoder = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        before(&mut encoder);
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(label),
