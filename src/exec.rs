@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{self, Accumulate, Dispatch};
 use crate::network::Activation;
-use crate::params::BlockedMatmulParams;
+use crate::params::{BlockedMatmulParams, MatmulParams};
 use crate::plan::{entry, BufId, Op, Plan};
 use crate::tensor::{copy_tensors, start_read_many, DType, GpuTensor};
 
@@ -464,6 +464,24 @@ impl CpuExec {
         }
     }
 
+    /// One matrix product: the form's plain-loop twin, or the gemm with the form's strides.
+    fn matmul(
+        &mut self,
+        out: BufId,
+        a: BufId,
+        b: BufId,
+        p: &MatmulParams,
+        reference: fn(&mut [f32], &[f32], &[f32], &MatmulParams),
+        strides: fn(&MatmulParams) -> BlockedMatmulParams,
+    ) {
+        let mut o = self.take_f(out);
+        match self.matmul {
+            CpuMatmul::Reference => reference(&mut o, self.f(a), self.f(b), p),
+            CpuMatmul::Gemm => cpu::matmul_gemm(&mut o, self.f(a), self.f(b), &strides(p)),
+        }
+        self.bufs[out] = HostBuf::F32(o);
+    }
+
     fn exec(&mut self, op: &Op, step: usize) {
         match op {
             Op::GatherRows {
@@ -511,45 +529,30 @@ impl CpuExec {
                 );
                 self.bufs[*out] = HostBuf::U32(o);
             }
-            Op::MatmulNt { out, a, b, params } => {
-                let mut o = self.take_f(*out);
-                match self.matmul {
-                    CpuMatmul::Reference => cpu::matmul_nt(&mut o, self.f(*a), self.f(*b), params),
-                    CpuMatmul::Gemm => cpu::matmul_gemm(
-                        &mut o,
-                        self.f(*a),
-                        self.f(*b),
-                        &BlockedMatmulParams::nt(params),
-                    ),
-                }
-                self.bufs[*out] = HostBuf::F32(o);
-            }
-            Op::MatmulNn { out, a, b, params } => {
-                let mut o = self.take_f(*out);
-                match self.matmul {
-                    CpuMatmul::Reference => cpu::matmul_nn(&mut o, self.f(*a), self.f(*b), params),
-                    CpuMatmul::Gemm => cpu::matmul_gemm(
-                        &mut o,
-                        self.f(*a),
-                        self.f(*b),
-                        &BlockedMatmulParams::nn(params),
-                    ),
-                }
-                self.bufs[*out] = HostBuf::F32(o);
-            }
-            Op::MatmulTn { out, a, b, params } => {
-                let mut o = self.take_f(*out);
-                match self.matmul {
-                    CpuMatmul::Reference => cpu::matmul_tn(&mut o, self.f(*a), self.f(*b), params),
-                    CpuMatmul::Gemm => cpu::matmul_gemm(
-                        &mut o,
-                        self.f(*a),
-                        self.f(*b),
-                        &BlockedMatmulParams::tn(params),
-                    ),
-                }
-                self.bufs[*out] = HostBuf::F32(o);
-            }
+            Op::MatmulNt { out, a, b, params } => self.matmul(
+                *out,
+                *a,
+                *b,
+                params,
+                cpu::matmul_nt,
+                BlockedMatmulParams::nt,
+            ),
+            Op::MatmulNn { out, a, b, params } => self.matmul(
+                *out,
+                *a,
+                *b,
+                params,
+                cpu::matmul_nn,
+                BlockedMatmulParams::nn,
+            ),
+            Op::MatmulTn { out, a, b, params } => self.matmul(
+                *out,
+                *a,
+                *b,
+                params,
+                cpu::matmul_tn,
+                BlockedMatmulParams::tn,
+            ),
             Op::BiasActivationForward {
                 out,
                 pre,
