@@ -84,3 +84,50 @@ fn gather_labels(@builtin(global_invocation_id) gid: vec3<u32>,
         gl_out[r] = 0u;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The two row gathers four columns at a time, for `cols` a multiple of 4 (chosen in
+// src/kernels/ops.rs): the same values with a quarter of the memory accesses, which is what
+// a software adapter such as llvmpipe pays for. For bytes, four neighbours of a row are one
+// whole word (rows start on a word boundary when cols is a multiple of 4).
+
+@group(0) @binding(0) var<storage, read_write> gr4_out: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> gr4_data: array<vec4<f32>>;
+
+@compute @workgroup_size(256, 1, 1)
+fn gather_rows_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
+                    @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    let cv = gr_p.cols / 4u;
+    if (i >= gr_p.batch_rows * cv) {
+        return;
+    }
+    let r = i / cv;
+    let c = i % cv;
+    if (r < gr_p.rows) {
+        gr4_out[i] = gr4_data[gr_indices[gr_p.start + r] * cv + c];
+    } else {
+        gr4_out[i] = vec4<f32>(0.0);
+    }
+}
+
+@group(0) @binding(0) var<storage, read_write> gb4_out: array<vec4<f32>>;
+
+@compute @workgroup_size(256, 1, 1)
+fn gather_rows_u8_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
+                       @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    let cv = gb_p.cols / 4u;
+    if (i >= gb_p.batch_rows * cv) {
+        return;
+    }
+    let r = i / cv;
+    let c = i % cv;
+    if (r < gb_p.rows) {
+        let word = gb_data[gb_indices[gb_p.start + r] * cv + c];
+        let bytes = vec4<u32>(word & 0xffu, (word >> 8u) & 0xffu, (word >> 16u) & 0xffu, word >> 24u);
+        gb4_out[i] = vec4<f32>(bytes) / gb_p.divisor;
+    } else {
+        gb4_out[i] = vec4<f32>(0.0);
+    }
+}

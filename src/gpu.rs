@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::autotune::Autotuner;
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, MatmulVariant, Pipeline};
 
@@ -68,6 +69,7 @@ pub struct Gpu {
     ownership: Ownership,
     pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
     matmul: Mutex<MatmulVariant>,
+    autotuner: Mutex<Autotuner>,
     submissions: AtomicU64,
     maps: AtomicU64,
 }
@@ -234,12 +236,14 @@ impl Gpu {
             limits,
             ownership,
             pipelines: Mutex::new(HashMap::new()),
-            matmul: Mutex::new(
-                std::env::var("SOMA_MATMUL")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_default(),
-            ),
+            matmul: Mutex::new(match std::env::var("SOMA_MATMUL") {
+                Ok(v) => v.parse().unwrap_or_else(|e| {
+                    log::warn!("SOMA_MATMUL ignored: {e}");
+                    MatmulVariant::default()
+                }),
+                Err(_) => MatmulVariant::default(),
+            }),
+            autotuner: Mutex::new(Autotuner::default()),
             submissions: AtomicU64::new(0),
             maps: AtomicU64::new(0),
         }
@@ -260,7 +264,13 @@ impl Gpu {
         self.ownership
     }
 
-    /// The matmul kernel new dispatches use (`SOMA_MATMUL=naive|blocked`, default blocked).
+    /// The matmul tuner's state: the choices made or loaded so far (`autotune.rs`).
+    pub fn autotuner(&self) -> std::sync::MutexGuard<'_, Autotuner> {
+        self.autotuner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The matmul kernel new dispatches use (`SOMA_MATMUL=naive|blocked|tuned|<tile>`,
+    /// default tuned).
     pub fn matmul_variant(&self) -> MatmulVariant {
         self.matmul.lock().map(|v| *v).unwrap_or_default()
     }

@@ -1,6 +1,7 @@
 //! soma trains feedforward neural networks on any GPU that wgpu reaches, with WGSL compute
 //! shaders, and checks every GPU result against a plain-Rust CPU reference.
 
+pub mod autotune;
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;

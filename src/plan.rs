@@ -453,7 +453,7 @@ impl Plan {
         let batch_values = has_values.then(|| b.f32("batch targets", &[batch, outputs]));
         let row_loss = b.f32("row loss", &[batch]);
         let grad_out = b.f32("loss gradient", &[batch, outputs]);
-        let dummy = b.f32("no bias", &[1]);
+        let dummy = b.f32("no bias", &[4]);
 
         let data_bufs = |b: &mut Builder, d: &Dataset, what: &str| -> Result<DataBufs> {
             let (labels, values) = targets_for(loss, outputs, d)?;

@@ -351,7 +351,7 @@ fn small_host_limits_give_too_large_not_a_panic() {
     let largest = embed::largest_buffer(&workload).unwrap();
     assert_eq!(largest, 200 * 64 * 4);
     // As `required_limits` documents: no soma dispatch binds more than four storage buffers.
-    assert!(soma::Kernel::ALL.iter().all(|k| k.spec().2.len() <= 4));
+    assert!(soma::Kernel::all().iter().all(|k| k.spec().2.len() <= 4));
     let required = embed::required_limits(&workload).unwrap();
     assert_eq!(
         required.max_storage_buffer_binding_size,

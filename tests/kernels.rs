@@ -1,12 +1,13 @@
 //! Every kernel against its CPU twin on seeded random inputs, at odd shapes (1x1, 1xn, 7x3,
-//! 33x17, 129x65 and one dimension >= 512). Tolerances are abs + rel and chosen per kernel
+//! 33x17, 129x65 and one dimension >= 512) and at widths that are multiples of 4 (the vec4
+//! forms). Tolerances are abs + rel and chosen per kernel
 //! (the reason is next to each). GPU tests print SKIPPED without an adapter and fail when
 //! SOMA_REQUIRE_GPU=1.
 
 mod common;
 
 use common::{assert_close, gpu, TestRng};
-use soma::kernels::{self, Accumulate, MatmulVariant};
+use soma::kernels::{self, Accumulate, MatmulVariant, TILES};
 use soma::params::*;
 use soma::Loss;
 use soma::{cpu, Activation, Gpu, GpuTensor};
@@ -20,6 +21,10 @@ const SHAPES: &[(usize, usize)] = &[
     (129, 65),
     (600, 5),
     (3, 530),
+    // cols a multiple of 4: the vec4 forms of the element-wise kernels, column sums and
+    // gathers (the first also has a length that is not a multiple of 256).
+    (5, 12),
+    (129, 64),
 ];
 
 fn up(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> GpuTensor {
@@ -55,12 +60,90 @@ fn matmul_forms_match_cpu() {
         (33, 16, 9),
         (33, 16, 12),
         (130, 784, 36),
+        // Whole blocks of every generated tile (m a multiple of 64, n of 32), one with
+        // several blocks across; other shapes send a forced tile to the blocked kernel.
+        (64, 20, 32),
+        (128, 8, 96),
     ];
-    for variant in [MatmulVariant::Naive, MatmulVariant::Blocked] {
+    let mut variants = vec![MatmulVariant::Naive, MatmulVariant::Blocked];
+    variants.extend(TILES.iter().map(|&t| MatmulVariant::Tile(t)));
+    variants.push(MatmulVariant::Tuned);
+    for variant in variants {
         gpu.set_matmul_variant(variant);
         matmul_cases(gpu, &cases, variant);
     }
     gpu.set_matmul_variant(MatmulVariant::default());
+}
+
+/// Every generated tile sums each output in the order of the naive kernel (k = 0, 1, ...,
+/// separate multiply and add). Where the naive kernel's bits equal the CPU twin's (a driver
+/// that does not contract into fused multiply-adds, as lavapipe), the tiles must give exactly
+/// those bits too; elsewhere the tolerance test above covers them.
+#[test]
+fn matmul_tiles_sum_in_naive_order() {
+    let Some(gpu) = gpu("matmul_tiles_sum_in_naive_order") else {
+        return;
+    };
+    let (m, k, n) = (128, 36, 64);
+    let mut rng = TestRng::new(5);
+    let p = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: 0,
+    };
+    type Form =
+        fn(&Gpu, &GpuTensor, &GpuTensor, &GpuTensor, Accumulate) -> soma::Result<soma::Dispatch>;
+    type Twin = fn(&mut [f32], &[f32], &[f32], &MatmulParams);
+    // (name, GPU product, CPU twin, shape of a, shape of b)
+    type Case = (&'static str, Form, Twin, [usize; 2], [usize; 2]);
+    let forms: [Case; 3] = [
+        ("nt", kernels::matmul_nt, cpu::matmul_nt, [m, k], [n, k]),
+        ("nn", kernels::matmul_nn, cpu::matmul_nn, [m, k], [k, n]),
+        ("tn", kernels::matmul_tn, cpu::matmul_tn, [k, m], [k, n]),
+    ];
+    let mut exact_forms = 0;
+    for (name, form, twin, a_shape, b_shape) in forms {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let b = rng.vec(k * n, -1.0, 1.0);
+        let at = up(gpu, "a", &a_shape, &a);
+        let bt = up(gpu, "b", &b_shape, &b);
+        let product = |variant: MatmulVariant| {
+            gpu.set_matmul_variant(variant);
+            let out = GpuTensor::zeros(gpu, "out", &[m, n]).unwrap();
+            run(
+                gpu,
+                &form(gpu, &out, &at, &bt, Accumulate::Overwrite).unwrap(),
+            );
+            out.read(gpu).unwrap()
+        };
+        let naive = product(MatmulVariant::Naive);
+        let mut want = vec![0.0; m * n];
+        twin(&mut want, &a, &b, &p);
+        if naive
+            .iter()
+            .zip(&want)
+            .any(|(x, y)| x.to_bits() != y.to_bits())
+        {
+            println!("matmul_{name}: the driver's naive sums differ from the CPU twin's in the last bits; tolerance only");
+            continue;
+        }
+        exact_forms += 1;
+        for &t in TILES {
+            let got = product(MatmulVariant::Tile(t));
+            let same = got
+                .iter()
+                .zip(&naive)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "matmul_{name} {}: not the naive kernel's bits",
+                t.name()
+            );
+        }
+    }
+    gpu.set_matmul_variant(MatmulVariant::default());
+    println!("matmul tiles: bitwise equal to naive in {exact_forms} of 3 forms");
 }
 
 fn matmul_cases(gpu: &Gpu, cases: &[(usize, usize, usize)], variant: MatmulVariant) {
@@ -492,7 +575,7 @@ fn optimizers_match_cpu() {
         return;
     };
     let mut rng = TestRng::new(8);
-    for len in [1usize, 7, 561, 1757, 70_000] {
+    for len in [1usize, 7, 64, 561, 1757, 70_000] {
         let param = rng.vec(len, -1.0, 1.0);
         let grad = rng.vec(len, -1.0, 1.0);
         let state = rng.vec(len, -0.1, 0.1);

@@ -38,7 +38,7 @@ fn every_shader_parses_and_validates() {
 
 #[test]
 fn every_kernel_entry_point_exists_with_its_bindings() {
-    for &k in Kernel::ALL {
+    for k in Kernel::all() {
         let (shader, entry, storage, uniform) = k.spec();
         let module = parse(shader.file, shader.source);
         let ep = module

@@ -10,7 +10,7 @@ use crate::network::Activation;
 use crate::params::*;
 use crate::tensor::{DType, GpuTensor};
 
-use super::{Dispatch, Kernel};
+use super::{Dispatch, Kernel, MatmulForm, Tile, TILES};
 
 // ---------------------------------------------------------------------------------------
 // Grids
@@ -118,15 +118,20 @@ fn blocked_grid(m: usize, n: usize) -> [u32; 3] {
 }
 
 /// Which matmul kernel the three forms dispatch to. The naive kernels stay as the
-/// yardstick; both pass the same twin tests.
+/// yardstick; every variant passes the same twin tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum MatmulVariant {
     /// One invocation per output (`matmul_nt`, `matmul_nn`, `matmul_tn`).
     Naive,
     /// 4 x 4 register blocks (`matmul_blocked`), with vec4 loads where the shapes allow
     /// (`matmul_nt_vec4` when k is a multiple of 4, `matmul_nn_vec4` when k and n are).
-    #[default]
     Blocked,
+    /// One generated tile wherever it fits the shape (see [`Tile::fits`]), blocked elsewhere.
+    Tile(Tile),
+    /// Per product, the fastest of blocked and the tiles that fit, measured on this adapter
+    /// at first use and cached on disk (`autotune.rs`).
+    #[default]
+    Tuned,
 }
 
 impl std::str::FromStr for MatmulVariant {
@@ -135,9 +140,40 @@ impl std::str::FromStr for MatmulVariant {
         match s {
             "naive" => Ok(MatmulVariant::Naive),
             "blocked" => Ok(MatmulVariant::Blocked),
-            _ => Err(Error::Config(format!(
-                "unknown matmul variant '{s}' (naive, blocked)"
-            ))),
+            "tuned" => Ok(MatmulVariant::Tuned),
+            _ => Tile::parse(s).map(MatmulVariant::Tile).ok_or_else(|| {
+                let tiles: Vec<String> = TILES.iter().map(|t| t.name()).collect();
+                Error::Config(format!(
+                    "unknown matmul variant '{s}' (naive, blocked, tuned, or a tile: {})",
+                    tiles.join(", ")
+                ))
+            }),
+        }
+    }
+}
+
+/// The kernel one product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulChoice {
+    Naive,
+    Blocked,
+    Tile(Tile),
+}
+
+impl MatmulChoice {
+    pub fn name(self) -> String {
+        match self {
+            MatmulChoice::Naive => "naive".into(),
+            MatmulChoice::Blocked => "blocked".into(),
+            MatmulChoice::Tile(t) => t.name(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MatmulChoice> {
+        match s {
+            "naive" => Some(MatmulChoice::Naive),
+            "blocked" => Some(MatmulChoice::Blocked),
+            _ => Tile::parse(s).map(MatmulChoice::Tile),
         }
     }
 }
@@ -150,7 +186,7 @@ pub fn matmul_nt(
     b: &GpuTensor,
     acc: Accumulate,
 ) -> Result<Dispatch> {
-    matmul(gpu, Form::Nt, out, a, b, acc)
+    matmul(gpu, MatmulForm::Nt, out, a, b, acc)
 }
 
 /// `out (m, n) = a (m, k) · b (k, n)` — the input delta `dX = dY·W`.
@@ -161,7 +197,7 @@ pub fn matmul_nn(
     b: &GpuTensor,
     acc: Accumulate,
 ) -> Result<Dispatch> {
-    matmul(gpu, Form::Nn, out, a, b, acc)
+    matmul(gpu, MatmulForm::Nn, out, a, b, acc)
 }
 
 /// `out (m, n) = a (k, m)ᵀ · b (k, n)` — the weight gradient `dW = dYᵀ·X`.
@@ -172,65 +208,97 @@ pub fn matmul_tn(
     b: &GpuTensor,
     acc: Accumulate,
 ) -> Result<Dispatch> {
-    matmul(gpu, Form::Tn, out, a, b, acc)
+    matmul(gpu, MatmulForm::Tn, out, a, b, acc)
 }
 
-/// Which operand of a product is read transposed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Form {
-    Nt,
-    Nn,
-    Tn,
-}
-
-/// The three forms: shapes checked, then the naive kernel of the form or the blocked one.
+/// The three forms: shapes checked, then the kernel the variant (or the tuner) picks.
 fn matmul(
     gpu: &Gpu,
-    form: Form,
+    form: MatmulForm,
     out: &GpuTensor,
     a: &GpuTensor,
     b: &GpuTensor,
     acc: Accumulate,
 ) -> Result<Dispatch> {
-    let (op, naive) = match form {
-        Form::Nt => ("matmul_nt", Kernel::MatmulNt),
-        Form::Nn => ("matmul_nn", Kernel::MatmulNn),
-        Form::Tn => ("matmul_tn", Kernel::MatmulTn),
+    let op = match form {
+        MatmulForm::Nt => "matmul_nt",
+        MatmulForm::Nn => "matmul_nn",
+        MatmulForm::Tn => "matmul_tn",
     };
     let (a_rows, a_cols) = matrix(op, a)?;
     let (b_rows, b_cols) = matrix(op, b)?;
     // (m, k) from a, n from b, then b and out must agree.
     let (m, k, n, b_shape) = match form {
-        Form::Nt => (a_rows, a_cols, b_rows, (b_rows, a_cols)),
-        Form::Nn => (a_rows, a_cols, b_cols, (a_cols, b_cols)),
-        Form::Tn => (a_cols, a_rows, b_cols, (a_rows, b_cols)),
+        MatmulForm::Nt => (a_rows, a_cols, b_rows, (b_rows, a_cols)),
+        MatmulForm::Nn => (a_rows, a_cols, b_cols, (a_cols, b_cols)),
+        MatmulForm::Tn => (a_cols, a_rows, b_cols, (a_rows, b_cols)),
     };
     expect_shape(op, b, b_shape)?;
     expect_shape(op, out, (m, n))?;
     let p = matmul_params(op, m, n, k, acc)?;
-    match gpu.matmul_variant() {
-        MatmulVariant::Naive => Dispatch::new(gpu, naive, &[out, a, b], &[p], matmul_grid(m, n)),
+    let choice = match gpu.matmul_variant() {
+        MatmulVariant::Naive => MatmulChoice::Naive,
+        MatmulVariant::Blocked => MatmulChoice::Blocked,
+        MatmulVariant::Tile(t) if t.fits(form, m, n, k, acc) => MatmulChoice::Tile(t),
+        MatmulVariant::Tile(_) => MatmulChoice::Blocked,
+        MatmulVariant::Tuned => crate::autotune::choose(gpu, form, m, n, k, acc)?,
+    };
+    matmul_dispatch(gpu, form, choice, out, a, b, &p)
+}
+
+/// The dispatch of one product on the kernel `choice` names (shapes already checked; a tile
+/// must fit them).
+pub(crate) fn matmul_dispatch(
+    gpu: &Gpu,
+    form: MatmulForm,
+    choice: MatmulChoice,
+    out: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    p: &MatmulParams,
+) -> Result<Dispatch> {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    match choice {
+        MatmulChoice::Naive => {
+            let naive = match form {
+                MatmulForm::Nt => Kernel::MatmulNt,
+                MatmulForm::Nn => Kernel::MatmulNn,
+                MatmulForm::Tn => Kernel::MatmulTn,
+            };
+            Dispatch::new(gpu, naive, &[out, a, b], &[*p], matmul_grid(m, n))
+        }
+        MatmulChoice::Tile(t) => Dispatch::new(
+            gpu,
+            Kernel::MatmulTile(form, t),
+            &[out, a, b],
+            &[*p],
+            t.grid(m, n),
+        ),
         // vec4 loads where the shapes allow them (see shaders/matmul.wgsl). A vec4 form
         // of dW = dYᵀ·X was tried and was slower at training shapes on lavapipe.
-        MatmulVariant::Blocked if form == Form::Nt && k % 4 == 0 => Dispatch::new(
+        MatmulChoice::Blocked if form == MatmulForm::Nt && k.is_multiple_of(4) => Dispatch::new(
             gpu,
             Kernel::MatmulNtVec4,
             &[out, a, b],
-            &[BlockedMatmulParams::nt(&p)],
+            &[BlockedMatmulParams::nt(p)],
             blocked_grid(m, n),
         ),
-        MatmulVariant::Blocked if form == Form::Nn && k % 4 == 0 && n % 4 == 0 => Dispatch::new(
-            gpu,
-            Kernel::MatmulNnVec4,
-            &[out, a, b],
-            &[BlockedMatmulParams::nn(&p)],
-            blocked_grid(m, n),
-        ),
-        MatmulVariant::Blocked => {
+        MatmulChoice::Blocked
+            if form == MatmulForm::Nn && k.is_multiple_of(4) && n.is_multiple_of(4) =>
+        {
+            Dispatch::new(
+                gpu,
+                Kernel::MatmulNnVec4,
+                &[out, a, b],
+                &[BlockedMatmulParams::nn(p)],
+                blocked_grid(m, n),
+            )
+        }
+        MatmulChoice::Blocked => {
             let strides = match form {
-                Form::Nt => BlockedMatmulParams::nt(&p),
-                Form::Nn => BlockedMatmulParams::nn(&p),
-                Form::Tn => BlockedMatmulParams::tn(&p),
+                MatmulForm::Nt => BlockedMatmulParams::nt(p),
+                MatmulForm::Nn => BlockedMatmulParams::nn(p),
+                MatmulForm::Tn => BlockedMatmulParams::tn(p),
             };
             Dispatch::new(
                 gpu,
@@ -292,13 +360,14 @@ pub fn bias_activation_forward(
     }
     u32_of(op, "rows*cols", rows * cols)?;
     let p = activation_params(rows, cols, act, bias.is_some());
-    Dispatch::new(
-        gpu,
-        Kernel::BiasActivationForward,
-        &[out, pre, bias.unwrap_or(dummy)],
-        &[p],
-        grid_1d(gpu, rows * cols),
-    )
+    let bias = bias.unwrap_or(dummy);
+    // vec4 when rows are whole vec4s (and the bias binding holds at least one).
+    let (kernel, lanes) = if cols.is_multiple_of(4) && bias.len() >= 4 {
+        (Kernel::BiasActivationForwardVec4, rows * cols / 4)
+    } else {
+        (Kernel::BiasActivationForward, rows * cols)
+    };
+    Dispatch::new(gpu, kernel, &[out, pre, bias], &[p], grid_1d(gpu, lanes))
 }
 
 /// `dpre = dout * act'(pre)`, element-wise over `(rows, cols)`.
@@ -315,13 +384,12 @@ pub fn activation_backward(
     expect_shape(op, dout, (rows, cols))?;
     u32_of(op, "rows*cols", rows * cols)?;
     let p = activation_params(rows, cols, act, false);
-    Dispatch::new(
-        gpu,
-        Kernel::ActivationBackward,
-        &[dpre, dout, pre],
-        &[p],
-        grid_1d(gpu, rows * cols),
-    )
+    let (kernel, lanes) = if (rows * cols).is_multiple_of(4) {
+        (Kernel::ActivationBackwardVec4, rows * cols / 4)
+    } else {
+        (Kernel::ActivationBackward, rows * cols)
+    };
+    Dispatch::new(gpu, kernel, &[dpre, dout, pre], &[p], grid_1d(gpu, lanes))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -337,7 +405,12 @@ pub fn column_sum(gpu: &Gpu, out: &GpuTensor, x: &GpuTensor, acc: Accumulate) ->
         accumulate: acc.flag(),
         ..Default::default()
     };
-    Dispatch::new(gpu, Kernel::ColumnSum, &[out, x], &[p], grid_rows(cols))
+    if cols.is_multiple_of(4) {
+        let groups = (cols as u32 / 4).div_ceil(8);
+        Dispatch::new(gpu, Kernel::ColumnSumVec4, &[out, x], &[p], [groups, 1, 1])
+    } else {
+        Dispatch::new(gpu, Kernel::ColumnSum, &[out, x], &[p], grid_rows(cols))
+    }
 }
 
 /// `out[0] = Σ x` (or `+=` with `Accumulate::Add`), in a fixed order.
@@ -518,6 +591,16 @@ pub fn binary_cross_entropy(
 // ---------------------------------------------------------------------------------------
 // Optimizer updates
 
+/// The vec4 form of an element-wise kernel (a quarter of the invocations) when `len` is a
+/// multiple of 4, else the scalar one.
+fn vec4_or(len: usize, scalar: Kernel, vec4: Kernel) -> (Kernel, usize) {
+    if len.is_multiple_of(4) {
+        (vec4, len / 4)
+    } else {
+        (scalar, len)
+    }
+}
+
 fn check_param_pair(op: &str, param: &GpuTensor, other: &GpuTensor) -> Result<u32> {
     expect_len(op, other, param.len())?;
     u32_of(op, "len", param.len())
@@ -532,13 +615,8 @@ pub fn sgd_update(
 ) -> Result<Dispatch> {
     let len = check_param_pair("sgd_update", param, grad)?;
     let p = SgdParams { len, ..params };
-    Dispatch::new(
-        gpu,
-        Kernel::SgdUpdate,
-        &[param, grad],
-        &[p],
-        grid_1d(gpu, param.len()),
-    )
+    let (kernel, lanes) = vec4_or(param.len(), Kernel::SgdUpdate, Kernel::SgdUpdateVec4);
+    Dispatch::new(gpu, kernel, &[param, grad], &[p], grid_1d(gpu, lanes))
 }
 
 /// `v = momentum v + (g + wd p); p -= lr v`.
@@ -552,12 +630,17 @@ pub fn momentum_update(
     let len = check_param_pair("momentum_update", param, grad)?;
     check_param_pair("momentum_update", param, velocity)?;
     let p = SgdParams { len, ..params };
+    let (kernel, lanes) = vec4_or(
+        param.len(),
+        Kernel::MomentumUpdate,
+        Kernel::MomentumUpdateVec4,
+    );
     Dispatch::new(
         gpu,
-        Kernel::MomentumUpdate,
+        kernel,
         &[param, velocity, grad],
         &[p],
-        grid_1d(gpu, param.len()),
+        grid_1d(gpu, lanes),
     )
 }
 
@@ -574,13 +657,8 @@ pub fn adam_update(
     check_param_pair("adam_update", param, m)?;
     check_param_pair("adam_update", param, v)?;
     let p = AdamParams { len, ..params };
-    Dispatch::new(
-        gpu,
-        Kernel::AdamUpdate,
-        &[param, m, v, grad],
-        &[p],
-        grid_1d(gpu, param.len()),
-    )
+    let (kernel, lanes) = vec4_or(param.len(), Kernel::AdamUpdate, Kernel::AdamUpdateVec4);
+    Dispatch::new(gpu, kernel, &[param, m, v, grad], &[p], grid_1d(gpu, lanes))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -636,12 +714,17 @@ pub fn gather_rows(
     }
     u32_of("gather_rows", "data size", data.len())?;
     let p = gather_params("gather_rows", batch_rows, cols, indices, start, rows)?;
+    let (kernel, lanes) = if cols.is_multiple_of(4) {
+        (Kernel::GatherRowsVec4, batch_rows * cols / 4)
+    } else {
+        (Kernel::GatherRows, batch_rows * cols)
+    };
     Dispatch::new(
         gpu,
-        Kernel::GatherRows,
+        kernel,
         &[out, data, indices],
         &[p],
-        grid_1d(gpu, batch_rows * cols),
+        grid_1d(gpu, lanes),
     )
 }
 
@@ -662,12 +745,17 @@ pub fn gather_rows_u8(
     u32_of("gather_rows_u8", "data bytes", data.len() * 4)?;
     let mut p = gather_params("gather_rows_u8", batch_rows, cols, indices, start, rows)?;
     p.divisor = divisor;
+    let (kernel, lanes) = if cols.is_multiple_of(4) {
+        (Kernel::GatherRowsU8Vec4, batch_rows * cols / 4)
+    } else {
+        (Kernel::GatherRowsU8, batch_rows * cols)
+    };
     Dispatch::new(
         gpu,
-        Kernel::GatherRowsU8,
+        kernel,
         &[out, data, indices],
         &[p],
-        grid_1d(gpu, batch_rows * cols),
+        grid_1d(gpu, lanes),
     )
 }
 

@@ -1,0 +1,315 @@
+//! Register-tiled matmul kernels, generated: one WGSL entry point per form and tile shape.
+//!
+//! Each invocation computes a `rows x cols` block of `out`, keeping every partial sum in its
+//! own variable and loading its operands as vec4. Per step of 4 in k an invocation loads
+//! `4 * (rows + cols)` values for `4 * rows * cols` multiply-adds, so a bigger tile does more
+//! arithmetic per load. That is what counts on a software adapter like llvmpipe, which runs
+//! eight invocations per 256-bit vector and fetches each invocation's loads one lane at a
+//! time: there a 64 x 32 tile runs 1024³ at about 50-56 GFLOP/s against 16 for a 4 x 4 one.
+//! A hardware GPU wants small tiles and many invocations instead. The tile sizes are unrolled
+//! into the source (WGSL cannot size a private array or unroll a loop by an `override`), so
+//! the source is generated here, once per shape, and cached; which shape runs is chosen per
+//! adapter and problem size by `autotune.rs`.
+//!
+//! The k-sum of every output runs in order 0..k-1 with a separate multiply and add, as in the
+//! naive kernels and their CPU twins, so a tiled kernel gives the same bits as the naive one
+//! on a driver that does not contract them into fused multiply-adds (lavapipe does not:
+//! `tests/kernels.rs` checks it there).
+//!
+//! Shapes each form needs (vec4 loads along the contiguous dimension):
+//! - nt `out (m, n) = a (m, k) · b (n, k)ᵀ`: k a multiple of 4;
+//! - nn `out (m, n) = a (m, k) · b (k, n)`: k a multiple of 4;
+//! - tn `out (m, n) = a (k, m)ᵀ · b (k, n)`: any k;
+//!
+//! and for all three, whole blocks only (m a multiple of `rows`, n of `cols`, both tile sizes
+//! multiples of 4) and overwriting only. Every bounds check, edge clamp or accumulate branch
+//! per output was tried and multiplied llvmpipe's compile time of the bigger tiles (from ~2
+//! to 8-46 s), so the other shapes go to the blocked kernel instead ([`Tile::fits`]).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::{Mutex, OnceLock};
+
+/// Which operand of a product is read transposed (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MatmulForm {
+    /// `out = a · bᵀ`, the forward product `Y = X·Wᵀ`.
+    Nt,
+    /// `out = a · b`, the input delta `dX = dY·W`.
+    Nn,
+    /// `out = aᵀ · b`, the weight gradient `dW = dYᵀ·X`.
+    Tn,
+}
+
+impl MatmulForm {
+    pub const ALL: [MatmulForm; 3] = [MatmulForm::Nt, MatmulForm::Nn, MatmulForm::Tn];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulForm::Nt => "nt",
+            MatmulForm::Nn => "nn",
+            MatmulForm::Tn => "tn",
+        }
+    }
+}
+
+/// The block of outputs one invocation computes, and the workgroup shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tile {
+    pub rows: u8,
+    pub cols: u8,
+    pub wx: u8,
+    pub wy: u8,
+}
+
+impl Tile {
+    pub const fn new(rows: u8, cols: u8, wx: u8, wy: u8) -> Tile {
+        Tile { rows, cols, wx, wy }
+    }
+
+    /// `r64c32w8x1` and the like (also what `SOMA_MATMUL` accepts).
+    pub fn name(self) -> String {
+        format!("r{}c{}w{}x{}", self.rows, self.cols, self.wx, self.wy)
+    }
+
+    pub fn parse(s: &str) -> Option<Tile> {
+        let rest = s.strip_prefix('r')?;
+        let (rows, rest) = rest.split_once('c')?;
+        let (cols, rest) = rest.split_once('w')?;
+        let (wx, wy) = rest.split_once('x')?;
+        let t = Tile::new(
+            rows.parse().ok()?,
+            cols.parse().ok()?,
+            wx.parse().ok()?,
+            wy.parse().ok()?,
+        );
+        TILES.contains(&t).then_some(t)
+    }
+
+    /// Outputs per workgroup: (rows, columns).
+    pub fn workgroup_block(self) -> (u32, u32) {
+        (
+            self.rows as u32 * self.wy as u32,
+            self.cols as u32 * self.wx as u32,
+        )
+    }
+
+    /// Whether this tile can run `form` at these sizes: whole blocks only (m a multiple of
+    /// `rows`, n of `cols`), overwriting only, and the vec4 rules above.
+    pub fn fits(
+        self,
+        form: MatmulForm,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: crate::kernels::Accumulate,
+    ) -> bool {
+        if acc != crate::kernels::Accumulate::Overwrite
+            || !m.is_multiple_of(self.rows as usize)
+            || !n.is_multiple_of(self.cols as usize)
+        {
+            return false;
+        }
+        match form {
+            MatmulForm::Nt => k.is_multiple_of(4) && self.cols.is_multiple_of(4),
+            MatmulForm::Nn => k.is_multiple_of(4) && self.cols.is_multiple_of(4),
+            MatmulForm::Tn => self.rows.is_multiple_of(4) && self.cols.is_multiple_of(4),
+        }
+    }
+
+    /// The grid covering an `m x n` output.
+    pub fn grid(self, m: usize, n: usize) -> [u32; 3] {
+        let (br, bc) = self.workgroup_block();
+        [(n as u32).div_ceil(bc), (m as u32).div_ceil(br), 1]
+    }
+}
+
+/// The tile shapes soma generates, from the GPU-friendly 4 x 4 (256 outputs per 8 x 8
+/// workgroup) to the 64 x 32 blocks that suit a software rasteriser.
+pub const TILES: &[Tile] = &[
+    Tile::new(4, 4, 8, 8),
+    Tile::new(8, 8, 8, 8),
+    Tile::new(16, 16, 8, 2),
+    Tile::new(32, 32, 8, 1),
+    Tile::new(64, 32, 8, 1),
+];
+
+/// The entry point name of a generated kernel, e.g. `matmul_nn_r64c32w8x1`.
+pub fn entry_name(form: MatmulForm, tile: Tile) -> String {
+    format!("matmul_{}_{}", form.name(), tile.name())
+}
+
+/// The generated source and entry point of one kernel, built once per process.
+pub fn generated(form: MatmulForm, tile: Tile) -> (&'static str, &'static str) {
+    type Sources = HashMap<(MatmulForm, Tile), (&'static str, &'static str)>;
+    static CACHE: OnceLock<Mutex<Sources>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    *map.entry((form, tile)).or_insert_with(|| {
+        // A handful of (form, tile) pairs exist (TILES x 3), so leaking them is bounded.
+        let entry: &'static str = Box::leak(entry_name(form, tile).into_boxed_str());
+        let source: &'static str = Box::leak(source(form, tile).into_boxed_str());
+        (source, entry)
+    })
+}
+
+/// The WGSL of one generated kernel.
+pub fn source(form: MatmulForm, tile: Tile) -> String {
+    let mut s = String::new();
+    let entry = entry_name(form, tile);
+    let (r, c, wx, wy) = (tile.rows as u32, tile.cols as u32, tile.wx, tile.wy);
+    let out_ty = "array<vec4<f32>>";
+    let _ = write!(
+        s,
+        "// Generated by soma (src/kernels/tiled.rs): {entry}, {r} x {c} outputs per invocation.\n\
+         struct MatmulParams {{\n    m: u32,\n    n: u32,\n    k: u32,\n    accumulate: u32,\n}}\n\n\
+         @group(0) @binding(0) var<storage, read_write> out: {out_ty};\n\
+         @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;\n\
+         @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;\n\
+         @group(0) @binding(3) var<uniform> p: MatmulParams;\n\n\
+         @compute @workgroup_size({wx}, {wy}, 1)\n\
+         fn {entry}(@builtin(global_invocation_id) gid: vec3<u32>) {{\n"
+    );
+    let mut line = |text: String| {
+        s.push_str("    ");
+        s.push_str(&text);
+        s.push('\n');
+    };
+    match form {
+        MatmulForm::Nt => {
+            // acc_i_j: vec4 of 4 columns. Rows of a and of b are vec4 along k; the four
+            // b rows of a column group are read across (y0.x, y1.x, y2.x, y3.x) per step.
+            let cv = c / 4;
+            line("let kv = p.k / 4u;".into());
+            line("let nv = p.n / 4u;".into());
+            line(format!("let row0 = gid.y * {r}u;"));
+            line(format!("let cv0 = gid.x * {cv}u;"));
+            line("if (row0 >= p.m || cv0 >= nv) { return; }".into());
+            for i in 0..r {
+                line(format!("let ra{i} = (row0 + {i}u) * kv;"));
+            }
+            for j in 0..c {
+                line(format!("let cb{j} = (cv0 * 4u + {j}u) * kv;"));
+            }
+            for i in 0..r {
+                for j in 0..cv {
+                    line(format!("var acc{i}_{j} = vec4<f32>(0.0);"));
+                }
+            }
+            line("for (var kk = 0u; kk < kv; kk = kk + 1u) {".into());
+            for j in 0..c {
+                line(format!("    let y{j} = b4[cb{j} + kk];"));
+            }
+            for j in 0..cv {
+                let (y0, y1, y2, y3) = (4 * j, 4 * j + 1, 4 * j + 2, 4 * j + 3);
+                for comp in ["x", "y", "z", "w"] {
+                    line(format!(
+                        "    let b{comp}_{j} = vec4<f32>(y{y0}.{comp}, y{y1}.{comp}, y{y2}.{comp}, y{y3}.{comp});"
+                    ));
+                }
+            }
+            for i in 0..r {
+                line(format!("    let x{i} = a4[ra{i} + kk];"));
+                for j in 0..cv {
+                    line(format!(
+                        "    acc{i}_{j} = acc{i}_{j} + x{i}.x * bx_{j} + x{i}.y * by_{j} + x{i}.z * bz_{j} + x{i}.w * bw_{j};"
+                    ));
+                }
+            }
+            line("}".into());
+            store(&mut line, r, cv, "row0", "cv0", "nv");
+        }
+        MatmulForm::Nn => {
+            // acc_i_j: vec4 of 4 columns; rows of a vec4 along k, rows of b vec4 along n.
+            let cv = c / 4;
+            line("let kv = p.k / 4u;".into());
+            line("let nv = p.n / 4u;".into());
+            line(format!("let row0 = gid.y * {r}u;"));
+            line(format!("let cv0 = gid.x * {cv}u;"));
+            line("if (row0 >= p.m || cv0 >= nv) { return; }".into());
+            for i in 0..r {
+                line(format!("let ra{i} = (row0 + {i}u) * kv;"));
+            }
+            for j in 0..cv {
+                line(format!("let cb{j} = cv0 + {j}u;"));
+            }
+            for i in 0..r {
+                for j in 0..cv {
+                    line(format!("var acc{i}_{j} = vec4<f32>(0.0);"));
+                }
+            }
+            line("for (var kk = 0u; kk < kv; kk = kk + 1u) {".into());
+            line("    let kb = 4u * kk * nv;".into());
+            for q in 0..4 {
+                for j in 0..cv {
+                    line(format!("    let b{q}_{j} = b4[kb + {q}u * nv + cb{j}];"));
+                }
+            }
+            for i in 0..r {
+                line(format!("    let x{i} = a4[ra{i} + kk];"));
+                for j in 0..cv {
+                    line(format!(
+                        "    acc{i}_{j} = acc{i}_{j} + x{i}.x * b0_{j} + x{i}.y * b1_{j} + x{i}.z * b2_{j} + x{i}.w * b3_{j};"
+                    ));
+                }
+            }
+            line("}".into());
+            store(&mut line, r, cv, "row0", "cv0", "nv");
+        }
+        MatmulForm::Tn => {
+            // acc_i_j: vec4 of 4 columns; a (k, m) read as vec4 along m, b (k, n) along n.
+            let (rv, cv) = (r / 4, c / 4);
+            line("let mv = p.m / 4u;".into());
+            line("let nv = p.n / 4u;".into());
+            line(format!("let rv0 = gid.y * {rv}u;"));
+            line(format!("let cv0 = gid.x * {cv}u;"));
+            line("let row0 = rv0 * 4u;".into());
+            line("if (rv0 >= mv || cv0 >= nv) { return; }".into());
+            for i in 0..rv {
+                line(format!("let ra{i} = rv0 + {i}u;"));
+            }
+            for j in 0..cv {
+                line(format!("let cb{j} = cv0 + {j}u;"));
+            }
+            for i in 0..r {
+                for j in 0..cv {
+                    line(format!("var acc{i}_{j} = vec4<f32>(0.0);"));
+                }
+            }
+            line("for (var kk = 0u; kk < p.k; kk = kk + 1u) {".into());
+            line("    let ka = kk * mv;".into());
+            line("    let kb = kk * nv;".into());
+            for j in 0..cv {
+                line(format!("    let y{j} = b4[kb + cb{j}];"));
+            }
+            for i in 0..rv {
+                line(format!("    let x{i} = a4[ka + ra{i}];"));
+                for (q, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+                    let row = 4 * i + q as u32;
+                    for j in 0..cv {
+                        line(format!(
+                            "    acc{row}_{j} = acc{row}_{j} + x{i}.{comp} * y{j};"
+                        ));
+                    }
+                }
+            }
+            line("}".into());
+            store(&mut line, r, cv, "row0", "cv0", "nv");
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// Stores the `r x c` accumulators `acc{i}_{j}` at (row0, col0) of an output `width`
+/// elements wide. Only whole blocks run and only overwriting (see `Tile::fits`), so the
+/// stores need neither a bounds check nor a branch: a branch, a select or a load per output
+/// costs llvmpipe seconds of compile time at these tile sizes.
+fn store(line: &mut impl FnMut(String), r: u32, c: u32, row0: &str, col0: &str, width: &str) {
+    for i in 0..r {
+        line(format!("let o{i} = ({row0} + {i}u) * {width} + {col0};"));
+        for j in 0..c {
+            line(format!("out[o{i} + {j}u] = acc{i}_{j};"));
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The matmul tuner's disk cache: a product measured once is not measured again by the next
+//! `Gpu` (or process), a broken cache file is ignored rather than trusted, and the tuned
+//! choice computes what the CPU twin computes. Runs in its own process: it points
+//! `SOMA_CACHE_DIR` at a scratch directory.
+
+mod common;
+
+use common::{assert_close, gpu, TestRng};
+use soma::kernels::{self, Accumulate, MatmulChoice, MatmulForm};
+use soma::params::MatmulParams;
+use soma::{cpu, Gpu, GpuTensor};
+
+#[test]
+fn tuned_choice_is_cached_on_disk_and_reused() {
+    let dir = std::env::temp_dir().join(format!("soma-autotune-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::env::set_var("SOMA_CACHE_DIR", &dir);
+    std::env::remove_var("SOMA_MATMUL");
+    std::env::remove_var("SOMA_AUTOTUNE");
+    let Some(first) = gpu("tuned_choice_is_cached_on_disk_and_reused") else {
+        return;
+    };
+    // 128 x 256 x 128: 8.4 MFLOP, above the tuning threshold, whole blocks of every tile.
+    let (m, k, n) = (128, 256, 128);
+    let mut rng = TestRng::new(9);
+    let a = rng.vec(m * k, -1.0, 1.0);
+    let b = rng.vec(k * n, -1.0, 1.0);
+    let product = |gpu: &Gpu| {
+        let out = GpuTensor::zeros(gpu, "out", &[m, n]).unwrap();
+        let d = kernels::matmul_nn(
+            gpu,
+            &out,
+            &GpuTensor::upload(gpu, "a", &[m, k], &a).unwrap(),
+            &GpuTensor::upload(gpu, "b", &[k, n], &b).unwrap(),
+            Accumulate::Overwrite,
+        )
+        .unwrap();
+        kernels::run(gpu, &[&d]).unwrap();
+        (d.kernel(), out.read(gpu).unwrap())
+    };
+    let (kernel, got) = product(first);
+    assert_eq!(
+        first.autotuner().measured(),
+        1,
+        "the first Gpu measures the product"
+    );
+    let p = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: 0,
+    };
+    let mut want = vec![0.0; m * n];
+    cpu::matmul_nn(&mut want, &a, &b, &p);
+    assert_close(
+        "tuned matmul_nn",
+        &got,
+        &want,
+        2.0 * k as f32 * f32::EPSILON,
+        1e-6,
+    );
+
+    // The choice is in the file, under this adapter's key.
+    let path = dir.join("autotune.json");
+    let text = std::fs::read_to_string(&path).expect("autotune.json written");
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let key = soma::autotune::adapter_key(first);
+    let name = file["adapters"][&key]["nn 128x128x256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no entry for the product in {text}"));
+    let choice = MatmulChoice::parse(name).expect("a known kernel name");
+    assert!(
+        soma::autotune::candidates(MatmulForm::Nn, m, n, k, Accumulate::Overwrite)
+            .contains(&choice)
+    );
+
+    // A second Gpu (as a second process would) reads it instead of measuring.
+    let second = Gpu::new().unwrap();
+    let (kernel2, got2) = product(&second);
+    assert_eq!(
+        second.autotuner().measured(),
+        0,
+        "the cached choice is reused"
+    );
+    assert_eq!(kernel, kernel2);
+    assert_eq!(got, got2);
+
+    // A cache that is not ours is ignored (and measured over), not trusted or fatal.
+    std::fs::write(&path, b"{ not json").unwrap();
+    let third = Gpu::new().unwrap();
+    let (_, got3) = product(&third);
+    assert_eq!(third.autotuner().measured(), 1);
+    assert_eq!(got, got3);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+        "rewritten whole"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
