@@ -804,6 +804,30 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// Runs training step `step` one kernel at a time, each in its own submission followed by
+    /// a wait, and returns each kernel's entry point and wall time in seconds (GPU only). It
+    /// is a real step (the weights move); for finding where a step's time goes, not for
+    /// training, since it trades the one submission per step for one per kernel.
+    pub fn profile_step(&mut self, step: usize) -> Result<Vec<(&'static str, f64)>> {
+        match self {
+            Executor::Gpu(g) => {
+                g.flush_save()?;
+                g.gpu.wait()?;
+                let mut times = Vec::with_capacity(g.train.len());
+                for d in &g.train {
+                    let t = std::time::Instant::now();
+                    kernels::submit_pass(g.gpu, "profile", |pass| d.record(pass, step as u32))?;
+                    g.gpu.wait()?;
+                    times.push((d.kernel().entry_point(), t.elapsed().as_secs_f64()));
+                }
+                Ok(times)
+            }
+            Executor::Cpu(_) => Err(Error::Config(
+                "profiling kernels needs the GPU executor".into(),
+            )),
+        }
+    }
+
     /// Records steps `steps` of `pass` into a compute pass that a host application owns
     /// (GPU only; nothing is submitted).
     pub fn record_into(

@@ -108,6 +108,9 @@ enum Command {
         /// One JSON document instead of RESULT lines and a table
         #[arg(long)]
         json: bool,
+        /// After B2 and B3, time each kernel of one training step on its own (GPU only)
+        #[arg(long)]
+        profile: bool,
     },
     /// List the adapters wgpu can see
     Devices {
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
             peak_gflops,
             mnist,
             json,
+            profile,
         } => cli::bench::run(cli::bench::BenchCommand {
             device,
             only,
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
             peak_gflops,
             mnist,
             json,
+            profile,
             process_start,
         }),
         Command::Devices { json } => cli::devices::run(json),

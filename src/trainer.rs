@@ -647,6 +647,31 @@ impl<'a> Trainer<'a> {
         Ok(n)
     }
 
+    /// Runs the next training step one kernel at a time and returns each kernel's entry point
+    /// and wall time (see `Executor::profile_step`; GPU only, not for streamed tables).
+    pub fn profile_step(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        if self
+            .plan
+            .train
+            .as_ref()
+            .is_some_and(|d| d.streamed.is_some())
+        {
+            return Err(Error::Config(
+                "profiling a streamed table's steps is not supported".into(),
+            ));
+        }
+        self.begin_epoch()?;
+        if self.steps_left() == 0 {
+            return Ok(Vec::new());
+        }
+        let step = self.cursor.as_ref().map_or(0, |c| c.step);
+        let times = self.exec.profile_step(step)?;
+        if let Some(c) = self.cursor.as_mut() {
+            c.step += 1;
+        }
+        Ok(times)
+    }
+
     /// Records up to `n` training steps of the current epoch into a compute pass the caller
     /// owns (a host application's frame), starting an epoch if needed; returns how many.
     /// Nothing is submitted for the steps and nothing waits; starting an epoch queues the

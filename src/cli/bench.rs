@@ -25,6 +25,7 @@ pub struct BenchCommand {
     pub peak_gflops: Option<f64>,
     pub mnist: std::path::PathBuf,
     pub json: bool,
+    pub profile: bool,
     pub process_start: Instant,
 }
 
@@ -95,6 +96,7 @@ struct Ctx<'a> {
     adapter: String,
     results: Vec<Value>,
     json: bool,
+    profile: bool,
 }
 
 impl Ctx<'_> {
@@ -189,6 +191,40 @@ fn b1(ctx: &mut Ctx<'_>, sizes: &[usize], peak: Option<(f64, String)>) -> Result
     Ok(())
 }
 
+/// Prints where one training step's time goes: each kernel run and waited for on its own,
+/// the median of 5 steps (so the sum exceeds a real step by the per-submission overhead).
+fn profile(t: &mut Trainer<'_>, bench: &str) -> Result<()> {
+    if t.executor().gpu().is_none() {
+        return Ok(());
+    }
+    let mut runs: Vec<Vec<(&'static str, f64)>> = Vec::new();
+    for _ in 0..5 {
+        if t.steps_left() == 0 {
+            t.end_epoch()?;
+        }
+        runs.push(t.profile_step()?);
+    }
+    let Some(first) = runs.first() else {
+        return Ok(());
+    };
+    eprintln!(
+        "{bench} profile, one kernel per submission (median of {} steps):",
+        runs.len()
+    );
+    let mut total = 0.0;
+    for (i, (name, _)) in first.iter().enumerate() {
+        let ms = median(
+            runs.iter()
+                .filter_map(|r| r.get(i).map(|x| x.1 * 1e3))
+                .collect(),
+        );
+        total += ms;
+        eprintln!("  {i:>2} {name:<28} {ms:>8.3} ms");
+    }
+    eprintln!("     {:<28} {total:>8.3} ms", "sum");
+    Ok(())
+}
+
 /// Runs `steps` training steps, then reads the running loss back (the sync).
 fn steps_then_loss(t: &mut Trainer<'_>, steps: usize) -> Result<f32> {
     let mut left = steps;
@@ -238,6 +274,12 @@ fn b2(ctx: &mut Ctx<'_>, mnist: &Path, process_start: Instant) -> Result<()> {
         let s = Instant::now();
         last_loss = steps_then_loss(&mut t, 50)?;
         rates.push(50.0 * 128.0 / s.elapsed().as_secs_f64());
+    }
+    if ctx.profile {
+        if t.steps_left() == 0 {
+            t.end_epoch()?;
+        }
+        profile(&mut t, "B2")?;
     }
     // The first loss is the mean over step 0's batch; the last over the epoch so far.
     ctx.result(
@@ -294,6 +336,9 @@ fn b3(ctx: &mut Ctx<'_>) -> Result<()> {
         times.push(s.elapsed().as_secs_f64() * 1e3);
     }
     let loss = t.running_loss()?;
+    if ctx.profile {
+        profile(&mut t, "B3")?;
+    }
     ctx.result(
         "B3",
         "ms_per_step",
@@ -322,6 +367,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         adapter: adapter.clone(),
         results: vec![],
         json: cmd.json,
+        profile: cmd.profile,
     };
     let want = |b: &str| cmd.only.is_empty() || cmd.only.iter().any(|o| o.eq_ignore_ascii_case(b));
     let peak = match cmd.peak_gflops {
