@@ -36,6 +36,9 @@ const TIMED_RUNS: usize = 3;
 /// noise does not pick a bigger tile for nothing.
 const MARGIN: f64 = 0.97;
 
+/// A tile this much slower than the best smaller tile ends the search through bigger ones.
+const PRUNE: f64 = 1.15;
+
 #[derive(Default, Serialize, Deserialize)]
 struct CacheFile {
     format: u32,
@@ -148,7 +151,12 @@ fn save_choice(key: &str, shape: &str, choice: MatmulChoice) {
     }
 }
 
-/// The candidates for one product: blocked, then every tile that fits, smallest first.
+/// Tiles that would leave fewer workgroups than this are not tried: too little parallelism
+/// for any adapter to win with, and (big tiles being the slow ones to compile) costly to try.
+pub const MIN_WORKGROUPS: u32 = 4;
+
+/// The candidates for one product: blocked, then every tile that fits and leaves at least
+/// [`MIN_WORKGROUPS`] workgroups, smallest first.
 pub fn candidates(
     form: MatmulForm,
     m: usize,
@@ -161,6 +169,10 @@ pub fn candidates(
         TILES
             .iter()
             .filter(|t| t.fits(form, m, n, k, acc))
+            .filter(|t| {
+                let [x, y, _] = t.grid(m, n);
+                x * y >= MIN_WORKGROUPS
+            })
             .map(|&t| MatmulChoice::Tile(t)),
     );
     c
@@ -236,8 +248,17 @@ fn measure(
         accumulate: 0,
     };
     let mut best: Option<(MatmulChoice, f64)> = None;
+    // The fastest tile so far and the time of the last one tried.
+    let mut best_tile = f64::INFINITY;
+    let mut last_tile = 0.0;
     let mut report = Vec::new();
     for &c in cands {
+        // Tiles come smallest first: once one is clearly slower than a smaller one, the
+        // bigger ones (slower to compile, too) are not tried.
+        if matches!(c, MatmulChoice::Tile(_)) && last_tile > PRUNE * best_tile {
+            report.push(format!("{} and bigger not tried", c.name()));
+            break;
+        }
         let d = kernels::matmul_dispatch(gpu, form, c, &out, &a, &b, &p)?;
         // The first run compiles the pipeline on drivers that compile lazily.
         kernels::run(gpu, &[&d])?;
@@ -254,6 +275,10 @@ fn measure(
             }
         }
         report.push(format!("{} {:.3} ms", c.name(), t_min * 1e3));
+        if matches!(c, MatmulChoice::Tile(_)) {
+            last_tile = t_min;
+            best_tile = best_tile.min(t_min);
+        }
         if best.is_none_or(|(_, b)| t_min < MARGIN * b) {
             best = Some((c, t_min));
         }
