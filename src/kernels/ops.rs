@@ -812,3 +812,41 @@ pub fn perceptron_epoch(
         [1, 1, 1],
     )
 }
+
+#[cfg(test)]
+mod variant_tests {
+    use super::*;
+
+    #[test]
+    fn matmul_variants_parse() {
+        assert_eq!(
+            "naive".parse::<MatmulVariant>().unwrap(),
+            MatmulVariant::Naive
+        );
+        assert_eq!(
+            "blocked".parse::<MatmulVariant>().unwrap(),
+            MatmulVariant::Blocked
+        );
+        assert_eq!(
+            "tuned".parse::<MatmulVariant>().unwrap(),
+            MatmulVariant::Tuned
+        );
+        assert_eq!(
+            "r32c32w8x1".parse::<MatmulVariant>().unwrap(),
+            MatmulVariant::Tile(Tile::new(32, 32, 8, 1))
+        );
+        let err = "fast".parse::<MatmulVariant>().unwrap_err().to_string();
+        assert!(
+            err.contains("r64c32w8x1"),
+            "the error lists the tiles: {err}"
+        );
+        assert_eq!(MatmulVariant::default(), MatmulVariant::Tuned);
+        for c in [
+            MatmulChoice::Naive,
+            MatmulChoice::Blocked,
+            MatmulChoice::Tile(TILES[0]),
+        ] {
+            assert_eq!(MatmulChoice::parse(&c.name()), Some(c));
+        }
+    }
+}

@@ -313,3 +313,70 @@ fn store(line: &mut impl FnMut(String), r: u32, c: u32, row0: &str, col0: &str, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Accumulate::{Add, Overwrite};
+
+    #[test]
+    fn tile_names_round_trip_and_unknown_ones_are_refused() {
+        for &t in TILES {
+            assert_eq!(Tile::parse(&t.name()), Some(t));
+        }
+        assert_eq!(Tile::parse("r64c32w8x1"), Some(Tile::new(64, 32, 8, 1)));
+        // Well-formed but not generated, and malformed.
+        assert_eq!(Tile::parse("r12c12w8x8"), None);
+        assert_eq!(Tile::parse("r64c32"), None);
+        assert_eq!(Tile::parse("blocked"), None);
+    }
+
+    #[test]
+    fn fits_takes_whole_blocks_overwriting_only() {
+        let t = Tile::new(16, 16, 8, 2);
+        assert!(t.fits(MatmulForm::Nn, 32, 48, 8, Overwrite));
+        assert!(
+            !t.fits(MatmulForm::Nn, 32, 48, 8, Add),
+            "accumulating goes to blocked"
+        );
+        assert!(
+            !t.fits(MatmulForm::Nn, 33, 48, 8, Overwrite),
+            "m not whole blocks"
+        );
+        assert!(
+            !t.fits(MatmulForm::Nn, 32, 40, 8, Overwrite),
+            "n not whole blocks"
+        );
+        assert!(
+            !t.fits(MatmulForm::Nn, 32, 48, 6, Overwrite),
+            "nn loads k as vec4"
+        );
+        assert!(
+            !t.fits(MatmulForm::Nt, 32, 48, 6, Overwrite),
+            "nt loads k as vec4"
+        );
+        assert!(
+            t.fits(MatmulForm::Tn, 32, 48, 6, Overwrite),
+            "tn takes any k"
+        );
+    }
+
+    #[test]
+    fn grid_covers_the_output_with_whole_workgroups() {
+        let t = Tile::new(64, 32, 8, 1);
+        assert_eq!(t.workgroup_block(), (64, 256));
+        assert_eq!(t.grid(1024, 1024), [4, 16, 1]);
+        assert_eq!(t.grid(128, 288), [2, 2, 1]);
+    }
+
+    #[test]
+    fn generated_sources_are_cached_and_name_their_entry_point() {
+        let t = Tile::new(8, 8, 8, 8);
+        let (src, entry) = generated(MatmulForm::Tn, t);
+        assert_eq!(entry, "matmul_tn_r8c8w8x8");
+        assert!(src.contains(&format!("fn {entry}(")));
+        // The same leaked strings come back the second time.
+        let again = generated(MatmulForm::Tn, t);
+        assert!(std::ptr::eq(src, again.0));
+    }
+}
