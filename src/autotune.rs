@@ -91,7 +91,7 @@ pub fn adapter_key(gpu: &Gpu) -> String {
     feed(MATMUL.source);
     for form in MatmulForm::ALL {
         for &t in TILES {
-            feed(kernels::tiled::generated(form, t).0);
+            feed(kernels::tiled::generated(form, t, kernels::Epilogue::Store).0);
         }
     }
     format!(

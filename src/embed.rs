@@ -11,9 +11,11 @@
 //! - **Features: none.** `Features::TIMESTAMP_QUERY` is optional: when the device has it,
 //!   [`FrameBudget`] measures its steps with GPU timestamps, otherwise with the host's clock.
 //! - **Limits: the WebGPU defaults** (`wgpu::Limits::default()`). A dispatch binds at most
-//!   four storage buffers and one uniform buffer with a dynamic offset, workgroups are at most
-//!   256 invocations (256 x 1, 16 x 16, 8 x 8, 64 x 1) and use at most 1 KiB of workgroup
-//!   memory, uniform entries sit at 256-byte offsets.
+//!   four storage buffers (five for a layer's product fused with its bias and activation,
+//!   only where the device allows five per stage) and one uniform buffer with a dynamic
+//!   offset, workgroups are at most 256 invocations (256 x 1, 16 x 16, 8 x 8, 64 x 1 and
+//!   smaller) and use at most 1 KiB of workgroup memory, uniform entries sit at 256-byte
+//!   offsets.
 //! - **Sizes: `max_storage_buffer_binding_size` and `max_buffer_size`** bound the network and
 //!   the batch: every resident buffer (the training set, `rows x features` f32; the batch
 //!   activations, `batch x width` per layer; each weight matrix, `out x in`; an inference
@@ -101,7 +103,7 @@ pub fn largest_buffer(workload: &Workload<'_>) -> Result<u64> {
 /// before asking for the device: an adapter below it cannot hold the run. (A downlevel
 /// adapter that misses the defaults elsewhere can still run soma from
 /// `Limits::downlevel_defaults()` with the two sizes raised: soma's dispatches bind at most
-/// four storage buffers.)
+/// four storage buffers there, keeping fused layers for devices that bind five.)
 pub fn required_limits(workload: &Workload<'_>) -> Result<wgpu::Limits> {
     let need = largest_buffer(workload)?;
     let base = wgpu::Limits::default();

@@ -75,6 +75,12 @@ fn acc(flag: u32) -> Accumulate {
 
 // ---------------------------------------------------------------------------------------
 
+/// Whether layers' products take their bias and activation as an epilogue (default yes;
+/// `SOMA_FUSE=off` keeps them separate, for comparing).
+fn fusion_enabled() -> bool {
+    !std::env::var("SOMA_FUSE").is_ok_and(|v| v == "off" || v == "0")
+}
+
 /// The GPU executor: resident tensors and one prebuilt dispatch per op.
 pub struct GpuExec<'a> {
     gpu: &'a Gpu,
@@ -108,17 +114,55 @@ impl<'a> GpuExec<'a> {
             snapshot: vec![],
             save_pending: false,
         };
-        exec.train = plan
-            .train_step
-            .iter()
-            .map(|op| exec.build(plan, op))
-            .collect::<Result<_>>()?;
-        exec.eval = plan
-            .eval_step
-            .iter()
-            .map(|op| exec.build(plan, op))
-            .collect::<Result<_>>()?;
+        exec.train = exec.build_all(plan, &plan.train_step)?;
+        exec.eval = exec.build_all(plan, &plan.eval_step)?;
         Ok(exec)
+    }
+
+    /// One dispatch per op. A layer's product followed by its bias and activation becomes
+    /// one fused dispatch (`kernels::dense_forward`) where a generated tile runs the product;
+    /// the second op's dispatch is then kept but disabled, so op indices still match.
+    fn build_all(&self, plan: &Plan, ops: &[Op]) -> Result<Vec<Dispatch>> {
+        let t = &self.tensors;
+        let mut dispatches = Vec::with_capacity(ops.len());
+        let mut i = 0;
+        while i < ops.len() {
+            if let (
+                Op::MatmulNt {
+                    out: pre,
+                    a,
+                    b,
+                    params: mp,
+                },
+                Some(
+                    next @ Op::BiasActivationForward {
+                        out,
+                        pre: pre2,
+                        bias: Some(bias),
+                        params: ap,
+                    },
+                ),
+            ) = (&ops[i], ops.get(i + 1))
+            {
+                if pre == pre2 && mp.accumulate == 0 && ap.has_bias != 0 && fusion_enabled() {
+                    let act = activation_of(ap.kind, ap.slope);
+                    let fused = kernels::dense_forward(
+                        self.gpu, &t[*out], &t[*pre], &t[*a], &t[*b], &t[*bias], act,
+                    )?;
+                    if let Some(d) = fused {
+                        dispatches.push(d);
+                        let mut second = self.build(plan, next)?;
+                        second.disable();
+                        dispatches.push(second);
+                        i += 2;
+                        continue;
+                    }
+                }
+            }
+            dispatches.push(self.build(plan, &ops[i])?);
+            i += 1;
+        }
+        Ok(dispatches)
     }
 
     /// Builds an op's dispatch with the shape-checking recorder of its kernel, then gives it
@@ -814,7 +858,7 @@ impl<'a> Executor<'a> {
                 g.flush_save()?;
                 g.gpu.wait()?;
                 let mut times = Vec::with_capacity(g.train.len());
-                for d in &g.train {
+                for d in g.train.iter().filter(|d| !d.is_empty()) {
                     let t = std::time::Instant::now();
                     kernels::submit_pass(g.gpu, "profile", |pass| d.record(pass, step as u32))?;
                     g.gpu.wait()?;

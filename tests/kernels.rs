@@ -75,6 +75,113 @@ fn matmul_forms_match_cpu() {
     gpu.set_matmul_variant(MatmulVariant::default());
 }
 
+/// A layer's forward pass as one kernel (a tile with the bias and activation as its
+/// epilogue) gives what the product and the separate bias/activation kernel give: the same
+/// bits on lavapipe (where the tiles equal the naive sums), and the CPU twins' values within
+/// the matmul tolerance anywhere.
+#[test]
+fn dense_forward_fuses_bias_and_activation_into_the_tile() {
+    let Some(gpu) = gpu("dense_forward_fuses_bias_and_activation_into_the_tile") else {
+        return;
+    };
+    let (m, k, n) = (64, 20, 32);
+    let mut rng = TestRng::new(12);
+    let x = rng.vec(m * k, -1.0, 1.0);
+    let w = rng.vec(n * k, -1.0, 1.0);
+    let bias = rng.vec(n, -1.0, 1.0);
+    let (xt, wt, bt) = (
+        up(gpu, "x", &[m, k], &x),
+        up(gpu, "w", &[n, k], &w),
+        up(gpu, "bias", &[n], &bias),
+    );
+    let dummy = GpuTensor::zeros(gpu, "no bias", &[4]).unwrap();
+    for act in [Activation::Relu, Activation::Identity] {
+        let ap = ActivationParams {
+            rows: m as u32,
+            cols: n as u32,
+            kind: act.code(),
+            has_bias: 1,
+            slope: act.slope(),
+            ..Default::default()
+        };
+        let mp = MatmulParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            accumulate: 0,
+        };
+        let mut want_pre = vec![0.0; m * n];
+        cpu::matmul_nt(&mut want_pre, &x, &w, &mp);
+        let mut want_out = vec![0.0; m * n];
+        cpu::bias_activation_forward(&mut want_out, &mut want_pre, &bias, &ap);
+        for &t in TILES {
+            gpu.set_matmul_variant(MatmulVariant::Tile(t));
+            let (pre, out) = (
+                GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
+                GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
+            );
+            let d = kernels::dense_forward(gpu, &out, &pre, &xt, &wt, &bt, act)
+                .unwrap()
+                .expect("a tile that fits runs the fused kernel");
+            assert!(
+                d.kernel().entry_point().contains("_bias"),
+                "{:?}",
+                d.kernel()
+            );
+            run(gpu, &d);
+            let (got_pre, got_out) = (pre.read(gpu).unwrap(), out.read(gpu).unwrap());
+            let label = format!("dense_forward {} {act:?}", t.name());
+            let atol = 2.0 * k as f32 * f32::EPSILON + 1e-6;
+            assert_close(&format!("{label} pre"), &got_pre, &want_pre, atol, 1e-6);
+            assert_close(&format!("{label} out"), &got_out, &want_out, atol, 1e-6);
+
+            // The unfused pair on the GPU, same tile.
+            let (pre2, out2) = (
+                GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
+                GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
+            );
+            let mm = kernels::matmul_nt(gpu, &pre2, &xt, &wt, Accumulate::Overwrite).unwrap();
+            let ba = kernels::bias_activation_forward(gpu, &out2, &pre2, Some(&bt), &dummy, act)
+                .unwrap();
+            kernels::run(gpu, &[&mm, &ba]).unwrap();
+            let same =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same(&got_pre, &pre2.read(gpu).unwrap()),
+                "{label}: pre bits"
+            );
+            assert!(
+                same(&got_out, &out2.read(gpu).unwrap()),
+                "{label}: out bits"
+            );
+        }
+    }
+    // Not fused: other activations, shapes no tile fits, and the blocked variant.
+    gpu.set_matmul_variant(MatmulVariant::Tile(TILES[0]));
+    let (pre, out) = (
+        GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
+        GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
+    );
+    let fused = |act| kernels::dense_forward(gpu, &out, &pre, &xt, &wt, &bt, act).unwrap();
+    assert!(fused(Activation::Sigmoid).is_none());
+    assert!(fused(Activation::LeakyRelu { slope: 0.1 }).is_none());
+    gpu.set_matmul_variant(MatmulVariant::Blocked);
+    assert!(fused(Activation::Relu).is_none());
+    let odd = GpuTensor::zeros(gpu, "w", &[30, k]).unwrap();
+    let (pre_odd, out_odd) = (
+        GpuTensor::zeros(gpu, "pre", &[m, 30]).unwrap(),
+        GpuTensor::zeros(gpu, "out", &[m, 30]).unwrap(),
+    );
+    gpu.set_matmul_variant(MatmulVariant::Tile(TILES[0]));
+    let b30 = GpuTensor::zeros(gpu, "bias", &[30]).unwrap();
+    assert!(
+        kernels::dense_forward(gpu, &out_odd, &pre_odd, &xt, &odd, &b30, Activation::Relu)
+            .unwrap()
+            .is_none()
+    );
+    gpu.set_matmul_variant(MatmulVariant::default());
+}
+
 /// Every generated tile sums each output in the order of the naive kernel (k = 0, 1, ...,
 /// separate multiply and add). Where the naive kernel's bits equal the CPU twin's (a driver
 /// that does not contract into fused multiply-adds, as lavapipe), the tiles must give exactly

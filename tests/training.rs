@@ -151,6 +151,52 @@ fn gpu_matches_cpu_for_every_optimizer_and_loss() {
     }
 }
 
+/// With generated tiles running the products (forced here; the tuner picks them for big
+/// products), each hidden layer's forward pass is one fused kernel, and training still
+/// follows the CPU reference step by step.
+#[test]
+fn fused_layers_train_like_the_cpu_reference() {
+    // A Gpu of its own: the matmul variant is per Gpu and other tests share theirs.
+    if gpu("fused_layers_train_like_the_cpu_reference").is_none() {
+        return;
+    }
+    let own = soma::Gpu::new().unwrap();
+    own.set_matmul_variant(soma::kernels::MatmulVariant::Tile(soma::kernels::TILES[0]));
+    let (train, _) = digits();
+    let train = first_rows(&train, 640);
+    let net = Network::mlp(&[64, 32, 16, 10], Activation::Relu, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 5).unwrap();
+    let loss = Loss::SoftmaxCrossEntropy;
+    let opt = Optimizer::sgd(0.05);
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        shuffle: true,
+        seed: 3,
+        ..Default::default()
+    };
+    // Both hidden layers (widths 32 and 16) run fused; the 10-wide output layer does not.
+    let mut t = Trainer::new(Device::Gpu(&own), &model, loss, opt, &train, None, &config).unwrap();
+    let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+    let fused = kernels.iter().filter(|k| k.ends_with("_bias_relu")).count();
+    assert_eq!(fused, 2, "kernels of a step: {kernels:?}");
+    assert!(
+        !kernels.contains(&"bias_activation_forward_vec4"),
+        "{kernels:?}"
+    );
+
+    let (gl, gp) = run_steps(Device::Gpu(&own), &model, loss, opt, &train, 32);
+    let (cl, cp) = run_steps(Device::CpuReference, &model, loss, opt, &train, 32);
+    let (d, i) = max_rel_diff(&gl, &cl);
+    assert!(d < 1e-4, "step loss differs by {d:e} at step {i}");
+    for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
+        let rel = rel_l2(&g.weight, &c.weight);
+        assert!(rel < 1e-4, "layers.{l}.weight relative L2 error {rel:e}");
+        let rel = rel_l2(g.bias.as_ref().unwrap(), c.bias.as_ref().unwrap());
+        assert!(rel < 1e-4, "layers.{l}.bias relative L2 error {rel:e}");
+    }
+}
+
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {

@@ -10,7 +10,7 @@ use crate::network::Activation;
 use crate::params::*;
 use crate::tensor::{DType, GpuTensor};
 
-use super::{Dispatch, Kernel, MatmulForm, Tile, TILES};
+use super::{Dispatch, Epilogue, Kernel, MatmulForm, Tile, TILES};
 
 // ---------------------------------------------------------------------------------------
 // Grids
@@ -236,14 +236,72 @@ fn matmul(
     expect_shape(op, b, b_shape)?;
     expect_shape(op, out, (m, n))?;
     let p = matmul_params(op, m, n, k, acc)?;
-    let choice = match gpu.matmul_variant() {
+    let choice = matmul_choice(gpu, form, m, n, k, acc)?;
+    matmul_dispatch(gpu, form, choice, out, a, b, &p)
+}
+
+/// The kernel the variant of `gpu` (or its tuner) runs a product of this form and size on.
+fn matmul_choice(
+    gpu: &Gpu,
+    form: MatmulForm,
+    m: usize,
+    n: usize,
+    k: usize,
+    acc: Accumulate,
+) -> Result<MatmulChoice> {
+    Ok(match gpu.matmul_variant() {
         MatmulVariant::Naive => MatmulChoice::Naive,
         MatmulVariant::Blocked => MatmulChoice::Blocked,
         MatmulVariant::Tile(t) if t.fits(form, m, n, k, acc) => MatmulChoice::Tile(t),
         MatmulVariant::Tile(_) => MatmulChoice::Blocked,
         MatmulVariant::Tuned => crate::autotune::choose(gpu, form, m, n, k, acc)?,
+    })
+}
+
+/// The forward pass of a dense layer in one kernel, `pre = x · wᵀ + bias` and
+/// `out = act(pre)`, where the product runs on a generated tile (as chosen for
+/// `matmul_nt` of this size), the activation is ReLU or the identity and the device binds
+/// five storage buffers per stage (the WebGPU defaults allow 8); `None` where not,
+/// and the caller records `matmul_nt` and `bias_activation_forward` instead. Same values,
+/// and on lavapipe the same bits, as those two.
+pub fn dense_forward(
+    gpu: &Gpu,
+    out: &GpuTensor,
+    pre: &GpuTensor,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    bias: &GpuTensor,
+    act: Activation,
+) -> Result<Option<Dispatch>> {
+    let op = "dense_forward";
+    let relu = match act {
+        Activation::Relu => true,
+        Activation::Identity => false,
+        _ => return Ok(None),
     };
-    matmul_dispatch(gpu, form, choice, out, a, b, &p)
+    // Five storage buffers: more than a downlevel device (4 per stage) binds.
+    if gpu.limits().max_storage_buffers_per_shader_stage < 5 {
+        return Ok(None);
+    }
+    let (m, k) = matrix(op, x)?;
+    let (n, _) = matrix(op, w)?;
+    expect_shape(op, w, (n, k))?;
+    expect_shape(op, pre, (m, n))?;
+    expect_shape(op, out, (m, n))?;
+    expect_len(op, bias, n)?;
+    let p = matmul_params(op, m, n, k, Accumulate::Overwrite)?;
+    let MatmulChoice::Tile(t) = matmul_choice(gpu, MatmulForm::Nt, m, n, k, Accumulate::Overwrite)?
+    else {
+        return Ok(None);
+    };
+    Dispatch::new(
+        gpu,
+        Kernel::MatmulTile(MatmulForm::Nt, t, Epilogue::BiasAct { relu }),
+        &[pre, x, w, out, bias],
+        &[p],
+        t.grid(m, n),
+    )
+    .map(Some)
 }
 
 /// The dispatch of one product on the kernel `choice` names (shapes already checked; a tile
@@ -269,7 +327,7 @@ pub(crate) fn matmul_dispatch(
         }
         MatmulChoice::Tile(t) => Dispatch::new(
             gpu,
-            Kernel::MatmulTile(form, t),
+            Kernel::MatmulTile(form, t, Epilogue::Store),
             &[out, a, b],
             &[*p],
             t.grid(m, n),

@@ -124,6 +124,28 @@ impl Tile {
     }
 }
 
+/// What a generated kernel does with its sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Epilogue {
+    /// `out = sums`.
+    Store,
+    /// The forward pass of a dense layer (nt only): `out = sums + bias` (the pre-activation,
+    /// kept for backprop) and `act_out = act(out)`, with ReLU (`relu`) or the identity, in
+    /// the scalar kernels' formulas. Other activations keep their separate kernel: a branch
+    /// per output would multiply llvmpipe's compile time.
+    BiasAct { relu: bool },
+}
+
+impl Epilogue {
+    fn suffix(self) -> &'static str {
+        match self {
+            Epilogue::Store => "",
+            Epilogue::BiasAct { relu: true } => "_bias_relu",
+            Epilogue::BiasAct { relu: false } => "_bias",
+        }
+    }
+}
+
 /// The tile shapes soma generates, from the GPU-friendly 4 x 4 (256 outputs per 8 x 8
 /// workgroup) to the 64 x 32 blocks that suit a software rasteriser.
 pub const TILES: &[Tile] = &[
@@ -134,29 +156,49 @@ pub const TILES: &[Tile] = &[
     Tile::new(64, 32, 8, 1),
 ];
 
-/// The entry point name of a generated kernel, e.g. `matmul_nn_r64c32w8x1`.
-pub fn entry_name(form: MatmulForm, tile: Tile) -> String {
-    format!("matmul_{}_{}", form.name(), tile.name())
+/// The entry point name of a generated kernel, e.g. `matmul_nn_r64c32w8x1` or
+/// `matmul_nt_r8c8w8x8_bias_relu`.
+pub fn entry_name(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
+    format!(
+        "matmul_{}_{}{}",
+        form.name(),
+        tile.name(),
+        epilogue.suffix()
+    )
 }
 
 /// The generated source and entry point of one kernel, built once per process.
-pub fn generated(form: MatmulForm, tile: Tile) -> (&'static str, &'static str) {
-    type Sources = HashMap<(MatmulForm, Tile), (&'static str, &'static str)>;
+pub fn generated(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> (&'static str, &'static str) {
+    type Sources = HashMap<(MatmulForm, Tile, Epilogue), (&'static str, &'static str)>;
     static CACHE: OnceLock<Mutex<Sources>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
-    *map.entry((form, tile)).or_insert_with(|| {
-        // A handful of (form, tile) pairs exist (TILES x 3), so leaking them is bounded.
-        let entry: &'static str = Box::leak(entry_name(form, tile).into_boxed_str());
-        let source: &'static str = Box::leak(source(form, tile).into_boxed_str());
+    *map.entry((form, tile, epilogue)).or_insert_with(|| {
+        // A bounded set exists (TILES x 3 forms, plus 2 epilogues of nt), so leaking is too.
+        let entry: &'static str = Box::leak(entry_name(form, tile, epilogue).into_boxed_str());
+        let source: &'static str = Box::leak(source(form, tile, epilogue).into_boxed_str());
         (source, entry)
     })
 }
 
-/// The WGSL of one generated kernel.
-pub fn source(form: MatmulForm, tile: Tile) -> String {
+/// The WGSL of one generated kernel (an epilogue other than `Store` needs the nt form).
+pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
     let mut s = String::new();
-    let entry = entry_name(form, tile);
+    let entry = entry_name(form, tile, epilogue);
+    let epilogue = if form == MatmulForm::Nt {
+        epilogue
+    } else {
+        Epilogue::Store
+    };
+    let extra_bindings = match epilogue {
+        Epilogue::Store => "@group(0) @binding(3) var<uniform> p: MatmulParams;\n".to_string(),
+        Epilogue::BiasAct { .. } => {
+            "@group(0) @binding(3) var<storage, read_write> act_out: array<vec4<f32>>;\n\
+             @group(0) @binding(4) var<storage, read> bias_in: array<vec4<f32>>;\n\
+             @group(0) @binding(5) var<uniform> p: MatmulParams;\n"
+                .to_string()
+        }
+    };
     let (r, c, wx, wy) = (tile.rows as u32, tile.cols as u32, tile.wx, tile.wy);
     let out_ty = "array<vec4<f32>>";
     let _ = write!(
@@ -166,7 +208,7 @@ pub fn source(form: MatmulForm, tile: Tile) -> String {
          @group(0) @binding(0) var<storage, read_write> out: {out_ty};\n\
          @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;\n\
          @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;\n\
-         @group(0) @binding(3) var<uniform> p: MatmulParams;\n\n\
+         {extra_bindings}\n\
          @compute @workgroup_size({wx}, {wy}, 1)\n\
          fn {entry}(@builtin(global_invocation_id) gid: vec3<u32>) {{\n"
     );
@@ -217,7 +259,7 @@ pub fn source(form: MatmulForm, tile: Tile) -> String {
                 }
             }
             line("}".into());
-            store(&mut line, r, cv, "row0", "cv0", "nv");
+            store(&mut line, r, cv, "row0", "cv0", "nv", epilogue);
         }
         MatmulForm::Nn => {
             // acc_i_j: vec4 of 4 columns; rows of a vec4 along k, rows of b vec4 along n.
@@ -254,7 +296,7 @@ pub fn source(form: MatmulForm, tile: Tile) -> String {
                 }
             }
             line("}".into());
-            store(&mut line, r, cv, "row0", "cv0", "nv");
+            store(&mut line, r, cv, "row0", "cv0", "nv", Epilogue::Store);
         }
         MatmulForm::Tn => {
             // acc_i_j: vec4 of 4 columns; a (k, m) read as vec4 along m, b (k, n) along n.
@@ -294,7 +336,7 @@ pub fn source(form: MatmulForm, tile: Tile) -> String {
                 }
             }
             line("}".into());
-            store(&mut line, r, cv, "row0", "cv0", "nv");
+            store(&mut line, r, cv, "row0", "cv0", "nv", Epilogue::Store);
         }
     }
     s.push_str("}\n");
@@ -302,14 +344,40 @@ pub fn source(form: MatmulForm, tile: Tile) -> String {
 }
 
 /// Stores the `r x c` accumulators `acc{i}_{j}` at (row0, col0) of an output `width`
-/// elements wide. Only whole blocks run and only overwriting (see `Tile::fits`), so the
-/// stores need neither a bounds check nor a branch: a branch, a select or a load per output
-/// costs llvmpipe seconds of compile time at these tile sizes.
-fn store(line: &mut impl FnMut(String), r: u32, c: u32, row0: &str, col0: &str, width: &str) {
+/// elements wide, through `epilogue`. Only whole blocks run and only overwriting (see
+/// `Tile::fits`), so the stores need neither a bounds check nor a branch: a branch, a
+/// select or a load per output costs llvmpipe seconds of compile time at these tile sizes.
+fn store(
+    line: &mut impl FnMut(String),
+    r: u32,
+    c: u32,
+    row0: &str,
+    col0: &str,
+    width: &str,
+    epilogue: Epilogue,
+) {
+    if let Epilogue::BiasAct { .. } = epilogue {
+        for j in 0..c {
+            line(format!("let bv{j} = bias_in[{col0} + {j}u];"));
+        }
+    }
     for i in 0..r {
         line(format!("let o{i} = ({row0} + {i}u) * {width} + {col0};"));
         for j in 0..c {
-            line(format!("out[o{i} + {j}u] = acc{i}_{j};"));
+            match epilogue {
+                Epilogue::Store => line(format!("out[o{i} + {j}u] = acc{i}_{j};")),
+                Epilogue::BiasAct { relu } => {
+                    line(format!("let z{i}_{j} = acc{i}_{j} + bv{j};"));
+                    line(format!("out[o{i} + {j}u] = z{i}_{j};"));
+                    if relu {
+                        line(format!(
+                            "act_out[o{i} + {j}u] = max(z{i}_{j}, vec4<f32>(0.0));"
+                        ));
+                    } else {
+                        line(format!("act_out[o{i} + {j}u] = z{i}_{j};"));
+                    }
+                }
+            }
         }
     }
 }
@@ -370,13 +438,39 @@ mod tests {
     }
 
     #[test]
+    fn no_generated_local_shadows_a_binding() {
+        // A local named like a global (`let a4 = a4[...]`) compiles and silently reads the
+        // wrong thing afterwards; the generator's names must never collide.
+        let globals = ["out", "a4", "b4", "p", "act_out", "bias_in"];
+        for form in MatmulForm::ALL {
+            for &t in TILES {
+                for epilogue in [
+                    Epilogue::Store,
+                    Epilogue::BiasAct { relu: true },
+                    Epilogue::BiasAct { relu: false },
+                ] {
+                    let src = source(form, t, epilogue);
+                    for g in globals {
+                        assert!(
+                            !src.contains(&format!("let {g} "))
+                                && !src.contains(&format!("var {g} ")),
+                            "{}: a local shadows `{g}`",
+                            entry_name(form, t, epilogue)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn generated_sources_are_cached_and_name_their_entry_point() {
         let t = Tile::new(8, 8, 8, 8);
-        let (src, entry) = generated(MatmulForm::Tn, t);
+        let (src, entry) = generated(MatmulForm::Tn, t, Epilogue::Store);
         assert_eq!(entry, "matmul_tn_r8c8w8x8");
         assert!(src.contains(&format!("fn {entry}(")));
         // The same leaked strings come back the second time.
-        let again = generated(MatmulForm::Tn, t);
+        let again = generated(MatmulForm::Tn, t, Epilogue::Store);
         assert!(std::ptr::eq(src, again.0));
     }
 }
