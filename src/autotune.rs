@@ -206,12 +206,11 @@ pub fn choose(
         }
     }
     if let Some(&c) = tuner.choices.get(&shape) {
-        // A cached tile that no longer fits (cannot happen for the same key) falls back.
-        return Ok(if cands.contains(&c) {
-            c
-        } else {
-            MatmulChoice::Blocked
-        });
+        // A cached choice that is no longer a candidate (the candidate rules changed) is
+        // measured again below rather than trusted.
+        if cands.contains(&c) {
+            return Ok(c);
+        }
     }
     if std::env::var("SOMA_AUTOTUNE").is_ok_and(|v| v == "off" || v == "0") {
         return Ok(MatmulChoice::Blocked);

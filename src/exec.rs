@@ -120,8 +120,9 @@ impl<'a> GpuExec<'a> {
     }
 
     /// One dispatch per op. A layer's product followed by its bias and activation becomes
-    /// one fused dispatch (`kernels::dense_forward`) where a generated tile runs the product;
-    /// the second op's dispatch is then kept but disabled, so op indices still match.
+    /// one fused dispatch (`kernels::dense_forward`) where a generated tile runs the product,
+    /// and so does an input delta followed by a ReLU derivative (`kernels::relu_delta`); the
+    /// second op's dispatch is then kept but disabled, so op indices still match.
     fn build_all(&self, plan: &Plan, ops: &[Op]) -> Result<Vec<Dispatch>> {
         let t = &self.tensors;
         let mut dispatches = Vec::with_capacity(ops.len());
@@ -149,6 +150,38 @@ impl<'a> GpuExec<'a> {
                     let fused = kernels::dense_forward(
                         self.gpu, &t[*out], &t[*pre], &t[*a], &t[*b], &t[*bias], act,
                     )?;
+                    if let Some(d) = fused {
+                        dispatches.push(d);
+                        let mut second = self.build(plan, next)?;
+                        second.disable();
+                        dispatches.push(second);
+                        i += 2;
+                        continue;
+                    }
+                }
+            }
+            if let (
+                Op::MatmulNn {
+                    out: dx,
+                    a,
+                    b,
+                    params: mp,
+                },
+                Some(
+                    next @ Op::ActivationBackward {
+                        dpre,
+                        dout,
+                        pre,
+                        params: ap,
+                    },
+                ),
+            ) = (&ops[i], ops.get(i + 1))
+            {
+                // The product (dx) is read by nothing but the activation backward, so the
+                // fused kernel writes dpre alone.
+                let relu = activation_of(ap.kind, ap.slope) == Activation::Relu;
+                if dx == dout && mp.accumulate == 0 && relu && fusion_enabled() {
+                    let fused = kernels::relu_delta(self.gpu, &t[*dpre], &t[*a], &t[*b], &t[*pre])?;
                     if let Some(d) = fused {
                         dispatches.push(d);
                         let mut second = self.build(plan, next)?;

@@ -182,6 +182,84 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
     gpu.set_matmul_variant(MatmulVariant::default());
 }
 
+/// The input delta of a ReLU layer as one kernel (a tile with relu' as its epilogue) gives
+/// what the product and the separate activation backward give: the same bits on lavapipe,
+/// the CPU twins' values within the matmul tolerance anywhere. Tiles over 256 outputs per
+/// invocation do not take the epilogue.
+#[test]
+fn relu_delta_fuses_the_derivative_into_the_tile() {
+    let Some(gpu) = gpu("relu_delta_fuses_the_derivative_into_the_tile") else {
+        return;
+    };
+    let (m, k, n) = (64, 20, 32);
+    let mut rng = TestRng::new(13);
+    let d = rng.vec(m * k, -1.0, 1.0);
+    let w = rng.vec(k * n, -1.0, 1.0);
+    let pre = rng.vec(m * n, -1.0, 1.0);
+    let (dt, wt, pt) = (
+        up(gpu, "d", &[m, k], &d),
+        up(gpu, "w", &[k, n], &w),
+        up(gpu, "pre", &[m, n], &pre),
+    );
+    let mp = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: 0,
+    };
+    let ap = ActivationParams {
+        rows: m as u32,
+        cols: n as u32,
+        kind: Activation::Relu.code(),
+        ..Default::default()
+    };
+    let mut dx = vec![0.0; m * n];
+    cpu::matmul_nn(&mut dx, &d, &w, &mp);
+    let mut want = vec![0.0; m * n];
+    cpu::activation_backward(&mut want, &dx, &pre, &ap);
+    let mut fused_tiles = 0;
+    for &t in TILES {
+        gpu.set_matmul_variant(MatmulVariant::Tile(t));
+        let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
+        let Some(fused) = kernels::relu_delta(gpu, &dpre, &dt, &wt, &pt).unwrap() else {
+            assert!(
+                t.rows as u32 * t.cols as u32 > soma::kernels::tiled::RELU_GRAD_MAX_OUTPUTS,
+                "{} fits and is small enough, so it fuses",
+                t.name()
+            );
+            continue;
+        };
+        fused_tiles += 1;
+        run(gpu, &fused);
+        let got = dpre.read(gpu).unwrap();
+        let label = format!("relu_delta {}", t.name());
+        let atol = 2.0 * k as f32 * f32::EPSILON + 1e-6;
+        assert_close(&label, &got, &want, atol, 1e-6);
+        // The unfused pair on the GPU, same tile.
+        let (dx2, dpre2) = (
+            GpuTensor::zeros(gpu, "dx", &[m, n]).unwrap(),
+            GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap(),
+        );
+        let mm = kernels::matmul_nn(gpu, &dx2, &dt, &wt, Accumulate::Overwrite).unwrap();
+        let ab = kernels::activation_backward(gpu, &dpre2, &dx2, &pt, Activation::Relu).unwrap();
+        kernels::run(gpu, &[&mm, &ab]).unwrap();
+        let other = dpre2.read(gpu).unwrap();
+        assert!(
+            got.iter()
+                .zip(&other)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{label}: not the unfused kernels' bits"
+        );
+    }
+    assert!(fused_tiles >= 3, "the small tiles fuse");
+    gpu.set_matmul_variant(MatmulVariant::Blocked);
+    let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
+    assert!(kernels::relu_delta(gpu, &dpre, &dt, &wt, &pt)
+        .unwrap()
+        .is_none());
+    gpu.set_matmul_variant(MatmulVariant::default());
+}
+
 /// Every generated tile sums each output in the order of the naive kernel (k = 0, 1, ...,
 /// separate multiply and add). Where the naive kernel's bits equal the CPU twin's (a driver
 /// that does not contract into fused multiply-adds, as lavapipe), the tiles must give exactly

@@ -175,11 +175,16 @@ fn fused_layers_train_like_the_cpu_reference() {
         seed: 3,
         ..Default::default()
     };
-    // Both hidden layers (widths 32 and 16) run fused; the 10-wide output layer does not.
+    // Both hidden layers (widths 32 and 16) run fused forward; the 10-wide output layer does
+    // not. Backward, the delta into the first layer (32 wide, from a 16-wide product) takes
+    // relu' as its epilogue; the one into the second comes from a 10-term product (not a
+    // multiple of 4) and stays apart.
     let mut t = Trainer::new(Device::Gpu(&own), &model, loss, opt, &train, None, &config).unwrap();
     let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
     let fused = kernels.iter().filter(|k| k.ends_with("_bias_relu")).count();
     assert_eq!(fused, 2, "kernels of a step: {kernels:?}");
+    let fused_grad = kernels.iter().filter(|k| k.ends_with("_relu_grad")).count();
+    assert_eq!(fused_grad, 1, "kernels of a step: {kernels:?}");
     assert!(
         !kernels.contains(&"bias_activation_forward_vec4"),
         "{kernels:?}"

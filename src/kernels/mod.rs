@@ -147,6 +147,12 @@ impl Kernel {
                     .map(|&t| Kernel::MatmulTile(MatmulForm::Nt, t, Epilogue::BiasAct { relu })),
             );
         }
+        all.extend(
+            TILES
+                .iter()
+                .filter(|t| tiled::relu_grad_allowed(**t))
+                .map(|&t| Kernel::MatmulTile(MatmulForm::Nn, t, Epilogue::ReluGrad)),
+        );
         all
     }
 
@@ -164,6 +170,8 @@ impl Kernel {
                     Epilogue::Store => &[W, R, R],
                     // out (pre-activation), x, w, act_out, bias
                     Epilogue::BiasAct { .. } => &[W, R, R, W, R],
+                    // dpre, d, w, pre
+                    Epilogue::ReluGrad => &[W, R, R, R],
                 };
                 (shader, entry, storage, MatmulParams::WGSL_NAME)
             }

@@ -304,6 +304,38 @@ pub fn dense_forward(
     .map(Some)
 }
 
+/// The input delta of a ReLU layer in one kernel, `dpre = (d · w) * relu'(pre)`, where the
+/// product `d · w` runs on a generated tile (as chosen for `matmul_nn` of this size) small
+/// enough for the epilogue ([`tiled::RELU_GRAD_MAX_OUTPUTS`]); `None` where not, and the caller
+/// records `matmul_nn` and `activation_backward` instead. Same values, and on lavapipe the
+/// same bits, as those two; the product itself is not stored.
+pub fn relu_delta(
+    gpu: &Gpu,
+    dpre: &GpuTensor,
+    d: &GpuTensor,
+    w: &GpuTensor,
+    pre: &GpuTensor,
+) -> Result<Option<Dispatch>> {
+    let op = "relu_delta";
+    let (m, k) = matrix(op, d)?;
+    let (_, n) = matrix(op, w)?;
+    expect_shape(op, w, (k, n))?;
+    expect_shape(op, dpre, (m, n))?;
+    expect_shape(op, pre, (m, n))?;
+    let p = matmul_params(op, m, n, k, Accumulate::Overwrite)?;
+    match matmul_choice(gpu, MatmulForm::Nn, m, n, k, Accumulate::Overwrite)? {
+        MatmulChoice::Tile(t) if super::tiled::relu_grad_allowed(t) => Dispatch::new(
+            gpu,
+            Kernel::MatmulTile(MatmulForm::Nn, t, Epilogue::ReluGrad),
+            &[dpre, d, w, pre],
+            &[p],
+            t.grid(m, n),
+        )
+        .map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// The dispatch of one product on the kernel `choice` names (shapes already checked; a tile
 /// must fit them).
 pub(crate) fn matmul_dispatch(

@@ -134,12 +134,26 @@ pub enum Epilogue {
     /// the scalar kernels' formulas. Other activations keep their separate kernel: a branch
     /// per output would multiply llvmpipe's compile time.
     BiasAct { relu: bool },
+    /// The input delta of a ReLU layer (nn only): `out = sums * relu'(pre)`, with `pre` the
+    /// previous layer's pre-activation, in `activation_backward`'s formula. Only for tiles of
+    /// at most [`RELU_GRAD_MAX_OUTPUTS`] outputs: it loads `pre` once per output, and more
+    /// unrolled loads multiply llvmpipe's compile time.
+    ReluGrad,
+}
+
+/// The biggest tile (rows x cols) that takes the `ReluGrad` epilogue.
+pub const RELU_GRAD_MAX_OUTPUTS: u32 = 256;
+
+/// Whether `tile` takes the `ReluGrad` epilogue.
+pub fn relu_grad_allowed(tile: Tile) -> bool {
+    tile.rows as u32 * tile.cols as u32 <= RELU_GRAD_MAX_OUTPUTS
 }
 
 impl Epilogue {
     fn suffix(self) -> &'static str {
         match self {
             Epilogue::Store => "",
+            Epilogue::ReluGrad => "_relu_grad",
             Epilogue::BiasAct { relu: true } => "_bias_relu",
             Epilogue::BiasAct { relu: false } => "_bias",
         }
@@ -185,10 +199,11 @@ pub fn generated(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> (&'static 
 pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
     let mut s = String::new();
     let entry = entry_name(form, tile, epilogue);
-    let epilogue = if form == MatmulForm::Nt {
-        epilogue
-    } else {
-        Epilogue::Store
+    let epilogue = match (form, epilogue) {
+        (MatmulForm::Nt, Epilogue::BiasAct { .. }) | (MatmulForm::Nn, Epilogue::ReluGrad) => {
+            epilogue
+        }
+        _ => Epilogue::Store,
     };
     let extra_bindings = match epilogue {
         Epilogue::Store => "@group(0) @binding(3) var<uniform> p: MatmulParams;\n".to_string(),
@@ -196,6 +211,11 @@ pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
             "@group(0) @binding(3) var<storage, read_write> act_out: array<vec4<f32>>;\n\
              @group(0) @binding(4) var<storage, read> bias_in: array<vec4<f32>>;\n\
              @group(0) @binding(5) var<uniform> p: MatmulParams;\n"
+                .to_string()
+        }
+        Epilogue::ReluGrad => {
+            "@group(0) @binding(3) var<storage, read> pre_in: array<vec4<f32>>;\n\
+             @group(0) @binding(4) var<uniform> p: MatmulParams;\n"
                 .to_string()
         }
     };
@@ -296,7 +316,7 @@ pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
                 }
             }
             line("}".into());
-            store(&mut line, r, cv, "row0", "cv0", "nv", Epilogue::Store);
+            store(&mut line, r, cv, "row0", "cv0", "nv", epilogue);
         }
         MatmulForm::Tn => {
             // acc_i_j: vec4 of 4 columns; a (k, m) read as vec4 along m, b (k, n) along n.
@@ -377,6 +397,12 @@ fn store(
                         line(format!("act_out[o{i} + {j}u] = z{i}_{j};"));
                     }
                 }
+                Epilogue::ReluGrad => {
+                    line(format!("let q{i}_{j} = pre_in[o{i} + {j}u];"));
+                    line(format!(
+                        "out[o{i} + {j}u] = acc{i}_{j} * select(vec4<f32>(0.0), vec4<f32>(1.0), q{i}_{j} > vec4<f32>(0.0));"
+                    ));
+                }
             }
         }
     }
@@ -441,13 +467,14 @@ mod tests {
     fn no_generated_local_shadows_a_binding() {
         // A local named like a global (`let a4 = a4[...]`) compiles and silently reads the
         // wrong thing afterwards; the generator's names must never collide.
-        let globals = ["out", "a4", "b4", "p", "act_out", "bias_in"];
+        let globals = ["out", "a4", "b4", "p", "act_out", "bias_in", "pre_in"];
         for form in MatmulForm::ALL {
             for &t in TILES {
                 for epilogue in [
                     Epilogue::Store,
                     Epilogue::BiasAct { relu: true },
                     Epilogue::BiasAct { relu: false },
+                    Epilogue::ReluGrad,
                 ] {
                     let src = source(form, t, epilogue);
                     for g in globals {
