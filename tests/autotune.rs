@@ -96,5 +96,27 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         serde_json::from_str::<serde_json::Value>(&text).is_ok(),
         "rewritten whole"
     );
+
+    // A cached choice that is not a candidate for the product (64 x 32 tiles would leave 2
+    // workgroups here) is measured again, not trusted and not replaced by the fallback.
+    let stale = serde_json::json!({
+        "format": 1,
+        "adapters": { key.clone(): { "nn 128x128x256": "r64c32w8x1" } }
+    });
+    std::fs::write(&path, serde_json::to_vec(&stale).unwrap()).unwrap();
+    let fourth = Gpu::new().unwrap();
+    let (kernel4, got4) = product(&fourth);
+    assert_eq!(
+        fourth.autotuner().measured(),
+        1,
+        "the stale choice is measured again"
+    );
+    let big = soma::Kernel::MatmulTile(
+        MatmulForm::Nn,
+        soma::kernels::Tile::new(64, 32, 8, 1),
+        soma::kernels::Epilogue::Store,
+    );
+    assert_ne!(kernel4, big);
+    assert_eq!(got, got4);
     let _ = std::fs::remove_dir_all(&dir);
 }
