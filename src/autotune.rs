@@ -29,11 +29,12 @@ use crate::tensor::GpuTensor;
 /// blocked kernel without measuring: their time is mostly launch overhead.
 pub const TUNE_MIN_FLOPS: f64 = (1u64 << 22) as f64;
 
-/// Timed runs per candidate (after one untimed run that also compiles it); the minimum counts.
+/// Timed runs per candidate, in interleaved passes (after one untimed run that also compiles
+/// it); the minimum counts.
 const TIMED_RUNS: usize = 3;
 
-/// A candidate replaces the current best only when it is at least this much faster, so that
-/// noise does not pick a bigger tile for nothing.
+/// The first candidate (blocked, then tiles from small to big) within this factor of the
+/// fastest is chosen, so that noise does not pick a bigger tile for nothing.
 const MARGIN: f64 = 0.97;
 
 /// A tile this much slower than the best smaller tile ends the search through bigger ones.
@@ -152,11 +153,18 @@ fn save_choice(key: &str, shape: &str, choice: MatmulChoice) {
 }
 
 /// Tiles that would leave fewer workgroups than this are not tried: too little parallelism
-/// for any adapter to win with, and (big tiles being the slow ones to compile) costly to try.
-pub const MIN_WORKGROUPS: u32 = 4;
+/// for any adapter to win with.
+pub const MIN_WORKGROUPS: u32 = 2;
 
-/// The candidates for one product: blocked, then every tile that fits and leaves at least
-/// [`MIN_WORKGROUPS`] workgroups, smallest first.
+/// Big tiles (at least [`BIG_TILE_OUTPUTS`] outputs per invocation) need this many: they are
+/// the ones llvmpipe takes seconds to compile, not worth trying where they cannot spread.
+pub const MIN_WORKGROUPS_BIG: u32 = 4;
+
+/// Outputs per invocation from which a tile counts as big.
+pub const BIG_TILE_OUTPUTS: u32 = 1024;
+
+/// The candidates for one product: blocked, then every tile that fits and leaves enough
+/// workgroups ([`MIN_WORKGROUPS`], [`MIN_WORKGROUPS_BIG`]), smallest first.
 pub fn candidates(
     form: MatmulForm,
     m: usize,
@@ -171,7 +179,13 @@ pub fn candidates(
             .filter(|t| t.fits(form, m, n, k, acc))
             .filter(|t| {
                 let [x, y, _] = t.grid(m, n);
-                x * y >= MIN_WORKGROUPS
+                let big = t.rows as u32 * t.cols as u32 >= BIG_TILE_OUTPUTS;
+                x * y
+                    >= if big {
+                        MIN_WORKGROUPS_BIG
+                    } else {
+                        MIN_WORKGROUPS
+                    }
             })
             .map(|&t| MatmulChoice::Tile(t)),
     );
@@ -246,42 +260,60 @@ fn measure(
         k: k as u32,
         accumulate: 0,
     };
-    let mut best: Option<(MatmulChoice, f64)> = None;
-    // The fastest tile so far and the time of the last one tried.
+    // First pass: each candidate compiled, run once untimed, then timed once. Tiles come
+    // smallest first: once one is clearly slower than a smaller one, the bigger ones (slower
+    // to compile, too) are not tried.
+    let mut tried: Vec<(MatmulChoice, kernels::Dispatch, f64)> = Vec::new();
     let mut best_tile = f64::INFINITY;
     let mut last_tile = 0.0;
-    let mut report = Vec::new();
+    let mut skipped = None;
     for &c in cands {
-        // Tiles come smallest first: once one is clearly slower than a smaller one, the
-        // bigger ones (slower to compile, too) are not tried.
         if matches!(c, MatmulChoice::Tile(_)) && last_tile > PRUNE * best_tile {
-            report.push(format!("{} and bigger not tried", c.name()));
+            skipped = Some(c);
             break;
         }
         let d = kernels::matmul_dispatch(gpu, form, c, &out, &a, &b, &p)?;
         // The first run compiles the pipeline on drivers that compile lazily.
         kernels::run(gpu, &[&d])?;
         gpu.wait()?;
-        let mut t_min = f64::INFINITY;
-        for _ in 0..TIMED_RUNS {
-            let t = Instant::now();
-            kernels::run(gpu, &[&d])?;
-            gpu.wait()?;
-            t_min = t_min.min(t.elapsed().as_secs_f64());
-            // Far behind the best: no need for more samples.
-            if best.is_some_and(|(_, b)| t_min > 2.0 * b) {
-                break;
+        let t = time_once(gpu, &d)?;
+        if matches!(c, MatmulChoice::Tile(_)) {
+            last_tile = t;
+            best_tile = best_tile.min(t);
+        }
+        tried.push((c, d, t));
+    }
+    // More passes over the survivors, interleaved, so that a host that slows down for a
+    // moment slows every candidate alike; each keeps its fastest run.
+    for _ in 1..TIMED_RUNS {
+        let best = tried.iter().map(|x| x.2).fold(f64::INFINITY, f64::min);
+        for (_, d, t) in tried.iter_mut() {
+            if *t <= 2.0 * best {
+                *t = t.min(time_once(gpu, d)?);
             }
         }
-        report.push(format!("{} {:.3} ms", c.name(), t_min * 1e3));
-        if matches!(c, MatmulChoice::Tile(_)) {
-            last_tile = t_min;
-            best_tile = best_tile.min(t_min);
-        }
-        if best.is_none_or(|(_, b)| t_min < MARGIN * b) {
-            best = Some((c, t_min));
-        }
     }
-    let (choice, _) = best.unwrap_or((MatmulChoice::Blocked, 0.0));
+    // The first candidate within MARGIN of the fastest, so that noise does not pick a
+    // bigger tile for nothing.
+    let fastest = tried.iter().map(|x| x.2).fold(f64::INFINITY, f64::min);
+    let choice = tried
+        .iter()
+        .find(|x| x.2 * MARGIN <= fastest)
+        .map_or(MatmulChoice::Blocked, |x| x.0);
+    let mut report: Vec<String> = tried
+        .iter()
+        .map(|(c, _, t)| format!("{} {:.3} ms", c.name(), t * 1e3))
+        .collect();
+    if let Some(c) = skipped {
+        report.push(format!("{} and bigger not tried", c.name()));
+    }
     Ok((choice, report.join(", ")))
+}
+
+/// Wall time of one run of `d`, submission to completion.
+fn time_once(gpu: &Gpu, d: &kernels::Dispatch) -> Result<f64> {
+    let t = Instant::now();
+    kernels::run(gpu, &[d])?;
+    gpu.wait()?;
+    Ok(t.elapsed().as_secs_f64())
 }
