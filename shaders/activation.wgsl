@@ -154,3 +154,73 @@ fn activation_backward_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     bwd4_dpre[i] = bwd4_dout[i] * derivative4(bwd_p.kind, bwd_p.slope, bwd4_pre[i]);
 }
+
+// ---------------------------------------------------------------------------------------
+// dense_forward: a layer's whole forward pass, pre = x (m, k) · w (n, k)^T (+ bias) and
+// out = act(pre), for the shapes the generated tiles do not take (k not a multiple of 4, say
+// a first layer of 2 inputs). 4 x 4 outputs per invocation as in matmul_blocked, with the same
+// clamped edge loads, the k-sum in the same order, then the bias and activation of
+// bias_activation_forward, so the same bits as those two kernels in a row, with one pass over
+// the activations instead of three.
+
+struct DenseParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    kind: u32,
+    slope: f32,
+    has_bias: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> dn_pre: array<f32>;
+@group(0) @binding(1) var<storage, read> dn_x: array<f32>;
+@group(0) @binding(2) var<storage, read> dn_w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dn_out: array<f32>;
+@group(0) @binding(4) var<storage, read> dn_bias: array<f32>;
+@group(0) @binding(5) var<uniform> dn_p: DenseParams;
+
+@compute @workgroup_size(8, 8, 1)
+fn dense_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * 4u;
+    if (row0 >= dn_p.m || col0 >= dn_p.n) {
+        return;
+    }
+    let k = dn_p.k;
+    let last_row = dn_p.m - 1u;
+    let last_col = dn_p.n - 1u;
+    let ra = vec4<u32>(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row)) * k;
+    let cb = vec4<u32>(col0, min(col0 + 1u, last_col), min(col0 + 2u, last_col), min(col0 + 3u, last_col)) * k;
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var kk = 0u; kk < k; kk = kk + 1u) {
+        let bv = vec4<f32>(dn_w[cb.x + kk], dn_w[cb.y + kk], dn_w[cb.z + kk], dn_w[cb.w + kk]);
+        let p0 = dn_x[ra.x + kk] * bv;
+        let p1 = dn_x[ra.y + kk] * bv;
+        let p2 = dn_x[ra.z + kk] * bv;
+        let p3 = dn_x[ra.w + kk] * bv;
+        acc[0] = acc[0] + p0;
+        acc[1] = acc[1] + p1;
+        acc[2] = acc[2] + p2;
+        acc[3] = acc[3] + p3;
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let row = row0 + i;
+        if (row >= dn_p.m) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let col = col0 + j;
+            if (col < dn_p.n) {
+                let idx = row * dn_p.n + col;
+                var z = acc[i][j];
+                if (dn_p.has_bias != 0u) {
+                    z = z + dn_bias[col];
+                }
+                dn_pre[idx] = z;
+                dn_out[idx] = activate(dn_p.kind, dn_p.slope, z);
+            }
+        }
+    }
+}

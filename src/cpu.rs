@@ -269,6 +269,34 @@ pub fn bias_activation_forward(
     }
 }
 
+/// `pre = x · wᵀ (+ bias)`, `out = act(pre)`: the product's twin and then the bias and
+/// activation's twin, as `dense_forward` computes them in one kernel.
+pub fn dense_forward(
+    pre: &mut [f32],
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    p: &DenseParams,
+) {
+    let mp = MatmulParams {
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        accumulate: 0,
+    };
+    matmul_nt(pre, x, w, &mp);
+    let ap = ActivationParams {
+        rows: p.m,
+        cols: p.n,
+        kind: p.kind,
+        has_bias: p.has_bias,
+        slope: p.slope,
+        ..Default::default()
+    };
+    bias_activation_forward(out, pre, bias, &ap);
+}
+
 /// `dpre = dout * act'(pre)`.
 pub fn activation_backward(dpre: &mut [f32], dout: &[f32], pre: &[f32], p: &ActivationParams) {
     let len = (p.rows * p.cols) as usize;

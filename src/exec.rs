@@ -139,16 +139,24 @@ impl<'a> GpuExec<'a> {
                     next @ Op::BiasActivationForward {
                         out,
                         pre: pre2,
-                        bias: Some(bias),
+                        bias,
                         params: ap,
                     },
                 ),
             ) = (&ops[i], ops.get(i + 1))
             {
-                if pre == pre2 && mp.accumulate == 0 && ap.has_bias != 0 && fusion_enabled() {
+                if pre == pre2 && mp.accumulate == 0 && fusion_enabled() {
                     let act = activation_of(ap.kind, ap.slope);
+                    let bias = bias.map(|b| &t[b]);
                     let fused = kernels::dense_forward(
-                        self.gpu, &t[*out], &t[*pre], &t[*a], &t[*b], &t[*bias], act,
+                        self.gpu,
+                        &t[*out],
+                        &t[*pre],
+                        &t[*a],
+                        &t[*b],
+                        bias,
+                        &t[plan.dummy],
+                        act,
                     )?;
                     if let Some(d) = fused {
                         dispatches.push(d);

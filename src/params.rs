@@ -119,6 +119,24 @@ params_struct! {
 }
 
 params_struct! {
+    /// A layer's forward pass in one kernel: `pre = x (m, k) · w (n, k)ᵀ (+ bias)`,
+    /// `out = act(pre)`.
+    DenseParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        /// [`crate::Activation::code`].
+        kind: u32,
+        /// Negative-side slope of leaky ReLU.
+        slope: f32,
+        /// 1 when `bias` is added.
+        has_bias: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+params_struct! {
     /// A column reduction or a row-wise op over a `(rows, cols)` matrix.
     RowsParams {
         rows: u32,

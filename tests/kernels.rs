@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, TestRng};
+use common::{assert_close, gpu, own_gpu, TestRng};
 use soma::kernels::{self, Accumulate, MatmulVariant, TILES};
 use soma::params::*;
 use soma::Loss;
@@ -43,9 +43,11 @@ fn run(gpu: &Gpu, d: &soma::Dispatch) {
 
 #[test]
 fn matmul_forms_match_cpu() {
-    let Some(gpu) = gpu("matmul_forms_match_cpu") else {
+    // Its own Gpu: it changes the matmul variant.
+    let Some(own) = own_gpu("matmul_forms_match_cpu") else {
         return;
     };
+    let gpu = &own;
     // (m, k, n)
     let cases = [
         (1, 1, 1),
@@ -81,9 +83,11 @@ fn matmul_forms_match_cpu() {
 /// the matmul tolerance anywhere.
 #[test]
 fn dense_forward_fuses_bias_and_activation_into_the_tile() {
-    let Some(gpu) = gpu("dense_forward_fuses_bias_and_activation_into_the_tile") else {
+    // Its own Gpu: it changes the matmul variant.
+    let Some(own) = own_gpu("dense_forward_fuses_bias_and_activation_into_the_tile") else {
         return;
     };
+    let gpu = &own;
     let (m, k, n) = (64, 20, 32);
     let mut rng = TestRng::new(12);
     let x = rng.vec(m * k, -1.0, 1.0);
@@ -120,7 +124,7 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
                 GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
                 GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
             );
-            let d = kernels::dense_forward(gpu, &out, &pre, &xt, &wt, &bt, act)
+            let d = kernels::dense_forward(gpu, &out, &pre, &xt, &wt, Some(&bt), &dummy, act)
                 .unwrap()
                 .expect("a tile that fits runs the fused kernel");
             assert!(
@@ -162,7 +166,8 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
         GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
         GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
     );
-    let fused = |act| kernels::dense_forward(gpu, &out, &pre, &xt, &wt, &bt, act).unwrap();
+    let fused =
+        |act| kernels::dense_forward(gpu, &out, &pre, &xt, &wt, Some(&bt), &dummy, act).unwrap();
     assert!(fused(Activation::Sigmoid).is_none());
     assert!(fused(Activation::LeakyRelu { slope: 0.1 }).is_none());
     gpu.set_matmul_variant(MatmulVariant::Blocked);
@@ -174,11 +179,95 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
     );
     gpu.set_matmul_variant(MatmulVariant::Tile(TILES[0]));
     let b30 = GpuTensor::zeros(gpu, "bias", &[30]).unwrap();
-    assert!(
-        kernels::dense_forward(gpu, &out_odd, &pre_odd, &xt, &odd, &b30, Activation::Relu)
-            .unwrap()
-            .is_none()
-    );
+    assert!(kernels::dense_forward(
+        gpu,
+        &out_odd,
+        &pre_odd,
+        &xt,
+        &odd,
+        Some(&b30),
+        &dummy,
+        Activation::Relu
+    )
+    .unwrap()
+    .is_none());
+    gpu.set_matmul_variant(MatmulVariant::default());
+}
+
+/// Where the product would run on the scalar blocked kernel (k not a multiple of 4, as in a
+/// first layer of 2 inputs), `dense_forward` is one kernel for any activation, with or
+/// without a bias: the CPU twin's values, and the bits of the blocked product and the
+/// separate bias/activation kernel.
+#[test]
+fn dense_forward_blocked_matches_its_twin_and_the_two_kernels() {
+    // Its own Gpu: it changes the matmul variant.
+    let Some(own) = own_gpu("dense_forward_blocked_matches_its_twin_and_the_two_kernels") else {
+        return;
+    };
+    let gpu = &own;
+    gpu.set_matmul_variant(MatmulVariant::Blocked);
+    let mut rng = TestRng::new(14);
+    let dummy = GpuTensor::zeros(gpu, "no bias", &[4]).unwrap();
+    for (m, k, n) in [(1, 1, 1), (33, 2, 17), (130, 7, 64)] {
+        let x = rng.vec(m * k, -2.0, 2.0);
+        let w = rng.vec(n * k, -2.0, 2.0);
+        let bias = rng.vec(n, -1.0, 1.0);
+        let (xt, wt, bt) = (
+            up(gpu, "x", &[m, k], &x),
+            up(gpu, "w", &[n, k], &w),
+            up(gpu, "bias", &[n], &bias),
+        );
+        for act in Activation::ALL {
+            for has_bias in [true, false] {
+                let dp = DenseParams {
+                    m: m as u32,
+                    n: n as u32,
+                    k: k as u32,
+                    kind: act.code(),
+                    slope: act.slope(),
+                    has_bias: has_bias as u32,
+                    ..Default::default()
+                };
+                let (mut want_pre, mut want_out) = (vec![0.0; m * n], vec![0.0; m * n]);
+                cpu::dense_forward(&mut want_pre, &mut want_out, &x, &w, &bias, &dp);
+                let b = has_bias.then_some(&bt);
+                let (pre, out) = (
+                    GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
+                    GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
+                );
+                let d = kernels::dense_forward(gpu, &out, &pre, &xt, &wt, b, &dummy, act)
+                    .unwrap()
+                    .expect("k is not a multiple of 4: the blocked dense_forward");
+                assert_eq!(d.kernel().entry_point(), "dense_forward");
+                run(gpu, &d);
+                let (got_pre, got_out) = (pre.read(gpu).unwrap(), out.read(gpu).unwrap());
+                let label = format!("dense_forward {m}x{k}x{n} {act:?} bias {has_bias}");
+                // The product's tolerance; the activations' exp may differ by a few ulps.
+                let atol = 4.0 * k as f32 * f32::EPSILON + 1e-6;
+                assert_close(&format!("{label} pre"), &got_pre, &want_pre, atol, 1e-6);
+                assert_close(&format!("{label} out"), &got_out, &want_out, atol, 1e-5);
+
+                let (pre2, out2) = (
+                    GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
+                    GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
+                );
+                let mm = kernels::matmul_nt(gpu, &pre2, &xt, &wt, Accumulate::Overwrite).unwrap();
+                let ba =
+                    kernels::bias_activation_forward(gpu, &out2, &pre2, b, &dummy, act).unwrap();
+                kernels::run(gpu, &[&mm, &ba]).unwrap();
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same(&got_pre, &pre2.read(gpu).unwrap()),
+                    "{label}: pre bits"
+                );
+                assert!(
+                    same(&got_out, &out2.read(gpu).unwrap()),
+                    "{label}: out bits"
+                );
+            }
+        }
+    }
     gpu.set_matmul_variant(MatmulVariant::default());
 }
 
@@ -188,9 +277,11 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
 /// invocation do not take the epilogue.
 #[test]
 fn relu_delta_fuses_the_derivative_into_the_tile() {
-    let Some(gpu) = gpu("relu_delta_fuses_the_derivative_into_the_tile") else {
+    // Its own Gpu: it changes the matmul variant.
+    let Some(own) = own_gpu("relu_delta_fuses_the_derivative_into_the_tile") else {
         return;
     };
+    let gpu = &own;
     let (m, k, n) = (64, 20, 32);
     let mut rng = TestRng::new(13);
     let d = rng.vec(m * k, -1.0, 1.0);
@@ -266,9 +357,11 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
 /// those bits too; elsewhere the tolerance test above covers them.
 #[test]
 fn matmul_tiles_sum_in_naive_order() {
-    let Some(gpu) = gpu("matmul_tiles_sum_in_naive_order") else {
+    // Its own Gpu: it changes the matmul variant.
+    let Some(own) = own_gpu("matmul_tiles_sum_in_naive_order") else {
         return;
     };
+    let gpu = &own;
     let (m, k, n) = (128, 36, 64);
     let mut rng = TestRng::new(5);
     let p = MatmulParams {

@@ -148,6 +148,7 @@ fn check_params<P: Params>() {
 fn params_structs_match_wgsl() {
     check_params::<MatmulParams>();
     check_params::<ActivationParams>();
+    check_params::<DenseParams>();
     check_params::<RowsParams>();
     check_params::<LossParams>();
     check_params::<SgdParams>();

@@ -91,6 +91,7 @@ pub enum Kernel {
     AdamUpdateVec4,
     GatherRowsVec4,
     GatherRowsU8Vec4,
+    DenseForward,
     /// A generated register-tiled matmul (`tiled.rs`), with what it does with its sums.
     MatmulTile(MatmulForm, Tile, Epilogue),
 }
@@ -128,6 +129,7 @@ impl Kernel {
         Kernel::AdamUpdateVec4,
         Kernel::GatherRowsVec4,
         Kernel::GatherRowsU8Vec4,
+        Kernel::DenseForward,
     ];
 
     /// Every kernel, the generated tiles of every form included.
@@ -269,6 +271,12 @@ impl Kernel {
                 "gather_rows_u8_vec4",
                 &[W, R, R],
                 GatherParams::WGSL_NAME,
+            ),
+            Kernel::DenseForward => (
+                ACTIVATION,
+                "dense_forward",
+                &[W, R, R, W, R],
+                DenseParams::WGSL_NAME,
             ),
             Kernel::PerceptronEpoch => (
                 PERCEPTRON,

@@ -258,27 +258,26 @@ fn matmul_choice(
     })
 }
 
-/// The forward pass of a dense layer in one kernel, `pre = x · wᵀ + bias` and
-/// `out = act(pre)`, where the product runs on a generated tile (as chosen for
-/// `matmul_nt` of this size), the activation is ReLU or the identity and the device binds
-/// five storage buffers per stage (the WebGPU defaults allow 8); `None` where not,
-/// and the caller records `matmul_nt` and `bias_activation_forward` instead. Same values,
-/// and on lavapipe the same bits, as those two.
+/// The forward pass of a dense layer in one kernel, `pre = x · wᵀ (+ bias)` and
+/// `out = act(pre)`, in place of `matmul_nt` followed by `bias_activation_forward` (same
+/// values, and on lavapipe the same bits). Where the product runs on a generated tile (as
+/// chosen for `matmul_nt` of this size), the bias and a ReLU or identity activation are the
+/// tile's epilogue; where it would run on the scalar blocked kernel (k not a multiple of 4),
+/// `dense_forward` does any activation. `None` elsewhere (naive kernels, the vec4 blocked
+/// product, other activations on a tile, a device that binds fewer than five storage buffers
+/// per stage), and the caller records the two kernels. `dummy` stands in for a missing bias.
+#[allow(clippy::too_many_arguments)]
 pub fn dense_forward(
     gpu: &Gpu,
     out: &GpuTensor,
     pre: &GpuTensor,
     x: &GpuTensor,
     w: &GpuTensor,
-    bias: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    dummy: &GpuTensor,
     act: Activation,
 ) -> Result<Option<Dispatch>> {
     let op = "dense_forward";
-    let relu = match act {
-        Activation::Relu => true,
-        Activation::Identity => false,
-        _ => return Ok(None),
-    };
     // Five storage buffers: more than a downlevel device (4 per stage) binds.
     if gpu.limits().max_storage_buffers_per_shader_stage < 5 {
         return Ok(None);
@@ -288,20 +287,48 @@ pub fn dense_forward(
     expect_shape(op, w, (n, k))?;
     expect_shape(op, pre, (m, n))?;
     expect_shape(op, out, (m, n))?;
-    expect_len(op, bias, n)?;
+    if let Some(b) = bias {
+        expect_len(op, b, n)?;
+    }
     let p = matmul_params(op, m, n, k, Accumulate::Overwrite)?;
-    let MatmulChoice::Tile(t) = matmul_choice(gpu, MatmulForm::Nt, m, n, k, Accumulate::Overwrite)?
-    else {
-        return Ok(None);
-    };
-    Dispatch::new(
-        gpu,
-        Kernel::MatmulTile(MatmulForm::Nt, t, Epilogue::BiasAct { relu }),
-        &[pre, x, w, out, bias],
-        &[p],
-        t.grid(m, n),
-    )
-    .map(Some)
+    match matmul_choice(gpu, MatmulForm::Nt, m, n, k, Accumulate::Overwrite)? {
+        MatmulChoice::Tile(t) => {
+            let (Some(bias), relu) = (bias, act == Activation::Relu) else {
+                return Ok(None);
+            };
+            if !matches!(act, Activation::Relu | Activation::Identity) {
+                return Ok(None);
+            }
+            Dispatch::new(
+                gpu,
+                Kernel::MatmulTile(MatmulForm::Nt, t, Epilogue::BiasAct { relu }),
+                &[pre, x, w, out, bias],
+                &[p],
+                t.grid(m, n),
+            )
+            .map(Some)
+        }
+        MatmulChoice::Blocked if !k.is_multiple_of(4) => {
+            let dp = DenseParams {
+                m: p.m,
+                n: p.n,
+                k: p.k,
+                kind: act.code(),
+                slope: act.slope(),
+                has_bias: bias.is_some() as u32,
+                ..Default::default()
+            };
+            Dispatch::new(
+                gpu,
+                Kernel::DenseForward,
+                &[pre, x, w, out, bias.unwrap_or(dummy)],
+                &[dp],
+                blocked_grid(m, n),
+            )
+            .map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The input delta of a ReLU layer in one kernel, `dpre = (d · w) * relu'(pre)`, where the

@@ -100,3 +100,11 @@ pub fn assert_close(label: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32
         );
     }
 }
+
+/// A `Gpu` of the test's own, for tests that change per-`Gpu` settings such as the matmul
+/// variant (on the shared one they would race with the tests running beside them). SKIPPED
+/// and `SOMA_REQUIRE_GPU` as for [`gpu`].
+pub fn own_gpu(test: &str) -> Option<Gpu> {
+    gpu(test)?;
+    Some(Gpu::new().expect("a second device on the adapter that opened the first"))
+}
