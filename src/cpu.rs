@@ -618,3 +618,15 @@ pub fn perceptron_epoch(
     }
     errors[0] = wrong;
 }
+
+// The vec4 forms of the element-wise kernels apply the scalar kernels' per-element formulas
+// to four neighbours at a time, so their twins are the scalar twins: the same values, element
+// by element, whichever form the GPU ran (the twin tests cover both forms on the same twin).
+pub use self::activation_backward as activation_backward_vec4;
+pub use self::adam_update as adam_update_vec4;
+pub use self::bias_activation_forward as bias_activation_forward_vec4;
+pub use self::column_sum as column_sum_vec4;
+pub use self::gather_rows as gather_rows_vec4;
+pub use self::gather_rows_u8 as gather_rows_u8_vec4;
+pub use self::momentum_update as momentum_update_vec4;
+pub use self::sgd_update as sgd_update_vec4;

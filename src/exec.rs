@@ -124,86 +124,78 @@ impl<'a> GpuExec<'a> {
     /// and so does an input delta followed by a ReLU derivative (`kernels::relu_delta`); the
     /// second op's dispatch is then kept but disabled, so op indices still match.
     fn build_all(&self, plan: &Plan, ops: &[Op]) -> Result<Vec<Dispatch>> {
-        let t = &self.tensors;
         let mut dispatches = Vec::with_capacity(ops.len());
         let mut i = 0;
         while i < ops.len() {
-            if let (
-                Op::MatmulNt {
-                    out: pre,
-                    a,
-                    b,
-                    params: mp,
-                },
-                Some(
-                    next @ Op::BiasActivationForward {
-                        out,
-                        pre: pre2,
-                        bias,
-                        params: ap,
-                    },
-                ),
-            ) = (&ops[i], ops.get(i + 1))
-            {
-                if pre == pre2 && mp.accumulate == 0 && fusion_enabled() {
-                    let act = activation_of(ap.kind, ap.slope);
-                    let bias = bias.map(|b| &t[b]);
-                    let fused = kernels::dense_forward(
-                        self.gpu,
-                        &t[*out],
-                        &t[*pre],
-                        &t[*a],
-                        &t[*b],
-                        bias,
-                        &t[plan.dummy],
-                        act,
-                    )?;
-                    if let Some(d) = fused {
-                        dispatches.push(d);
-                        let mut second = self.build(plan, next)?;
-                        second.disable();
-                        dispatches.push(second);
-                        i += 2;
-                        continue;
-                    }
-                }
-            }
-            if let (
-                Op::MatmulNn {
-                    out: dx,
-                    a,
-                    b,
-                    params: mp,
-                },
-                Some(
-                    next @ Op::ActivationBackward {
-                        dpre,
-                        dout,
-                        pre,
-                        params: ap,
-                    },
-                ),
-            ) = (&ops[i], ops.get(i + 1))
-            {
-                // The product (dx) is read by nothing but the activation backward, so the
-                // fused kernel writes dpre alone.
-                let relu = activation_of(ap.kind, ap.slope) == Activation::Relu;
-                if dx == dout && mp.accumulate == 0 && relu && fusion_enabled() {
-                    let fused = kernels::relu_delta(self.gpu, &t[*dpre], &t[*a], &t[*b], &t[*pre])?;
-                    if let Some(d) = fused {
-                        dispatches.push(d);
-                        let mut second = self.build(plan, next)?;
-                        second.disable();
-                        dispatches.push(second);
-                        i += 2;
-                        continue;
-                    }
+            if let Some(next) = ops.get(i + 1) {
+                if let Some(fused) = self.fused(plan, &ops[i], next)? {
+                    dispatches.push(fused);
+                    let mut second = self.build(plan, next)?;
+                    second.disable();
+                    dispatches.push(second);
+                    i += 2;
+                    continue;
                 }
             }
             dispatches.push(self.build(plan, &ops[i])?);
             i += 1;
         }
         Ok(dispatches)
+    }
+
+    /// The one dispatch doing `first` and then `next`, where the pair fuses on this device.
+    fn fused(&self, plan: &Plan, first: &Op, next: &Op) -> Result<Option<Dispatch>> {
+        if !fusion_enabled() {
+            return Ok(None);
+        }
+        let t = &self.tensors;
+        match (first, next) {
+            (
+                Op::MatmulNt {
+                    out: pre,
+                    a,
+                    b,
+                    params: mp,
+                },
+                Op::BiasActivationForward {
+                    out,
+                    pre: pre2,
+                    bias,
+                    params: ap,
+                },
+            ) if pre == pre2 && mp.accumulate == 0 => kernels::dense_forward(
+                self.gpu,
+                &t[*out],
+                &t[*pre],
+                &t[*a],
+                &t[*b],
+                bias.map(|b| &t[b]),
+                &t[plan.dummy],
+                activation_of(ap.kind, ap.slope),
+            ),
+            // The product (dx) is read by nothing but the activation backward, so the fused
+            // kernel writes dpre alone.
+            (
+                Op::MatmulNn {
+                    out: dx,
+                    a,
+                    b,
+                    params: mp,
+                },
+                Op::ActivationBackward {
+                    dpre,
+                    dout,
+                    pre,
+                    params: ap,
+                },
+            ) if dx == dout
+                && mp.accumulate == 0
+                && activation_of(ap.kind, ap.slope) == Activation::Relu =>
+            {
+                kernels::relu_delta(self.gpu, &t[*dpre], &t[*a], &t[*b], &t[*pre])
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Builds an op's dispatch with the shape-checking recorder of its kernel, then gives it
