@@ -621,12 +621,55 @@ pub fn perceptron_epoch(
 
 // The vec4 forms of the element-wise kernels apply the scalar kernels' per-element formulas
 // to four neighbours at a time, so their twins are the scalar twins: the same values, element
-// by element, whichever form the GPU ran (the twin tests cover both forms on the same twin).
-pub use self::activation_backward as activation_backward_vec4;
-pub use self::adam_update as adam_update_vec4;
-pub use self::bias_activation_forward as bias_activation_forward_vec4;
-pub use self::column_sum as column_sum_vec4;
-pub use self::gather_rows as gather_rows_vec4;
-pub use self::gather_rows_u8 as gather_rows_u8_vec4;
-pub use self::momentum_update as momentum_update_vec4;
-pub use self::sgd_update as sgd_update_vec4;
+// by element, whichever form the GPU ran (the twin tests cover both forms).
+
+/// Twin of `bias_activation_forward_vec4`: [`bias_activation_forward`].
+pub fn bias_activation_forward_vec4(
+    out: &mut [f32],
+    pre: &mut [f32],
+    bias: &[f32],
+    p: &ActivationParams,
+) {
+    bias_activation_forward(out, pre, bias, p)
+}
+
+/// Twin of `activation_backward_vec4`: [`activation_backward`].
+pub fn activation_backward_vec4(dpre: &mut [f32], dout: &[f32], pre: &[f32], p: &ActivationParams) {
+    activation_backward(dpre, dout, pre, p)
+}
+
+/// Twin of `column_sum_vec4`: [`column_sum`].
+pub fn column_sum_vec4(out: &mut [f32], x: &[f32], p: &RowsParams) {
+    column_sum(out, x, p)
+}
+
+/// Twin of `sgd_update_vec4`: [`sgd_update`].
+pub fn sgd_update_vec4(param: &mut [f32], grad: &[f32], p: &SgdParams) {
+    sgd_update(param, grad, p)
+}
+
+/// Twin of `momentum_update_vec4`: [`momentum_update`].
+pub fn momentum_update_vec4(param: &mut [f32], velocity: &mut [f32], grad: &[f32], p: &SgdParams) {
+    momentum_update(param, velocity, grad, p)
+}
+
+/// Twin of `adam_update_vec4`: [`adam_update`].
+pub fn adam_update_vec4(
+    param: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grad: &[f32],
+    p: &AdamParams,
+) {
+    adam_update(param, m, v, grad, p)
+}
+
+/// Twin of `gather_rows_vec4`: [`gather_rows`].
+pub fn gather_rows_vec4(out: &mut [f32], data: &[f32], indices: &[u32], p: &GatherParams) {
+    gather_rows(out, data, indices, p)
+}
+
+/// Twin of `gather_rows_u8_vec4`: [`gather_rows_u8`].
+pub fn gather_rows_u8_vec4(out: &mut [f32], data: &[u32], indices: &[u32], p: &GatherParams) {
+    gather_rows_u8(out, data, indices, p)
+}
