@@ -52,7 +52,8 @@ const FORMAT: u32 = 1;
 /// The tuner's state in a `Gpu`: choices made or loaded so far.
 #[derive(Debug, Default)]
 pub struct Autotuner {
-    loaded: bool,
+    /// This adapter's cache key, computed when the cache file was read (once per `Gpu`).
+    key: Option<String>,
     choices: HashMap<String, MatmulChoice>,
     measured: u64,
 }
@@ -208,17 +209,21 @@ pub fn choose(
     }
     let shape = shape_key(form, m, n, k);
     let mut tuner = gpu.autotuner();
-    if !tuner.loaded {
-        tuner.loaded = true;
-        let key = adapter_key(gpu);
-        if let Some(entries) = read_cache().adapters.remove(&key) {
-            for (s, name) in entries {
-                if let Some(c) = MatmulChoice::parse(&name) {
-                    tuner.choices.insert(s, c);
+    let key = match &tuner.key {
+        Some(key) => key.clone(),
+        None => {
+            let key = adapter_key(gpu);
+            if let Some(entries) = read_cache().adapters.remove(&key) {
+                for (s, name) in entries {
+                    if let Some(c) = MatmulChoice::parse(&name) {
+                        tuner.choices.insert(s, c);
+                    }
                 }
             }
+            tuner.key = Some(key.clone());
+            key
         }
-    }
+    };
     if let Some(&c) = tuner.choices.get(&shape) {
         // A cached choice that is no longer a candidate (the candidate rules changed) is
         // measured again below rather than trusted.
@@ -233,7 +238,7 @@ pub fn choose(
     log::info!("autotune {shape}: {} ({report})", best.name());
     tuner.measured += 1;
     tuner.choices.insert(shape.clone(), best);
-    save_choice(&adapter_key(gpu), &shape, best);
+    save_choice(&key, &shape, best);
     Ok(best)
 }
 

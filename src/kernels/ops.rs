@@ -293,12 +293,10 @@ pub fn dense_forward(
     let p = matmul_params(op, m, n, k, Accumulate::Overwrite)?;
     match matmul_choice(gpu, MatmulForm::Nt, m, n, k, Accumulate::Overwrite)? {
         MatmulChoice::Tile(t) => {
-            let (Some(bias), relu) = (bias, act == Activation::Relu) else {
+            let (Some(bias), Activation::Relu | Activation::Identity) = (bias, act) else {
                 return Ok(None);
             };
-            if !matches!(act, Activation::Relu | Activation::Identity) {
-                return Ok(None);
-            }
+            let relu = act == Activation::Relu;
             Dispatch::new(
                 gpu,
                 Kernel::MatmulTile(MatmulForm::Nt, t, Epilogue::BiasAct { relu }),

@@ -187,6 +187,7 @@ pub fn generated(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> (&'static 
     static CACHE: OnceLock<Mutex<Sources>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let epilogue = epilogue_for(form, epilogue);
     *map.entry((form, tile, epilogue)).or_insert_with(|| {
         // A bounded set exists (TILES x 3 forms, plus 2 epilogues of nt), so leaking is too.
         let entry: &'static str = Box::leak(entry_name(form, tile, epilogue).into_boxed_str());
@@ -195,16 +196,21 @@ pub fn generated(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> (&'static 
     })
 }
 
-/// The WGSL of one generated kernel (an epilogue other than `Store` needs the nt form).
-pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
-    let mut s = String::new();
-    let entry = entry_name(form, tile, epilogue);
-    let epilogue = match (form, epilogue) {
+/// `epilogue` where `form` has it (bias and activation: nt; relu': nn), else `Store`.
+fn epilogue_for(form: MatmulForm, epilogue: Epilogue) -> Epilogue {
+    match (form, epilogue) {
         (MatmulForm::Nt, Epilogue::BiasAct { .. }) | (MatmulForm::Nn, Epilogue::ReluGrad) => {
             epilogue
         }
         _ => Epilogue::Store,
-    };
+    }
+}
+
+/// The WGSL of one generated kernel (an epilogue the form lacks is `Store`).
+pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
+    let mut s = String::new();
+    let epilogue = epilogue_for(form, epilogue);
+    let entry = entry_name(form, tile, epilogue);
     let extra_bindings = match epilogue {
         Epilogue::Store => "@group(0) @binding(3) var<uniform> p: MatmulParams;\n".to_string(),
         Epilogue::BiasAct { .. } => {
@@ -253,11 +259,7 @@ pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
             for j in 0..c {
                 line(format!("let cb{j} = (cv0 * 4u + {j}u) * kv;"));
             }
-            for i in 0..r {
-                for j in 0..cv {
-                    line(format!("var acc{i}_{j} = vec4<f32>(0.0);"));
-                }
-            }
+            zero_accumulators(&mut line, r, cv);
             line("for (var kk = 0u; kk < kv; kk = kk + 1u) {".into());
             for j in 0..c {
                 line(format!("    let y{j} = b4[cb{j} + kk];"));
@@ -295,11 +297,7 @@ pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
             for j in 0..cv {
                 line(format!("let cb{j} = cv0 + {j}u;"));
             }
-            for i in 0..r {
-                for j in 0..cv {
-                    line(format!("var acc{i}_{j} = vec4<f32>(0.0);"));
-                }
-            }
+            zero_accumulators(&mut line, r, cv);
             line("for (var kk = 0u; kk < kv; kk = kk + 1u) {".into());
             line("    let kb = 4u * kk * nv;".into());
             for q in 0..4 {
@@ -333,11 +331,7 @@ pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
             for j in 0..cv {
                 line(format!("let cb{j} = cv0 + {j}u;"));
             }
-            for i in 0..r {
-                for j in 0..cv {
-                    line(format!("var acc{i}_{j} = vec4<f32>(0.0);"));
-                }
-            }
+            zero_accumulators(&mut line, r, cv);
             line("for (var kk = 0u; kk < p.k; kk = kk + 1u) {".into());
             line("    let ka = kk * mv;".into());
             line("    let kb = kk * nv;".into());
@@ -361,6 +355,15 @@ pub fn source(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// Declares the `r x cv` vec4 accumulators `acc{i}_{j}`, zeroed.
+fn zero_accumulators(line: &mut impl FnMut(String), r: u32, cv: u32) {
+    for i in 0..r {
+        for j in 0..cv {
+            line(format!("var acc{i}_{j} = vec4<f32>(0.0);"));
+        }
+    }
 }
 
 /// Stores the `r x c` accumulators `acc{i}_{j}` at (row0, col0) of an output `width`
