@@ -27,7 +27,9 @@
 //! # Weight layout
 //! `Trainer::layer_tensors(i)` gives layer `i`'s resident buffers: `layers.{i}.weight`,
 //! `(out, in)` row-major f32 (PyTorch's `nn.Linear` layout, `y = x Wᵀ + b`), and
-//! `layers.{i}.bias`, `(out)` f32. A host's shader may bind them read-only; the training steps
+//! `layers.{i}.bias`, `(out)` f32. They are slots of one buffer shared by every parameter
+//! tensor (so that one dispatch updates them all): a host's shader binds one read-only with
+//! `GpuTensor::binding`, and a copy starts at `GpuTensor::offset`. The training steps
 //! overwrite them in place, so a read sees the weights of the last step submitted before it.
 
 use std::collections::VecDeque;

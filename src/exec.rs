@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{self, Accumulate, Dispatch};
 use crate::network::Activation;
-use crate::params::{BlockedMatmulParams, MatmulParams};
+use crate::params::{AdamParams, BlockedMatmulParams, MatmulParams, SgdParams};
 use crate::plan::{entry, BufId, Op, Plan};
 use crate::tensor::{copy_tensors, start_read_many, DType, GpuTensor};
 
@@ -75,12 +75,6 @@ fn acc(flag: u32) -> Accumulate {
 
 // ---------------------------------------------------------------------------------------
 
-/// Whether layers' products take their bias and activation as an epilogue (default yes;
-/// `SOMA_FUSE=off` keeps them separate, for comparing).
-fn fusion_enabled() -> bool {
-    !std::env::var("SOMA_FUSE").is_ok_and(|v| v == "off" || v == "0")
-}
-
 /// The GPU executor: resident tensors and one prebuilt dispatch per op.
 pub struct GpuExec<'a> {
     gpu: &'a Gpu,
@@ -90,6 +84,110 @@ pub struct GpuExec<'a> {
     snapshot: Vec<(BufId, GpuTensor)>,
     /// A snapshot was asked for and is taken at the start of the next submitted step.
     save_pending: bool,
+    /// The parameter tensors, their gradients and each optimizer state in one buffer each.
+    arenas: Option<Arenas>,
+    /// The index of the training dispatch that updates every parameter tensor at once.
+    fused_update: Option<usize>,
+}
+
+/// The buffers the optimizer update reads and writes, one arena each, slots in the order of
+/// the training step's update ops: slot `i` of every arena belongs to update op `i`.
+struct Arenas {
+    params: GpuTensor,
+    grads: GpuTensor,
+    /// `[velocity]` or `[m, v]`.
+    states: Vec<GpuTensor>,
+    /// The slots, to take the place of the buffers they stand for (taken at setup).
+    views: Vec<(BufId, GpuTensor)>,
+}
+
+/// The buffers an update op reads and writes: `(param, grad, optimizer state)`.
+type UpdateBufs = (BufId, BufId, Vec<BufId>);
+
+fn update_buffers(op: &Op) -> Option<UpdateBufs> {
+    match op {
+        Op::SgdUpdate { param, grad, .. } => Some((*param, *grad, vec![])),
+        Op::MomentumUpdate {
+            param,
+            velocity,
+            grad,
+            ..
+        } => Some((*param, *grad, vec![*velocity])),
+        Op::AdamUpdate {
+            param, m, v, grad, ..
+        } => Some((*param, *grad, vec![*m, *v])),
+        _ => None,
+    }
+}
+
+impl Arenas {
+    /// Arenas for the update ops of `ops`, where there are at least two, they are
+    /// consecutive, share one kind, touch distinct buffers and the arenas fit the device.
+    /// `None` otherwise (every tensor then keeps a buffer of its own).
+    fn plan(gpu: &Gpu, plan: &Plan, ops: &[Op]) -> Result<Option<Arenas>> {
+        let at: Vec<usize> = (0..ops.len())
+            .filter(|&i| update_buffers(&ops[i]).is_some())
+            .collect();
+        if at.len() < 2 || at.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Ok(None);
+        }
+        let kind = std::mem::discriminant(&ops[at[0]]);
+        if at.iter().any(|&i| std::mem::discriminant(&ops[i]) != kind) {
+            return Ok(None);
+        }
+        let slots: Vec<_> = at.iter().filter_map(|&i| update_buffers(&ops[i])).collect();
+        let mut ids: Vec<BufId> = slots
+            .iter()
+            .flat_map(|(p, g, s)| [*p, *g].into_iter().chain(s.iter().copied()))
+            .collect();
+        let all = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != all || ids.iter().any(|&id| plan.buffers[id].dtype != DType::F32) {
+            return Ok(None);
+        }
+        let arena = |label: &str, pick: &dyn Fn(&UpdateBufs) -> BufId| {
+            let specs: Vec<(&str, &[usize])> = slots
+                .iter()
+                .map(|s| {
+                    let b = &plan.buffers[pick(s)];
+                    (b.name.as_str(), &b.shape[..])
+                })
+                .collect();
+            GpuTensor::arena(gpu, label, &specs)
+        };
+        let align = (gpu.limits().min_storage_buffer_offset_alignment as u64).max(16);
+        let bytes: u64 = slots
+            .iter()
+            .map(|s| {
+                (plan.buffers[s.0].len() as u64 * 4)
+                    .max(16)
+                    .next_multiple_of(align)
+            })
+            .sum();
+        if gpu.check_buffer_size("optimizer arena", bytes).is_err() {
+            return Ok(None);
+        }
+        let mut views = Vec::new();
+        let mut take = |(whole, slot_views): (GpuTensor, Vec<GpuTensor>),
+                        pick: &dyn Fn(&UpdateBufs) -> BufId| {
+            views.extend(slots.iter().map(pick).zip(slot_views));
+            whole
+        };
+        let params = take(arena("parameters", &|s| s.0)?, &|s| s.0);
+        let grads = take(arena("gradients", &|s| s.1)?, &|s| s.1);
+        let mut states = Vec::new();
+        for k in 0..slots[0].2.len() {
+            let pick = |s: &UpdateBufs| s.2[k];
+            states.push(take(arena("optimizer state", &pick)?, &pick));
+        }
+        Ok(Some(Arenas {
+            params,
+            grads,
+            states,
+            views,
+        }))
+    }
 }
 
 impl<'a> GpuExec<'a> {
@@ -98,12 +196,26 @@ impl<'a> GpuExec<'a> {
         for b in &plan.buffers {
             gpu.check_buffer_size(&b.name, b.len() as u64 * 4)?;
         }
+        let mut arenas = if gpu.fusion() {
+            Arenas::plan(gpu, plan, &plan.train_step)?
+        } else {
+            None
+        };
+        // The update's tensors are slots of the arenas; every other tensor has its own buffer.
+        let mut slot_of: Vec<Option<GpuTensor>> = plan.buffers.iter().map(|_| None).collect();
+        if let Some(a) = &mut arenas {
+            for (id, view) in std::mem::take(&mut a.views) {
+                slot_of[id] = Some(view);
+            }
+        }
         let tensors = plan
             .buffers
             .iter()
-            .map(|b| match b.dtype {
-                DType::F32 => GpuTensor::zeros(gpu, &b.name, &b.shape),
-                DType::U32 => GpuTensor::zeros_u32(gpu, &b.name, &b.shape),
+            .zip(slot_of)
+            .map(|(b, slot)| match (slot, b.dtype) {
+                (Some(t), _) => Ok(t),
+                (None, DType::F32) => GpuTensor::zeros(gpu, &b.name, &b.shape),
+                (None, DType::U32) => GpuTensor::zeros_u32(gpu, &b.name, &b.shape),
             })
             .collect::<Result<Vec<_>>>()?;
         let mut exec = GpuExec {
@@ -113,10 +225,76 @@ impl<'a> GpuExec<'a> {
             eval: vec![],
             snapshot: vec![],
             save_pending: false,
+            arenas,
+            fused_update: None,
         };
         exec.train = exec.build_all(plan, &plan.train_step)?;
+        exec.fused_update = exec.fuse_updates(plan)?;
         exec.eval = exec.build_all(plan, &plan.eval_step)?;
         Ok(exec)
+    }
+
+    /// Where the parameter tensors live in arenas, replaces the training step's update
+    /// dispatches by one over the arenas: it sits at the last update op's index, and the
+    /// others are disabled. The update formulas are element-wise and the arenas' padding is
+    /// zeros that stay zeros, so every parameter gets the same bits as from its own update.
+    fn fuse_updates(&mut self, plan: &Plan) -> Result<Option<usize>> {
+        let Some(a) = &self.arenas else {
+            return Ok(None);
+        };
+        let at: Vec<usize> = (0..plan.train_step.len())
+            .filter(|&i| update_buffers(&plan.train_step[i]).is_some())
+            .collect();
+        let Some(&last) = at.last() else {
+            return Ok(None);
+        };
+        let fused = self.update_dispatch(plan, last, a)?;
+        for &i in &at {
+            self.train[i].disable();
+        }
+        self.train[last] = fused;
+        Ok(Some(last))
+    }
+
+    /// The update of every arena slot at once, with the parameter entries of update op
+    /// `index` stretched over the whole arena.
+    fn update_dispatch(&self, plan: &Plan, index: usize, a: &Arenas) -> Result<Dispatch> {
+        let g = self.gpu;
+        let len = a.params.len() as u32;
+        Ok(match &plan.train_step[index] {
+            Op::SgdUpdate { params, .. } => {
+                let params: Vec<_> = params.iter().map(|p| SgdParams { len, ..*p }).collect();
+                let mut d = kernels::sgd_update(g, &a.params, &a.grads, entry(&params, 0))?;
+                d.set_params(g, &params)?;
+                d
+            }
+            Op::MomentumUpdate { params, .. } => {
+                let params: Vec<_> = params.iter().map(|p| SgdParams { len, ..*p }).collect();
+                let mut d = kernels::momentum_update(
+                    g,
+                    &a.params,
+                    &a.states[0],
+                    &a.grads,
+                    entry(&params, 0),
+                )?;
+                d.set_params(g, &params)?;
+                d
+            }
+            Op::AdamUpdate { params, .. } => {
+                let params: Vec<_> = params.iter().map(|p| AdamParams { len, ..*p }).collect();
+                let mut d = kernels::adam_update(
+                    g,
+                    &a.params,
+                    &a.states[0],
+                    &a.states[1],
+                    &a.grads,
+                    entry(&params, 0),
+                )?;
+                d.set_params(g, &params)?;
+                d
+            }
+            _ => unreachable!("fuse_updates passes an update op"),
+        })
     }
 
     /// One dispatch per op. A layer's product followed by its bias and activation becomes
@@ -145,7 +323,7 @@ impl<'a> GpuExec<'a> {
 
     /// The one dispatch doing `first` and then `next`, where the pair fuses on this device.
     fn fused(&self, plan: &Plan, first: &Op, next: &Op) -> Result<Option<Dispatch>> {
-        if !fusion_enabled() {
+        if !self.gpu.fusion() {
             return Ok(None);
         }
         let t = &self.tensors;
@@ -380,6 +558,18 @@ impl<'a> GpuExec<'a> {
     /// Re-sends the parameter entries of op `index` of `pass` (after `Plan::set_epoch`).
     fn refresh(&mut self, plan: &Plan, pass: Pass, index: usize) -> Result<()> {
         let g = self.gpu;
+        if pass == Pass::Train && self.fused_update.is_some() {
+            if self.fused_update == Some(index) {
+                if let Some(a) = &self.arenas {
+                    let fused = self.update_dispatch(plan, index, a)?;
+                    self.train[index] = fused;
+                }
+                return Ok(());
+            }
+            if update_buffers(&plan.train_step[index]).is_some() {
+                return Ok(()); // disabled: the fused update does its work
+            }
+        }
         let d = match pass {
             Pass::Train => &mut self.train[index],
             Pass::Eval => &mut self.eval[index],
@@ -759,7 +949,7 @@ impl CpuExec {
 
 /// A plan's executor: on a GPU or on the CPU.
 pub enum Executor<'a> {
-    Gpu(GpuExec<'a>),
+    Gpu(Box<GpuExec<'a>>),
     Cpu(CpuExec),
 }
 
@@ -775,7 +965,7 @@ impl<'a> Executor<'a> {
     /// Allocates every buffer of `plan` and prepares its op lists.
     pub fn new(device: Device<'a>, plan: &Plan) -> Result<Executor<'a>> {
         Ok(match device {
-            Device::Gpu(gpu) => Executor::Gpu(GpuExec::new(gpu, plan)?),
+            Device::Gpu(gpu) => Executor::Gpu(Box::new(GpuExec::new(gpu, plan)?)),
             Device::Cpu => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Gemm)),
             Device::CpuReference => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Reference)),
         })

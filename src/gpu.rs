@@ -69,6 +69,7 @@ pub struct Gpu {
     ownership: Ownership,
     pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
     matmul: Mutex<MatmulVariant>,
+    fuse: std::sync::atomic::AtomicBool,
     autotuner: Mutex<Autotuner>,
     submissions: AtomicU64,
     maps: AtomicU64,
@@ -243,6 +244,9 @@ impl Gpu {
                 }),
                 Err(_) => MatmulVariant::default(),
             }),
+            fuse: std::sync::atomic::AtomicBool::new(
+                !std::env::var("SOMA_FUSE").is_ok_and(|v| v == "off" || v == "0"),
+            ),
             autotuner: Mutex::new(Autotuner::default()),
             submissions: AtomicU64::new(0),
             maps: AtomicU64::new(0),
@@ -280,6 +284,18 @@ impl Gpu {
         if let Ok(mut v) = self.matmul.lock() {
             *v = variant;
         }
+    }
+
+    /// Whether executors built from now on fuse kernels (a layer's product with its bias and
+    /// activation, a delta with relu', the optimizer update of every parameter tensor into
+    /// one dispatch). On by default; `SOMA_FUSE=off` turns it off, for comparing.
+    pub fn fusion(&self) -> bool {
+        self.fuse.load(Ordering::Relaxed)
+    }
+
+    /// Turns fusion on or off for executors built from now on.
+    pub fn set_fusion(&self, on: bool) {
+        self.fuse.store(on, Ordering::Relaxed);
     }
 
     /// Submissions and maps made through soma so far.

@@ -15,10 +15,20 @@ pub enum DType {
     U32,
 }
 
-/// A storage buffer of `shape.iter().product()` elements of `dtype`, row-major.
+/// `shape.iter().product()` elements of `dtype`, row-major, in a storage buffer: a buffer of
+/// its own, or a slot of a shared buffer ([`GpuTensor::arena`]) starting at [`offset`]
+/// bytes. Bind it with [`binding`], which covers its slot alone.
+///
+/// [`offset`]: GpuTensor::offset
+/// [`binding`]: GpuTensor::binding
 #[derive(Debug)]
 pub struct GpuTensor {
     buffer: wgpu::Buffer,
+    /// Where the tensor starts in `buffer`, in bytes (0 unless a slot of an arena).
+    offset: u64,
+    /// The bytes of `buffer` it owns from `offset` (its data, padded), when a slot of an
+    /// arena; `None` when the buffer is its own.
+    slot: Option<u64>,
     shape: Vec<usize>,
     dtype: DType,
     label: String,
@@ -46,6 +56,8 @@ impl GpuTensor {
         })?;
         Ok(GpuTensor {
             buffer,
+            offset: 0,
+            slot: None,
             shape: shape.to_vec(),
             dtype,
             label: label.to_string(),
@@ -69,7 +81,7 @@ impl GpuTensor {
         Self::check_len(label, shape, data.len())?;
         let t = Self::create(gpu, label, shape, DType::F32)?;
         gpu.queue
-            .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
         Ok(t)
     }
 
@@ -78,7 +90,7 @@ impl GpuTensor {
         Self::check_len(label, shape, data.len())?;
         let t = Self::create(gpu, label, shape, DType::U32)?;
         gpu.queue
-            .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
         Ok(t)
     }
 
@@ -92,12 +104,45 @@ impl GpuTensor {
         Self::create(gpu, label, shape, DType::U32)
     }
 
+    /// f32 tensors of zeros sharing one buffer, so that one dispatch can run over all of them
+    /// (the optimizer update of every parameter tensor). Each slot starts at a multiple of
+    /// the device's storage offset alignment and is padded with zeros up to the next slot;
+    /// arenas built from the same shapes on one device have the same layout. Returns the
+    /// whole arena as one flat tensor (data and padding) and the slots in order.
+    pub fn arena(
+        gpu: &Gpu,
+        label: &str,
+        slots: &[(&str, &[usize])],
+    ) -> Result<(GpuTensor, Vec<GpuTensor>)> {
+        let align = (gpu.limits().min_storage_buffer_offset_alignment as u64).max(16);
+        let sizes: Vec<u64> = slots
+            .iter()
+            .map(|(_, shape)| byte_len(shape).max(16).next_multiple_of(align))
+            .collect();
+        let total: u64 = sizes.iter().sum();
+        let whole = Self::create(gpu, label, &[(total / 4) as usize], DType::F32)?;
+        let mut views = Vec::with_capacity(slots.len());
+        let mut at = 0;
+        for ((name, shape), size) in slots.iter().zip(&sizes) {
+            views.push(GpuTensor {
+                buffer: whole.buffer.clone(),
+                offset: at,
+                slot: Some(*size),
+                shape: shape.to_vec(),
+                dtype: DType::F32,
+                label: name.to_string(),
+            });
+            at += size;
+        }
+        Ok((whole, views))
+    }
+
     /// Overwrites the whole tensor with `data` (queued; it lands before the next submission).
     pub fn write(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
         self.expect_dtype(DType::F32)?;
         Self::check_len(&self.label, &self.shape, data.len())?;
         gpu.queue
-            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+            .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -106,7 +151,7 @@ impl GpuTensor {
         self.expect_dtype(DType::U32)?;
         Self::check_len(&self.label, &self.shape, data.len())?;
         gpu.queue
-            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+            .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -121,8 +166,21 @@ impl GpuTensor {
         Ok(())
     }
 
+    /// The tensor's buffer; for a slot of an arena, the whole arena (see [`GpuTensor::offset`]).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+    /// Where the tensor's data starts in [`GpuTensor::buffer`], in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// The binding of the tensor: its whole buffer, or its slot of an arena.
+    pub fn binding(&self) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: self.slot.and_then(std::num::NonZeroU64::new),
+        }
     }
     pub fn shape(&self) -> &[usize] {
         &self.shape
@@ -200,7 +258,7 @@ pub fn start_read_many(gpu: &Gpu, tensors: &[&GpuTensor]) -> Result<Readback> {
     let mut at = 0;
     for t in tensors {
         if t.byte_len() > 0 {
-            encoder.copy_buffer_to_buffer(t.buffer(), 0, &staging, at, t.byte_len());
+            encoder.copy_buffer_to_buffer(t.buffer(), t.offset, &staging, at, t.byte_len());
         }
         at += t.byte_len();
     }
@@ -239,7 +297,13 @@ pub fn copy_tensors(gpu: &Gpu, pairs: &[(&GpuTensor, &GpuTensor)]) -> Result<()>
 pub fn record_copies(encoder: &mut wgpu::CommandEncoder, pairs: &[(&GpuTensor, &GpuTensor)]) {
     for (src, dst) in pairs {
         if src.byte_len() > 0 {
-            encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.byte_len());
+            encoder.copy_buffer_to_buffer(
+                src.buffer(),
+                src.offset,
+                dst.buffer(),
+                dst.offset,
+                src.byte_len(),
+            );
         }
     }
 }

@@ -261,7 +261,13 @@ fn host_work_between_steps_changes_nothing() {
     let (weight, _) = a.layer_tensors(0).unwrap();
     let weight_copy = host_buffer(&device, weight.len());
     let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(weight.buffer(), 0, &weight_copy, 0, weight.byte_len());
+    encoder.copy_buffer_to_buffer(
+        weight.buffer(),
+        weight.offset(),
+        &weight_copy,
+        0,
+        weight.byte_len(),
+    );
     queue.submit([encoder.finish()]);
 
     let mut b = trainer(gpu(test).unwrap(), &m, &train);

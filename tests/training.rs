@@ -202,6 +202,89 @@ fn fused_layers_train_like_the_cpu_reference() {
     }
 }
 
+/// The optimizer update of every parameter tensor is one dispatch over the parameter arena,
+/// and it gives each parameter the bits its own update would: two epochs (the cosine
+/// schedule changes the learning rate between them) with fusion on and off, for every
+/// optimizer, end bitwise equal.
+#[test]
+fn one_update_dispatch_gives_the_bits_of_one_per_tensor() {
+    let Some(fused) = common::own_gpu("one_update_dispatch_gives_the_bits_of_one_per_tensor")
+    else {
+        return;
+    };
+    let apart = soma::Gpu::new().unwrap();
+    apart.set_fusion(false);
+    let (train, _) = digits();
+    let train = first_rows(&train, 200);
+    let net = Network::mlp(&[64, 12, 10], Activation::Tanh, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 9).unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 32,
+        shuffle: true,
+        seed: 3,
+        schedule: Schedule::Cosine { min_lr: 0.0 },
+        ..Default::default()
+    };
+    let is_update = |k: &&&str| k.contains("update");
+    for kind in [
+        OptimizerKind::Sgd,
+        OptimizerKind::Momentum,
+        OptimizerKind::Adam,
+        OptimizerKind::AdamW,
+    ] {
+        let opt = Optimizer {
+            weight_decay: 1e-3,
+            ..Optimizer::new(kind)
+        };
+        let mut runs = vec![];
+        for (gpu, updates) in [(&fused, 1), (&apart, 4)] {
+            let mut t = Trainer::new(
+                Device::Gpu(gpu),
+                &model,
+                Loss::SoftmaxCrossEntropy,
+                opt,
+                &train,
+                None,
+                &config,
+            )
+            .unwrap();
+            let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+            assert_eq!(
+                kernels.iter().filter(is_update).count(),
+                updates,
+                "{kind}: kernels of a step: {kernels:?}"
+            );
+            let history = t
+                .fit(|_, _| Ok(soma::trainer::Flow::Continue), |_| {})
+                .unwrap();
+            let losses: Vec<u32> = history
+                .epochs
+                .iter()
+                .map(|e| e.train_loss.to_bits())
+                .collect();
+            runs.push((
+                losses,
+                t.parameters().unwrap(),
+                t.optimizer_state().unwrap(),
+            ));
+        }
+        let (a, b) = (&runs[0], &runs[1]);
+        assert_eq!(a.0, b.0, "{kind}: epoch losses");
+        for (l, (x, y)) in a.1.layers.iter().zip(&b.1.layers).enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&x.weight),
+                bits(&y.weight),
+                "{kind}: layers.{l}.weight"
+            );
+            let (xb, yb) = (x.bias.as_ref().unwrap(), y.bias.as_ref().unwrap());
+            assert_eq!(bits(xb), bits(yb), "{kind}: layers.{l}.bias");
+        }
+        assert_eq!(a.2, b.2, "{kind}: optimizer state");
+    }
+}
+
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {

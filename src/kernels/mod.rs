@@ -368,7 +368,8 @@ impl Pipeline {
 #[derive(Debug)]
 pub struct Dispatch {
     pipeline: Arc<Pipeline>,
-    buffers: Vec<wgpu::Buffer>,
+    /// Each bound tensor's buffer, offset and size (`None`: to the end of the buffer).
+    buffers: Vec<(wgpu::Buffer, u64, Option<std::num::NonZeroU64>)>,
     bind_group: wgpu::BindGroup,
     uniform: wgpu::Buffer,
     param_size: u64,
@@ -404,7 +405,13 @@ impl Dispatch {
             });
         }
         let pipeline = gpu.pipeline(kernel)?;
-        let buffers: Vec<wgpu::Buffer> = tensors.iter().map(|t| t.buffer().clone()).collect();
+        let buffers = tensors
+            .iter()
+            .map(|t| {
+                let b = t.binding();
+                (b.buffer.clone(), b.offset, b.size)
+            })
+            .collect::<Vec<_>>();
         let param_size = std::mem::size_of::<P>() as u64;
         let align = gpu.limits().min_uniform_buffer_offset_alignment as u64;
         let stride = param_size.next_multiple_of(align);
@@ -427,7 +434,7 @@ impl Dispatch {
     fn bind(
         gpu: &Gpu,
         pipeline: &Pipeline,
-        buffers: &[wgpu::Buffer],
+        buffers: &[(wgpu::Buffer, u64, Option<std::num::NonZeroU64>)],
         param_size: u64,
         stride: u64,
         entries: usize,
@@ -443,9 +450,13 @@ impl Dispatch {
             let mut bind: Vec<wgpu::BindGroupEntry> = buffers
                 .iter()
                 .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
+                .map(|(i, (buffer, offset, size))| wgpu::BindGroupEntry {
                     binding: i as u32,
-                    resource: b.as_entire_binding(),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: *offset,
+                        size: *size,
+                    }),
                 })
                 .collect();
             bind.push(wgpu::BindGroupEntry {
