@@ -55,6 +55,8 @@ pub struct Autotuner {
     /// This adapter's cache key, computed when the cache file was read (once per `Gpu`).
     key: Option<String>,
     choices: HashMap<String, MatmulChoice>,
+    /// Choices between other alternatives (`choose_named`), by shape key.
+    named: HashMap<String, String>,
     measured: u64,
 }
 
@@ -129,8 +131,13 @@ fn read_cache() -> CacheFile {
     }
 }
 
-/// Adds one choice to the cache file (merged with what other processes wrote meanwhile).
+/// Adds one matmul choice to the cache file.
 fn save_choice(key: &str, shape: &str, choice: MatmulChoice) {
+    save_entry(key, shape, &choice.name());
+}
+
+/// Adds one choice to the cache file (merged with what other processes wrote meanwhile).
+fn save_entry(key: &str, shape: &str, choice: &str) {
     let Some(path) = cache_path() else {
         return;
     };
@@ -139,7 +146,7 @@ fn save_choice(key: &str, shape: &str, choice: MatmulChoice) {
     file.adapters
         .entry(key.to_string())
         .or_default()
-        .insert(shape.to_string(), choice.name());
+        .insert(shape.to_string(), choice.to_string());
     let saved = serde_json::to_vec_pretty(&file)
         .map_err(|e| e.to_string())
         .and_then(|bytes| {
@@ -193,6 +200,76 @@ pub fn candidates(
     c
 }
 
+/// This adapter's cache key, reading its cached choices into `tuner` the first time.
+fn loaded_key(gpu: &Gpu, tuner: &mut Autotuner) -> String {
+    if let Some(key) = &tuner.key {
+        return key.clone();
+    }
+    let key = adapter_key(gpu);
+    if let Some(entries) = read_cache().adapters.remove(&key) {
+        for (s, name) in entries {
+            if let Some(c) = MatmulChoice::parse(&name) {
+                tuner.choices.insert(s.clone(), c);
+            }
+            tuner.named.insert(s, name);
+        }
+    }
+    tuner.key = Some(key.clone());
+    key
+}
+
+/// A choice between named alternatives other than matmul kernels (the fused MLP pass
+/// against the op-by-op kernels), cached like the matmul choices under `shape`. Where no
+/// choice among `valid` is cached, `measure` times the alternatives and returns the winner
+/// and a report for the log. `None` with `SOMA_AUTOTUNE=off` and nothing cached.
+pub fn choose_named(
+    gpu: &Gpu,
+    shape: &str,
+    valid: &[&str],
+    measure: impl FnOnce() -> Result<(String, String)>,
+) -> Result<Option<String>> {
+    let key = {
+        let mut tuner = gpu.autotuner();
+        let key = loaded_key(gpu, &mut tuner);
+        if let Some(c) = tuner.named.get(shape) {
+            if valid.contains(&c.as_str()) {
+                return Ok(Some(c.clone()));
+            }
+        }
+        key
+    };
+    if std::env::var("SOMA_AUTOTUNE").is_ok_and(|v| v == "off" || v == "0") {
+        return Ok(None);
+    }
+    // Measured without holding the tuner: building the alternatives may tune products.
+    let (best, report) = measure()?;
+    log::info!("autotune {shape}: {best} ({report})");
+    let mut tuner = gpu.autotuner();
+    tuner.measured += 1;
+    tuner.named.insert(shape.to_string(), best.clone());
+    save_entry(&key, shape, &best);
+    Ok(Some(best))
+}
+
+/// Wall time of `dispatches` in one submission, fastest of [`TIMED_RUNS`] after an untimed
+/// run that also compiles them, for each list, in interleaved passes.
+pub fn time_lists(gpu: &Gpu, lists: &[Vec<&kernels::Dispatch>]) -> Result<Vec<f64>> {
+    let mut best = vec![f64::INFINITY; lists.len()];
+    for list in lists {
+        kernels::run(gpu, list)?;
+    }
+    gpu.wait()?;
+    for _ in 0..TIMED_RUNS {
+        for (list, b) in lists.iter().zip(best.iter_mut()) {
+            let t = Instant::now();
+            kernels::run(gpu, list)?;
+            gpu.wait()?;
+            *b = b.min(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(best)
+}
+
 /// The kernel for one product under `MatmulVariant::Tuned`.
 pub fn choose(
     gpu: &Gpu,
@@ -209,21 +286,7 @@ pub fn choose(
     }
     let shape = shape_key(form, m, n, k);
     let mut tuner = gpu.autotuner();
-    let key = match &tuner.key {
-        Some(key) => key.clone(),
-        None => {
-            let key = adapter_key(gpu);
-            if let Some(entries) = read_cache().adapters.remove(&key) {
-                for (s, name) in entries {
-                    if let Some(c) = MatmulChoice::parse(&name) {
-                        tuner.choices.insert(s, c);
-                    }
-                }
-            }
-            tuner.key = Some(key.clone());
-            key
-        }
-    };
+    let key = loaded_key(gpu, &mut tuner);
     if let Some(&c) = tuner.choices.get(&shape) {
         // A cached choice that is no longer a candidate (the candidate rules changed) is
         // measured again below rather than trusted.

@@ -88,6 +88,23 @@ pub struct GpuExec<'a> {
     arenas: Option<Arenas>,
     /// The index of the training dispatch that updates every parameter tensor at once.
     fused_update: Option<usize>,
+    /// The partial gradient sums of the fully fused pass, where it runs.
+    mlp_partial: Option<GpuTensor>,
+}
+
+/// Where a training step's ops are the forward pass, MSE loss and backward pass of a network
+/// the fully fused pass takes: the ops it replaces and what it reads and writes.
+struct MlpPass {
+    shape: kernels::fused_mlp::MlpShape,
+    /// Index of the first forward op: the fused pass runs there.
+    first: usize,
+    /// Index of the last backward op: the sum over tiles runs there.
+    last: usize,
+    /// Every op the two replace (forward, loss, backward).
+    replaced: Vec<usize>,
+    loss: Vec<crate::params::LossParams>,
+    pred: BufId,
+    target: BufId,
 }
 
 /// The buffers the optimizer update reads and writes, one arena each, slots in the order of
@@ -227,9 +244,11 @@ impl<'a> GpuExec<'a> {
             save_pending: false,
             arenas,
             fused_update: None,
+            mlp_partial: None,
         };
         exec.train = exec.build_all(plan, &plan.train_step)?;
         exec.fused_update = exec.fuse_updates(plan)?;
+        exec.fuse_mlp(plan)?;
         exec.eval = exec.build_all(plan, &plan.eval_step)?;
         Ok(exec)
     }
@@ -254,6 +273,203 @@ impl<'a> GpuExec<'a> {
         }
         self.train[last] = fused;
         Ok(Some(last))
+    }
+
+    /// The training step's forward, loss and backward ops as one fully fused pass plus a
+    /// sum over its tiles (`kernels::fused_mlp`), where the network fits it, the parameters
+    /// live in the arena and `Gpu::fused_mlp` allows: `On`, or `Auto` where one step is big
+    /// enough to measure and the fused pass measures faster (the choice is cached with the
+    /// matmul choices). The replaced ops' dispatches are disabled.
+    fn fuse_mlp(&mut self, plan: &Plan) -> Result<()> {
+        use kernels::fused_mlp::FusedMlp;
+        let policy = self.gpu.fused_mlp();
+        if policy == FusedMlp::Off || !self.gpu.fusion() || self.fused_update.is_none() {
+            return Ok(());
+        }
+        let Some(pass) = self.mlp_pass(plan) else {
+            return Ok(());
+        };
+        let flops = 2.0 * plan.batch as f64 * pass.shape.macs_per_row() as f64;
+        if policy == FusedMlp::Auto && flops < crate::autotune::TUNE_MIN_FLOPS {
+            return Ok(());
+        }
+        let Some(a) = &self.arenas else {
+            return Ok(());
+        };
+        let g = self.gpu;
+        let tiles = kernels::fused_mlp_tiles(plan.batch);
+        let len = a.params.len();
+        if g.check_buffer_size("fused MLP partial sums", (tiles * len * 4) as u64)
+            .is_err()
+        {
+            return Ok(());
+        }
+        let partial = GpuTensor::zeros(g, "fused MLP partial sums", &[tiles, len])?;
+        let t = &self.tensors;
+        let Some(mut fused) = kernels::fused_mlp(
+            g,
+            &partial,
+            &t[pass.pred],
+            &t[plan.row_loss],
+            &t[plan.input],
+            &t[pass.target],
+            &a.params,
+            pass.shape,
+            pass.loss[0],
+        )?
+        else {
+            return Ok(());
+        };
+        fused.set_params(g, &pass.loss)?;
+        let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
+        if policy == FusedMlp::Auto {
+            let ops: Vec<&Dispatch> = pass.replaced.iter().map(|&i| &self.train[i]).collect();
+            let key = format!("mlp {} batch {}", pass.shape.name(), plan.batch);
+            let choice = crate::autotune::choose_named(g, &key, &["fused", "ops"], || {
+                let times = crate::autotune::time_lists(g, &[vec![&fused, &sum], ops])?;
+                let best = if times[0] < 0.97 * times[1] {
+                    "fused"
+                } else {
+                    "ops"
+                };
+                let report = format!(
+                    "fused {:.3} ms, op by op {:.3} ms",
+                    times[0] * 1e3,
+                    times[1] * 1e3
+                );
+                Ok((best.to_string(), report))
+            })?;
+            if choice.as_deref() != Some("fused") {
+                return Ok(());
+            }
+        }
+        for &i in &pass.replaced {
+            self.train[i].disable();
+        }
+        self.train[pass.first] = fused;
+        self.train[pass.last] = sum;
+        self.mlp_partial = Some(partial);
+        Ok(())
+    }
+
+    /// The fused pass's view of the training step, where the step has exactly the shape
+    /// the pass replaces: every layer's product and bias-activation, an MSE loss on the last
+    /// layer's output against the batch values, and a backward pass that only writes the
+    /// gradient slots and scratch deltas, none of it accumulating.
+    fn mlp_pass(&self, plan: &Plan) -> Option<MlpPass> {
+        use kernels::fused_mlp::{MlpLayer, MlpShape};
+        let ops = &plan.train_step;
+        let a = self.arenas.as_ref()?;
+        let layers = &plan.network.layers;
+        let n = layers.len();
+        let first = ops
+            .iter()
+            .position(|op| matches!(op, Op::MatmulNt { .. }))?;
+        let target = plan.batch_values?;
+        let loss_at = first + 2 * n;
+        let Op::Loss {
+            kind: crate::loss::Loss::Mse,
+            pred,
+            target: t,
+            params: loss,
+            ..
+        } = ops.get(loss_at)?
+        else {
+            return None;
+        };
+        if *t != target || *pred != plan.layers[n - 1].out {
+            return None;
+        }
+        // Forward: layer by layer, product then bias and activation.
+        let mut x = plan.input;
+        for (l, bufs) in plan.layers.iter().enumerate() {
+            match (&ops[first + 2 * l], &ops[first + 2 * l + 1]) {
+                (
+                    Op::MatmulNt {
+                        out,
+                        a: xa,
+                        b,
+                        params,
+                    },
+                    Op::BiasActivationForward {
+                        out: o2,
+                        pre,
+                        bias,
+                        params: ap,
+                    },
+                ) if *out == bufs.pre
+                    && *xa == x
+                    && *b == bufs.weight
+                    && params.accumulate == 0
+                    && *o2 == bufs.out
+                    && *pre == bufs.pre
+                    && *bias == bufs.bias
+                    && ap.kind == layers[l].activation.code() => {}
+                _ => return None,
+            }
+            x = bufs.out;
+        }
+        // Then the loss sum and metrics (kept), then the backward ops up to the updates.
+        let mut i = loss_at + 1;
+        while matches!(ops.get(i)?, Op::ReduceSum { .. } | Op::CorrectCount { .. }) {
+            i += 1;
+        }
+        let mut replaced: Vec<usize> = (first..=loss_at).collect();
+        let grads: Vec<BufId> = plan
+            .layers
+            .iter()
+            .flat_map(|b| [Some(b.d_weight), b.d_bias])
+            .flatten()
+            .collect();
+        let mut written = Vec::new();
+        while update_buffers(ops.get(i)?).is_none() {
+            match &ops[i] {
+                Op::ActivationBackward { .. } => {}
+                Op::MatmulNn { params, .. } if params.accumulate == 0 => {}
+                Op::MatmulTn { out, params, .. } if params.accumulate == 0 => written.push(*out),
+                Op::ColumnSum { out, params, .. } if params.accumulate == 0 => written.push(*out),
+                _ => return None,
+            }
+            replaced.push(i);
+            i += 1;
+        }
+        written.sort_unstable();
+        let mut want = grads.clone();
+        want.sort_unstable();
+        if written != want {
+            return None;
+        }
+        // Every parameter is a slot of the arena (the grads arena has the same layout).
+        let in_arena = |id: BufId| self.tensors[id].buffer() == a.params.buffer();
+        if !plan
+            .layers
+            .iter()
+            .all(|b| in_arena(b.weight) && b.bias.is_none_or(in_arena))
+        {
+            return None;
+        }
+        let slot = |id: BufId| (self.tensors[id].offset() / 4) as usize;
+        let mut mlp = Vec::new();
+        for (l, bufs) in layers.iter().zip(&plan.layers) {
+            mlp.push(MlpLayer {
+                inputs: l.inputs,
+                outputs: l.outputs,
+                kind: l.activation.code(),
+                slope: l.activation.slope(),
+                weight_at: slot(bufs.weight),
+                bias_at: bufs.bias.map(slot),
+            });
+        }
+        let shape = MlpShape::new(&mlp, a.params.len())?;
+        Some(MlpPass {
+            shape,
+            first,
+            last: *replaced.last()?,
+            replaced,
+            loss: loss.clone(),
+            pred: *pred,
+            target,
+        })
     }
 
     /// The update of every arena slot at once, with the parameter entries of update op

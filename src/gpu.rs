@@ -70,6 +70,7 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
     matmul: Mutex<MatmulVariant>,
     fuse: std::sync::atomic::AtomicBool,
+    fused_mlp: Mutex<crate::kernels::fused_mlp::FusedMlp>,
     autotuner: Mutex<Autotuner>,
     submissions: AtomicU64,
     maps: AtomicU64,
@@ -247,6 +248,13 @@ impl Gpu {
             fuse: std::sync::atomic::AtomicBool::new(
                 !std::env::var("SOMA_FUSE").is_ok_and(|v| v == "off" || v == "0"),
             ),
+            fused_mlp: Mutex::new(match std::env::var("SOMA_FUSED_MLP") {
+                Ok(v) => v.parse().unwrap_or_else(|e| {
+                    log::warn!("SOMA_FUSED_MLP ignored: {e}");
+                    Default::default()
+                }),
+                Err(_) => Default::default(),
+            }),
             autotuner: Mutex::new(Autotuner::default()),
             submissions: AtomicU64::new(0),
             maps: AtomicU64::new(0),
@@ -296,6 +304,19 @@ impl Gpu {
     /// Turns fusion on or off for executors built from now on.
     pub fn set_fusion(&self, on: bool) {
         self.fuse.store(on, Ordering::Relaxed);
+    }
+
+    /// When training steps run as the fully fused pass of a small network
+    /// (`SOMA_FUSED_MLP=auto|on|off`, default auto; see `kernels::fused_mlp`).
+    pub fn fused_mlp(&self) -> crate::kernels::fused_mlp::FusedMlp {
+        self.fused_mlp.lock().map(|v| *v).unwrap_or_default()
+    }
+
+    /// Sets when executors built from now on use the fused pass.
+    pub fn set_fused_mlp(&self, when: crate::kernels::fused_mlp::FusedMlp) {
+        if let Ok(mut v) = self.fused_mlp.lock() {
+            *v = when;
+        }
     }
 
     /// Submissions and maps made through soma so far.

@@ -1126,3 +1126,361 @@ fn perceptron_epoch_matches_cpu_exactly() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The fully fused MLP pass
+
+use soma::kernels::fused_mlp::{MlpLayer, MlpShape, TILE_ROWS};
+
+/// A network for the fused pass: layer widths, activations and bias flags, laid out in an
+/// arena as the executor lays out its parameters (`GpuTensor::arena` gives the offsets).
+struct FusedCase {
+    widths: Vec<usize>,
+    acts: Vec<Activation>,
+    bias: Vec<bool>,
+    rows: usize,
+    live: usize,
+}
+
+/// The arena offsets (in floats) of each layer's weight and bias, and the arena's length,
+/// for an alignment of `align` bytes (the rule of `GpuTensor::arena`).
+fn arena_layout(c: &FusedCase, align: usize) -> (Vec<MlpLayer>, usize) {
+    let slot = |floats: usize| (floats * 4).max(16).next_multiple_of(align) / 4;
+    let mut at = 0;
+    let mut layers = vec![];
+    for l in 0..c.acts.len() {
+        let (i, o) = (c.widths[l], c.widths[l + 1]);
+        let weight_at = at;
+        at += slot(i * o);
+        let bias_at = c.bias[l].then(|| {
+            let b = at;
+            at += slot(o);
+            b
+        });
+        layers.push(MlpLayer {
+            inputs: i,
+            outputs: o,
+            kind: c.acts[l].code(),
+            slope: c.acts[l].slope(),
+            weight_at,
+            bias_at,
+        });
+    }
+    (layers, at)
+}
+
+/// Random parameters in an arena of `len` floats (padding left zero), input and target.
+fn fused_data(
+    rng: &mut TestRng,
+    layers: &[MlpLayer],
+    len: usize,
+    rows: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut w = vec![0.0f32; len];
+    for l in layers {
+        let scale = 1.0 / (l.inputs as f32).sqrt();
+        for v in &mut w[l.weight_at..l.weight_at + l.inputs * l.outputs] {
+            *v = rng.uniform(-scale, scale);
+        }
+        if let Some(b) = l.bias_at {
+            for v in &mut w[b..b + l.outputs] {
+                *v = rng.uniform(-scale, scale);
+            }
+        }
+    }
+    let (i, o) = (layers[0].inputs, layers.last().unwrap().outputs);
+    (
+        w,
+        rng.vec(rows * i, -1.0, 1.0),
+        rng.vec(rows * o, -1.0, 1.0),
+    )
+}
+
+/// The op-by-op CPU twins over one batch: (gradient arena, prediction, row losses).
+fn op_by_op(
+    layers: &[MlpLayer],
+    len: usize,
+    w: &[f32],
+    x: &[f32],
+    target: &[f32],
+    rows: usize,
+    live: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut acts = vec![x.to_vec()];
+    let mut pres = vec![];
+    for l in layers {
+        let (i, o) = (l.inputs, l.outputs);
+        let mut pre = vec![0.0; rows * o];
+        let mp = MatmulParams {
+            m: rows as u32,
+            n: o as u32,
+            k: i as u32,
+            accumulate: 0,
+        };
+        cpu::matmul_nt(&mut pre, acts.last().unwrap(), &w[l.weight_at..], &mp);
+        let mut out = vec![0.0; rows * o];
+        let ap = ActivationParams {
+            rows: rows as u32,
+            cols: o as u32,
+            kind: l.kind,
+            has_bias: l.bias_at.is_some() as u32,
+            slope: l.slope,
+            ..Default::default()
+        };
+        let bias = l.bias_at.map_or(&[][..], |b| &w[b..b + o]);
+        cpu::bias_activation_forward(&mut out, &mut pre, bias, &ap);
+        pres.push(pre);
+        acts.push(out);
+    }
+    let o = layers.last().unwrap().outputs;
+    let (mut delta, mut row_loss) = (vec![0.0; rows * o], vec![0.0; rows]);
+    let lp = Loss::Mse.params(live, o, rows);
+    cpu::mse_loss(&mut delta, &mut row_loss, acts.last().unwrap(), target, &lp);
+    let mut grads = vec![0.0; len];
+    for (li, l) in layers.iter().enumerate().rev() {
+        let (i, o) = (l.inputs, l.outputs);
+        if l.kind != 0 {
+            let mut dpre = vec![0.0; rows * o];
+            let ap = ActivationParams {
+                rows: rows as u32,
+                cols: o as u32,
+                kind: l.kind,
+                slope: l.slope,
+                ..Default::default()
+            };
+            cpu::activation_backward(&mut dpre, &delta, &pres[li], &ap);
+            delta = dpre;
+        }
+        let mp = MatmulParams {
+            m: o as u32,
+            n: i as u32,
+            k: rows as u32,
+            accumulate: 0,
+        };
+        cpu::matmul_tn(&mut grads[l.weight_at..], &delta, &acts[li], &mp);
+        if let Some(b) = l.bias_at {
+            let rp = RowsParams {
+                rows: rows as u32,
+                cols: o as u32,
+                ..Default::default()
+            };
+            cpu::column_sum(&mut grads[b..b + o], &delta, &rp);
+        }
+        if li > 0 {
+            let mut dx = vec![0.0; rows * i];
+            let mp = MatmulParams {
+                m: rows as u32,
+                n: i as u32,
+                k: o as u32,
+                accumulate: 0,
+            };
+            cpu::matmul_nn(&mut dx, &delta, &w[l.weight_at..l.weight_at + o * i], &mp);
+            delta = dx;
+        }
+    }
+    (grads, acts.pop().unwrap(), row_loss)
+}
+
+/// The fused pass's twin followed by the column sum over tiles: (gradient arena,
+/// prediction, row losses).
+fn fused_twin(
+    shape: &MlpShape,
+    w: &[f32],
+    x: &[f32],
+    target: &[f32],
+    rows: usize,
+    live: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let len = shape.arena_len as usize;
+    let tiles = kernels::fused_mlp_tiles(rows);
+    let o = shape.outputs();
+    let mut partial = vec![0.0; tiles * len];
+    let (mut pred, mut row_loss) = (vec![0.0; rows * o], vec![0.0; rows]);
+    let lp = Loss::Mse.params(live, o, rows);
+    cpu::fused_mlp(
+        &mut partial,
+        &mut pred,
+        &mut row_loss,
+        x,
+        target,
+        w,
+        shape,
+        &lp,
+    );
+    let mut grads = vec![0.0; len];
+    let rp = RowsParams {
+        rows: tiles as u32,
+        cols: len as u32,
+        ..Default::default()
+    };
+    cpu::column_sum(&mut grads, &partial, &rp);
+    (grads, pred, row_loss)
+}
+
+fn fused_cases() -> Vec<FusedCase> {
+    use Activation::*;
+    vec![
+        // B3's network, a batch that is not a whole number of tiles, a partial batch.
+        FusedCase {
+            widths: vec![2, 64, 64, 1],
+            acts: vec![Relu, Relu, Identity],
+            bias: vec![true, true, true],
+            rows: 100,
+            live: 90,
+        },
+        // One tile: the fused sums are the op-by-op ones.
+        FusedCase {
+            widths: vec![3, 5, 4],
+            acts: vec![Tanh, Sigmoid],
+            bias: vec![false, true],
+            rows: 32,
+            live: 32,
+        },
+        FusedCase {
+            widths: vec![7, 9, 6, 2],
+            acts: vec![LeakyRelu { slope: 0.1 }, Tanh, Identity],
+            bias: vec![true, false, true],
+            rows: 65,
+            live: 65,
+        },
+    ]
+}
+
+/// The fused pass's twin against the op-by-op twins: bitwise where the batch is one tile
+/// (the same sums in the same order), within rounding elsewhere (the weight gradients are
+/// summed per tile, then over tiles).
+#[test]
+fn fused_mlp_twin_matches_the_op_by_op_twins() {
+    let mut rng = TestRng::new(31);
+    for c in fused_cases() {
+        let (layers, len) = arena_layout(&c, 256);
+        let shape = MlpShape::new(&layers, len).unwrap();
+        let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows);
+        let want = op_by_op(&layers, len, &w, &x, &target, c.rows, c.live);
+        let got = fused_twin(&shape, &w, &x, &target, c.rows, c.live);
+        let label = format!("{:?} {:?}", c.widths, c.acts);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        // Forward and loss are row by row: the same bits at any batch.
+        assert_eq!(bits(&got.1), bits(&want.1), "{label}: prediction");
+        assert_eq!(bits(&got.2), bits(&want.2), "{label}: row losses");
+        if c.rows <= TILE_ROWS as usize {
+            assert_eq!(bits(&got.0), bits(&want.0), "{label}: gradients");
+        } else {
+            assert_close(&format!("{label}: gradients"), &got.0, &want.0, 1e-6, 1e-4);
+            assert_ne!(
+                bits(&got.0),
+                bits(&want.0),
+                "{label}: expected regrouped sums"
+            );
+        }
+    }
+}
+
+/// Whether this driver's matmul sums give the CPU twin's bits (no contraction into fused
+/// multiply-adds, as on lavapipe): then the fused pass must give its twin's bits too.
+fn driver_sums_like_the_twins(gpu: &Gpu) -> bool {
+    let mut rng = TestRng::new(77);
+    // k not a multiple of 4: the scalar kernels, which sum like the twins where they can.
+    let (m, n, k) = (8, 8, 39);
+    let (a, b) = (rng.vec(m * k, -1.0, 1.0), rng.vec(n * k, -1.0, 1.0));
+    let out = GpuTensor::zeros(gpu, "out", &[m, n]).unwrap();
+    let (at, bt) = (up(gpu, "a", &[m, k], &a), up(gpu, "b", &[n, k], &b));
+    run(
+        gpu,
+        &kernels::matmul_nt(gpu, &out, &at, &bt, Accumulate::Overwrite).unwrap(),
+    );
+    let mut want = vec![0.0; m * n];
+    let p = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: 0,
+    };
+    cpu::matmul_nt(&mut want, &a, &b, &p);
+    let got = out.read(gpu).unwrap();
+    got.iter()
+        .zip(&want)
+        .all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The fused kernel against its twin: values within rounding anywhere, and the twin's bits
+/// where the driver's sums are the twins' and no exp is involved.
+#[test]
+fn fused_mlp_matches_its_twin() {
+    let Some(gpu) = gpu("fused_mlp_matches_its_twin") else {
+        return;
+    };
+    let exact = driver_sums_like_the_twins(gpu);
+    let mut rng = TestRng::new(32);
+    let align = (gpu.limits().min_storage_buffer_offset_alignment as usize).max(16);
+    for c in fused_cases() {
+        let (layers, len) = arena_layout(&c, align);
+        let shape = MlpShape::new(&layers, len).unwrap();
+        let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows);
+        let (i, o) = (c.widths[0], *c.widths.last().unwrap());
+        let tiles = kernels::fused_mlp_tiles(c.rows);
+        let partial = GpuTensor::zeros(gpu, "partial", &[tiles, len]).unwrap();
+        let pred = GpuTensor::zeros(gpu, "pred", &[c.rows, o]).unwrap();
+        let row_loss = GpuTensor::zeros(gpu, "row_loss", &[c.rows]).unwrap();
+        let (xt, tt, wt) = (
+            up(gpu, "x", &[c.rows, i], &x),
+            up(gpu, "target", &[c.rows, o], &target),
+            up(gpu, "w", &[len], &w),
+        );
+        let lp = Loss::Mse.params(c.live, o, c.rows);
+        let d = kernels::fused_mlp(gpu, &partial, &pred, &row_loss, &xt, &tt, &wt, shape, lp)
+            .unwrap()
+            .expect("lavapipe and the WebGPU defaults run the fused pass");
+        run(gpu, &d);
+        let mut want_partial = vec![0.0; tiles * len];
+        let (mut want_pred, mut want_loss) = (vec![0.0; c.rows * o], vec![0.0; c.rows]);
+        cpu::fused_mlp(
+            &mut want_partial,
+            &mut want_pred,
+            &mut want_loss,
+            &x,
+            &target,
+            &w,
+            &shape,
+            &lp,
+        );
+        let got = (
+            partial.read(gpu).unwrap(),
+            pred.read(gpu).unwrap(),
+            row_loss.read(gpu).unwrap(),
+        );
+        let label = format!("fused_mlp {:?} {:?}", c.widths, c.acts);
+        assert_close(
+            &format!("{label} partials"),
+            &got.0,
+            &want_partial,
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{label} prediction"),
+            &got.1,
+            &want_pred,
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{label} row losses"),
+            &got.2,
+            &want_loss,
+            1e-5,
+            1e-4,
+        );
+        let no_exp = c
+            .acts
+            .iter()
+            .all(|a| matches!(a, Activation::Relu | Activation::Identity));
+        if exact && no_exp {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.0), bits(&want_partial), "{label}: partial bits");
+            assert_eq!(bits(&got.1), bits(&want_pred), "{label}: prediction bits");
+            assert_eq!(bits(&got.2), bits(&want_loss), "{label}: loss bits");
+        }
+    }
+    println!("fused_mlp: bits checked: {exact}");
+}

@@ -10,6 +10,7 @@ use crate::network::Activation;
 use crate::params::*;
 use crate::tensor::{DType, GpuTensor};
 
+use super::fused_mlp::{MlpShape, TILE_ROWS};
 use super::{Dispatch, Epilogue, Kernel, MatmulForm, Tile, TILES};
 
 // ---------------------------------------------------------------------------------------
@@ -509,6 +510,63 @@ pub fn activation_backward(
 
 // ---------------------------------------------------------------------------------------
 // Reductions
+
+/// Tiles of [`TILE_ROWS`] rows in a batch of `rows`.
+pub fn fused_mlp_tiles(rows: usize) -> usize {
+    rows.div_ceil(TILE_ROWS as usize)
+}
+
+/// The fully fused training pass of a small network over the batch `x` (`rows`, inputs)
+/// with MSE against `target` (see `fused_mlp.rs`): `partial` (tiles, arena length) gets each
+/// tile's gradient sums laid out like the parameter arena `weights`, `pred` the network's
+/// output and `row_loss` each row's loss. `params` is the loss's (live rows, the gradient's
+/// scale). `None` where the device cannot run it: fewer than six storage buffers per stage,
+/// or less workgroup memory than the tile needs.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_mlp(
+    gpu: &Gpu,
+    partial: &GpuTensor,
+    pred: &GpuTensor,
+    row_loss: &GpuTensor,
+    x: &GpuTensor,
+    target: &GpuTensor,
+    weights: &GpuTensor,
+    shape: MlpShape,
+    params: LossParams,
+) -> Result<Option<Dispatch>> {
+    let op = "fused_mlp";
+    let limits = gpu.limits();
+    if limits.max_storage_buffers_per_shader_stage < 6
+        || (limits.max_compute_workgroup_storage_size as u64) < shape.workgroup_bytes()
+        || limits.max_compute_invocations_per_workgroup < TILE_ROWS
+        || limits.max_compute_workgroup_size_x < TILE_ROWS
+    {
+        return Ok(None);
+    }
+    let (rows, _) = matrix(op, x)?;
+    expect_shape(op, x, (rows, shape.inputs()))?;
+    expect_shape(op, target, (rows, shape.outputs()))?;
+    expect_shape(op, pred, (rows, shape.outputs()))?;
+    expect_len(op, row_loss, rows)?;
+    expect_len(op, weights, shape.arena_len as usize)?;
+    let tiles = fused_mlp_tiles(rows);
+    expect_shape(op, partial, (tiles, shape.arena_len as usize))?;
+    if params.batch_rows as usize != rows || params.cols as usize != shape.outputs() {
+        return Err(Error::shape(
+            op,
+            format!("loss parameters for {rows} x {}", shape.outputs()),
+            format!("{} x {}", params.batch_rows, params.cols),
+        ));
+    }
+    Dispatch::new(
+        gpu,
+        Kernel::FusedMlp(shape),
+        &[partial, pred, row_loss, x, target, weights],
+        &[params],
+        [tiles as u32, 1, 1],
+    )
+    .map(Some)
+}
 
 /// `out (cols) = Σ_rows x (rows, cols)` — the bias gradient.
 pub fn column_sum(gpu: &Gpu, out: &GpuTensor, x: &GpuTensor, acc: Accumulate) -> Result<Dispatch> {
