@@ -306,43 +306,69 @@ impl<'a> GpuExec<'a> {
         }
         let partial = GpuTensor::zeros(g, "fused MLP partial sums", &[tiles, len])?;
         let t = &self.tensors;
-        let Some(mut fused) = kernels::fused_mlp(
-            g,
-            &partial,
-            &t[pass.pred],
-            &t[plan.row_loss],
-            &t[plan.input],
-            &t[pass.target],
-            &a.params,
-            pass.shape,
-            pass.loss[0],
-        )?
-        else {
-            return Ok(());
-        };
-        fused.set_params(g, &pass.loss)?;
-        let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
-        if policy == FusedMlp::Auto {
-            let ops: Vec<&Dispatch> = pass.replaced.iter().map(|&i| &self.train[i]).collect();
-            let key = format!("mlp {} batch {}", pass.shape.name(), plan.batch);
-            let choice = crate::autotune::choose_named(g, &key, &["fused", "ops"], || {
-                let times = crate::autotune::time_lists(g, &[vec![&fused, &sum], ops])?;
-                let best = if times[0] < 0.97 * times[1] {
-                    "fused"
-                } else {
-                    "ops"
-                };
-                let report = format!(
-                    "fused {:.3} ms, op by op {:.3} ms",
-                    times[0] * 1e3,
-                    times[1] * 1e3
-                );
-                Ok((best.to_string(), report))
-            })?;
-            if choice.as_deref() != Some("fused") {
-                return Ok(());
+        // The pass with its weights staged in workgroup memory, and without, where the
+        // device runs them; staged first.
+        let mut passes = Vec::new();
+        for staged in [true, false] {
+            let shape = pass.shape.with_staged(staged);
+            let built = kernels::fused_mlp(
+                g,
+                &partial,
+                &t[pass.pred],
+                &t[plan.row_loss],
+                &t[plan.input],
+                &t[pass.target],
+                &a.params,
+                shape,
+                pass.loss[0],
+            )?;
+            if let Some(mut d) = built {
+                d.set_params(g, &pass.loss)?;
+                passes.push((if staged { "fused-staged" } else { "fused" }, d));
             }
         }
+        if passes.is_empty() {
+            return Ok(());
+        }
+        let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
+        let pick = if policy == FusedMlp::Auto {
+            let ops: Vec<&Dispatch> = pass.replaced.iter().map(|&i| &self.train[i]).collect();
+            let key = format!("mlp {} batch {}", pass.shape.name(), plan.batch);
+            let names: Vec<&str> = passes.iter().map(|p| p.0).chain(["ops"]).collect();
+            let choice = crate::autotune::choose_named(g, &key, &names, || {
+                let mut lists: Vec<Vec<&Dispatch>> =
+                    passes.iter().map(|(_, d)| vec![d, &sum]).collect();
+                lists.push(ops);
+                let times = crate::autotune::time_lists(g, &lists)?;
+                // The op-by-op kernels stay unless a fused pass is clearly faster.
+                let ops_time = times[passes.len()];
+                let (best, _) = passes
+                    .iter()
+                    .zip(&times)
+                    .map(|((name, _), t)| (*name, *t))
+                    .fold(
+                        ("ops", ops_time * 0.97),
+                        |b, c| if c.1 < b.1 { c } else { b },
+                    );
+                let report = names
+                    .iter()
+                    .zip(&times)
+                    .map(|(n, t)| format!("{n} {:.3} ms", t * 1e3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Ok((best.to_string(), report))
+            })?;
+            match choice {
+                Some(c) => passes.iter().position(|p| p.0 == c),
+                None => None,
+            }
+        } else {
+            Some(0)
+        };
+        let Some(pick) = pick else {
+            return Ok(());
+        };
+        let fused = passes.swap_remove(pick).1;
         for &i in &pass.replaced {
             self.train[i].disable();
         }

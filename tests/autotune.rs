@@ -1,6 +1,7 @@
-//! The matmul tuner's disk cache: a product measured once is not measured again by the next
-//! `Gpu` (or process), a broken cache file is ignored rather than trusted, and the tuned
-//! choice computes what the CPU twin computes. Runs in its own process: it points
+//! The tuner's disk cache: a product measured once is not measured again by the next `Gpu`
+//! (or process), a broken cache file is ignored rather than trusted, the tuned choice
+//! computes what the CPU twin computes, and the fused small-MLP pass is chosen and cached
+//! the same way. Runs in its own process: it points
 //! `SOMA_CACHE_DIR` at a scratch directory.
 
 mod common;
@@ -118,5 +119,59 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
     );
     assert_ne!(kernel4, big);
     assert_eq!(got, got4);
+
+    // The fused small-MLP pass against the op-by-op kernels: measured once for B3's network
+    // at batch 1024, cached beside the matmul choices, and the next Gpu trains as cached.
+    let data = soma::data::synthetic::b3_synthetic();
+    let net = soma::Network::mlp(
+        &[2, 64, 64, 1],
+        soma::Activation::Relu,
+        soma::Activation::Identity,
+    )
+    .unwrap();
+    let model = soma::Model::new(net, soma::Init::Pytorch, 1).unwrap();
+    let config = soma::TrainConfig {
+        epochs: 1,
+        batch_size: 1024,
+        ..Default::default()
+    };
+    let step_kernels = |gpu: &Gpu| {
+        let mut t = soma::Trainer::new(
+            soma::Device::Gpu(gpu),
+            &model,
+            soma::Loss::Mse,
+            soma::Optimizer::sgd(0.01),
+            &data,
+            None,
+            &config,
+        )
+        .unwrap();
+        let names: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+        names
+    };
+    let fifth = Gpu::new().unwrap();
+    let kernels5 = step_kernels(&fifth);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let choice = file["adapters"][&key]["mlp 2-64a1-64a1-1a0 batch 1024"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no entry for the fused pass in {text}"))
+        .to_string();
+    let fused = kernels5.iter().any(|k| k.starts_with("fused_mlp"));
+    match choice.as_str() {
+        "ops" => assert!(!fused, "{kernels5:?}"),
+        "fused" => assert!(kernels5.contains(&"fused_mlp"), "{kernels5:?}"),
+        "fused-staged" => assert!(kernels5.contains(&"fused_mlp_staged"), "{kernels5:?}"),
+        other => panic!("unknown choice {other}"),
+    }
+    let sixth = Gpu::new().unwrap();
+    let kernels6 = step_kernels(&sixth);
+    assert_eq!(
+        sixth.autotuner().measured(),
+        0,
+        "every choice came from the cache"
+    );
+    assert_eq!(kernels5, kernels6);
+    println!("fused MLP pass for B3's network at batch 1024 on this adapter: {choice}");
     let _ = std::fs::remove_dir_all(&dir);
 }

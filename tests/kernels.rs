@@ -1134,6 +1134,7 @@ use soma::kernels::fused_mlp::{MlpLayer, MlpShape, TILE_ROWS};
 
 /// A network for the fused pass: layer widths, activations and bias flags, laid out in an
 /// arena as the executor lays out its parameters (`GpuTensor::arena` gives the offsets).
+#[derive(Clone)]
 struct FusedCase {
     widths: Vec<usize>,
     acts: Vec<Activation>,
@@ -1403,8 +1404,9 @@ fn driver_sums_like_the_twins(gpu: &Gpu) -> bool {
         .all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-/// The fused kernel against its twin: values within rounding anywhere, and the twin's bits
-/// where the driver's sums are the twins' and no exp is involved.
+/// The fused kernel, weights read from the arena or staged in workgroup memory, against its
+/// twin: values within rounding anywhere, and the twin's bits where the driver's sums are
+/// the twins' and no exp is involved.
 #[test]
 fn fused_mlp_matches_its_twin() {
     let Some(gpu) = gpu("fused_mlp_matches_its_twin") else {
@@ -1413,9 +1415,12 @@ fn fused_mlp_matches_its_twin() {
     let exact = driver_sums_like_the_twins(gpu);
     let mut rng = TestRng::new(32);
     let align = (gpu.limits().min_storage_buffer_offset_alignment as usize).max(16);
-    for c in fused_cases() {
+    for (c, staged) in fused_cases()
+        .into_iter()
+        .flat_map(|c| [false, true].map(|s| (c.clone(), s)))
+    {
         let (layers, len) = arena_layout(&c, align);
-        let shape = MlpShape::new(&layers, len).unwrap();
+        let shape = MlpShape::new(&layers, len).unwrap().with_staged(staged);
         let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows);
         let (i, o) = (c.widths[0], *c.widths.last().unwrap());
         let tiles = kernels::fused_mlp_tiles(c.rows);
@@ -1430,7 +1435,7 @@ fn fused_mlp_matches_its_twin() {
         let lp = Loss::Mse.params(c.live, o, c.rows);
         let d = kernels::fused_mlp(gpu, &partial, &pred, &row_loss, &xt, &tt, &wt, shape, lp)
             .unwrap()
-            .expect("lavapipe and the WebGPU defaults run the fused pass");
+            .expect("lavapipe runs both forms of the fused pass (32 KiB of workgroup memory)");
         run(gpu, &d);
         let mut want_partial = vec![0.0; tiles * len];
         let (mut want_pred, mut want_loss) = (vec![0.0; c.rows * o], vec![0.0; c.rows]);
@@ -1449,7 +1454,7 @@ fn fused_mlp_matches_its_twin() {
             pred.read(gpu).unwrap(),
             row_loss.read(gpu).unwrap(),
         );
-        let label = format!("fused_mlp {:?} {:?}", c.widths, c.acts);
+        let label = format!("fused_mlp {:?} {:?} staged {staged}", c.widths, c.acts);
         assert_close(
             &format!("{label} partials"),
             &got.0,

@@ -77,6 +77,9 @@ pub struct MlpShape {
     pub bias_at: [u32; MAX_LAYERS],
     /// Floats in the arena (and in each partials row).
     pub arena_len: u32,
+    /// Each layer's weights are first copied into workgroup memory and read from there
+    /// (another 16 KiB for a 64 x 64 layer); otherwise every row reads them from the arena.
+    pub staged: bool,
 }
 
 /// One layer of an [`MlpShape`], in plain numbers.
@@ -106,6 +109,7 @@ impl MlpShape {
             weight_at: [0; MAX_LAYERS],
             bias_at: [0; MAX_LAYERS],
             arena_len: arena_len as u32,
+            staged: false,
         };
         s.widths[0] = layers[0].inputs as u8;
         for (l, layer) in layers.iter().enumerate() {
@@ -176,12 +180,32 @@ impl MlpShape {
             .unwrap_or(1)
     }
 
+    /// The same network with its weights staged in workgroup memory, or not.
+    pub fn with_staged(self, staged: bool) -> MlpShape {
+        MlpShape { staged, ..self }
+    }
+
     /// Workgroup memory the kernel declares, in bytes.
     pub fn workgroup_bytes(&self) -> u64 {
         let layers = self.layers();
         let outs = layers.iter().map(|l| l.outputs).max().unwrap_or(1);
         let ins = layers.iter().map(|l| l.inputs).max().unwrap_or(1);
-        (TILE_ROWS as u64) * (outs + ins) as u64 * 4
+        let tiles = (TILE_ROWS as u64) * (outs + ins) as u64 * 4;
+        tiles
+            + if self.staged {
+                self.max_weights() as u64 * 4
+            } else {
+                0
+            }
+    }
+
+    /// The most weights of one layer.
+    fn max_weights(&self) -> usize {
+        self.layers()
+            .iter()
+            .map(|l| l.inputs * l.outputs)
+            .max()
+            .unwrap_or(1)
     }
 
     /// Multiply-adds of one row's forward and backward pass (for deciding whether the pass
@@ -200,7 +224,15 @@ pub fn generated(shape: MlpShape) -> (&'static str, &'static str) {
     let source = *map
         .entry(shape)
         .or_insert_with(|| Box::leak(source(shape).into_boxed_str()));
-    (source, "fused_mlp")
+    (source, entry_point(shape))
+}
+
+fn entry_point(shape: MlpShape) -> &'static str {
+    if shape.staged {
+        "fused_mlp_staged"
+    } else {
+        "fused_mlp"
+    }
 }
 
 /// `activate`, `derivative` and their helpers, taken from `shaders/activation.wgsl` so that
@@ -261,10 +293,10 @@ struct LossParams {{
 
 var<workgroup> fm_delta: array<f32, {d}>;
 var<workgroup> fm_input: array<f32, {a}>;
-
+{staged_decl}
 {funcs}
 @compute @workgroup_size({t}, 1, 1)
-fn fused_mlp(@builtin(local_invocation_id) lid: vec3<u32>,
+fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
              @builtin(workgroup_id) wid: vec3<u32>) {{
     let s = lid.x;
     let tile = wid.x;
@@ -286,19 +318,52 @@ fn fused_mlp(@builtin(local_invocation_id) lid: vec3<u32>,
         d = t as usize * max_out,
         a = t as usize * max_in,
         funcs = activation_functions(),
+        staged_decl = if shape.staged {
+            format!(
+                "var<workgroup> fm_wt: array<f32, {}>;\n",
+                shape.max_weights()
+            )
+        } else {
+            String::new()
+        },
+        entry = entry_point(shape),
     ));
+    // Where the weights are read: the staged copy, or the arena. Staging copies layer `l`'s
+    // weights between two barriers (every invocation takes part).
+    let weight = |wo: usize| {
+        if shape.staged {
+            "fm_wt[".to_string()
+        } else {
+            format!("fm_w[{wo}u + ")
+        }
+    };
+    let stage = |wo: usize, nw: usize| {
+        if shape.staged {
+            format!(
+                "    workgroupBarrier();
+    for (var i = s; i < {nw}u; i = i + {t}u) {{
+        fm_wt[i] = fm_w[{wo}u + i];
+    }}
+    workgroupBarrier();
+"
+            )
+        } else {
+            String::new()
+        }
+    };
     for (l, layer) in layers.iter().enumerate() {
         let (ni, no, wo) = (layer.inputs, layer.outputs, layer.weight_at);
         let bias = match layer.bias_at {
             Some(b) => format!("acc + fm_w[{b}u + o]"),
             None => "acc".to_string(),
         };
+        s.push_str(&stage(wo, ni * no));
         s.push_str(&format!(
             "    // layer {l} forward: {ni} -> {no}
     for (var o = 0u; o < {no}u; o = o + 1u) {{
         var acc = 0.0;
         for (var k = 0u; k < {ni}u; k = k + 1u) {{
-            acc = acc + act[{ai}u + k] * fm_w[{wo}u + o * {ni}u + k];
+            acc = acc + act[{ai}u + k] * {w}o * {ni}u + k];
         }}
         let z = {bias};
         pre[{po}u + o] = z;
@@ -308,6 +373,7 @@ fn fused_mlp(@builtin(local_invocation_id) lid: vec3<u32>,
             ai = act_at[l],
             ao = act_at[l + 1],
             po = pre_at[l],
+            w = weight(wo),
             kind = layer.kind,
             slope = f32_lit(layer.slope),
         ));
@@ -351,7 +417,7 @@ fn fused_mlp(@builtin(local_invocation_id) lid: vec3<u32>,
     for (var k = 0u; k < {ni}u; k = k + 1u) {{
         fm_input[s * {ni}u + k] = select(0.0, act[{ai}u + k], in_batch);
     }}
-    workgroupBarrier();
+{stage}    workgroupBarrier();
     for (var i = s; i < {nw}u; i = i + {t}u) {{
         let o = i / {ni}u;
         let k = i % {ni}u;
@@ -364,6 +430,11 @@ fn fused_mlp(@builtin(local_invocation_id) lid: vec3<u32>,
 ",
             ai = act_at[l],
             nw = ni * no,
+            stage = if l > 0 {
+                stage(wo, ni * no)
+            } else {
+                String::new()
+            },
         ));
         if let Some(b) = layer.bias_at {
             s.push_str(&format!(
@@ -382,11 +453,12 @@ fn fused_mlp(@builtin(local_invocation_id) lid: vec3<u32>,
                 "    for (var k = 0u; k < {ni}u; k = k + 1u) {{
         var acc = 0.0;
         for (var o = 0u; o < {no}u; o = o + 1u) {{
-            acc = acc + dp[o] * fm_w[{wo}u + o * {ni}u + k];
+            acc = acc + dp[o] * {w}o * {ni}u + k];
         }}
         dl[k] = acc;
     }}
-"
+",
+                w = weight(wo),
             ));
         }
         s.push_str("    workgroupBarrier();\n");
@@ -452,7 +524,18 @@ mod tests {
 
     #[test]
     fn generated_source_parses_and_validates() {
-        let src = source(b3());
+        for staged in [false, true] {
+            validate(b3().with_staged(staged));
+        }
+        assert_eq!(
+            b3().with_staged(true).workgroup_bytes(),
+            (32 * 128 + 64 * 64) * 4
+        );
+    }
+
+    fn validate(shape: MlpShape) {
+        let src = source(shape);
+        assert!(src.contains(&format!("fn {}(", entry_point(shape))));
         let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{e}\n{src}"));
         naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
