@@ -677,7 +677,7 @@ pub fn gather_rows_u8_vec4(out: &mut [f32], data: &[u32], indices: &[u32], p: &G
 // ---------------------------------------------------------------------------------------
 // The fully fused MLP pass (kernels/fused_mlp.rs)
 
-/// The twin of the fused training pass: per tile of `TILE_ROWS` rows, each row's forward
+/// The twin of the fused training pass: per tile of `shape.tile_rows()` rows, each row's forward
 /// pass, MSE gradient and backward pass (the op-by-op twins' arithmetic, in their order),
 /// and the tile's weight and bias gradient sums into its row of `partial` (tiles, arena
 /// length), laid out like the parameter arena `w`. Rows past `p.batch_rows` count as zeros;
@@ -693,9 +693,8 @@ pub fn fused_mlp(
     shape: &crate::kernels::fused_mlp::MlpShape,
     p: &LossParams,
 ) {
-    use crate::kernels::fused_mlp::TILE_ROWS;
     let layers = shape.layers();
-    let t = TILE_ROWS as usize;
+    let t = shape.tile_rows() as usize;
     let (n_in, n_out, alen) = (shape.inputs(), shape.outputs(), shape.arena_len as usize);
     let batch = p.batch_rows as usize;
     let live_rows = p.rows as usize;

@@ -297,59 +297,75 @@ impl<'a> GpuExec<'a> {
             return Ok(());
         };
         let g = self.gpu;
-        let tiles = kernels::fused_mlp_tiles(plan.batch);
-        let len = a.params.len();
-        if g.check_buffer_size("fused MLP partial sums", (tiles * len * 4) as u64)
-            .is_err()
-        {
-            return Ok(());
-        }
-        let partial = GpuTensor::zeros(g, "fused MLP partial sums", &[tiles, len])?;
         let t = &self.tensors;
-        // The pass with its weights staged in workgroup memory, and without, where the
-        // device runs them; staged first.
+        let len = a.params.len();
+        // Two forms, the first that the device runs of each: one row per invocation in
+        // tiles of 32 with the weights staged in workgroup memory (a hardware GPU's form),
+        // and 8 or 4 rows per invocation, 8 invocations per workgroup (a CPU adapter's).
+        let forms = match policy {
+            FusedMlp::Form {
+                tile_rows,
+                rows_per_invocation,
+                staged,
+            } => vec![vec![(tile_rows as u32, rows_per_invocation, staged)]],
+            _ => vec![
+                vec![(32, 1, true), (32, 1, false)],
+                vec![(64, 8, false), (32, 4, false)],
+            ],
+        };
         let mut passes = Vec::new();
-        for staged in [true, false] {
-            let shape = pass.shape.with_staged(staged);
-            let built = kernels::fused_mlp(
-                g,
-                &partial,
-                &t[pass.pred],
-                &t[plan.row_loss],
-                &t[plan.input],
-                &t[pass.target],
-                &a.params,
-                shape,
-                pass.loss[0],
-            )?;
-            if let Some(mut d) = built {
-                d.set_params(g, &pass.loss)?;
-                passes.push((if staged { "fused-staged" } else { "fused" }, d));
+        for options in forms {
+            for (tile, rows, staged) in options {
+                let shape = pass
+                    .shape
+                    .with_tile_rows(tile)
+                    .with_rows_per_invocation(rows)
+                    .with_staged(staged);
+                let tiles = shape.tiles(plan.batch);
+                let bytes = (tiles * len * 4) as u64;
+                if g.check_buffer_size("fused MLP partial sums", bytes)
+                    .is_err()
+                {
+                    continue;
+                }
+                let partial = GpuTensor::zeros(g, "fused MLP partial sums", &[tiles, len])?;
+                let built = kernels::fused_mlp(
+                    g,
+                    &partial,
+                    &t[pass.pred],
+                    &t[plan.row_loss],
+                    &t[plan.input],
+                    &t[pass.target],
+                    &a.params,
+                    shape,
+                    pass.loss[0],
+                )?;
+                if let Some(mut d) = built {
+                    d.set_params(g, &pass.loss)?;
+                    let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
+                    passes.push((shape.entry_point(), d, sum, partial));
+                    break;
+                }
             }
         }
         if passes.is_empty() {
             return Ok(());
         }
-        let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
         let pick = if policy == FusedMlp::Auto {
             let ops: Vec<&Dispatch> = pass.replaced.iter().map(|&i| &self.train[i]).collect();
             let key = format!("mlp {} batch {}", pass.shape.name(), plan.batch);
             let names: Vec<&str> = passes.iter().map(|p| p.0).chain(["ops"]).collect();
             let choice = crate::autotune::choose_named(g, &key, &names, || {
                 let mut lists: Vec<Vec<&Dispatch>> =
-                    passes.iter().map(|(_, d)| vec![d, &sum]).collect();
+                    passes.iter().map(|(_, d, sum, _)| vec![d, sum]).collect();
                 lists.push(ops);
                 let times = crate::autotune::time_lists(g, &lists)?;
                 // The op-by-op kernels stay unless a fused pass is clearly faster.
                 let ops_time = times[passes.len()];
-                let (best, _) = passes
-                    .iter()
-                    .zip(&times)
-                    .map(|((name, _), t)| (*name, *t))
-                    .fold(
-                        ("ops", ops_time * 0.97),
-                        |b, c| if c.1 < b.1 { c } else { b },
-                    );
+                let (best, _) = passes.iter().zip(&times).map(|(p, t)| (p.0, *t)).fold(
+                    ("ops", ops_time * 0.97),
+                    |b, c| if c.1 < b.1 { c } else { b },
+                );
                 let report = names
                     .iter()
                     .zip(&times)
@@ -358,17 +374,14 @@ impl<'a> GpuExec<'a> {
                     .join(", ");
                 Ok((best.to_string(), report))
             })?;
-            match choice {
-                Some(c) => passes.iter().position(|p| p.0 == c),
-                None => None,
-            }
+            choice.and_then(|c| passes.iter().position(|p| p.0 == c))
         } else {
             Some(0)
         };
         let Some(pick) = pick else {
             return Ok(());
         };
-        let fused = passes.swap_remove(pick).1;
+        let (_, fused, sum, partial) = passes.swap_remove(pick);
         for &i in &pass.replaced {
             self.train[i].disable();
         }

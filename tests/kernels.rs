@@ -1132,6 +1132,15 @@ fn perceptron_epoch_matches_cpu_exactly() {
 
 use soma::kernels::fused_mlp::{MlpLayer, MlpShape, TILE_ROWS};
 
+/// The fused pass's forms: (rows per workgroup, rows per invocation, staged weights).
+const FUSED_FORMS: [(u32, u8, bool); 5] = [
+    (32, 1, false),
+    (32, 1, true),
+    (32, 4, false),
+    (64, 8, false),
+    (64, 2, true),
+];
+
 /// A network for the fused pass: layer widths, activations and bias flags, laid out in an
 /// arena as the executor lays out its parameters (`GpuTensor::arena` gives the offsets).
 #[derive(Clone)]
@@ -1293,7 +1302,7 @@ fn fused_twin(
     live: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let len = shape.arena_len as usize;
-    let tiles = kernels::fused_mlp_tiles(rows);
+    let tiles = shape.tiles(rows);
     let o = shape.outputs();
     let mut partial = vec![0.0; tiles * len];
     let (mut pred, mut row_loss) = (vec![0.0; rows * o], vec![0.0; rows]);
@@ -1337,6 +1346,21 @@ fn fused_cases() -> Vec<FusedCase> {
             rows: 32,
             live: 32,
         },
+        // Narrow inputs into layers of 4k outputs (the vec4 forward form), ReLU only.
+        FusedCase {
+            widths: vec![2, 8, 4],
+            acts: vec![Relu, Identity],
+            bias: vec![true, true],
+            rows: 40,
+            live: 40,
+        },
+        FusedCase {
+            widths: vec![16, 8, 32, 4],
+            acts: vec![Relu, Relu, Identity],
+            bias: vec![true, false, true],
+            rows: 40,
+            live: 40,
+        },
         FusedCase {
             widths: vec![7, 9, 6, 2],
             acts: vec![LeakyRelu { slope: 0.1 }, Tanh, Identity],
@@ -1353,77 +1377,59 @@ fn fused_cases() -> Vec<FusedCase> {
 #[test]
 fn fused_mlp_twin_matches_the_op_by_op_twins() {
     let mut rng = TestRng::new(31);
-    for c in fused_cases() {
+    for (c, tile) in fused_cases()
+        .into_iter()
+        .flat_map(|c| TILE_ROWS.map(|t| (c.clone(), t)))
+    {
         let (layers, len) = arena_layout(&c, 256);
-        let shape = MlpShape::new(&layers, len).unwrap();
+        let shape = MlpShape::new(&layers, len).unwrap().with_tile_rows(tile);
         let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows);
         let want = op_by_op(&layers, len, &w, &x, &target, c.rows, c.live);
         let got = fused_twin(&shape, &w, &x, &target, c.rows, c.live);
-        let label = format!("{:?} {:?}", c.widths, c.acts);
+        let label = format!("{:?} {:?} tiles of {tile}", c.widths, c.acts);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         // Forward and loss are row by row: the same bits at any batch.
         assert_eq!(bits(&got.1), bits(&want.1), "{label}: prediction");
         assert_eq!(bits(&got.2), bits(&want.2), "{label}: row losses");
-        if c.rows <= TILE_ROWS as usize {
+        if c.rows <= tile as usize {
             assert_eq!(bits(&got.0), bits(&want.0), "{label}: gradients");
         } else {
             assert_close(&format!("{label}: gradients"), &got.0, &want.0, 1e-6, 1e-4);
-            assert_ne!(
-                bits(&got.0),
-                bits(&want.0),
-                "{label}: expected regrouped sums"
-            );
         }
     }
 }
 
-/// Whether this driver's matmul sums give the CPU twin's bits (no contraction into fused
-/// multiply-adds, as on lavapipe): then the fused pass must give its twin's bits too.
-fn driver_sums_like_the_twins(gpu: &Gpu) -> bool {
-    let mut rng = TestRng::new(77);
-    // k not a multiple of 4: the scalar kernels, which sum like the twins where they can.
-    let (m, n, k) = (8, 8, 39);
-    let (a, b) = (rng.vec(m * k, -1.0, 1.0), rng.vec(n * k, -1.0, 1.0));
-    let out = GpuTensor::zeros(gpu, "out", &[m, n]).unwrap();
-    let (at, bt) = (up(gpu, "a", &[m, k], &a), up(gpu, "b", &[n, k], &b));
-    run(
-        gpu,
-        &kernels::matmul_nt(gpu, &out, &at, &bt, Accumulate::Overwrite).unwrap(),
-    );
-    let mut want = vec![0.0; m * n];
-    let p = MatmulParams {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        accumulate: 0,
-    };
-    cpu::matmul_nt(&mut want, &a, &b, &p);
-    let got = out.read(gpu).unwrap();
-    got.iter()
-        .zip(&want)
-        .all(|(x, y)| x.to_bits() == y.to_bits())
-}
-
-/// The fused kernel, weights read from the arena or staged in workgroup memory, against its
-/// twin: values within rounding anywhere, and the twin's bits where the driver's sums are
-/// the twins' and no exp is involved.
 #[test]
 fn fused_mlp_matches_its_twin() {
     let Some(gpu) = gpu("fused_mlp_matches_its_twin") else {
         return;
     };
-    let exact = driver_sums_like_the_twins(gpu);
     let mut rng = TestRng::new(32);
     let align = (gpu.limits().min_storage_buffer_offset_alignment as usize).max(16);
-    for (c, staged) in fused_cases()
+    let mut ran = 0;
+    // Every form for B3's network; the two the executor tries first for the others (each
+    // form compiles for a second or more on llvmpipe).
+    let forms = |i: usize| {
+        if i == 0 {
+            FUSED_FORMS.to_vec()
+        } else {
+            vec![(32, 1, true), (64, 8, false)]
+        }
+    };
+    for (c, (tile, rows, staged)) in fused_cases()
         .into_iter()
-        .flat_map(|c| [false, true].map(|s| (c.clone(), s)))
+        .enumerate()
+        .flat_map(|(i, c)| forms(i).into_iter().map(move |f| (c.clone(), f)))
     {
         let (layers, len) = arena_layout(&c, align);
-        let shape = MlpShape::new(&layers, len).unwrap().with_staged(staged);
+        let shape = MlpShape::new(&layers, len)
+            .unwrap()
+            .with_tile_rows(tile)
+            .with_rows_per_invocation(rows)
+            .with_staged(staged);
         let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows);
         let (i, o) = (c.widths[0], *c.widths.last().unwrap());
-        let tiles = kernels::fused_mlp_tiles(c.rows);
+        let tiles = shape.tiles(c.rows);
         let partial = GpuTensor::zeros(gpu, "partial", &[tiles, len]).unwrap();
         let pred = GpuTensor::zeros(gpu, "pred", &[c.rows, o]).unwrap();
         let row_loss = GpuTensor::zeros(gpu, "row_loss", &[c.rows]).unwrap();
@@ -1433,9 +1439,21 @@ fn fused_mlp_matches_its_twin() {
             up(gpu, "w", &[len], &w),
         );
         let lp = Loss::Mse.params(c.live, o, c.rows);
-        let d = kernels::fused_mlp(gpu, &partial, &pred, &row_loss, &xt, &tt, &wt, shape, lp)
-            .unwrap()
-            .expect("lavapipe runs both forms of the fused pass (32 KiB of workgroup memory)");
+        let d =
+            kernels::fused_mlp(gpu, &partial, &pred, &row_loss, &xt, &tt, &wt, shape, lp).unwrap();
+        let Some(d) = d else {
+            // Declined: only for want of workgroup memory (64-row tiles with staged weights
+            // need 48 KiB for 64-wide layers).
+            let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
+            assert!(
+                shape.workgroup_bytes() > limit,
+                "{} declined with {} of {limit} bytes",
+                shape.entry_point(),
+                shape.workgroup_bytes()
+            );
+            continue;
+        };
+        ran += 1;
         run(gpu, &d);
         let mut want_partial = vec![0.0; tiles * len];
         let (mut want_pred, mut want_loss) = (vec![0.0; c.rows * o], vec![0.0; c.rows]);
@@ -1454,7 +1472,7 @@ fn fused_mlp_matches_its_twin() {
             pred.read(gpu).unwrap(),
             row_loss.read(gpu).unwrap(),
         );
-        let label = format!("fused_mlp {:?} {:?} staged {staged}", c.widths, c.acts);
+        let label = format!("{} {:?} {:?}", shape.entry_point(), c.widths, c.acts);
         assert_close(
             &format!("{label} partials"),
             &got.0,
@@ -1476,16 +1494,9 @@ fn fused_mlp_matches_its_twin() {
             1e-5,
             1e-4,
         );
-        let no_exp = c
-            .acts
-            .iter()
-            .all(|a| matches!(a, Activation::Relu | Activation::Identity));
-        if exact && no_exp {
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got.0), bits(&want_partial), "{label}: partial bits");
-            assert_eq!(bits(&got.1), bits(&want_pred), "{label}: prediction bits");
-            assert_eq!(bits(&got.2), bits(&want_loss), "{label}: loss bits");
-        }
     }
-    println!("fused_mlp: bits checked: {exact}");
+    // Each decline above was for want of workgroup memory; lavapipe (32 KiB) declines only
+    // the staged 64-row form for the 64-wide network (48 KiB).
+    assert!(ran > 0, "no form ran");
+    println!("fused_mlp: {ran} runs");
 }

@@ -295,9 +295,8 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
     let Some(own) = common::own_gpu("fused_mlp_pass_trains_like_the_cpu_reference") else {
         return;
     };
-    own.set_fused_mlp(soma::kernels::fused_mlp::FusedMlp::On);
     let (train, _) = digits();
-    // 10 steps of 64 rows (two tiles), the last one partial (620 = 9 * 64 + 44).
+    // 10 steps of 64 rows, the last one partial (620 = 9 * 64 + 44).
     let train = first_rows(&train, 620);
     let net = Network::mlp(&[64, 32, 16, 10], Activation::Tanh, Activation::Identity).unwrap();
     let model = Model::new(net, Init::Pytorch, 4).unwrap();
@@ -312,46 +311,56 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
         seed: 3,
         ..Default::default()
     };
-    let mut t = Trainer::new(
-        Device::Gpu(&own),
-        &model,
-        Loss::Mse,
-        opt,
-        &train,
-        None,
-        &config,
-    )
-    .unwrap();
-    let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
-    // Forced on, the pass stages each layer's weights in workgroup memory where it can.
-    assert!(
-        kernels.contains(&"fused_mlp_staged"),
-        "kernels of a step: {kernels:?}"
-    );
-    assert!(
-        !kernels
-            .iter()
-            .any(|k| k.starts_with("matmul") || k.starts_with("mse") || k.contains("activation")),
-        "the fused pass replaces the op-by-op kernels: {kernels:?}"
-    );
-    // Gathers of rows, labels and one-hot values; the pass; loss sum and correct count; the
-    // sum over tiles; the update.
-    assert_eq!(kernels.len(), 8, "kernels of a step: {kernels:?}");
-
-    let (gl, gp) = run_steps(Device::Gpu(&own), &model, Loss::Mse, opt, &train, 64);
     let (cl, cp) = run_steps(Device::CpuReference, &model, Loss::Mse, opt, &train, 64);
-    assert_eq!(gl.len(), 10);
-    let (d, i) = max_rel_diff(&gl, &cl);
-    assert!(d < 1e-4, "step loss differs by {d:e} at step {i}");
-    for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
-        let rel = rel_l2(&g.weight, &c.weight);
-        assert!(rel < 1e-4, "layers.{l}.weight relative L2 error {rel:e}");
-        let rel = rel_l2(g.bias.as_ref().unwrap(), c.bias.as_ref().unwrap());
-        assert!(rel < 1e-4, "layers.{l}.bias relative L2 error {rel:e}");
+    // The hardware-GPU form (forced on: the first form the device runs) and the CPU-adapter
+    // form (two tiles of 32 rows, and one of 64).
+    for (form, entry) in [
+        ("on", "fused_mlp_t32_r1_staged"),
+        ("t64_r8", "fused_mlp_t64_r8"),
+    ] {
+        own.set_fused_mlp(form.parse().unwrap());
+        let mut t = Trainer::new(
+            Device::Gpu(&own),
+            &model,
+            Loss::Mse,
+            opt,
+            &train,
+            None,
+            &config,
+        )
+        .unwrap();
+        let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+        assert!(kernels.contains(&entry), "kernels of a step: {kernels:?}");
+        assert!(
+            !kernels.iter().any(|k| k.starts_with("matmul")
+                || k.starts_with("mse")
+                || k.contains("activation")),
+            "the fused pass replaces the op-by-op kernels: {kernels:?}"
+        );
+        // Gathers of rows, labels and one-hot values; the pass; loss sum and correct count;
+        // the sum over tiles; the update.
+        assert_eq!(kernels.len(), 8, "kernels of a step: {kernels:?}");
+
+        let (gl, gp) = run_steps(Device::Gpu(&own), &model, Loss::Mse, opt, &train, 64);
+        assert_eq!(gl.len(), 10);
+        let (d, i) = max_rel_diff(&gl, &cl);
+        assert!(d < 1e-4, "{entry}: step loss differs by {d:e} at step {i}");
+        for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
+            let rel = rel_l2(&g.weight, &c.weight);
+            assert!(
+                rel < 1e-4,
+                "{entry}: layers.{l}.weight relative L2 error {rel:e}"
+            );
+            let rel = rel_l2(g.bias.as_ref().unwrap(), c.bias.as_ref().unwrap());
+            assert!(
+                rel < 1e-4,
+                "{entry}: layers.{l}.bias relative L2 error {rel:e}"
+            );
+        }
     }
-    // Fused or not, the run moved the weights: the comparison above is not of two copies of
-    // the initial parameters.
-    let moved = rel_l2(&gp.layers[0].weight, &model.params.layers[0].weight);
+    // The run moved the weights: the comparison above is not of two copies of the initial
+    // parameters.
+    let moved = rel_l2(&cp.layers[0].weight, &model.params.layers[0].weight);
     assert!(moved > 1e-3, "weights barely moved: {moved:e}");
 }
 

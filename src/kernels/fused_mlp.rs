@@ -1,32 +1,42 @@
 //! The fully fused training pass of a small MLP (every width at most [`MAX_WIDTH`]): one
 //! dispatch runs the forward pass, the mean-squared-error gradient and the backward pass of
-//! a tile of [`TILE_ROWS`] batch rows, one invocation per row, with every activation and
-//! delta in the invocation's registers, in the manner of tiny-cuda-nn's fully fused MLP.
+//! a tile of 32 or 64 batch rows per workgroup, with every row's activations and deltas in
+//! its invocation's private memory, in the manner of tiny-cuda-nn's fully fused MLP.
 //! Weights and biases are read from the parameter arena (one binding; the slots' offsets
-//! are constants of the generated source). For the weight gradient the tile's deltas and
-//! layer inputs go through workgroup memory, and each invocation sums some of the layer's
-//! gradient entries over the tile's rows; the tile's sums land in its row of a partials
-//! table laid out like the parameter arena, and `column_sum` then adds the tiles' rows, in
-//! tile order, into the gradient arena.
+//! are constants of the generated source), or each layer's weights are first staged in
+//! workgroup memory. For the weight gradient the tile's deltas and layer inputs go through
+//! workgroup memory, and each invocation sums blocks of up to 16 x 16 gradient entries over
+//! the tile's rows; the tile's sums land in its row of a partials table laid out like the
+//! parameter arena, and `column_sum` then adds the tiles' rows, in tile order, into the
+//! gradient arena.
 //!
-//! Every row's forward and backward arithmetic is the op-by-op path's, in the same order.
-//! The weight and bias gradients are summed per tile and then over tiles, where the op-by-op
-//! path sums the batch's rows in one run: the same terms in another grouping, so the last
-//! bits can differ (with one tile, the batch fits it, they cannot). The CPU twin
-//! `cpu::fused_mlp` groups its sums the same way and gives the kernel's bits.
+//! The kernel comes in forms with the same arithmetic: weights from the arena or staged,
+//! 32 or 64 rows per workgroup, and 1, 2, 4 or 8 rows per invocation. A hardware GPU wants
+//! one row per invocation and many invocations; a CPU adapter such as lavapipe, which pays
+//! for every load once per invocation, wants 8 rows per invocation (each weight read once
+//! for all 8) and 8 invocations per workgroup (one 256-bit vector).
 //!
-//! One source per network shape is generated (and kept for the process).
+//! Every row's forward and backward sums run over the same terms in the same order as the
+//! op-by-op path's. The weight and bias gradients are summed per tile and then over tiles,
+//! where the op-by-op path sums the batch's rows in one run: the same terms in another
+//! grouping, so the last bits can differ (with one tile, the batch fits it, they cannot).
+//! The CPU twin `cpu::fused_mlp` groups its sums like the kernel. A driver may also contract
+//! the kernel's multiply-adds into fused multiply-adds (llvmpipe does in some of its short
+//! unrolled sums), so the kernel is held to its twin within rounding, not to its bits.
+//!
+//! One source per network shape and form is generated (and kept for the process).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use super::ACTIVATION;
 
-/// Rows per workgroup (one invocation each).
-pub const TILE_ROWS: u32 = 32;
+/// Rows per workgroup: 32 (16 KiB of workgroup memory for 64-wide layers, the WebGPU
+/// default) or 64 (32 KiB), per form.
+pub const TILE_ROWS: [u32; 2] = [32, 64];
 
 /// The widest layer input or output the fused pass takes (its workgroup memory holds a
-/// tile's `TILE_ROWS x MAX_WIDTH` deltas and inputs: 16 KiB, the WebGPU default).
+/// tile's deltas and inputs, `tile_rows x MAX_WIDTH` each).
 pub const MAX_WIDTH: usize = 64;
 
 /// The most layers the fused pass takes.
@@ -37,11 +47,19 @@ pub const MAX_LAYERS: usize = 8;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FusedMlp {
     /// Where the network fits and one step is at least `autotune::TUNE_MIN_FLOPS`, whichever
-    /// of the fused pass and the op-by-op kernels measures faster on this adapter (cached).
+    /// of the fused pass's forms and the op-by-op kernels measures fastest on this adapter
+    /// (cached).
     #[default]
     Auto,
-    /// Wherever the network fits.
+    /// Wherever the network fits, in the first form the device runs.
     On,
+    /// Wherever the network fits, in this form (named like its entry point,
+    /// `fused_mlp_t64_r8` or `t64_r8`; `_staged` for staged weights).
+    Form {
+        tile_rows: u8,
+        rows_per_invocation: u8,
+        staged: bool,
+    },
     /// Never.
     Off,
 }
@@ -50,11 +68,30 @@ impl std::str::FromStr for FusedMlp {
     type Err = crate::error::Error;
     fn from_str(s: &str) -> crate::error::Result<FusedMlp> {
         match s {
-            "auto" => Ok(FusedMlp::Auto),
-            "on" | "1" => Ok(FusedMlp::On),
-            "off" | "0" => Ok(FusedMlp::Off),
-            _ => Err(crate::error::Error::Config(format!(
-                "unknown fused MLP setting '{s}' (auto, on, off)"
+            "auto" => return Ok(FusedMlp::Auto),
+            "on" | "1" => return Ok(FusedMlp::On),
+            "off" | "0" => return Ok(FusedMlp::Off),
+            _ => {}
+        }
+        let form = s.strip_prefix("fused_mlp_").unwrap_or(s);
+        let (form, staged) = match form.strip_suffix("_staged") {
+            Some(f) => (f, true),
+            None => (form, false),
+        };
+        let parsed = form.strip_prefix('t').and_then(|f| {
+            let (t, r) = f.split_once("_r")?;
+            let (t, r) = (t.parse::<u8>().ok()?, r.parse::<u8>().ok()?);
+            (TILE_ROWS.contains(&(t as u32)) && matches!(r, 1 | 2 | 4 | 8)).then_some((t, r))
+        });
+        match parsed {
+            Some((tile_rows, rows_per_invocation)) => Ok(FusedMlp::Form {
+                tile_rows,
+                rows_per_invocation,
+                staged,
+            }),
+            None => Err(crate::error::Error::Config(format!(
+                "unknown fused MLP setting '{s}' (auto, on, off, or a form such as t64_r8 or \
+                 t32_r1_staged: 32 or 64 rows per workgroup, 1, 2, 4 or 8 per invocation)"
             ))),
         }
     }
@@ -80,6 +117,11 @@ pub struct MlpShape {
     /// Each layer's weights are first copied into workgroup memory and read from there
     /// (another 16 KiB for a 64 x 64 layer); otherwise every row reads them from the arena.
     pub staged: bool,
+    /// Rows per workgroup, one of [`TILE_ROWS`].
+    pub tile_rows: u8,
+    /// Rows of the tile each invocation takes (1, 2, 4 or 8; the workgroup has
+    /// `tile_rows / rows_per_invocation` invocations).
+    pub rows_per_invocation: u8,
 }
 
 /// One layer of an [`MlpShape`], in plain numbers.
@@ -110,6 +152,8 @@ impl MlpShape {
             bias_at: [0; MAX_LAYERS],
             arena_len: arena_len as u32,
             staged: false,
+            tile_rows: 32,
+            rows_per_invocation: 1,
         };
         s.widths[0] = layers[0].inputs as u8;
         for (l, layer) in layers.iter().enumerate() {
@@ -185,12 +229,54 @@ impl MlpShape {
         MlpShape { staged, ..self }
     }
 
+    /// The same network with `rows` rows per invocation (1, 2, 4 or 8).
+    pub fn with_rows_per_invocation(self, rows: u8) -> MlpShape {
+        assert!(
+            matches!(rows, 1 | 2 | 4 | 8),
+            "rows per invocation: 1, 2, 4 or 8"
+        );
+        MlpShape {
+            rows_per_invocation: rows,
+            ..self
+        }
+    }
+
+    /// The same network with `rows` rows per workgroup (one of [`TILE_ROWS`]).
+    pub fn with_tile_rows(self, rows: u32) -> MlpShape {
+        assert!(TILE_ROWS.contains(&rows), "tile rows: 32 or 64");
+        MlpShape {
+            tile_rows: rows as u8,
+            ..self
+        }
+    }
+
+    /// Rows per workgroup.
+    pub fn tile_rows(&self) -> u32 {
+        self.tile_rows as u32
+    }
+
+    /// Invocations per workgroup.
+    pub fn invocations(&self) -> u32 {
+        self.tile_rows() / self.rows_per_invocation as u32
+    }
+
+    /// Workgroups (tiles) for a batch of `rows`.
+    pub fn tiles(&self, rows: usize) -> usize {
+        rows.div_ceil(self.tile_rows() as usize)
+    }
+
+    /// The kernel's entry point, which names its form: `fused_mlp_t{rows per
+    /// workgroup}_r{rows per invocation}`, then `_staged` where the weights are staged.
+    pub fn entry_point(&self) -> &'static str {
+        generated(*self).1
+    }
+
     /// Workgroup memory the kernel declares, in bytes.
     pub fn workgroup_bytes(&self) -> u64 {
         let layers = self.layers();
         let outs = layers.iter().map(|l| l.outputs).max().unwrap_or(1);
         let ins = layers.iter().map(|l| l.inputs).max().unwrap_or(1);
-        let tiles = (TILE_ROWS as u64) * (outs + ins) as u64 * 4;
+        let tiles = self.tile_rows() as u64 * (outs + ins) as u64 * 4;
         tiles
             + if self.staged {
                 self.max_weights() as u64 * 4
@@ -217,22 +303,25 @@ impl MlpShape {
 
 /// The generated source of `shape` and its entry point.
 pub fn generated(shape: MlpShape) -> (&'static str, &'static str) {
-    static CACHE: OnceLock<Mutex<HashMap<MlpShape, &'static str>>> = OnceLock::new();
+    type Sources = HashMap<MlpShape, (&'static str, &'static str)>;
+    static CACHE: OnceLock<Mutex<Sources>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
-    // One source per network shape a process trains: few, so keeping them is cheap.
-    let source = *map
-        .entry(shape)
-        .or_insert_with(|| Box::leak(source(shape).into_boxed_str()));
-    (source, entry_point(shape))
+    // One source per network shape and form a process trains: few, so keeping them is cheap.
+    *map.entry(shape).or_insert_with(|| {
+        let entry: &'static str = Box::leak(entry_name(shape).into_boxed_str());
+        let source: &'static str = Box::leak(source(shape).into_boxed_str());
+        (source, entry)
+    })
 }
 
-fn entry_point(shape: MlpShape) -> &'static str {
-    if shape.staged {
-        "fused_mlp_staged"
-    } else {
-        "fused_mlp"
-    }
+fn entry_name(shape: MlpShape) -> String {
+    format!(
+        "fused_mlp_t{}_r{}{}",
+        shape.tile_rows,
+        shape.rows_per_invocation,
+        if shape.staged { "_staged" } else { "" }
+    )
 }
 
 /// `activate`, `derivative` and their helpers, taken from `shaders/activation.wgsl` so that
@@ -253,14 +342,30 @@ fn f32_lit(x: f32) -> String {
     format!("bitcast<f32>({:#010x}u)", x.to_bits())
 }
 
-/// The WGSL of the fused pass for `shape`.
+/// The largest of 16, 8, 4, 2, 1 that divides `n`: a side of the weight-gradient blocks.
+fn block_side(n: usize) -> usize {
+    [16, 8, 4, 2, 1]
+        .into_iter()
+        .find(|b| n.is_multiple_of(*b))
+        .unwrap_or(1)
+}
+
+/// The WGSL of the fused pass for `shape`. Invocation `i` of a workgroup takes the tile's
+/// rows `i * R .. i * R + R` (R = `rows_per_invocation`), so each weight it reads serves R
+/// rows; the weight gradient is summed in blocks of up to 16 x 16 entries per invocation, so
+/// each delta and input read from workgroup memory serves up to 16 products. Neither changes
+/// any sum's order: every row's sums run over k or o in order, every gradient entry's over
+/// the tile's rows in order.
 pub fn source(shape: MlpShape) -> String {
     let layers = shape.layers();
-    let t = TILE_ROWS;
+    let t = shape.tile_rows() as usize;
+    let rpi = shape.rows_per_invocation as usize;
+    let inv = t / rpi;
     let max_w = shape.max_width();
     let max_out = layers.iter().map(|l| l.outputs).max().unwrap_or(1);
     let max_in = layers.iter().map(|l| l.inputs).max().unwrap_or(1);
-    // act: every layer's input, then the network's output; pre: every layer's pre-activation.
+    // Per row: act holds every layer's input, then the network's output; pre every layer's
+    // pre-activation; row j's part starts at j * act_len (j * pre_len).
     let mut act_at = vec![0usize];
     for l in &layers {
         act_at.push(act_at.last().unwrap() + l.inputs);
@@ -273,7 +378,9 @@ pub fn source(shape: MlpShape) -> String {
     let pre_len = *pre_at.last().unwrap();
     let (n_in, n_out, alen) = (shape.inputs(), shape.outputs(), shape.arena_len);
     let last = layers.len();
+    let rows = 0..rpi;
     let mut s = String::new();
+    let entry = entry_name(shape);
     s.push_str(&format!(
         "// Fully fused MLP training pass, generated by src/kernels/fused_mlp.rs.
 struct LossParams {{
@@ -295,28 +402,22 @@ var<workgroup> fm_delta: array<f32, {d}>;
 var<workgroup> fm_input: array<f32, {a}>;
 {staged_decl}
 {funcs}
-@compute @workgroup_size({t}, 1, 1)
+@compute @workgroup_size({inv}, 1, 1)
 fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
-             @builtin(workgroup_id) wid: vec3<u32>) {{
-    let s = lid.x;
+           @builtin(workgroup_id) wid: vec3<u32>) {{
+    let inv = lid.x;
     let tile = wid.x;
-    let row = tile * {t}u + s;
-    // Rows past the batch compute on row 0's data and count as zeros; rows past the live
-    // rows (a partial last batch) get a zero gradient, as from the loss kernel.
-    let in_batch = row < fm_p.batch_rows;
-    let live = row < fm_p.rows;
-    let r = select(0u, row, in_batch);
     let part = tile * {alen}u;
-    var act: array<f32, {act_len}>;
-    var pre: array<f32, {pre_len}>;
-    var dl: array<f32, {max_w}>;
-    var dp: array<f32, {max_w}>;
-    for (var i = 0u; i < {n_in}u; i = i + 1u) {{
-        act[i] = fm_x[r * {n_in}u + i];
-    }}
+    var act: array<f32, {act_all}>;
+    var pre: array<f32, {pre_all}>;
+    var dl: array<f32, {w_all}>;
+    var dp: array<f32, {w_all}>;
 ",
-        d = t as usize * max_out,
-        a = t as usize * max_in,
+        d = t * max_out,
+        a = t * max_in,
+        act_all = rpi * act_len,
+        pre_all = rpi * pre_len,
+        w_all = rpi * max_w,
         funcs = activation_functions(),
         staged_decl = if shape.staged {
             format!(
@@ -326,22 +427,36 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
         } else {
             String::new()
         },
-        entry = entry_point(shape),
     ));
+    // Rows past the batch compute on row 0's data and count as zeros; rows past the live
+    // rows (a partial last batch) get a zero gradient, as from the loss kernel.
+    for j in rows.clone() {
+        s.push_str(&format!(
+            "    let row{j} = tile * {t}u + inv * {rpi}u + {j}u;
+    let in_batch{j} = row{j} < fm_p.batch_rows;
+    let live{j} = row{j} < fm_p.rows;
+    let r{j} = select(0u, row{j}, in_batch{j});
+    for (var i = 0u; i < {n_in}u; i = i + 1u) {{
+        act[{aj}u + i] = fm_x[r{j} * {n_in}u + i];
+    }}
+",
+            aj = j * act_len,
+        ));
+    }
     // Where the weights are read: the staged copy, or the arena. Staging copies layer `l`'s
     // weights between two barriers (every invocation takes part).
-    let weight = |wo: usize| {
+    let weight = |wo: usize, index: &str| {
         if shape.staged {
-            "fm_wt[".to_string()
+            format!("fm_wt[{index}]")
         } else {
-            format!("fm_w[{wo}u + ")
+            format!("fm_w[{wo}u + {index}]")
         }
     };
     let stage = |wo: usize, nw: usize| {
         if shape.staged {
             format!(
                 "    workgroupBarrier();
-    for (var i = s; i < {nw}u; i = i + {t}u) {{
+    for (var i = inv; i < {nw}u; i = i + {inv}u) {{
         fm_wt[i] = fm_w[{wo}u + i];
     }}
     workgroupBarrier();
@@ -353,92 +468,160 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
     };
     for (l, layer) in layers.iter().enumerate() {
         let (ni, no, wo) = (layer.inputs, layer.outputs, layer.weight_at);
-        let bias = match layer.bias_at {
-            Some(b) => format!("acc + fm_w[{b}u + o]"),
-            None => "acc".to_string(),
-        };
+        s.push_str(&stage(wo, ni * no));
         s.push_str(&stage(wo, ni * no));
         s.push_str(&format!(
             "    // layer {l} forward: {ni} -> {no}
     for (var o = 0u; o < {no}u; o = o + 1u) {{
-        var acc = 0.0;
-        for (var k = 0u; k < {ni}u; k = k + 1u) {{
-            acc = acc + act[{ai}u + k] * {w}o * {ni}u + k];
+"
+        ));
+        for j in rows.clone() {
+            s.push_str(&format!("        var acc{j} = 0.0;\n"));
+        }
+        // Unrolled over k: the rows' inputs are read at constant indices (llvmpipe reads a
+        // private array at a varying index one lane at a time).
+        for k in 0..ni {
+            s.push_str(&format!(
+                "        let wv{k} = {w};\n",
+                w = weight(wo, &format!("o * {ni}u + {k}u")),
+            ));
+            for j in rows.clone() {
+                s.push_str(&format!(
+                    "        acc{j} = acc{j} + act[{a}u] * wv{k};\n",
+                    a = j * act_len + act_at[l] + k
+                ));
+            }
+        }
+        if let Some(b) = layer.bias_at {
+            s.push_str(&format!("        let bv = fm_w[{b}u + o];\n"));
+        }
+        for j in rows.clone() {
+            let z = if layer.bias_at.is_some() {
+                format!("acc{j} + bv")
+            } else {
+                format!("acc{j}")
+            };
+            s.push_str(&format!(
+                "        let z{j} = {z};
+        pre[{p}u + o] = z{j};
+        act[{a}u + o] = activate({kind}u, {slope}, z{j});
+",
+                p = j * pre_len + pre_at[l],
+                a = j * act_len + act_at[l + 1],
+                kind = layer.kind,
+                slope = f32_lit(layer.slope),
+            ));
+        }
+        s.push_str("    }\n");
+    }
+    // Mean squared error and its gradient (mse_loss's formulas).
+    for j in rows.clone() {
+        s.push_str(&format!(
+            "    var sum{j} = 0.0;
+    for (var c = 0u; c < {n_out}u; c = c + 1u) {{
+        let y = act[{a}u + c];
+        if (in_batch{j}) {{
+            fm_pred[r{j} * {n_out}u + c] = y;
         }}
-        let z = {bias};
-        pre[{po}u + o] = z;
-        act[{ao}u + o] = activate({kind}u, {slope}, z);
+        let d = y - fm_target[r{j} * {n_out}u + c];
+        dl[{dj}u + c] = select(0.0, 2.0 * d * fm_p.scale, live{j});
+        sum{j} = sum{j} + d * d;
+    }}
+    if (in_batch{j}) {{
+        fm_row_loss[r{j}] = select(0.0, sum{j} / f32({n_out}u), live{j});
     }}
 ",
-            ai = act_at[l],
-            ao = act_at[l + 1],
-            po = pre_at[l],
-            w = weight(wo),
-            kind = layer.kind,
-            slope = f32_lit(layer.slope),
+            a = j * act_len + act_at[last],
+            dj = j * max_w,
         ));
     }
-    s.push_str(&format!(
-        "    // mean squared error and its gradient (mse_loss's formulas)
-    var sum = 0.0;
-    for (var c = 0u; c < {n_out}u; c = c + 1u) {{
-        let y = act[{ao}u + c];
-        if (in_batch) {{
-            fm_pred[r * {n_out}u + c] = y;
-        }}
-        let d = y - fm_target[r * {n_out}u + c];
-        dl[c] = select(0.0, 2.0 * d * fm_p.scale, live);
-        sum = sum + d * d;
-    }}
-    if (in_batch) {{
-        fm_row_loss[r] = select(0.0, sum / f32({n_out}u), live);
-    }}
-",
-        ao = act_at[last],
-    ));
     for (l, layer) in layers.iter().enumerate().rev() {
         let (ni, no, wo) = (layer.inputs, layer.outputs, layer.weight_at);
-        let dpre = if layer.kind == 0 {
-            "dl[o]".to_string()
-        } else {
-            format!(
-                "dl[o] * derivative({}u, {}, pre[{}u + o])",
-                layer.kind,
-                f32_lit(layer.slope),
-                pre_at[l]
-            )
-        };
         s.push_str(&format!(
             "    // layer {l} backward
     for (var o = 0u; o < {no}u; o = o + 1u) {{
-        dp[o] = {dpre};
-        fm_delta[s * {no}u + o] = select(0.0, dp[o], in_batch);
-    }}
-    for (var k = 0u; k < {ni}u; k = k + 1u) {{
-        fm_input[s * {ni}u + k] = select(0.0, act[{ai}u + k], in_batch);
-    }}
-{stage}    workgroupBarrier();
-    for (var i = s; i < {nw}u; i = i + {t}u) {{
-        let o = i / {ni}u;
-        let k = i % {ni}u;
-        var acc = 0.0;
-        for (var q = 0u; q < {t}u; q = q + 1u) {{
-            acc = acc + fm_delta[q * {no}u + o] * fm_input[q * {ni}u + k];
-        }}
-        fm_partial[part + {wo}u + i] = acc;
-    }}
-",
-            ai = act_at[l],
-            nw = ni * no,
-            stage = if l > 0 {
-                stage(wo, ni * no)
-            } else {
-                String::new()
-            },
+"
         ));
+        for j in rows.clone() {
+            let dj = j * max_w;
+            let dpre = if layer.kind == 0 {
+                format!("dl[{dj}u + o]")
+            } else {
+                format!(
+                    "dl[{dj}u + o] * derivative({}u, {}, pre[{}u + o])",
+                    layer.kind,
+                    f32_lit(layer.slope),
+                    j * pre_len + pre_at[l]
+                )
+            };
+            s.push_str(&format!(
+                "        dp[{dj}u + o] = {dpre};
+        fm_delta[(inv * {rpi}u + {j}u) * {no}u + o] = select(0.0, dp[{dj}u + o], in_batch{j});
+"
+            ));
+        }
+        s.push_str(&format!(
+            "    }}
+    for (var k = 0u; k < {ni}u; k = k + 1u) {{
+"
+        ));
+        for j in rows.clone() {
+            s.push_str(&format!(
+                "        fm_input[(inv * {rpi}u + {j}u) * {ni}u + k] = select(0.0, act[{a}u + k], in_batch{j});\n",
+                a = j * act_len + act_at[l],
+            ));
+        }
+        s.push_str("    }\n");
+        if l > 0 {
+            s.push_str(&stage(wo, ni * no));
+        }
+        s.push_str("    workgroupBarrier();\n");
+        // The weight gradient in blocks of bo x bk entries.
+        let (bo, bk) = (block_side(no), block_side(ni));
+        let blocks = (no / bo) * (ni / bk);
+        let nbk = ni / bk;
+
+        s.push_str(&format!(
+            "    for (var blk = inv; blk < {blocks}u; blk = blk + {inv}u) {{
+        let o0 = (blk / {nbk}u) * {bo}u;
+        let k0 = (blk % {nbk}u) * {bk}u;
+"
+        ));
+        for a in 0..bo {
+            for b in 0..bk {
+                s.push_str(&format!("        var g{a}_{b} = 0.0;\n"));
+            }
+        }
+        s.push_str(&format!(
+            "        for (var q = 0u; q < {t}u; q = q + 1u) {{\n"
+        ));
+        for a in 0..bo {
+            s.push_str(&format!(
+                "            let d{a} = fm_delta[q * {no}u + o0 + {a}u];\n"
+            ));
+        }
+        for b in 0..bk {
+            s.push_str(&format!(
+                "            let x{b} = fm_input[q * {ni}u + k0 + {b}u];\n"
+            ));
+        }
+        for a in 0..bo {
+            for b in 0..bk {
+                s.push_str(&format!("            g{a}_{b} = g{a}_{b} + d{a} * x{b};\n"));
+            }
+        }
+        s.push_str("        }\n");
+        for a in 0..bo {
+            for b in 0..bk {
+                s.push_str(&format!(
+                    "        fm_partial[part + {wo}u + (o0 + {a}u) * {ni}u + k0 + {b}u] = g{a}_{b};\n"
+                ));
+            }
+        }
+        s.push_str("    }\n");
         if let Some(b) = layer.bias_at {
             s.push_str(&format!(
-                "    for (var o = s; o < {no}u; o = o + {t}u) {{
+                "    for (var o = inv; o < {no}u; o = o + {inv}u) {{
         var acc = 0.0;
         for (var q = 0u; q < {t}u; q = q + 1u) {{
             acc = acc + fm_delta[q * {no}u + o];
@@ -449,17 +632,30 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
             ));
         }
         if l > 0 {
-            s.push_str(&format!(
-                "    for (var k = 0u; k < {ni}u; k = k + 1u) {{
-        var acc = 0.0;
-        for (var o = 0u; o < {no}u; o = o + 1u) {{
-            acc = acc + dp[o] * {w}o * {ni}u + k];
-        }}
-        dl[k] = acc;
-    }}
-",
-                w = weight(wo),
-            ));
+            s.push_str(&format!("    for (var k = 0u; k < {ni}u; k = k + 1u) {{\n"));
+            for j in rows.clone() {
+                s.push_str(&format!("        var acc{j} = 0.0;\n"));
+            }
+            // Unrolled over o: constant indices into the rows' deltas.
+            for o in 0..no {
+                s.push_str(&format!(
+                    "        let wv{o} = {w};\n",
+                    w = weight(wo, &format!("{o}u * {ni}u + k")),
+                ));
+                for j in rows.clone() {
+                    s.push_str(&format!(
+                        "        acc{j} = acc{j} + dp[{d}u] * wv{o};\n",
+                        d = j * max_w + o
+                    ));
+                }
+            }
+            for j in rows.clone() {
+                s.push_str(&format!(
+                    "        dl[{dj}u + k] = acc{j};\n",
+                    dj = j * max_w
+                ));
+            }
+            s.push_str("    }\n");
         }
         s.push_str("    workgroupBarrier();\n");
     }
@@ -525,7 +721,32 @@ mod tests {
     #[test]
     fn generated_source_parses_and_validates() {
         for staged in [false, true] {
-            validate(b3().with_staged(staged));
+            for tile in TILE_ROWS {
+                for rows in [1, 2, 4, 8] {
+                    let shape = b3()
+                        .with_staged(staged)
+                        .with_tile_rows(tile)
+                        .with_rows_per_invocation(rows);
+                    validate(shape);
+                }
+            }
+        }
+        assert_eq!(
+            b3().with_tile_rows(64)
+                .with_rows_per_invocation(8)
+                .entry_point(),
+            "fused_mlp_t64_r8"
+        );
+        let form = FusedMlp::Form {
+            tile_rows: 32,
+            rows_per_invocation: 1,
+            staged: true,
+        };
+        assert_eq!("fused_mlp_t32_r1_staged".parse::<FusedMlp>().unwrap(), form);
+        assert_eq!("t32_r1_staged".parse::<FusedMlp>().unwrap(), form);
+        assert_eq!("auto".parse::<FusedMlp>().unwrap(), FusedMlp::Auto);
+        for bad in ["t48_r1", "t32_r3", "t32", "fast", ""] {
+            assert!(bad.parse::<FusedMlp>().is_err(), "{bad}");
         }
         assert_eq!(
             b3().with_staged(true).workgroup_bytes(),
@@ -535,7 +756,7 @@ mod tests {
 
     fn validate(shape: MlpShape) {
         let src = source(shape);
-        assert!(src.contains(&format!("fn {}(", entry_point(shape))));
+        assert!(src.contains(&format!("fn {}(", shape.entry_point())));
         let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{e}\n{src}"));
         naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),

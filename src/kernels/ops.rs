@@ -10,7 +10,7 @@ use crate::network::Activation;
 use crate::params::*;
 use crate::tensor::{DType, GpuTensor};
 
-use super::fused_mlp::{MlpShape, TILE_ROWS};
+use super::fused_mlp::MlpShape;
 use super::{Dispatch, Epilogue, Kernel, MatmulForm, Tile, TILES};
 
 // ---------------------------------------------------------------------------------------
@@ -511,11 +511,6 @@ pub fn activation_backward(
 // ---------------------------------------------------------------------------------------
 // Reductions
 
-/// Tiles of [`TILE_ROWS`] rows in a batch of `rows`.
-pub fn fused_mlp_tiles(rows: usize) -> usize {
-    rows.div_ceil(TILE_ROWS as usize)
-}
-
 /// The fully fused training pass of a small network over the batch `x` (`rows`, inputs)
 /// with MSE against `target` (see `fused_mlp.rs`): `partial` (tiles, arena length) gets each
 /// tile's gradient sums laid out like the parameter arena `weights`, `pred` the network's
@@ -538,8 +533,8 @@ pub fn fused_mlp(
     let limits = gpu.limits();
     if limits.max_storage_buffers_per_shader_stage < 6
         || (limits.max_compute_workgroup_storage_size as u64) < shape.workgroup_bytes()
-        || limits.max_compute_invocations_per_workgroup < TILE_ROWS
-        || limits.max_compute_workgroup_size_x < TILE_ROWS
+        || limits.max_compute_invocations_per_workgroup < shape.invocations()
+        || limits.max_compute_workgroup_size_x < shape.invocations()
     {
         return Ok(None);
     }
@@ -549,7 +544,7 @@ pub fn fused_mlp(
     expect_shape(op, pred, (rows, shape.outputs()))?;
     expect_len(op, row_loss, rows)?;
     expect_len(op, weights, shape.arena_len as usize)?;
-    let tiles = fused_mlp_tiles(rows);
+    let tiles = shape.tiles(rows);
     expect_shape(op, partial, (tiles, shape.arena_len as usize))?;
     if params.batch_rows as usize != rows || params.cols as usize != shape.outputs() {
         return Err(Error::shape(
