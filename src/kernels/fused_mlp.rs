@@ -469,7 +469,6 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
     for (l, layer) in layers.iter().enumerate() {
         let (ni, no, wo) = (layer.inputs, layer.outputs, layer.weight_at);
         s.push_str(&stage(wo, ni * no));
-        s.push_str(&stage(wo, ni * no));
         s.push_str(&format!(
             "    // layer {l} forward: {ni} -> {no}
     for (var o = 0u; o < {no}u; o = o + 1u) {{
