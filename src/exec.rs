@@ -90,6 +90,8 @@ pub struct GpuExec<'a> {
     fused_update: Option<usize>,
     /// The partial gradient sums of the fully fused pass, where it runs.
     mlp_partial: Option<GpuTensor>,
+    /// The fused pass's entry point, where it runs.
+    mlp_form: Option<&'static str>,
 }
 
 /// Where a training step's ops are the forward pass, MSE loss and backward pass of a network
@@ -245,6 +247,7 @@ impl<'a> GpuExec<'a> {
             arenas,
             fused_update: None,
             mlp_partial: None,
+            mlp_form: None,
         };
         exec.train = exec.build_all(plan, &plan.train_step)?;
         exec.fused_update = exec.fuse_updates(plan)?;
@@ -381,13 +384,14 @@ impl<'a> GpuExec<'a> {
         let Some(pick) = pick else {
             return Ok(());
         };
-        let (_, fused, sum, partial) = passes.swap_remove(pick);
+        let (form, fused, sum, partial) = passes.swap_remove(pick);
         for &i in &pass.replaced {
             self.train[i].disable();
         }
         self.train[pass.first] = fused;
         self.train[pass.last] = sum;
         self.mlp_partial = Some(partial);
+        self.mlp_form = Some(form);
         Ok(())
     }
 
@@ -1347,6 +1351,15 @@ impl<'a> Executor<'a> {
             Executor::Cpu(_) => Err(Error::Config(
                 "profiling kernels needs the GPU executor".into(),
             )),
+        }
+    }
+
+    /// The entry point of the fully fused pass where a training step runs as one
+    /// (`kernels::fused_mlp`), `None` where it runs op by op.
+    pub fn fused_mlp_form(&self) -> Option<&'static str> {
+        match self {
+            Executor::Gpu(g) => g.mlp_form,
+            Executor::Cpu(_) => None,
         }
     }
 

@@ -345,7 +345,8 @@ fn b3(ctx: &mut Ctx<'_>) -> Result<()> {
         median(times.clone()),
         "ms",
         json!({ "p10_ms": percentile(times.clone(), 0.1), "p90_ms": percentile(times, 0.9),
-                "loss": loss }),
+                "loss": loss,
+                "step": t.executor().fused_mlp_form().unwrap_or("op by op") }),
     );
     Ok(())
 }
@@ -409,9 +410,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                     r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
                 ),
                 Some("B3") => format!(
-                    "p10 {:.2} ms, p90 {:.2} ms",
+                    "p10 {:.2} ms, p90 {:.2} ms, {}",
                     r["p10_ms"].as_f64().unwrap_or(f64::NAN),
-                    r["p90_ms"].as_f64().unwrap_or(f64::NAN)
+                    r["p90_ms"].as_f64().unwrap_or(f64::NAN),
+                    r["step"].as_str().unwrap_or("")
                 ),
                 _ => String::new(),
             };
