@@ -342,7 +342,16 @@ impl<'a> GpuExec<'a> {
                     &a.params,
                     shape,
                     pass.loss[0],
-                )?;
+                );
+                // Left to the tuner, a form the driver fails to build is skipped (a big
+                // private array, say); asked for, the failure is the caller's to see.
+                let built = match built {
+                    Err(e) if policy == FusedMlp::Auto => {
+                        log::warn!("fused MLP pass {} skipped: {e}", shape.entry_point());
+                        continue;
+                    }
+                    other => other?,
+                };
                 if let Some(mut d) = built {
                     d.set_params(g, &pass.loss)?;
                     let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
