@@ -251,7 +251,11 @@ pub fn choose_named(
     Ok(Some(best))
 }
 
-/// Wall time of `dispatches` in one submission, fastest of [`TIMED_RUNS`] after an untimed
+/// Timed passes over whole training passes (`time_lists`): more than for one product, since
+/// the candidates are few and each run is short, and a noisy host must not decide.
+const LIST_RUNS: usize = 5;
+
+/// Wall time of `dispatches` in one submission, fastest of [`LIST_RUNS`] after an untimed
 /// run that also compiles them, for each list, in interleaved passes.
 pub fn time_lists(gpu: &Gpu, lists: &[Vec<&kernels::Dispatch>]) -> Result<Vec<f64>> {
     let mut best = vec![f64::INFINITY; lists.len()];
@@ -259,7 +263,7 @@ pub fn time_lists(gpu: &Gpu, lists: &[Vec<&kernels::Dispatch>]) -> Result<Vec<f6
         kernels::run(gpu, list)?;
     }
     gpu.wait()?;
-    for _ in 0..TIMED_RUNS {
+    for _ in 0..LIST_RUNS {
         for (list, b) in lists.iter().zip(best.iter_mut()) {
             let t = Instant::now();
             kernels::run(gpu, list)?;
