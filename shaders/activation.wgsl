@@ -224,3 +224,58 @@ fn dense_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// dense_backward: a layer's input delta through the previous layer's activation,
+// dpre = (d (m, k) · w (k, n)) * act'(pre (m, n)), for the shapes the generated tiles do not
+// take (k not a multiple of 4, say the delta from a 10-class output layer). 4 x 4 outputs
+// per invocation as in matmul_blocked, with the same clamped edge loads and the k-sum in the
+// same order, then the derivative of activation_backward: the same bits as those two kernels
+// in a row, without storing the product.
+
+@group(0) @binding(0) var<storage, read_write> db_dpre: array<f32>;
+@group(0) @binding(1) var<storage, read> db_d: array<f32>;
+@group(0) @binding(2) var<storage, read> db_w: array<f32>;
+@group(0) @binding(3) var<storage, read> db_pre: array<f32>;
+@group(0) @binding(4) var<uniform> db_p: DenseParams;
+
+@compute @workgroup_size(8, 8, 1)
+fn dense_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * 4u;
+    if (row0 >= db_p.m || col0 >= db_p.n) {
+        return;
+    }
+    let k = db_p.k;
+    let n = db_p.n;
+    let last_row = db_p.m - 1u;
+    let last_col = n - 1u;
+    let ra = vec4<u32>(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row)) * k;
+    let cb = vec4<u32>(col0, min(col0 + 1u, last_col), min(col0 + 2u, last_col), min(col0 + 3u, last_col));
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var kk = 0u; kk < k; kk = kk + 1u) {
+        let wr = kk * n;
+        let bv = vec4<f32>(db_w[wr + cb.x], db_w[wr + cb.y], db_w[wr + cb.z], db_w[wr + cb.w]);
+        let p0 = db_d[ra.x + kk] * bv;
+        let p1 = db_d[ra.y + kk] * bv;
+        let p2 = db_d[ra.z + kk] * bv;
+        let p3 = db_d[ra.w + kk] * bv;
+        acc[0] = acc[0] + p0;
+        acc[1] = acc[1] + p1;
+        acc[2] = acc[2] + p2;
+        acc[3] = acc[3] + p3;
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let row = row0 + i;
+        if (row >= db_p.m) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let col = col0 + j;
+            if (col < n) {
+                let idx = row * n + col;
+                db_dpre[idx] = acc[i][j] * derivative(db_p.kind, db_p.slope, db_pre[idx]);
+            }
+        }
+    }
+}

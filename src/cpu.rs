@@ -297,6 +297,27 @@ pub fn dense_forward(
     bias_activation_forward(out, pre, bias, &ap);
 }
 
+/// The twin of `dense_backward`: `dpre = (d · w) * act'(pre)`, the product summed like
+/// `matmul_nn`'s.
+pub fn dense_backward(dpre: &mut [f32], d: &[f32], w: &[f32], pre: &[f32], p: &DenseParams) {
+    let mp = MatmulParams {
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        accumulate: 0,
+    };
+    let mut product = vec![0.0f32; (p.m * p.n) as usize];
+    matmul_nn(&mut product, d, w, &mp);
+    let ap = ActivationParams {
+        rows: p.m,
+        cols: p.n,
+        kind: p.kind,
+        slope: p.slope,
+        ..Default::default()
+    };
+    activation_backward(dpre, &product, pre, &ap);
+}
+
 /// `dpre = dout * act'(pre)`.
 pub fn activation_backward(dpre: &mut [f32], dout: &[f32], pre: &[f32], p: &ActivationParams) {
     let len = (p.rows * p.cols) as usize;

@@ -566,9 +566,11 @@ impl<'a> GpuExec<'a> {
     }
 
     /// One dispatch per op. A layer's product followed by its bias and activation becomes
-    /// one fused dispatch (`kernels::dense_forward`) where a generated tile runs the product,
-    /// and so does an input delta followed by a ReLU derivative (`kernels::relu_delta`); the
-    /// second op's dispatch is then kept but disabled, so op indices still match.
+    /// one fused dispatch (`kernels::dense_forward`) where a generated tile or the scalar
+    /// blocked kernel runs the product, and so does an input delta followed by an activation
+    /// derivative (`kernels::relu_delta` on a small tile, `kernels::dense_backward` on the
+    /// scalar blocked kernel); the second op's dispatch is then kept but disabled, so op
+    /// indices still match.
     fn build_all(&self, plan: &Plan, ops: &[Op]) -> Result<Vec<Dispatch>> {
         let mut dispatches = Vec::with_capacity(ops.len());
         let mut i = 0;
@@ -634,11 +636,16 @@ impl<'a> GpuExec<'a> {
                     pre,
                     params: ap,
                 },
-            ) if dx == dout
-                && mp.accumulate == 0
-                && activation_of(ap.kind, ap.slope) == Activation::Relu =>
-            {
-                kernels::relu_delta(self.gpu, &t[*dpre], &t[*a], &t[*b], &t[*pre])
+            ) if dx == dout && mp.accumulate == 0 => {
+                let act = activation_of(ap.kind, ap.slope);
+                if act == Activation::Relu {
+                    if let Some(d) =
+                        kernels::relu_delta(self.gpu, &t[*dpre], &t[*a], &t[*b], &t[*pre])?
+                    {
+                        return Ok(Some(d));
+                    }
+                }
+                kernels::dense_backward(self.gpu, &t[*dpre], &t[*a], &t[*b], &t[*pre], act)
             }
             _ => Ok(None),
         }

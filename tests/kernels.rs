@@ -271,6 +271,80 @@ fn dense_forward_blocked_matches_its_twin_and_the_two_kernels() {
     gpu.set_matmul_variant(MatmulVariant::default());
 }
 
+/// The input delta through any activation as one kernel where the product runs on the
+/// scalar blocked kernel (`dense_backward`) gives its twin's values, and the same bits as the
+/// product and the separate activation backward.
+#[test]
+fn dense_backward_blocked_matches_its_twin_and_the_two_kernels() {
+    // Its own Gpu: it changes the matmul variant.
+    let Some(own) = own_gpu("dense_backward_blocked_matches_its_twin_and_the_two_kernels") else {
+        return;
+    };
+    let gpu = &own;
+    gpu.set_matmul_variant(MatmulVariant::Blocked);
+    let mut rng = TestRng::new(15);
+    // (m, k, n): k or n not a multiple of 4, so the scalar blocked kernel runs the product.
+    for (m, k, n) in [(1, 1, 1), (33, 10, 17), (130, 7, 64), (64, 12, 30)] {
+        let d = rng.vec(m * k, -2.0, 2.0);
+        let w = rng.vec(k * n, -2.0, 2.0);
+        let pre = rng.vec(m * n, -2.0, 2.0);
+        let (dt, wt, pt) = (
+            up(gpu, "d", &[m, k], &d),
+            up(gpu, "w", &[k, n], &w),
+            up(gpu, "pre", &[m, n], &pre),
+        );
+        for act in Activation::ALL {
+            let dp = DenseParams {
+                m: m as u32,
+                n: n as u32,
+                k: k as u32,
+                kind: act.code(),
+                slope: act.slope(),
+                ..Default::default()
+            };
+            let mut want = vec![0.0; m * n];
+            cpu::dense_backward(&mut want, &d, &w, &pre, &dp);
+            let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
+            let fused = kernels::dense_backward(gpu, &dpre, &dt, &wt, &pt, act)
+                .unwrap()
+                .expect("k or n is not a multiple of 4: the blocked dense_backward");
+            assert_eq!(fused.kernel().entry_point(), "dense_backward");
+            run(gpu, &fused);
+            let got = dpre.read(gpu).unwrap();
+            let label = format!("dense_backward {m}x{k}x{n} {act:?}");
+            // The product's tolerance; the derivatives' exp may differ by a few ulps.
+            let atol = 4.0 * k as f32 * f32::EPSILON * 4.0 + 1e-6;
+            assert_close(&label, &got, &want, atol, 1e-5);
+
+            let (dx, dpre2) = (
+                GpuTensor::zeros(gpu, "dx", &[m, n]).unwrap(),
+                GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap(),
+            );
+            let mm = kernels::matmul_nn(gpu, &dx, &dt, &wt, Accumulate::Overwrite).unwrap();
+            let ab = kernels::activation_backward(gpu, &dpre2, &dx, &pt, act).unwrap();
+            kernels::run(gpu, &[&mm, &ab]).unwrap();
+            let two = dpre2.read(gpu).unwrap();
+            assert!(
+                got.iter()
+                    .zip(&two)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{label}: not the bits of matmul_nn and activation_backward"
+            );
+        }
+    }
+    // Where the vec4 blocked kernel or a tile runs the product, it declines.
+    let (m, k, n) = (32, 8, 16);
+    let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
+    let (dt, wt, pt) = (
+        GpuTensor::zeros(gpu, "d", &[m, k]).unwrap(),
+        GpuTensor::zeros(gpu, "w", &[k, n]).unwrap(),
+        GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
+    );
+    let declined = kernels::dense_backward(gpu, &dpre, &dt, &wt, &pt, Activation::Tanh).unwrap();
+    assert!(declined.is_none());
+    gpu.set_matmul_variant(MatmulVariant::default());
+}
+
 /// The input delta of a ReLU layer as one kernel (a tile with relu' as its epilogue) gives
 /// what the product and the separate activation backward give: the same bits on lavapipe,
 /// the CPU twins' values within the matmul tolerance anywhere. Tiles over 256 outputs per

@@ -93,6 +93,7 @@ pub enum Kernel {
     GatherRowsVec4,
     GatherRowsU8Vec4,
     DenseForward,
+    DenseBackward,
     /// A generated register-tiled matmul (`tiled.rs`), with what it does with its sums.
     MatmulTile(MatmulForm, Tile, Epilogue),
     /// The generated fully fused training pass of one small network (`fused_mlp.rs`).
@@ -133,6 +134,7 @@ impl Kernel {
         Kernel::GatherRowsVec4,
         Kernel::GatherRowsU8Vec4,
         Kernel::DenseForward,
+        Kernel::DenseBackward,
     ];
 
     /// Every kernel, the generated tiles of every form included.
@@ -288,6 +290,12 @@ impl Kernel {
                 ACTIVATION,
                 "dense_forward",
                 &[W, R, R, W, R],
+                DenseParams::WGSL_NAME,
+            ),
+            Kernel::DenseBackward => (
+                ACTIVATION,
+                "dense_backward",
+                &[W, R, R, R],
                 DenseParams::WGSL_NAME,
             ),
             Kernel::PerceptronEpoch => (

@@ -362,6 +362,50 @@ pub fn relu_delta(
     }
 }
 
+/// The input delta of a layer through any activation in one kernel, `dpre = (d · w) *
+/// act'(pre)`, where the product `d · w` would run on the scalar blocked kernel (k or n not a
+/// multiple of 4, as for the delta from a 10-class output layer); `None` elsewhere (a tile,
+/// the vec4 blocked kernel or the naive one runs the product there), and the caller records
+/// `matmul_nn` and `activation_backward` instead. Same values, and on lavapipe the same bits,
+/// as those two; the product itself is not stored.
+pub fn dense_backward(
+    gpu: &Gpu,
+    dpre: &GpuTensor,
+    d: &GpuTensor,
+    w: &GpuTensor,
+    pre: &GpuTensor,
+    act: Activation,
+) -> Result<Option<Dispatch>> {
+    let op = "dense_backward";
+    let (m, k) = matrix(op, d)?;
+    let (_, n) = matrix(op, w)?;
+    expect_shape(op, w, (k, n))?;
+    expect_shape(op, dpre, (m, n))?;
+    expect_shape(op, pre, (m, n))?;
+    let p = matmul_params(op, m, n, k, Accumulate::Overwrite)?;
+    match matmul_choice(gpu, MatmulForm::Nn, m, n, k, Accumulate::Overwrite)? {
+        MatmulChoice::Blocked if !(k.is_multiple_of(4) && n.is_multiple_of(4)) => {
+            let dp = DenseParams {
+                m: p.m,
+                n: p.n,
+                k: p.k,
+                kind: act.code(),
+                slope: act.slope(),
+                ..Default::default()
+            };
+            Dispatch::new(
+                gpu,
+                Kernel::DenseBackward,
+                &[dpre, d, w, pre],
+                &[dp],
+                blocked_grid(m, n),
+            )
+            .map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The dispatch of one product on the kernel `choice` names (shapes already checked; a tile
 /// must fit them).
 pub(crate) fn matmul_dispatch(
