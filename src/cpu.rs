@@ -702,7 +702,8 @@ pub fn gather_rows_u8_vec4(out: &mut [f32], data: &[u32], indices: &[u32], p: &G
 /// pass, MSE gradient and backward pass (the op-by-op twins' arithmetic, in their order),
 /// and the tile's weight and bias gradient sums into its row of `partial` (tiles, arena
 /// length), laid out like the parameter arena `w`. Rows past `p.batch_rows` count as zeros;
-/// rows past `p.rows` get a zero gradient and loss.
+/// rows past `p.rows` get a zero gradient and loss. `x` and `target` are the gathered batch
+/// (for the kernel's gathering forms, what `gather_rows` makes of the tables).
 #[allow(clippy::too_many_arguments)]
 pub fn fused_mlp(
     partial: &mut [f32],
@@ -712,7 +713,7 @@ pub fn fused_mlp(
     target: &[f32],
     w: &[f32],
     shape: &crate::kernels::fused_mlp::MlpShape,
-    p: &LossParams,
+    p: &FusedMlpParams,
 ) {
     let layers = shape.layers();
     let t = shape.tile_rows() as usize;

@@ -104,9 +104,14 @@ struct MlpPass {
     last: usize,
     /// Every op the two replace (forward, loss, backward).
     replaced: Vec<usize>,
-    loss: Vec<crate::params::LossParams>,
+    /// Per step: the loss's rows and scale, and where the step's rows start.
+    params: Vec<crate::params::FusedMlpParams>,
     pred: BufId,
+    /// What the pass reads its rows from: the gathered batch (`input`, `target`), or, when
+    /// it gathers them itself, the data tables and the row order.
+    x: BufId,
     target: BufId,
+    indices: Option<BufId>,
 }
 
 /// The buffers the optimizer update reads and writes, one arena each, slots in the order of
@@ -321,6 +326,7 @@ impl<'a> GpuExec<'a> {
             for (tile, rows, staged) in options {
                 let shape = pass
                     .shape
+                    .with_gather(pass.indices.is_some())
                     .with_tile_rows(tile)
                     .with_rows_per_invocation(rows)
                     .with_staged(staged);
@@ -337,11 +343,12 @@ impl<'a> GpuExec<'a> {
                     &partial,
                     &t[pass.pred],
                     &t[plan.row_loss],
-                    &t[plan.input],
+                    &t[pass.x],
                     &t[pass.target],
                     &a.params,
+                    pass.indices.map(|i| &t[i]),
                     shape,
-                    pass.loss[0],
+                    pass.params[0],
                 );
                 // Left to the tuner, a form the driver fails to build is skipped (a big
                 // private array, say); asked for, the failure is the caller's to see.
@@ -353,7 +360,7 @@ impl<'a> GpuExec<'a> {
                     other => other?,
                 };
                 if let Some(mut d) = built {
-                    d.set_params(g, &pass.loss)?;
+                    d.set_params(g, &pass.params)?;
                     let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
                     passes.push((shape.entry_point(), d, sum, partial));
                     break;
@@ -513,14 +520,74 @@ impl<'a> GpuExec<'a> {
             });
         }
         let shape = MlpShape::new(&mlp, a.params.len())?;
+        // The gathers of the input rows and their target values (f32 tables, one row order)
+        // become the pass's own reads where both are there.
+        let gather_of = |out: BufId| {
+            ops[..first]
+                .iter()
+                .enumerate()
+                .find_map(|(i, op)| match op {
+                    Op::GatherRows {
+                        out: o,
+                        data,
+                        indices,
+                        params,
+                    } if *o == out => Some((i, *data, *indices, params)),
+                    _ => None,
+                })
+        };
+        let steps = |p: &[crate::params::GatherParams]| p.len();
+        let gathered = match (gather_of(plan.input), gather_of(target)) {
+            (Some(gx), Some(gt))
+                if gx.2 == gt.2
+                    && steps(gx.3) == steps(gt.3)
+                    && gx
+                        .3
+                        .iter()
+                        .zip(gt.3)
+                        .all(|(a, b)| a.start == b.start && a.rows == b.rows) =>
+            {
+                Some((gx, gt))
+            }
+            _ => None,
+        };
+        let n = loss
+            .len()
+            .max(gathered.as_ref().map_or(1, |g| steps(g.0 .3)));
+        let params = (0..n)
+            .map(|s| {
+                let l = crate::plan::entry(loss, s);
+                crate::params::FusedMlpParams {
+                    rows: l.rows,
+                    cols: l.cols,
+                    batch_rows: l.batch_rows,
+                    scale: l.scale,
+                    start: gathered
+                        .as_ref()
+                        .map_or(0, |g| crate::plan::entry(g.0 .3, s).start),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let (x, target, indices) = match &gathered {
+            Some((gx, gt)) => {
+                replaced.push(gx.0);
+                replaced.push(gt.0);
+                replaced.sort_unstable();
+                (gx.1, gt.1, Some(gx.2))
+            }
+            None => (plan.input, target, None),
+        };
         Some(MlpPass {
             shape,
             first,
             last: *replaced.last()?,
             replaced,
-            loss: loss.clone(),
+            params,
             pred: *pred,
+            x,
             target,
+            indices,
         })
     }
 

@@ -167,6 +167,27 @@ params_struct! {
 }
 
 params_struct! {
+    /// One step of the fully fused small-MLP pass (`kernels::fused_mlp`): the loss's rows and
+    /// scale (as in `LossParams`), and where the step's rows start in the row order when the
+    /// pass gathers its batch itself.
+    FusedMlpParams {
+        /// Live rows (the rest of the batch gets a zero gradient).
+        rows: u32,
+        /// Outputs of the network.
+        cols: u32,
+        /// Rows in the batch (>= rows).
+        batch_rows: u32,
+        /// The gradient's factor for the mean: 1/(rows*cols).
+        scale: f32,
+        /// The step's first position in the row order (gathering forms only).
+        start: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
+
+params_struct! {
     /// A plain or momentum SGD update of one parameter tensor.
     SgdParams {
         len: u32,

@@ -1206,14 +1206,30 @@ fn perceptron_epoch_matches_cpu_exactly() {
 
 use soma::kernels::fused_mlp::{MlpLayer, MlpShape, TILE_ROWS};
 
-/// The fused pass's forms: (rows per workgroup, rows per invocation, staged weights).
-const FUSED_FORMS: [(u32, u8, bool); 5] = [
-    (32, 1, false),
-    (32, 1, true),
-    (32, 4, false),
-    (64, 8, false),
-    (64, 2, true),
+/// The fused pass's forms: (rows per workgroup, rows per invocation, staged weights,
+/// gathers its batch itself).
+const FUSED_FORMS: [(u32, u8, bool, bool); 7] = [
+    (32, 1, false, false),
+    (32, 1, true, false),
+    (32, 1, true, true),
+    (32, 4, false, true),
+    (64, 8, false, false),
+    (64, 8, false, true),
+    (64, 2, true, false),
 ];
+
+/// The loss's parameters as the fused pass takes them.
+fn fused_params(live: usize, outputs: usize, rows: usize, start: usize) -> FusedMlpParams {
+    let lp = Loss::Mse.params(live, outputs, rows);
+    FusedMlpParams {
+        rows: lp.rows,
+        cols: lp.cols,
+        batch_rows: lp.batch_rows,
+        scale: lp.scale,
+        start: start as u32,
+        ..Default::default()
+    }
+}
 
 /// A network for the fused pass: layer widths, activations and bias flags, laid out in an
 /// arena as the executor lays out its parameters (`GpuTensor::arena` gives the offsets).
@@ -1380,7 +1396,7 @@ fn fused_twin(
     let o = shape.outputs();
     let mut partial = vec![0.0; tiles * len];
     let (mut pred, mut row_loss) = (vec![0.0; rows * o], vec![0.0; rows]);
-    let lp = Loss::Mse.params(live, o, rows);
+    let fp = fused_params(live, o, rows, 0);
     cpu::fused_mlp(
         &mut partial,
         &mut pred,
@@ -1389,7 +1405,7 @@ fn fused_twin(
         target,
         w,
         shape,
-        &lp,
+        &fp,
     );
     let mut grads = vec![0.0; len];
     let rp = RowsParams {
@@ -1487,10 +1503,10 @@ fn fused_mlp_matches_its_twin() {
         if i == 0 {
             FUSED_FORMS.to_vec()
         } else {
-            vec![(32, 1, true), (64, 8, false)]
+            vec![(32, 1, true, true), (64, 8, false, false)]
         }
     };
-    for (c, (tile, rows, staged)) in fused_cases()
+    for (c, (tile, rows, staged, gather)) in fused_cases()
         .into_iter()
         .enumerate()
         .flat_map(|(i, c)| forms(i).into_iter().map(move |f| (c.clone(), f)))
@@ -1500,21 +1516,63 @@ fn fused_mlp_matches_its_twin() {
             .unwrap()
             .with_tile_rows(tile)
             .with_rows_per_invocation(rows)
-            .with_staged(staged);
+            .with_staged(staged)
+            .with_gather(gather);
         let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows);
         let (i, o) = (c.widths[0], *c.widths.last().unwrap());
         let tiles = shape.tiles(c.rows);
         let partial = GpuTensor::zeros(gpu, "partial", &[tiles, len]).unwrap();
         let pred = GpuTensor::zeros(gpu, "pred", &[c.rows, o]).unwrap();
         let row_loss = GpuTensor::zeros(gpu, "row_loss", &[c.rows]).unwrap();
-        let (xt, tt, wt) = (
-            up(gpu, "x", &[c.rows, i], &x),
-            up(gpu, "target", &[c.rows, o], &target),
-            up(gpu, "w", &[len], &w),
-        );
-        let lp = Loss::Mse.params(c.live, o, c.rows);
-        let d =
-            kernels::fused_mlp(gpu, &partial, &pred, &row_loss, &xt, &tt, &wt, shape, lp).unwrap();
+        let wt = up(gpu, "w", &[len], &w);
+        // The gathering forms read rows indices[start + r] of tables larger than the batch;
+        // their twin gets the batch that gather_rows makes of them.
+        let (x, target, xt, tt, it, fp) = if gather {
+            let data_rows = c.rows + 9;
+            let x_data = rng.vec(data_rows * i, -1.0, 1.0);
+            let t_data = rng.vec(data_rows * o, -1.0, 1.0);
+            let start = 5;
+            let indices: Vec<u32> = (0..start + c.rows)
+                .map(|_| rng.below(data_rows as u32))
+                .collect();
+            let gp = |cols: usize| GatherParams {
+                rows: c.live as u32,
+                cols: cols as u32,
+                start: start as u32,
+                batch_rows: c.rows as u32,
+                ..Default::default()
+            };
+            let (mut xb, mut tb) = (vec![0.0; c.rows * i], vec![0.0; c.rows * o]);
+            cpu::gather_rows(&mut xb, &x_data, &indices, &gp(i));
+            cpu::gather_rows(&mut tb, &t_data, &indices, &gp(o));
+            (
+                xb,
+                tb,
+                up(gpu, "x table", &[data_rows, i], &x_data),
+                up(gpu, "target table", &[data_rows, o], &t_data),
+                Some(up_u32(gpu, "row order", &[indices.len()], &indices)),
+                fused_params(c.live, o, c.rows, start),
+            )
+        } else {
+            let (xt, tt) = (
+                up(gpu, "x", &[c.rows, i], &x),
+                up(gpu, "target", &[c.rows, o], &target),
+            );
+            (x, target, xt, tt, None, fused_params(c.live, o, c.rows, 0))
+        };
+        let d = kernels::fused_mlp(
+            gpu,
+            &partial,
+            &pred,
+            &row_loss,
+            &xt,
+            &tt,
+            &wt,
+            it.as_ref(),
+            shape,
+            fp,
+        )
+        .unwrap();
         let Some(d) = d else {
             // Declined: only for want of workgroup memory (64-row tiles with staged weights
             // need 48 KiB for 64-wide layers).
@@ -1539,7 +1597,7 @@ fn fused_mlp_matches_its_twin() {
             &target,
             &w,
             &shape,
-            &lp,
+            &fp,
         );
         let got = (
             partial.read(gpu).unwrap(),

@@ -555,12 +555,14 @@ pub fn activation_backward(
 // ---------------------------------------------------------------------------------------
 // Reductions
 
-/// The fully fused training pass of a small network over the batch `x` (`rows`, inputs)
-/// with MSE against `target` (see `fused_mlp.rs`): `partial` (tiles, arena length) gets each
-/// tile's gradient sums laid out like the parameter arena `weights`, `pred` the network's
-/// output and `row_loss` each row's loss. `params` is the loss's (live rows, the gradient's
-/// scale). `None` where the device cannot run it: fewer than six storage buffers per stage,
-/// or less workgroup memory than the tile needs.
+/// The fully fused training pass of a small network with MSE (see `fused_mlp.rs`):
+/// `partial` (tiles, arena length) gets each tile's gradient sums laid out like the parameter
+/// arena `weights`, `pred` (batch, outputs) the network's output and `row_loss` each row's
+/// loss. It reads the batch `x` (batch, inputs) and `target` (batch, outputs), or, for a
+/// gathering shape, rows `indices[start + r]` of the tables `x` and `target` (any number of
+/// rows). `params` holds the loss's live rows and scale and the step's `start`. `None` where
+/// the device cannot run it: fewer storage buffers per stage than it binds (six, seven to
+/// gather), or less workgroup memory or fewer invocations than the form needs.
 #[allow(clippy::too_many_arguments)]
 pub fn fused_mlp(
     gpu: &Gpu,
@@ -570,37 +572,60 @@ pub fn fused_mlp(
     x: &GpuTensor,
     target: &GpuTensor,
     weights: &GpuTensor,
+    indices: Option<&GpuTensor>,
     shape: MlpShape,
-    params: LossParams,
+    params: FusedMlpParams,
 ) -> Result<Option<Dispatch>> {
     let op = "fused_mlp";
     let limits = gpu.limits();
-    if limits.max_storage_buffers_per_shader_stage < 6
+    let buffers = if shape.gather { 7 } else { 6 };
+    if limits.max_storage_buffers_per_shader_stage < buffers
         || (limits.max_compute_workgroup_storage_size as u64) < shape.workgroup_bytes()
         || limits.max_compute_invocations_per_workgroup < shape.invocations()
         || limits.max_compute_workgroup_size_x < shape.invocations()
     {
         return Ok(None);
     }
-    let (rows, _) = matrix(op, x)?;
-    expect_shape(op, x, (rows, shape.inputs()))?;
-    expect_shape(op, target, (rows, shape.outputs()))?;
+    let rows = params.batch_rows as usize;
     expect_shape(op, pred, (rows, shape.outputs()))?;
     expect_len(op, row_loss, rows)?;
     expect_len(op, weights, shape.arena_len as usize)?;
     let tiles = shape.tiles(rows);
     expect_shape(op, partial, (tiles, shape.arena_len as usize))?;
-    if params.batch_rows as usize != rows || params.cols as usize != shape.outputs() {
+    if params.cols as usize != shape.outputs() || params.rows > params.batch_rows {
         return Err(Error::shape(
             op,
-            format!("loss parameters for {rows} x {}", shape.outputs()),
-            format!("{} x {}", params.batch_rows, params.cols),
+            format!("parameters for {rows} rows of {} outputs", shape.outputs()),
+            format!(
+                "{} of {} rows, {} outputs",
+                params.rows, params.batch_rows, params.cols
+            ),
         ));
+    }
+    let mut bound = vec![partial, pred, row_loss, x, target, weights];
+    if shape.gather {
+        let Some(indices) = indices else {
+            return Err(Error::shape(op, "a row order to gather by", "none"));
+        };
+        let (data_rows, _) = matrix(op, x)?;
+        expect_shape(op, x, (data_rows, shape.inputs()))?;
+        expect_shape(op, target, (data_rows, shape.outputs()))?;
+        if indices.dtype() != DType::U32 {
+            return Err(Error::shape(
+                op,
+                "u32 row indices",
+                format!("{:?}", indices.dtype()),
+            ));
+        }
+        bound.push(indices);
+    } else {
+        expect_shape(op, x, (rows, shape.inputs()))?;
+        expect_shape(op, target, (rows, shape.outputs()))?;
     }
     Dispatch::new(
         gpu,
         Kernel::FusedMlp(shape),
-        &[partial, pred, row_loss, x, target, weights],
+        &bound,
         &[params],
         [tiles as u32, 1, 1],
     )
