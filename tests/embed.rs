@@ -727,3 +727,45 @@ fn a_table_over_the_binding_limit_is_streamed_to_the_same_bits() {
     assert_eq!(a2.val_loss, b2.val_loss, "the validation set streams too");
     assert_eq!(a2.val_accuracy, b2.val_accuracy);
 }
+
+/// Where the parameters' shared buffer (every weight and bias, so that one dispatch updates
+/// them all) is over the device's binding limit but each tensor fits, every tensor keeps a
+/// buffer of its own and the optimizer updates them one dispatch each: the run trains, bit
+/// for bit as on a device where the shared buffer fits.
+#[test]
+fn parameters_over_one_binding_keep_buffers_of_their_own() {
+    let test = "parameters_over_one_binding_keep_buffers_of_their_own";
+    // 64-60-60-10: weights of 15.0, 14.1 and 2.3 KiB, each under 16 KiB, together over it.
+    let tiny = wgpu::Limits {
+        max_storage_buffer_binding_size: 16 << 10,
+        max_buffer_size: 16 << 10,
+        ..wgpu::Limits::default()
+    };
+    let Some((device, queue)) = host_device(test, Some(tiny)) else {
+        return;
+    };
+    let errors = count_uncaptured(&device);
+    let small = Gpu::from_wgpu(device, queue);
+    let (big_device, big_queue) = host_device(test, None).unwrap();
+    let big = Gpu::from_wgpu(big_device, big_queue);
+    let net = Network::mlp(&[64, 60, 60, 10], Activation::Tanh, Activation::Identity).unwrap();
+    let m = Model::new(net, Init::Pytorch, 6).unwrap();
+    // 60 rows (15 KiB of features, resident on both): two steps of 32, one partial.
+    let train = digits(60);
+    let run = |gpu: &Gpu| {
+        let mut t = trainer(gpu, &m, &train);
+        let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+        let updates = kernels.iter().filter(|k| k.contains("update")).count();
+        t.run_steps(t.steps_left()).unwrap();
+        (updates, t.parameters().unwrap())
+    };
+    let (small_updates, small_params) = run(&small);
+    let (big_updates, big_params) = run(&big);
+    assert_eq!(
+        small_updates, 6,
+        "one update per tensor where the arena does not fit"
+    );
+    assert_eq!(big_updates, 1, "one update for all where it fits");
+    assert_bitwise(test, &small_params, &big_params);
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+}
