@@ -255,7 +255,7 @@ pub fn choose_named(
 /// the candidates are few and each run is short, and a noisy host must not decide.
 const LIST_RUNS: usize = 5;
 
-/// Wall time of `dispatches` in one submission, fastest of [`LIST_RUNS`] after an untimed
+/// Wall time of `dispatches` in one submission, fastest of `LIST_RUNS` after an untimed
 /// run that also compiles them, for each list, in interleaved passes.
 pub fn time_lists(gpu: &Gpu, lists: &[Vec<&kernels::Dispatch>]) -> Result<Vec<f64>> {
     let mut best = vec![f64::INFINITY; lists.len()];

@@ -332,7 +332,7 @@ pub fn dense_forward(
 
 /// The input delta of a ReLU layer in one kernel, `dpre = (d · w) * relu'(pre)`, where the
 /// product `d · w` runs on a generated tile (as chosen for `matmul_nn` of this size) small
-/// enough for the epilogue ([`tiled::RELU_GRAD_MAX_OUTPUTS`]); `None` where not, and the caller
+/// enough for the epilogue ([`super::tiled::RELU_GRAD_MAX_OUTPUTS`]); `None` where not, and the caller
 /// records `matmul_nn` and `activation_backward` instead. Same values, and on lavapipe the
 /// same bits, as those two; the product itself is not stored.
 pub fn relu_delta(

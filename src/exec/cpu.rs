@@ -1,0 +1,296 @@
+//! The CPU executor: host vectors and the CPU twins in `cpu.rs`, op by op in plan order.
+
+use crate::cpu;
+use crate::params::{BlockedMatmulParams, MatmulParams};
+use crate::plan::{entry, BufId, Op, Plan};
+use crate::tensor::DType;
+
+#[derive(Clone, Debug)]
+pub(super) enum HostBuf {
+    F32(Vec<f32>),
+    U32(Vec<u32>),
+}
+
+/// How the CPU executor multiplies matrices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuMatmul {
+    /// The plain-loop twins of the GPU kernels (`cpu::matmul_nt` ...), bit-for-bit in the
+    /// kernels' order of operations.
+    Reference,
+    /// `matrixmultiply`'s threaded sgemm (`cpu::matmul_gemm`): many times faster, equal to
+    /// rounding.
+    #[default]
+    Gemm,
+}
+
+/// The CPU executor: host vectors and the CPU twins, op by op in plan order.
+pub struct CpuExec {
+    pub(super) bufs: Vec<HostBuf>,
+    pub(super) snapshot: Vec<(BufId, HostBuf)>,
+    pub(super) matmul: CpuMatmul,
+}
+
+impl CpuExec {
+    pub(super) fn new(plan: &Plan, matmul: CpuMatmul) -> CpuExec {
+        let bufs = plan
+            .buffers
+            .iter()
+            .map(|b| match b.dtype {
+                DType::F32 => HostBuf::F32(vec![0.0; b.len()]),
+                DType::U32 => HostBuf::U32(vec![0; b.len()]),
+            })
+            .collect();
+        CpuExec {
+            bufs,
+            snapshot: vec![],
+            matmul,
+        }
+    }
+
+    pub(super) fn f(&self, id: BufId) -> &[f32] {
+        match &self.bufs[id] {
+            HostBuf::F32(v) => v,
+            HostBuf::U32(_) => &[],
+        }
+    }
+
+    pub(super) fn u(&self, id: BufId) -> &[u32] {
+        match &self.bufs[id] {
+            HostBuf::U32(v) => v,
+            HostBuf::F32(_) => &[],
+        }
+    }
+
+    pub(super) fn take_f(&mut self, id: BufId) -> Vec<f32> {
+        match std::mem::replace(&mut self.bufs[id], HostBuf::F32(vec![])) {
+            HostBuf::F32(v) => v,
+            other => {
+                self.bufs[id] = other;
+                vec![]
+            }
+        }
+    }
+
+    pub(super) fn take_u(&mut self, id: BufId) -> Vec<u32> {
+        match std::mem::replace(&mut self.bufs[id], HostBuf::U32(vec![])) {
+            HostBuf::U32(v) => v,
+            other => {
+                self.bufs[id] = other;
+                vec![]
+            }
+        }
+    }
+
+    /// One matrix product: the form's plain-loop twin, or the gemm with the form's strides.
+    pub(super) fn matmul(
+        &mut self,
+        out: BufId,
+        a: BufId,
+        b: BufId,
+        p: &MatmulParams,
+        reference: fn(&mut [f32], &[f32], &[f32], &MatmulParams),
+        strides: fn(&MatmulParams) -> BlockedMatmulParams,
+    ) {
+        let mut o = self.take_f(out);
+        match self.matmul {
+            CpuMatmul::Reference => reference(&mut o, self.f(a), self.f(b), p),
+            CpuMatmul::Gemm => cpu::matmul_gemm(&mut o, self.f(a), self.f(b), &strides(p)),
+        }
+        self.bufs[out] = HostBuf::F32(o);
+    }
+
+    pub(super) fn exec(&mut self, op: &Op, step: usize) {
+        match op {
+            Op::GatherRows {
+                out,
+                data,
+                indices,
+                params,
+            } => {
+                let mut o = self.take_f(*out);
+                cpu::gather_rows(
+                    &mut o,
+                    self.f(*data),
+                    self.u(*indices),
+                    &entry(params, step),
+                );
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::GatherRowsU8 {
+                out,
+                data,
+                indices,
+                params,
+            } => {
+                let mut o = self.take_f(*out);
+                cpu::gather_rows_u8(
+                    &mut o,
+                    self.u(*data),
+                    self.u(*indices),
+                    &entry(params, step),
+                );
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::GatherLabels {
+                out,
+                labels,
+                indices,
+                params,
+            } => {
+                let mut o = self.take_u(*out);
+                cpu::gather_labels(
+                    &mut o,
+                    self.u(*labels),
+                    self.u(*indices),
+                    &entry(params, step),
+                );
+                self.bufs[*out] = HostBuf::U32(o);
+            }
+            Op::MatmulNt { out, a, b, params } => self.matmul(
+                *out,
+                *a,
+                *b,
+                params,
+                cpu::matmul_nt,
+                BlockedMatmulParams::nt,
+            ),
+            Op::MatmulNn { out, a, b, params } => self.matmul(
+                *out,
+                *a,
+                *b,
+                params,
+                cpu::matmul_nn,
+                BlockedMatmulParams::nn,
+            ),
+            Op::MatmulTn { out, a, b, params } => self.matmul(
+                *out,
+                *a,
+                *b,
+                params,
+                cpu::matmul_tn,
+                BlockedMatmulParams::tn,
+            ),
+            Op::BiasActivationForward {
+                out,
+                pre,
+                bias,
+                params,
+            } => {
+                let mut o = self.take_f(*out);
+                let mut p = self.take_f(*pre);
+                let b: &[f32] = match bias {
+                    Some(b) => self.f(*b),
+                    None => &[],
+                };
+                cpu::bias_activation_forward(&mut o, &mut p, b, params);
+                self.bufs[*out] = HostBuf::F32(o);
+                self.bufs[*pre] = HostBuf::F32(p);
+            }
+            Op::ActivationBackward {
+                dpre,
+                dout,
+                pre,
+                params,
+            } => {
+                let mut o = self.take_f(*dpre);
+                cpu::activation_backward(&mut o, self.f(*dout), self.f(*pre), params);
+                self.bufs[*dpre] = HostBuf::F32(o);
+            }
+            Op::ColumnSum { out, x, params } => {
+                let mut o = self.take_f(*out);
+                cpu::column_sum(&mut o, self.f(*x), params);
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::Loss {
+                kind,
+                grad,
+                row_loss,
+                pred,
+                target,
+                params,
+            } => {
+                let mut g = self.take_f(*grad);
+                let mut l = self.take_f(*row_loss);
+                let p = entry(params, step);
+                match kind {
+                    crate::Loss::Mse => {
+                        cpu::mse_loss(&mut g, &mut l, self.f(*pred), self.f(*target), &p)
+                    }
+                    crate::Loss::SoftmaxCrossEntropy => cpu::softmax_cross_entropy(
+                        &mut g,
+                        &mut l,
+                        self.f(*pred),
+                        self.u(*target),
+                        &p,
+                    ),
+                    crate::Loss::BinaryCrossEntropy => cpu::binary_cross_entropy(
+                        &mut g,
+                        &mut l,
+                        self.f(*pred),
+                        self.f(*target),
+                        &p,
+                    ),
+                }
+                self.bufs[*grad] = HostBuf::F32(g);
+                self.bufs[*row_loss] = HostBuf::F32(l);
+            }
+            Op::ReduceSum { out, x, params } => {
+                let mut o = self.take_f(*out);
+                cpu::reduce_sum(&mut o, self.f(*x), params);
+                self.bufs[*out] = HostBuf::F32(o);
+            }
+            Op::CorrectCount {
+                count,
+                x,
+                labels,
+                params,
+            } => {
+                let mut c = self.take_u(*count);
+                cpu::correct_count(&mut c, self.f(*x), self.u(*labels), &entry(params, step));
+                self.bufs[*count] = HostBuf::U32(c);
+            }
+            Op::SgdUpdate {
+                param,
+                grad,
+                params,
+            } => {
+                let mut p = self.take_f(*param);
+                cpu::sgd_update(&mut p, self.f(*grad), &entry(params, step));
+                self.bufs[*param] = HostBuf::F32(p);
+            }
+            Op::MomentumUpdate {
+                param,
+                velocity,
+                grad,
+                params,
+            } => {
+                let mut p = self.take_f(*param);
+                let mut v = self.take_f(*velocity);
+                cpu::momentum_update(&mut p, &mut v, self.f(*grad), &entry(params, step));
+                self.bufs[*param] = HostBuf::F32(p);
+                self.bufs[*velocity] = HostBuf::F32(v);
+            }
+            Op::AdamUpdate {
+                param,
+                m,
+                v,
+                grad,
+                params,
+            } => {
+                let mut p = self.take_f(*param);
+                let mut mm = self.take_f(*m);
+                let mut vv = self.take_f(*v);
+                cpu::adam_update(
+                    &mut p,
+                    &mut mm,
+                    &mut vv,
+                    self.f(*grad),
+                    &entry(params, step),
+                );
+                self.bufs[*param] = HostBuf::F32(p);
+                self.bufs[*m] = HostBuf::F32(mm);
+                self.bufs[*v] = HostBuf::F32(vv);
+            }
+        }
+    }
+}

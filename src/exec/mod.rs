@@ -1,0 +1,318 @@
+//! The two executors of a [`Plan`]: the GPU one keeps every buffer resident and turns each op
+//! into a prebuilt [`Dispatch`](crate::kernels::Dispatch), recording a whole step into one compute pass and one
+//! submission; the CPU one keeps host vectors and calls the twins in `cpu.rs` in the same
+//! order. `Executor` is the closed enum the trainer talks to. Deciding what to run and when
+//! is the trainer's job.
+//!
+//! `gpu.rs` is the GPU executor (with `gpu/fuse.rs`, the fusions across ops: the optimizer
+//! update over the parameter arena and the fully fused small-MLP pass), `cpu.rs` the CPU one.
+
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::{self, Accumulate};
+use crate::network::Activation;
+use crate::plan::{BufId, Op, Plan};
+use crate::tensor::{start_read_many, DType, GpuTensor};
+
+mod cpu;
+mod gpu;
+
+use cpu::HostBuf;
+pub use cpu::{CpuExec, CpuMatmul};
+pub use gpu::GpuExec;
+
+/// Where a run executes.
+#[derive(Clone, Copy, Debug)]
+pub enum Device<'a> {
+    /// On this GPU, every buffer resident.
+    Gpu(&'a Gpu),
+    /// On the host: the CPU kernels, with matrix products by a threaded gemm (fast; equal
+    /// to the GPU to rounding).
+    Cpu,
+    /// On the host with nothing but the plain-loop twins of the GPU kernels, in their order
+    /// of operations: the yardstick for cross-checking (slow for large products).
+    CpuReference,
+}
+
+impl Device<'_> {
+    /// A short name for logs: the adapter's name, or "cpu".
+    pub fn name(&self) -> String {
+        match self {
+            Device::Gpu(g) => g.adapter().name.clone(),
+            Device::Cpu => "cpu".into(),
+            Device::CpuReference => "cpu (reference)".into(),
+        }
+    }
+}
+
+/// Which op list of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Train,
+    Eval,
+}
+
+fn ops_of(plan: &Plan, pass: Pass) -> &[Op] {
+    match pass {
+        Pass::Train => &plan.train_step,
+        Pass::Eval => &plan.eval_step,
+    }
+}
+
+fn activation_of(kind: u32, slope: f32) -> Activation {
+    match kind {
+        1 => Activation::Relu,
+        2 => Activation::LeakyRelu { slope },
+        3 => Activation::Sigmoid,
+        4 => Activation::Tanh,
+        5 => Activation::Sign,
+        6 => Activation::Step,
+        _ => Activation::Identity,
+    }
+}
+
+fn acc(flag: u32) -> Accumulate {
+    if flag != 0 {
+        Accumulate::Add
+    } else {
+        Accumulate::Overwrite
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A plan's executor: on a GPU or on the CPU.
+pub enum Executor<'a> {
+    Gpu(Box<GpuExec<'a>>),
+    Cpu(CpuExec),
+}
+
+fn type_error(plan: &Plan, id: BufId, want: DType) -> Error {
+    Error::shape(
+        format!("'{}'", plan.buffers[id].name),
+        format!("{want:?} data"),
+        format!("{:?} buffer", plan.buffers[id].dtype),
+    )
+}
+
+impl<'a> Executor<'a> {
+    /// Allocates every buffer of `plan` and prepares its op lists.
+    pub fn new(device: Device<'a>, plan: &Plan) -> Result<Executor<'a>> {
+        Ok(match device {
+            Device::Gpu(gpu) => Executor::Gpu(Box::new(GpuExec::new(gpu, plan)?)),
+            Device::Cpu => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Gemm)),
+            Device::CpuReference => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Reference)),
+        })
+    }
+
+    /// Overwrites an f32 buffer.
+    pub fn write_f32(&mut self, plan: &Plan, id: BufId, data: &[f32]) -> Result<()> {
+        if plan.buffers[id].dtype != DType::F32 {
+            return Err(type_error(plan, id, DType::F32));
+        }
+        if data.len() != plan.buffers[id].len() {
+            return Err(Error::shape(
+                &plan.buffers[id].name,
+                plan.buffers[id].len(),
+                data.len(),
+            ));
+        }
+        match self {
+            Executor::Gpu(g) => g.tensors[id].write(g.gpu, data),
+            Executor::Cpu(c) => {
+                c.bufs[id] = HostBuf::F32(data.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// Overwrites a u32 buffer.
+    pub fn write_u32(&mut self, plan: &Plan, id: BufId, data: &[u32]) -> Result<()> {
+        if plan.buffers[id].dtype != DType::U32 {
+            return Err(type_error(plan, id, DType::U32));
+        }
+        if data.len() != plan.buffers[id].len() {
+            return Err(Error::shape(
+                &plan.buffers[id].name,
+                plan.buffers[id].len(),
+                data.len(),
+            ));
+        }
+        match self {
+            Executor::Gpu(g) => g.tensors[id].write_u32(g.gpu, data),
+            Executor::Cpu(c) => {
+                c.bufs[id] = HostBuf::U32(data.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads an f32 buffer (on the GPU: a readback, which waits).
+    pub fn read_f32(&self, id: BufId) -> Result<Vec<f32>> {
+        match self {
+            Executor::Gpu(g) => g.tensors[id].read(g.gpu),
+            Executor::Cpu(c) => Ok(c.f(id).to_vec()),
+        }
+    }
+
+    /// Reads a u32 buffer.
+    pub fn read_u32(&self, id: BufId) -> Result<Vec<u32>> {
+        match self {
+            Executor::Gpu(g) => g.tensors[id].read_u32(g.gpu),
+            Executor::Cpu(c) => Ok(c.u(id).to_vec()),
+        }
+    }
+
+    /// Reads the first 4-byte word of each buffer `ids` (scalars such as metric sums), in
+    /// one readback on the GPU.
+    pub fn read_words(&self, ids: &[BufId]) -> Result<Vec<[u8; 4]>> {
+        match self {
+            Executor::Gpu(g) => {
+                let tensors: Vec<&GpuTensor> = ids.iter().map(|&id| &g.tensors[id]).collect();
+                let bytes = start_read_many(g.gpu, &tensors)?.wait(g.gpu)?;
+                let mut at = 0;
+                Ok(tensors
+                    .iter()
+                    .map(|t| {
+                        let w = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+                        at += t.byte_len() as usize;
+                        w
+                    })
+                    .collect())
+            }
+            Executor::Cpu(c) => Ok(ids
+                .iter()
+                .map(|&id| match &c.bufs[id] {
+                    HostBuf::F32(v) => v.first().map_or([0; 4], |x| x.to_le_bytes()),
+                    HostBuf::U32(v) => v.first().map_or([0; 4], |x| x.to_le_bytes()),
+                })
+                .collect()),
+        }
+    }
+
+    /// Runs steps `steps` of `pass` (on the GPU: one submission for all of them).
+    pub fn run(&mut self, plan: &Plan, pass: Pass, steps: Range<usize>) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.run(pass, steps),
+            Executor::Cpu(c) => {
+                for s in steps {
+                    for op in ops_of(plan, pass) {
+                        c.exec(op, s);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs training step `step` one kernel at a time, each in its own submission followed by
+    /// a wait, and returns each kernel's entry point and wall time in seconds (GPU only). It
+    /// is a real step (the weights move); for finding where a step's time goes, not for
+    /// training, since it trades the one submission per step for one per kernel.
+    pub fn profile_step(&mut self, step: usize) -> Result<Vec<(&'static str, f64)>> {
+        match self {
+            Executor::Gpu(g) => {
+                g.flush_save()?;
+                g.gpu.wait()?;
+                let mut times = Vec::with_capacity(g.train.len());
+                for d in g.train.iter().filter(|d| !d.is_empty()) {
+                    let t = std::time::Instant::now();
+                    kernels::submit_pass(g.gpu, "profile", |pass| d.record(pass, step as u32))?;
+                    g.gpu.wait()?;
+                    times.push((d.kernel().entry_point(), t.elapsed().as_secs_f64()));
+                }
+                Ok(times)
+            }
+            Executor::Cpu(_) => Err(Error::Config(
+                "profiling kernels needs the GPU executor".into(),
+            )),
+        }
+    }
+
+    /// The entry point of the fully fused pass where a training step runs as one
+    /// (`kernels::fused_mlp`), `None` where it runs op by op.
+    pub fn fused_mlp_form(&self) -> Option<&'static str> {
+        match self {
+            Executor::Gpu(g) => g.mlp_form,
+            Executor::Cpu(_) => None,
+        }
+    }
+
+    /// Records steps `steps` of `pass` into a compute pass that a host application owns
+    /// (GPU only; nothing is submitted).
+    pub fn record_into(
+        &mut self,
+        pass: Pass,
+        steps: Range<usize>,
+        cpass: &mut wgpu::ComputePass<'_>,
+    ) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => {
+                // Copies cannot go into a compute pass: a pending snapshot goes on its own.
+                g.flush_save()?;
+                let dispatches = match pass {
+                    Pass::Train => &g.train,
+                    Pass::Eval => &g.eval,
+                };
+                kernels::record_steps(cpass, dispatches, steps);
+                Ok(())
+            }
+            Executor::Cpu(_) => Err(Error::Config(
+                "recording into a compute pass needs the GPU executor".into(),
+            )),
+        }
+    }
+
+    /// Re-sends the parameters of the ops `indices` of `pass` after the plan changed them.
+    pub fn refresh(&mut self, plan: &Plan, pass: Pass, indices: &[usize]) -> Result<()> {
+        if let Executor::Gpu(g) = self {
+            for &i in indices {
+                g.refresh(plan, pass, i)?;
+            }
+        }
+        // The CPU executor reads the plan's ops directly.
+        Ok(())
+    }
+
+    /// Saves the buffers `ids` (on the GPU: device-side copies) for `restore`.
+    pub fn save(&mut self, ids: &[BufId]) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.save(ids),
+            Executor::Cpu(c) => {
+                c.snapshot = ids.iter().map(|&id| (id, c.bufs[id].clone())).collect();
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts back what `save` saved.
+    pub fn restore(&mut self) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.restore(),
+            Executor::Cpu(c) => {
+                for (id, b) in c.snapshot.clone() {
+                    c.bufs[id] = b;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The resident tensor behind a buffer, on the GPU path.
+    pub fn tensor(&self, id: BufId) -> Option<&GpuTensor> {
+        match self {
+            Executor::Gpu(g) => g.tensors.get(id),
+            Executor::Cpu(_) => None,
+        }
+    }
+
+    /// The GPU, on the GPU path.
+    pub fn gpu(&self) -> Option<&'a Gpu> {
+        match self {
+            Executor::Gpu(g) => Some(g.gpu),
+            Executor::Cpu(_) => None,
+        }
+    }
+}
