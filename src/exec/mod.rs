@@ -300,7 +300,9 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// The resident tensor behind a buffer, on the GPU path.
+    /// The resident tensor behind a buffer, on the GPU path. Parameters, gradients and
+    /// optimizer state are slots of a shared buffer where it fits (bind them with
+    /// `GpuTensor::binding`, copy from `GpuTensor::offset`).
     pub fn tensor(&self, id: BufId) -> Option<&GpuTensor> {
         match self {
             Executor::Gpu(g) => g.tensors.get(id),
