@@ -99,6 +99,13 @@ impl GpuTensor {
         Self::create(gpu, label, shape, DType::F32)
     }
 
+    /// The bytes a tensor of `shape` takes in an arena on `gpu`: its data, at least 16 bytes,
+    /// padded to the storage offset alignment (so the next slot may be bound on its own).
+    pub fn slot_bytes(gpu: &Gpu, shape: &[usize]) -> u64 {
+        let align = (gpu.limits().min_storage_buffer_offset_alignment as u64).max(16);
+        byte_len(shape).max(16).next_multiple_of(align)
+    }
+
     /// A new u32 tensor of zeros.
     pub fn zeros_u32(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<GpuTensor> {
         Self::create(gpu, label, shape, DType::U32)
@@ -114,10 +121,9 @@ impl GpuTensor {
         label: &str,
         slots: &[(&str, &[usize])],
     ) -> Result<(GpuTensor, Vec<GpuTensor>)> {
-        let align = (gpu.limits().min_storage_buffer_offset_alignment as u64).max(16);
         let sizes: Vec<u64> = slots
             .iter()
-            .map(|(_, shape)| byte_len(shape).max(16).next_multiple_of(align))
+            .map(|(_, shape)| Self::slot_bytes(gpu, shape))
             .collect();
         let total: u64 = sizes.iter().sum();
         let whole = Self::create(gpu, label, &[(total / 4) as usize], DType::F32)?;

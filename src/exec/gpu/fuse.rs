@@ -98,14 +98,9 @@ impl Arenas {
                 .collect();
             GpuTensor::arena(gpu, label, &specs)
         };
-        let align = (gpu.limits().min_storage_buffer_offset_alignment as u64).max(16);
         let bytes: u64 = slots
             .iter()
-            .map(|s| {
-                (plan.buffers[s.0].len() as u64 * 4)
-                    .max(16)
-                    .next_multiple_of(align)
-            })
+            .map(|s| GpuTensor::slot_bytes(gpu, &plan.buffers[s.0].shape))
             .sum();
         if gpu.check_buffer_size("optimizer arena", bytes).is_err() {
             return Ok(None);
