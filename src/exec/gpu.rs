@@ -31,8 +31,6 @@ pub struct GpuExec<'a> {
     arenas: Option<Arenas>,
     /// The index of the training dispatch that updates every parameter tensor at once.
     fused_update: Option<usize>,
-    /// The partial gradient sums of the fully fused pass, where it runs.
-    mlp_partial: Option<GpuTensor>,
     /// The fused pass's entry point, where it runs.
     pub(super) mlp_form: Option<&'static str>,
 }
@@ -74,7 +72,6 @@ impl<'a> GpuExec<'a> {
             save_pending: false,
             arenas,
             fused_update: None,
-            mlp_partial: None,
             mlp_form: None,
         };
         exec.train = exec.build_all(plan, &plan.train_step)?;

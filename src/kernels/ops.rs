@@ -555,6 +555,17 @@ pub fn activation_backward(
 // ---------------------------------------------------------------------------------------
 // Reductions
 
+/// Whether the device's limits let it run the fused pass in the form `shape`: enough storage
+/// buffers per stage (six, seven to gather), workgroup memory and invocations.
+pub fn fused_mlp_fits(gpu: &Gpu, shape: MlpShape) -> bool {
+    let limits = gpu.limits();
+    let buffers = if shape.gather { 7 } else { 6 };
+    limits.max_storage_buffers_per_shader_stage >= buffers
+        && (limits.max_compute_workgroup_storage_size as u64) >= shape.workgroup_bytes()
+        && limits.max_compute_invocations_per_workgroup >= shape.invocations()
+        && limits.max_compute_workgroup_size_x >= shape.invocations()
+}
+
 /// The fully fused training pass of a small network with MSE (see `fused_mlp.rs`):
 /// `partial` (tiles, arena length) gets each tile's gradient sums laid out like the parameter
 /// arena `weights`, `pred` (batch, outputs) the network's output and `row_loss` each row's
@@ -577,13 +588,7 @@ pub fn fused_mlp(
     params: FusedMlpParams,
 ) -> Result<Option<Dispatch>> {
     let op = "fused_mlp";
-    let limits = gpu.limits();
-    let buffers = if shape.gather { 7 } else { 6 };
-    if limits.max_storage_buffers_per_shader_stage < buffers
-        || (limits.max_compute_workgroup_storage_size as u64) < shape.workgroup_bytes()
-        || limits.max_compute_invocations_per_workgroup < shape.invocations()
-        || limits.max_compute_workgroup_size_x < shape.invocations()
-    {
+    if !fused_mlp_fits(gpu, shape) {
         return Ok(None);
     }
     let rows = params.batch_rows as usize;

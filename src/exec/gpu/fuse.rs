@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::gpu::Gpu;
+use crate::kernels::fused_mlp::MlpShape;
 use crate::kernels::{self, Accumulate, Dispatch};
 use crate::params::{AdamParams, SgdParams};
 use crate::plan::{entry, BufId, Op, Plan};
@@ -177,7 +178,7 @@ impl GpuExec<'_> {
         // Two forms, the first that the device runs of each: one row per invocation in
         // tiles of 32 with the weights staged in workgroup memory (a hardware GPU's form),
         // and 8 or 4 rows per invocation, 8 invocations per workgroup (a CPU adapter's).
-        let forms = match policy {
+        let groups = match policy {
             FusedMlp::Form {
                 tile_rows,
                 rows_per_invocation,
@@ -188,92 +189,107 @@ impl GpuExec<'_> {
                 vec![(64, 8, false), (32, 4, false)],
             ],
         };
-        let mut passes = Vec::new();
-        for options in forms {
-            for (tile, rows, staged) in options {
-                let shape = pass
-                    .shape
-                    .with_gather(pass.indices.is_some())
-                    .with_tile_rows(tile)
-                    .with_rows_per_invocation(rows)
-                    .with_staged(staged);
-                let tiles = shape.tiles(plan.batch);
-                let bytes = (tiles * len * 4) as u64;
-                if g.check_buffer_size("fused MLP partial sums", bytes)
-                    .is_err()
-                {
-                    continue;
-                }
-                let partial = GpuTensor::zeros(g, "fused MLP partial sums", &[tiles, len])?;
-                let built = kernels::fused_mlp(
-                    g,
-                    &partial,
-                    &t[pass.pred],
-                    &t[plan.row_loss],
-                    &t[pass.x],
-                    &t[pass.target],
-                    &a.params,
-                    pass.indices.map(|i| &t[i]),
-                    shape,
-                    pass.params[0],
-                );
-                // Left to the tuner, a form the driver fails to build is skipped (a big
-                // private array, say); asked for, the failure is the caller's to see.
-                let built = match built {
-                    Err(e) if policy == FusedMlp::Auto => {
-                        log::warn!("fused MLP pass {} skipped: {e}", shape.entry_point());
-                        continue;
-                    }
-                    other => other?,
-                };
-                if let Some(mut d) = built {
-                    d.set_params(g, &pass.params)?;
-                    let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
-                    passes.push((shape.entry_point(), d, sum, partial));
-                    break;
-                }
-            }
-        }
-        if passes.is_empty() {
-            return Ok(());
-        }
-        let pick = if policy == FusedMlp::Auto {
-            let ops: Vec<&Dispatch> = pass.replaced.iter().map(|&i| &self.train[i]).collect();
+        let forms: Vec<MlpShape> = groups
+            .into_iter()
+            .filter_map(|options| {
+                options.into_iter().find_map(|(tile, rows, staged)| {
+                    let shape = pass
+                        .shape
+                        .with_gather(pass.indices.is_some())
+                        .with_tile_rows(tile)
+                        .with_rows_per_invocation(rows)
+                        .with_staged(staged);
+                    let bytes = (shape.tiles(plan.batch) * len * 4) as u64;
+                    let fits = kernels::fused_mlp_fits(g, shape)
+                        && g.check_buffer_size("fused MLP partial sums", bytes).is_ok();
+                    fits.then_some(shape)
+                })
+            })
+            .collect();
+        // The pass in one form and the sum over its tiles (pipelines built here, so only
+        // for the forms that are timed or chosen).
+        let build = |shape: MlpShape| -> Result<(Dispatch, Dispatch)> {
+            let partial =
+                GpuTensor::zeros(g, "fused MLP partial sums", &[shape.tiles(plan.batch), len])?;
+            let mut d = kernels::fused_mlp(
+                g,
+                &partial,
+                &t[pass.pred],
+                &t[plan.row_loss],
+                &t[pass.x],
+                &t[pass.target],
+                &a.params,
+                pass.indices.map(|i| &t[i]),
+                shape,
+                pass.params[0],
+            )?
+            .ok_or_else(|| crate::error::Error::Config("the fused pass does not fit".into()))?;
+            d.set_params(g, &pass.params)?;
+            // The partial sums' buffer lives on in the two dispatches that bind it.
+            let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
+            Ok((d, sum))
+        };
+        let chosen = if policy == FusedMlp::Auto {
             let key = format!("mlp {} batch {}", pass.shape.name(), plan.batch);
-            let names: Vec<&str> = passes.iter().map(|p| p.0).chain(["ops"]).collect();
+            let names: Vec<&str> = forms
+                .iter()
+                .map(|f| f.entry_point())
+                .chain(["ops"])
+                .collect();
             let choice = crate::autotune::choose_named(g, &key, &names, || {
+                // Left to the tuner, a form the driver fails to build is skipped (a big
+                // private array, say).
+                let mut built = Vec::new();
+                for &shape in &forms {
+                    match build(shape) {
+                        Ok(b) => built.push((shape.entry_point(), b)),
+                        Err(e) => log::warn!("fused MLP pass {} skipped: {e}", shape.entry_point()),
+                    }
+                }
                 let mut lists: Vec<Vec<&Dispatch>> =
-                    passes.iter().map(|(_, d, sum, _)| vec![d, sum]).collect();
-                lists.push(ops);
+                    built.iter().map(|(_, (d, sum))| vec![d, sum]).collect();
+                lists.push(pass.replaced.iter().map(|&i| &self.train[i]).collect());
                 let times = crate::autotune::time_lists(g, &lists)?;
                 // The op-by-op kernels stay unless a fused pass is clearly faster.
-                let ops_time = times[passes.len()];
-                let (best, _) = passes.iter().zip(&times).map(|(p, t)| (p.0, *t)).fold(
+                let ops_time = times[built.len()];
+                let (best, _) = built.iter().zip(&times).map(|(b, t)| (b.0, *t)).fold(
                     ("ops", ops_time * 0.97),
                     |b, c| if c.1 < b.1 { c } else { b },
                 );
-                let report = names
+                let report = built
                     .iter()
+                    .map(|b| b.0)
+                    .chain(["ops"])
                     .zip(&times)
                     .map(|(n, t)| format!("{n} {:.3} ms", t * 1e3))
                     .collect::<Vec<_>>()
                     .join(", ");
                 Ok((best.to_string(), report))
             })?;
-            choice.and_then(|c| passes.iter().position(|p| p.0 == c))
+            choice.and_then(|c| forms.iter().copied().find(|f| f.entry_point() == c))
         } else {
-            Some(0)
+            forms.first().copied()
         };
-        let Some(pick) = pick else {
+        let Some(shape) = chosen else {
+            if policy != FusedMlp::Auto {
+                log::warn!("SOMA_FUSED_MLP: no form of the fused pass fits this device; op by op");
+            }
             return Ok(());
         };
-        let (form, fused, sum, partial) = passes.swap_remove(pick);
+        let (fused, sum) = match build(shape) {
+            Ok(b) => b,
+            Err(e) if policy == FusedMlp::Auto => {
+                log::warn!("fused MLP pass {} skipped: {e}", shape.entry_point());
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let form = shape.entry_point();
         for &i in &pass.replaced {
             self.train[i].disable();
         }
         self.train[pass.first] = fused;
         self.train[pass.last] = sum;
-        self.mlp_partial = Some(partial);
         self.mlp_form = Some(form);
         Ok(())
     }
