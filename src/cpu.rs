@@ -699,7 +699,7 @@ pub fn gather_rows_u8_vec4(out: &mut [f32], data: &[u32], indices: &[u32], p: &G
 // The fully fused MLP pass (kernels/fused_mlp.rs)
 
 /// The twin of the fused training pass: per tile of `shape.tile_rows()` rows, each row's forward
-/// pass, MSE gradient and backward pass (the op-by-op twins' arithmetic, in their order),
+/// pass, loss gradient (MSE or binary cross-entropy) and backward pass (the op-by-op twins' arithmetic, in their order),
 /// and the tile's weight and bias gradient sums into its row of `partial` (tiles, arena
 /// length), laid out like the parameter arena `w`. Rows past `p.batch_rows` count as zeros;
 /// rows past `p.rows` get a zero gradient and loss. `x` and `target` are the gathered batch
@@ -758,9 +758,18 @@ pub fn fused_mlp(
                 if row < batch {
                     pred[r * n_out + c] = y[c];
                 }
-                let d = y[c] - target[r * n_out + c];
-                dl[c] = if live { 2.0 * d * p.scale } else { 0.0 };
-                sum += d * d;
+                let (z, t) = (y[c], target[r * n_out + c]);
+                // mse_loss's formulas, or binary_cross_entropy's on the logits.
+                let (grad, term) = if shape.bce {
+                    (
+                        (sigmoid(z) - t) * p.scale,
+                        z.max(0.0) - z * t + (1.0 + (-z.abs()).exp()).ln(),
+                    )
+                } else {
+                    (2.0 * (z - t) * p.scale, (z - t) * (z - t))
+                };
+                dl[c] = if live { grad } else { 0.0 };
+                sum += term;
             }
             if row < batch {
                 row_loss[r] = if live { sum / n_out as f32 } else { 0.0 };

@@ -1240,6 +1240,8 @@ struct FusedCase {
     bias: Vec<bool>,
     rows: usize,
     live: usize,
+    /// Binary cross-entropy on the logits (targets in [0, 1)) rather than MSE.
+    bce: bool,
 }
 
 /// The arena offsets (in floats) of each layer's weight and bias, and the arena's length,
@@ -1275,6 +1277,7 @@ fn fused_data(
     layers: &[MlpLayer],
     len: usize,
     rows: usize,
+    bce: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut w = vec![0.0f32; len];
     for l in layers {
@@ -1289,14 +1292,12 @@ fn fused_data(
         }
     }
     let (i, o) = (layers[0].inputs, layers.last().unwrap().outputs);
-    (
-        w,
-        rng.vec(rows * i, -1.0, 1.0),
-        rng.vec(rows * o, -1.0, 1.0),
-    )
+    let low = if bce { 0.0 } else { -1.0 };
+    (w, rng.vec(rows * i, -1.0, 1.0), rng.vec(rows * o, low, 1.0))
 }
 
 /// The op-by-op CPU twins over one batch: (gradient arena, prediction, row losses).
+#[allow(clippy::too_many_arguments)]
 fn op_by_op(
     layers: &[MlpLayer],
     len: usize,
@@ -1305,6 +1306,7 @@ fn op_by_op(
     target: &[f32],
     rows: usize,
     live: usize,
+    bce: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut acts = vec![x.to_vec()];
     let mut pres = vec![];
@@ -1335,7 +1337,11 @@ fn op_by_op(
     let o = layers.last().unwrap().outputs;
     let (mut delta, mut row_loss) = (vec![0.0; rows * o], vec![0.0; rows]);
     let lp = Loss::Mse.params(live, o, rows);
-    cpu::mse_loss(&mut delta, &mut row_loss, acts.last().unwrap(), target, &lp);
+    if bce {
+        cpu::binary_cross_entropy(&mut delta, &mut row_loss, acts.last().unwrap(), target, &lp);
+    } else {
+        cpu::mse_loss(&mut delta, &mut row_loss, acts.last().unwrap(), target, &lp);
+    }
     let mut grads = vec![0.0; len];
     for (li, l) in layers.iter().enumerate().rev() {
         let (i, o) = (l.inputs, l.outputs);
@@ -1427,6 +1433,7 @@ fn fused_cases() -> Vec<FusedCase> {
             bias: vec![true, true, true],
             rows: 100,
             live: 90,
+            bce: false,
         },
         // One tile: the fused sums are the op-by-op ones.
         FusedCase {
@@ -1435,6 +1442,7 @@ fn fused_cases() -> Vec<FusedCase> {
             bias: vec![false, true],
             rows: 32,
             live: 32,
+            bce: false,
         },
         // Narrow inputs into layers of 4k outputs (the vec4 forward form), ReLU only.
         FusedCase {
@@ -1443,6 +1451,7 @@ fn fused_cases() -> Vec<FusedCase> {
             bias: vec![true, true],
             rows: 40,
             live: 40,
+            bce: false,
         },
         FusedCase {
             widths: vec![16, 8, 32, 4],
@@ -1450,6 +1459,7 @@ fn fused_cases() -> Vec<FusedCase> {
             bias: vec![true, false, true],
             rows: 40,
             live: 40,
+            bce: false,
         },
         FusedCase {
             widths: vec![7, 9, 6, 2],
@@ -1457,6 +1467,16 @@ fn fused_cases() -> Vec<FusedCase> {
             bias: vec![true, false, true],
             rows: 65,
             live: 65,
+            bce: false,
+        },
+        // Binary cross-entropy, a partial batch over two tiles of 32.
+        FusedCase {
+            widths: vec![5, 16, 3],
+            acts: vec![Tanh, Identity],
+            bias: vec![true, true],
+            rows: 70,
+            live: 66,
+            bce: true,
         },
     ]
 }
@@ -1472,9 +1492,12 @@ fn fused_mlp_twin_matches_the_op_by_op_twins() {
         .flat_map(|c| TILE_ROWS.map(|t| (c.clone(), t)))
     {
         let (layers, len) = arena_layout(&c, 256);
-        let shape = MlpShape::new(&layers, len).unwrap().with_tile_rows(tile);
-        let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows);
-        let want = op_by_op(&layers, len, &w, &x, &target, c.rows, c.live);
+        let shape = MlpShape::new(&layers, len)
+            .unwrap()
+            .with_tile_rows(tile)
+            .with_bce(c.bce);
+        let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows, c.bce);
+        let want = op_by_op(&layers, len, &w, &x, &target, c.rows, c.live, c.bce);
         let got = fused_twin(&shape, &w, &x, &target, c.rows, c.live);
         let label = format!("{:?} {:?} tiles of {tile}", c.widths, c.acts);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -1517,8 +1540,9 @@ fn fused_mlp_matches_its_twin() {
             .with_tile_rows(tile)
             .with_rows_per_invocation(rows)
             .with_staged(staged)
-            .with_gather(gather);
-        let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows);
+            .with_gather(gather)
+            .with_bce(c.bce);
+        let (w, x, target) = fused_data(&mut rng, &layers, len, c.rows, c.bce);
         let (i, o) = (c.widths[0], *c.widths.last().unwrap());
         let tiles = shape.tiles(c.rows);
         let partial = GpuTensor::zeros(gpu, "partial", &[tiles, len]).unwrap();
@@ -1530,7 +1554,7 @@ fn fused_mlp_matches_its_twin() {
         let (x, target, xt, tt, it, fp) = if gather {
             let data_rows = c.rows + 9;
             let x_data = rng.vec(data_rows * i, -1.0, 1.0);
-            let t_data = rng.vec(data_rows * o, -1.0, 1.0);
+            let t_data = rng.vec(data_rows * o, if c.bce { 0.0 } else { -1.0 }, 1.0);
             let start = 5;
             let indices: Vec<u32> = (0..start + c.rows)
                 .map(|_| rng.below(data_rows as u32))

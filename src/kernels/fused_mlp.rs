@@ -1,7 +1,8 @@
 //! The fully fused training pass of a small MLP (every width at most [`MAX_WIDTH`]): one
-//! dispatch runs the forward pass, the mean-squared-error gradient and the backward pass of
-//! a tile of 32 or 64 batch rows per workgroup, with every row's activations and deltas in
-//! its invocation's private memory, in the manner of tiny-cuda-nn's fully fused MLP.
+//! dispatch runs the forward pass, the loss gradient (mean squared error, or binary
+//! cross-entropy on the logits) and the backward pass of a tile of 32 or 64 batch rows per
+//! workgroup, with every row's activations and deltas in its invocation's private memory,
+//! in the manner of tiny-cuda-nn's fully fused MLP.
 //! Weights and biases are read from the parameter arena (one binding; the slots' offsets
 //! are constants of the generated source), or each layer's weights are first staged in
 //! workgroup memory. For the weight gradient the tile's deltas and layer inputs go through
@@ -117,6 +118,9 @@ pub struct MlpShape {
     /// Each layer's weights are first copied into workgroup memory and read from there
     /// (another 16 KiB for a 64 x 64 layer); otherwise every row reads them from the arena.
     pub staged: bool,
+    /// The loss: mean squared error, or binary cross-entropy on the logits (both over
+    /// value targets).
+    pub bce: bool,
     /// Rows per workgroup, one of [`TILE_ROWS`].
     pub tile_rows: u8,
     /// The pass gathers its batch from the data tables through the row order itself (the
@@ -155,6 +159,7 @@ impl MlpShape {
             bias_at: [0; MAX_LAYERS],
             arena_len: arena_len as u32,
             staged: false,
+            bce: false,
             tile_rows: 32,
             gather: false,
             rows_per_invocation: 1,
@@ -194,9 +199,9 @@ impl MlpShape {
             .collect()
     }
 
-    /// A short name of the network for logs and the tuner's cache: widths with each
-    /// layer's activation code (and slope where it has one), `nb` for a layer without bias,
-    /// e.g. `2-64a1-64a1-1a0`.
+    /// A short name of the network and loss for logs and the tuner's cache: widths with
+    /// each layer's activation code (and slope where it has one), `nb` for a layer without
+    /// bias, then `bce` for binary cross-entropy, e.g. `2-64a1-64a1-1a0`.
     pub fn name(&self) -> String {
         let mut name = self.inputs().to_string();
         for l in self.layers() {
@@ -207,6 +212,9 @@ impl MlpShape {
             if l.bias_at.is_none() {
                 name.push_str("nb");
             }
+        }
+        if self.bce {
+            name.push_str(" bce");
         }
         name
     }
@@ -243,6 +251,11 @@ impl MlpShape {
             rows_per_invocation: rows,
             ..self
         }
+    }
+
+    /// The same network trained with binary cross-entropy on its logits rather than MSE.
+    pub fn with_bce(self, bce: bool) -> MlpShape {
+        MlpShape { bce, ..self }
     }
 
     /// The same network, gathering its batch itself or not.
@@ -327,11 +340,12 @@ pub fn generated(shape: MlpShape) -> (&'static str, &'static str) {
 
 fn entry_name(shape: MlpShape) -> String {
     format!(
-        "fused_mlp_t{}_r{}{}{}",
+        "fused_mlp_t{}_r{}{}{}{}",
         shape.tile_rows,
         shape.rows_per_invocation,
         if shape.staged { "_staged" } else { "" },
-        if shape.gather { "_gather" } else { "" }
+        if shape.gather { "_gather" } else { "" },
+        if shape.bce { "_bce" } else { "" }
     )
 }
 
@@ -550,7 +564,16 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
         }
         s.push_str("    }\n");
     }
-    // Mean squared error and its gradient (mse_loss's formulas).
+    // The loss and its gradient: mse_loss's formulas, or binary_cross_entropy's on the
+    // logits.
+    let (grad, term) = if shape.bce {
+        (
+            "(sigmoid(y) - tv) * fm_p.scale",
+            "max(y, 0.0) - y * tv + log(1.0 + exp(-abs(y)))",
+        )
+    } else {
+        ("2.0 * (y - tv) * fm_p.scale", "(y - tv) * (y - tv)")
+    };
     for j in rows.clone() {
         s.push_str(&format!(
             "    var sum{j} = 0.0;
@@ -559,9 +582,9 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
         if (in_batch{j}) {{
             fm_pred[r{j} * {n_out}u + c] = y;
         }}
-        let d = y - {target};
-        dl[{dj}u + c] = select(0.0, 2.0 * d * fm_p.scale, live{j});
-        sum{j} = sum{j} + d * d;
+        let tv = {target};
+        dl[{dj}u + c] = select(0.0, {grad}, live{j});
+        sum{j} = sum{j} + {term};
     }}
     if (in_batch{j}) {{
         fm_row_loss[r{j}] = select(0.0, sum{j} / f32({n_out}u), live{j});

@@ -566,7 +566,8 @@ pub fn fused_mlp_fits(gpu: &Gpu, shape: MlpShape) -> bool {
         && limits.max_compute_workgroup_size_x >= shape.invocations()
 }
 
-/// The fully fused training pass of a small network with MSE (see `fused_mlp.rs`):
+/// The fully fused training pass of a small network with MSE or binary cross-entropy (see
+/// `fused_mlp.rs`):
 /// `partial` (tiles, arena length) gets each tile's gradient sums laid out like the parameter
 /// arena `weights`, `pred` (batch, outputs) the network's output and `row_loss` each row's
 /// loss. It reads the batch `x` (batch, inputs) and `target` (batch, outputs), or, for a

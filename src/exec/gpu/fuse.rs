@@ -13,7 +13,7 @@ use crate::tensor::{DType, GpuTensor};
 
 use super::GpuExec;
 
-/// Where a training step's ops are the forward pass, MSE loss and backward pass of a network
+/// Where a training step's ops are the forward pass, loss and backward pass of a network
 /// the fully fused pass takes: the ops it replaces and what it reads and writes.
 struct MlpPass {
     shape: kernels::fused_mlp::MlpShape,
@@ -295,7 +295,8 @@ impl GpuExec<'_> {
     }
 
     /// The fused pass's view of the training step, where the step has exactly the shape
-    /// the pass replaces: every layer's product and bias-activation, an MSE loss on the last
+    /// the pass replaces: every layer's product and bias-activation, an MSE or binary
+    /// cross-entropy loss on the last
     /// layer's output against the batch values, and a backward pass that only writes the
     /// gradient slots and scratch deltas, none of it accumulating.
     fn mlp_pass(&self, plan: &Plan) -> Option<MlpPass> {
@@ -309,8 +310,9 @@ impl GpuExec<'_> {
             .position(|op| matches!(op, Op::MatmulNt { .. }))?;
         let target = plan.batch_values?;
         let loss_at = first + 2 * n;
+        // MSE or binary cross-entropy: losses over value targets.
         let Op::Loss {
-            kind: crate::loss::Loss::Mse,
+            kind,
             pred,
             target: t,
             params: loss,
@@ -318,6 +320,11 @@ impl GpuExec<'_> {
         } = ops.get(loss_at)?
         else {
             return None;
+        };
+        let bce = match kind {
+            crate::loss::Loss::Mse => false,
+            crate::loss::Loss::BinaryCrossEntropy => true,
+            crate::loss::Loss::SoftmaxCrossEntropy => return None,
         };
         if *t != target || *pred != plan.layers[n - 1].out {
             return None;
@@ -402,7 +409,7 @@ impl GpuExec<'_> {
                 bias_at: bufs.bias.map(slot),
             });
         }
-        let shape = MlpShape::new(&mlp, a.params.len())?;
+        let shape = MlpShape::new(&mlp, a.params.len())?.with_bce(bce);
         // The gathers of the input rows and their target values (f32 tables, one row order)
         // become the pass's own reads where both are there.
         let gather_of = |out: BufId| {
