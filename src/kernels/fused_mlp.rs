@@ -55,7 +55,9 @@ pub enum FusedMlp {
     /// Wherever the network fits, in the first form the device runs.
     On,
     /// Wherever the network fits, in this form (named like its entry point,
-    /// `fused_mlp_t64_r8` or `t64_r8`; `_staged` for staged weights).
+    /// `fused_mlp_t64_r8` or `t64_r8`; `_staged` for staged weights). Whether the pass
+    /// gathers its rows and which loss it computes follow from the training step, and add
+    /// `_gather` and `_bce` to the entry point.
     Form {
         tile_rows: u8,
         rows_per_invocation: u8,
