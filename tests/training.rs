@@ -315,10 +315,16 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
     // The hardware-GPU form (forced on: the first form the device runs) and the CPU-adapter
     // form (two tiles of 32 rows, and one of 64).
     // Both read their rows through the epoch's shuffled order themselves.
+    // Through the GL backend llvmpipe compiles the 8-row form for minutes: one-row form only.
+    let gl = own.adapter().backend == "Gl";
     for (form, entry) in [
         ("on", "fused_mlp_t32_r1_staged_gather"),
         ("t64_r8", "fused_mlp_t64_r8_gather"),
     ] {
+        if gl && form != "on" {
+            println!("fused_mlp_pass_trains_like_the_cpu_reference: GL backend, {form} skipped");
+            continue;
+        }
         own.set_fused_mlp(form.parse().unwrap());
         let mut t = Trainer::new(
             Device::Gpu(&own),
@@ -373,13 +379,15 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
     let net = Network::mlp(&[30, 16, 1], Activation::Relu, Activation::Identity).unwrap();
     let model = Model::new(net, Init::Pytorch, 8).unwrap();
     let loss = Loss::BinaryCrossEntropy;
-    own.set_fused_mlp("t64_r8".parse().unwrap());
+    let (form, entry) = if gl {
+        ("on", "fused_mlp_t32_r1_staged_gather_bce")
+    } else {
+        ("t64_r8", "fused_mlp_t64_r8_gather_bce")
+    };
+    own.set_fused_mlp(form.parse().unwrap());
     let mut t = Trainer::new(Device::Gpu(&own), &model, loss, opt, &bc, None, &config).unwrap();
     let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
-    assert!(
-        kernels.contains(&"fused_mlp_t64_r8_gather_bce"),
-        "kernels of a step: {kernels:?}"
-    );
+    assert!(kernels.contains(&entry), "kernels of a step: {kernels:?}");
     let (gl, gp) = run_steps(Device::Gpu(&own), &model, loss, opt, &bc, 64);
     let (cl, cp) = run_steps(Device::CpuReference, &model, loss, opt, &bc, 64);
     let (d, i) = max_rel_diff(&gl, &cl);

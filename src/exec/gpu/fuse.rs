@@ -162,6 +162,13 @@ impl GpuExec<'_> {
         if policy == FusedMlp::Off || !self.gpu.fusion() || self.fused_update.is_none() {
             return Ok(());
         }
+        // Through the GL backend the driver compiles the pass's unrolled source for minutes
+        // (llvmpipe via GL: over 4 minutes for the 8-rows-per-invocation form of B3's
+        // network, 166 ms a step for the one-row form against 20 ms through Vulkan), so the
+        // tuner does not try it there; `SOMA_FUSED_MLP=on` or a form still forces it.
+        if policy == FusedMlp::Auto && self.gpu.adapter().backend == "Gl" {
+            return Ok(());
+        }
         let Some(pass) = self.mlp_pass(plan) else {
             return Ok(());
         };
