@@ -351,11 +351,7 @@ impl<'a> GpuExec<'a> {
         let g = self.gpu;
         if pass == Pass::Train && self.fused_update.is_some() {
             if self.fused_update == Some(index) {
-                if let Some(a) = &self.arenas {
-                    let fused = self.update_dispatch(plan, index, a)?;
-                    self.train[index] = fused;
-                }
-                return Ok(());
+                return self.refresh_update(plan, index);
             }
             if update_buffers(&plan.train_step[index]).is_some() {
                 return Ok(()); // disabled: the fused update does its work

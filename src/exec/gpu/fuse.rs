@@ -498,39 +498,54 @@ impl GpuExec<'_> {
     ) -> Result<Dispatch> {
         let g = self.gpu;
         let len = a.params.len() as u32;
-        Ok(match &plan.train_step[index] {
+        let mut d = match &plan.train_step[index] {
             Op::SgdUpdate { params, .. } => {
-                let params: Vec<_> = params.iter().map(|p| SgdParams { len, ..*p }).collect();
-                let mut d = kernels::sgd_update(g, &a.params, &a.grads, entry(&params, 0))?;
-                d.set_params(g, &params)?;
-                d
+                kernels::sgd_update(g, &a.params, &a.grads, entry(params, 0))?
             }
             Op::MomentumUpdate { params, .. } => {
-                let params: Vec<_> = params.iter().map(|p| SgdParams { len, ..*p }).collect();
-                let mut d = kernels::momentum_update(
-                    g,
-                    &a.params,
-                    &a.states[0],
-                    &a.grads,
-                    entry(&params, 0),
-                )?;
-                d.set_params(g, &params)?;
-                d
+                kernels::momentum_update(g, &a.params, &a.states[0], &a.grads, entry(params, 0))?
             }
-            Op::AdamUpdate { params, .. } => {
-                let params: Vec<_> = params.iter().map(|p| AdamParams { len, ..*p }).collect();
-                let mut d = kernels::adam_update(
-                    g,
-                    &a.params,
-                    &a.states[0],
-                    &a.states[1],
-                    &a.grads,
-                    entry(&params, 0),
-                )?;
-                d.set_params(g, &params)?;
-                d
-            }
+            Op::AdamUpdate { params, .. } => kernels::adam_update(
+                g,
+                &a.params,
+                &a.states[0],
+                &a.states[1],
+                &a.grads,
+                entry(params, 0),
+            )?,
             _ => unreachable!("fuse_updates passes an update op"),
-        })
+        };
+        set_update_params(g, &mut d, &plan.train_step[index], len)?;
+        Ok(d)
+    }
+
+    /// Re-sends the fused update's entries (after `Plan::set_epoch`), stretched over the
+    /// arena.
+    pub(super) fn refresh_update(&mut self, plan: &Plan, index: usize) -> Result<()> {
+        let Some(len) = self.arenas.as_ref().map(|a| a.params.len() as u32) else {
+            return Ok(());
+        };
+        set_update_params(
+            self.gpu,
+            &mut self.train[index],
+            &plan.train_step[index],
+            len,
+        )
+    }
+}
+
+/// Gives the fused update the entries of the update op `op` with `len` set to the whole
+/// arena's (the per-tensor ops carry their own tensor's length).
+fn set_update_params(gpu: &Gpu, d: &mut Dispatch, op: &Op, len: u32) -> Result<()> {
+    match op {
+        Op::SgdUpdate { params, .. } | Op::MomentumUpdate { params, .. } => {
+            let params: Vec<_> = params.iter().map(|p| SgdParams { len, ..*p }).collect();
+            d.set_params(gpu, &params)
+        }
+        Op::AdamUpdate { params, .. } => {
+            let params: Vec<_> = params.iter().map(|p| AdamParams { len, ..*p }).collect();
+            d.set_params(gpu, &params)
+        }
+        _ => Ok(()),
     }
 }
