@@ -1520,23 +1520,20 @@ fn fused_mlp_matches_its_twin() {
     let mut rng = TestRng::new(32);
     let align = (gpu.limits().min_storage_buffer_offset_alignment as usize).max(16);
     let mut ran = 0;
-    // Every form for B3's network; the two the executor tries first for the others (each
-    // form compiles for a second or more on llvmpipe).
-    let forms = |i: usize| {
-        if i == 0 {
-            FUSED_FORMS.to_vec()
-        } else {
-            vec![(32, 1, true, true), (64, 8, false, false)]
-        }
-    };
     // Through the GL backend llvmpipe compiles the forms of several rows per invocation for
     // minutes (the tuner does not try the pass there); the one-row forms stand in for them.
     let gl = gpu.adapter().backend == "Gl";
     if gl {
         println!("fused_mlp: GL backend, one-row forms only");
     }
+    // Every form for B3's network; the two the executor tries first for the others (each
+    // form compiles for a second or more on llvmpipe).
     let forms = |i: usize| {
-        let mut f = forms(i);
+        let mut f = if i == 0 {
+            FUSED_FORMS.to_vec()
+        } else {
+            vec![(32, 1, true, true), (64, 8, false, false)]
+        };
         f.retain(|form| !gl || form.1 == 1);
         f
     };
