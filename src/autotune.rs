@@ -153,7 +153,7 @@ fn save_entry(key: &str, shape: &str, choice: &str) {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
             }
-            crate::checkpoint::write_atomic(&path, &bytes).map_err(|e| e.to_string())
+            crate::fs::write_atomic(&path, &bytes).map_err(|e| e.to_string())
         });
     if let Err(e) = saved {
         log::warn!("could not write the autotune cache {}: {e}", path.display());

@@ -8,6 +8,7 @@ pub mod data;
 pub mod embed;
 pub mod error;
 pub mod exec;
+pub mod fs;
 pub mod gpu;
 pub mod inspect;
 pub mod kernels;

@@ -4,7 +4,7 @@
 //! This module owns the drawing only: axes with round tick steps, a legend, lines with
 //! markers in a colourblind-safe palette (Okabe-Ito blue for training, vermillion and dashed
 //! for validation, with different marker shapes). It does not collect the metrics (the
-//! trainer does) and writes files only through [`crate::checkpoint::write_atomic`].
+//! trainer does) and writes files only through [`crate::fs::write_atomic`].
 //!
 //! Non-finite values are left out (the line breaks there) so the SVG never holds NaN or
 //! infinity; a history of one epoch is a single point; an empty one draws panels saying
@@ -140,7 +140,7 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
 
 /// Writes [`curves_svg`] to `path` atomically.
 pub fn write_curves(path: &Path, history: &[EpochMetrics], title: &str) -> Result<()> {
-    crate::checkpoint::write_atomic(path, curves_svg(history, title).as_bytes())
+    crate::fs::write_atomic(path, curves_svg(history, title).as_bytes())
 }
 
 /// One panel at horizontal offset `x0`: frame, title, and either the series or `note`.

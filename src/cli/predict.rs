@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use soma::checkpoint::write_atomic;
+use soma::fs::write_atomic;
 use soma::{Error, Loss, Model, Result};
 
 use super::eval::predicted_classes;

@@ -444,7 +444,7 @@ fn train_in(
     dir: &Path,
     started: Instant,
 ) -> Result<Outcome> {
-    checkpoint::write_atomic(
+    soma::fs::write_atomic(
         &dir.join("config.json"),
         serde_json::to_string_pretty(rc)
             .map_err(|e| Error::Config(e.to_string()))?
@@ -620,7 +620,7 @@ fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         serde_json::to_writer(&mut text, m).map_err(|e| Error::Config(e.to_string()))?;
         text.write_all(b"\n").map_err(|e| Error::io(path, e))?;
     }
-    checkpoint::write_atomic(path, &text)
+    soma::fs::write_atomic(path, &text)
 }
 
 fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {

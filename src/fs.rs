@@ -1,0 +1,178 @@
+//! File helpers shared by everything that writes a user-visible file (checkpoints, metrics,
+//! curves, predictions, the tuner's cache): writes that a crash leaves whole or not at all.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `path` with `bytes` so that a reader sees the old file or the new one, never a
+/// mix: writes `.{file}.tmp-{pid}-{n}` in the same directory, syncs it, renames it over
+/// `path`, then syncs the directory (best effort). On any error the temporary file is
+/// removed and the old file is untouched. An existing file's permissions are kept.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let invalid = |what: &str| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string()),
+        )
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| invalid("not a file path"))?
+        .to_string_lossy()
+        .into_owned();
+    let dir: PathBuf = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
+
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if let Ok(old) = fs::metadata(path) {
+            if old.is_file() {
+                // Best effort: keep the old file's mode.
+                let _ = f.set_permissions(old.permissions());
+            }
+        }
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    // Make the rename durable; not every platform can open a directory.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("soma-fs-test-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+        fn entries(&self) -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o755));
+            }
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp() {
+        let dir = TempDir::new();
+        let path = dir.join("a.bin");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(dir.entries(), vec!["a.bin".to_string()]);
+    }
+
+    #[test]
+    fn write_atomic_failure_keeps_old_file() {
+        let dir = TempDir::new();
+
+        // The target is a directory: the rename fails after the temp file was written.
+        let target = dir.join("target");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("inside"), b"keep").unwrap();
+        match write_atomic(&target, b"new") {
+            Err(Error::Io { .. }) => {}
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        assert!(target.is_dir());
+        assert_eq!(fs::read(target.join("inside")).unwrap(), b"keep");
+        assert_eq!(dir.entries(), vec!["target".to_string()]);
+
+        // The parent is a file: nothing can be created.
+        let file = dir.join("plain");
+        fs::write(&file, b"old").unwrap();
+        write_atomic(&file.join("child"), b"new").unwrap_err();
+        assert_eq!(fs::read(&file).unwrap(), b"old");
+
+        // A read-only directory (meaningless for root, who may write anyway).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let ro = dir.join("ro");
+            fs::create_dir(&ro).unwrap();
+            let old = ro.join("model.safetensors");
+            fs::write(&old, b"old contents").unwrap();
+            fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+            let probe = ro.join("probe");
+            let writable = fs::write(&probe, b"x").is_ok();
+            let _ = fs::remove_file(&probe);
+            if writable {
+                eprintln!("skipping the read-only directory case: running with root rights");
+            } else {
+                write_atomic(&old, b"new contents").unwrap_err();
+                assert_eq!(fs::read(&old).unwrap(), b"old contents");
+                let names: Vec<_> = fs::read_dir(&ro)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                assert_eq!(names.len(), 1, "{names:?}");
+            }
+            fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn write_atomic_keeps_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new();
+        let path = dir.join("p.bin");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+    }
+}
