@@ -14,7 +14,7 @@
 //! - `BindGroupLayout` / `PipelineLayout`: the shape of what a shader binds (which slots are
 //!   storage buffers, read-only or not, and which is the uniform of sizes).
 //! - `ComputePipeline`: a shader entry point compiled against that layout; built once per
-//!   kernel and cached in the `Gpu`.
+//!   kernel and cached in a `Kernels` value.
 //! - `BindGroup`: the actual buffers plugged into those slots for one launch; a `Dispatch` owns
 //!   it together with its uniform buffer.
 //! - `CommandEncoder` / `ComputePass`: a recording of work (set pipeline, set bind group,
@@ -26,8 +26,8 @@
 //! cargo run --release --example hello_kernel
 //! ```
 
-use soma::kernels::{self, Accumulate};
-use soma::params::MatmulParams;
+use soma::kernels::{self, Kernels, Tuning};
+use soma::ops::{self, matmul::MatmulParams, Accumulate};
 use soma::{cpu, Gpu, GpuTensor};
 
 fn main() -> soma::Result<()> {
@@ -47,9 +47,10 @@ fn main() -> soma::Result<()> {
     let w_t = GpuTensor::upload(&gpu, "w", &[4, 3], &w)?;
     let y_t = GpuTensor::zeros(&gpu, "y", &[2, 4])?;
 
-    // ShaderModule, layouts and ComputePipeline (built once, cached), then a BindGroup with
-    // the three buffers and a uniform holding m, n, k.
-    let dispatch = kernels::matmul_nt(&gpu, &y_t, &x_t, &w_t, Accumulate::Overwrite)?;
+    // ShaderModule, layouts and ComputePipeline (built once, cached in `Kernels`), then a
+    // BindGroup with the three buffers and a uniform holding m, n, k.
+    let k = Kernels::new(&gpu, Tuning::default());
+    let dispatch = ops::matmul_nt(&k, &y_t, &x_t, &w_t, Accumulate::Overwrite)?;
     // CommandEncoder -> ComputePass -> dispatch_workgroups -> queue.submit.
     kernels::run(&gpu, &[&dispatch])?;
     // Copy to a staging buffer, map_async, poll until mapped, copy out.

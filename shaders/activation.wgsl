@@ -22,6 +22,7 @@ fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
 }
 
+// BEGIN activation functions (the fused MLP pass copies what lies between the markers)
 fn sigmoid(z: f32) -> f32 {
     if (z >= 0.0) {
         return 1.0 / (1.0 + exp(-z));
@@ -65,6 +66,8 @@ fn derivative(kind: u32, slope: f32, z: f32) -> f32 {
         default: { return 1.0; }
     }
 }
+
+// END activation functions
 
 // out = act(pre + bias); pre += bias in place (it is kept for the backward pass).
 // With has_bias = 0 the bias binding is ignored.

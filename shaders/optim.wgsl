@@ -8,26 +8,19 @@
 //                    p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
 //                    with bc1 = 1 - beta1^t and bc2 = 1 - beta2^t given by the host.
 
-struct SgdParams {
+struct OptimParams {
     len: u32,
     lr: f32,
     weight_decay: f32,
     momentum: f32,
-}
-
-struct AdamParams {
-    len: u32,
-    lr: f32,
     beta1: f32,
     beta2: f32,
     eps: f32,
-    weight_decay: f32,
     bias_correction1: f32,
     bias_correction2: f32,
     decoupled: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
@@ -36,7 +29,7 @@ fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 
 @group(0) @binding(0) var<storage, read_write> sgd_param: array<f32>;
 @group(0) @binding(1) var<storage, read> sgd_grad: array<f32>;
-@group(0) @binding(2) var<uniform> sgd_p: SgdParams;
+@group(0) @binding(2) var<uniform> sgd_p: OptimParams;
 
 @compute @workgroup_size(256, 1, 1)
 fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>,
@@ -53,7 +46,7 @@ fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>,
 @group(0) @binding(0) var<storage, read_write> mom_param: array<f32>;
 @group(0) @binding(1) var<storage, read_write> mom_velocity: array<f32>;
 @group(0) @binding(2) var<storage, read> mom_grad: array<f32>;
-@group(0) @binding(3) var<uniform> mom_p: SgdParams;
+@group(0) @binding(3) var<uniform> mom_p: OptimParams;
 
 @compute @workgroup_size(256, 1, 1)
 fn momentum_update(@builtin(global_invocation_id) gid: vec3<u32>,
@@ -73,7 +66,7 @@ fn momentum_update(@builtin(global_invocation_id) gid: vec3<u32>,
 @group(0) @binding(1) var<storage, read_write> adam_m: array<f32>;
 @group(0) @binding(2) var<storage, read_write> adam_v: array<f32>;
 @group(0) @binding(3) var<storage, read> adam_grad: array<f32>;
-@group(0) @binding(4) var<uniform> adam_p: AdamParams;
+@group(0) @binding(4) var<uniform> adam_p: OptimParams;
 
 @compute @workgroup_size(256, 1, 1)
 fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>,
@@ -100,7 +93,7 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // ---------------------------------------------------------------------------------------
 // The same three with vec4 loads and stores, for `len` a multiple of 4 (chosen in
-// src/kernels/ops.rs). Every operation is component-wise, so each element gets the scalar
+// src/ops/optim.rs). Every operation is component-wise, so each element gets the scalar
 // kernels' formula and the same bits; a software adapter such as llvmpipe pays per memory
 // access per invocation, so four elements per access is about twice as fast there.
 

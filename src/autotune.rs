@@ -1,6 +1,7 @@
 //! Matmul autotuning: which kernel runs each product on this adapter.
 //!
-//! The first time a `Gpu` builds a product of a given form and size, soma times the blocked
+//! The first time an executor on a [`Kernels`] meets a product of a given form and size, soma
+//! times the blocked
 //! kernel and every generated tile that fits the shape (`kernels/tiled.rs`) on scratch
 //! buffers of that size, keeps the fastest, and writes the choice to a cache file keyed by
 //! adapter, driver, soma version and a hash of the kernel sources, so the next process starts
@@ -10,10 +11,14 @@
 //!
 //! - Cache file: `$SOMA_CACHE_DIR/autotune.json`, else `$XDG_CACHE_HOME/soma/…`, else
 //!   `$HOME/.cache/soma/…`; without any of those the choices live for the process only.
-//! - `SOMA_AUTOTUNE=off` skips measuring (blocked everywhere unless a choice is cached);
-//!   `SOMA_MATMUL=naive|blocked|<tile>` bypasses the tuner altogether.
+//! - `Tuning::autotune` off (`SOMA_AUTOTUNE=off` for the `soma` command) skips measuring
+//!   (blocked everywhere unless a choice is cached); `Tuning::matmul` other than `Tuned`
+//!   (`SOMA_MATMUL=naive|blocked|<tile>`) bypasses the tuner altogether.
+//!
+//! The choices live in the `Kernels`' [`TunerState`]; the executor calls [`choose`] for
+//! every product of its plan before it records, and the recorders only look them up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,8 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::kernels::{self, Accumulate, MatmulChoice, MatmulForm, MATMUL, TILES};
-use crate::params::MatmulParams;
+use crate::kernels::{self, Dispatch, Kernels, TunerState, MATMUL};
+use crate::ops::matmul::{
+    self, shape_key, tiled, Epilogue, MatmulChoice, MatmulForm, MatmulParams, MatmulVariant, TILES,
+};
+use crate::ops::Accumulate;
 use crate::tensor::GpuTensor;
 
 /// Products below 2^22 floating-point operations (a 128 x 128 x 128 product) take the
@@ -48,24 +56,6 @@ struct CacheFile {
 }
 
 const FORMAT: u32 = 1;
-
-/// The tuner's state in a `Gpu`: choices made or loaded so far.
-#[derive(Debug, Default)]
-pub struct Autotuner {
-    /// This adapter's cache key, computed when the cache file was read (once per `Gpu`).
-    key: Option<String>,
-    choices: HashMap<String, MatmulChoice>,
-    /// Choices between other alternatives (`choose_named`), by shape key.
-    named: HashMap<String, String>,
-    measured: u64,
-}
-
-impl Autotuner {
-    /// How many products this process has measured (not loaded from the cache).
-    pub fn measured(&self) -> u64 {
-        self.measured
-    }
-}
 
 /// The cache file, if any directory for it is known.
 pub fn cache_path() -> Option<PathBuf> {
@@ -95,21 +85,17 @@ pub fn adapter_key(gpu: &Gpu) -> String {
     feed(MATMUL.source);
     for form in MatmulForm::ALL {
         for &t in TILES {
-            feed(kernels::tiled::generated(form, t, kernels::Epilogue::Store).0);
+            feed(tiled::generated(form, t, Epilogue::Store).0);
         }
     }
     format!(
-        "{} | {} | {} {} | soma {} | kernels {hash:016x}",
+        "{} | {:?} | {} {} | soma {} | kernels {hash:016x}",
         a.name,
         a.backend,
         a.driver,
         a.driver_info,
         env!("CARGO_PKG_VERSION")
     )
-}
-
-fn shape_key(form: MatmulForm, m: usize, n: usize, k: usize) -> String {
-    format!("{} {m}x{n}x{k}", form.name())
 }
 
 fn read_cache() -> CacheFile {
@@ -129,11 +115,6 @@ fn read_cache() -> CacheFile {
             CacheFile::default()
         }
     }
-}
-
-/// Adds one matmul choice to the cache file.
-fn save_choice(key: &str, shape: &str, choice: MatmulChoice) {
-    save_entry(key, shape, &choice.name());
 }
 
 /// Adds one choice to the cache file (merged with what other processes wrote meanwhile).
@@ -201,18 +182,13 @@ pub fn candidates(
 }
 
 /// This adapter's cache key, reading its cached choices into `tuner` the first time.
-fn loaded_key(gpu: &Gpu, tuner: &mut Autotuner) -> String {
+fn loaded_key(gpu: &Gpu, tuner: &mut TunerState) -> String {
     if let Some(key) = &tuner.key {
         return key.clone();
     }
     let key = adapter_key(gpu);
     if let Some(entries) = read_cache().adapters.remove(&key) {
-        for (s, name) in entries {
-            if let Some(c) = MatmulChoice::parse(&name) {
-                tuner.choices.insert(s.clone(), c);
-            }
-            tuner.named.insert(s, name);
-        }
+        tuner.choices.extend(entries);
     }
     tuner.key = Some(key.clone());
     key
@@ -221,32 +197,33 @@ fn loaded_key(gpu: &Gpu, tuner: &mut Autotuner) -> String {
 /// A choice between named alternatives other than matmul kernels (the fused MLP pass
 /// against the op-by-op kernels), cached like the matmul choices under `shape`. Where no
 /// choice among `valid` is cached, `measure` times the alternatives and returns the winner
-/// and a report for the log. `None` with `SOMA_AUTOTUNE=off` and nothing cached.
+/// and a report for the log. `None` with `Tuning::autotune` off and nothing cached.
 pub fn choose_named(
-    gpu: &Gpu,
+    kernels: &Kernels,
     shape: &str,
     valid: &[&str],
     measure: impl FnOnce() -> Result<(String, String)>,
 ) -> Result<Option<String>> {
+    let gpu = kernels.gpu();
     let key = {
-        let mut tuner = gpu.autotuner();
+        let mut tuner = kernels.tuner();
         let key = loaded_key(gpu, &mut tuner);
-        if let Some(c) = tuner.named.get(shape) {
+        if let Some(c) = tuner.choices.get(shape) {
             if valid.contains(&c.as_str()) {
                 return Ok(Some(c.clone()));
             }
         }
         key
     };
-    if std::env::var("SOMA_AUTOTUNE").is_ok_and(|v| v == "off" || v == "0") {
+    if !kernels.tuning().autotune {
         return Ok(None);
     }
     // Measured without holding the tuner: building the alternatives may tune products.
     let (best, report) = measure()?;
     log::info!("autotune {shape}: {best} ({report})");
-    let mut tuner = gpu.autotuner();
+    let mut tuner = kernels.tuner();
     tuner.measured += 1;
-    tuner.named.insert(shape.to_string(), best.clone());
+    tuner.choices.insert(shape.to_string(), best.clone());
     save_entry(&key, shape, &best);
     Ok(Some(best))
 }
@@ -257,7 +234,7 @@ const LIST_RUNS: usize = 5;
 
 /// Wall time of `dispatches` in one submission, fastest of `LIST_RUNS` after an untimed
 /// run that also compiles them, for each list, in interleaved passes.
-pub fn time_lists(gpu: &Gpu, lists: &[Vec<&kernels::Dispatch>]) -> Result<Vec<f64>> {
+pub fn time_lists(gpu: &Gpu, lists: &[Vec<&Dispatch>]) -> Result<Vec<f64>> {
     let mut best = vec![f64::INFINITY; lists.len()];
     for list in lists {
         kernels::run(gpu, list)?;
@@ -274,9 +251,11 @@ pub fn time_lists(gpu: &Gpu, lists: &[Vec<&kernels::Dispatch>]) -> Result<Vec<f6
     Ok(best)
 }
 
-/// The kernel for one product under `MatmulVariant::Tuned`.
+/// The kernel for one product under `MatmulVariant::Tuned`: the cached choice, or the
+/// fastest candidate measured now (and cached); kept in `kernels`' tuner state, where the
+/// recorders look it up.
 pub fn choose(
-    gpu: &Gpu,
+    kernels: &Kernels,
     form: MatmulForm,
     m: usize,
     n: usize,
@@ -289,29 +268,51 @@ pub fn choose(
         return Ok(MatmulChoice::Blocked);
     }
     let shape = shape_key(form, m, n, k);
-    let mut tuner = gpu.autotuner();
-    let key = loaded_key(gpu, &mut tuner);
-    if let Some(&c) = tuner.choices.get(&shape) {
+    let mut tuner = kernels.tuner();
+    let key = loaded_key(kernels.gpu(), &mut tuner);
+    if let Some(c) = tuner
+        .choices
+        .get(&shape)
+        .and_then(|c| MatmulChoice::parse(c))
+    {
         // A cached choice that is no longer a candidate (the candidate rules changed) is
         // measured again below rather than trusted.
         if cands.contains(&c) {
             return Ok(c);
         }
     }
-    if std::env::var("SOMA_AUTOTUNE").is_ok_and(|v| v == "off" || v == "0") {
+    if !kernels.tuning().autotune {
+        tuner.choices.remove(&shape);
         return Ok(MatmulChoice::Blocked);
     }
-    let (best, report) = measure(gpu, form, m, n, k, &cands)?;
+    let (best, report) = measure(kernels, form, m, n, k, &cands)?;
     log::info!("autotune {shape}: {} ({report})", best.name());
     tuner.measured += 1;
-    tuner.choices.insert(shape.clone(), best);
-    save_choice(&key, &shape, best);
+    tuner.choices.insert(shape.clone(), best.name());
+    save_entry(&key, &shape, &best.name());
     Ok(best)
+}
+
+/// Makes the choice for one product where `kernels` tune (`MatmulVariant::Tuned`), so that
+/// its recorder finds it; nothing under a fixed variant. Executors call this for every
+/// product of their plan before they record.
+pub fn prepare(
+    kernels: &Kernels,
+    form: MatmulForm,
+    m: usize,
+    n: usize,
+    k: usize,
+    acc: Accumulate,
+) -> Result<()> {
+    match kernels.tuning().matmul {
+        MatmulVariant::Tuned => choose(kernels, form, m, n, k, acc).map(|_| ()),
+        MatmulVariant::Naive | MatmulVariant::Blocked | MatmulVariant::Tile(_) => Ok(()),
+    }
 }
 
 /// Times every candidate on zero-filled scratch buffers of the product's size.
 fn measure(
-    gpu: &Gpu,
+    kernels: &Kernels,
     form: MatmulForm,
     m: usize,
     n: usize,
@@ -323,6 +324,7 @@ fn measure(
         MatmulForm::Nn => ([m, k], [k, n]),
         MatmulForm::Tn => ([k, m], [k, n]),
     };
+    let gpu = kernels.gpu();
     let a = GpuTensor::zeros(gpu, "autotune a", &a_shape)?;
     let b = GpuTensor::zeros(gpu, "autotune b", &b_shape)?;
     let out = GpuTensor::zeros(gpu, "autotune out", &[m, n])?;
@@ -335,7 +337,7 @@ fn measure(
     // First pass: each candidate compiled, run once untimed, then timed once. Tiles come
     // smallest first: once one is clearly slower than a smaller one, the bigger ones (slower
     // to compile, too) are not tried.
-    let mut tried: Vec<(MatmulChoice, kernels::Dispatch, f64)> = Vec::new();
+    let mut tried: Vec<(MatmulChoice, Dispatch, f64)> = Vec::new();
     let mut best_tile = f64::INFINITY;
     let mut last_tile = 0.0;
     let mut skipped = None;
@@ -344,7 +346,7 @@ fn measure(
             skipped = Some(c);
             break;
         }
-        let d = kernels::matmul_dispatch(gpu, form, c, &out, &a, &b, &p)?;
+        let d = matmul::matmul_dispatch(kernels, form, c, &out, &a, &b, &p)?;
         // The first run compiles the pipeline on drivers that compile lazily.
         kernels::run(gpu, &[&d])?;
         gpu.wait()?;
@@ -383,7 +385,7 @@ fn measure(
 }
 
 /// Wall time of one run of `d`, submission to completion.
-fn time_once(gpu: &Gpu, d: &kernels::Dispatch) -> Result<f64> {
+fn time_once(gpu: &Gpu, d: &Dispatch) -> Result<f64> {
     let t = Instant::now();
     kernels::run(gpu, &[d])?;
     gpu.wait()?;

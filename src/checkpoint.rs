@@ -34,8 +34,8 @@ use serde::Serialize;
 use crate::data::Scaler;
 use crate::error::{Error, Result};
 use crate::fs::write_atomic;
-use crate::loss::Loss;
 use crate::network::{LayerParams, Network, Parameters};
+use crate::ops::loss::Loss;
 use crate::optim::Optimizer;
 use crate::trainer::{TrainConfig, TrainState};
 

@@ -40,9 +40,10 @@ use std::time::{Duration, Instant};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{self, Accumulate, Dispatch};
-use crate::loss::Loss;
+use crate::kernels::{self, Dispatch};
 use crate::network::Network;
+use crate::ops::loss::Loss;
+use crate::ops::{self, Accumulate};
 use crate::optim::Optimizer;
 use crate::plan::Plan;
 use crate::tensor::GpuTensor;
@@ -519,9 +520,10 @@ impl Inference {
     /// Builds the pass for `rows` rows on `trainer`'s device. Every buffer is checked against
     /// the device's limits before any is created (`Error::TooLarge`).
     pub fn new(trainer: &Trainer<'_>, rows: usize) -> Result<Inference> {
-        let gpu = trainer.executor().gpu().ok_or_else(|| {
+        let k = trainer.executor().kernels().ok_or_else(|| {
             Error::Config("an inference pass runs on the GPU; this trainer runs on the CPU".into())
         })?;
+        let gpu = k.gpu();
         if rows == 0 {
             return Err(Error::Config(
                 "an inference pass needs at least one row".into(),
@@ -555,15 +557,9 @@ impl Inference {
                 &[rows, l.outputs],
             )?;
             let x = layers.last().map_or(&input, |(_, out)| out);
-            dispatches.push(kernels::matmul_nt(
-                gpu,
-                &pre,
-                x,
-                weight,
-                Accumulate::Overwrite,
-            )?);
-            dispatches.push(kernels::bias_activation_forward(
-                gpu,
+            dispatches.push(ops::matmul_nt(k, &pre, x, weight, Accumulate::Overwrite)?);
+            dispatches.push(ops::bias_activation_forward(
+                k,
                 &out,
                 &pre,
                 bias,

@@ -1,21 +1,19 @@
 //! `Gpu`: the adapter, device and queue soma works on, either opened by soma or borrowed from a
-//! host application; the limits it asked for; the compiled pipelines (built once, on first
-//! use); and counters of queue submissions and buffer maps. It does not own any tensor.
+//! host application; the limits it asked for; and counters of queue submissions and buffer
+//! maps. The device and nothing else: it owns no tensor, no pipeline and no tuning choice
+//! (those are `kernels::Kernels` and `kernels::Tuning`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::autotune::Autotuner;
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, MatmulVariant, Pipeline};
 
 /// What soma needs to know about an adapter, for logs and `soma devices`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdapterSummary {
     pub name: String,
-    pub backend: String,
-    pub device_type: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
     pub driver: String,
     pub driver_info: String,
     pub max_storage_buffer_binding_size: u64,
@@ -29,8 +27,8 @@ impl AdapterSummary {
     fn new(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, features: wgpu::Features) -> Self {
         AdapterSummary {
             name: info.name.clone(),
-            backend: format!("{:?}", info.backend),
-            device_type: format!("{:?}", info.device_type),
+            backend: info.backend,
+            device_type: info.device_type,
             driver: info.driver.clone(),
             driver_info: info.driver_info.clone(),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
@@ -67,11 +65,6 @@ pub struct Gpu {
     summary: AdapterSummary,
     limits: wgpu::Limits,
     ownership: Ownership,
-    pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
-    matmul: Mutex<MatmulVariant>,
-    fuse: std::sync::atomic::AtomicBool,
-    fused_mlp: Mutex<crate::kernels::fused_mlp::FusedMlp>,
-    autotuner: Mutex<Autotuner>,
     submissions: AtomicU64,
     maps: AtomicU64,
 }
@@ -207,7 +200,7 @@ impl Gpu {
         }));
         let gpu = Gpu::assemble(device, queue, Ownership::Owned);
         log::info!(
-            "adapter: {} ({}, {}, driver {} {}); max storage binding {} MiB",
+            "adapter: {} ({}, {:?}, driver {} {}); max storage binding {} MiB",
             gpu.summary.name,
             gpu.summary.backend,
             gpu.summary.device_type,
@@ -237,25 +230,6 @@ impl Gpu {
             summary,
             limits,
             ownership,
-            pipelines: Mutex::new(HashMap::new()),
-            matmul: Mutex::new(match std::env::var("SOMA_MATMUL") {
-                Ok(v) => v.parse().unwrap_or_else(|e| {
-                    log::warn!("SOMA_MATMUL ignored: {e}");
-                    MatmulVariant::default()
-                }),
-                Err(_) => MatmulVariant::default(),
-            }),
-            fuse: std::sync::atomic::AtomicBool::new(
-                !std::env::var("SOMA_FUSE").is_ok_and(|v| v == "off" || v == "0"),
-            ),
-            fused_mlp: Mutex::new(match std::env::var("SOMA_FUSED_MLP") {
-                Ok(v) => v.parse().unwrap_or_else(|e| {
-                    log::warn!("SOMA_FUSED_MLP ignored: {e}");
-                    Default::default()
-                }),
-                Err(_) => Default::default(),
-            }),
-            autotuner: Mutex::new(Autotuner::default()),
             submissions: AtomicU64::new(0),
             maps: AtomicU64::new(0),
         }
@@ -274,49 +248,6 @@ impl Gpu {
     /// Whether soma opened the device or borrowed it.
     pub fn ownership(&self) -> Ownership {
         self.ownership
-    }
-
-    /// The matmul tuner's state: the choices made or loaded so far (`autotune.rs`).
-    pub fn autotuner(&self) -> std::sync::MutexGuard<'_, Autotuner> {
-        self.autotuner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The matmul kernel new dispatches use (`SOMA_MATMUL=naive|blocked|tuned|<tile>`,
-    /// default tuned).
-    pub fn matmul_variant(&self) -> MatmulVariant {
-        self.matmul.lock().map(|v| *v).unwrap_or_default()
-    }
-
-    /// Chooses the matmul kernel for dispatches built from now on.
-    pub fn set_matmul_variant(&self, variant: MatmulVariant) {
-        if let Ok(mut v) = self.matmul.lock() {
-            *v = variant;
-        }
-    }
-
-    /// Whether executors built from now on fuse kernels (a layer's product with its bias and
-    /// activation, a delta with relu', the optimizer update of every parameter tensor into
-    /// one dispatch). On by default; `SOMA_FUSE=off` turns it off, for comparing.
-    pub fn fusion(&self) -> bool {
-        self.fuse.load(Ordering::Relaxed)
-    }
-
-    /// Turns fusion on or off for executors built from now on.
-    pub fn set_fusion(&self, on: bool) {
-        self.fuse.store(on, Ordering::Relaxed);
-    }
-
-    /// When training steps run as the fully fused pass of a small network
-    /// (`SOMA_FUSED_MLP=auto|on|off`, default auto; see `kernels::fused_mlp`).
-    pub fn fused_mlp(&self) -> crate::kernels::fused_mlp::FusedMlp {
-        self.fused_mlp.lock().map(|v| *v).unwrap_or_default()
-    }
-
-    /// Sets when executors built from now on use the fused pass.
-    pub fn set_fused_mlp(&self, when: crate::kernels::fused_mlp::FusedMlp) {
-        if let Ok(mut v) = self.fused_mlp.lock() {
-            *v = when;
-        }
     }
 
     /// Submissions and maps made through soma so far.
@@ -364,20 +295,6 @@ impl Gpu {
             });
         }
         Ok(())
-    }
-
-    /// The compiled pipeline of a kernel, built (once) on first use.
-    pub fn pipeline(&self, kernel: Kernel) -> Result<Arc<Pipeline>> {
-        let mut cache = self
-            .pipelines
-            .lock()
-            .map_err(|_| Error::DeviceLost("pipeline cache poisoned by a panic".into()))?;
-        if let Some(p) = cache.get(&kernel) {
-            return Ok(p.clone());
-        }
-        let p = Arc::new(Pipeline::build(self, kernel)?);
-        cache.insert(kernel, p.clone());
-        Ok(p)
     }
 
     /// Runs `f` inside a validation error scope and turns a captured error into

@@ -3,7 +3,6 @@
 
 pub mod autotune;
 pub mod checkpoint;
-pub mod cpu;
 pub mod data;
 pub mod embed;
 pub mod error;
@@ -13,8 +12,8 @@ pub mod gpu;
 pub mod inspect;
 pub mod kernels;
 pub mod lecture;
-pub mod loss;
 pub mod network;
+pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod perceptron;
@@ -27,12 +26,26 @@ pub mod trainer;
 pub use error::{Error, Result};
 pub use exec::Device;
 pub use gpu::{AdapterSummary, Gpu, GpuStats, Ownership};
-pub use kernels::{Accumulate, Dispatch, Kernel};
-pub use loss::Loss;
+pub use kernels::{Dispatch, Kernel, Kernels, Tuning};
 pub use network::Activation;
 pub use network::{Init, Layer, LayerParams, Network, Parameters};
-pub use optim::{Optimizer, OptimizerKind, Schedule};
+pub use ops::{Accumulate, Loss};
+pub use optim::{Optimizer, OptimizerKind, Schedule, UpdateRule};
 pub use tensor::{DType, GpuTensor};
 pub use trainer::{
     fit, EarlyStopping, EpochMetrics, Evaluation, History, Model, TrainConfig, Trainer,
 };
+
+/// Every CPU twin of a kernel, re-exported from its op family (`ops::<family>::cpu`): plain
+/// loops with the kernel's name, argument order and, where it decides the last bit, its order
+/// of floating-point operations. No wgpu.
+pub mod cpu {
+    pub use crate::ops::activation::cpu::*;
+    pub use crate::ops::data::cpu::*;
+    pub use crate::ops::fused_mlp::cpu::*;
+    pub use crate::ops::loss::cpu::*;
+    pub use crate::ops::matmul::cpu::*;
+    pub use crate::ops::optim::cpu::*;
+    pub use crate::ops::perceptron::cpu::*;
+    pub use crate::ops::reduce::cpu::*;
+}

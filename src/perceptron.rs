@@ -14,7 +14,7 @@ use crate::cpu;
 use crate::error::{Error, Result};
 use crate::exec::Device;
 use crate::kernels;
-use crate::params::PerceptronParams;
+use crate::ops::{self, perceptron::PerceptronParams};
 use crate::tensor::GpuTensor;
 
 /// What a perceptron run did.
@@ -56,46 +56,47 @@ pub fn train(
         ..Default::default()
     };
     let mut errors_per_epoch = Vec::new();
-    let weights = match device {
-        Device::Cpu | Device::CpuReference => {
-            let mut weights = initial.to_vec();
-            let mut errors = [0u32];
-            for _ in 0..max_epochs {
-                cpu::perceptron_epoch(&mut weights, &mut errors, x, targets, &params);
-                errors_per_epoch.push(errors[0]);
-                if errors[0] == 0 {
-                    break;
+    let weights =
+        match device {
+            Device::Cpu | Device::CpuReference => {
+                let mut weights = initial.to_vec();
+                let mut errors = [0u32];
+                for _ in 0..max_epochs {
+                    cpu::perceptron_epoch(&mut weights, &mut errors, x, targets, &params);
+                    errors_per_epoch.push(errors[0]);
+                    if errors[0] == 0 {
+                        break;
+                    }
                 }
+                weights
             }
-            weights
-        }
-        Device::Gpu(gpu) => {
-            let w = GpuTensor::upload(gpu, "perceptron weights", &[cols + 1], initial)?;
-            let errors = GpuTensor::zeros_u32(gpu, "perceptron errors", &[1])?;
-            let xt = GpuTensor::upload(gpu, "perceptron x", &[rows, cols], x)?;
-            let t = GpuTensor::upload(gpu, "perceptron targets", &[rows], targets)?;
-            let epoch = kernels::perceptron_epoch(gpu, &w, &errors, &xt, &t, lr)?;
-            // One submission and one 4-byte read per epoch: the stopping test needs the
-            // count, and these data sets are small enough that the read is the cost.
-            for _ in 0..max_epochs {
-                kernels::run(gpu, &[&epoch])?;
-                let wrong =
-                    errors
-                        .read_u32(gpu)?
-                        .first()
-                        .copied()
-                        .ok_or_else(|| Error::Readback {
-                            label: "perceptron errors".into(),
-                            message: "no value came back".into(),
+            Device::Gpu(_) | Device::Tuned(_) => device
+                .with_kernels(|k| -> Result<Vec<f32>> {
+                    let gpu = k.gpu();
+                    let w = GpuTensor::upload(gpu, "perceptron weights", &[cols + 1], initial)?;
+                    let errors = GpuTensor::zeros_u32(gpu, "perceptron errors", &[1])?;
+                    let xt = GpuTensor::upload(gpu, "perceptron x", &[rows, cols], x)?;
+                    let t = GpuTensor::upload(gpu, "perceptron targets", &[rows], targets)?;
+                    let epoch = ops::perceptron_epoch(k, &w, &errors, &xt, &t, lr)?;
+                    // One submission and one 4-byte read per epoch: the stopping test needs the
+                    // count, and these data sets are small enough that the read is the cost.
+                    for _ in 0..max_epochs {
+                        kernels::run(gpu, &[&epoch])?;
+                        let wrong = errors.read_u32(gpu)?.first().copied().ok_or_else(|| {
+                            Error::Readback {
+                                label: "perceptron errors".into(),
+                                message: "no value came back".into(),
+                            }
                         })?;
-                errors_per_epoch.push(wrong);
-                if wrong == 0 {
-                    break;
-                }
-            }
-            w.read(gpu)?
-        }
-    };
+                        errors_per_epoch.push(wrong);
+                        if wrong == 0 {
+                            break;
+                        }
+                    }
+                    w.read(gpu)
+                })
+                .unwrap_or_else(|| Err(Error::Config("no GPU".into())))?,
+        };
     let converged = errors_per_epoch.last() == Some(&0);
     Ok(PerceptronRun {
         weights,

@@ -6,10 +6,14 @@
 
 use crate::data::{Dataset, Targets};
 use crate::error::{Error, Result};
-use crate::loss::Loss;
 use crate::network::{Activation, Network, Parameters};
-use crate::optim::{Optimizer, OptimizerKind};
-use crate::params::*;
+use crate::ops::activation::ActivationParams;
+use crate::ops::data::GatherParams;
+use crate::ops::loss::Loss;
+use crate::ops::loss::LossParams;
+use crate::ops::matmul::{MatmulForm, MatmulParams};
+use crate::ops::optim::{OptimParams, Optimizer, UpdateRule};
+use crate::ops::reduce::{ReduceParams, RowsParams};
 use crate::tensor::DType;
 
 /// Index of a buffer in [`Plan::buffers`].
@@ -109,24 +113,36 @@ pub enum Op {
         labels: BufId,
         params: Vec<RowsParams>,
     },
-    SgdUpdate {
+    /// One optimizer step of one parameter tensor: `state` in the rule's
+    /// `state_names` order.
+    Update {
+        rule: UpdateRule,
         param: BufId,
+        state: Vec<BufId>,
         grad: BufId,
-        params: Vec<SgdParams>,
+        params: Vec<OptimParams>,
     },
-    MomentumUpdate {
-        param: BufId,
-        velocity: BufId,
-        grad: BufId,
-        params: Vec<SgdParams>,
-    },
-    AdamUpdate {
-        param: BufId,
-        m: BufId,
-        v: BufId,
-        grad: BufId,
-        params: Vec<AdamParams>,
-    },
+}
+
+impl Op {
+    /// The form and sizes of a matrix product op; `None` for every other op.
+    pub fn matmul(&self) -> Option<(MatmulForm, &MatmulParams)> {
+        match self {
+            Op::MatmulNt { params, .. } => Some((MatmulForm::Nt, params)),
+            Op::MatmulNn { params, .. } => Some((MatmulForm::Nn, params)),
+            Op::MatmulTn { params, .. } => Some((MatmulForm::Tn, params)),
+            Op::GatherRows { .. }
+            | Op::GatherRowsU8 { .. }
+            | Op::GatherLabels { .. }
+            | Op::BiasActivationForward { .. }
+            | Op::ActivationBackward { .. }
+            | Op::ColumnSum { .. }
+            | Op::Loss { .. }
+            | Op::ReduceSum { .. }
+            | Op::CorrectCount { .. }
+            | Op::Update { .. } => None,
+        }
+    }
 }
 
 /// Picks the entry of step `step` from a per-step list.
@@ -391,16 +407,7 @@ impl Plan {
 
         // Per-layer state.
         let input = b.f32("batch input", &[batch, network.input_width()]);
-        let slots = optimizer.map_or(0, |o| o.state_slots());
-        let state_names = |kind: Option<OptimizerKind>| -> Vec<&'static str> {
-            match kind {
-                Some(OptimizerKind::Momentum) => vec!["velocity"],
-                Some(OptimizerKind::Adam | OptimizerKind::AdamW) => vec!["m", "v"],
-                _ => vec![],
-            }
-        };
-        let names = state_names(optimizer.map(|o| o.kind));
-        debug_assert_eq!(names.len(), slots);
+        let names: &[&str] = optimizer.map_or(&[], |o| o.state_names());
         let mut layers = Vec::new();
         for (i, l) in network.layers.iter().enumerate() {
             let weight = b.f32(format!("layers.{i}.weight"), &[l.outputs, l.inputs]);
@@ -754,26 +761,13 @@ impl Plan {
     }
 
     fn update_op(&self, param: BufId, grad: BufId, state: &[BufId]) -> Op {
-        let opt = self.optimizer.unwrap_or_else(|| Optimizer::sgd(0.0));
-        match opt.kind {
-            OptimizerKind::Sgd => Op::SgdUpdate {
-                param,
-                grad,
-                params: vec![],
-            },
-            OptimizerKind::Momentum => Op::MomentumUpdate {
-                param,
-                velocity: state[0],
-                grad,
-                params: vec![],
-            },
-            OptimizerKind::Adam | OptimizerKind::AdamW => Op::AdamUpdate {
-                param,
-                m: state[0],
-                v: state[1],
-                grad,
-                params: vec![],
-            },
+        let rule = self.optimizer.map_or(UpdateRule::Sgd, |o| o.kind);
+        Op::Update {
+            rule,
+            param,
+            state: state.to_vec(),
+            grad,
+            params: vec![],
         }
     }
 
@@ -788,25 +782,23 @@ impl Plan {
         let lens: Vec<usize> = self.buffers.iter().map(|b| b.len()).collect();
         let mut changed = Vec::new();
         for (i, op) in self.train_step.iter_mut().enumerate() {
-            match op {
-                Op::SgdUpdate { param, params, .. } | Op::MomentumUpdate { param, params, .. } => {
-                    let mut p = opt.sgd_params(lr);
-                    p.len = lens[*param] as u32;
-                    *params = vec![p];
-                    changed.push(i);
-                }
-                Op::AdamUpdate { param, params, .. } => {
-                    let len = lens[*param] as u32;
-                    *params = (0..steps)
-                        .map(|s| {
-                            let mut p = opt.adam_params(lr, first_step + s as u64 + 1);
-                            p.len = len;
-                            p
-                        })
-                        .collect();
-                    changed.push(i);
-                }
-                _ => {}
+            if let Op::Update {
+                rule,
+                param,
+                params,
+                ..
+            } = op
+            {
+                let len = lens[*param] as u32;
+                // One entry per step where the uniform changes within the epoch, else one.
+                let entries = if rule.varies_per_step() { steps } else { 1 };
+                *params = (0..entries)
+                    .map(|s| OptimParams {
+                        len,
+                        ..opt.step_params(lr, first_step + s as u64 + 1)
+                    })
+                    .collect();
+                changed.push(i);
             }
         }
         Ok(changed)

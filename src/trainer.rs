@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::exec::{Device, Executor, Pass};
-use crate::loss::Loss;
 use crate::network::{Init, LayerParams, Network, Parameters};
+use crate::ops::loss::Loss;
 use crate::optim::{Optimizer, Schedule};
 use crate::plan::{pixel_bytes, targets_for, DataBufs, Plan};
 use crate::rng::{Rng, RngState};
@@ -264,7 +264,7 @@ fn upload_params(exec: &mut Executor<'_>, plan: &Plan, params: &Parameters) -> R
 /// On a GPU, leaves on the host every feature table too large for one binding (batches are
 /// then gathered on the host and written per step); says so in the log.
 fn stream_large_tables(plan: &mut Plan, device: Device<'_>) {
-    let Device::Gpu(gpu) = device else {
+    let Some(gpu) = device.gpu() else {
         return;
     };
     let limit = gpu

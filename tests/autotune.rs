@@ -1,5 +1,5 @@
-//! The tuner's disk cache: a product measured once is not measured again by the next `Gpu`
-//! (or process), a broken cache file is ignored rather than trusted, the tuned choice
+//! The tuner's disk cache: a product measured once is not measured again by the next
+//! `Kernels` (or process), a broken cache file is ignored rather than trusted, the tuned choice
 //! computes what the CPU twin computes, and the fused small-MLP pass is chosen and cached
 //! the same way. Runs in its own process: it points
 //! `SOMA_CACHE_DIR` at a scratch directory.
@@ -7,9 +7,10 @@
 mod common;
 
 use common::{assert_close, gpu, TestRng};
-use soma::kernels::{self, Accumulate, MatmulChoice, MatmulForm};
-use soma::params::MatmulParams;
-use soma::{cpu, Gpu, GpuTensor};
+use soma::kernels::{self, Kernels, Tuning};
+use soma::ops::matmul::{Epilogue, MatmulChoice, MatmulForm, MatmulParams, Tile};
+use soma::ops::{self, Accumulate};
+use soma::{autotune, cpu, GpuTensor};
 
 #[test]
 fn tuned_choice_is_cached_on_disk_and_reused() {
@@ -18,18 +19,22 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
     std::env::set_var("SOMA_CACHE_DIR", &dir);
     std::env::remove_var("SOMA_MATMUL");
     std::env::remove_var("SOMA_AUTOTUNE");
-    let Some(first) = gpu("tuned_choice_is_cached_on_disk_and_reused") else {
+    let Some(gpu) = gpu("tuned_choice_is_cached_on_disk_and_reused") else {
         return;
     };
+    // Each new `Kernels` starts with an empty memory of choices, as a new process does.
+    let fresh = || Kernels::new(gpu, Tuning::default());
+    let first = fresh();
     // 128 x 256 x 128: 8.4 MFLOP, above the tuning threshold, whole blocks of every tile.
     let (m, k, n) = (128, 256, 128);
     let mut rng = TestRng::new(9);
     let a = rng.vec(m * k, -1.0, 1.0);
     let b = rng.vec(k * n, -1.0, 1.0);
-    let product = |gpu: &Gpu| {
+    let product = |kn: &Kernels| {
+        autotune::prepare(kn, MatmulForm::Nn, m, n, k, Accumulate::Overwrite).unwrap();
         let out = GpuTensor::zeros(gpu, "out", &[m, n]).unwrap();
-        let d = kernels::matmul_nn(
-            gpu,
+        let d = ops::matmul_nn(
+            kn,
             &out,
             &GpuTensor::upload(gpu, "a", &[m, k], &a).unwrap(),
             &GpuTensor::upload(gpu, "b", &[k, n], &b).unwrap(),
@@ -39,9 +44,9 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         kernels::run(gpu, &[&d]).unwrap();
         (d.kernel(), out.read(gpu).unwrap())
     };
-    let (kernel, got) = product(first);
+    let (kernel, got) = product(&first);
     assert_eq!(
-        first.autotuner().measured(),
+        first.tuner().measured,
         1,
         "the first Gpu measures the product"
     );
@@ -65,7 +70,7 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
     let path = dir.join("autotune.json");
     let text = std::fs::read_to_string(&path).expect("autotune.json written");
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let key = soma::autotune::adapter_key(first);
+    let key = soma::autotune::adapter_key(gpu);
     let name = file["adapters"][&key]["nn 128x128x256"]
         .as_str()
         .unwrap_or_else(|| panic!("no entry for the product in {text}"));
@@ -75,22 +80,18 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
             .contains(&choice)
     );
 
-    // A second Gpu (as a second process would) reads it instead of measuring.
-    let second = Gpu::new().unwrap();
+    // Second kernels (as a second process would) read it instead of measuring.
+    let second = fresh();
     let (kernel2, got2) = product(&second);
-    assert_eq!(
-        second.autotuner().measured(),
-        0,
-        "the cached choice is reused"
-    );
+    assert_eq!(second.tuner().measured, 0, "the cached choice is reused");
     assert_eq!(kernel, kernel2);
     assert_eq!(got, got2);
 
     // A cache that is not ours is ignored (and measured over), not trusted or fatal.
     std::fs::write(&path, b"{ not json").unwrap();
-    let third = Gpu::new().unwrap();
+    let third = fresh();
     let (_, got3) = product(&third);
-    assert_eq!(third.autotuner().measured(), 1);
+    assert_eq!(third.tuner().measured, 1);
     assert_eq!(got, got3);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(
@@ -105,23 +106,19 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         "adapters": { key.clone(): { "nn 128x128x256": "r64c32w8x1" } }
     });
     std::fs::write(&path, serde_json::to_vec(&stale).unwrap()).unwrap();
-    let fourth = Gpu::new().unwrap();
+    let fourth = fresh();
     let (kernel4, got4) = product(&fourth);
     assert_eq!(
-        fourth.autotuner().measured(),
+        fourth.tuner().measured,
         1,
         "the stale choice is measured again"
     );
-    let big = soma::Kernel::MatmulTile(
-        MatmulForm::Nn,
-        soma::kernels::Tile::new(64, 32, 8, 1),
-        soma::kernels::Epilogue::Store,
-    );
+    let big = soma::Kernel::MatmulTile(MatmulForm::Nn, Tile::new(64, 32, 8, 1), Epilogue::Store);
     assert_ne!(kernel4, big);
     assert_eq!(got, got4);
 
     // The fused small-MLP pass against the op-by-op kernels: measured once for B3's network
-    // at batch 1024, cached beside the matmul choices, and the next Gpu trains as cached.
+    // at batch 1024, cached beside the matmul choices, and the next kernels train as cached.
     let data = soma::data::synthetic::b3_synthetic();
     let net = soma::Network::mlp(
         &[2, 64, 64, 1],
@@ -135,9 +132,9 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         batch_size: 1024,
         ..Default::default()
     };
-    let step_kernels = |gpu: &Gpu| {
+    let step_kernels = |kn: &Kernels| {
         let mut t = soma::Trainer::new(
-            soma::Device::Gpu(gpu),
+            soma::Device::Tuned(kn),
             &model,
             soma::Loss::Mse,
             soma::Optimizer::sgd(0.01),
@@ -149,7 +146,7 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         let names: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
         names
     };
-    let fifth = Gpu::new().unwrap();
+    let fifth = fresh();
     let kernels5 = step_kernels(&fifth);
     let text = std::fs::read_to_string(&path).unwrap();
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -165,10 +162,10 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         assert!(choice.starts_with("fused_mlp_t"), "unknown choice {choice}");
         assert!(kernels5.contains(&choice.as_str()), "{kernels5:?}");
     }
-    let sixth = Gpu::new().unwrap();
+    let sixth = fresh();
     let kernels6 = step_kernels(&sixth);
     assert_eq!(
-        sixth.autotuner().measured(),
+        sixth.tuner().measured,
         0,
         "every choice came from the cache"
     );

@@ -1,4 +1,4 @@
-//! The CPU twins in src/cpu.rs pinned to values derived by hand, and their derivatives checked
+//! The CPU twins of the op families (`soma::cpu`) pinned to values derived by hand, and their derivatives checked
 //! against central finite differences. No GPU: these tests say what the reference computes,
 //! so that the GPU comparison in tests/kernels.rs compares against the right thing.
 //!
@@ -11,7 +11,7 @@ mod common;
 
 use common::{assert_close, TestRng};
 use soma::cpu;
-use soma::params::*;
+use soma::ops::uniforms::*;
 use soma::Activation;
 
 // ---------------------------------------------------------------------------------------
@@ -602,16 +602,16 @@ fn sgd_update_golden() {
     //   p -= lr g       = [2 - 0.75, -4 + 0.25, 1 + 0.875]          = [1.25 -3.75 1.875]
     let mut param = [2.0f32, -4.0, 1.0, 7.0];
     let grad = [1.0f32, 0.5, -2.0, 100.0];
-    let p = SgdParams {
+    let p = OptimParams {
         len: 3,
         lr: 0.5,
         weight_decay: 0.25,
-        momentum: 0.0,
+        ..Default::default()
     };
     cpu::sgd_update(&mut param, &grad, &p);
     assert_close("sgd", &param, &[1.25, -3.75, 1.875, 7.0], 0.0, 0.0);
     // Without decay: p -= lr grad: [1.25 - 0.5, -3.75 - 0.25, 1.875 + 1] = [0.75 -4 2.875].
-    let p = SgdParams {
+    let p = OptimParams {
         weight_decay: 0.0,
         ..p
     };
@@ -630,11 +630,12 @@ fn momentum_update_two_steps() {
     //     step 2: v = 0.5*(-2) + 4 = 3,    p = 3 - 0.5*3     = 1.5
     let mut param = [1.0f32, 2.0];
     let mut velocity = [0.0f32; 2];
-    let p = SgdParams {
+    let p = OptimParams {
         len: 2,
         lr: 0.5,
         weight_decay: 0.0,
         momentum: 0.5,
+        ..Default::default()
     };
     cpu::momentum_update(&mut param, &mut velocity, &[1.0, -2.0], &p);
     assert_close("momentum step 1 v", &velocity, &[1.0, -2.0], 0.0, 0.0);
@@ -649,7 +650,7 @@ fn momentum_update_two_steps() {
     //           p = 0.375 - 0.5*1.71875 = -0.484375
     let mut param = [1.0f32];
     let mut velocity = [0.0f32];
-    let p = SgdParams {
+    let p = OptimParams {
         len: 1,
         weight_decay: 0.25,
         ..p
@@ -661,9 +662,9 @@ fn momentum_update_two_steps() {
     assert_close("momentum wd step 2 p", &param, &[-0.484375], 0.0, 0.0);
 }
 
-fn adam_p(len: u32, weight_decay: f32, decoupled: u32) -> AdamParams {
+fn adam_p(len: u32, weight_decay: f32, decoupled: u32) -> OptimParams {
     let (beta1, beta2) = (0.9f32, 0.999f32);
-    AdamParams {
+    OptimParams {
         len,
         lr: 0.01,
         beta1,

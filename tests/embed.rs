@@ -34,7 +34,7 @@ fn host_device(test: &str, limits: Option<wgpu::Limits>) -> Option<(wgpu::Device
         .into_iter()
         .find(|a| {
             let info = a.get_info();
-            info.name == want.name && format!("{:?}", info.backend) == want.backend
+            info.name == want.name && info.backend == want.backend
         })
         .unwrap_or_else(|| panic!("{test}: the host cannot see soma's adapter {want:?}"));
     let limits = limits.unwrap_or_else(|| adapter.limits());
@@ -361,10 +361,10 @@ fn small_host_limits_give_too_large_not_a_panic() {
     for k in soma::Kernel::all() {
         let fused = matches!(
             k,
-            soma::Kernel::MatmulTile(_, _, soma::kernels::Epilogue::BiasAct { .. })
+            soma::Kernel::MatmulTile(_, _, soma::ops::matmul::Epilogue::BiasAct { .. })
                 | soma::Kernel::DenseForward
         );
-        assert!(k.spec().2.len() <= if fused { 5 } else { 4 }, "{k:?}");
+        assert!(k.spec().storage.len() <= if fused { 5 } else { 4 }, "{k:?}");
     }
     let required = embed::required_limits(&workload).unwrap();
     assert_eq!(

@@ -6,11 +6,26 @@
 
 mod common;
 
-use common::{assert_close, gpu, own_gpu, TestRng};
-use soma::kernels::{self, Accumulate, MatmulVariant, TILES};
-use soma::params::*;
+use common::{assert_close, gpu, TestRng};
+use soma::autotune;
+use soma::kernels::{self, Kernels, Tuning};
+use soma::ops::matmul::{MatmulForm, MatmulVariant, TILES};
+use soma::ops::uniforms::*;
+use soma::ops::{self, Accumulate, UpdateRule};
 use soma::Loss;
 use soma::{cpu, Activation, Gpu, GpuTensor};
+
+/// Kernels of the test's own with the matmul `variant` (the other settings at their
+/// defaults), so that a test's choice of kernel does not reach the tests beside it.
+fn with_variant(gpu: &'static Gpu, variant: MatmulVariant) -> Kernels<'static> {
+    Kernels::new(
+        gpu,
+        Tuning {
+            matmul: variant,
+            ..Tuning::default()
+        },
+    )
+}
 
 /// (rows, cols) shapes of the element-wise and row-wise tests.
 const SHAPES: &[(usize, usize)] = &[
@@ -43,11 +58,9 @@ fn run(gpu: &Gpu, d: &soma::Dispatch) {
 
 #[test]
 fn matmul_forms_match_cpu() {
-    // Its own Gpu: it changes the matmul variant.
-    let Some(own) = own_gpu("matmul_forms_match_cpu") else {
+    let Some(gpu) = gpu("matmul_forms_match_cpu") else {
         return;
     };
-    let gpu = &own;
     // (m, k, n)
     let cases = [
         (1, 1, 1),
@@ -71,10 +84,9 @@ fn matmul_forms_match_cpu() {
     variants.extend(TILES.iter().map(|&t| MatmulVariant::Tile(t)));
     variants.push(MatmulVariant::Tuned);
     for variant in variants {
-        gpu.set_matmul_variant(variant);
-        matmul_cases(gpu, &cases, variant);
+        let kn = &with_variant(gpu, variant);
+        matmul_cases(kn, &cases, variant);
     }
-    gpu.set_matmul_variant(MatmulVariant::default());
 }
 
 /// A layer's forward pass as one kernel (a tile with the bias and activation as its
@@ -83,11 +95,9 @@ fn matmul_forms_match_cpu() {
 /// the matmul tolerance anywhere.
 #[test]
 fn dense_forward_fuses_bias_and_activation_into_the_tile() {
-    // Its own Gpu: it changes the matmul variant.
-    let Some(own) = own_gpu("dense_forward_fuses_bias_and_activation_into_the_tile") else {
+    let Some(gpu) = gpu("dense_forward_fuses_bias_and_activation_into_the_tile") else {
         return;
     };
-    let gpu = &own;
     let (m, k, n) = (64, 20, 32);
     let mut rng = TestRng::new(12);
     let x = rng.vec(m * k, -1.0, 1.0);
@@ -119,12 +129,12 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
         let mut want_out = vec![0.0; m * n];
         cpu::bias_activation_forward(&mut want_out, &mut want_pre, &bias, &ap);
         for &t in TILES {
-            gpu.set_matmul_variant(MatmulVariant::Tile(t));
+            let kn = &with_variant(gpu, MatmulVariant::Tile(t));
             let (pre, out) = (
                 GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
                 GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
             );
-            let d = kernels::dense_forward(gpu, &out, &pre, &xt, &wt, Some(&bt), &dummy, act)
+            let d = ops::dense_forward(kn, &out, &pre, &xt, &wt, Some(&bt), &dummy, act)
                 .unwrap()
                 .expect("a tile that fits runs the fused kernel");
             assert!(
@@ -144,9 +154,9 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
                 GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
                 GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
             );
-            let mm = kernels::matmul_nt(gpu, &pre2, &xt, &wt, Accumulate::Overwrite).unwrap();
-            let ba = kernels::bias_activation_forward(gpu, &out2, &pre2, Some(&bt), &dummy, act)
-                .unwrap();
+            let mm = ops::matmul_nt(kn, &pre2, &xt, &wt, Accumulate::Overwrite).unwrap();
+            let ba =
+                ops::bias_activation_forward(kn, &out2, &pre2, Some(&bt), &dummy, act).unwrap();
             kernels::run(gpu, &[&mm, &ba]).unwrap();
             let same =
                 |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
@@ -161,26 +171,26 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
         }
     }
     // Not fused: other activations, shapes no tile fits, and the blocked variant.
-    gpu.set_matmul_variant(MatmulVariant::Tile(TILES[0]));
+    let kn = &with_variant(gpu, MatmulVariant::Tile(TILES[0]));
     let (pre, out) = (
         GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
         GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
     );
-    let fused =
-        |act| kernels::dense_forward(gpu, &out, &pre, &xt, &wt, Some(&bt), &dummy, act).unwrap();
-    assert!(fused(Activation::Sigmoid).is_none());
-    assert!(fused(Activation::LeakyRelu { slope: 0.1 }).is_none());
-    gpu.set_matmul_variant(MatmulVariant::Blocked);
-    assert!(fused(Activation::Relu).is_none());
+    let fused = |kn: &Kernels, act| {
+        ops::dense_forward(kn, &out, &pre, &xt, &wt, Some(&bt), &dummy, act).unwrap()
+    };
+    assert!(fused(kn, Activation::Sigmoid).is_none());
+    assert!(fused(kn, Activation::LeakyRelu { slope: 0.1 }).is_none());
+    assert!(fused(&with_variant(gpu, MatmulVariant::Blocked), Activation::Relu).is_none());
     let odd = GpuTensor::zeros(gpu, "w", &[30, k]).unwrap();
     let (pre_odd, out_odd) = (
         GpuTensor::zeros(gpu, "pre", &[m, 30]).unwrap(),
         GpuTensor::zeros(gpu, "out", &[m, 30]).unwrap(),
     );
-    gpu.set_matmul_variant(MatmulVariant::Tile(TILES[0]));
+    let kn = &with_variant(gpu, MatmulVariant::Tile(TILES[0]));
     let b30 = GpuTensor::zeros(gpu, "bias", &[30]).unwrap();
-    assert!(kernels::dense_forward(
-        gpu,
+    assert!(ops::dense_forward(
+        kn,
         &out_odd,
         &pre_odd,
         &xt,
@@ -191,7 +201,6 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
     )
     .unwrap()
     .is_none());
-    gpu.set_matmul_variant(MatmulVariant::default());
 }
 
 /// Where the product would run on the scalar blocked kernel (k not a multiple of 4, as in a
@@ -200,12 +209,10 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
 /// separate bias/activation kernel.
 #[test]
 fn dense_forward_blocked_matches_its_twin_and_the_two_kernels() {
-    // Its own Gpu: it changes the matmul variant.
-    let Some(own) = own_gpu("dense_forward_blocked_matches_its_twin_and_the_two_kernels") else {
+    let Some(gpu) = gpu("dense_forward_blocked_matches_its_twin_and_the_two_kernels") else {
         return;
     };
-    let gpu = &own;
-    gpu.set_matmul_variant(MatmulVariant::Blocked);
+    let kn = &with_variant(gpu, MatmulVariant::Blocked);
     let mut rng = TestRng::new(14);
     let dummy = GpuTensor::zeros(gpu, "no bias", &[4]).unwrap();
     for (m, k, n) in [(1, 1, 1), (33, 2, 17), (130, 7, 64)] {
@@ -235,7 +242,7 @@ fn dense_forward_blocked_matches_its_twin_and_the_two_kernels() {
                     GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
                     GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
                 );
-                let d = kernels::dense_forward(gpu, &out, &pre, &xt, &wt, b, &dummy, act)
+                let d = ops::dense_forward(kn, &out, &pre, &xt, &wt, b, &dummy, act)
                     .unwrap()
                     .expect("k is not a multiple of 4: the blocked dense_forward");
                 assert_eq!(d.kernel().entry_point(), "dense_forward");
@@ -251,9 +258,8 @@ fn dense_forward_blocked_matches_its_twin_and_the_two_kernels() {
                     GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
                     GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
                 );
-                let mm = kernels::matmul_nt(gpu, &pre2, &xt, &wt, Accumulate::Overwrite).unwrap();
-                let ba =
-                    kernels::bias_activation_forward(gpu, &out2, &pre2, b, &dummy, act).unwrap();
+                let mm = ops::matmul_nt(kn, &pre2, &xt, &wt, Accumulate::Overwrite).unwrap();
+                let ba = ops::bias_activation_forward(kn, &out2, &pre2, b, &dummy, act).unwrap();
                 kernels::run(gpu, &[&mm, &ba]).unwrap();
                 let same =
                     |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
@@ -268,7 +274,6 @@ fn dense_forward_blocked_matches_its_twin_and_the_two_kernels() {
             }
         }
     }
-    gpu.set_matmul_variant(MatmulVariant::default());
 }
 
 /// The input delta through any activation as one kernel where the product runs on the
@@ -276,12 +281,10 @@ fn dense_forward_blocked_matches_its_twin_and_the_two_kernels() {
 /// product and the separate activation backward.
 #[test]
 fn dense_backward_blocked_matches_its_twin_and_the_two_kernels() {
-    // Its own Gpu: it changes the matmul variant.
-    let Some(own) = own_gpu("dense_backward_blocked_matches_its_twin_and_the_two_kernels") else {
+    let Some(gpu) = gpu("dense_backward_blocked_matches_its_twin_and_the_two_kernels") else {
         return;
     };
-    let gpu = &own;
-    gpu.set_matmul_variant(MatmulVariant::Blocked);
+    let kn = &with_variant(gpu, MatmulVariant::Blocked);
     let mut rng = TestRng::new(15);
     // (m, k, n): k or n not a multiple of 4, so the scalar blocked kernel runs the product.
     for (m, k, n) in [(1, 1, 1), (33, 10, 17), (130, 7, 64), (64, 12, 30)] {
@@ -305,7 +308,7 @@ fn dense_backward_blocked_matches_its_twin_and_the_two_kernels() {
             let mut want = vec![0.0; m * n];
             cpu::dense_backward(&mut want, &d, &w, &pre, &dp);
             let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
-            let fused = kernels::dense_backward(gpu, &dpre, &dt, &wt, &pt, act)
+            let fused = ops::dense_backward(kn, &dpre, &dt, &wt, &pt, act)
                 .unwrap()
                 .expect("k or n is not a multiple of 4: the blocked dense_backward");
             assert_eq!(fused.kernel().entry_point(), "dense_backward");
@@ -320,8 +323,8 @@ fn dense_backward_blocked_matches_its_twin_and_the_two_kernels() {
                 GpuTensor::zeros(gpu, "dx", &[m, n]).unwrap(),
                 GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap(),
             );
-            let mm = kernels::matmul_nn(gpu, &dx, &dt, &wt, Accumulate::Overwrite).unwrap();
-            let ab = kernels::activation_backward(gpu, &dpre2, &dx, &pt, act).unwrap();
+            let mm = ops::matmul_nn(kn, &dx, &dt, &wt, Accumulate::Overwrite).unwrap();
+            let ab = ops::activation_backward(kn, &dpre2, &dx, &pt, act).unwrap();
             kernels::run(gpu, &[&mm, &ab]).unwrap();
             let two = dpre2.read(gpu).unwrap();
             assert!(
@@ -340,9 +343,8 @@ fn dense_backward_blocked_matches_its_twin_and_the_two_kernels() {
         GpuTensor::zeros(gpu, "w", &[k, n]).unwrap(),
         GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
     );
-    let declined = kernels::dense_backward(gpu, &dpre, &dt, &wt, &pt, Activation::Tanh).unwrap();
+    let declined = ops::dense_backward(kn, &dpre, &dt, &wt, &pt, Activation::Tanh).unwrap();
     assert!(declined.is_none());
-    gpu.set_matmul_variant(MatmulVariant::default());
 }
 
 /// The input delta of a ReLU layer as one kernel (a tile with relu' as its epilogue) gives
@@ -351,11 +353,9 @@ fn dense_backward_blocked_matches_its_twin_and_the_two_kernels() {
 /// invocation do not take the epilogue.
 #[test]
 fn relu_delta_fuses_the_derivative_into_the_tile() {
-    // Its own Gpu: it changes the matmul variant.
-    let Some(own) = own_gpu("relu_delta_fuses_the_derivative_into_the_tile") else {
+    let Some(gpu) = gpu("relu_delta_fuses_the_derivative_into_the_tile") else {
         return;
     };
-    let gpu = &own;
     let (m, k, n) = (64, 20, 32);
     let mut rng = TestRng::new(13);
     let d = rng.vec(m * k, -1.0, 1.0);
@@ -384,11 +384,11 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
     cpu::activation_backward(&mut want, &dx, &pre, &ap);
     let mut fused_tiles = 0;
     for &t in TILES {
-        gpu.set_matmul_variant(MatmulVariant::Tile(t));
+        let kn = &with_variant(gpu, MatmulVariant::Tile(t));
         let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
-        let Some(fused) = kernels::relu_delta(gpu, &dpre, &dt, &wt, &pt).unwrap() else {
+        let Some(fused) = ops::relu_delta(kn, &dpre, &dt, &wt, &pt).unwrap() else {
             assert!(
-                t.rows as u32 * t.cols as u32 > soma::kernels::tiled::RELU_GRAD_MAX_OUTPUTS,
+                t.rows as u32 * t.cols as u32 > soma::ops::matmul::tiled::RELU_GRAD_MAX_OUTPUTS,
                 "{} fits and is small enough, so it fuses",
                 t.name()
             );
@@ -405,8 +405,8 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
             GpuTensor::zeros(gpu, "dx", &[m, n]).unwrap(),
             GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap(),
         );
-        let mm = kernels::matmul_nn(gpu, &dx2, &dt, &wt, Accumulate::Overwrite).unwrap();
-        let ab = kernels::activation_backward(gpu, &dpre2, &dx2, &pt, Activation::Relu).unwrap();
+        let mm = ops::matmul_nn(kn, &dx2, &dt, &wt, Accumulate::Overwrite).unwrap();
+        let ab = ops::activation_backward(kn, &dpre2, &dx2, &pt, Activation::Relu).unwrap();
         kernels::run(gpu, &[&mm, &ab]).unwrap();
         let other = dpre2.read(gpu).unwrap();
         assert!(
@@ -417,12 +417,9 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
         );
     }
     assert!(fused_tiles >= 3, "the small tiles fuse");
-    gpu.set_matmul_variant(MatmulVariant::Blocked);
+    let kn = &with_variant(gpu, MatmulVariant::Blocked);
     let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
-    assert!(kernels::relu_delta(gpu, &dpre, &dt, &wt, &pt)
-        .unwrap()
-        .is_none());
-    gpu.set_matmul_variant(MatmulVariant::default());
+    assert!(ops::relu_delta(kn, &dpre, &dt, &wt, &pt).unwrap().is_none());
 }
 
 /// Every generated tile sums each output in the order of the naive kernel (k = 0, 1, ...,
@@ -431,11 +428,9 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
 /// those bits too; elsewhere the tolerance test above covers them.
 #[test]
 fn matmul_tiles_sum_in_naive_order() {
-    // Its own Gpu: it changes the matmul variant.
-    let Some(own) = own_gpu("matmul_tiles_sum_in_naive_order") else {
+    let Some(gpu) = gpu("matmul_tiles_sum_in_naive_order") else {
         return;
     };
-    let gpu = &own;
     let (m, k, n) = (128, 36, 64);
     let mut rng = TestRng::new(5);
     let p = MatmulParams {
@@ -444,15 +439,20 @@ fn matmul_tiles_sum_in_naive_order() {
         k: k as u32,
         accumulate: 0,
     };
-    type Form =
-        fn(&Gpu, &GpuTensor, &GpuTensor, &GpuTensor, Accumulate) -> soma::Result<soma::Dispatch>;
+    type Form = fn(
+        &Kernels,
+        &GpuTensor,
+        &GpuTensor,
+        &GpuTensor,
+        Accumulate,
+    ) -> soma::Result<soma::Dispatch>;
     type Twin = fn(&mut [f32], &[f32], &[f32], &MatmulParams);
     // (name, GPU product, CPU twin, shape of a, shape of b)
     type Case = (&'static str, Form, Twin, [usize; 2], [usize; 2]);
     let forms: [Case; 3] = [
-        ("nt", kernels::matmul_nt, cpu::matmul_nt, [m, k], [n, k]),
-        ("nn", kernels::matmul_nn, cpu::matmul_nn, [m, k], [k, n]),
-        ("tn", kernels::matmul_tn, cpu::matmul_tn, [k, m], [k, n]),
+        ("nt", ops::matmul_nt, cpu::matmul_nt, [m, k], [n, k]),
+        ("nn", ops::matmul_nn, cpu::matmul_nn, [m, k], [k, n]),
+        ("tn", ops::matmul_tn, cpu::matmul_tn, [k, m], [k, n]),
     ];
     let mut exact_forms = 0;
     for (name, form, twin, a_shape, b_shape) in forms {
@@ -461,11 +461,11 @@ fn matmul_tiles_sum_in_naive_order() {
         let at = up(gpu, "a", &a_shape, &a);
         let bt = up(gpu, "b", &b_shape, &b);
         let product = |variant: MatmulVariant| {
-            gpu.set_matmul_variant(variant);
+            let kn = &with_variant(gpu, variant);
             let out = GpuTensor::zeros(gpu, "out", &[m, n]).unwrap();
             run(
                 gpu,
-                &form(gpu, &out, &at, &bt, Accumulate::Overwrite).unwrap(),
+                &form(kn, &out, &at, &bt, Accumulate::Overwrite).unwrap(),
             );
             out.read(gpu).unwrap()
         };
@@ -494,11 +494,11 @@ fn matmul_tiles_sum_in_naive_order() {
             );
         }
     }
-    gpu.set_matmul_variant(MatmulVariant::default());
     println!("matmul tiles: bitwise equal to naive in {exact_forms} of 3 forms");
 }
 
-fn matmul_cases(gpu: &Gpu, cases: &[(usize, usize, usize)], variant: MatmulVariant) {
+fn matmul_cases(kn: &Kernels, cases: &[(usize, usize, usize)], variant: MatmulVariant) {
+    let gpu = kn.gpu();
     let mut rng = TestRng::new(1);
     for &(m, k, n) in cases {
         for acc in [Accumulate::Overwrite, Accumulate::Add] {
@@ -521,8 +521,9 @@ fn matmul_cases(gpu: &Gpu, cases: &[(usize, usize, usize)], variant: MatmulVaria
             let mut want = prior.clone();
             cpu::matmul_nt(&mut want, &a, &b, &p);
             let out = up(gpu, "out", &[m, n], &prior);
-            let d = kernels::matmul_nt(
-                gpu,
+            autotune::prepare(kn, MatmulForm::Nt, m, n, k, acc).unwrap();
+            let d = ops::matmul_nt(
+                kn,
                 &out,
                 &up(gpu, "a", &[m, k], &a),
                 &up(gpu, "b", &[n, k], &b),
@@ -543,8 +544,9 @@ fn matmul_cases(gpu: &Gpu, cases: &[(usize, usize, usize)], variant: MatmulVaria
             let mut want = prior.clone();
             cpu::matmul_nn(&mut want, &a, &b, &p);
             let out = up(gpu, "out", &[m, n], &prior);
-            let d = kernels::matmul_nn(
-                gpu,
+            autotune::prepare(kn, MatmulForm::Nn, m, n, k, acc).unwrap();
+            let d = ops::matmul_nn(
+                kn,
                 &out,
                 &up(gpu, "a", &[m, k], &a),
                 &up(gpu, "b", &[k, n], &b),
@@ -566,8 +568,9 @@ fn matmul_cases(gpu: &Gpu, cases: &[(usize, usize, usize)], variant: MatmulVaria
             let mut want = prior.clone();
             cpu::matmul_tn(&mut want, &at, &b, &p);
             let out = up(gpu, "out", &[m, n], &prior);
-            let d = kernels::matmul_tn(
-                gpu,
+            autotune::prepare(kn, MatmulForm::Tn, m, n, k, acc).unwrap();
+            let d = ops::matmul_tn(
+                kn,
                 &out,
                 &up(gpu, "a", &[k, m], &at),
                 &up(gpu, "b", &[k, n], &b),
@@ -591,10 +594,11 @@ fn matmul_rejects_mismatched_shapes() {
     let Some(gpu) = gpu("matmul_rejects_mismatched_shapes") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let a = GpuTensor::zeros(gpu, "a", &[3, 4]).unwrap();
     let b = GpuTensor::zeros(gpu, "b", &[5, 3]).unwrap();
     let out = GpuTensor::zeros(gpu, "out", &[3, 5]).unwrap();
-    let err = kernels::matmul_nt(gpu, &out, &a, &b, Accumulate::Overwrite).unwrap_err();
+    let err = ops::matmul_nt(kn, &out, &a, &b, Accumulate::Overwrite).unwrap_err();
     assert!(matches!(err, soma::Error::Shape { .. }), "{err}");
     assert!(err.to_string().contains("'b' of 5 x 4"), "{err}");
 }
@@ -604,6 +608,7 @@ fn bias_activation_forward_matches_cpu() {
     let Some(gpu) = gpu("bias_activation_forward_matches_cpu") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(2);
     let dummy = GpuTensor::zeros(gpu, "no bias", &[1]).unwrap();
     for &(rows, cols) in SHAPES {
@@ -625,8 +630,8 @@ fn bias_activation_forward_matches_cpu() {
                 let out = GpuTensor::zeros(gpu, "out", &[rows, cols]).unwrap();
                 let pre_t = up(gpu, "pre", &[rows, cols], &pre);
                 let bias_t = up(gpu, "bias", &[cols], &bias);
-                let d = kernels::bias_activation_forward(
-                    gpu,
+                let d = ops::bias_activation_forward(
+                    kn,
                     &out,
                     &pre_t,
                     has_bias.then_some(&bias_t),
@@ -663,6 +668,7 @@ fn activation_backward_matches_cpu() {
     let Some(gpu) = gpu("activation_backward_matches_cpu") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(3);
     for &(rows, cols) in SHAPES {
         for act in Activation::ALL {
@@ -678,8 +684,8 @@ fn activation_backward_matches_cpu() {
             let mut want = vec![0.0; rows * cols];
             cpu::activation_backward(&mut want, &dout, &pre, &p);
             let dpre = GpuTensor::zeros(gpu, "dpre", &[rows, cols]).unwrap();
-            let d = kernels::activation_backward(
-                gpu,
+            let d = ops::activation_backward(
+                kn,
                 &dpre,
                 &up(gpu, "dout", &[rows, cols], &dout),
                 &up(gpu, "pre", &[rows, cols], &pre),
@@ -704,6 +710,7 @@ fn column_sum_and_reduce_sum_match_cpu() {
     let Some(gpu) = gpu("column_sum_and_reduce_sum_match_cpu") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(4);
     for &(rows, cols) in SHAPES {
         for acc in [Accumulate::Overwrite, Accumulate::Add] {
@@ -720,7 +727,7 @@ fn column_sum_and_reduce_sum_match_cpu() {
             let out = up(gpu, "out", &[cols], &prior);
             run(
                 gpu,
-                &kernels::column_sum(gpu, &out, &up(gpu, "x", &[rows, cols], &x), acc).unwrap(),
+                &ops::column_sum(kn, &out, &up(gpu, "x", &[rows, cols], &x), acc).unwrap(),
             );
             // Same order of additions on both sides: exact.
             assert_close(
@@ -742,7 +749,7 @@ fn column_sum_and_reduce_sum_match_cpu() {
             let out = up(gpu, "sum", &[1], &prior);
             run(
                 gpu,
-                &kernels::reduce_sum(gpu, &out, &up(gpu, "x", &[rows * cols], &x), acc).unwrap(),
+                &ops::reduce_sum(kn, &out, &up(gpu, "x", &[rows * cols], &x), acc).unwrap(),
             );
             // The CPU twin follows the shader's strided-then-tree order: exact.
             assert_close(
@@ -761,6 +768,7 @@ fn argmax_and_correct_count_match_cpu() {
     let Some(gpu) = gpu("argmax_and_correct_count_match_cpu") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(5);
     for &(rows, cols) in SHAPES {
         let mut x = rng.vec(rows * cols, -1.0, 1.0);
@@ -779,7 +787,7 @@ fn argmax_and_correct_count_match_cpu() {
         cpu::argmax(&mut want, &x, &p);
         let out = GpuTensor::zeros_u32(gpu, "argmax", &[rows]).unwrap();
         let xt = up(gpu, "x", &[rows, cols], &x);
-        run(gpu, &kernels::argmax(gpu, &out, &xt).unwrap());
+        run(gpu, &ops::argmax(kn, &out, &xt).unwrap());
         assert_eq!(out.read_u32(gpu).unwrap(), want, "argmax {rows}x{cols}");
 
         // Count over the first `live` rows only, added to a prior count of 3.
@@ -801,8 +809,8 @@ fn argmax_and_correct_count_match_cpu() {
         let count = up_u32(gpu, "count", &[1], &[3]);
         run(
             gpu,
-            &kernels::correct_count(
-                gpu,
+            &ops::correct_count(
+                kn,
                 &count,
                 &xt,
                 &up_u32(gpu, "labels", &[rows], &labels),
@@ -824,6 +832,7 @@ fn softmax_matches_cpu() {
     let Some(gpu) = gpu("softmax_matches_cpu") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(6);
     for &(rows, cols) in SHAPES {
         // Large logits: the max subtraction must keep exp finite.
@@ -838,7 +847,7 @@ fn softmax_matches_cpu() {
         let out = GpuTensor::zeros(gpu, "softmax", &[rows, cols]).unwrap();
         run(
             gpu,
-            &kernels::softmax(gpu, &out, &up(gpu, "x", &[rows, cols], &x)).unwrap(),
+            &ops::softmax(kn, &out, &up(gpu, "x", &[rows, cols], &x)).unwrap(),
         );
         // Probabilities in [0, 1] built from exp (few ulps) and a sum of up to 530 terms.
         assert_close(
@@ -856,6 +865,7 @@ fn losses_match_cpu() {
     let Some(gpu) = gpu("losses_match_cpu") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(7);
     for &(batch_rows, cols) in SHAPES {
         // The live rows: all of them, and a partial last batch (padding must get zeros).
@@ -878,14 +888,14 @@ fn losses_match_cpu() {
                             (0..batch_rows).map(|_| rng.below(cols as u32)).collect();
                         cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &pred, &labels, &p);
                         let lt = up_u32(gpu, "labels", &[batch_rows], &labels);
-                        kernels::softmax_cross_entropy(gpu, &grad_t, &loss_t, &pred_t, &lt, rows)
+                        ops::softmax_cross_entropy(kn, &grad_t, &loss_t, &pred_t, &lt, rows)
                             .unwrap()
                     }
                     Loss::Mse => {
                         let target = rng.vec(batch_rows * cols, -6.0, 6.0);
                         cpu::mse_loss(&mut grad, &mut row_loss, &pred, &target, &p);
                         let tt = up(gpu, "target", &[batch_rows, cols], &target);
-                        kernels::mse_loss(gpu, &grad_t, &loss_t, &pred_t, &tt, rows).unwrap()
+                        ops::mse_loss(kn, &grad_t, &loss_t, &pred_t, &tt, rows).unwrap()
                     }
                     Loss::BinaryCrossEntropy => {
                         let target: Vec<f32> = (0..batch_rows * cols)
@@ -893,8 +903,7 @@ fn losses_match_cpu() {
                             .collect();
                         cpu::binary_cross_entropy(&mut grad, &mut row_loss, &pred, &target, &p);
                         let tt = up(gpu, "target", &[batch_rows, cols], &target);
-                        kernels::binary_cross_entropy(gpu, &grad_t, &loss_t, &pred_t, &tt, rows)
-                            .unwrap()
+                        ops::binary_cross_entropy(kn, &grad_t, &loss_t, &pred_t, &tt, rows).unwrap()
                     }
                 };
                 run(gpu, &d);
@@ -926,6 +935,7 @@ fn optimizers_match_cpu() {
     let Some(gpu) = gpu("optimizers_match_cpu") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(8);
     for len in [1usize, 7, 64, 561, 1757, 70_000] {
         let param = rng.vec(len, -1.0, 1.0);
@@ -934,18 +944,27 @@ fn optimizers_match_cpu() {
         let state2 = rng.vec(len, 0.0, 0.01);
 
         for wd in [0.0, 0.01] {
-            let p = SgdParams {
+            let p = OptimParams {
                 len: len as u32,
                 lr: 0.05,
                 weight_decay: wd,
                 momentum: 0.9,
+                ..Default::default()
             };
             let mut want = param.clone();
             cpu::sgd_update(&mut want, &grad, &p);
             let pt = up(gpu, "param", &[len], &param);
             run(
                 gpu,
-                &kernels::sgd_update(gpu, &pt, &up(gpu, "grad", &[len], &grad), p).unwrap(),
+                &ops::update(
+                    kn,
+                    UpdateRule::Sgd,
+                    &pt,
+                    &[],
+                    &up(gpu, "grad", &[len], &grad),
+                    p,
+                )
+                .unwrap(),
             );
             // A handful of f32 operations per element, the same on both sides; a fused
             // multiply-add on the GPU is the only possible difference (1 ulp).
@@ -964,8 +983,15 @@ fn optimizers_match_cpu() {
             let vt = up(gpu, "velocity", &[len], &state);
             run(
                 gpu,
-                &kernels::momentum_update(gpu, &pt, &vt, &up(gpu, "grad", &[len], &grad), p)
-                    .unwrap(),
+                &ops::update(
+                    kn,
+                    UpdateRule::Momentum,
+                    &pt,
+                    &[&vt],
+                    &up(gpu, "grad", &[len], &grad),
+                    p,
+                )
+                .unwrap(),
             );
             assert_close(
                 &format!("momentum param {len} wd={wd}"),
@@ -984,7 +1010,7 @@ fn optimizers_match_cpu() {
 
             for decoupled in [0u32, 1] {
                 let t = 3i32;
-                let p = AdamParams {
+                let p = OptimParams {
                     len: len as u32,
                     lr: 1e-3,
                     beta1: 0.9,
@@ -1004,8 +1030,19 @@ fn optimizers_match_cpu() {
                 let vt = up(gpu, "v", &[len], &state2);
                 run(
                     gpu,
-                    &kernels::adam_update(gpu, &pt, &mt, &vt, &up(gpu, "grad", &[len], &grad), p)
-                        .unwrap(),
+                    &ops::update(
+                        kn,
+                        if decoupled == 1 {
+                            UpdateRule::AdamW
+                        } else {
+                            UpdateRule::Adam
+                        },
+                        &pt,
+                        &[&mt, &vt],
+                        &up(gpu, "grad", &[len], &grad),
+                        p,
+                    )
+                    .unwrap(),
                 );
                 let label = format!("adam {len} wd={wd} decoupled={decoupled}");
                 // sqrt and division are correctly rounded in Vulkan's SPIR-V only to a few ulps;
@@ -1041,6 +1078,7 @@ fn gathers_match_cpu() {
     let Some(gpu) = gpu("gathers_match_cpu") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(9);
     for &(n, cols) in SHAPES {
         let data = rng.vec(n * cols, -1.0, 1.0);
@@ -1074,8 +1112,8 @@ fn gathers_match_cpu() {
         );
         run(
             gpu,
-            &kernels::gather_rows(
-                gpu,
+            &ops::gather_rows(
+                kn,
                 &out,
                 &up(gpu, "data", &[n, cols], &data),
                 &it,
@@ -1095,8 +1133,8 @@ fn gathers_match_cpu() {
         let out_l = up_u32(gpu, "batch labels", &[batch_rows], &vec![7; batch_rows]);
         run(
             gpu,
-            &kernels::gather_labels(
-                gpu,
+            &ops::gather_labels(
+                kn,
                 &out_l,
                 &up_u32(gpu, "labels", &[n], &labels),
                 &it,
@@ -1135,7 +1173,7 @@ fn gathers_match_cpu() {
         let table = up_u32(gpu, "pixels", &[packed.len()], &packed);
         run(
             gpu,
-            &kernels::gather_rows_u8(gpu, &out, &table, &it, start, rows, 255.0).unwrap(),
+            &ops::gather_rows_u8(kn, &out, &table, &it, start, rows, 255.0).unwrap(),
         );
         // One exactly rounded division by 255 on both sides (lavapipe's division is IEEE);
         // other drivers may round the division to within 2.5 ulp, hence 1 ulp of 1.0 absolute.
@@ -1154,6 +1192,7 @@ fn perceptron_epoch_matches_cpu_exactly() {
     let Some(gpu) = gpu("perceptron_epoch_matches_cpu_exactly") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(10);
     for &(rows, cols) in SHAPES {
         let x = rng.vec(rows * cols, -1.0, 1.0);
@@ -1171,8 +1210,8 @@ fn perceptron_epoch_matches_cpu_exactly() {
         let mut want_err = vec![0u32];
         let wt = up(gpu, "weights", &[cols + 1], &w0);
         let et = GpuTensor::zeros_u32(gpu, "errors", &[1]).unwrap();
-        let d = kernels::perceptron_epoch(
-            gpu,
+        let d = ops::perceptron_epoch(
+            kn,
             &wt,
             &et,
             &up(gpu, "x", &[rows, cols], &x),
@@ -1204,7 +1243,7 @@ fn perceptron_epoch_matches_cpu_exactly() {
 // ---------------------------------------------------------------------------------------
 // The fully fused MLP pass
 
-use soma::kernels::fused_mlp::{MlpLayer, MlpShape, TILE_ROWS};
+use soma::ops::fused_mlp::{MlpLayer, MlpShape, TILE_ROWS};
 
 /// The fused pass's forms: (rows per workgroup, rows per invocation, staged weights,
 /// gathers its batch itself).
@@ -1517,12 +1556,13 @@ fn fused_mlp_matches_its_twin() {
     let Some(gpu) = gpu("fused_mlp_matches_its_twin") else {
         return;
     };
+    let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(32);
     let align = (gpu.limits().min_storage_buffer_offset_alignment as usize).max(16);
     let mut ran = 0;
     // Through the GL backend llvmpipe compiles the forms of several rows per invocation for
     // minutes (the tuner does not try the pass there); the one-row forms stand in for them.
-    let gl = gpu.adapter().backend == "Gl";
+    let gl = gpu.adapter().backend == wgpu::Backend::Gl;
     if gl {
         println!("fused_mlp: GL backend, one-row forms only");
     }
@@ -1592,8 +1632,8 @@ fn fused_mlp_matches_its_twin() {
             );
             (x, target, xt, tt, None, fused_params(c.live, o, c.rows, 0))
         };
-        let d = kernels::fused_mlp(
-            gpu,
+        let d = ops::fused_mlp(
+            kn,
             &partial,
             &pred,
             &row_loss,

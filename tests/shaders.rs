@@ -1,10 +1,11 @@
 //! CPU-only: every file in shaders/ parses and validates with naga; every entry point the
-//! Rust side dispatches exists in its file with the binding count the Rust side binds; and
-//! every params struct has the same name, field names, order and size in Rust and WGSL.
+//! Rust side dispatches (the kernel table, `Kernel::all`) exists in its file with the
+//! bindings the Rust side binds; and every kernel's uniform struct has the same name, field
+//! names, order and size in Rust and WGSL.
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use soma::kernels::{Kernel, SHADERS};
-use soma::params::*;
+use soma::kernels::{Access, Kernel, KernelSpec, SHADERS};
+use soma::params::ParamsInfo;
 
 fn parse(file: &str, source: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(source)
@@ -38,8 +39,22 @@ fn every_shader_parses_and_validates() {
 
 #[test]
 fn every_kernel_entry_point_exists_with_its_bindings() {
+    // entry point -> (file, bindings): one entry point is one kernel (Adam and AdamW, say,
+    // are one kernel with a flag), never two different ones.
+    let mut entries = std::collections::HashMap::new();
     for k in Kernel::all() {
-        let (shader, entry, storage, uniform) = k.spec();
+        let KernelSpec {
+            shader,
+            entry,
+            storage,
+            uniform,
+        } = k.spec();
+        let seen = entries.entry(entry).or_insert((shader.file, storage));
+        assert_eq!(
+            *seen,
+            (shader.file, storage),
+            "{entry}: two kernels share an entry point"
+        );
         let module = parse(shader.file, shader.source);
         let ep = module
             .entry_points
@@ -84,7 +99,7 @@ fn every_kernel_entry_point_exists_with_its_bindings() {
                 assert!(is_storage, "{entry}: binding {i} should be storage");
                 assert_eq!(
                     read_only,
-                    storage[i] == soma::kernels::Access::Read,
+                    storage[i] == Access::Read,
                     "{entry}: binding {i} access"
                 );
             } else {
@@ -93,75 +108,56 @@ fn every_kernel_entry_point_exists_with_its_bindings() {
                     naga::AddressSpace::Uniform,
                     "{entry}: last binding is the uniform"
                 );
-                assert_eq!(ty, uniform, "{entry}: uniform struct name");
+                assert_eq!(ty, uniform.name, "{entry}: uniform struct name");
             }
         }
     }
 }
 
-fn check_params<P: Params>() {
-    let mut found = false;
-    for s in SHADERS {
-        let module = parse(s.file, s.source);
-        for (_, ty) in module.types.iter() {
-            if ty.name.as_deref() != Some(P::WGSL_NAME) {
-                continue;
-            }
-            found = true;
-            let naga::TypeInner::Struct { members, span } = &ty.inner else {
-                panic!("{}: {} is not a struct", s.file, P::WGSL_NAME);
-            };
-            let names: Vec<&str> = members
-                .iter()
-                .map(|m| m.name.as_deref().unwrap_or(""))
-                .collect();
-            assert_eq!(
-                names,
-                P::FIELDS,
-                "{}: {} fields (Rust vs WGSL)",
-                s.file,
-                P::WGSL_NAME
-            );
-            assert_eq!(
-                *span as usize,
-                std::mem::size_of::<P>(),
-                "{}: {} size",
-                s.file,
-                P::WGSL_NAME
-            );
-            for (i, m) in members.iter().enumerate() {
-                assert_eq!(
-                    m.offset as usize,
-                    4 * i,
-                    "{}: {}.{} offset",
-                    s.file,
-                    P::WGSL_NAME,
-                    names[i]
-                );
-            }
-        }
+/// The uniform struct `p` as declared in `source`: the same field names in order, 4 bytes
+/// each, and the same size as in Rust.
+fn check_params(file: &str, source: &str, p: ParamsInfo) {
+    let module = parse(file, source);
+    let (_, ty) = module
+        .types
+        .iter()
+        .find(|(_, ty)| ty.name.as_deref() == Some(p.name))
+        .unwrap_or_else(|| panic!("{file}: no struct {}", p.name));
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("{file}: {} is not a struct", p.name);
+    };
+    let names: Vec<&str> = members
+        .iter()
+        .map(|m| m.name.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(names, p.fields, "{file}: {} fields (Rust vs WGSL)", p.name);
+    assert_eq!(*span as usize, p.size, "{file}: {} size", p.name);
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(
+            m.offset as usize,
+            4 * i,
+            "{file}: {}.{} offset",
+            p.name,
+            names[i]
+        );
     }
-    assert!(found, "{} appears in no shader", P::WGSL_NAME);
+    assert_eq!(
+        p.size % 16,
+        0,
+        "{}: uniform structs are padded to 16 bytes",
+        p.name
+    );
 }
 
 #[test]
-fn params_structs_match_wgsl() {
-    check_params::<MatmulParams>();
-    check_params::<ActivationParams>();
-    check_params::<DenseParams>();
-    check_params::<RowsParams>();
-    check_params::<LossParams>();
-    check_params::<SgdParams>();
-    check_params::<AdamParams>();
-    check_params::<GatherParams>();
-    check_params::<BlockedMatmulParams>();
-    check_params::<ReduceParams>();
-    check_params::<PerceptronParams>();
-    for p in [
-        std::mem::size_of::<MatmulParams>(),
-        std::mem::size_of::<ActivationParams>(),
-        std::mem::size_of::<AdamParams>(),
-    ] {
-        assert_eq!(p % 16, 0, "uniform structs are padded to 16 bytes");
+fn every_kernels_uniform_matches_wgsl() {
+    let mut checked = std::collections::HashSet::new();
+    for k in Kernel::all() {
+        let spec = k.spec();
+        if checked.insert((spec.shader.file, spec.uniform.name)) {
+            check_params(spec.shader.file, spec.shader.source, spec.uniform);
+        }
     }
+    // Every file's structs are some kernel's uniform.
+    assert!(checked.len() >= SHADERS.len(), "{checked:?}");
 }

@@ -6,11 +6,21 @@ mod common;
 
 use common::gpu;
 use soma::data::{self, Dataset, Targets};
+use soma::ops::fused_mlp::FusedMlp;
+use soma::ops::matmul::{MatmulVariant, TILES};
 use soma::trainer::Progress;
 use soma::{
-    Activation, Device, EarlyStopping, Error, Init, Loss, Model, Network, Optimizer, OptimizerKind,
-    Schedule, TrainConfig, Trainer,
+    Activation, Device, EarlyStopping, Error, Init, Kernels, Loss, Model, Network, Optimizer,
+    OptimizerKind, Schedule, TrainConfig, Trainer, Tuning,
 };
+
+/// Tuning that runs a training step as the fused MLP pass in `form`.
+fn fused_form(form: &str) -> Tuning {
+    Tuning {
+        fused_mlp: form.parse::<FusedMlp>().unwrap(),
+        ..Tuning::default()
+    }
+}
 
 /// digits, standardised, with a fixed 20% test split.
 fn digits() -> (Dataset, Dataset) {
@@ -156,12 +166,16 @@ fn gpu_matches_cpu_for_every_optimizer_and_loss() {
 /// follows the CPU reference step by step.
 #[test]
 fn fused_layers_train_like_the_cpu_reference() {
-    // A Gpu of its own: the matmul variant is per Gpu and other tests share theirs.
-    if gpu("fused_layers_train_like_the_cpu_reference").is_none() {
+    // Kernels of its own: the matmul variant is part of their tuning.
+    let Some(own) = common::tuned(
+        "fused_layers_train_like_the_cpu_reference",
+        Tuning {
+            matmul: MatmulVariant::Tile(TILES[0]),
+            ..Tuning::default()
+        },
+    ) else {
         return;
-    }
-    let own = soma::Gpu::new().unwrap();
-    own.set_matmul_variant(soma::kernels::MatmulVariant::Tile(soma::kernels::TILES[0]));
+    };
     let (train, _) = digits();
     let train = first_rows(&train, 640);
     let net = Network::mlp(&[64, 32, 16, 10], Activation::Relu, Activation::Identity).unwrap();
@@ -179,7 +193,16 @@ fn fused_layers_train_like_the_cpu_reference() {
     // not. Backward, the delta into the first layer (32 wide, from a 16-wide product) takes
     // relu' as its epilogue; the one into the second comes from a 10-term product (not a
     // multiple of 4) and stays apart.
-    let mut t = Trainer::new(Device::Gpu(&own), &model, loss, opt, &train, None, &config).unwrap();
+    let mut t = Trainer::new(
+        Device::Tuned(&own),
+        &model,
+        loss,
+        opt,
+        &train,
+        None,
+        &config,
+    )
+    .unwrap();
     let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
     let fused = kernels.iter().filter(|k| k.ends_with("_bias_relu")).count();
     assert_eq!(fused, 2, "kernels of a step: {kernels:?}");
@@ -190,7 +213,7 @@ fn fused_layers_train_like_the_cpu_reference() {
         "{kernels:?}"
     );
 
-    let (gl, gp) = run_steps(Device::Gpu(&own), &model, loss, opt, &train, 32);
+    let (gl, gp) = run_steps(Device::Tuned(&own), &model, loss, opt, &train, 32);
     let (cl, cp) = run_steps(Device::CpuReference, &model, loss, opt, &train, 32);
     let (d, i) = max_rel_diff(&gl, &cl);
     assert!(d < 1e-4, "step loss differs by {d:e} at step {i}");
@@ -208,12 +231,19 @@ fn fused_layers_train_like_the_cpu_reference() {
 /// optimizer, end bitwise equal.
 #[test]
 fn one_update_dispatch_gives_the_bits_of_one_per_tensor() {
-    let Some(fused) = common::own_gpu("one_update_dispatch_gives_the_bits_of_one_per_tensor")
-    else {
+    let Some(fused) = common::tuned(
+        "one_update_dispatch_gives_the_bits_of_one_per_tensor",
+        Tuning::default(),
+    ) else {
         return;
     };
-    let apart = soma::Gpu::new().unwrap();
-    apart.set_fusion(false);
+    let apart = Kernels::new(
+        fused.gpu(),
+        Tuning {
+            fuse: false,
+            ..Tuning::default()
+        },
+    );
     let (train, _) = digits();
     let train = first_rows(&train, 200);
     let net = Network::mlp(&[64, 12, 10], Activation::Tanh, Activation::Identity).unwrap();
@@ -238,9 +268,9 @@ fn one_update_dispatch_gives_the_bits_of_one_per_tensor() {
             ..Optimizer::new(kind)
         };
         let mut runs = vec![];
-        for (gpu, updates) in [(&fused, 1), (&apart, 4)] {
+        for (kernels, updates) in [(&fused, 1), (&apart, 4)] {
             let mut t = Trainer::new(
-                Device::Gpu(gpu),
+                Device::Tuned(kernels),
                 &model,
                 Loss::SoftmaxCrossEntropy,
                 opt,
@@ -292,7 +322,7 @@ fn one_update_dispatch_gives_the_bits_of_one_per_tensor() {
 /// values follow it step by step.
 #[test]
 fn fused_mlp_pass_trains_like_the_cpu_reference() {
-    let Some(own) = common::own_gpu("fused_mlp_pass_trains_like_the_cpu_reference") else {
+    let Some(own) = common::gpu("fused_mlp_pass_trains_like_the_cpu_reference") else {
         return;
     };
     let (train, _) = digits();
@@ -316,7 +346,7 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
     // form (two tiles of 32 rows, and one of 64).
     // Both read their rows through the epoch's shuffled order themselves.
     // Through the GL backend llvmpipe compiles the 8-row form for minutes: one-row form only.
-    let gl = own.adapter().backend == "Gl";
+    let gl = own.adapter().backend == wgpu::Backend::Gl;
     for (form, entry) in [
         ("on", "fused_mlp_t32_r1_staged_gather"),
         ("t64_r8", "fused_mlp_t64_r8_gather"),
@@ -325,9 +355,9 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
             println!("fused_mlp_pass_trains_like_the_cpu_reference: GL backend, {form} skipped");
             continue;
         }
-        own.set_fused_mlp(form.parse().unwrap());
+        let own_k = Kernels::new(own, fused_form(form));
         let mut t = Trainer::new(
-            Device::Gpu(&own),
+            Device::Tuned(&own_k),
             &model,
             Loss::Mse,
             opt,
@@ -349,7 +379,7 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
         assert_eq!(kernels.len(), 6, "kernels of a step: {kernels:?}");
         assert!(!kernels.iter().any(|k| k.starts_with("gather_rows")));
 
-        let (gl, gp) = run_steps(Device::Gpu(&own), &model, Loss::Mse, opt, &train, 64);
+        let (gl, gp) = run_steps(Device::Tuned(&own_k), &model, Loss::Mse, opt, &train, 64);
         assert_eq!(gl.len(), 10);
         let (d, i) = max_rel_diff(&gl, &cl);
         assert!(d < 1e-4, "{entry}: step loss differs by {d:e} at step {i}");
@@ -384,11 +414,11 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
     } else {
         ("t64_r8", "fused_mlp_t64_r8_gather_bce")
     };
-    own.set_fused_mlp(form.parse().unwrap());
-    let mut t = Trainer::new(Device::Gpu(&own), &model, loss, opt, &bc, None, &config).unwrap();
+    let own_k = Kernels::new(own, fused_form(form));
+    let mut t = Trainer::new(Device::Tuned(&own_k), &model, loss, opt, &bc, None, &config).unwrap();
     let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
     assert!(kernels.contains(&entry), "kernels of a step: {kernels:?}");
-    let (gl, gp) = run_steps(Device::Gpu(&own), &model, loss, opt, &bc, 64);
+    let (gl, gp) = run_steps(Device::Tuned(&own_k), &model, loss, opt, &bc, 64);
     let (cl, cp) = run_steps(Device::CpuReference, &model, loss, opt, &bc, 64);
     let (d, i) = max_rel_diff(&gl, &cl);
     assert!(d < 1e-4, "bce: step loss differs by {d:e} at step {i}");

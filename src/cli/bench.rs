@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use soma::autotune;
 use soma::data::{self, Dataset};
-use soma::kernels::{self, Accumulate};
-use soma::params::{BlockedMatmulParams, MatmulParams};
+use soma::kernels;
+use soma::ops::matmul::{BlockedMatmulParams, MatmulForm, MatmulParams};
+use soma::ops::{self, Accumulate};
 use soma::rng::Rng;
 use soma::trainer::{TrainConfig, Trainer};
 use soma::{
@@ -132,22 +134,34 @@ fn b1(ctx: &mut Ctx<'_>, sizes: &[usize], peak: Option<(f64, String)>) -> Result
         let mut times = Vec::new();
         let first: Vec<f32>;
         match ctx.device {
-            Device::Gpu(gpu) => {
-                let at = GpuTensor::upload(gpu, "A", &[n, n], &a)?;
-                let bt = GpuTensor::upload(gpu, "B", &[n, n], &b)?;
-                let ct = GpuTensor::zeros(gpu, "C", &[n, n])?;
-                let d = kernels::matmul_nn(gpu, &ct, &at, &bt, Accumulate::Overwrite)?;
-                gpu.wait()?;
-                kernels::run(gpu, &[&d])?;
-                first = ct.read(gpu)?;
-                kernels::run(gpu, &[&d])?;
-                gpu.wait()?;
-                for _ in 0..7 {
-                    let t = Instant::now();
-                    kernels::run(gpu, &[&d])?;
-                    gpu.wait()?;
-                    times.push(t.elapsed().as_secs_f64());
-                }
+            Device::Gpu(_) | Device::Tuned(_) => {
+                let Some(result) = ctx
+                    .device
+                    .with_kernels(|k| -> Result<(Vec<f32>, Vec<f64>)> {
+                        let gpu = k.gpu();
+                        autotune::prepare(k, MatmulForm::Nn, n, n, n, Accumulate::Overwrite)?;
+                        let at = GpuTensor::upload(gpu, "A", &[n, n], &a)?;
+                        let bt = GpuTensor::upload(gpu, "B", &[n, n], &b)?;
+                        let ct = GpuTensor::zeros(gpu, "C", &[n, n])?;
+                        let d = ops::matmul_nn(k, &ct, &at, &bt, Accumulate::Overwrite)?;
+                        gpu.wait()?;
+                        kernels::run(gpu, &[&d])?;
+                        let first = ct.read(gpu)?;
+                        kernels::run(gpu, &[&d])?;
+                        gpu.wait()?;
+                        let mut times = Vec::new();
+                        for _ in 0..7 {
+                            let t = Instant::now();
+                            kernels::run(gpu, &[&d])?;
+                            gpu.wait()?;
+                            times.push(t.elapsed().as_secs_f64());
+                        }
+                        Ok((first, times))
+                    })
+                else {
+                    return Err(Error::Config("B1 on a GPU needs a GPU device".into()));
+                };
+                (first, times) = result?;
             }
             Device::Cpu | Device::CpuReference => {
                 // The CPU path's product: matrixmultiply's threaded sgemm.
@@ -355,13 +369,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let opened = open_device(cmd.device)?;
     let device = opened.device();
     let (peer, adapter) = match device {
-        Device::Gpu(g) => ("soma-gpu", g.adapter().name.clone()),
+        Device::Gpu(_) | Device::Tuned(_) => ("soma-gpu", device.name()),
         Device::Cpu | Device::CpuReference => ("soma-cpu", "cpu".to_string()),
     };
-    let cpu_like = match device {
-        Device::Gpu(g) => g.adapter().device_type == "Cpu",
-        Device::Cpu | Device::CpuReference => true,
-    };
+    let cpu_like = device
+        .gpu()
+        .is_none_or(|g| g.adapter().device_type == wgpu::DeviceType::Cpu);
     let mut ctx = Ctx {
         device,
         peer,

@@ -11,7 +11,7 @@ pub fn run(json: bool) -> Result<()> {
             .iter()
             .map(|a| {
                 serde_json::json!({
-                    "name": a.name, "backend": a.backend, "device_type": a.device_type,
+                    "name": a.name, "backend": format!("{:?}", a.backend), "device_type": format!("{:?}", a.device_type),
                     "driver": a.driver, "driver_info": a.driver_info,
                     "max_storage_buffer_binding_size": a.max_storage_buffer_binding_size,
                     "max_buffer_size": a.max_buffer_size,
@@ -36,7 +36,7 @@ pub fn run(json: bool) -> Result<()> {
     for (i, a) in adapters.iter().enumerate() {
         println!("[{i}] {}", a.name);
         println!(
-            "    backend {}, type {}, driver {} {}",
+            "    backend {:?}, type {:?}, driver {} {}",
             a.backend, a.device_type, a.driver, a.driver_info
         );
         println!(

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 
 use soma::checkpoint::{self, Checkpoint};
-use soma::{Device, Error, Gpu, Result};
+use soma::{Device, Error, Gpu, Kernels, Result, Tuning};
 
 /// `--device`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -28,31 +28,40 @@ pub enum DeviceChoice {
     Cpu,
 }
 
-/// The opened device (owning the `Gpu` when there is one).
+/// The opened device: the GPU's kernels, with the tuning the environment asks for
+/// (`SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`, `SOMA_AUTOTUNE`), when there is a GPU.
 pub struct Opened {
-    gpu: Option<Gpu>,
+    kernels: Option<Kernels<'static>>,
 }
 
 impl Opened {
     pub fn device(&self) -> Device<'_> {
-        match &self.gpu {
-            Some(g) => Device::Gpu(g),
+        match &self.kernels {
+            Some(k) => Device::Tuned(k),
             None => Device::Cpu,
         }
     }
 }
 
+/// The command opens one device for its whole life, so the `Gpu` is simply kept.
+fn kept(gpu: Gpu, tuning: Tuning) -> Opened {
+    let gpu: &'static Gpu = Box::leak(Box::new(gpu));
+    Opened {
+        kernels: Some(Kernels::new(gpu, tuning)),
+    }
+}
+
 pub fn open_device(choice: DeviceChoice) -> Result<Opened> {
+    // A bad SOMA_* value fails before any device is opened.
+    let tuning = Tuning::from_env()?;
     match choice {
-        DeviceChoice::Cpu => Ok(Opened { gpu: None }),
-        DeviceChoice::Gpu => Ok(Opened {
-            gpu: Some(Gpu::new()?),
-        }),
+        DeviceChoice::Cpu => Ok(Opened { kernels: None }),
+        DeviceChoice::Gpu => Ok(kept(Gpu::new()?, tuning)),
         DeviceChoice::Auto => match Gpu::new() {
-            Ok(g) => Ok(Opened { gpu: Some(g) }),
+            Ok(g) => Ok(kept(g, tuning)),
             Err(e @ Error::NoAdapter { .. }) => {
                 eprintln!("warning: {e}\nwarning: running on the CPU path");
-                Ok(Opened { gpu: None })
+                Ok(Opened { kernels: None })
             }
             Err(e) => Err(e),
         },

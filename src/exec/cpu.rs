@@ -1,7 +1,7 @@
-//! The CPU executor: host vectors and the CPU twins in `cpu.rs`, op by op in plan order.
+//! The CPU executor: host vectors and the CPU twins of the op families, op by op in plan order.
 
 use crate::cpu;
-use crate::params::{BlockedMatmulParams, MatmulParams};
+use crate::ops::matmul::{BlockedMatmulParams, MatmulParams};
 use crate::plan::{entry, BufId, Op, Plan};
 use crate::tensor::DType;
 
@@ -213,17 +213,17 @@ impl CpuExec {
                 let mut l = self.take_f(*row_loss);
                 let p = entry(params, step);
                 match kind {
-                    crate::Loss::Mse => {
+                    crate::ops::Loss::Mse => {
                         cpu::mse_loss(&mut g, &mut l, self.f(*pred), self.f(*target), &p)
                     }
-                    crate::Loss::SoftmaxCrossEntropy => cpu::softmax_cross_entropy(
+                    crate::ops::Loss::SoftmaxCrossEntropy => cpu::softmax_cross_entropy(
                         &mut g,
                         &mut l,
                         self.f(*pred),
                         self.u(*target),
                         &p,
                     ),
-                    crate::Loss::BinaryCrossEntropy => cpu::binary_cross_entropy(
+                    crate::ops::Loss::BinaryCrossEntropy => cpu::binary_cross_entropy(
                         &mut g,
                         &mut l,
                         self.f(*pred),
@@ -249,47 +249,20 @@ impl CpuExec {
                 cpu::correct_count(&mut c, self.f(*x), self.u(*labels), &entry(params, step));
                 self.bufs[*count] = HostBuf::U32(c);
             }
-            Op::SgdUpdate {
+            Op::Update {
+                rule,
                 param,
+                state,
                 grad,
                 params,
             } => {
                 let mut p = self.take_f(*param);
-                cpu::sgd_update(&mut p, self.f(*grad), &entry(params, step));
+                let mut s: Vec<Vec<f32>> = state.iter().map(|&id| self.take_f(id)).collect();
+                cpu::update(*rule, &mut p, &mut s, self.f(*grad), &entry(params, step));
                 self.bufs[*param] = HostBuf::F32(p);
-            }
-            Op::MomentumUpdate {
-                param,
-                velocity,
-                grad,
-                params,
-            } => {
-                let mut p = self.take_f(*param);
-                let mut v = self.take_f(*velocity);
-                cpu::momentum_update(&mut p, &mut v, self.f(*grad), &entry(params, step));
-                self.bufs[*param] = HostBuf::F32(p);
-                self.bufs[*velocity] = HostBuf::F32(v);
-            }
-            Op::AdamUpdate {
-                param,
-                m,
-                v,
-                grad,
-                params,
-            } => {
-                let mut p = self.take_f(*param);
-                let mut mm = self.take_f(*m);
-                let mut vv = self.take_f(*v);
-                cpu::adam_update(
-                    &mut p,
-                    &mut mm,
-                    &mut vv,
-                    self.f(*grad),
-                    &entry(params, step),
-                );
-                self.bufs[*param] = HostBuf::F32(p);
-                self.bufs[*m] = HostBuf::F32(mm);
-                self.bufs[*v] = HostBuf::F32(vv);
+                for (&id, values) in state.iter().zip(s) {
+                    self.bufs[id] = HostBuf::F32(values);
+                }
             }
         }
     }

@@ -5,22 +5,40 @@
 
 use std::ops::Range;
 
+use crate::autotune;
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::kernels::{self, Dispatch};
-use crate::network::Activation;
+use crate::kernels::{self, Dispatch, Kernels};
+use crate::ops::{self, Activation};
 use crate::plan::{entry, BufId, Op, Plan};
 use crate::tensor::{copy_tensors, DType, GpuTensor};
 
-use super::{acc, activation_of, ops_of, Pass};
+use super::{acc, ops_of, Pass};
 
 mod fuse;
 
 use fuse::{update_buffers, Arenas};
 
+/// The kernels an executor records with: its own, or a caller's shared across runs.
+pub(super) enum KernelsRef<'a> {
+    Owned(Kernels<'a>),
+    Shared(&'a Kernels<'a>),
+}
+
+impl<'a> std::ops::Deref for KernelsRef<'a> {
+    type Target = Kernels<'a>;
+    fn deref(&self) -> &Kernels<'a> {
+        match self {
+            KernelsRef::Owned(k) => k,
+            KernelsRef::Shared(k) => k,
+        }
+    }
+}
+
 /// The GPU executor: resident tensors and one prebuilt dispatch per op.
 pub struct GpuExec<'a> {
     pub(super) gpu: &'a Gpu,
+    pub(super) kernels: KernelsRef<'a>,
     pub(super) tensors: Vec<GpuTensor>,
     pub(super) train: Vec<Dispatch>,
     pub(super) eval: Vec<Dispatch>,
@@ -36,12 +54,13 @@ pub struct GpuExec<'a> {
 }
 
 impl<'a> GpuExec<'a> {
-    pub(super) fn new(gpu: &'a Gpu, plan: &Plan) -> Result<GpuExec<'a>> {
+    pub(super) fn new(kernels: KernelsRef<'a>, plan: &Plan) -> Result<GpuExec<'a>> {
+        let gpu = kernels.gpu();
         // Every buffer is checked against the adapter's limits before any is created.
         for b in &plan.buffers {
             gpu.check_buffer_size(&b.name, b.len() as u64 * 4)?;
         }
-        let mut arenas = if gpu.fusion() {
+        let mut arenas = if kernels.tuning().fuse {
             Arenas::plan(gpu, plan, &plan.train_step)?
         } else {
             None
@@ -63,8 +82,17 @@ impl<'a> GpuExec<'a> {
                 (None, DType::U32) => GpuTensor::zeros_u32(gpu, &b.name, &b.shape),
             })
             .collect::<Result<Vec<_>>>()?;
+        // Every product's kernel is chosen (and, where nothing is cached, measured) now, so
+        // that recording only looks the choices up.
+        for op in plan.train_step.iter().chain(&plan.eval_step) {
+            if let Some((form, p)) = op.matmul() {
+                let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+                autotune::prepare(&kernels, form, m, n, k, acc(p.accumulate))?;
+            }
+        }
         let mut exec = GpuExec {
             gpu,
+            kernels,
             tensors,
             train: vec![],
             eval: vec![],
@@ -109,9 +137,10 @@ impl<'a> GpuExec<'a> {
 
     /// The one dispatch doing `first` and then `next`, where the pair fuses on this device.
     pub(super) fn fused(&self, plan: &Plan, first: &Op, next: &Op) -> Result<Option<Dispatch>> {
-        if !self.gpu.fusion() {
+        if !self.kernels.tuning().fuse {
             return Ok(None);
         }
+        let k = &*self.kernels;
         let t = &self.tensors;
         match (first, next) {
             (
@@ -127,15 +156,15 @@ impl<'a> GpuExec<'a> {
                     bias,
                     params: ap,
                 },
-            ) if pre == pre2 && mp.accumulate == 0 => kernels::dense_forward(
-                self.gpu,
+            ) if pre == pre2 && mp.accumulate == 0 => ops::dense_forward(
+                k,
                 &t[*out],
                 &t[*pre],
                 &t[*a],
                 &t[*b],
                 bias.map(|b| &t[b]),
                 &t[plan.dummy],
-                activation_of(ap.kind, ap.slope),
+                Activation::decode(ap.kind, ap.slope)?,
             ),
             // The product (dx) is read by nothing but the activation backward, so the fused
             // kernel writes dpre alone.
@@ -153,16 +182,15 @@ impl<'a> GpuExec<'a> {
                     params: ap,
                 },
             ) if dx == dout && mp.accumulate == 0 => {
-                let act = activation_of(ap.kind, ap.slope);
+                let act = Activation::decode(ap.kind, ap.slope)?;
                 if act == Activation::Relu {
-                    if let Some(d) =
-                        kernels::relu_delta(self.gpu, &t[*dpre], &t[*a], &t[*b], &t[*pre])?
-                    {
+                    if let Some(d) = ops::relu_delta(k, &t[*dpre], &t[*a], &t[*b], &t[*pre])? {
                         return Ok(Some(d));
                     }
                 }
-                kernels::dense_backward(self.gpu, &t[*dpre], &t[*a], &t[*b], &t[*pre], act)
+                ops::dense_backward(k, &t[*dpre], &t[*a], &t[*b], &t[*pre], act)
             }
+            // Any other pair runs as two dispatches.
             _ => Ok(None),
         }
     }
@@ -171,6 +199,7 @@ impl<'a> GpuExec<'a> {
     /// the op's own parameter entries.
     pub(super) fn build(&self, plan: &Plan, op: &Op) -> Result<Dispatch> {
         let g = self.gpu;
+        let k = &*self.kernels;
         let t = &self.tensors;
         Ok(match op {
             Op::GatherRows {
@@ -180,8 +209,8 @@ impl<'a> GpuExec<'a> {
                 params,
             } => {
                 let p = params[0];
-                let mut d = kernels::gather_rows(
-                    g,
+                let mut d = ops::gather_rows(
+                    k,
                     &t[*out],
                     &t[*data],
                     &t[*indices],
@@ -198,8 +227,8 @@ impl<'a> GpuExec<'a> {
                 params,
             } => {
                 let p = params[0];
-                let mut d = kernels::gather_rows_u8(
-                    g,
+                let mut d = ops::gather_rows_u8(
+                    k,
                     &t[*out],
                     &t[*data],
                     &t[*indices],
@@ -217,8 +246,8 @@ impl<'a> GpuExec<'a> {
                 params,
             } => {
                 let p = params[0];
-                let mut d = kernels::gather_labels(
-                    g,
+                let mut d = ops::gather_labels(
+                    k,
                     &t[*out],
                     &t[*labels],
                     &t[*indices],
@@ -229,13 +258,13 @@ impl<'a> GpuExec<'a> {
                 d
             }
             Op::MatmulNt { out, a, b, params } => {
-                kernels::matmul_nt(g, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
+                ops::matmul_nt(k, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
             }
             Op::MatmulNn { out, a, b, params } => {
-                kernels::matmul_nn(g, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
+                ops::matmul_nn(k, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
             }
             Op::MatmulTn { out, a, b, params } => {
-                kernels::matmul_tn(g, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
+                ops::matmul_tn(k, &t[*out], &t[*a], &t[*b], acc(params.accumulate))?
             }
             Op::BiasActivationForward {
                 out,
@@ -243,9 +272,9 @@ impl<'a> GpuExec<'a> {
                 bias,
                 params,
             } => {
-                let act = activation_of(params.kind, params.slope);
+                let act = Activation::decode(params.kind, params.slope)?;
                 let bias = bias.map(|b| &t[b]);
-                kernels::bias_activation_forward(g, &t[*out], &t[*pre], bias, &t[plan.dummy], act)?
+                ops::bias_activation_forward(k, &t[*out], &t[*pre], bias, &t[plan.dummy], act)?
             }
             Op::ActivationBackward {
                 dpre,
@@ -253,11 +282,11 @@ impl<'a> GpuExec<'a> {
                 pre,
                 params,
             } => {
-                let act = activation_of(params.kind, params.slope);
-                kernels::activation_backward(g, &t[*dpre], &t[*dout], &t[*pre], act)?
+                let act = Activation::decode(params.kind, params.slope)?;
+                ops::activation_backward(k, &t[*dpre], &t[*dout], &t[*pre], act)?
             }
             Op::ColumnSum { out, x, params } => {
-                kernels::column_sum(g, &t[*out], &t[*x], acc(params.accumulate))?
+                ops::column_sum(k, &t[*out], &t[*x], acc(params.accumulate))?
             }
             Op::Loss {
                 kind,
@@ -267,8 +296,8 @@ impl<'a> GpuExec<'a> {
                 target,
                 params,
             } => {
-                let mut d = kernels::loss(
-                    g,
+                let mut d = ops::loss(
+                    k,
                     *kind,
                     &t[*grad],
                     &t[*row_loss],
@@ -280,7 +309,7 @@ impl<'a> GpuExec<'a> {
                 d
             }
             Op::ReduceSum { out, x, params } => {
-                kernels::reduce_sum(g, &t[*out], &t[*x], acc(params.accumulate))?
+                ops::reduce_sum(k, &t[*out], &t[*x], acc(params.accumulate))?
             }
             Op::CorrectCount {
                 count,
@@ -289,8 +318,8 @@ impl<'a> GpuExec<'a> {
                 params,
             } => {
                 let p = params[0];
-                let mut d = kernels::correct_count(
-                    g,
+                let mut d = ops::correct_count(
+                    k,
                     &t[*count],
                     &t[*x],
                     &t[*labels],
@@ -300,46 +329,15 @@ impl<'a> GpuExec<'a> {
                 d.set_params(g, params)?;
                 d
             }
-            Op::SgdUpdate {
+            Op::Update {
+                rule,
                 param,
+                state,
                 grad,
                 params,
             } => {
-                let mut d = kernels::sgd_update(g, &t[*param], &t[*grad], entry(params, 0))?;
-                d.set_params(g, params)?;
-                d
-            }
-            Op::MomentumUpdate {
-                param,
-                velocity,
-                grad,
-                params,
-            } => {
-                let mut d = kernels::momentum_update(
-                    g,
-                    &t[*param],
-                    &t[*velocity],
-                    &t[*grad],
-                    entry(params, 0),
-                )?;
-                d.set_params(g, params)?;
-                d
-            }
-            Op::AdamUpdate {
-                param,
-                m,
-                v,
-                grad,
-                params,
-            } => {
-                let mut d = kernels::adam_update(
-                    g,
-                    &t[*param],
-                    &t[*m],
-                    &t[*v],
-                    &t[*grad],
-                    entry(params, 0),
-                )?;
+                let state: Vec<&GpuTensor> = state.iter().map(|&s| &t[s]).collect();
+                let mut d = ops::update(k, *rule, &t[*param], &state, &t[*grad], entry(params, 0))?;
                 d.set_params(g, params)?;
                 d
             }
@@ -362,16 +360,20 @@ impl<'a> GpuExec<'a> {
             Pass::Eval => &mut self.eval[index],
         };
         match &ops_of(plan, pass)[index] {
-            Op::SgdUpdate { params, .. } | Op::MomentumUpdate { params, .. } => {
-                d.set_params(g, params)
-            }
-            Op::AdamUpdate { params, .. } => d.set_params(g, params),
+            Op::Update { params, .. } => d.set_params(g, params),
             Op::GatherRows { params, .. }
             | Op::GatherRowsU8 { params, .. }
             | Op::GatherLabels { params, .. } => d.set_params(g, params),
             Op::Loss { params, .. } => d.set_params(g, params),
             Op::CorrectCount { params, .. } => d.set_params(g, params),
-            _ => Ok(()),
+            // One fixed entry, written when the dispatch was built.
+            Op::MatmulNt { .. }
+            | Op::MatmulNn { .. }
+            | Op::MatmulTn { .. }
+            | Op::BiasActivationForward { .. }
+            | Op::ActivationBackward { .. }
+            | Op::ColumnSum { .. }
+            | Op::ReduceSum { .. } => Ok(()),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The two executors of a [`Plan`]: the GPU one keeps every buffer resident and turns each op
-//! into a prebuilt [`Dispatch`](crate::kernels::Dispatch), recording a whole step into one compute pass and one
-//! submission; the CPU one keeps host vectors and calls the twins in `cpu.rs` in the same
-//! order. `Executor` is the closed enum the trainer talks to. Deciding what to run and when
+//! into a prebuilt [`Dispatch`](crate::kernels::Dispatch), recording a whole step into one
+//! compute pass and one submission; the CPU one keeps host vectors and calls the op families'
+//! twins in the same order. `Executor` is the closed enum the trainer talks to. Deciding what to run and when
 //! is the trainer's job.
 //!
 //! `gpu.rs` is the GPU executor (with `gpu/fuse.rs`, the fusions across ops: the optimizer
@@ -11,8 +11,8 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{self, Accumulate};
-use crate::network::Activation;
+use crate::kernels::{self, Kernels};
+use crate::ops::Accumulate;
 use crate::plan::{BufId, Op, Plan};
 use crate::tensor::{start_read_many, DType, GpuTensor};
 
@@ -22,12 +22,17 @@ mod gpu;
 use cpu::HostBuf;
 pub use cpu::{CpuExec, CpuMatmul};
 pub use gpu::GpuExec;
+use gpu::KernelsRef;
 
 /// Where a run executes.
 #[derive(Clone, Copy, Debug)]
 pub enum Device<'a> {
-    /// On this GPU, every buffer resident.
+    /// On this GPU, every buffer resident, with the default `Tuning` and pipelines compiled
+    /// for this run.
     Gpu(&'a Gpu),
+    /// On the GPU of these kernels, with their `Tuning`, sharing their compiled pipelines
+    /// and tuned choices with every other run on them.
+    Tuned(&'a Kernels<'a>),
     /// On the host: the CPU kernels, with matrix products by a threaded gemm (fast; equal
     /// to the GPU to rounding).
     Cpu,
@@ -36,11 +41,31 @@ pub enum Device<'a> {
     CpuReference,
 }
 
-impl Device<'_> {
+impl<'a> Device<'a> {
+    /// Runs `f` with this device's kernels: the shared ones of `Device::Tuned`, or ones made
+    /// for the call (default tuning) on `Device::Gpu`; `None` on the CPU devices.
+    pub fn with_kernels<R>(self, f: impl FnOnce(&Kernels<'a>) -> R) -> Option<R> {
+        match self {
+            Device::Gpu(g) => Some(f(&Kernels::new(g, Default::default()))),
+            Device::Tuned(k) => Some(f(k)),
+            Device::Cpu | Device::CpuReference => None,
+        }
+    }
+
+    /// The GPU, for the GPU devices.
+    pub fn gpu(&self) -> Option<&'a Gpu> {
+        match self {
+            Device::Gpu(g) => Some(g),
+            Device::Tuned(k) => Some(k.gpu()),
+            Device::Cpu | Device::CpuReference => None,
+        }
+    }
+
     /// A short name for logs: the adapter's name, or "cpu".
     pub fn name(&self) -> String {
         match self {
             Device::Gpu(g) => g.adapter().name.clone(),
+            Device::Tuned(k) => k.gpu().adapter().name.clone(),
             Device::Cpu => "cpu".into(),
             Device::CpuReference => "cpu (reference)".into(),
         }
@@ -58,18 +83,6 @@ fn ops_of(plan: &Plan, pass: Pass) -> &[Op] {
     match pass {
         Pass::Train => &plan.train_step,
         Pass::Eval => &plan.eval_step,
-    }
-}
-
-fn activation_of(kind: u32, slope: f32) -> Activation {
-    match kind {
-        1 => Activation::Relu,
-        2 => Activation::LeakyRelu { slope },
-        3 => Activation::Sigmoid,
-        4 => Activation::Tanh,
-        5 => Activation::Sign,
-        6 => Activation::Step,
-        _ => Activation::Identity,
     }
 }
 
@@ -101,7 +114,11 @@ impl<'a> Executor<'a> {
     /// Allocates every buffer of `plan` and prepares its op lists.
     pub fn new(device: Device<'a>, plan: &Plan) -> Result<Executor<'a>> {
         Ok(match device {
-            Device::Gpu(gpu) => Executor::Gpu(Box::new(GpuExec::new(gpu, plan)?)),
+            Device::Gpu(gpu) => Executor::Gpu(Box::new(GpuExec::new(
+                KernelsRef::Owned(Kernels::new(gpu, Default::default())),
+                plan,
+            )?)),
+            Device::Tuned(k) => Executor::Gpu(Box::new(GpuExec::new(KernelsRef::Shared(k), plan)?)),
             Device::Cpu => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Gemm)),
             Device::CpuReference => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Reference)),
         })
@@ -306,6 +323,14 @@ impl<'a> Executor<'a> {
     pub fn tensor(&self, id: BufId) -> Option<&GpuTensor> {
         match self {
             Executor::Gpu(g) => g.tensors.get(id),
+            Executor::Cpu(_) => None,
+        }
+    }
+
+    /// The kernels, on the GPU path.
+    pub fn kernels(&self) -> Option<&Kernels<'a>> {
+        match self {
+            Executor::Gpu(g) => Some(&g.kernels),
             Executor::Cpu(_) => None,
         }
     }

@@ -8,8 +8,8 @@ use super::{TRUTH_INPUTS, XOR_TARGETS};
 use crate::data::{Dataset, Targets};
 use crate::error::{Error, Result};
 use crate::exec::Device;
-use crate::loss::Loss;
 use crate::network::{Activation, Init, Network, Parameters};
+use crate::ops::loss::Loss;
 use crate::optim::Optimizer;
 use crate::trainer::{fit, Model, TrainConfig};
 

@@ -4,8 +4,8 @@
 use crate::data::{self, Dataset, ScaleKind, Scaler};
 use crate::error::Result;
 use crate::exec::Device;
-use crate::loss::Loss;
 use crate::network::{Activation, Init, Layer, Network};
+use crate::ops::loss::Loss;
 use crate::optim::Optimizer;
 use crate::trainer::{fit, Model, TrainConfig};
 

@@ -5,8 +5,8 @@
 use crate::data::{self, Dataset, ScaleKind, Scaler, Targets};
 use crate::error::{Error, Result};
 use crate::exec::Device;
-use crate::loss::Loss;
 use crate::network::{Activation, Init, Network};
+use crate::ops::loss::Loss;
 use crate::optim::Optimizer;
 use crate::trainer::{fit, Model, TrainConfig};
 

@@ -108,3 +108,17 @@ pub fn own_gpu(test: &str) -> Option<Gpu> {
     gpu(test)?;
     Some(Gpu::new().expect("a second device on the adapter that opened the first"))
 }
+
+/// Kernels with the default tuning on the test binary's GPU, shared by its tests (SKIPPED
+/// and `SOMA_REQUIRE_GPU` as for [`gpu`]).
+pub fn kernels(test: &str) -> Option<&'static soma::Kernels<'static>> {
+    static KERNELS: OnceLock<soma::Kernels<'static>> = OnceLock::new();
+    let gpu = gpu(test)?;
+    Some(KERNELS.get_or_init(|| soma::Kernels::new(gpu, soma::Tuning::default())))
+}
+
+/// Kernels of the test's own on the shared GPU, with `tuning` (a matmul variant, fusion off):
+/// their choices and pipelines are theirs, so tests running beside them are not affected.
+pub fn tuned(test: &str, tuning: soma::Tuning) -> Option<soma::Kernels<'static>> {
+    Some(soma::Kernels::new(gpu(test)?, tuning))
+}

@@ -3,11 +3,13 @@
 //! all; and the fully fused small-MLP pass (`kernels::fused_mlp`), which replaces the step's
 //! gathers, forward pass, loss and backward pass where it measures faster.
 
+use crate::autotune;
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::kernels::fused_mlp::MlpShape;
-use crate::kernels::{self, Accumulate, Dispatch};
-use crate::params::{AdamParams, SgdParams};
+use crate::kernels::Dispatch;
+use crate::ops::fused_mlp::{FusedMlp, FusedMlpParams, MlpLayer, MlpShape};
+use crate::ops::optim::OptimParams;
+use crate::ops::{self, Accumulate, Loss};
 use crate::plan::{entry, BufId, Op, Plan};
 use crate::tensor::{DType, GpuTensor};
 
@@ -16,7 +18,7 @@ use super::GpuExec;
 /// Where a training step's ops are the forward pass, loss and backward pass of a network
 /// the fully fused pass takes: the ops it replaces and what it reads and writes.
 struct MlpPass {
-    shape: kernels::fused_mlp::MlpShape,
+    shape: MlpShape,
     /// Index of the first forward op: the fused pass runs there.
     first: usize,
     /// Index of the last backward op: the sum over tiles runs there.
@@ -24,7 +26,7 @@ struct MlpPass {
     /// Every op the two replace (forward, loss, backward).
     replaced: Vec<usize>,
     /// Per step: the loss's rows and scale, and where the step's rows start.
-    params: Vec<crate::params::FusedMlpParams>,
+    params: Vec<FusedMlpParams>,
     pred: BufId,
     /// What the pass reads its rows from: the gathered batch (`input`, `target`), or, when
     /// it gathers them itself, the data tables and the row order.
@@ -48,18 +50,13 @@ pub(super) struct Arenas {
 pub(super) type UpdateBufs = (BufId, BufId, Vec<BufId>);
 
 pub(super) fn update_buffers(op: &Op) -> Option<UpdateBufs> {
-    match op {
-        Op::SgdUpdate { param, grad, .. } => Some((*param, *grad, vec![])),
-        Op::MomentumUpdate {
-            param,
-            velocity,
-            grad,
-            ..
-        } => Some((*param, *grad, vec![*velocity])),
-        Op::AdamUpdate {
-            param, m, v, grad, ..
-        } => Some((*param, *grad, vec![*m, *v])),
-        _ => None,
+    if let Op::Update {
+        param, state, grad, ..
+    } = op
+    {
+        Some((*param, *grad, state.clone()))
+    } else {
+        None
     }
 }
 
@@ -74,8 +71,14 @@ impl Arenas {
         if at.len() < 2 || at.windows(2).any(|w| w[1] != w[0] + 1) {
             return Ok(None);
         }
-        let kind = std::mem::discriminant(&ops[at[0]]);
-        if at.iter().any(|&i| std::mem::discriminant(&ops[i]) != kind) {
+        let rule = |op: &Op| {
+            if let Op::Update { rule, .. } = op {
+                Some(*rule)
+            } else {
+                None
+            }
+        };
+        if at.iter().any(|&i| rule(&ops[i]) != rule(&ops[at[0]])) {
             return Ok(None);
         }
         let slots: Vec<_> = at.iter().filter_map(|&i| update_buffers(&ops[i])).collect();
@@ -157,29 +160,28 @@ impl GpuExec<'_> {
     /// enough to measure and the fused pass measures faster (the choice is cached with the
     /// matmul choices). The replaced ops' dispatches are disabled.
     pub(super) fn fuse_mlp(&mut self, plan: &Plan) -> Result<()> {
-        use kernels::fused_mlp::FusedMlp;
-        let policy = self.gpu.fused_mlp();
-        if policy == FusedMlp::Off || !self.gpu.fusion() || self.fused_update.is_none() {
+        let policy = self.kernels.tuning().fused_mlp;
+        if policy == FusedMlp::Off || !self.kernels.tuning().fuse || self.fused_update.is_none() {
             return Ok(());
         }
-        // Through the GL backend the driver compiles the pass's unrolled source for minutes
-        // (llvmpipe via GL: over 4 minutes for the 8-rows-per-invocation form of B3's
-        // network, 166 ms a step for the one-row form against 20 ms through Vulkan), so the
-        // tuner does not try it there; `SOMA_FUSED_MLP=on` or a form still forces it.
-        if policy == FusedMlp::Auto && self.gpu.adapter().backend == "Gl" {
+        // Through the GL backend llvmpipe compiles the pass's unrolled source for minutes and
+        // runs it slower than op by op (BENCHMARKS.md), so the tuner does not try it there;
+        // `FusedMlp::On` or a form still forces it.
+        if policy == FusedMlp::Auto && self.gpu.adapter().backend == wgpu::Backend::Gl {
             return Ok(());
         }
         let Some(pass) = self.mlp_pass(plan) else {
             return Ok(());
         };
         let flops = 2.0 * plan.batch as f64 * pass.shape.macs_per_row() as f64;
-        if policy == FusedMlp::Auto && flops < crate::autotune::TUNE_MIN_FLOPS {
+        if policy == FusedMlp::Auto && flops < autotune::TUNE_MIN_FLOPS {
             return Ok(());
         }
         let Some(a) = &self.arenas else {
             return Ok(());
         };
         let g = self.gpu;
+        let k = &*self.kernels;
         let t = &self.tensors;
         let len = a.params.len();
         // Two forms, the first that the device runs of each: one row per invocation in
@@ -207,7 +209,7 @@ impl GpuExec<'_> {
                         .with_rows_per_invocation(rows)
                         .with_staged(staged);
                     let bytes = (shape.tiles(plan.batch) * len * 4) as u64;
-                    let fits = kernels::fused_mlp_fits(g, shape)
+                    let fits = ops::fused_mlp_fits(k, shape)
                         && g.check_buffer_size("fused MLP partial sums", bytes).is_ok();
                     fits.then_some(shape)
                 })
@@ -218,8 +220,8 @@ impl GpuExec<'_> {
         let build = |shape: MlpShape| -> Result<(Dispatch, Dispatch)> {
             let partial =
                 GpuTensor::zeros(g, "fused MLP partial sums", &[shape.tiles(plan.batch), len])?;
-            let mut d = kernels::fused_mlp(
-                g,
+            let mut d = ops::fused_mlp(
+                k,
                 &partial,
                 &t[pass.pred],
                 &t[plan.row_loss],
@@ -233,7 +235,7 @@ impl GpuExec<'_> {
             .ok_or_else(|| crate::error::Error::Config("the fused pass does not fit".into()))?;
             d.set_params(g, &pass.params)?;
             // The partial sums' buffer lives on in the two dispatches that bind it.
-            let sum = kernels::column_sum(g, &a.grads, &partial, Accumulate::Overwrite)?;
+            let sum = ops::column_sum(k, &a.grads, &partial, Accumulate::Overwrite)?;
             Ok((d, sum))
         };
         let chosen = if policy == FusedMlp::Auto {
@@ -243,7 +245,7 @@ impl GpuExec<'_> {
                 .map(|f| f.entry_point())
                 .chain(["ops"])
                 .collect();
-            let choice = crate::autotune::choose_named(g, &key, &names, || {
+            let choice = autotune::choose_named(k, &key, &names, || {
                 // Left to the tuner, a form the driver fails to build is skipped (a big
                 // private array, say).
                 let mut built = Vec::new();
@@ -256,7 +258,7 @@ impl GpuExec<'_> {
                 let mut lists: Vec<Vec<&Dispatch>> =
                     built.iter().map(|(_, (d, sum))| vec![d, sum]).collect();
                 lists.push(pass.replaced.iter().map(|&i| &self.train[i]).collect());
-                let times = crate::autotune::time_lists(g, &lists)?;
+                let times = autotune::time_lists(g, &lists)?;
                 // The op-by-op kernels stay unless a fused pass is clearly faster.
                 let ops_time = times[built.len()];
                 let (best, _) = built.iter().zip(&times).map(|(b, t)| (b.0, *t)).fold(
@@ -279,7 +281,7 @@ impl GpuExec<'_> {
         };
         let Some(shape) = chosen else {
             if policy != FusedMlp::Auto {
-                log::warn!("SOMA_FUSED_MLP: no form of the fused pass fits this device; op by op");
+                log::warn!("the fused MLP pass was asked for, but no form of it fits this device; op by op");
             }
             return Ok(());
         };
@@ -307,7 +309,6 @@ impl GpuExec<'_> {
     /// layer's output against the batch values, and a backward pass that only writes the
     /// gradient slots and scratch deltas, none of it accumulating.
     fn mlp_pass(&self, plan: &Plan) -> Option<MlpPass> {
-        use kernels::fused_mlp::{MlpLayer, MlpShape};
         let ops = &plan.train_step;
         let a = self.arenas.as_ref()?;
         let layers = &plan.network.layers;
@@ -329,9 +330,9 @@ impl GpuExec<'_> {
             return None;
         };
         let bce = match kind {
-            crate::loss::Loss::Mse => false,
-            crate::loss::Loss::BinaryCrossEntropy => true,
-            crate::loss::Loss::SoftmaxCrossEntropy => return None,
+            Loss::Mse => false,
+            Loss::BinaryCrossEntropy => true,
+            Loss::SoftmaxCrossEntropy => return None,
         };
         if *t != target || *pred != plan.layers[n - 1].out {
             return None;
@@ -433,7 +434,7 @@ impl GpuExec<'_> {
                     _ => None,
                 })
         };
-        let steps = |p: &[crate::params::GatherParams]| p.len();
+        let steps = |p: &[ops::data::GatherParams]| p.len();
         let gathered = match (gather_of(plan.input), gather_of(target)) {
             (Some(gx), Some(gt))
                 if gx.2 == gt.2
@@ -453,15 +454,13 @@ impl GpuExec<'_> {
             .max(gathered.as_ref().map_or(1, |g| steps(g.0 .3)));
         let params = (0..n)
             .map(|s| {
-                let l = crate::plan::entry(loss, s);
-                crate::params::FusedMlpParams {
+                let l = entry(loss, s);
+                FusedMlpParams {
                     rows: l.rows,
                     cols: l.cols,
                     batch_rows: l.batch_rows,
                     scale: l.scale,
-                    start: gathered
-                        .as_ref()
-                        .map_or(0, |g| crate::plan::entry(g.0 .3, s).start),
+                    start: gathered.as_ref().map_or(0, |g| entry(g.0 .3, s).start),
                     ..Default::default()
                 }
             })
@@ -496,56 +495,50 @@ impl GpuExec<'_> {
         index: usize,
         a: &Arenas,
     ) -> Result<Dispatch> {
-        let g = self.gpu;
-        let len = a.params.len() as u32;
-        let mut d = match &plan.train_step[index] {
-            Op::SgdUpdate { params, .. } => {
-                kernels::sgd_update(g, &a.params, &a.grads, entry(params, 0))?
-            }
-            Op::MomentumUpdate { params, .. } => {
-                kernels::momentum_update(g, &a.params, &a.states[0], &a.grads, entry(params, 0))?
-            }
-            Op::AdamUpdate { params, .. } => kernels::adam_update(
-                g,
-                &a.params,
-                &a.states[0],
-                &a.states[1],
-                &a.grads,
-                entry(params, 0),
-            )?,
-            _ => unreachable!("fuse_updates passes an update op"),
+        let Some((rule, params)) = update_entries(&plan.train_step[index]) else {
+            return Err(crate::error::Error::Config(format!(
+                "op {index} of the training step is not an update"
+            )));
         };
-        set_update_params(g, &mut d, &plan.train_step[index], len)?;
+        let states: Vec<&GpuTensor> = a.states.iter().collect();
+        let mut d = ops::update(
+            &self.kernels,
+            rule,
+            &a.params,
+            &states,
+            &a.grads,
+            entry(params, 0),
+        )?;
+        set_update_params(self.gpu, &mut d, params, a.params.len() as u32)?;
         Ok(d)
     }
 
     /// Re-sends the fused update's entries (after `Plan::set_epoch`), stretched over the
     /// arena.
     pub(super) fn refresh_update(&mut self, plan: &Plan, index: usize) -> Result<()> {
-        let Some(len) = self.arenas.as_ref().map(|a| a.params.len() as u32) else {
+        let (Some(a), Some((_, params))) = (
+            self.arenas.as_ref(),
+            update_entries(&plan.train_step[index]),
+        ) else {
             return Ok(());
         };
-        set_update_params(
-            self.gpu,
-            &mut self.train[index],
-            &plan.train_step[index],
-            len,
-        )
+        let len = a.params.len() as u32;
+        set_update_params(self.gpu, &mut self.train[index], params, len)
     }
 }
 
-/// Gives the fused update the entries of the update op `op` with `len` set to the whole
-/// arena's (the per-tensor ops carry their own tensor's length).
-fn set_update_params(gpu: &Gpu, d: &mut Dispatch, op: &Op, len: u32) -> Result<()> {
-    match op {
-        Op::SgdUpdate { params, .. } | Op::MomentumUpdate { params, .. } => {
-            let params: Vec<_> = params.iter().map(|p| SgdParams { len, ..*p }).collect();
-            d.set_params(gpu, &params)
-        }
-        Op::AdamUpdate { params, .. } => {
-            let params: Vec<_> = params.iter().map(|p| AdamParams { len, ..*p }).collect();
-            d.set_params(gpu, &params)
-        }
-        _ => Ok(()),
+/// An update op's rule and per-step entries.
+fn update_entries(op: &Op) -> Option<(ops::UpdateRule, &[OptimParams])> {
+    if let Op::Update { rule, params, .. } = op {
+        Some((*rule, params))
+    } else {
+        None
     }
+}
+
+/// Gives the fused update the entries of an update op with `len` set to the whole arena's
+/// (the per-tensor ops carry their own tensor's length).
+fn set_update_params(gpu: &Gpu, d: &mut Dispatch, params: &[OptimParams], len: u32) -> Result<()> {
+    let params: Vec<_> = params.iter().map(|p| OptimParams { len, ..*p }).collect();
+    d.set_params(gpu, &params)
 }

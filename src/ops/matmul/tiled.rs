@@ -102,9 +102,9 @@ impl Tile {
         m: usize,
         n: usize,
         k: usize,
-        acc: crate::kernels::Accumulate,
+        acc: crate::ops::Accumulate,
     ) -> bool {
-        if acc != crate::kernels::Accumulate::Overwrite
+        if acc != crate::ops::Accumulate::Overwrite
             || !m.is_multiple_of(self.rows as usize)
             || !n.is_multiple_of(self.cols as usize)
         {
@@ -414,7 +414,7 @@ fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::Accumulate::{Add, Overwrite};
+    use crate::ops::Accumulate::{Add, Overwrite};
 
     #[test]
     fn tile_names_round_trip_and_unknown_ones_are_refused() {

@@ -27,10 +27,17 @@
 //!
 //! One source per network shape and form is generated (and kept for the process).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use crate::error::{Error, Result};
+use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::params::params_struct;
+use crate::tensor::{DType, GpuTensor};
 
-use super::ACTIVATION;
+use super::{expect_len, expect_shape, matrix};
+
+pub mod cpu;
+mod source;
+
+pub use source::{generated, source};
 
 /// Rows per workgroup: 32 (16 KiB of workgroup memory for 64-wide layers, the WebGPU
 /// default) or 64 (32 KiB), per form.
@@ -68,8 +75,8 @@ pub enum FusedMlp {
 }
 
 impl std::str::FromStr for FusedMlp {
-    type Err = crate::error::Error;
-    fn from_str(s: &str) -> crate::error::Result<FusedMlp> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<FusedMlp> {
         match s {
             "auto" => return Ok(FusedMlp::Auto),
             "on" | "1" => return Ok(FusedMlp::On),
@@ -92,7 +99,7 @@ impl std::str::FromStr for FusedMlp {
                 rows_per_invocation,
                 staged,
             }),
-            None => Err(crate::error::Error::Config(format!(
+            None => Err(Error::Config(format!(
                 "unknown fused MLP setting '{s}' (auto, on, off, or a form such as t64_r8 or \
                  t32_r1_staged: 32 or 64 rows per workgroup, 1, 2, 4 or 8 per invocation)"
             ))),
@@ -326,407 +333,108 @@ impl MlpShape {
     }
 }
 
-/// The generated source of `shape` and its entry point.
-pub fn generated(shape: MlpShape) -> (&'static str, &'static str) {
-    type Sources = HashMap<MlpShape, (&'static str, &'static str)>;
-    static CACHE: OnceLock<Mutex<Sources>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
-    // One source per network shape and form a process trains: few, so keeping them is cheap.
-    *map.entry(shape).or_insert_with(|| {
-        let entry: &'static str = Box::leak(entry_name(shape).into_boxed_str());
-        let source: &'static str = Box::leak(source(shape).into_boxed_str());
-        (source, entry)
-    })
-}
-
-fn entry_name(shape: MlpShape) -> String {
-    format!(
-        "fused_mlp_t{}_r{}{}{}{}",
-        shape.tile_rows,
-        shape.rows_per_invocation,
-        if shape.staged { "_staged" } else { "" },
-        if shape.gather { "_gather" } else { "" },
-        if shape.bce { "_bce" } else { "" }
-    )
-}
-
-/// `activate`, `derivative` and their helpers, taken from `shaders/activation.wgsl` so that
-/// the fused pass and the op-by-op kernels share one text of every formula.
-fn activation_functions() -> &'static str {
-    let src = ACTIVATION.source;
-    let start = src
-        .find("fn sigmoid(")
-        .expect("activation.wgsl defines sigmoid");
-    let end = src[start..]
-        .find("// out = act(pre + bias)")
-        .expect("activation.wgsl's forward kernel follows its functions")
-        + start;
-    &src[start..end]
-}
-
-fn f32_lit(x: f32) -> String {
-    format!("bitcast<f32>({:#010x}u)", x.to_bits())
-}
-
-/// The largest of 16, 8, 4, 2, 1 that divides `n`: a side of the weight-gradient blocks.
-fn block_side(n: usize) -> usize {
-    [16, 8, 4, 2, 1]
-        .into_iter()
-        .find(|b| n.is_multiple_of(*b))
-        .unwrap_or(1)
-}
-
-/// The WGSL of the fused pass for `shape`. Invocation `i` of a workgroup takes the tile's
-/// rows `i * R .. i * R + R` (R = `rows_per_invocation`), so each weight it reads serves R
-/// rows; the weight gradient is summed in blocks of up to 16 x 16 entries per invocation, so
-/// each delta and input read from workgroup memory serves up to 16 products. Neither changes
-/// any sum's order: every row's sums run over k or o in order, every gradient entry's over
-/// the tile's rows in order.
-pub fn source(shape: MlpShape) -> String {
-    let layers = shape.layers();
-    let t = shape.tile_rows() as usize;
-    let rpi = shape.rows_per_invocation as usize;
-    let inv = t / rpi;
-    let max_w = shape.max_width();
-    let max_out = layers.iter().map(|l| l.outputs).max().unwrap_or(1);
-    let max_in = layers.iter().map(|l| l.inputs).max().unwrap_or(1);
-    // Per row: act holds every layer's input, then the network's output; pre every layer's
-    // pre-activation; row j's part starts at j * act_len (j * pre_len).
-    let mut act_at = vec![0usize];
-    for l in &layers {
-        act_at.push(act_at.last().unwrap() + l.inputs);
+params_struct! {
+    /// One step of the fully fused small-MLP pass (`kernels::fused_mlp`): the loss's rows and
+    /// scale (as in `LossParams`), and where the step's rows start in the row order when the
+    /// pass gathers its batch itself.
+    FusedMlpParams {
+        /// Live rows (the rest of the batch gets a zero gradient).
+        rows: u32,
+        /// Outputs of the network.
+        cols: u32,
+        /// Rows in the batch (>= rows).
+        batch_rows: u32,
+        /// The gradient's factor for the mean: 1/(rows*cols).
+        scale: f32,
+        /// The step's first position in the row order (gathering forms only).
+        start: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
-    let act_len = act_at.last().unwrap() + shape.outputs();
-    let mut pre_at = vec![0usize];
-    for l in &layers {
-        pre_at.push(pre_at.last().unwrap() + l.outputs);
-    }
-    let pre_len = *pre_at.last().unwrap();
-    let (n_in, n_out, alen) = (shape.inputs(), shape.outputs(), shape.arena_len);
-    let last = layers.len();
-    let rows = 0..rpi;
-    let mut s = String::new();
-    let entry = entry_name(shape);
-    s.push_str(&format!(
-        "// Fully fused MLP training pass, generated by src/kernels/fused_mlp.rs.
-struct FusedMlpParams {{
-    rows: u32,
-    cols: u32,
-    batch_rows: u32,
-    scale: f32,
-    start: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}}
+}
 
-@group(0) @binding(0) var<storage, read_write> fm_partial: array<f32>;
-@group(0) @binding(1) var<storage, read_write> fm_pred: array<f32>;
-@group(0) @binding(2) var<storage, read_write> fm_row_loss: array<f32>;
-@group(0) @binding(3) var<storage, read> fm_x: array<f32>;
-@group(0) @binding(4) var<storage, read> fm_target: array<f32>;
-@group(0) @binding(5) var<storage, read> fm_w: array<f32>;
-{tail_bindings}
-var<workgroup> fm_delta: array<f32, {d}>;
-var<workgroup> fm_input: array<f32, {a}>;
-{staged_decl}
-{funcs}
-@compute @workgroup_size({inv}, 1, 1)
-fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
-           @builtin(workgroup_id) wid: vec3<u32>) {{
-    let inv = lid.x;
-    let tile = wid.x;
-    let part = tile * {alen}u;
-    var act: array<f32, {act_all}>;
-    var pre: array<f32, {pre_all}>;
-    var dl: array<f32, {w_all}>;
-    var dp: array<f32, {w_all}>;
-",
-        d = t * max_out,
-        a = t * max_in,
-        act_all = rpi * act_len,
-        pre_all = rpi * pre_len,
-        w_all = rpi * max_w,
-        funcs = activation_functions(),
-        tail_bindings = if shape.gather {
-            "@group(0) @binding(6) var<storage, read> fm_idx: array<u32>;
-@group(0) @binding(7) var<uniform> fm_p: FusedMlpParams;
-"
-        } else {
-            "@group(0) @binding(6) var<uniform> fm_p: FusedMlpParams;\n"
-        },
-        staged_decl = if shape.staged {
+/// Whether the device's limits let it run the fused pass in the form `shape`: enough storage
+/// buffers per stage (six, seven to gather), workgroup memory and invocations.
+pub fn fused_mlp_fits(k: &Kernels, shape: MlpShape) -> bool {
+    let limits = k.gpu().limits();
+    let buffers = if shape.gather { 7 } else { 6 };
+    limits.max_storage_buffers_per_shader_stage >= buffers
+        && (limits.max_compute_workgroup_storage_size as u64) >= shape.workgroup_bytes()
+        && limits.max_compute_invocations_per_workgroup >= shape.invocations()
+        && limits.max_compute_workgroup_size_x >= shape.invocations()
+}
+
+/// The fully fused training pass of a small network with MSE or binary cross-entropy (see
+/// `fused_mlp.rs`):
+/// `partial` (tiles, arena length) gets each tile's gradient sums laid out like the parameter
+/// arena `weights`, `pred` (batch, outputs) the network's output and `row_loss` each row's
+/// loss. It reads the batch `x` (batch, inputs) and `target` (batch, outputs), or, for a
+/// gathering shape, rows `indices[start + r]` of the tables `x` and `target` (any number of
+/// rows). `params` holds the loss's live rows and scale and the step's `start`. `None` where
+/// the device cannot run it: fewer storage buffers per stage than it binds (six, seven to
+/// gather), or less workgroup memory or fewer invocations than the form needs.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_mlp(
+    k: &Kernels,
+    partial: &GpuTensor,
+    pred: &GpuTensor,
+    row_loss: &GpuTensor,
+    x: &GpuTensor,
+    target: &GpuTensor,
+    weights: &GpuTensor,
+    indices: Option<&GpuTensor>,
+    shape: MlpShape,
+    params: FusedMlpParams,
+) -> Result<Option<Dispatch>> {
+    let op = "fused_mlp";
+    if !fused_mlp_fits(k, shape) {
+        return Ok(None);
+    }
+    let rows = params.batch_rows as usize;
+    expect_shape(op, pred, (rows, shape.outputs()))?;
+    expect_len(op, row_loss, rows)?;
+    expect_len(op, weights, shape.arena_len as usize)?;
+    let tiles = shape.tiles(rows);
+    expect_shape(op, partial, (tiles, shape.arena_len as usize))?;
+    if params.cols as usize != shape.outputs() || params.rows > params.batch_rows {
+        return Err(Error::shape(
+            op,
+            format!("parameters for {rows} rows of {} outputs", shape.outputs()),
             format!(
-                "var<workgroup> fm_wt: array<f32, {}>;\n",
-                shape.max_weights()
-            )
-        } else {
-            String::new()
-        },
-    ));
-    // Rows past the batch compute on row 0's data and count as zeros; rows past the live
-    // rows (a partial last batch) get a zero gradient, as from the loss kernel. The gathering
-    // form reads row `fm_idx[start + row]` of the tables itself, and zeros past the live rows,
-    // as `gather_rows` writes them.
-    for j in rows.clone() {
-        s.push_str(&format!(
-            "    let row{j} = tile * {t}u + inv * {rpi}u + {j}u;
-    let in_batch{j} = row{j} < fm_p.batch_rows;
-    let live{j} = row{j} < fm_p.rows;
-    let r{j} = select(0u, row{j}, in_batch{j});
-"
+                "{} of {} rows, {} outputs",
+                params.rows, params.batch_rows, params.cols
+            ),
         ));
-        if shape.gather {
-            s.push_str(&format!(
-                "    let src{j} = fm_idx[fm_p.start + select(0u, r{j}, live{j})];
-    for (var i = 0u; i < {n_in}u; i = i + 1u) {{
-        act[{aj}u + i] = select(0.0, fm_x[src{j} * {n_in}u + i], live{j});
-    }}
-",
-                aj = j * act_len,
-            ));
-        } else {
-            s.push_str(&format!(
-                "    for (var i = 0u; i < {n_in}u; i = i + 1u) {{
-        act[{aj}u + i] = fm_x[r{j} * {n_in}u + i];
-    }}
-",
-                aj = j * act_len,
-            ));
-        }
     }
-    // Where the weights are read: the staged copy, or the arena. Staging copies layer `l`'s
-    // weights between two barriers (every invocation takes part).
-    let weight = |wo: usize, index: &str| {
-        if shape.staged {
-            format!("fm_wt[{index}]")
-        } else {
-            format!("fm_w[{wo}u + {index}]")
-        }
-    };
-    let stage = |wo: usize, nw: usize| {
-        if shape.staged {
-            format!(
-                "    workgroupBarrier();
-    for (var i = inv; i < {nw}u; i = i + {inv}u) {{
-        fm_wt[i] = fm_w[{wo}u + i];
-    }}
-    workgroupBarrier();
-"
-            )
-        } else {
-            String::new()
-        }
-    };
-    for (l, layer) in layers.iter().enumerate() {
-        let (ni, no, wo) = (layer.inputs, layer.outputs, layer.weight_at);
-        s.push_str(&stage(wo, ni * no));
-        s.push_str(&format!(
-            "    // layer {l} forward: {ni} -> {no}
-    for (var o = 0u; o < {no}u; o = o + 1u) {{
-"
-        ));
-        for j in rows.clone() {
-            s.push_str(&format!("        var acc{j} = 0.0;\n"));
-        }
-        // Unrolled over k: the rows' inputs are read at constant indices (llvmpipe reads a
-        // private array at a varying index one lane at a time).
-        for k in 0..ni {
-            s.push_str(&format!(
-                "        let wv{k} = {w};\n",
-                w = weight(wo, &format!("o * {ni}u + {k}u")),
-            ));
-            for j in rows.clone() {
-                s.push_str(&format!(
-                    "        acc{j} = acc{j} + act[{a}u] * wv{k};\n",
-                    a = j * act_len + act_at[l] + k
-                ));
-            }
-        }
-        if let Some(b) = layer.bias_at {
-            s.push_str(&format!("        let bv = fm_w[{b}u + o];\n"));
-        }
-        for j in rows.clone() {
-            let z = if layer.bias_at.is_some() {
-                format!("acc{j} + bv")
-            } else {
-                format!("acc{j}")
-            };
-            s.push_str(&format!(
-                "        let z{j} = {z};
-        pre[{p}u + o] = z{j};
-        act[{a}u + o] = activate({kind}u, {slope}, z{j});
-",
-                p = j * pre_len + pre_at[l],
-                a = j * act_len + act_at[l + 1],
-                kind = layer.kind,
-                slope = f32_lit(layer.slope),
+    let mut bound = vec![partial, pred, row_loss, x, target, weights];
+    if shape.gather {
+        let Some(indices) = indices else {
+            return Err(Error::shape(op, "a row order to gather by", "none"));
+        };
+        let (data_rows, _) = matrix(op, x)?;
+        expect_shape(op, x, (data_rows, shape.inputs()))?;
+        expect_shape(op, target, (data_rows, shape.outputs()))?;
+        if indices.dtype() != DType::U32 {
+            return Err(Error::shape(
+                op,
+                "u32 row indices",
+                format!("{:?}", indices.dtype()),
             ));
         }
-        s.push_str("    }\n");
-    }
-    // The loss and its gradient: mse_loss's formulas, or binary_cross_entropy's on the
-    // logits.
-    let (grad, term) = if shape.bce {
-        (
-            "(sigmoid(y) - tv) * fm_p.scale",
-            "max(y, 0.0) - y * tv + log(1.0 + exp(-abs(y)))",
-        )
+        bound.push(indices);
     } else {
-        ("2.0 * (y - tv) * fm_p.scale", "(y - tv) * (y - tv)")
-    };
-    for j in rows.clone() {
-        s.push_str(&format!(
-            "    var sum{j} = 0.0;
-    for (var c = 0u; c < {n_out}u; c = c + 1u) {{
-        let y = act[{a}u + c];
-        if (in_batch{j}) {{
-            fm_pred[r{j} * {n_out}u + c] = y;
-        }}
-        let tv = {target};
-        dl[{dj}u + c] = select(0.0, {grad}, live{j});
-        sum{j} = sum{j} + {term};
-    }}
-    if (in_batch{j}) {{
-        fm_row_loss[r{j}] = select(0.0, sum{j} / f32({n_out}u), live{j});
-    }}
-",
-            a = j * act_len + act_at[last],
-            dj = j * max_w,
-            target = if shape.gather {
-                format!("select(0.0, fm_target[src{j} * {n_out}u + c], live{j})")
-            } else {
-                format!("fm_target[r{j} * {n_out}u + c]")
-            },
-        ));
+        expect_shape(op, x, (rows, shape.inputs()))?;
+        expect_shape(op, target, (rows, shape.outputs()))?;
     }
-    for (l, layer) in layers.iter().enumerate().rev() {
-        let (ni, no, wo) = (layer.inputs, layer.outputs, layer.weight_at);
-        s.push_str(&format!(
-            "    // layer {l} backward
-    for (var o = 0u; o < {no}u; o = o + 1u) {{
-"
-        ));
-        for j in rows.clone() {
-            let dj = j * max_w;
-            let dpre = if layer.kind == 0 {
-                format!("dl[{dj}u + o]")
-            } else {
-                format!(
-                    "dl[{dj}u + o] * derivative({}u, {}, pre[{}u + o])",
-                    layer.kind,
-                    f32_lit(layer.slope),
-                    j * pre_len + pre_at[l]
-                )
-            };
-            s.push_str(&format!(
-                "        dp[{dj}u + o] = {dpre};
-        fm_delta[(inv * {rpi}u + {j}u) * {no}u + o] = select(0.0, dp[{dj}u + o], in_batch{j});
-"
-            ));
-        }
-        s.push_str(&format!(
-            "    }}
-    for (var k = 0u; k < {ni}u; k = k + 1u) {{
-"
-        ));
-        for j in rows.clone() {
-            s.push_str(&format!(
-                "        fm_input[(inv * {rpi}u + {j}u) * {ni}u + k] = select(0.0, act[{a}u + k], in_batch{j});\n",
-                a = j * act_len + act_at[l],
-            ));
-        }
-        s.push_str("    }\n");
-        if l > 0 {
-            s.push_str(&stage(wo, ni * no));
-        }
-        s.push_str("    workgroupBarrier();\n");
-        // The weight gradient in blocks of bo x bk entries.
-        let (bo, bk) = (block_side(no), block_side(ni));
-        let blocks = (no / bo) * (ni / bk);
-        let nbk = ni / bk;
-
-        s.push_str(&format!(
-            "    for (var blk = inv; blk < {blocks}u; blk = blk + {inv}u) {{
-        let o0 = (blk / {nbk}u) * {bo}u;
-        let k0 = (blk % {nbk}u) * {bk}u;
-"
-        ));
-        for a in 0..bo {
-            for b in 0..bk {
-                s.push_str(&format!("        var g{a}_{b} = 0.0;\n"));
-            }
-        }
-        s.push_str(&format!(
-            "        for (var q = 0u; q < {t}u; q = q + 1u) {{\n"
-        ));
-        for a in 0..bo {
-            s.push_str(&format!(
-                "            let d{a} = fm_delta[q * {no}u + o0 + {a}u];\n"
-            ));
-        }
-        for b in 0..bk {
-            s.push_str(&format!(
-                "            let x{b} = fm_input[q * {ni}u + k0 + {b}u];\n"
-            ));
-        }
-        for a in 0..bo {
-            for b in 0..bk {
-                s.push_str(&format!("            g{a}_{b} = g{a}_{b} + d{a} * x{b};\n"));
-            }
-        }
-        s.push_str("        }\n");
-        for a in 0..bo {
-            for b in 0..bk {
-                s.push_str(&format!(
-                    "        fm_partial[part + {wo}u + (o0 + {a}u) * {ni}u + k0 + {b}u] = g{a}_{b};\n"
-                ));
-            }
-        }
-        s.push_str("    }\n");
-        if let Some(b) = layer.bias_at {
-            s.push_str(&format!(
-                "    for (var o = inv; o < {no}u; o = o + {inv}u) {{
-        var acc = 0.0;
-        for (var q = 0u; q < {t}u; q = q + 1u) {{
-            acc = acc + fm_delta[q * {no}u + o];
-        }}
-        fm_partial[part + {b}u + o] = acc;
-    }}
-"
-            ));
-        }
-        if l > 0 {
-            s.push_str(&format!("    for (var k = 0u; k < {ni}u; k = k + 1u) {{\n"));
-            for j in rows.clone() {
-                s.push_str(&format!("        var acc{j} = 0.0;\n"));
-            }
-            // Unrolled over o: constant indices into the rows' deltas.
-            for o in 0..no {
-                s.push_str(&format!(
-                    "        let wv{o} = {w};\n",
-                    w = weight(wo, &format!("{o}u * {ni}u + k")),
-                ));
-                for j in rows.clone() {
-                    s.push_str(&format!(
-                        "        acc{j} = acc{j} + dp[{d}u] * wv{o};\n",
-                        d = j * max_w + o
-                    ));
-                }
-            }
-            for j in rows.clone() {
-                s.push_str(&format!(
-                    "        dl[{dj}u + k] = acc{j};\n",
-                    dj = j * max_w
-                ));
-            }
-            s.push_str("    }\n");
-        }
-        s.push_str("    workgroupBarrier();\n");
-    }
-    s.push_str("}\n");
-    s
+    Dispatch::new(
+        k,
+        Kernel::FusedMlp(shape),
+        &bound,
+        &[params],
+        [tiles as u32, 1, 1],
+    )
+    .map(Some)
 }
 
 #[cfg(test)]
@@ -827,8 +535,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn activation_functions_come_from_between_the_markers() {
+        let f = source::activation_functions();
+        assert!(crate::kernels::ACTIVATION.source.contains("// BEGIN activation functions"));
+        assert!(crate::kernels::ACTIVATION.source.contains("// END activation functions"));
+        assert!(f.contains("fn activate(") && f.contains("fn derivative("), "{f}");
+        assert!(!f.contains("@compute"), "only functions: {f}");
+    }
+
     fn validate(shape: MlpShape) {
-        use crate::params::{FusedMlpParams, Params};
+        use crate::params::Params;
         let src = source(shape);
         assert!(src.contains(&format!("fn {}(", shape.entry_point())));
         // The uniform struct is the Rust one, field for field.

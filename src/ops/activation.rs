@@ -1,0 +1,392 @@
+//! Activations (`shaders/activation.wgsl`): the [`Activation`] enum with the code the
+//! kernels switch on, the bias add fused with the activation (forward), and the derivative
+//! applied to an incoming delta (backward). The same formulas serve the fused MLP pass, which
+//! copies the functions between the file's BEGIN/END markers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::params::params_struct;
+use crate::tensor::GpuTensor;
+
+use super::{expect_len, expect_shape, grid_1d, matrix, u32_of};
+
+/// A layer's non-linearity. `code()` is the value the WGSL kernels switch on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// max(z, 0) + slope * min(z, 0).
+    LeakyRelu {
+        slope: f32,
+    },
+    Sigmoid,
+    Tanh,
+    /// The perceptron's: 1 when z >= 0, else -1.
+    Sign,
+    /// 1 when z >= 0, else 0.
+    Step,
+}
+
+impl Activation {
+    /// The `kind` code in `shaders/activation.wgsl`.
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::LeakyRelu { .. } => 2,
+            Activation::Sigmoid => 3,
+            Activation::Tanh => 4,
+            Activation::Sign => 5,
+            Activation::Step => 6,
+        }
+    }
+
+    /// The activation a kernel's `kind` code and `slope` stand for; an error for a code no
+    /// activation has.
+    pub fn decode(code: u32, slope: f32) -> Result<Activation> {
+        Ok(match Activation::try_from(code)? {
+            Activation::LeakyRelu { .. } => Activation::LeakyRelu { slope },
+            other @ (Activation::Identity
+            | Activation::Relu
+            | Activation::Sigmoid
+            | Activation::Tanh
+            | Activation::Sign
+            | Activation::Step) => other,
+        })
+    }
+
+    /// The negative-side slope (leaky ReLU only; 0 otherwise).
+    pub fn slope(self) -> f32 {
+        match self {
+            Activation::LeakyRelu { slope } => slope,
+            Activation::Identity
+            | Activation::Relu
+            | Activation::Sigmoid
+            | Activation::Tanh
+            | Activation::Sign
+            | Activation::Step => 0.0,
+        }
+    }
+
+    /// Every activation, leaky ReLU with PyTorch's default slope 0.01.
+    pub const ALL: [Activation; 7] = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu { slope: 0.01 },
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Sign,
+        Activation::Step,
+    ];
+
+    /// Whether backprop through it carries a gradient (sign and step have none).
+    pub fn is_differentiable(self) -> bool {
+        !matches!(self, Activation::Sign | Activation::Step)
+    }
+}
+
+impl TryFrom<u32> for Activation {
+    type Error = Error;
+    /// The activation of a `kind` code (leaky ReLU with PyTorch's default slope; see
+    /// [`Activation::decode`] for the slope a kernel was given).
+    fn try_from(code: u32) -> Result<Activation> {
+        Activation::ALL
+            .into_iter()
+            .find(|a| a.code() == code)
+            .ok_or_else(|| Error::Config(format!("no activation has the kernel code {code}")))
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Activation::Identity => write!(f, "identity"),
+            Activation::Relu => write!(f, "relu"),
+            Activation::LeakyRelu { slope } => write!(f, "leaky_relu:{slope}"),
+            Activation::Sigmoid => write!(f, "sigmoid"),
+            Activation::Tanh => write!(f, "tanh"),
+            Activation::Sign => write!(f, "sign"),
+            Activation::Step => write!(f, "step"),
+        }
+    }
+}
+
+impl FromStr for Activation {
+    type Err = Error;
+    /// `identity`/`linear`, `relu`, `leaky_relu` (slope 0.01) or `leaky_relu:SLOPE`,
+    /// `sigmoid`, `tanh`, `sign`, `step`.
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        Ok(match s.as_str() {
+            "identity" | "linear" | "none" => Activation::Identity,
+            "relu" => Activation::Relu,
+            "leaky_relu" | "leakyrelu" => Activation::LeakyRelu { slope: 0.01 },
+            "sigmoid" => Activation::Sigmoid,
+            "tanh" => Activation::Tanh,
+            "sign" => Activation::Sign,
+            "step" => Activation::Step,
+            other => {
+                if let Some(v) = other.strip_prefix("leaky_relu:") {
+                    let slope: f32 = v.parse().map_err(|_| {
+                        Error::Config(format!("leaky_relu slope '{v}' is not a number"))
+                    })?;
+                    if !slope.is_finite() {
+                        return Err(Error::Config(format!(
+                            "leaky_relu slope {slope} is not finite"
+                        )));
+                    }
+                    Activation::LeakyRelu { slope }
+                } else {
+                    return Err(Error::Config(format!(
+                        "unknown activation '{other}' (known: identity, relu, leaky_relu[:slope], sigmoid, tanh, sign, step)"
+                    )));
+                }
+            }
+        })
+    }
+}
+
+impl Serialize for Activation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Activation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+params_struct! {
+    /// An element-wise activation over a `(rows, cols)` matrix.
+    ActivationParams {
+        rows: u32,
+        cols: u32,
+        /// [`crate::Activation::code`].
+        kind: u32,
+        /// 1 when a bias row is added first (bias-add forward only).
+        has_bias: u32,
+        /// Negative-side slope of leaky ReLU.
+        slope: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
+
+fn activation_params(
+    rows: usize,
+    cols: usize,
+    act: Activation,
+    has_bias: bool,
+) -> ActivationParams {
+    ActivationParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        kind: act.code(),
+        has_bias: has_bias as u32,
+        slope: act.slope(),
+        ..Default::default()
+    }
+}
+
+/// `pre += bias` (when given) and `out = act(pre)`, over `(rows, cols)`; `bias` has `cols`
+/// values. Without a bias, pass a placeholder of any size through `bias_or_dummy`.
+pub fn bias_activation_forward(
+    k: &Kernels,
+    out: &GpuTensor,
+    pre: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    dummy: &GpuTensor,
+    act: Activation,
+) -> Result<Dispatch> {
+    let op = "bias_activation_forward";
+    let (rows, cols) = matrix(op, pre)?;
+    expect_shape(op, out, (rows, cols))?;
+    if let Some(b) = bias {
+        expect_len(op, b, cols)?;
+    }
+    u32_of(op, "rows*cols", rows * cols)?;
+    let p = activation_params(rows, cols, act, bias.is_some());
+    let bias = bias.unwrap_or(dummy);
+    // vec4 when rows are whole vec4s (and the bias binding holds at least one).
+    let (kernel, lanes) = if cols.is_multiple_of(4) && bias.len() >= 4 {
+        (Kernel::BiasActivationForwardVec4, rows * cols / 4)
+    } else {
+        (Kernel::BiasActivationForward, rows * cols)
+    };
+    Dispatch::new(k, kernel, &[out, pre, bias], &[p], grid_1d(k.gpu(), lanes))
+}
+
+/// `dpre = dout * act'(pre)`, element-wise over `(rows, cols)`.
+pub fn activation_backward(
+    k: &Kernels,
+    dpre: &GpuTensor,
+    dout: &GpuTensor,
+    pre: &GpuTensor,
+    act: Activation,
+) -> Result<Dispatch> {
+    let op = "activation_backward";
+    let (rows, cols) = matrix(op, pre)?;
+    expect_shape(op, dpre, (rows, cols))?;
+    expect_shape(op, dout, (rows, cols))?;
+    u32_of(op, "rows*cols", rows * cols)?;
+    let p = activation_params(rows, cols, act, false);
+    let (kernel, lanes) = if (rows * cols).is_multiple_of(4) {
+        (Kernel::ActivationBackwardVec4, rows * cols / 4)
+    } else {
+        (Kernel::ActivationBackward, rows * cols)
+    };
+    Dispatch::new(k, kernel, &[dpre, dout, pre], &[p], grid_1d(k.gpu(), lanes))
+}
+
+/// The twins: plain loops with the kernels' formulas.
+pub mod cpu {
+    use super::*;
+
+    /// The logistic function in its overflow-free form.
+    pub fn sigmoid(z: f32) -> f32 {
+        if z >= 0.0 {
+            1.0 / (1.0 + (-z).exp())
+        } else {
+            let e = z.exp();
+            e / (1.0 + e)
+        }
+    }
+
+    /// tanh in the overflow-free form the shader uses.
+    pub fn tanh_stable(z: f32) -> f32 {
+        let t = (-2.0 * z.abs()).exp();
+        let r = (1.0 - t) / (1.0 + t);
+        if z < 0.0 {
+            -r
+        } else {
+            r
+        }
+    }
+
+    /// The activation with code `kind` (see [`Activation::code`]); NaN for a code no
+    /// activation has, so that a bad code cannot pass for a result.
+    pub fn activate(kind: u32, slope: f32, z: f32) -> f32 {
+        Activation::decode(kind, slope).map_or(f32::NAN, |a| apply(a, z))
+    }
+
+    /// Its derivative at the pre-activation `z` (0 for sign and step); NaN for an unknown code.
+    pub fn derivative(kind: u32, slope: f32, z: f32) -> f32 {
+        Activation::decode(kind, slope).map_or(f32::NAN, |a| derivative_of(a, z))
+    }
+
+    /// `act(z)`, with the kernel's formula.
+    pub fn apply(act: Activation, z: f32) -> f32 {
+        match act {
+            Activation::Identity => z,
+            Activation::Relu => z.max(0.0),
+            Activation::LeakyRelu { slope } => {
+                if z > 0.0 {
+                    z
+                } else {
+                    z * slope
+                }
+            }
+            Activation::Sigmoid => sigmoid(z),
+            Activation::Tanh => tanh_stable(z),
+            Activation::Sign => {
+                if z >= 0.0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            }
+            Activation::Step => {
+                if z >= 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// `act'(z)`, with the kernel's formula.
+    pub fn derivative_of(act: Activation, z: f32) -> f32 {
+        match act {
+            Activation::Identity => 1.0,
+            Activation::Relu => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::LeakyRelu { slope } => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    slope
+                }
+            }
+            Activation::Sigmoid => {
+                let s = sigmoid(z);
+                s * (1.0 - s)
+            }
+            Activation::Tanh => {
+                let t = tanh_stable(z);
+                1.0 - t * t
+            }
+            Activation::Sign | Activation::Step => 0.0,
+        }
+    }
+
+    /// `pre += bias` (when `has_bias`), `out = act(pre)`.
+    pub fn bias_activation_forward(
+        out: &mut [f32],
+        pre: &mut [f32],
+        bias: &[f32],
+        p: &ActivationParams,
+    ) {
+        let (rows, cols) = (p.rows as usize, p.cols as usize);
+        for i in 0..rows * cols {
+            let mut z = pre[i];
+            if p.has_bias != 0 {
+                z += bias[i % cols];
+                pre[i] = z;
+            }
+            out[i] = activate(p.kind, p.slope, z);
+        }
+    }
+
+    /// `dpre = dout * act'(pre)`.
+    pub fn activation_backward(dpre: &mut [f32], dout: &[f32], pre: &[f32], p: &ActivationParams) {
+        let len = (p.rows * p.cols) as usize;
+        for i in 0..len {
+            dpre[i] = dout[i] * derivative(p.kind, p.slope, pre[i]);
+        }
+    }
+
+    /// Twin of `bias_activation_forward_vec4`: [`bias_activation_forward`].
+    pub fn bias_activation_forward_vec4(
+        out: &mut [f32],
+        pre: &mut [f32],
+        bias: &[f32],
+        p: &ActivationParams,
+    ) {
+        bias_activation_forward(out, pre, bias, p)
+    }
+
+    /// Twin of `activation_backward_vec4`: [`activation_backward`].
+    pub fn activation_backward_vec4(
+        dpre: &mut [f32],
+        dout: &[f32],
+        pre: &[f32],
+        p: &ActivationParams,
+    ) {
+        activation_backward(dpre, dout, pre, p)
+    }
+}

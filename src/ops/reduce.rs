@@ -1,0 +1,201 @@
+//! Reductions (`shaders/reduce.wgsl`): column sums (the bias gradient), a sum in a fixed
+//! order (the loss), the row-wise argmax and the count of correct predictions.
+
+use crate::error::{Error, Result};
+use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::params::params_struct;
+use crate::tensor::{DType, GpuTensor};
+
+use super::{expect_dtype, expect_len, grid_rows, matrix, u32_of, Accumulate};
+
+params_struct! {
+    /// A column reduction or a row-wise op over a `(rows, cols)` matrix.
+    RowsParams {
+        rows: u32,
+        cols: u32,
+        /// 1: add into the output instead of overwriting it.
+        accumulate: u32,
+        /// correct_count with a single column: the row predicts class 1 when its value is
+        /// at or above this threshold (0 for logits, 0.5 for probabilities).
+        threshold: f32,
+    }
+}
+
+params_struct! {
+    /// A sum of `len` values into `out[0]`, in a fixed order (deterministic).
+    ReduceParams {
+        len: u32,
+        accumulate: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+/// `out (cols) = Σ_rows x (rows, cols)` — the bias gradient.
+pub fn column_sum(
+    k: &Kernels,
+    out: &GpuTensor,
+    x: &GpuTensor,
+    acc: Accumulate,
+) -> Result<Dispatch> {
+    let (rows, cols) = matrix("column_sum", x)?;
+    expect_len("column_sum", out, cols)?;
+    let p = RowsParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        accumulate: acc.flag(),
+        ..Default::default()
+    };
+    if cols.is_multiple_of(4) {
+        let groups = (cols as u32 / 4).div_ceil(8);
+        Dispatch::new(k, Kernel::ColumnSumVec4, &[out, x], &[p], [groups, 1, 1])
+    } else {
+        Dispatch::new(k, Kernel::ColumnSum, &[out, x], &[p], grid_rows(cols))
+    }
+}
+
+/// `out[0] = Σ x` (or `+=` with `Accumulate::Add`), in a fixed order.
+pub fn reduce_sum(
+    k: &Kernels,
+    out: &GpuTensor,
+    x: &GpuTensor,
+    acc: Accumulate,
+) -> Result<Dispatch> {
+    if out.is_empty() {
+        return Err(Error::shape("reduce_sum", "an output of 1 element", "0"));
+    }
+    let p = ReduceParams {
+        len: u32_of("reduce_sum", "len", x.len())?,
+        accumulate: acc.flag(),
+        ..Default::default()
+    };
+    Dispatch::new(k, Kernel::ReduceSum, &[out, x], &[p], [1, 1, 1])
+}
+
+/// `out[r] = argmax_c x[r][c]` (u32, the first maximum on ties).
+pub fn argmax(k: &Kernels, out: &GpuTensor, x: &GpuTensor) -> Result<Dispatch> {
+    let (rows, cols) = matrix("argmax", x)?;
+    expect_dtype("argmax", out, DType::U32)?;
+    expect_len("argmax", out, rows)?;
+    let p = RowsParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        ..Default::default()
+    };
+    Dispatch::new(k, Kernel::Argmax, &[out, x], &[p], grid_rows(rows))
+}
+
+/// `count[0] += #{r < rows : prediction(x[r]) == labels[r]}` (u32 count, u32 labels); the
+/// prediction is the argmax, or `x >= threshold` for a single column.
+pub fn correct_count(
+    k: &Kernels,
+    count: &GpuTensor,
+    logits: &GpuTensor,
+    labels: &GpuTensor,
+    rows: usize,
+    threshold: f32,
+) -> Result<Dispatch> {
+    let op = "correct_count";
+    let (batch_rows, cols) = matrix(op, logits)?;
+    expect_dtype(op, count, DType::U32)?;
+    expect_dtype(op, labels, DType::U32)?;
+    expect_len(op, labels, batch_rows)?;
+    if rows > batch_rows {
+        return Err(Error::shape(op, format!("at most {batch_rows} rows"), rows));
+    }
+    let p = RowsParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        threshold,
+        ..Default::default()
+    };
+    Dispatch::new(
+        k,
+        Kernel::CorrectCount,
+        &[count, logits, labels],
+        &[p],
+        grid_rows(batch_rows),
+    )
+}
+
+/// The twins: plain loops in the kernels' order of operations.
+pub mod cpu {
+    use super::*;
+    use crate::ops::matmul::cpu::store;
+
+    /// `out (cols) = Σ_rows x`, in row order.
+    pub fn column_sum(out: &mut [f32], x: &[f32], p: &RowsParams) {
+        let (rows, cols) = (p.rows as usize, p.cols as usize);
+        for col in 0..cols {
+            let mut acc = 0.0f32;
+            for r in 0..rows {
+                acc += x[r * cols + col];
+            }
+            store(out, col, acc, p.accumulate);
+        }
+    }
+
+    /// `out[0] = Σ x` in the shader's order: 256 strided partial sums, then a binary tree.
+    pub fn reduce_sum(out: &mut [f32], x: &[f32], p: &ReduceParams) {
+        let len = p.len as usize;
+        let mut partial = [0.0f32; 256];
+        for (lane, slot) in partial.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            let mut i = lane;
+            while i < len {
+                acc += x[i];
+                i += 256;
+            }
+            *slot = acc;
+        }
+        let mut stride = 128;
+        while stride > 0 {
+            for lane in 0..stride {
+                partial[lane] += partial[lane + stride];
+            }
+            stride >>= 1;
+        }
+        store(out, 0, partial[0], p.accumulate);
+    }
+
+    fn row_argmax(row: &[f32]) -> u32 {
+        let mut best = 0;
+        let mut best_value = row[0];
+        for (c, &v) in row.iter().enumerate().skip(1) {
+            if v > best_value {
+                best = c as u32;
+                best_value = v;
+            }
+        }
+        best
+    }
+
+    /// `out[r]` = index of the first maximum of row r.
+    pub fn argmax(out: &mut [u32], x: &[f32], p: &RowsParams) {
+        let cols = p.cols as usize;
+        for r in 0..p.rows as usize {
+            out[r] = row_argmax(&x[r * cols..r * cols + cols]);
+        }
+    }
+
+    /// `count[0] += #{r < rows : prediction(x[r]) == labels[r]}`: the argmax, or with one
+    /// column, `x >= threshold`.
+    pub fn correct_count(count: &mut [u32], x: &[f32], labels: &[u32], p: &RowsParams) {
+        let cols = p.cols as usize;
+        for r in 0..p.rows as usize {
+            let predicted = if cols == 1 {
+                (x[r] >= p.threshold) as u32
+            } else {
+                row_argmax(&x[r * cols..r * cols + cols])
+            };
+            if predicted == labels[r] {
+                count[0] += 1;
+            }
+        }
+    }
+
+    /// Twin of `column_sum_vec4`: [`column_sum`].
+    pub fn column_sum_vec4(out: &mut [f32], x: &[f32], p: &RowsParams) {
+        column_sum(out, x, p)
+    }
+}
