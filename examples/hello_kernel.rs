@@ -26,9 +26,10 @@
 //! cargo run --release --example hello_kernel
 //! ```
 
-use soma::kernels::{self, Kernels, Tuning};
+use soma::kernels;
 use soma::ops::{self, matmul::MatmulParams, Accumulate};
 use soma::{cpu, Gpu, GpuTensor};
+use soma::{Kernels, Tuning};
 
 fn main() -> soma::Result<()> {
     env_logger::init();

@@ -26,11 +26,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::kernels::{self, Dispatch, Kernels, TunerState, MATMUL};
+use crate::kernels::{self, Dispatch, MATMUL};
 use crate::ops::matmul::{
     self, shape_key, tiled, Epilogue, MatmulChoice, MatmulForm, MatmulParams, MatmulVariant, TILES,
 };
 use crate::ops::Accumulate;
+use crate::ops::{Kernels, TunerState};
 use crate::tensor::GpuTensor;
 
 /// Products below 2^22 floating-point operations (a 128 x 128 x 128 product) take the

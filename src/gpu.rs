@@ -1,7 +1,7 @@
 //! `Gpu`: the adapter, device and queue soma works on, either opened by soma or borrowed from a
 //! host application; the limits it asked for; and counters of queue submissions and buffer
 //! maps. The device and nothing else: it owns no tensor, no pipeline and no tuning choice
-//! (those are `kernels::Kernels` and `kernels::Tuning`).
+//! (those are `ops::Kernels` and `ops::Tuning`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

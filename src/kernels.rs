@@ -1,20 +1,16 @@
-//! The kernel table and what runs a kernel: every entry point soma dispatches with its
-//! shader file, storage bindings and uniform struct ([`Kernel`], one list); the compiled
-//! pipelines and the tuner's choices of one device ([`Kernels`]); the tuning a caller asks for
-//! ([`Tuning`]); a ready-to-record launch ([`Dispatch`]) and submission. A `Dispatch` owns its
-//! bind group and uniform, so a training step only records; nothing is created in the hot
-//! loop. The recorders that check shapes and build dispatches live with their op family in
-//! [`crate::ops`]; scheduling whole steps is the executors' job.
+//! What runs a kernel on a device, whichever kernel it is: the shader files ([`Shader`]), what
+//! a kernel binds ([`KernelSpec`]), a compiled pipeline ([`Pipeline`]), a ready-to-record
+//! launch ([`Dispatch`]) and submission. A `Dispatch` owns its bind group and uniform, so a
+//! training step only records; nothing is created in the hot loop. Which kernels exist (the
+//! table), the pipelines and tuning of a device (`Kernels`, `Tuning`) and the recorders that
+//! check shapes and build dispatches are the op families' ([`crate::ops`]); scheduling whole
+//! steps is the executors'.
 
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::fused_mlp::{FusedMlp, FusedMlpParams, MlpShape};
-use crate::ops::matmul::{tiled, Epilogue, MatmulForm, MatmulParams, MatmulVariant, TILES};
-use crate::ops::optim::{OptimParams, UpdateRule};
 use crate::params::{Params, ParamsInfo};
 use crate::tensor::GpuTensor;
 
@@ -52,8 +48,6 @@ pub enum Access {
     Read,
 }
 
-use Access::{Read as R, ReadWrite as W};
-
 /// What binding a kernel takes: its source, entry point, storage bindings in binding order
 /// and its uniform struct, which is always the binding right after the storage ones.
 #[derive(Clone, Copy, Debug)]
@@ -64,326 +58,23 @@ pub struct KernelSpec {
     pub uniform: ParamsInfo,
 }
 
-/// The kernel table: one line per kernel of a `.wgsl` file (variant, shader, entry point,
-/// storage bindings, uniform struct). It generates the [`Kernel`] enum, [`Kernel::ALL`] and
-/// the spec of each, so that a kernel cannot be dispatched without being in the list the
-/// naga contract test walks.
-macro_rules! kernel_table {
-    ($($(#[$meta:meta])* $name:ident => $shader:ident, $entry:literal, [$($acc:ident),*], $params:ty;)*) => {
-        /// Every kernel soma dispatches.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum Kernel {
-            $($(#[$meta])* $name,)*
-            /// A generated register-tiled matmul (`ops/matmul/tiled.rs`), with what it does with
-            /// its sums.
-            MatmulTile(MatmulForm, Tile, Epilogue),
-            /// The generated fully fused training pass of one small network
-            /// (`ops/fused_mlp`).
-            FusedMlp(MlpShape),
-            /// An optimizer update (`shaders/optim.wgsl`), in its vec4 form when `true`.
-            Update(UpdateRule, bool),
-        }
-
-        impl Kernel {
-            /// Every kernel of the table (the generated and per-rule kernels are in
-            /// [`Kernel::all`]).
-            pub const ALL: &'static [Kernel] = &[$(Kernel::$name),*];
-
-            /// The kernel's source, entry point, bindings and uniform.
-            pub fn spec(self) -> KernelSpec {
-                match self {
-                    $(Kernel::$name => KernelSpec {
-                        shader: $shader,
-                        entry: $entry,
-                        storage: &[$($acc),*],
-                        uniform: ParamsInfo::of::<$params>(),
-                    },)*
-                    Kernel::MatmulTile(form, tile, epilogue) => tile_spec(form, tile, epilogue),
-                    Kernel::FusedMlp(shape) => fused_mlp_spec(shape),
-                    Kernel::Update(rule, vec4) => update_spec(rule, vec4),
-                }
-            }
-        }
-    };
-}
-
-use crate::ops::activation::ActivationParams;
-use crate::ops::data::GatherParams;
-use crate::ops::loss::LossParams;
-use crate::ops::matmul::{BlockedMatmulParams, DenseParams, Tile};
-use crate::ops::perceptron::PerceptronParams;
-use crate::ops::reduce::{ReduceParams, RowsParams};
-
-kernel_table! {
-    MatmulNt => MATMUL, "matmul_nt", [W, R, R], MatmulParams;
-    MatmulNn => MATMUL, "matmul_nn", [W, R, R], MatmulParams;
-    MatmulTn => MATMUL, "matmul_tn", [W, R, R], MatmulParams;
-    MatmulBlocked => MATMUL, "matmul_blocked", [W, R, R], BlockedMatmulParams;
-    MatmulNtVec4 => MATMUL, "matmul_nt_vec4", [W, R, R], BlockedMatmulParams;
-    MatmulNnVec4 => MATMUL, "matmul_nn_vec4", [W, R, R], BlockedMatmulParams;
-    BiasActivationForward => ACTIVATION, "bias_activation_forward", [W, W, R], ActivationParams;
-    BiasActivationForwardVec4 => ACTIVATION, "bias_activation_forward_vec4", [W, W, R], ActivationParams;
-    ActivationBackward => ACTIVATION, "activation_backward", [W, R, R], ActivationParams;
-    ActivationBackwardVec4 => ACTIVATION, "activation_backward_vec4", [W, R, R], ActivationParams;
-    /// pre, x, w, out, bias
-    DenseForward => ACTIVATION, "dense_forward", [W, R, R, W, R], DenseParams;
-    /// dpre, d, w, pre
-    DenseBackward => ACTIVATION, "dense_backward", [W, R, R, R], DenseParams;
-    ColumnSum => REDUCE, "column_sum", [W, R], RowsParams;
-    ColumnSumVec4 => REDUCE, "column_sum_vec4", [W, R], RowsParams;
-    ReduceSum => REDUCE, "reduce_sum", [W, R], ReduceParams;
-    Argmax => REDUCE, "argmax", [W, R], RowsParams;
-    CorrectCount => REDUCE, "correct_count", [W, R, R], RowsParams;
-    Softmax => LOSS, "softmax", [W, R], RowsParams;
-    MseLoss => LOSS, "mse_loss", [W, W, R, R], LossParams;
-    SoftmaxCrossEntropy => LOSS, "softmax_cross_entropy", [W, W, R, R], LossParams;
-    BinaryCrossEntropy => LOSS, "binary_cross_entropy", [W, W, R, R], LossParams;
-    GatherRows => DATA, "gather_rows", [W, R, R], GatherParams;
-    GatherRowsVec4 => DATA, "gather_rows_vec4", [W, R, R], GatherParams;
-    GatherRowsU8 => DATA, "gather_rows_u8", [W, R, R], GatherParams;
-    GatherRowsU8Vec4 => DATA, "gather_rows_u8_vec4", [W, R, R], GatherParams;
-    GatherLabels => DATA, "gather_labels", [W, R, R], GatherParams;
-    PerceptronEpoch => PERCEPTRON, "perceptron_epoch", [W, W, R, R], PerceptronParams;
-}
-
-/// An update's bindings: the parameter, up to four state tensors, the gradient.
-const UPDATE_ACCESS: [Access; 6] = [W, W, W, W, W, R];
-
-impl Kernel {
-    /// Every kernel: the table's, every generated tile of every form and epilogue, and the
-    /// update of every rule in both widths. (Fused MLP passes are generated per network and
-    /// validated by their own tests.)
-    pub fn all() -> Vec<Kernel> {
-        let mut all = Kernel::ALL.to_vec();
-        for form in MatmulForm::ALL {
-            all.extend(
-                TILES
-                    .iter()
-                    .map(|&t| Kernel::MatmulTile(form, t, Epilogue::Store)),
-            );
-        }
-        for relu in [true, false] {
-            all.extend(
-                TILES
-                    .iter()
-                    .map(|&t| Kernel::MatmulTile(MatmulForm::Nt, t, Epilogue::BiasAct { relu })),
-            );
-        }
-        all.extend(
-            TILES
-                .iter()
-                .filter(|t| tiled::relu_grad_allowed(**t))
-                .map(|&t| Kernel::MatmulTile(MatmulForm::Nn, t, Epilogue::ReluGrad)),
-        );
-        for rule in UpdateRule::ALL {
-            all.extend([Kernel::Update(rule, false), Kernel::Update(rule, true)]);
-        }
-        all
-    }
-
-    pub fn entry_point(self) -> &'static str {
-        self.spec().entry
-    }
-}
-
-fn fused_mlp_spec(shape: MlpShape) -> KernelSpec {
-    let (source, entry) = crate::ops::fused_mlp::generated(shape);
-    // partials, prediction, row losses, input, target, parameter arena (and the row order,
-    // for the gathering forms)
-    let storage: &'static [Access] = if shape.gather {
-        &[W, W, W, R, R, R, R]
-    } else {
-        &[W, W, W, R, R, R]
-    };
-    KernelSpec {
-        shader: Shader {
-            file: "fused MLP pass (generated by src/ops/fused_mlp)",
-            source,
-        },
-        entry,
-        storage,
-        uniform: ParamsInfo::of::<FusedMlpParams>(),
-    }
-}
-
-fn tile_spec(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> KernelSpec {
-    let (source, entry) = tiled::generated(form, tile, epilogue);
-    let storage: &'static [Access] = match epilogue {
-        Epilogue::Store => &[W, R, R],
-        // out (pre-activation), x, w, act_out, bias
-        Epilogue::BiasAct { .. } => &[W, R, R, W, R],
-        // dpre, d, w, pre
-        Epilogue::ReluGrad => &[W, R, R, R],
-    };
-    KernelSpec {
-        shader: Shader {
-            file: "matmul tile (generated by src/ops/matmul/tiled.rs)",
-            source,
-        },
-        entry,
-        storage,
-        uniform: ParamsInfo::of::<MatmulParams>(),
-    }
-}
-
-fn update_spec(rule: UpdateRule, vec4: bool) -> KernelSpec {
-    let states = rule.state_names().len();
-    KernelSpec {
-        shader: OPTIM,
-        entry: rule.entry_point(vec4),
-        storage: &UPDATE_ACCESS[UPDATE_ACCESS.len() - states - 2..],
-        uniform: ParamsInfo::of::<OptimParams>(),
-    }
-}
-
-/// Which kernels run and which fusions apply, as the caller asks: the library's default is
-/// `Tuning::default()` (tuned matmuls, fusion on, the fused MLP pass where it measures
-/// faster); the `soma` command reads it from the environment ([`Tuning::from_env`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tuning {
-    /// The matmul kernel (`SOMA_MATMUL=naive|blocked|tuned|<tile>`).
-    pub matmul: MatmulVariant,
-    /// Fuse kernels: a layer's product with its bias and activation, a delta with its
-    /// activation derivative, every parameter tensor's update into one dispatch
-    /// (`SOMA_FUSE=on|off`).
-    pub fuse: bool,
-    /// When a training step runs as the fully fused small-MLP pass
-    /// (`SOMA_FUSED_MLP=auto|on|off|<form>`).
-    pub fused_mlp: FusedMlp,
-    /// Measure the candidates of a product (or a fused pass) that has no cached choice
-    /// (`SOMA_AUTOTUNE=on|off`); off takes a cached choice or the blocked kernel.
-    pub autotune: bool,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            matmul: MatmulVariant::Tuned,
-            fuse: true,
-            fused_mlp: FusedMlp::Auto,
-            autotune: true,
-        }
-    }
-}
-
-impl Tuning {
-    /// The tuning the environment asks for: `SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`,
-    /// `SOMA_AUTOTUNE`, each defaulting as [`Tuning::default`]. A value soma cannot honour
-    /// is an error that names the variable.
-    pub fn from_env() -> Result<Tuning> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let switch = |name: &str, default: bool| -> Result<bool> {
-            match var(name).as_deref() {
-                None => Ok(default),
-                Some("on" | "1" | "true") => Ok(true),
-                Some("off" | "0" | "false") => Ok(false),
-                Some(v) => Err(Error::Config(format!("{name}='{v}': use on or off"))),
-            }
-        };
-        let named = |name: &str, e: Error| Error::Config(format!("{name}: {e}"));
-        let d = Tuning::default();
-        Ok(Tuning {
-            matmul: match var("SOMA_MATMUL") {
-                Some(v) => v.parse().map_err(|e| named("SOMA_MATMUL", e))?,
-                None => d.matmul,
-            },
-            fuse: switch("SOMA_FUSE", d.fuse)?,
-            fused_mlp: match var("SOMA_FUSED_MLP") {
-                Some(v) => v.parse().map_err(|e| named("SOMA_FUSED_MLP", e))?,
-                None => d.fused_mlp,
-            },
-            autotune: switch("SOMA_AUTOTUNE", d.autotune)?,
-        })
-    }
-}
-
-/// The tuner's memory: the choices made or loaded so far, by shape key (`nt 1024x1024x1024`
-/// -> `r64c32w8x1`, `mlp ...` -> a form of the fused pass). `crate::autotune` fills it and
-/// keeps its disk cache; recorders only read it.
-#[derive(Debug, Default)]
-pub struct TunerState {
-    /// This adapter's cache key, set when the cache file was read (once per `Kernels`).
-    pub key: Option<String>,
-    pub choices: HashMap<String, String>,
-    /// How many choices this process measured (not loaded from the cache).
-    pub measured: u64,
-}
-
-/// The compiled pipelines of one device (each built once, on first use), the tuner's
-/// choices for it and the [`Tuning`] asked for. Share one across runs on the same device
-/// (`Device::Tuned`) so that pipelines are compiled and products tuned once.
-pub struct Kernels<'g> {
-    gpu: &'g Gpu,
-    tuning: Tuning,
-    pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
-    tuner: Mutex<TunerState>,
-}
-
-impl<'g> Kernels<'g> {
-    pub fn new(gpu: &'g Gpu, tuning: Tuning) -> Kernels<'g> {
-        Kernels {
-            gpu,
-            tuning,
-            pipelines: Mutex::new(HashMap::new()),
-            tuner: Mutex::new(TunerState::default()),
-        }
-    }
-
-    /// The device these kernels run on.
-    pub fn gpu(&self) -> &'g Gpu {
-        self.gpu
-    }
-
-    pub fn tuning(&self) -> Tuning {
-        self.tuning
-    }
-
-    /// The tuner's choices so far.
-    pub fn tuner(&self) -> MutexGuard<'_, TunerState> {
-        self.tuner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The compiled pipeline of a kernel, built (once) on first use.
-    pub fn pipeline(&self, kernel: Kernel) -> Result<Arc<Pipeline>> {
-        let mut cache = self
-            .pipelines
-            .lock()
-            .map_err(|_| Error::DeviceLost("pipeline cache poisoned by a panic".into()))?;
-        if let Some(p) = cache.get(&kernel) {
-            return Ok(p.clone());
-        }
-        let p = Arc::new(Pipeline::build(self.gpu, kernel)?);
-        cache.insert(kernel, p.clone());
-        Ok(p)
-    }
-}
-
-impl std::fmt::Debug for Kernels<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernels")
-            .field("adapter", &self.gpu.adapter().name)
-            .field("tuning", &self.tuning)
-            .finish()
-    }
-}
-
-/// A compiled compute pipeline and its bind group layout.
+/// A compiled compute pipeline, its bind group layout and what it binds.
 #[derive(Debug)]
 pub struct Pipeline {
-    pub kernel: Kernel,
+    pub spec: KernelSpec,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
 }
 
 impl Pipeline {
-    /// Compiles `kernel`'s entry point; a validation failure comes back as `Error::Shader`.
-    pub fn build(gpu: &Gpu, kernel: Kernel) -> Result<Pipeline> {
+    /// Compiles `spec`'s entry point; a validation failure comes back as `Error::Shader`.
+    pub fn build(gpu: &Gpu, spec: KernelSpec) -> Result<Pipeline> {
         let KernelSpec {
             shader,
             entry,
             storage,
             ..
-        } = kernel.spec();
+        } = spec;
         let device = &gpu.device;
         let mut entries: Vec<wgpu::BindGroupLayoutEntry> = storage
             .iter()
@@ -434,7 +125,7 @@ impl Pipeline {
                 cache: None,
             });
             Pipeline {
-                kernel,
+                spec,
                 pipeline,
                 layout,
             }
@@ -459,16 +150,15 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    /// Binds `tensors` (in binding order) and `params` (one entry or more) to `kernel`.
+    /// Binds `tensors` (in binding order) and `params` (one entry or more) to `pipeline`.
     pub fn new<P: Params>(
-        kernels: &Kernels<'_>,
-        kernel: Kernel,
+        gpu: &Gpu,
+        pipeline: Arc<Pipeline>,
         tensors: &[&GpuTensor],
         params: &[P],
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
-        let gpu = kernels.gpu();
-        let KernelSpec { entry, storage, .. } = kernel.spec();
+        let KernelSpec { entry, storage, .. } = pipeline.spec;
         if tensors.len() != storage.len() {
             return Err(Error::shape(
                 entry,
@@ -485,7 +175,6 @@ impl Dispatch {
                 limit_name: "max_compute_workgroups_per_dimension",
             });
         }
-        let pipeline = kernels.pipeline(kernel)?;
         let buffers = tensors
             .iter()
             .map(|t| {
@@ -520,7 +209,7 @@ impl Dispatch {
         stride: u64,
         entries: usize,
     ) -> Result<(wgpu::Buffer, wgpu::BindGroup)> {
-        let entry = pipeline.kernel.entry_point();
+        let entry = pipeline.spec.entry;
         gpu.scoped(entry, || {
             let uniform = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(entry),
@@ -571,7 +260,7 @@ impl Dispatch {
     pub fn set_params<P: Params>(&mut self, gpu: &Gpu, params: &[P]) -> Result<()> {
         if std::mem::size_of::<P>() as u64 != self.param_size {
             return Err(Error::shape(
-                self.pipeline.kernel.entry_point(),
+                self.pipeline.spec.entry,
                 format!("{}-byte parameters", self.param_size),
                 format!("{}-byte {}", std::mem::size_of::<P>(), P::WGSL_NAME),
             ));
@@ -616,18 +305,16 @@ impl Dispatch {
         self.workgroups.contains(&0)
     }
 
-    pub fn kernel(&self) -> Kernel {
-        self.pipeline.kernel
+    /// The entry point this dispatch runs.
+    pub fn entry(&self) -> &'static str {
+        self.pipeline.spec.entry
     }
 }
 
 /// Records `dispatches` (each with entry 0) into one compute pass and submits it, with
 /// validation errors captured as `Error::Shader`. Convenient for one-off work and tests.
 pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
-    let label = dispatches
-        .first()
-        .map(|d| d.kernel().entry_point())
-        .unwrap_or("empty run");
+    let label = dispatches.first().map(|d| d.entry()).unwrap_or("empty run");
     submit_pass(gpu, label, |pass| {
         for d in dispatches {
             d.record(pass, 0);

@@ -1,6 +1,10 @@
 //! soma trains feedforward neural networks on any GPU that wgpu reaches, with WGSL compute
 //! shaders, and checks every GPU result against a plain-Rust CPU reference.
 
+// Every match over soma's own enums names each variant, so that the compiler lists every
+// place a new variant needs; a foreign enum's wildcard carries an `allow` and a reason.
+#![deny(clippy::wildcard_enum_match_arm)]
+
 pub mod autotune;
 pub mod checkpoint;
 pub mod data;
@@ -26,10 +30,11 @@ pub mod trainer;
 pub use error::{Error, Result};
 pub use exec::Device;
 pub use gpu::{AdapterSummary, Gpu, GpuStats, Ownership};
-pub use kernels::{Dispatch, Kernel, Kernels, Tuning};
+pub use kernels::Dispatch;
 pub use network::Activation;
 pub use network::{Init, Layer, LayerParams, Network, Parameters};
 pub use ops::{Accumulate, Loss};
+pub use ops::{Kernel, Kernels, Tuning};
 pub use optim::{Optimizer, OptimizerKind, Schedule, UpdateRule};
 pub use tensor::{DType, GpuTensor};
 pub use trainer::{

@@ -537,8 +537,8 @@ impl Plan {
         }
         let input = self.input;
         let mut params = None;
-        ops.retain(|op| match op {
-            Op::GatherRows {
+        ops.retain(|op| {
+            if let Op::GatherRows {
                 out,
                 data,
                 params: p,
@@ -549,11 +549,14 @@ impl Plan {
                 data,
                 params: p,
                 ..
-            } if *out == input && *data == d.x => {
-                params = Some(p.clone());
-                false
+            } = op
+            {
+                if *out == input && *data == d.x {
+                    params = Some(p.clone());
+                    return false;
+                }
             }
-            _ => true,
+            true
         });
         d.streamed = params;
         d.x_u8 = false;

@@ -7,10 +7,11 @@
 mod common;
 
 use common::{assert_close, gpu, TestRng};
-use soma::kernels::{self, Kernels, Tuning};
+use soma::kernels;
 use soma::ops::matmul::{Epilogue, MatmulChoice, MatmulForm, MatmulParams, Tile};
 use soma::ops::{self, Accumulate};
 use soma::{autotune, cpu, GpuTensor};
+use soma::{Kernels, Tuning};
 
 #[test]
 fn tuned_choice_is_cached_on_disk_and_reused() {
@@ -42,7 +43,7 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         )
         .unwrap();
         kernels::run(gpu, &[&d]).unwrap();
-        (d.kernel(), out.read(gpu).unwrap())
+        (d.entry(), out.read(gpu).unwrap())
     };
     let (kernel, got) = product(&first);
     assert_eq!(
@@ -114,7 +115,7 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         "the stale choice is measured again"
     );
     let big = soma::Kernel::MatmulTile(MatmulForm::Nn, Tile::new(64, 32, 8, 1), Epilogue::Store);
-    assert_ne!(kernel4, big);
+    assert_ne!(kernel4, big.entry_point());
     assert_eq!(got, got4);
 
     // The fused small-MLP pass against the op-by-op kernels: measured once for B3's network

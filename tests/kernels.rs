@@ -8,12 +8,13 @@ mod common;
 
 use common::{assert_close, gpu, TestRng};
 use soma::autotune;
-use soma::kernels::{self, Kernels, Tuning};
+use soma::kernels;
 use soma::ops::matmul::{MatmulForm, MatmulVariant, TILES};
 use soma::ops::uniforms::*;
 use soma::ops::{self, Accumulate, UpdateRule};
 use soma::Loss;
 use soma::{cpu, Activation, Gpu, GpuTensor};
+use soma::{Kernels, Tuning};
 
 /// Kernels of the test's own with the matmul `variant` (the other settings at their
 /// defaults), so that a test's choice of kernel does not reach the tests beside it.
@@ -137,11 +138,7 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
             let d = ops::dense_forward(kn, &out, &pre, &xt, &wt, Some(&bt), &dummy, act)
                 .unwrap()
                 .expect("a tile that fits runs the fused kernel");
-            assert!(
-                d.kernel().entry_point().contains("_bias"),
-                "{:?}",
-                d.kernel()
-            );
+            assert!(d.entry().contains("_bias"), "{:?}", d.entry());
             run(gpu, &d);
             let (got_pre, got_out) = (pre.read(gpu).unwrap(), out.read(gpu).unwrap());
             let label = format!("dense_forward {} {act:?}", t.name());
@@ -245,7 +242,7 @@ fn dense_forward_blocked_matches_its_twin_and_the_two_kernels() {
                 let d = ops::dense_forward(kn, &out, &pre, &xt, &wt, b, &dummy, act)
                     .unwrap()
                     .expect("k is not a multiple of 4: the blocked dense_forward");
-                assert_eq!(d.kernel().entry_point(), "dense_forward");
+                assert_eq!(d.entry(), "dense_forward");
                 run(gpu, &d);
                 let (got_pre, got_out) = (pre.read(gpu).unwrap(), out.read(gpu).unwrap());
                 let label = format!("dense_forward {m}x{k}x{n} {act:?} bias {has_bias}");
@@ -311,7 +308,7 @@ fn dense_backward_blocked_matches_its_twin_and_the_two_kernels() {
             let fused = ops::dense_backward(kn, &dpre, &dt, &wt, &pt, act)
                 .unwrap()
                 .expect("k or n is not a multiple of 4: the blocked dense_backward");
-            assert_eq!(fused.kernel().entry_point(), "dense_backward");
+            assert_eq!(fused.entry(), "dense_backward");
             run(gpu, &fused);
             let got = dpre.read(gpu).unwrap();
             let label = format!("dense_backward {m}x{k}x{n} {act:?}");

@@ -4,8 +4,9 @@
 //! names, order and size in Rust and WGSL.
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use soma::kernels::{Access, Kernel, KernelSpec, SHADERS};
+use soma::kernels::{Access, KernelSpec, SHADERS};
 use soma::params::ParamsInfo;
+use soma::Kernel;
 
 fn parse(file: &str, source: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(source)

@@ -11,8 +11,9 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{self, Kernels};
+use crate::kernels;
 use crate::ops::Accumulate;
+use crate::ops::Kernels;
 use crate::plan::{BufId, Op, Plan};
 use crate::tensor::{start_read_many, DType, GpuTensor};
 
@@ -238,7 +239,7 @@ impl<'a> Executor<'a> {
                     let t = std::time::Instant::now();
                     kernels::submit_pass(g.gpu, "profile", |pass| d.record(pass, step as u32))?;
                     g.gpu.wait()?;
-                    times.push((d.kernel().entry_point(), t.elapsed().as_secs_f64()));
+                    times.push((d.entry(), t.elapsed().as_secs_f64()));
                 }
                 Ok(times)
             }

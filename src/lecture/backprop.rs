@@ -177,7 +177,13 @@ fn diagnose(setup: &XorSetup, pre: &[f32]) -> XorFailure {
                         let s = 1.0 / (1.0 + (-z).exp());
                         s * (1.0 - s)
                     }
-                    _ => 1.0 - z.tanh() * z.tanh(),
+                    Activation::Tanh => 1.0 - z.tanh() * z.tanh(),
+                    // Only sigmoid and tanh reach this arm.
+                    Activation::Identity
+                    | Activation::Relu
+                    | Activation::LeakyRelu { .. }
+                    | Activation::Sign
+                    | Activation::Step => 1.0,
                 };
                 d < 0.01
             };
@@ -186,7 +192,11 @@ fn diagnose(setup: &XorSetup, pre: &[f32]) -> XorFailure {
                 return XorFailure::Saturated { units };
             }
         }
-        _ => {}
+        // No saturation test for the others: a failed run of theirs is a plateau.
+        Activation::Identity
+        | Activation::LeakyRelu { .. }
+        | Activation::Sign
+        | Activation::Step => {}
     }
     XorFailure::Plateau
 }

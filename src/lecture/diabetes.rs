@@ -51,7 +51,7 @@ pub fn diabetes_split(seed: u64) -> Result<(Dataset, Dataset)> {
 pub fn values(d: &Dataset) -> Result<&[f32]> {
     match &d.targets {
         Targets::Values { values, width: 1 } => Ok(values),
-        _ => Err(Error::Data(format!(
+        Targets::Values { .. } | Targets::Classes { .. } => Err(Error::Data(format!(
             "{}: expected one regression target per row",
             d.name
         ))),

@@ -9,11 +9,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::GpuTensor;
 
-use super::{expect_len, expect_shape, grid_1d, matrix, u32_of};
+use super::{dispatch, expect_len, expect_shape, grid_1d, matrix, u32_of, Kernel, Kernels};
 
 /// A layer's non-linearity. `code()` is the value the WGSL kernels switch on.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -222,7 +222,7 @@ pub fn bias_activation_forward(
     } else {
         (Kernel::BiasActivationForward, rows * cols)
     };
-    Dispatch::new(k, kernel, &[out, pre, bias], &[p], grid_1d(k.gpu(), lanes))
+    dispatch(k, kernel, &[out, pre, bias], &[p], grid_1d(k.gpu(), lanes))
 }
 
 /// `dpre = dout * act'(pre)`, element-wise over `(rows, cols)`.
@@ -244,7 +244,7 @@ pub fn activation_backward(
     } else {
         (Kernel::ActivationBackward, rows * cols)
     };
-    Dispatch::new(k, kernel, &[dpre, dout, pre], &[p], grid_1d(k.gpu(), lanes))
+    dispatch(k, kernel, &[dpre, dout, pre], &[p], grid_1d(k.gpu(), lanes))
 }
 
 /// The twins: plain loops with the kernels' formulas.

@@ -2,11 +2,11 @@
 //! through the epoch's row order, from tables resident on the device.
 
 use crate::error::{Error, Result};
-use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::{DType, GpuTensor};
 
-use super::{expect_dtype, grid_1d, matrix, u32_of};
+use super::{dispatch, expect_dtype, grid_1d, matrix, u32_of, Kernel, Kernels};
 
 params_struct! {
     /// Gather `rows` rows of width `cols` through an index buffer, starting at `start` in it;
@@ -79,7 +79,7 @@ pub fn gather_rows(
     } else {
         (Kernel::GatherRows, batch_rows * cols)
     };
-    Dispatch::new(
+    dispatch(
         k,
         kernel,
         &[out, data, indices],
@@ -110,7 +110,7 @@ pub fn gather_rows_u8(
     } else {
         (Kernel::GatherRowsU8, batch_rows * cols)
     };
-    Dispatch::new(
+    dispatch(
         k,
         kernel,
         &[out, data, indices],
@@ -131,7 +131,7 @@ pub fn gather_labels(
     expect_dtype("gather_labels", out, DType::U32)?;
     expect_dtype("gather_labels", labels, DType::U32)?;
     let p = gather_params("gather_labels", out.len(), 1, indices, start, rows)?;
-    Dispatch::new(
+    dispatch(
         k,
         Kernel::GatherLabels,
         &[out, labels, indices],

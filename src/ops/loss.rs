@@ -4,12 +4,12 @@
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::{DType, GpuTensor};
 
 use super::reduce::RowsParams;
-use super::{expect_dtype, expect_len, expect_shape, grid_rows, matrix};
+use super::{dispatch, expect_dtype, expect_len, expect_shape, grid_rows, matrix, Kernel, Kernels};
 
 /// The loss functions soma trains with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -97,7 +97,7 @@ pub fn softmax(k: &Kernels, out: &GpuTensor, logits: &GpuTensor) -> Result<Dispa
         cols: cols as u32,
         ..Default::default()
     };
-    Dispatch::new(k, Kernel::Softmax, &[out, logits], &[p], grid_rows(rows))
+    dispatch(k, Kernel::Softmax, &[out, logits], &[p], grid_rows(rows))
 }
 
 fn loss_kernel(kind: Loss) -> Kernel {
@@ -140,7 +140,7 @@ pub fn loss(
         ));
     }
     let p = kind.params(rows, cols, batch_rows);
-    Dispatch::new(
+    dispatch(
         k,
         loss_kernel(kind),
         &[grad, row_loss, pred, target],

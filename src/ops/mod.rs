@@ -1,11 +1,14 @@
-//! The op families. Each module holds everything about one family of kernels: its uniform
-//! structs (the same names and fields as in its `.wgsl` file), its recorders (one small
-//! function per op that checks shapes and element types, fills the uniform and the grid, and
-//! returns a ready-to-record [`Dispatch`](crate::kernels::Dispatch)), and its CPU twins in a
+//! The op families, and what ties them to a device. Each module holds everything about one
+//! family of kernels: its uniform structs (the same names and fields as in its `.wgsl` file),
+//! its recorders (one small function per op that checks shapes and element types, fills the
+//! uniform and the grid, and returns a ready-to-record [`Dispatch`]), and its CPU twins in a
 //! `cpu` submodule, named like the WGSL entry point and taking their arguments in the same
-//! order: outputs first, then inputs, then the uniform. The kernel table that ties entry
-//! points to files and bindings is [`crate::kernels::Kernel`]; scheduling whole steps is the
-//! plan's and the executors' job, not this module's.
+//! order: outputs first, then inputs, then the uniform.
+//!
+//! This file holds the kernel table ([`Kernel`]: every entry point with its file, bindings and
+//! uniform, generated from one list), the compiled pipelines and tuner's choices of a device
+//! ([`Kernels`]), the tuning a caller asks for ([`Tuning`]), and the shape checks the
+//! recorders share. Scheduling whole steps is the plan's and the executors' job.
 //!
 //! | family | shader | ops |
 //! | --- | --- | --- |
@@ -18,9 +21,29 @@
 //! | [`perceptron`] | `perceptron.wgsl` | Rosenblatt's rule |
 //! | [`fused_mlp`] | generated | the fully fused small-MLP training pass |
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::{
+    Access, Dispatch, KernelSpec, Pipeline, Shader, ACTIVATION, DATA, LOSS, MATMUL, OPTIM,
+    PERCEPTRON, REDUCE,
+};
+use crate::params::{Params, ParamsInfo};
 use crate::tensor::{DType, GpuTensor};
+
+use activation::ActivationParams;
+use data::GatherParams;
+use fused_mlp::{FusedMlp, FusedMlpParams, MlpShape};
+use loss::LossParams;
+use matmul::{
+    tiled, BlockedMatmulParams, DenseParams, Epilogue, MatmulForm, MatmulParams, Tile, TILES,
+};
+use optim::OptimParams;
+use perceptron::PerceptronParams;
+use reduce::{ReduceParams, RowsParams};
+use Access::{Read as R, ReadWrite as W};
 
 pub mod activation;
 pub mod data;
@@ -53,6 +76,320 @@ pub mod uniforms {
     pub use super::optim::OptimParams;
     pub use super::perceptron::PerceptronParams;
     pub use super::reduce::{ReduceParams, RowsParams};
+}
+
+/// The kernel table: one line per kernel of a `.wgsl` file (variant, shader, entry point,
+/// storage bindings, uniform struct). It generates the [`Kernel`] enum, [`Kernel::ALL`] and
+/// the spec of each, so that a kernel cannot be dispatched without being in the list the
+/// naga contract test walks.
+macro_rules! kernel_table {
+    ($($(#[$meta:meta])* $name:ident => $shader:ident, $entry:literal, [$($acc:ident),*], $params:ty;)*) => {
+        /// Every kernel soma dispatches.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Kernel {
+            $($(#[$meta])* $name,)*
+            /// A generated register-tiled matmul (`ops/matmul/tiled.rs`), with what it does with
+            /// its sums.
+            MatmulTile(MatmulForm, Tile, Epilogue),
+            /// The generated fully fused training pass of one small network
+            /// (`ops/fused_mlp`).
+            FusedMlp(MlpShape),
+            /// An optimizer update (`shaders/optim.wgsl`), in its vec4 form when `true`.
+            Update(UpdateRule, bool),
+        }
+
+        impl Kernel {
+            /// Every kernel of the table (the generated and per-rule kernels are in
+            /// [`Kernel::all`]).
+            pub const ALL: &'static [Kernel] = &[$(Kernel::$name),*];
+
+            /// The kernel's source, entry point, bindings and uniform.
+            pub fn spec(self) -> KernelSpec {
+                match self {
+                    $(Kernel::$name => KernelSpec {
+                        shader: $shader,
+                        entry: $entry,
+                        storage: &[$($acc),*],
+                        uniform: ParamsInfo::of::<$params>(),
+                    },)*
+                    Kernel::MatmulTile(form, tile, epilogue) => tile_spec(form, tile, epilogue),
+                    Kernel::FusedMlp(shape) => fused_mlp_spec(shape),
+                    Kernel::Update(rule, vec4) => update_spec(rule, vec4),
+                }
+            }
+        }
+    };
+}
+
+kernel_table! {
+    MatmulNt => MATMUL, "matmul_nt", [W, R, R], MatmulParams;
+    MatmulNn => MATMUL, "matmul_nn", [W, R, R], MatmulParams;
+    MatmulTn => MATMUL, "matmul_tn", [W, R, R], MatmulParams;
+    MatmulBlocked => MATMUL, "matmul_blocked", [W, R, R], BlockedMatmulParams;
+    MatmulNtVec4 => MATMUL, "matmul_nt_vec4", [W, R, R], BlockedMatmulParams;
+    MatmulNnVec4 => MATMUL, "matmul_nn_vec4", [W, R, R], BlockedMatmulParams;
+    BiasActivationForward => ACTIVATION, "bias_activation_forward", [W, W, R], ActivationParams;
+    BiasActivationForwardVec4 => ACTIVATION, "bias_activation_forward_vec4", [W, W, R], ActivationParams;
+    ActivationBackward => ACTIVATION, "activation_backward", [W, R, R], ActivationParams;
+    ActivationBackwardVec4 => ACTIVATION, "activation_backward_vec4", [W, R, R], ActivationParams;
+    /// pre, x, w, out, bias
+    DenseForward => ACTIVATION, "dense_forward", [W, R, R, W, R], DenseParams;
+    /// dpre, d, w, pre
+    DenseBackward => ACTIVATION, "dense_backward", [W, R, R, R], DenseParams;
+    ColumnSum => REDUCE, "column_sum", [W, R], RowsParams;
+    ColumnSumVec4 => REDUCE, "column_sum_vec4", [W, R], RowsParams;
+    ReduceSum => REDUCE, "reduce_sum", [W, R], ReduceParams;
+    Argmax => REDUCE, "argmax", [W, R], RowsParams;
+    CorrectCount => REDUCE, "correct_count", [W, R, R], RowsParams;
+    Softmax => LOSS, "softmax", [W, R], RowsParams;
+    MseLoss => LOSS, "mse_loss", [W, W, R, R], LossParams;
+    SoftmaxCrossEntropy => LOSS, "softmax_cross_entropy", [W, W, R, R], LossParams;
+    BinaryCrossEntropy => LOSS, "binary_cross_entropy", [W, W, R, R], LossParams;
+    GatherRows => DATA, "gather_rows", [W, R, R], GatherParams;
+    GatherRowsVec4 => DATA, "gather_rows_vec4", [W, R, R], GatherParams;
+    GatherRowsU8 => DATA, "gather_rows_u8", [W, R, R], GatherParams;
+    GatherRowsU8Vec4 => DATA, "gather_rows_u8_vec4", [W, R, R], GatherParams;
+    GatherLabels => DATA, "gather_labels", [W, R, R], GatherParams;
+    PerceptronEpoch => PERCEPTRON, "perceptron_epoch", [W, W, R, R], PerceptronParams;
+}
+
+/// An update's bindings: the parameter, up to four state tensors, the gradient.
+const UPDATE_ACCESS: [Access; 6] = [W, W, W, W, W, R];
+
+impl Kernel {
+    /// Every kernel: the table's, every generated tile of every form and epilogue, and the
+    /// update of every rule in both widths. (Fused MLP passes are generated per network and
+    /// validated by their own tests.)
+    pub fn all() -> Vec<Kernel> {
+        let mut all = Kernel::ALL.to_vec();
+        for form in MatmulForm::ALL {
+            all.extend(
+                TILES
+                    .iter()
+                    .map(|&t| Kernel::MatmulTile(form, t, Epilogue::Store)),
+            );
+        }
+        for relu in [true, false] {
+            all.extend(
+                TILES
+                    .iter()
+                    .map(|&t| Kernel::MatmulTile(MatmulForm::Nt, t, Epilogue::BiasAct { relu })),
+            );
+        }
+        all.extend(
+            TILES
+                .iter()
+                .filter(|t| tiled::relu_grad_allowed(**t))
+                .map(|&t| Kernel::MatmulTile(MatmulForm::Nn, t, Epilogue::ReluGrad)),
+        );
+        for rule in UpdateRule::ALL {
+            all.extend([Kernel::Update(rule, false), Kernel::Update(rule, true)]);
+        }
+        all
+    }
+
+    pub fn entry_point(self) -> &'static str {
+        self.spec().entry
+    }
+}
+
+fn fused_mlp_spec(shape: MlpShape) -> KernelSpec {
+    let (source, entry) = fused_mlp::generated(shape);
+    // partials, prediction, row losses, input, target, parameter arena (and the row order,
+    // for the gathering forms)
+    let storage: &'static [Access] = if shape.gather {
+        &[W, W, W, R, R, R, R]
+    } else {
+        &[W, W, W, R, R, R]
+    };
+    KernelSpec {
+        shader: Shader {
+            file: "fused MLP pass (generated by src/ops/fused_mlp)",
+            source,
+        },
+        entry,
+        storage,
+        uniform: ParamsInfo::of::<FusedMlpParams>(),
+    }
+}
+
+fn tile_spec(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> KernelSpec {
+    let (source, entry) = tiled::generated(form, tile, epilogue);
+    let storage: &'static [Access] = match epilogue {
+        Epilogue::Store => &[W, R, R],
+        // out (pre-activation), x, w, act_out, bias
+        Epilogue::BiasAct { .. } => &[W, R, R, W, R],
+        // dpre, d, w, pre
+        Epilogue::ReluGrad => &[W, R, R, R],
+    };
+    KernelSpec {
+        shader: Shader {
+            file: "matmul tile (generated by src/ops/matmul/tiled.rs)",
+            source,
+        },
+        entry,
+        storage,
+        uniform: ParamsInfo::of::<MatmulParams>(),
+    }
+}
+
+fn update_spec(rule: UpdateRule, vec4: bool) -> KernelSpec {
+    let states = rule.state_names().len();
+    KernelSpec {
+        shader: OPTIM,
+        entry: rule.entry_point(vec4),
+        storage: &UPDATE_ACCESS[UPDATE_ACCESS.len() - states - 2..],
+        uniform: ParamsInfo::of::<OptimParams>(),
+    }
+}
+
+/// Which kernels run and which fusions apply, as the caller asks: the library's default is
+/// `Tuning::default()` (tuned matmuls, fusion on, the fused MLP pass where it measures
+/// faster); the `soma` command reads it from the environment ([`Tuning::from_env`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// The matmul kernel (`SOMA_MATMUL=naive|blocked|tuned|<tile>`).
+    pub matmul: MatmulVariant,
+    /// Fuse kernels: a layer's product with its bias and activation, a delta with its
+    /// activation derivative, every parameter tensor's update into one dispatch
+    /// (`SOMA_FUSE=on|off`).
+    pub fuse: bool,
+    /// When a training step runs as the fully fused small-MLP pass
+    /// (`SOMA_FUSED_MLP=auto|on|off|<form>`).
+    pub fused_mlp: FusedMlp,
+    /// Measure the candidates of a product (or a fused pass) that has no cached choice
+    /// (`SOMA_AUTOTUNE=on|off`); off takes a cached choice or the blocked kernel.
+    pub autotune: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            matmul: MatmulVariant::Tuned,
+            fuse: true,
+            fused_mlp: FusedMlp::Auto,
+            autotune: true,
+        }
+    }
+}
+
+impl Tuning {
+    /// The tuning the environment asks for: `SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`,
+    /// `SOMA_AUTOTUNE`, each defaulting as [`Tuning::default`]. A value soma cannot honour
+    /// is an error that names the variable.
+    pub fn from_env() -> Result<Tuning> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let switch = |name: &str, default: bool| -> Result<bool> {
+            match var(name).as_deref() {
+                None => Ok(default),
+                Some("on" | "1" | "true") => Ok(true),
+                Some("off" | "0" | "false") => Ok(false),
+                Some(v) => Err(Error::Config(format!("{name}='{v}': use on or off"))),
+            }
+        };
+        let named = |name: &str, e: Error| Error::Config(format!("{name}: {e}"));
+        let d = Tuning::default();
+        Ok(Tuning {
+            matmul: match var("SOMA_MATMUL") {
+                Some(v) => v.parse().map_err(|e| named("SOMA_MATMUL", e))?,
+                None => d.matmul,
+            },
+            fuse: switch("SOMA_FUSE", d.fuse)?,
+            fused_mlp: match var("SOMA_FUSED_MLP") {
+                Some(v) => v.parse().map_err(|e| named("SOMA_FUSED_MLP", e))?,
+                None => d.fused_mlp,
+            },
+            autotune: switch("SOMA_AUTOTUNE", d.autotune)?,
+        })
+    }
+}
+
+/// The tuner's memory: the choices made or loaded so far, by shape key (`nt 1024x1024x1024`
+/// -> `r64c32w8x1`, `mlp ...` -> a form of the fused pass). `crate::autotune` fills it and
+/// keeps its disk cache; recorders only read it.
+#[derive(Debug, Default)]
+pub struct TunerState {
+    /// This adapter's cache key, set when the cache file was read (once per `Kernels`).
+    pub key: Option<String>,
+    pub choices: HashMap<String, String>,
+    /// How many choices this process measured (not loaded from the cache).
+    pub measured: u64,
+}
+
+/// The compiled pipelines of one device (each built once, on first use), the tuner's
+/// choices for it and the [`Tuning`] asked for. Share one across runs on the same device
+/// (`Device::Tuned`) so that pipelines are compiled and products tuned once.
+pub struct Kernels<'g> {
+    gpu: &'g Gpu,
+    tuning: Tuning,
+    pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
+    tuner: Mutex<TunerState>,
+}
+
+impl<'g> Kernels<'g> {
+    pub fn new(gpu: &'g Gpu, tuning: Tuning) -> Kernels<'g> {
+        Kernels {
+            gpu,
+            tuning,
+            pipelines: Mutex::new(HashMap::new()),
+            tuner: Mutex::new(TunerState::default()),
+        }
+    }
+
+    /// The device these kernels run on.
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// The tuner's choices so far.
+    pub fn tuner(&self) -> MutexGuard<'_, TunerState> {
+        self.tuner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The compiled pipeline of a kernel, built (once) on first use.
+    pub fn pipeline(&self, kernel: Kernel) -> Result<Arc<Pipeline>> {
+        let mut cache = self
+            .pipelines
+            .lock()
+            .map_err(|_| Error::DeviceLost("pipeline cache poisoned by a panic".into()))?;
+        if let Some(p) = cache.get(&kernel) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(Pipeline::build(self.gpu, kernel.spec())?);
+        cache.insert(kernel, p.clone());
+        Ok(p)
+    }
+}
+
+impl std::fmt::Debug for Kernels<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels")
+            .field("adapter", &self.gpu.adapter().name)
+            .field("tuning", &self.tuning)
+            .finish()
+    }
+}
+
+/// A dispatch of `kernel` on `kernels`' device: its pipeline (built once), `tensors` in
+/// binding order and `params` (one entry or more).
+pub(crate) fn dispatch<P: Params>(
+    kernels: &Kernels<'_>,
+    kernel: Kernel,
+    tensors: &[&GpuTensor],
+    params: &[P],
+    workgroups: [u32; 3],
+) -> Result<Dispatch> {
+    Dispatch::new(
+        kernels.gpu(),
+        kernels.pipeline(kernel)?,
+        tensors,
+        params,
+        workgroups,
+    )
 }
 
 // ---------------------------------------------------------------------------------------

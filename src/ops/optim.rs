@@ -18,11 +18,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::GpuTensor;
 
-use super::{expect_len, grid_1d, u32_of};
+use super::{dispatch, expect_len, grid_1d, u32_of, Kernel, Kernels};
 
 params_struct! {
     /// One step of an update rule over `len` elements; each rule reads the fields it uses.
@@ -304,7 +304,7 @@ pub fn update(
     let mut bound = vec![param];
     bound.extend_from_slice(state);
     bound.push(grad);
-    Dispatch::new(
+    dispatch(
         k,
         Kernel::Update(rule, vec4),
         &bound,

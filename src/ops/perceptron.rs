@@ -3,11 +3,11 @@
 //! around it.
 
 use crate::error::Result;
-use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::{DType, GpuTensor};
 
-use super::{expect_dtype, expect_len, matrix};
+use super::{dispatch, expect_dtype, expect_len, matrix, Kernel, Kernels};
 
 params_struct! {
     /// One Rosenblatt perceptron step over a batch of `rows` samples of width `cols`.
@@ -41,7 +41,7 @@ pub fn perceptron_epoch(
         lr,
         ..Default::default()
     };
-    Dispatch::new(
+    dispatch(
         k,
         Kernel::PerceptronEpoch,
         &[weights, errors, x, targets],

@@ -2,11 +2,13 @@
 //! order (the loss), the row-wise argmax and the count of correct predictions.
 
 use crate::error::{Error, Result};
-use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::{DType, GpuTensor};
 
-use super::{expect_dtype, expect_len, grid_rows, matrix, u32_of, Accumulate};
+use super::{
+    dispatch, expect_dtype, expect_len, grid_rows, matrix, u32_of, Accumulate, Kernel, Kernels,
+};
 
 params_struct! {
     /// A column reduction or a row-wise op over a `(rows, cols)` matrix.
@@ -48,9 +50,9 @@ pub fn column_sum(
     };
     if cols.is_multiple_of(4) {
         let groups = (cols as u32 / 4).div_ceil(8);
-        Dispatch::new(k, Kernel::ColumnSumVec4, &[out, x], &[p], [groups, 1, 1])
+        dispatch(k, Kernel::ColumnSumVec4, &[out, x], &[p], [groups, 1, 1])
     } else {
-        Dispatch::new(k, Kernel::ColumnSum, &[out, x], &[p], grid_rows(cols))
+        dispatch(k, Kernel::ColumnSum, &[out, x], &[p], grid_rows(cols))
     }
 }
 
@@ -69,7 +71,7 @@ pub fn reduce_sum(
         accumulate: acc.flag(),
         ..Default::default()
     };
-    Dispatch::new(k, Kernel::ReduceSum, &[out, x], &[p], [1, 1, 1])
+    dispatch(k, Kernel::ReduceSum, &[out, x], &[p], [1, 1, 1])
 }
 
 /// `out[r] = argmax_c x[r][c]` (u32, the first maximum on ties).
@@ -82,7 +84,7 @@ pub fn argmax(k: &Kernels, out: &GpuTensor, x: &GpuTensor) -> Result<Dispatch> {
         cols: cols as u32,
         ..Default::default()
     };
-    Dispatch::new(k, Kernel::Argmax, &[out, x], &[p], grid_rows(rows))
+    dispatch(k, Kernel::Argmax, &[out, x], &[p], grid_rows(rows))
 }
 
 /// `count[0] += #{r < rows : prediction(x[r]) == labels[r]}` (u32 count, u32 labels); the
@@ -109,7 +111,7 @@ pub fn correct_count(
         threshold,
         ..Default::default()
     };
-    Dispatch::new(
+    dispatch(
         k,
         Kernel::CorrectCount,
         &[count, logits, labels],

@@ -193,7 +193,7 @@ impl GpuExec<'_> {
                 rows_per_invocation,
                 staged,
             } => vec![vec![(tile_rows as u32, rows_per_invocation, staged)]],
-            _ => vec![
+            FusedMlp::Auto | FusedMlp::On | FusedMlp::Off => vec![
                 vec![(32, 1, true), (32, 1, false)],
                 vec![(64, 8, false), (32, 4, false)],
             ],
@@ -385,7 +385,20 @@ impl GpuExec<'_> {
                 Op::MatmulNn { params, .. } if params.accumulate == 0 => {}
                 Op::MatmulTn { out, params, .. } if params.accumulate == 0 => written.push(*out),
                 Op::ColumnSum { out, params, .. } if params.accumulate == 0 => written.push(*out),
-                _ => return None,
+                // Anything else (an accumulating product, a gather, a loss, ...) is not a
+                // backward pass the fused kernel replaces.
+                Op::MatmulNn { .. }
+                | Op::MatmulTn { .. }
+                | Op::ColumnSum { .. }
+                | Op::GatherRows { .. }
+                | Op::GatherRowsU8 { .. }
+                | Op::GatherLabels { .. }
+                | Op::MatmulNt { .. }
+                | Op::BiasActivationForward { .. }
+                | Op::Loss { .. }
+                | Op::ReduceSum { .. }
+                | Op::CorrectCount { .. }
+                | Op::Update { .. } => return None,
             }
             replaced.push(i);
             i += 1;
@@ -421,18 +434,19 @@ impl GpuExec<'_> {
         // The gathers of the input rows and their target values (f32 tables, one row order)
         // become the pass's own reads where both are there.
         let gather_of = |out: BufId| {
-            ops[..first]
-                .iter()
-                .enumerate()
-                .find_map(|(i, op)| match op {
-                    Op::GatherRows {
-                        out: o,
-                        data,
-                        indices,
-                        params,
-                    } if *o == out => Some((i, *data, *indices, params)),
-                    _ => None,
-                })
+            ops[..first].iter().enumerate().find_map(|(i, op)| {
+                if let Op::GatherRows {
+                    out: o,
+                    data,
+                    indices,
+                    params,
+                } = op
+                {
+                    (*o == out).then_some((i, *data, *indices, params))
+                } else {
+                    None
+                }
+            })
         };
         let steps = |p: &[ops::data::GatherParams]| p.len();
         let gathered = match (gather_of(plan.input), gather_of(target)) {

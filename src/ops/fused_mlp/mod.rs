@@ -28,11 +28,11 @@
 //! One source per network shape and form is generated (and kept for the process).
 
 use crate::error::{Error, Result};
-use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::{DType, GpuTensor};
 
-use super::{expect_len, expect_shape, matrix};
+use super::{dispatch, expect_len, expect_shape, matrix, Kernel, Kernels};
 
 pub mod cpu;
 mod source;
@@ -427,7 +427,7 @@ pub fn fused_mlp(
         expect_shape(op, x, (rows, shape.inputs()))?;
         expect_shape(op, target, (rows, shape.outputs()))?;
     }
-    Dispatch::new(
+    dispatch(
         k,
         Kernel::FusedMlp(shape),
         &bound,
@@ -538,9 +538,16 @@ mod tests {
     #[test]
     fn activation_functions_come_from_between_the_markers() {
         let f = source::activation_functions();
-        assert!(crate::kernels::ACTIVATION.source.contains("// BEGIN activation functions"));
-        assert!(crate::kernels::ACTIVATION.source.contains("// END activation functions"));
-        assert!(f.contains("fn activate(") && f.contains("fn derivative("), "{f}");
+        assert!(crate::kernels::ACTIVATION
+            .source
+            .contains("// BEGIN activation functions"));
+        assert!(crate::kernels::ACTIVATION
+            .source
+            .contains("// END activation functions"));
+        assert!(
+            f.contains("fn activate(") && f.contains("fn derivative("),
+            "{f}"
+        );
         assert!(!f.contains("@compute"), "only functions: {f}");
     }
 

@@ -6,12 +6,12 @@
 //! executor before it records (`crate::autotune`); a recorder only looks it up.
 
 use crate::error::{Error, Result};
-use crate::kernels::{Dispatch, Kernel, Kernels};
+use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::GpuTensor;
 
 use super::activation::Activation;
-use super::{expect_len, expect_shape, matrix, u32_of, Accumulate};
+use super::{dispatch, expect_len, expect_shape, matrix, u32_of, Accumulate, Kernel, Kernels};
 
 pub mod cpu;
 pub mod tiled;
@@ -318,7 +318,7 @@ pub fn dense_forward(
                 return Ok(None);
             };
             let relu = act == Activation::Relu;
-            Dispatch::new(
+            dispatch(
                 kernels,
                 Kernel::MatmulTile(MatmulForm::Nt, t, Epilogue::BiasAct { relu }),
                 &[pre, x, w, out, bias],
@@ -337,7 +337,7 @@ pub fn dense_forward(
                 has_bias: bias.is_some() as u32,
                 ..Default::default()
             };
-            Dispatch::new(
+            dispatch(
                 kernels,
                 Kernel::DenseForward,
                 &[pre, x, w, out, bias.unwrap_or(dummy)],
@@ -346,7 +346,8 @@ pub fn dense_forward(
             )
             .map(Some)
         }
-        _ => Ok(None),
+        // The naive kernels, and the vec4 blocked ones: the two kernels apart.
+        MatmulChoice::Naive | MatmulChoice::Blocked => Ok(None),
     }
 }
 
@@ -370,7 +371,7 @@ pub fn relu_delta(
     expect_shape(op, pre, (m, n))?;
     let p = matmul_params(op, m, n, k, Accumulate::Overwrite)?;
     match matmul_choice(kernels, MatmulForm::Nn, m, n, k, Accumulate::Overwrite) {
-        MatmulChoice::Tile(t) if tiled::relu_grad_allowed(t) => Dispatch::new(
+        MatmulChoice::Tile(t) if tiled::relu_grad_allowed(t) => dispatch(
             kernels,
             Kernel::MatmulTile(MatmulForm::Nn, t, Epilogue::ReluGrad),
             &[dpre, d, w, pre],
@@ -378,7 +379,8 @@ pub fn relu_delta(
             t.grid(m, n),
         )
         .map(Some),
-        _ => Ok(None),
+        // A bigger tile, or no tile: the two kernels apart.
+        MatmulChoice::Tile(_) | MatmulChoice::Naive | MatmulChoice::Blocked => Ok(None),
     }
 }
 
@@ -413,7 +415,7 @@ pub fn dense_backward(
                 slope: act.slope(),
                 ..Default::default()
             };
-            Dispatch::new(
+            dispatch(
                 kernels,
                 Kernel::DenseBackward,
                 &[dpre, d, w, pre],
@@ -422,7 +424,8 @@ pub fn dense_backward(
             )
             .map(Some)
         }
-        _ => Ok(None),
+        // A tile, the naive kernel or the vec4 blocked one: the two kernels apart.
+        MatmulChoice::Tile(_) | MatmulChoice::Naive | MatmulChoice::Blocked => Ok(None),
     }
 }
 
@@ -445,9 +448,9 @@ pub(crate) fn matmul_dispatch(
                 MatmulForm::Nn => Kernel::MatmulNn,
                 MatmulForm::Tn => Kernel::MatmulTn,
             };
-            Dispatch::new(kernels, naive, &[out, a, b], &[*p], matmul_grid(m, n))
+            dispatch(kernels, naive, &[out, a, b], &[*p], matmul_grid(m, n))
         }
-        MatmulChoice::Tile(t) => Dispatch::new(
+        MatmulChoice::Tile(t) => dispatch(
             kernels,
             Kernel::MatmulTile(form, t, Epilogue::Store),
             &[out, a, b],
@@ -456,7 +459,7 @@ pub(crate) fn matmul_dispatch(
         ),
         // vec4 loads where the shapes allow them (see shaders/matmul.wgsl). A vec4 form
         // of dW = dYᵀ·X was tried and was slower at training shapes on lavapipe.
-        MatmulChoice::Blocked if form == MatmulForm::Nt && k.is_multiple_of(4) => Dispatch::new(
+        MatmulChoice::Blocked if form == MatmulForm::Nt && k.is_multiple_of(4) => dispatch(
             kernels,
             Kernel::MatmulNtVec4,
             &[out, a, b],
@@ -466,7 +469,7 @@ pub(crate) fn matmul_dispatch(
         MatmulChoice::Blocked
             if form == MatmulForm::Nn && k.is_multiple_of(4) && n.is_multiple_of(4) =>
         {
-            Dispatch::new(
+            dispatch(
                 kernels,
                 Kernel::MatmulNnVec4,
                 &[out, a, b],
@@ -480,7 +483,7 @@ pub(crate) fn matmul_dispatch(
                 MatmulForm::Nn => BlockedMatmulParams::nn(p),
                 MatmulForm::Tn => BlockedMatmulParams::tn(p),
             };
-            Dispatch::new(
+            dispatch(
                 kernels,
                 Kernel::MatmulBlocked,
                 &[out, a, b],
