@@ -9,6 +9,7 @@ use crate::data::{Dataset, Targets};
 use crate::error::{Error, Result};
 use crate::exec::Device;
 use crate::network::{Activation, Init, Network, Parameters};
+use crate::ops::activation::cpu::derivative_of;
 use crate::ops::loss::Loss;
 use crate::optim::Optimizer;
 use crate::trainer::{fit, Model, TrainConfig};
@@ -162,41 +163,19 @@ fn diagnose(setup: &XorSetup, pre: &[f32]) -> XorFailure {
     let all_inputs = |unit: usize, test: &dyn Fn(f32) -> bool| {
         (0..4).all(|r| pre.get(r * h + unit).is_some_and(|&z| test(z)))
     };
-    match setup.activation {
-        Activation::Relu => {
-            let dead = dead_units(pre, h);
-            if dead > 0 {
-                return XorFailure::DeadUnits { dead };
-            }
+    let act = setup.activation;
+    if act == Activation::Relu {
+        let dead = dead_units(pre, h);
+        if dead > 0 {
+            return XorFailure::DeadUnits { dead };
         }
-        Activation::Sigmoid | Activation::Tanh => {
-            let act = setup.activation;
-            let flat = |z: f32| {
-                let d = match act {
-                    Activation::Sigmoid => {
-                        let s = 1.0 / (1.0 + (-z).exp());
-                        s * (1.0 - s)
-                    }
-                    Activation::Tanh => 1.0 - z.tanh() * z.tanh(),
-                    // Only sigmoid and tanh reach this arm.
-                    Activation::Identity
-                    | Activation::Relu
-                    | Activation::LeakyRelu { .. }
-                    | Activation::Sign
-                    | Activation::Step => 1.0,
-                };
-                d < 0.01
-            };
-            let units = (0..h).filter(|&u| all_inputs(u, &flat)).count();
-            if units > 0 {
-                return XorFailure::Saturated { units };
-            }
+    } else if act.saturates() {
+        // A unit whose slope is under 0.01 on all four inputs passes almost no gradient.
+        let flat = |z: f32| derivative_of(act, z) < 0.01;
+        let units = (0..h).filter(|&u| all_inputs(u, &flat)).count();
+        if units > 0 {
+            return XorFailure::Saturated { units };
         }
-        // No saturation test for the others: a failed run of theirs is a plateau.
-        Activation::Identity
-        | Activation::LeakyRelu { .. }
-        | Activation::Sign
-        | Activation::Step => {}
     }
     XorFailure::Plateau
 }

@@ -86,7 +86,27 @@ impl Activation {
 
     /// Whether backprop through it carries a gradient (sign and step have none).
     pub fn is_differentiable(self) -> bool {
-        !matches!(self, Activation::Sign | Activation::Step)
+        match self {
+            Activation::Sign | Activation::Step => false,
+            Activation::Identity
+            | Activation::Relu
+            | Activation::LeakyRelu { .. }
+            | Activation::Sigmoid
+            | Activation::Tanh => true,
+        }
+    }
+
+    /// Whether it flattens out on both sides, so that a unit driven far from 0 passes almost
+    /// no gradient (sigmoid, tanh): what the lecture's XOR diagnosis looks for.
+    pub fn saturates(self) -> bool {
+        match self {
+            Activation::Sigmoid | Activation::Tanh => true,
+            Activation::Identity
+            | Activation::Relu
+            | Activation::LeakyRelu { .. }
+            | Activation::Sign
+            | Activation::Step => false,
+        }
     }
 }
 
