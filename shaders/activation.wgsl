@@ -1,8 +1,8 @@
 // Activations: the bias add fused with the activation (forward), and the activation's
 // derivative applied to an incoming delta (backward). `kind` codes match
-// `Activation::code` in src/network.rs:
+// `Activation::code` in src/ops/activation.rs:
 //   0 identity, 1 relu, 2 leaky relu (negative slope `slope`), 3 sigmoid, 4 tanh,
-//   5 sign (-1 or 1, the perceptron's), 6 step (0 or 1).
+//   5 sign (-1 or 1, the perceptron's), 6 step (0 or 1), 7 gelu (tanh form).
 // Sigmoid and tanh are written out in their overflow-free forms rather than with the
 // builtins, whose precision the WGSL spec leaves to the driver; the CPU twins use the same
 // formulas.
@@ -37,6 +37,11 @@ fn tanh_stable(z: f32) -> f32 {
     return select(r, -r, z < 0.0);
 }
 
+// GELU's tanh argument sqrt(2/pi) (z + 0.044715 z^3).
+fn gelu_inner(z: f32) -> f32 {
+    return 0.7978846 * (z + 0.044715 * (z * z * z));
+}
+
 fn activate(kind: u32, slope: f32, z: f32) -> f32 {
     switch kind {
         case 1u: { return max(z, 0.0); }
@@ -45,6 +50,7 @@ fn activate(kind: u32, slope: f32, z: f32) -> f32 {
         case 4u: { return tanh_stable(z); }
         case 5u: { return select(-1.0, 1.0, z >= 0.0); }
         case 6u: { return select(0.0, 1.0, z >= 0.0); }
+        case 7u: { return 0.5 * z * (1.0 + tanh_stable(gelu_inner(z))); }
         default: { return z; }
     }
 }
@@ -63,6 +69,11 @@ fn derivative(kind: u32, slope: f32, z: f32) -> f32 {
             return 1.0 - t * t;
         }
         case 5u, 6u: { return 0.0; }
+        case 7u: {
+            let t = tanh_stable(gelu_inner(z));
+            let inner_derivative = 0.7978846 * (1.0 + 3.0 * 0.044715 * (z * z));
+            return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * inner_derivative;
+        }
         default: { return 1.0; }
     }
 }

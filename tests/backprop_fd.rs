@@ -52,12 +52,13 @@ const RTOL: f32 = 1e-3;
 const KINK_MARGIN: f64 = 1e-3;
 
 /// The hidden activations with a gradient.
-const HIDDEN_ACTS: [Activation; 5] = [
+const HIDDEN_ACTS: [Activation; 6] = [
     Activation::Identity,
     Activation::Relu,
     Activation::LeakyRelu { slope: 0.1 },
     Activation::Sigmoid,
     Activation::Tanh,
+    Activation::Gelu,
 ];
 
 /// A loss, the output activation it is used with, and the kind of targets it gets.
@@ -338,6 +339,11 @@ fn act(a: Activation, z: f64) -> f64 {
         }
         Activation::Sigmoid => 1.0 / (1.0 + (-z).exp()),
         Activation::Tanh => z.tanh(),
+        // PyTorch's approximate="tanh" form, in f64.
+        Activation::Gelu => {
+            let b = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * z * (1.0 + (b * (z + 0.044715 * z * z * z)).tanh())
+        }
         other => panic!("{other} has no gradient"),
     }
 }

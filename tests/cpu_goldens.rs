@@ -257,6 +257,24 @@ fn activation_forward_goldens() {
         1e-7,
         1e-6,
     );
+    // gelu, tanh form (PyTorch's approximate="tanh"): 0.5 z (1 + tanh(u)),
+    // u = b (z + k z^3), b = sqrt(2/pi) = 0.7978845608028654, k = 0.044715:
+    //   gelu(0)  = 0 (exact)
+    //   gelu(1)  : u = 0.7978845608 * 1.044715 = 0.8335619689, tanh(u) = 0.6823839812,
+    //              0.5 * 1.6823839812 = 0.8411919906082768
+    //   gelu(-1) : u = -0.8335619689, 0.5 * -1 * (1 - 0.6823839812) = -0.15880800939172324
+    //   gelu(2)  : u = 0.7978845608 * 2.35772 = 1.8811883867, tanh(u) = 0.9545976941,
+    //              1.9545976941 = 1.954597694087775
+    //   gelu(-3) : u = -3.3569437021, tanh(u) = -0.9975750719, -1.5 * 0.0024249281
+    //              = -0.0036373920817729943 (the left tail, small but not 0)
+    // Same tolerance as sigmoid.
+    assert_close(
+        "gelu",
+        &forward(Activation::Gelu, &[-3.0, -1.0, 0.0, 1.0, 2.0]),
+        &[-0.003_637_392, -0.158_808, 0.0, 0.841_192, 1.954_597_7],
+        1e-7,
+        1e-6,
+    );
     // sign: 1 when z >= 0, else -1, so sign(0) = 1 by this definition (the perceptron's).
     assert_close(
         "sign",
@@ -341,6 +359,25 @@ fn activation_backward_goldens() {
         &backward(Activation::Tanh, &[1.0, 1.0, 1.0], &[0.0, 1.0, -1.0]),
         &[1.0, 0.419_974_34, 0.419_974_34],
         1e-7,
+        1e-5,
+    );
+    // gelu' (tanh form) = 0.5 (1 + t) + 0.5 z (1 - t^2) b (1 + 3k z^2), t = tanh(u) as above:
+    //   at 0: 0.5 (exact);
+    //   at 1: 0.5 * 1.6823839812165535 + 0.5 * (1 - 0.46565790) * 0.7978845608 * 1.134145
+    //         = 0.8411919906 + 0.2417720932 = 1.0829640838457826;
+    //   at -1: 0.5 * 0.3176160188 - 0.2417720932 = -0.08296408384578255;
+    //   at 2: u = 1.8811883866961319, t = 0.9545976940877751:
+    //         0.9772988470 + (1 - 0.9112566) * 0.7978845608 * 1.53658 = 1.0860992566236183.
+    // tanh and a dozen f32 operations: rel 1e-5.
+    assert_close(
+        "gelu'",
+        &backward(
+            Activation::Gelu,
+            &[1.0, 1.0, 1.0, 1.0],
+            &[0.0, 1.0, -1.0, 2.0],
+        ),
+        &[0.5, 1.082_964_1, -0.082_964_08, 1.086_099_3],
+        1e-6,
         1e-5,
     );
     // sign and step carry no gradient: 0 everywhere, 0 included.
@@ -827,6 +864,7 @@ fn activation_backward_matches_finite_differences() {
         // Flat away from 0: both sides give 0.
         Activation::Sign,
         Activation::Step,
+        Activation::Gelu,
     ] {
         let (fp, fm) = (forward(a, &zp), forward(a, &zm));
         let want: Vec<f32> = (0..z.len())

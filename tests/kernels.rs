@@ -1505,10 +1505,10 @@ fn fused_cases() -> Vec<FusedCase> {
             live: 65,
             bce: false,
         },
-        // Binary cross-entropy, a partial batch over two tiles of 32.
+        // Binary cross-entropy, a partial batch over two tiles of 32, GELU hidden.
         FusedCase {
             widths: vec![5, 16, 3],
-            acts: vec![Tanh, Identity],
+            acts: vec![Gelu, Identity],
             bias: vec![true, true],
             rows: 70,
             live: 66,

@@ -30,7 +30,8 @@ pub struct TrainOptions {
     /// Layer widths, input first: e.g. 784,256,256,10 [default: inputs,64,outputs]
     #[arg(long)]
     pub layers: Option<String>,
-    /// Hidden activation: relu, leaky_relu[:slope], sigmoid, tanh, identity [default: relu]
+    /// Hidden activation: relu, leaky_relu[:slope], sigmoid, tanh, gelu, identity
+    /// [default: relu]
     #[arg(long)]
     pub activation: Option<String>,
     /// Output activation [default: identity]

@@ -30,6 +30,9 @@ pub enum Activation {
     Sign,
     /// 1 when z >= 0, else 0.
     Step,
+    /// GELU in its tanh form (PyTorch's `GELU(approximate="tanh")`):
+    /// `0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))`.
+    Gelu,
 }
 
 impl Activation {
@@ -43,6 +46,7 @@ impl Activation {
             Activation::Tanh => 4,
             Activation::Sign => 5,
             Activation::Step => 6,
+            Activation::Gelu => 7,
         }
     }
 
@@ -56,7 +60,8 @@ impl Activation {
             | Activation::Sigmoid
             | Activation::Tanh
             | Activation::Sign
-            | Activation::Step) => other,
+            | Activation::Step
+            | Activation::Gelu) => other,
         })
     }
 
@@ -69,12 +74,13 @@ impl Activation {
             | Activation::Sigmoid
             | Activation::Tanh
             | Activation::Sign
-            | Activation::Step => 0.0,
+            | Activation::Step
+            | Activation::Gelu => 0.0,
         }
     }
 
     /// Every activation, leaky ReLU with PyTorch's default slope 0.01.
-    pub const ALL: [Activation; 7] = [
+    pub const ALL: [Activation; 8] = [
         Activation::Identity,
         Activation::Relu,
         Activation::LeakyRelu { slope: 0.01 },
@@ -82,6 +88,7 @@ impl Activation {
         Activation::Tanh,
         Activation::Sign,
         Activation::Step,
+        Activation::Gelu,
     ];
 
     /// Whether backprop through it carries a gradient (sign and step have none).
@@ -92,7 +99,8 @@ impl Activation {
             | Activation::Relu
             | Activation::LeakyRelu { .. }
             | Activation::Sigmoid
-            | Activation::Tanh => true,
+            | Activation::Tanh
+            | Activation::Gelu => true,
         }
     }
 
@@ -105,7 +113,8 @@ impl Activation {
             | Activation::Relu
             | Activation::LeakyRelu { .. }
             | Activation::Sign
-            | Activation::Step => false,
+            | Activation::Step
+            | Activation::Gelu => false,
         }
     }
 }
@@ -132,6 +141,7 @@ impl fmt::Display for Activation {
             Activation::Tanh => write!(f, "tanh"),
             Activation::Sign => write!(f, "sign"),
             Activation::Step => write!(f, "step"),
+            Activation::Gelu => write!(f, "gelu"),
         }
     }
 }
@@ -150,6 +160,7 @@ impl FromStr for Activation {
             "tanh" => Activation::Tanh,
             "sign" => Activation::Sign,
             "step" => Activation::Step,
+            "gelu" | "gelu_tanh" => Activation::Gelu,
             other => {
                 if let Some(v) = other.strip_prefix("leaky_relu:") {
                     let slope: f32 = v.parse().map_err(|_| {
@@ -163,7 +174,7 @@ impl FromStr for Activation {
                     Activation::LeakyRelu { slope }
                 } else {
                     return Err(Error::Config(format!(
-                        "unknown activation '{other}' (known: identity, relu, leaky_relu[:slope], sigmoid, tanh, sign, step)"
+                        "unknown activation '{other}' (known: identity, relu, leaky_relu[:slope], sigmoid, tanh, sign, step, gelu)"
                     )));
                 }
             }
@@ -331,7 +342,18 @@ pub mod cpu {
                     0.0
                 }
             }
+            Activation::Gelu => 0.5 * z * (1.0 + tanh_stable(gelu_inner(z))),
         }
+    }
+
+    /// sqrt(2 / pi), as the kernel's literal rounds it.
+    const GELU_BETA: f32 = 0.797_884_6;
+    /// The cubic term's factor in GELU's tanh form.
+    const GELU_KAPPA: f32 = 0.044715;
+
+    /// GELU's tanh argument `sqrt(2/pi) (z + 0.044715 z^3)`, in the kernel's order.
+    fn gelu_inner(z: f32) -> f32 {
+        GELU_BETA * (z + GELU_KAPPA * (z * z * z))
     }
 
     /// `act'(z)`, with the kernel's formula.
@@ -361,6 +383,12 @@ pub mod cpu {
                 1.0 - t * t
             }
             Activation::Sign | Activation::Step => 0.0,
+            // d/dz 0.5 z (1 + t) = 0.5 (1 + t) + 0.5 z (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 z^2)
+            Activation::Gelu => {
+                let t = tanh_stable(gelu_inner(z));
+                let inner_derivative = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * (z * z));
+                0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * inner_derivative
+            }
         }
     }
 
@@ -408,5 +436,23 @@ pub mod cpu {
         p: &ActivationParams,
     ) {
         activation_backward(dpre, dout, pre, p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_codes_are_errors() {
+        for a in Activation::ALL {
+            assert_eq!(Activation::decode(a.code(), a.slope()).unwrap(), a);
+            assert_eq!(a.to_string().parse::<Activation>().unwrap(), a);
+        }
+        let codes: Vec<u32> = Activation::ALL.iter().map(|a| a.code()).collect();
+        let unknown = codes.iter().max().unwrap() + 1;
+        assert!(Activation::try_from(unknown).is_err());
+        assert!(cpu::activate(unknown, 0.0, 1.0).is_nan());
+        assert!(cpu::derivative(unknown, 0.0, 1.0).is_nan());
     }
 }
