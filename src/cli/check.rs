@@ -7,10 +7,10 @@
 use serde::Serialize;
 
 use soma::trainer::{Progress, TrainConfig, Trainer};
-use soma::{Device, Error, Gpu, Init, Model, Result};
+use soma::{Device, Error, Model, Result};
 
-use super::options::{DataSpec, TrainOptions};
-use super::train::{build_network, build_optimizer, choose_loss, prepare_data};
+use super::options::TrainOptions;
+use super::train::{build_network, choose_loss, prepare_data};
 
 pub struct CheckCommand {
     pub options: TrainOptions,
@@ -64,14 +64,14 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
     if cmd.steps == 0 {
         return Err(Error::Config("--steps must be at least 1".into()));
     }
-    let spec = DataSpec::parse(&o.data)?;
-    let data = prepare_data(&o, &spec)?;
+    let choices = o.choices()?;
+    let data = prepare_data(&o, &choices)?;
     let rows = (cmd.steps * o.batch_size).min(data.train.len());
     let train = data.train.select(&(0..rows).collect::<Vec<_>>());
-    let loss = choose_loss(&o, &train)?;
-    let network = build_network(&o, &train, loss)?;
-    let optimizer = build_optimizer(&o)?;
-    let model = Model::new(network, o.init_scheme.parse::<Init>()?, o.seed)?;
+    let loss = choose_loss(&choices, &train)?;
+    let network = build_network(&o, &choices, &train, loss)?;
+    let optimizer = choices.optimizer;
+    let model = Model::new(network, choices.init, o.seed)?;
     let config = TrainConfig {
         epochs: 1,
         batch_size: o.batch_size,
@@ -80,14 +80,15 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
         log_every: 1,
         ..Default::default()
     };
-    let gpu = Gpu::new()?;
+    // The GPU with the tuning the environment asks for, as `soma train` runs.
+    let opened = super::open_device(super::DeviceChoice::Gpu)?;
     let run = |device: Device<'_>| -> Result<(Vec<f32>, soma::Parameters)> {
         let mut t = Trainer::new(device, &model, loss, optimizer, &train, None, &config)?;
         let mut losses = vec![];
         t.run_epoch(|p: Progress| losses.extend(p.loss))?;
         Ok((losses, t.parameters()?))
     };
-    let (gl, gp) = run(Device::Gpu(&gpu))?;
+    let (gl, gp) = run(opened.device())?;
     let (cl, cp) = run(Device::CpuReference)?;
     let loss_diff = diff("loss".into(), &gl, &cl);
     let mut tensors = vec![];
@@ -100,7 +101,7 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
     let pass =
         loss_diff.max_rel <= cmd.tolerance && tensors.iter().all(|t| t.rel_l2 <= cmd.tolerance);
     let report = Report {
-        adapter: gpu.adapter().name.clone(),
+        adapter: opened.device().name(),
         steps: gl.len(),
         loss_max_rel: loss_diff.max_rel,
         tensors,

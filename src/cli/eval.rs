@@ -8,7 +8,7 @@ use serde::Serialize;
 use soma::data::Dataset;
 use soma::{Error, Model, Result};
 
-use super::options::{DataSpec, TrainOptions};
+use super::options::TrainOptions;
 use super::train::{prepare_data, RunConfig};
 use super::{load_model, open_device, DeviceChoice};
 
@@ -66,8 +66,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let (name, test): (String, Dataset) = match (&cmd.data.data, &run_config) {
         (Some(spec_text), _) => {
             let o = cmd.data.resolve()?;
-            let spec = DataSpec::parse(spec_text)?;
-            let (all, own_test) = spec.load(&o)?;
+            let choices = o.choices()?;
+            let (all, own_test) = choices.data.load(&o, &choices)?;
             let mut d = own_test.unwrap_or(all);
             if d.width != ck.network.input_width() {
                 return Err(Error::Data(format!(
@@ -86,10 +86,10 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             (spec_text.clone(), d)
         }
         (None, Some(rc)) => {
-            let spec = DataSpec::parse(&rc.options.data)?;
+            let choices = rc.options.choices()?;
             (
                 format!("{} (test split)", rc.options.data),
-                prepare_data(&rc.options, &spec)?.test,
+                prepare_data(&rc.options, &choices)?.test,
             )
         }
         (None, None) => {

@@ -8,7 +8,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use soma::data::{self, CsvOptions, Dataset, HeaderMode, LabelColumn, ScaleKind, Task};
-use soma::{Error, Result};
+use soma::{Activation, Error, Init, Loss, Optimizer, OptimizerKind, Result, Schedule};
 
 /// Every setting of a training run. `None` means "the default" (see `resolve`).
 #[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -126,6 +126,53 @@ pub struct Resolved {
     pub init_scheme: String,
     pub init: Option<PathBuf>,
     pub shuffle: bool,
+}
+
+/// The settings of a run that name a choice, parsed into their types: made from `Resolved`
+/// before any data is read, so that a typo fails at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choices {
+    pub data: DataSpec,
+    pub task: Option<Task>,
+    pub hidden: Activation,
+    pub output: Activation,
+    /// `None`: the task's default (cross-entropy for classes, MSE for values).
+    pub loss: Option<Loss>,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    /// `None`: the data's default (`DataSpec::default_scale`).
+    pub scale: Option<ScaleKind>,
+    /// `None`: standardised.
+    pub scale_target: Option<ScaleKind>,
+    pub init: Init,
+}
+
+impl Resolved {
+    /// Every named choice parsed; the first that does not parse is the error.
+    pub fn choices(&self) -> Result<Choices> {
+        let kind: OptimizerKind = self.optimizer.parse()?;
+        let mut optimizer = Optimizer::new(kind);
+        if let Some(lr) = self.lr {
+            optimizer.lr = lr;
+        }
+        optimizer.momentum = self.momentum;
+        if let Some(wd) = self.weight_decay {
+            optimizer.weight_decay = wd;
+        }
+        optimizer.validate()?;
+        Ok(Choices {
+            data: DataSpec::parse(&self.data)?,
+            task: self.task.as_deref().map(str::parse).transpose()?,
+            hidden: self.activation.parse()?,
+            output: self.output_activation.parse()?,
+            loss: self.loss.as_deref().map(str::parse).transpose()?,
+            optimizer,
+            schedule: self.schedule.parse()?,
+            scale: self.scale.as_deref().map(str::parse).transpose()?,
+            scale_target: self.scale_target.as_deref().map(str::parse).transpose()?,
+            init: self.init_scheme.parse()?,
+        })
+    }
 }
 
 impl TrainOptions {
@@ -281,7 +328,7 @@ impl DataSpec {
     }
 
     /// Loads the data: (training rows, the data's own test set if it has one).
-    pub fn load(&self, o: &Resolved) -> Result<(Dataset, Option<Dataset>)> {
+    pub fn load(&self, o: &Resolved, c: &Choices) -> Result<(Dataset, Option<Dataset>)> {
         match self {
             DataSpec::Bundled(name) => Ok((data::bundled(name)?, None)),
             DataSpec::Mnist(dir) => {
@@ -289,13 +336,13 @@ impl DataSpec {
                 Ok((train, Some(test)))
             }
             DataSpec::Idx(images, labels) => Ok((data::load_idx(images, labels)?, None)),
-            DataSpec::Csv(path) => Ok((data::load_csv(path, &csv_options(o)?)?, None)),
+            DataSpec::Csv(path) => Ok((data::load_csv(path, &csv_options(o, c)?)?, None)),
         }
     }
 }
 
 /// The CSV reading options of a run.
-pub fn csv_options(o: &Resolved) -> Result<CsvOptions> {
+pub fn csv_options(o: &Resolved, c: &Choices) -> Result<CsvOptions> {
     let label_column = match o.label_column.as_str() {
         "last" => LabelColumn::Last,
         s => match s.parse::<usize>() {
@@ -313,10 +360,7 @@ pub fn csv_options(o: &Resolved) -> Result<CsvOptions> {
             )))
         }
     };
-    let task = match &o.task {
-        Some(t) => t.parse::<Task>()?,
-        None => Task::Classification,
-    };
+    let task = c.task.unwrap_or(Task::Classification);
     Ok(CsvOptions {
         label_column,
         header,

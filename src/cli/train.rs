@@ -14,11 +14,9 @@ use serde::{Deserialize, Serialize};
 use soma::checkpoint::{self, Checkpoint, Resume};
 use soma::data::{Dataset, ScaleKind, Scaler};
 use soma::trainer::{EarlyStopping, EpochMetrics, Flow, TrainConfig, Trainer};
-use soma::{
-    Activation, Error, Init, Loss, Model, Network, Optimizer, OptimizerKind, Result, Schedule,
-};
+use soma::{Error, Loss, Model, Network, Optimizer, Result};
 
-use super::options::{DataSpec, Resolved, TrainOptions};
+use super::options::{Choices, Resolved, TrainOptions};
 use super::{open_device, DeviceChoice};
 
 /// What `config.json` of a run directory holds: every setting, resolved.
@@ -57,16 +55,13 @@ pub fn scale_targets(d: &mut Dataset, s: &Scaler) -> Result<()> {
 }
 
 /// Loads, splits and scales the data as the options say.
-pub fn prepare_data(o: &Resolved, spec: &DataSpec) -> Result<Prepared> {
-    let (all, own_test) = spec.load(o)?;
+pub fn prepare_data(o: &Resolved, c: &Choices) -> Result<Prepared> {
+    let (all, own_test) = c.data.load(o, c)?;
     let (train_all, test) = match own_test {
         Some(t) => (all, t),
         None => all.split(o.test_fraction, o.seed)?,
     };
-    let scale = match &o.scale {
-        Some(s) => s.parse::<ScaleKind>()?,
-        None => spec.default_scale(),
-    };
+    let scale = c.scale.unwrap_or_else(|| c.data.default_scale());
     let scaler = Scaler::fit(scale, &train_all);
     let (mut train, mut val) = if o.val_fraction > 0.0 {
         let (t, v) = train_all.split_tail(o.val_fraction)?;
@@ -84,10 +79,7 @@ pub fn prepare_data(o: &Resolved, spec: &DataSpec) -> Result<Prepared> {
     // default learning rate suits any target range; predictions are mapped back.
     let target_scaler = match &train.targets {
         soma::data::Targets::Values { values, width } => {
-            let kind = match &o.scale_target {
-                Some(s) => s.parse::<ScaleKind>()?,
-                None => ScaleKind::Standard,
-            };
+            let kind = c.scale_target.unwrap_or(ScaleKind::Standard);
             let s = Scaler::fit_values(kind, values, *width);
             scale_targets(&mut train, &s)?;
             if let Some(v) = val.as_mut() {
@@ -108,7 +100,7 @@ pub fn prepare_data(o: &Resolved, spec: &DataSpec) -> Result<Prepared> {
 }
 
 /// The network the options describe for this data.
-pub fn build_network(o: &Resolved, data: &Dataset, loss: Loss) -> Result<Network> {
+pub fn build_network(o: &Resolved, c: &Choices, data: &Dataset, loss: Loss) -> Result<Network> {
     let outputs = match (data.targets.classes(), loss) {
         (Some(2), Loss::BinaryCrossEntropy) => 1,
         (Some(c), _) => c,
@@ -138,9 +130,7 @@ pub fn build_network(o: &Resolved, data: &Dataset, loss: Loss) -> Result<Network
             }
         )));
     }
-    let hidden: Activation = o.activation.parse()?;
-    let output: Activation = o.output_activation.parse()?;
-    Network::mlp(&widths, hidden, output)
+    Network::mlp(&widths, c.hidden, c.output)
 }
 
 fn join(w: &[usize]) -> String {
@@ -151,9 +141,9 @@ fn join(w: &[usize]) -> String {
 }
 
 /// The loss the options name, or the task's default.
-pub fn choose_loss(o: &Resolved, data: &Dataset) -> Result<Loss> {
-    match &o.loss {
-        Some(l) => l.parse(),
+pub fn choose_loss(c: &Choices, data: &Dataset) -> Result<Loss> {
+    match c.loss {
+        Some(l) => Ok(l),
         None => Ok(if data.targets.classes().is_some() {
             Loss::SoftmaxCrossEntropy
         } else {
@@ -162,21 +152,7 @@ pub fn choose_loss(o: &Resolved, data: &Dataset) -> Result<Loss> {
     }
 }
 
-pub fn build_optimizer(o: &Resolved) -> Result<Optimizer> {
-    let kind: OptimizerKind = o.optimizer.parse()?;
-    let mut opt = Optimizer::new(kind);
-    if let Some(lr) = o.lr {
-        opt.lr = lr;
-    }
-    opt.momentum = o.momentum;
-    if let Some(wd) = o.weight_decay {
-        opt.weight_decay = wd;
-    }
-    opt.validate()?;
-    Ok(opt)
-}
-
-pub fn train_config(o: &Resolved) -> Result<TrainConfig> {
+pub fn train_config(o: &Resolved, c: &Choices) -> Result<TrainConfig> {
     Ok(TrainConfig {
         epochs: o.epochs,
         batch_size: o.batch_size,
@@ -188,7 +164,7 @@ pub fn train_config(o: &Resolved) -> Result<TrainConfig> {
             min_delta: o.min_delta,
             restore_best: true,
         }),
-        schedule: o.schedule.parse::<Schedule>()?,
+        schedule: c.schedule,
         log_every: 0,
     })
 }
@@ -271,13 +247,13 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             (base.overridden_by(&cmd.options).resolve()?, None)
         }
     };
-    let spec = DataSpec::parse(&options.data)?;
-    let prepared = prepare_data(&options, &spec)?;
-    let loss = choose_loss(&options, &prepared.train)?;
-    let network = build_network(&options, &prepared.train, loss)?;
-    let optimizer = build_optimizer(&options)?;
-    let config = train_config(&options)?;
-    let init: Init = options.init_scheme.parse()?;
+    let choices = options.choices()?;
+    let prepared = prepare_data(&options, &choices)?;
+    let loss = choose_loss(&choices, &prepared.train)?;
+    let network = build_network(&options, &choices, &prepared.train, loss)?;
+    let optimizer: Optimizer = choices.optimizer;
+    let config = train_config(&options, &choices)?;
+    let init = choices.init;
 
     // Starting point: fresh, from --init weights, or from the resumed checkpoint.
     let mut model = Model::new(network.clone(), init, options.seed)?;

@@ -287,7 +287,14 @@ impl Tuning {
                 Some(v) => Err(Error::Config(format!("{name}='{v}': use on or off"))),
             }
         };
-        let named = |name: &str, e: Error| Error::Config(format!("{name}: {e}"));
+        let named = |name: &str, e: Error| {
+            let message = if let Error::Config(m) = e {
+                m
+            } else {
+                e.to_string()
+            };
+            Error::Config(format!("{name}='{}': {message}", var(name).unwrap_or_default()))
+        };
         let d = Tuning::default();
         Ok(Tuning {
             matmul: match var("SOMA_MATMUL") {
