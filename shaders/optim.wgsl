@@ -7,6 +7,11 @@
 //                    m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
 //                    p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
 //                    with bc1 = 1 - beta1^t and bc2 = 1 - beta2^t given by the host.
+//   rmsprop_update:  g = grad + wd p;  s = alpha s + (1 - alpha) g^2
+//                    centered: a += (1 - alpha) (g - a);  d = sqrt(s - a^2) + eps
+//                    else d = sqrt(s) + eps
+//                    momentum > 0: b = momentum b + g / d;  p -= lr b;  else p -= lr (g / d)
+//                    (PyTorch's single-tensor form, 1 - alpha rounded once by the host)
 
 struct OptimParams {
     len: u32,
@@ -19,8 +24,12 @@ struct OptimParams {
     bias_correction1: f32,
     bias_correction2: f32,
     decoupled: u32,
+    alpha: f32,
+    one_minus_alpha: f32,
+    centered: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
@@ -91,8 +100,43 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>,
     adam_param[i] = p - step_size * (m / denom);
 }
 
+@group(0) @binding(0) var<storage, read_write> rms_param: array<f32>;
+@group(0) @binding(1) var<storage, read_write> rms_square_avg: array<f32>;
+@group(0) @binding(2) var<storage, read_write> rms_momentum_buffer: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rms_grad_avg: array<f32>;
+@group(0) @binding(4) var<storage, read> rms_grad: array<f32>;
+@group(0) @binding(5) var<uniform> rms_p: OptimParams;
+
+@compute @workgroup_size(256, 1, 1)
+fn rmsprop_update(@builtin(global_invocation_id) gid: vec3<u32>,
+                  @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= rms_p.len) {
+        return;
+    }
+    let p = rms_param[i];
+    let g = rms_grad[i] + rms_p.weight_decay * p;
+    let s = rms_p.alpha * rms_square_avg[i] + rms_p.one_minus_alpha * g * g;
+    rms_square_avg[i] = s;
+    var d: f32;
+    if (rms_p.centered != 0u) {
+        let a = rms_grad_avg[i] + rms_p.one_minus_alpha * (g - rms_grad_avg[i]);
+        rms_grad_avg[i] = a;
+        d = sqrt(s - a * a) + rms_p.eps;
+    } else {
+        d = sqrt(s) + rms_p.eps;
+    }
+    if (rms_p.momentum > 0.0) {
+        let b = rms_p.momentum * rms_momentum_buffer[i] + g / d;
+        rms_momentum_buffer[i] = b;
+        rms_param[i] = p - rms_p.lr * b;
+    } else {
+        rms_param[i] = p - rms_p.lr * (g / d);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
-// The same three with vec4 loads and stores, for `len` a multiple of 4 (chosen in
+// The same four with vec4 loads and stores, for `len` a multiple of 4 (chosen in
 // src/ops/optim.rs). Every operation is component-wise, so each element gets the scalar
 // kernels' formula and the same bits; a software adapter such as llvmpipe pays per memory
 // access per invocation, so four elements per access is about twice as fast there.
@@ -156,4 +200,38 @@ fn adam_update_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
     let step_size = adam_p.lr / adam_p.bias_correction1;
     let denom = sqrt(v) / sqrt(adam_p.bias_correction2) + adam_p.eps;
     adam4_param[i] = p - step_size * (m / denom);
+}
+
+@group(0) @binding(0) var<storage, read_write> rms4_param: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> rms4_square_avg: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> rms4_momentum_buffer: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> rms4_grad_avg: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> rms4_grad: array<vec4<f32>>;
+
+@compute @workgroup_size(256, 1, 1)
+fn rmsprop_update_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
+                       @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= rms_p.len / 4u) {
+        return;
+    }
+    let p = rms4_param[i];
+    let g = rms4_grad[i] + rms_p.weight_decay * p;
+    let s = rms_p.alpha * rms4_square_avg[i] + rms_p.one_minus_alpha * g * g;
+    rms4_square_avg[i] = s;
+    var d: vec4<f32>;
+    if (rms_p.centered != 0u) {
+        let a = rms4_grad_avg[i] + rms_p.one_minus_alpha * (g - rms4_grad_avg[i]);
+        rms4_grad_avg[i] = a;
+        d = sqrt(s - a * a) + rms_p.eps;
+    } else {
+        d = sqrt(s) + rms_p.eps;
+    }
+    if (rms_p.momentum > 0.0) {
+        let b = rms_p.momentum * rms4_momentum_buffer[i] + g / d;
+        rms4_momentum_buffer[i] = b;
+        rms4_param[i] = p - rms_p.lr * b;
+    } else {
+        rms4_param[i] = p - rms_p.lr * (g / d);
+    }
 }

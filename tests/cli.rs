@@ -525,6 +525,52 @@ fn train_default_on_gpu_reaches_95_percent() {
     assert_eq!(config["device"], adapter);
 }
 
+/// GELU hidden units and RMSprop (PyTorch's defaults: lr 0.01, alpha 0.99, no momentum),
+/// everything else the defaults, seed 0: digits to at least 95%, and the run directory
+/// records both and resumes with RMSprop's three state tensors per parameter.
+#[test]
+fn train_gelu_rmsprop_on_gpu_reaches_95_percent() {
+    if !gpu("train_gelu_rmsprop_on_gpu_reaches_95_percent") {
+        return;
+    }
+    let dir = TempDir::new("train-gelu-rmsprop");
+    let run = dir.join("run");
+    let ran = soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "gpu",
+            "--activation",
+            "gelu",
+            "--optimizer",
+            "rmsprop",
+            "--json",
+            "--out",
+            &dir.arg("run"),
+        ],
+    )
+    .ok();
+    let doc = ran.json();
+    let acc = doc["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.95, "test accuracy {acc} < 0.95: {doc}");
+    let config = assert_complete_run(&run, 20);
+    assert_eq!(config["options"]["activation"], "gelu");
+    assert_eq!(config["optimizer"]["kind"], "rmsprop");
+    assert_eq!(config["optimizer"]["momentum"], 0.0);
+    let ck = load(&run.join("checkpoint.safetensors"));
+    let names: Vec<&str> = ck
+        .resume
+        .as_ref()
+        .expect("resume state")
+        .optimizer_state
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(names.contains(&"layers.0.weight.square_avg"), "{names:?}");
+    assert!(names.contains(&"layers.1.bias.grad_avg"), "{names:?}");
+}
+
 #[test]
 fn train_text_on_gpu() {
     if !gpu("train_text_on_gpu") {

@@ -699,6 +699,110 @@ fn momentum_update_two_steps() {
     assert_close("momentum wd step 2 p", &param, &[-0.484375], 0.0, 0.0);
 }
 
+#[test]
+fn rmsprop_steps_by_hand() {
+    // PyTorch's RMSprop with alpha = 0.75 (1 - alpha = 0.25, both exact), eps = 1e-8,
+    // lr = 0.125, from zero state, on p = [1 -1] with the gradient [2 -4] twice:
+    //   step 1: s = 0.25 g^2 = [1 4], d = sqrt(s) + eps = [1 2] in f32 (eps < half an ulp
+    //           of 1), g/d = [2 -2], p = [1 - 0.25, -1 + 0.25] = [0.75 -0.75]   (exact)
+    //   step 2: s = 0.75 s + 0.25 g^2 = [1.75 7], g/d = [2/sqrt(1.75), -4/sqrt(7)]
+    //           = [1.5118578920369088 -1.5118578920369088],
+    //           p = 0.75 - 0.125 * 1.5118578920369088 = 0.5610177634953863 (and its negative)
+    // One sqrt and one division, each correctly rounded: rel 1e-6.
+    let base = OptimParams {
+        len: 2,
+        lr: 0.125,
+        eps: 1e-8,
+        alpha: 0.75,
+        one_minus_alpha: 0.25,
+        ..Default::default()
+    };
+    let run = |p: &OptimParams, steps: usize, init: [f32; 2]| {
+        let mut param = init;
+        let (mut s, mut b, mut a) = ([0.0f32; 2], [0.0f32; 2], [0.0f32; 2]);
+        for _ in 0..steps {
+            cpu::rmsprop_update(&mut param, &mut s, &mut b, &mut a, &[2.0, -4.0], p);
+        }
+        (param, s, b, a)
+    };
+    let (p1, s1, b1, a1) = run(&base, 1, [1.0, -1.0]);
+    assert_close("rmsprop step 1 p", &p1, &[0.75, -0.75], 0.0, 0.0);
+    assert_close("rmsprop step 1 square_avg", &s1, &[1.0, 4.0], 0.0, 0.0);
+    // Without momentum or centering those buffers stay zeros.
+    assert_eq!((b1, a1), ([0.0; 2], [0.0; 2]));
+    let (p2, s2, _, _) = run(&base, 2, [1.0, -1.0]);
+    assert_close("rmsprop step 2 square_avg", &s2, &[1.75, 7.0], 0.0, 0.0);
+    assert_close(
+        "rmsprop step 2 p",
+        &p2,
+        &[0.561_017_76, -0.561_017_76],
+        0.0,
+        1e-6,
+    );
+
+    // Momentum 0.5: b = 0.5 b + g/d; p -= lr b.
+    //   step 1: b = [2 -2], p = [0.75 -0.75];
+    //   step 2: b = [1 + 1.5118578920369088, ...] = [2.511857892036909 ...],
+    //           p = 0.75 - 0.125 * 2.511857892036909 = 0.4360177634953864
+    let momentum = OptimParams {
+        momentum: 0.5,
+        ..base
+    };
+    let (p, _, b, _) = run(&momentum, 2, [1.0, -1.0]);
+    assert_close(
+        "rmsprop momentum b",
+        &b,
+        &[2.511_858, -2.511_858],
+        0.0,
+        1e-6,
+    );
+    assert_close(
+        "rmsprop momentum p",
+        &p,
+        &[0.436_017_76, -0.436_017_76],
+        0.0,
+        1e-6,
+    );
+
+    // Centered, one step: a = 0.25 g = [0.5 -1], d = sqrt(s - a^2) = sqrt([0.75 3]),
+    //   g/d = [2/sqrt(0.75), -4/sqrt(3)] = [2.309401076758503 -2.309401076758503],
+    //   p = 1 - 0.125 * 2.309401076758503 = 0.7113248654051871 (and its negative)
+    let centered = OptimParams {
+        centered: 1,
+        ..base
+    };
+    let (p, _, _, a) = run(&centered, 1, [1.0, -1.0]);
+    assert_close("rmsprop centered grad_avg", &a, &[0.5, -1.0], 0.0, 0.0);
+    assert_close(
+        "rmsprop centered p",
+        &p,
+        &[0.711_324_9, -0.711_324_9],
+        0.0,
+        1e-6,
+    );
+
+    // Weight decay 0.5 joins the gradient first: g = 2 + 0.5 * 1 = 2.5, s = 0.25 * 6.25 =
+    // 1.5625, d = 1.25, g/d = 2, p = 1 - 0.25 = 0.75 (exact).
+    let decay = OptimParams {
+        weight_decay: 0.5,
+        len: 1,
+        ..base
+    };
+    let (p, s, _, _) = run(&decay, 1, [1.0, 7.0]);
+    assert_close("rmsprop wd p", &p, &[0.75, 7.0], 0.0, 0.0);
+    assert_close("rmsprop wd square_avg", &s, &[1.5625, 0.0], 0.0, 0.0);
+}
+
+#[test]
+fn rmsprop_takes_one_minus_alpha_as_pytorch_does() {
+    // PyTorch computes 1 - alpha in double from the Python float 0.99 and rounds it to f32
+    // once: f32(0.010000000000000009) = 0.01f32, where 1 - 0.99f32 would be 0.00999999.
+    let p = soma::Optimizer::rmsprop(0.01).step_params(0.01, 1);
+    assert_eq!(p.one_minus_alpha, 0.01f32);
+    assert_eq!(p.alpha, 0.99f32);
+    assert_eq!((p.momentum, p.centered), (0.0, 0));
+}
+
 fn adam_p(len: u32, weight_decay: f32, decoupled: u32) -> OptimParams {
     let (beta1, beta2) = (0.9f32, 0.999f32);
     OptimParams {

@@ -357,12 +357,14 @@ fn small_host_limits_give_too_large_not_a_panic() {
     let largest = embed::largest_buffer(&workload).unwrap();
     assert_eq!(largest, 200 * 64 * 4);
     // As `required_limits` documents: no soma dispatch binds more than four storage buffers,
-    // except a fused layer (five), which is used only where the device binds five.
+    // except a fused layer (five), which is used only where the device binds five, and the
+    // RMSprop update (five), which says so in an error on a device that binds fewer.
     for k in soma::Kernel::all() {
         let fused = matches!(
             k,
             soma::Kernel::MatmulTile(_, _, soma::ops::matmul::Epilogue::BiasAct { .. })
                 | soma::Kernel::DenseForward
+                | soma::Kernel::Update(soma::UpdateRule::RmsProp, _)
         );
         assert!(k.spec().storage.len() <= if fused { 5 } else { 4 }, "{k:?}");
     }
@@ -767,5 +769,51 @@ fn parameters_over_one_binding_keep_buffers_of_their_own() {
     );
     assert_eq!(big_updates, 1, "one update for all where it fits");
     assert_bitwise(test, &small_params, &big_params);
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+}
+
+/// A device that binds only four storage buffers per stage (the downlevel limit) trains
+/// with Adam, and refuses RMSprop (five: the parameter, three state tensors, the gradient)
+/// with an error that names the limit, before any step runs.
+#[test]
+fn rmsprop_on_a_four_binding_device_is_a_clear_error() {
+    let test = "rmsprop_on_a_four_binding_device_is_a_clear_error";
+    let four = wgpu::Limits {
+        max_storage_buffers_per_shader_stage: 4,
+        ..wgpu::Limits::default()
+    };
+    let Some((device, queue)) = host_device(test, Some(four)) else {
+        return;
+    };
+    let errors = count_uncaptured(&device);
+    let gpu = Gpu::from_wgpu(device, queue);
+    let net = Network::mlp(&[64, 16, 10], Activation::Relu, Activation::Identity).unwrap();
+    let m = Model::new(net, Init::Pytorch, 3).unwrap();
+    let train = digits(64);
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        ..Default::default()
+    };
+    let new = |opt: Optimizer| {
+        Trainer::new(
+            Device::Gpu(&gpu),
+            &m,
+            Loss::SoftmaxCrossEntropy,
+            opt,
+            &train,
+            None,
+            &config,
+        )
+    };
+    new(Optimizer::adam(1e-3)).unwrap().run_steps(2).unwrap();
+    let err = match new(Optimizer::rmsprop(1e-3)) {
+        Ok(_) => panic!("RMSprop built on a device that binds 4 storage buffers"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("rmsprop") && err.contains("max_storage_buffers_per_shader_stage"),
+        "{err}"
+    );
     assert_eq!(errors.load(Ordering::Relaxed), 0);
 }

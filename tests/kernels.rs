@@ -1066,6 +1066,60 @@ fn optimizers_match_cpu() {
                     1e-6,
                 );
             }
+
+            // RMSprop: plain, with momentum, centered, both.
+            for (momentum, centered) in [(0.0, 0u32), (0.9, 0), (0.0, 1), (0.9, 1)] {
+                let p = OptimParams {
+                    len: len as u32,
+                    lr: 1e-3,
+                    eps: 1e-8,
+                    weight_decay: wd,
+                    momentum,
+                    alpha: 0.99,
+                    one_minus_alpha: 0.01,
+                    centered,
+                    ..Default::default()
+                };
+                // square_avg must stay above grad_avg^2 for the centered form: state2 is
+                // in [0, 0.01), state in [-0.1, 0.1); square it to be safe.
+                let square: Vec<f32> = state.iter().zip(&state2).map(|(a, b)| a * a + b).collect();
+                let (mut want, mut want_s, mut want_b, mut want_a) =
+                    (param.clone(), square.clone(), state2.clone(), state.clone());
+                cpu::rmsprop_update(&mut want, &mut want_s, &mut want_b, &mut want_a, &grad, &p);
+                let pt = up(gpu, "param", &[len], &param);
+                let st = up(gpu, "square_avg", &[len], &square);
+                let bt = up(gpu, "momentum_buffer", &[len], &state2);
+                let at = up(gpu, "grad_avg", &[len], &state);
+                run(
+                    gpu,
+                    &ops::update(
+                        kn,
+                        UpdateRule::RmsProp,
+                        &pt,
+                        &[&st, &bt, &at],
+                        &up(gpu, "grad", &[len], &grad),
+                        p,
+                    )
+                    .unwrap(),
+                );
+                let label =
+                    format!("rmsprop {len} wd={wd} momentum={momentum} centered={centered}");
+                // sqrt and a division per element, a few ulps each on Vulkan; steps of ~lr.
+                for (name, got, want) in [
+                    ("param", &pt, &want),
+                    ("square_avg", &st, &want_s),
+                    ("momentum_buffer", &bt, &want_b),
+                    ("grad_avg", &at, &want_a),
+                ] {
+                    assert_close(
+                        &format!("{label} {name}"),
+                        &got.read(gpu).unwrap(),
+                        want,
+                        1e-7,
+                        1e-5,
+                    );
+                }
+            }
         }
     }
 }

@@ -40,15 +40,22 @@ pub struct TrainOptions {
     /// Loss: cross_entropy, mse, bce [default: cross_entropy, mse for regression]
     #[arg(long)]
     pub loss: Option<String>,
-    /// Optimizer: sgd, momentum, adam, adamw [default: adam]
+    /// Optimizer: sgd, momentum, adam, adamw, rmsprop [default: adam]
     #[arg(long)]
     pub optimizer: Option<String>,
-    /// Learning rate [default: 1e-3 for adam/adamw, 0.01 for sgd/momentum]
+    /// Learning rate [default: 1e-3 for adam/adamw, 0.01 for sgd/momentum/rmsprop]
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Momentum factor (momentum) [default: 0.9]
+    /// Momentum factor (momentum, rmsprop) [default: 0.9 for momentum, 0 for rmsprop]
     #[arg(long)]
     pub momentum: Option<f32>,
+    /// RMSprop's smoothing constant [default: 0.99]
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// RMSprop: normalise by the centered second moment
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub centered: bool,
     /// Weight decay: L2 (sgd, momentum, adam) or decoupled (adamw) [default: 0, adamw 0.01]
     #[arg(long)]
     pub weight_decay: Option<f32>,
@@ -110,7 +117,12 @@ pub struct Resolved {
     pub loss: Option<String>,
     pub optimizer: String,
     pub lr: Option<f32>,
-    pub momentum: f32,
+    /// `None`: the optimizer's default.
+    pub momentum: Option<f32>,
+    #[serde(default)]
+    pub alpha: Option<f32>,
+    #[serde(default)]
+    pub centered: bool,
     pub weight_decay: Option<f32>,
     pub schedule: String,
     pub batch_size: usize,
@@ -155,7 +167,13 @@ impl Resolved {
         if let Some(lr) = self.lr {
             optimizer.lr = lr;
         }
-        optimizer.momentum = self.momentum;
+        if let Some(m) = self.momentum {
+            optimizer.momentum = m;
+        }
+        if let Some(a) = self.alpha {
+            optimizer.alpha = a;
+        }
+        optimizer.centered = self.centered;
         if let Some(wd) = self.weight_decay {
             optimizer.weight_decay = wd;
         }
@@ -201,7 +219,7 @@ impl TrainOptions {
     pub fn overridden_by(&self, over: &TrainOptions) -> TrainOptions {
         macro_rules! pick {
             ($($f:ident),*) => {
-                TrainOptions { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* no_shuffle: over.no_shuffle || self.no_shuffle }
+                TrainOptions { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* no_shuffle: over.no_shuffle || self.no_shuffle, centered: over.centered || self.centered }
             };
         }
         pick!(
@@ -216,6 +234,7 @@ impl TrainOptions {
             optimizer,
             lr,
             momentum,
+            alpha,
             weight_decay,
             schedule,
             batch_size,
@@ -266,7 +285,9 @@ impl TrainOptions {
             loss: self.loss.clone(),
             optimizer: self.optimizer.clone().unwrap_or_else(|| "adam".into()),
             lr: self.lr,
-            momentum: self.momentum.unwrap_or(0.9),
+            momentum: self.momentum,
+            alpha: self.alpha,
+            centered: self.centered,
             weight_decay: self.weight_decay,
             // A rate that decays over the epoch budget: on MNIST (784-256-256-10, Adam, 10
             // epochs) it is the difference between 97.7% and 98.4% test accuracy.

@@ -12,6 +12,9 @@
 //!   `m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;`
 //!   `p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)`, with `bc1 = 1 - beta1^t` and
 //!   `bc2 = 1 - beta2^t` from the host.
+//! - `rmsprop_update`: `g = grad + wd p; s = alpha s + (1 - alpha) g^2;` centered:
+//!   `a = a + (1 - alpha) (g - a); d = sqrt(s - a^2) + eps`, else `d = sqrt(s) + eps`; with
+//!   momentum `b = momentum b + g / d; p -= lr b`, else `p -= lr (g / d)`.
 
 use std::str::FromStr;
 
@@ -42,8 +45,15 @@ params_struct! {
         bias_correction2: f32,
         /// 1: AdamW's decoupled decay; 0: the decay is an L2 term of the gradient.
         decoupled: u32,
+        /// RMSprop's smoothing constant.
+        alpha: f32,
+        /// 1 - alpha, computed in f64 and rounded once, as PyTorch passes it.
+        one_minus_alpha: f32,
+        /// 1: RMSprop normalises by the centered second moment.
+        centered: u32,
         _pad0: u32,
         _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -59,15 +69,18 @@ pub enum UpdateRule {
     Adam,
     /// Adam with decoupled weight decay.
     AdamW,
+    /// RMSprop (alpha, eps, optional momentum, centered).
+    RmsProp,
 }
 
 impl UpdateRule {
     /// Every rule.
-    pub const ALL: [UpdateRule; 4] = [
+    pub const ALL: [UpdateRule; 5] = [
         UpdateRule::Sgd,
         UpdateRule::Momentum,
         UpdateRule::Adam,
         UpdateRule::AdamW,
+        UpdateRule::RmsProp,
     ];
 
     /// The state tensors the rule keeps per parameter tensor, by the names a checkpoint
@@ -77,6 +90,9 @@ impl UpdateRule {
             UpdateRule::Sgd => &[],
             UpdateRule::Momentum => &["velocity"],
             UpdateRule::Adam | UpdateRule::AdamW => &["m", "v"],
+            // PyTorch's names; the momentum buffer and the gradient average stay zeros
+            // unless momentum or centering is on.
+            UpdateRule::RmsProp => &["square_avg", "momentum_buffer", "grad_avg"],
         }
     }
 
@@ -91,6 +107,8 @@ impl UpdateRule {
             (UpdateRule::Momentum, true) => "momentum_update_vec4",
             (UpdateRule::Adam | UpdateRule::AdamW, false) => "adam_update",
             (UpdateRule::Adam | UpdateRule::AdamW, true) => "adam_update_vec4",
+            (UpdateRule::RmsProp, false) => "rmsprop_update",
+            (UpdateRule::RmsProp, true) => "rmsprop_update_vec4",
         }
     }
 
@@ -98,7 +116,7 @@ impl UpdateRule {
     /// corrections), so that an epoch needs one entry per step rather than one.
     pub fn varies_per_step(self) -> bool {
         match self {
-            UpdateRule::Sgd | UpdateRule::Momentum => false,
+            UpdateRule::Sgd | UpdateRule::Momentum | UpdateRule::RmsProp => false,
             UpdateRule::Adam | UpdateRule::AdamW => true,
         }
     }
@@ -130,8 +148,22 @@ impl UpdateRule {
                     ..base
                 }
             }
+            UpdateRule::RmsProp => OptimParams {
+                momentum: opt.momentum,
+                eps: opt.eps,
+                alpha: opt.alpha,
+                one_minus_alpha: (1.0 - as_typed(opt.alpha)) as f32,
+                centered: opt.centered as u32,
+                ..base
+            },
         }
     }
+}
+
+/// The f64 a user meant by `x`: the double nearest its shortest decimal form (0.99f32 ->
+/// 0.99), which is what PyTorch computes `1 - alpha` from (a Python float).
+fn as_typed(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
 }
 
 impl FromStr for UpdateRule {
@@ -142,8 +174,9 @@ impl FromStr for UpdateRule {
             "momentum" => Ok(UpdateRule::Momentum),
             "adam" => Ok(UpdateRule::Adam),
             "adamw" => Ok(UpdateRule::AdamW),
+            "rmsprop" => Ok(UpdateRule::RmsProp),
             _ => Err(Error::Config(format!(
-                "unknown optimizer '{s}' (known: sgd, momentum, adam, adamw)"
+                "unknown optimizer '{s}' (known: sgd, momentum, adam, adamw, rmsprop)"
             ))),
         }
     }
@@ -156,6 +189,7 @@ impl std::fmt::Display for UpdateRule {
             UpdateRule::Momentum => "momentum",
             UpdateRule::Adam => "adam",
             UpdateRule::AdamW => "adamw",
+            UpdateRule::RmsProp => "rmsprop",
         })
     }
 }
@@ -165,31 +199,57 @@ impl std::fmt::Display for UpdateRule {
 pub struct Optimizer {
     pub kind: UpdateRule,
     pub lr: f32,
-    /// Momentum factor (momentum only).
+    /// Momentum factor (momentum, RMSprop).
     pub momentum: f32,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
-    /// L2 penalty (SGD, momentum, Adam) or decoupled decay (AdamW).
+    /// L2 penalty (SGD, momentum, Adam, RMSprop) or decoupled decay (AdamW).
     pub weight_decay: f32,
+    /// RMSprop's smoothing constant.
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+    /// RMSprop normalises by the centered second moment (an estimate of the variance).
+    #[serde(default)]
+    pub centered: bool,
+}
+
+/// PyTorch's RMSprop alpha (and what optimizers saved before it existed read as).
+fn default_alpha() -> f32 {
+    0.99
 }
 
 impl Optimizer {
     /// The kind with PyTorch's defaults (SGD and momentum have no default lr in PyTorch;
-    /// 0.01 here). AdamW's default weight decay is 0.01, the others' 0.
+    /// 0.01 here). AdamW's default weight decay is 0.01, the others' 0; RMSprop's momentum
+    /// is 0, momentum's 0.9.
     pub fn new(kind: UpdateRule) -> Optimizer {
         let lr = match kind {
-            UpdateRule::Sgd | UpdateRule::Momentum => 0.01,
+            UpdateRule::Sgd | UpdateRule::Momentum | UpdateRule::RmsProp => 0.01,
             UpdateRule::Adam | UpdateRule::AdamW => 1e-3,
         };
         Optimizer {
             kind,
             lr,
-            momentum: 0.9,
+            momentum: if kind == UpdateRule::RmsProp {
+                0.0
+            } else {
+                0.9
+            },
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: if kind == UpdateRule::AdamW { 0.01 } else { 0.0 },
+            alpha: default_alpha(),
+            centered: false,
+        }
+    }
+
+    /// RMSprop with PyTorch's defaults but the learning rate.
+    pub fn rmsprop(lr: f32) -> Optimizer {
+        Optimizer {
+            lr,
+            ..Optimizer::new(UpdateRule::RmsProp)
         }
     }
 
@@ -255,6 +315,9 @@ impl Optimizer {
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return bad("eps", self.eps);
         }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return bad("alpha", self.alpha);
+        }
         Ok(())
     }
 }
@@ -289,6 +352,14 @@ pub fn update(
             format!("{} state tensors", rule.state_names().len()),
             state.len(),
         ));
+    }
+    // The parameter, each state tensor and the gradient are one storage binding each.
+    let bindings = state.len() as u32 + 2;
+    let limit = k.gpu().limits().max_storage_buffers_per_shader_stage;
+    if bindings > limit {
+        return Err(Error::Config(format!(
+            "{rule} binds {bindings} storage buffers per stage, but this device allows {limit} (max_storage_buffers_per_shader_stage)"
+        )));
     }
     expect_len(op, grad, param.len())?;
     for s in state {
@@ -331,11 +402,19 @@ pub mod cpu {
             (UpdateRule::Sgd, []) => sgd_update(param, grad, p),
             (UpdateRule::Momentum, [velocity]) => momentum_update(param, velocity, grad, p),
             (UpdateRule::Adam | UpdateRule::AdamW, [m, v]) => adam_update(param, m, v, grad, p),
+            (UpdateRule::RmsProp, [square_avg, momentum_buffer, grad_avg]) => {
+                rmsprop_update(param, square_avg, momentum_buffer, grad_avg, grad, p)
+            }
             // A state list that does not match the rule's names: nothing to update with, so
             // the parameters become NaN rather than silently stay.
-            (UpdateRule::Sgd | UpdateRule::Momentum | UpdateRule::Adam | UpdateRule::AdamW, _) => {
-                param.fill(f32::NAN)
-            }
+            (
+                UpdateRule::Sgd
+                | UpdateRule::Momentum
+                | UpdateRule::Adam
+                | UpdateRule::AdamW
+                | UpdateRule::RmsProp,
+                _,
+            ) => param.fill(f32::NAN),
         }
     }
 
@@ -382,6 +461,41 @@ pub mod cpu {
             let step_size = p.lr / p.bias_correction1;
             let denom = vi.sqrt() / p.bias_correction2.sqrt() + p.eps;
             param[i] = w - step_size * (mi / denom);
+        }
+    }
+
+    /// RMSprop, PyTorch's single-tensor form: `g = grad + wd p`;
+    /// `square_avg = alpha square_avg + (1 - alpha) g g`; centered:
+    /// `grad_avg += (1 - alpha) (g - grad_avg)`, `avg = sqrt(square_avg - grad_avg^2) + eps`,
+    /// else `avg = sqrt(square_avg) + eps`; momentum > 0: `buf = momentum buf + g / avg`,
+    /// `p -= lr buf`, else `p -= lr (g / avg)`.
+    pub fn rmsprop_update(
+        param: &mut [f32],
+        square_avg: &mut [f32],
+        momentum_buffer: &mut [f32],
+        grad_avg: &mut [f32],
+        grad: &[f32],
+        p: &OptimParams,
+    ) {
+        for i in 0..p.len as usize {
+            let w = param[i];
+            let g = grad[i] + p.weight_decay * w;
+            let sq = p.alpha * square_avg[i] + p.one_minus_alpha * g * g;
+            square_avg[i] = sq;
+            let avg = if p.centered != 0 {
+                let a = grad_avg[i] + p.one_minus_alpha * (g - grad_avg[i]);
+                grad_avg[i] = a;
+                (sq - a * a).sqrt() + p.eps
+            } else {
+                sq.sqrt() + p.eps
+            };
+            if p.momentum > 0.0 {
+                let b = p.momentum * momentum_buffer[i] + g / avg;
+                momentum_buffer[i] = b;
+                param[i] = w - p.lr * b;
+            } else {
+                param[i] = w - p.lr * (g / avg);
+            }
         }
     }
 }
