@@ -293,7 +293,10 @@ impl Tuning {
             } else {
                 e.to_string()
             };
-            Error::Config(format!("{name}='{}': {message}", var(name).unwrap_or_default()))
+            Error::Config(format!(
+                "{name}='{}': {message}",
+                var(name).unwrap_or_default()
+            ))
         };
         let d = Tuning::default();
         Ok(Tuning {
