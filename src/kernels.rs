@@ -295,12 +295,7 @@ impl Dispatch {
         pass.dispatch_workgroups(x, y, z);
     }
 
-    /// Makes recording this dispatch a no-op (its work was fused into another one).
-    pub fn disable(&mut self) {
-        self.workgroups = [0, 0, 0];
-    }
-
-    /// Whether recording dispatches nothing (an empty grid, or disabled).
+    /// Whether recording dispatches nothing (an empty grid).
     pub fn is_empty(&self) -> bool {
         self.workgroups.contains(&0)
     }

@@ -436,7 +436,7 @@ impl<'a> Trainer<'a> {
             "plan: {} buffers ({:.1} MiB), {} ops per training step, batch {}",
             plan.buffers.len(),
             plan.buffers.iter().map(|b| b.len() * 4).sum::<usize>() as f64 / (1 << 20) as f64,
-            plan.train_step.len(),
+            plan.train_step.ops().len(),
             plan.batch
         );
         let mut exec = Executor::new(device, &plan)?;
@@ -597,8 +597,8 @@ impl<'a> Trainer<'a> {
             .config
             .schedule
             .lr(self.base_lr, self.epoch, self.config.epochs);
-        let changed = self.plan.set_epoch(self.epoch, lr, self.step)?;
-        self.exec.refresh(&self.plan, Pass::Train, &changed)?;
+        self.plan.set_epoch(lr, self.step);
+        self.exec.set_epoch(&self.plan)?;
         if self.config.shuffle || !self.order_written {
             let order: Vec<u32> = if self.config.shuffle {
                 self.rng.permutation(bufs.rows)

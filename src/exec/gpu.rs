@@ -1,5 +1,7 @@
-//! The GPU executor: resident tensors and one prebuilt dispatch per op, a whole step
-//! recorded into one compute pass. The fusions that replace several ops' dispatches by one
+//! The GPU executor: resident tensors and prebuilt dispatches, a whole step recorded into
+//! one compute pass. It builds its dispatches from the plan's stages and fuses where a
+//! stage's properties allow it: a layer's product with its bias and activation, an input
+//! delta with the activation derivative of the layer below. The fusions across a whole step
 //! (the optimizer update over the parameter arena, the fully fused small-MLP pass) are in
 //! `fuse.rs`.
 
@@ -11,14 +13,14 @@ use crate::gpu::Gpu;
 use crate::kernels::{self, Dispatch};
 use crate::ops::Kernels;
 use crate::ops::{self, Activation};
-use crate::plan::{entry, BufId, Op, Plan};
+use crate::plan::{entry, BackwardStage, BufId, DenseStage, Op, Plan, Step};
 use crate::tensor::{copy_tensors, DType, GpuTensor};
 
-use super::{acc, ops_of, Pass};
+use super::{acc, Pass};
 
 mod fuse;
 
-use fuse::{update_buffers, Arenas};
+use fuse::Arenas;
 
 /// The kernels an executor records with: its own, or a caller's shared across runs.
 pub(super) enum KernelsRef<'a> {
@@ -36,7 +38,22 @@ impl<'a> std::ops::Deref for KernelsRef<'a> {
     }
 }
 
-/// The GPU executor: resident tensors and one prebuilt dispatch per op.
+/// Which part of a step a dispatch does (what the fused MLP pass may replace, and which
+/// dispatches take the update's per-epoch entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Part {
+    GatherInput,
+    GatherLabels,
+    GatherValues,
+    Forward,
+    Loss,
+    LossSum,
+    Correct,
+    Backward,
+    Update,
+}
+
+/// The GPU executor: resident tensors and the prebuilt dispatches of both passes.
 pub struct GpuExec<'a> {
     pub(super) gpu: &'a Gpu,
     pub(super) kernels: KernelsRef<'a>,
@@ -48,8 +65,9 @@ pub struct GpuExec<'a> {
     pub(super) save_pending: bool,
     /// The parameter tensors, their gradients and each optimizer state in one buffer each.
     arenas: Option<Arenas>,
-    /// The index of the training dispatch that updates every parameter tensor at once.
-    fused_update: Option<usize>,
+    /// The training dispatches that update parameters: one over the arenas, or one per
+    /// tensor in the update's order.
+    updates: Vec<usize>,
     /// The fused pass's entry point, where it runs.
     pub(super) mlp_form: Option<&'static str>,
 }
@@ -61,10 +79,9 @@ impl<'a> GpuExec<'a> {
         for b in &plan.buffers {
             gpu.check_buffer_size(&b.name, b.len() as u64 * 4)?;
         }
-        let mut arenas = if kernels.tuning().fuse {
-            Arenas::plan(gpu, plan, &plan.train_step)?
-        } else {
-            None
+        let mut arenas = match (&plan.train_step.update, kernels.tuning().fuse) {
+            (Some(update), true) => Arenas::plan(gpu, plan, update)?,
+            (Some(_) | None, _) => None,
         };
         // The update's tensors are slots of the arenas; every other tensor has its own buffer.
         let mut slot_of: Vec<Option<GpuTensor>> = plan.buffers.iter().map(|_| None).collect();
@@ -85,7 +102,7 @@ impl<'a> GpuExec<'a> {
             .collect::<Result<Vec<_>>>()?;
         // Every product's kernel is chosen (and, where nothing is cached, measured) now, so
         // that recording only looks the choices up.
-        for op in plan.train_step.iter().chain(&plan.eval_step) {
+        for op in plan.train_step.ops().iter().chain(plan.eval_step.ops()) {
             if let Some((form, p)) = op.matmul() {
                 let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
                 autotune::prepare(&kernels, form, m, n, k, acc(p.accumulate))?;
@@ -100,100 +117,138 @@ impl<'a> GpuExec<'a> {
             snapshot: vec![],
             save_pending: false,
             arenas,
-            fused_update: None,
+            updates: vec![],
             mlp_form: None,
         };
-        exec.train = exec.build_all(plan, &plan.train_step)?;
-        exec.fused_update = exec.fuse_updates(plan)?;
-        exec.fuse_mlp(plan)?;
-        exec.eval = exec.build_all(plan, &plan.eval_step)?;
+        let mut train = exec.build_step(plan, &plan.train_step)?;
+        exec.fuse_mlp(plan, &mut train)?;
+        exec.updates = (0..train.len())
+            .filter(|&i| train[i].0 == Part::Update)
+            .collect();
+        exec.train = train.into_iter().map(|(_, d)| d).collect();
+        exec.eval = exec
+            .build_step(plan, &plan.eval_step)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
         Ok(exec)
     }
 
-    /// One dispatch per op. A layer's product followed by its bias and activation becomes
-    /// one fused dispatch (`kernels::dense_forward`) where a generated tile or the scalar
-    /// blocked kernel runs the product, and so does an input delta followed by an activation
-    /// derivative (`kernels::relu_delta` on a small tile, `kernels::dense_backward` on the
-    /// scalar blocked kernel); the second op's dispatch is then kept but disabled, so op
-    /// indices still match.
-    pub(super) fn build_all(&self, plan: &Plan, ops: &[Op]) -> Result<Vec<Dispatch>> {
-        let mut dispatches = Vec::with_capacity(ops.len());
-        let mut i = 0;
-        while i < ops.len() {
-            if let Some(next) = ops.get(i + 1) {
-                if let Some(fused) = self.fused(plan, &ops[i], next)? {
-                    dispatches.push(fused);
-                    let mut second = self.build(plan, next)?;
-                    second.disable();
-                    dispatches.push(second);
-                    i += 2;
-                    continue;
+    /// The dispatches of a step, stage by stage, each with the part of the step it does.
+    fn build_step(&self, plan: &Plan, step: &Step) -> Result<Vec<(Part, Dispatch)>> {
+        let mut out = Vec::with_capacity(step.ops().len());
+        if let Some(g) = &step.gather {
+            for (part, op) in [
+                (Part::GatherInput, &g.input),
+                (Part::GatherLabels, &g.labels),
+                (Part::GatherValues, &g.values),
+            ] {
+                if let Some(op) = op {
+                    out.push((part, self.build(plan, op)?));
                 }
             }
-            dispatches.push(self.build(plan, &ops[i])?);
-            i += 1;
         }
-        Ok(dispatches)
+        for layer in &step.layers {
+            match self.fused_dense(plan, layer)? {
+                Some(d) => out.push((Part::Forward, d)),
+                None => {
+                    out.push((Part::Forward, self.build(plan, &layer.product())?));
+                    out.push((Part::Forward, self.build(plan, &layer.bias_activation())?));
+                }
+            }
+        }
+        if let Some(l) = &step.loss {
+            out.push((Part::Loss, self.build(plan, &l.loss)?));
+            out.push((Part::LossSum, self.build(plan, &l.sum)?));
+        }
+        if let Some(c) = &step.correct {
+            out.push((Part::Correct, self.build(plan, c)?));
+        }
+        // Whether the stage's activation derivative was done by the fused input delta of
+        // the stage above it.
+        let mut done = false;
+        for (j, stage) in step.backward.iter().enumerate() {
+            if let (false, Some(op)) = (done, stage.activation_backward()) {
+                out.push((Part::Backward, self.build(plan, &op)?));
+            }
+            out.push((Part::Backward, self.build(plan, &stage.weight_grad())?));
+            if let Some(op) = stage.bias_grad() {
+                out.push((Part::Backward, self.build(plan, &op)?));
+            }
+            done = false;
+            if let Some(op) = stage.input_delta() {
+                let fused = match step.backward.get(j + 1) {
+                    Some(below) => self.fused_delta(stage, below)?,
+                    None => None,
+                };
+                done = fused.is_some();
+                let d = match fused {
+                    Some(d) => d,
+                    None => self.build(plan, &op)?,
+                };
+                out.push((Part::Backward, d));
+            }
+        }
+        if let Some(update) = &step.update {
+            match &self.arenas {
+                Some(a) => out.push((Part::Update, self.update_dispatch(update, a)?)),
+                None => {
+                    for op in update.ops() {
+                        out.push((Part::Update, self.build(plan, &op)?));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// The one dispatch doing `first` and then `next`, where the pair fuses on this device.
-    pub(super) fn fused(&self, plan: &Plan, first: &Op, next: &Op) -> Result<Option<Dispatch>> {
+    /// A layer's forward pass as one dispatch (`ops::dense_forward`: the product's tile or
+    /// the scalar blocked kernel with the bias and activation as its epilogue), where
+    /// fusion is on and the product runs on such a kernel.
+    fn fused_dense(&self, plan: &Plan, l: &DenseStage) -> Result<Option<Dispatch>> {
         if !self.kernels.tuning().fuse {
             return Ok(None);
         }
-        let k = &*self.kernels;
         let t = &self.tensors;
-        match (first, next) {
-            (
-                Op::MatmulNt {
-                    out: pre,
-                    a,
-                    b,
-                    params: mp,
-                },
-                Op::BiasActivationForward {
-                    out,
-                    pre: pre2,
-                    bias,
-                    params: ap,
-                },
-            ) if pre == pre2 && mp.accumulate == 0 => ops::dense_forward(
-                k,
-                &t[*out],
-                &t[*pre],
-                &t[*a],
-                &t[*b],
-                bias.map(|b| &t[b]),
-                &t[plan.dummy],
-                Activation::decode(ap.kind, ap.slope)?,
-            ),
-            // The product (dx) is read by nothing but the activation backward, so the fused
-            // kernel writes dpre alone.
-            (
-                Op::MatmulNn {
-                    out: dx,
-                    a,
-                    b,
-                    params: mp,
-                },
-                Op::ActivationBackward {
-                    dpre,
-                    dout,
-                    pre,
-                    params: ap,
-                },
-            ) if dx == dout && mp.accumulate == 0 => {
-                let act = Activation::decode(ap.kind, ap.slope)?;
-                if act == Activation::Relu {
-                    if let Some(d) = ops::relu_delta(k, &t[*dpre], &t[*a], &t[*b], &t[*pre])? {
-                        return Ok(Some(d));
-                    }
-                }
-                ops::dense_backward(k, &t[*dpre], &t[*a], &t[*b], &t[*pre], act)
-            }
-            // Any other pair runs as two dispatches.
-            _ => Ok(None),
+        ops::dense_forward(
+            &self.kernels,
+            &t[l.out],
+            &t[l.pre],
+            &t[l.x],
+            &t[l.weight],
+            l.bias.map(|b| &t[b]),
+            &t[plan.dummy],
+            l.activation,
+        )
+    }
+
+    /// A layer's input delta and the activation derivative of the layer below it as one
+    /// dispatch, writing the lower layer's dL/dpre directly (the delta itself is read by
+    /// nothing else): `ops::relu_delta` on a small tile for ReLU, `ops::dense_backward` on
+    /// the scalar blocked kernel for any activation. `None` where fusion is off, the layer
+    /// below is identity (no derivative), or the product runs on another kernel.
+    fn fused_delta(
+        &self,
+        stage: &BackwardStage,
+        below: &BackwardStage,
+    ) -> Result<Option<Dispatch>> {
+        if !self.kernels.tuning().fuse || below.activation == Activation::Identity {
+            return Ok(None);
         }
+        let t = &self.tensors;
+        let k = &*self.kernels;
+        let (dpre, d, w, pre) = (
+            &t[below.dpre],
+            &t[stage.dpre],
+            &t[stage.weight],
+            &t[below.pre],
+        );
+        if below.activation == Activation::Relu {
+            if let Some(fused) = ops::relu_delta(k, dpre, d, w, pre)? {
+                return Ok(Some(fused));
+            }
+        }
+        ops::dense_backward(k, dpre, d, w, pre, below.activation)
     }
 
     /// Builds an op's dispatch with the shape-checking recorder of its kernel, then gives it
@@ -345,37 +400,26 @@ impl<'a> GpuExec<'a> {
         })
     }
 
-    /// Re-sends the parameter entries of op `index` of `pass` (after `Plan::set_epoch`).
-    pub(super) fn refresh(&mut self, plan: &Plan, pass: Pass, index: usize) -> Result<()> {
-        let g = self.gpu;
-        if pass == Pass::Train && self.fused_update.is_some() {
-            if self.fused_update == Some(index) {
-                return self.refresh_update(plan, index);
-            }
-            if update_buffers(&plan.train_step[index]).is_some() {
-                return Ok(()); // disabled: the fused update does its work
-            }
-        }
-        let d = match pass {
-            Pass::Train => &mut self.train[index],
-            Pass::Eval => &mut self.eval[index],
+    /// Re-sends the update's entries after `Plan::set_epoch`: stretched over the arena, or
+    /// one tensor's length each.
+    pub(super) fn set_epoch(&mut self, plan: &Plan) -> Result<()> {
+        let Some(update) = &plan.train_step.update else {
+            return Ok(());
         };
-        match &ops_of(plan, pass)[index] {
-            Op::Update { params, .. } => d.set_params(g, params),
-            Op::GatherRows { params, .. }
-            | Op::GatherRowsU8 { params, .. }
-            | Op::GatherLabels { params, .. } => d.set_params(g, params),
-            Op::Loss { params, .. } => d.set_params(g, params),
-            Op::CorrectCount { params, .. } => d.set_params(g, params),
-            // One fixed entry, written when the dispatch was built.
-            Op::MatmulNt { .. }
-            | Op::MatmulNn { .. }
-            | Op::MatmulTn { .. }
-            | Op::BiasActivationForward { .. }
-            | Op::ActivationBackward { .. }
-            | Op::ColumnSum { .. }
-            | Op::ReduceSum { .. } => Ok(()),
+        match &self.arenas {
+            Some(a) => {
+                let params = update.params_for(a.params.len() as u32);
+                for &i in &self.updates {
+                    self.train[i].set_params(self.gpu, &params)?;
+                }
+            }
+            None => {
+                for (&i, t) in self.updates.iter().zip(&update.tensors) {
+                    self.train[i].set_params(self.gpu, &update.params_for(t.len))?;
+                }
+            }
         }
+        Ok(())
     }
 
     /// Records steps `steps` of `pass` into one compute pass and submits it once, with a

@@ -82,8 +82,8 @@ pub enum Pass {
 
 fn ops_of(plan: &Plan, pass: Pass) -> &[Op] {
     match pass {
-        Pass::Train => &plan.train_step,
-        Pass::Eval => &plan.eval_step,
+        Pass::Train => plan.train_step.ops(),
+        Pass::Eval => plan.eval_step.ops(),
     }
 }
 
@@ -283,15 +283,13 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Re-sends the parameters of the ops `indices` of `pass` after the plan changed them.
-    pub fn refresh(&mut self, plan: &Plan, pass: Pass, indices: &[usize]) -> Result<()> {
-        if let Executor::Gpu(g) = self {
-            for &i in indices {
-                g.refresh(plan, pass, i)?;
-            }
+    /// Takes the update's entries for a new epoch after `Plan::set_epoch` changed them.
+    pub fn set_epoch(&mut self, plan: &Plan) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.set_epoch(plan),
+            // The CPU executor reads the plan's ops directly.
+            Executor::Cpu(_) => Ok(()),
         }
-        // The CPU executor reads the plan's ops directly.
-        Ok(())
     }
 
     /// Saves the buffers `ids` (on the GPU: device-side copies) for `restore`.

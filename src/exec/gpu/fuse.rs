@@ -1,30 +1,24 @@
-//! Fusions across ops of a training step on the GPU: every parameter tensor, gradient and
+//! Fusions across a whole training step on the GPU: every parameter tensor, gradient and
 //! optimizer state as a slot of one arena buffer per role, so that one dispatch updates them
-//! all; and the fully fused small-MLP pass (`kernels::fused_mlp`), which replaces the step's
+//! all; and the fully fused small-MLP pass (`ops::fused_mlp`), which replaces the step's
 //! gathers, forward pass, loss and backward pass where it measures faster.
 
 use crate::autotune;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::Dispatch;
+use crate::ops::data::GatherParams;
 use crate::ops::fused_mlp::{FusedMlp, FusedMlpParams, MlpLayer, MlpShape};
-use crate::ops::optim::OptimParams;
 use crate::ops::{self, Accumulate, Loss};
-use crate::plan::{entry, BufId, Op, Plan};
+use crate::plan::{entry, BufId, Op, Plan, Update, UpdateTensor};
 use crate::tensor::{DType, GpuTensor};
 
-use super::GpuExec;
+use super::{GpuExec, Part};
 
-/// Where a training step's ops are the forward pass, loss and backward pass of a network
-/// the fully fused pass takes: the ops it replaces and what it reads and writes.
+/// Where the training step is the forward pass, loss and backward pass of a network the
+/// fully fused pass takes: what it reads and writes, and which parts of the step it replaces.
 struct MlpPass {
     shape: MlpShape,
-    /// Index of the first forward op: the fused pass runs there.
-    first: usize,
-    /// Index of the last backward op: the sum over tiles runs there.
-    last: usize,
-    /// Every op the two replace (forward, loss, backward).
-    replaced: Vec<usize>,
     /// Per step: the loss's rows and scale, and where the step's rows start.
     params: Vec<FusedMlpParams>,
     pred: BufId,
@@ -35,56 +29,40 @@ struct MlpPass {
     indices: Option<BufId>,
 }
 
+impl MlpPass {
+    /// Whether the pass does the work of a dispatch of this part.
+    fn replaces(&self, part: Part) -> bool {
+        match part {
+            Part::Forward | Part::Loss | Part::Backward => true,
+            Part::GatherInput | Part::GatherValues => self.indices.is_some(),
+            Part::GatherLabels | Part::LossSum | Part::Correct | Part::Update => false,
+        }
+    }
+}
+
 /// The buffers the optimizer update reads and writes, one arena each, slots in the order of
-/// the training step's update ops: slot `i` of every arena belongs to update op `i`.
+/// the update's tensors.
 pub(super) struct Arenas {
     pub(super) params: GpuTensor,
     pub(super) grads: GpuTensor,
-    /// `[velocity]` or `[m, v]`.
+    /// The rule's state tensors, in its `state_names` order.
     pub(super) states: Vec<GpuTensor>,
     /// The slots, to take the place of the buffers they stand for (taken at setup).
     pub(super) views: Vec<(BufId, GpuTensor)>,
 }
 
-/// The buffers an update op reads and writes: `(param, grad, optimizer state)`.
-pub(super) type UpdateBufs = (BufId, BufId, Vec<BufId>);
-
-pub(super) fn update_buffers(op: &Op) -> Option<UpdateBufs> {
-    if let Op::Update {
-        param, state, grad, ..
-    } = op
-    {
-        Some((*param, *grad, state.clone()))
-    } else {
-        None
-    }
-}
-
 impl Arenas {
-    /// Arenas for the update ops of `ops`, where there are at least two, they are
-    /// consecutive, share one kind, touch distinct buffers and the arenas fit the device.
-    /// `None` otherwise (every tensor then keeps a buffer of its own).
-    pub(super) fn plan(gpu: &Gpu, plan: &Plan, ops: &[Op]) -> Result<Option<Arenas>> {
-        let at: Vec<usize> = (0..ops.len())
-            .filter(|&i| update_buffers(&ops[i]).is_some())
-            .collect();
-        if at.len() < 2 || at.windows(2).any(|w| w[1] != w[0] + 1) {
+    /// Arenas for the update's tensors, where there are at least two, they touch distinct
+    /// f32 buffers and the arenas fit the device; `None` otherwise (every tensor then keeps a
+    /// buffer of its own).
+    pub(super) fn plan(gpu: &Gpu, plan: &Plan, update: &Update) -> Result<Option<Arenas>> {
+        let slots = &update.tensors;
+        if slots.len() < 2 {
             return Ok(None);
         }
-        let rule = |op: &Op| {
-            if let Op::Update { rule, .. } = op {
-                Some(*rule)
-            } else {
-                None
-            }
-        };
-        if at.iter().any(|&i| rule(&ops[i]) != rule(&ops[at[0]])) {
-            return Ok(None);
-        }
-        let slots: Vec<_> = at.iter().filter_map(|&i| update_buffers(&ops[i])).collect();
         let mut ids: Vec<BufId> = slots
             .iter()
-            .flat_map(|(p, g, s)| [*p, *g].into_iter().chain(s.iter().copied()))
+            .flat_map(|t| [t.param, t.grad].into_iter().chain(t.state.iter().copied()))
             .collect();
         let all = ids.len();
         ids.sort_unstable();
@@ -92,7 +70,7 @@ impl Arenas {
         if ids.len() != all || ids.iter().any(|&id| plan.buffers[id].dtype != DType::F32) {
             return Ok(None);
         }
-        let arena = |label: &str, pick: &dyn Fn(&UpdateBufs) -> BufId| {
+        let arena = |label: &str, pick: &dyn Fn(&UpdateTensor) -> BufId| {
             let specs: Vec<(&str, &[usize])> = slots
                 .iter()
                 .map(|s| {
@@ -104,22 +82,22 @@ impl Arenas {
         };
         let bytes: u64 = slots
             .iter()
-            .map(|s| GpuTensor::slot_bytes(gpu, &plan.buffers[s.0].shape))
+            .map(|s| GpuTensor::slot_bytes(gpu, &plan.buffers[s.param].shape))
             .sum();
         if gpu.check_buffer_size("optimizer arena", bytes).is_err() {
             return Ok(None);
         }
         let mut views = Vec::new();
         let mut take = |(whole, slot_views): (GpuTensor, Vec<GpuTensor>),
-                        pick: &dyn Fn(&UpdateBufs) -> BufId| {
+                        pick: &dyn Fn(&UpdateTensor) -> BufId| {
             views.extend(slots.iter().map(pick).zip(slot_views));
             whole
         };
-        let params = take(arena("parameters", &|s| s.0)?, &|s| s.0);
-        let grads = take(arena("gradients", &|s| s.1)?, &|s| s.1);
+        let params = take(arena("parameters", &|s| s.param)?, &|s| s.param);
+        let grads = take(arena("gradients", &|s| s.grad)?, &|s| s.grad);
         let mut states = Vec::new();
-        for k in 0..slots[0].2.len() {
-            let pick = |s: &UpdateBufs| s.2[k];
+        for k in 0..update.rule.state_names().len() {
+            let pick = |s: &UpdateTensor| s.state[k];
             states.push(take(arena("optimizer state", &pick)?, &pick));
         }
         Ok(Some(Arenas {
@@ -132,36 +110,34 @@ impl Arenas {
 }
 
 impl GpuExec<'_> {
-    /// Where the parameter tensors live in arenas, replaces the training step's update
-    /// dispatches by one over the arenas: it sits at the last update op's index, and the
-    /// others are disabled. The update formulas are element-wise and the arenas' padding is
-    /// zeros that stay zeros, so every parameter gets the same bits as from its own update.
-    pub(super) fn fuse_updates(&mut self, plan: &Plan) -> Result<Option<usize>> {
-        let Some(a) = &self.arenas else {
-            return Ok(None);
-        };
-        let at: Vec<usize> = (0..plan.train_step.len())
-            .filter(|&i| update_buffers(&plan.train_step[i]).is_some())
-            .collect();
-        let Some(&last) = at.last() else {
-            return Ok(None);
-        };
-        let fused = self.update_dispatch(plan, last, a)?;
-        for &i in &at {
-            self.train[i].disable();
-        }
-        self.train[last] = fused;
-        Ok(Some(last))
+    /// The update of every arena slot at once, with the update's entries stretched over the
+    /// whole arena. The update formulas are element-wise and the arenas' padding is zeros
+    /// that stay zeros, so every parameter gets the same bits as from its own update.
+    pub(super) fn update_dispatch(&self, update: &Update, a: &Arenas) -> Result<Dispatch> {
+        let len = a.params.len() as u32;
+        let params = update.params_for(len);
+        let states: Vec<&GpuTensor> = a.states.iter().collect();
+        let mut d = ops::update(
+            &self.kernels,
+            update.rule,
+            &a.params,
+            &states,
+            &a.grads,
+            entry(&params, 0),
+        )?;
+        d.set_params(self.gpu, &params)?;
+        Ok(d)
     }
 
-    /// The training step's forward, loss and backward ops as one fully fused pass plus a
-    /// sum over its tiles (`kernels::fused_mlp`), where the network fits it, the parameters
-    /// live in the arena and `Gpu::fused_mlp` allows: `On`, or `Auto` where one step is big
-    /// enough to measure and the fused pass measures faster (the choice is cached with the
-    /// matmul choices). The replaced ops' dispatches are disabled.
-    pub(super) fn fuse_mlp(&mut self, plan: &Plan) -> Result<()> {
+    /// The training step's forward pass, loss and backward pass as one fully fused pass
+    /// plus a sum over its tiles (`ops::fused_mlp`), where the network fits it, the
+    /// parameters live in the arena and the tuning allows: `FusedMlp::On`, or `Auto` where
+    /// one step is big enough to measure and the fused pass measures faster (the choice is
+    /// cached with the matmul choices). `step` is the op-by-op dispatches of the step; the
+    /// ones the pass replaces make way for it.
+    pub(super) fn fuse_mlp(&mut self, plan: &Plan, step: &mut Vec<(Part, Dispatch)>) -> Result<()> {
         let policy = self.kernels.tuning().fused_mlp;
-        if policy == FusedMlp::Off || !self.kernels.tuning().fuse || self.fused_update.is_none() {
+        if policy == FusedMlp::Off || !self.kernels.tuning().fuse || self.arenas.is_none() {
             return Ok(());
         }
         // Through the GL backend llvmpipe compiles the pass's unrolled source for minutes and
@@ -257,7 +233,12 @@ impl GpuExec<'_> {
                 }
                 let mut lists: Vec<Vec<&Dispatch>> =
                     built.iter().map(|(_, (d, sum))| vec![d, sum]).collect();
-                lists.push(pass.replaced.iter().map(|&i| &self.train[i]).collect());
+                lists.push(
+                    step.iter()
+                        .filter(|(part, _)| pass.replaces(*part))
+                        .map(|(_, d)| d)
+                        .collect(),
+                );
                 let times = autotune::time_lists(g, &lists)?;
                 // The op-by-op kernels stay unless a fused pass is clearly faster.
                 let ops_time = times[built.len()];
@@ -293,39 +274,45 @@ impl GpuExec<'_> {
             }
             Err(e) => return Err(e),
         };
-        let form = shape.entry_point();
-        for &i in &pass.replaced {
-            self.train[i].disable();
+        // The pass where the forward pass began, the sum over tiles where the backward pass
+        // ended; what they replace goes.
+        let first = step.iter().position(|(p, _)| *p == Part::Forward);
+        let last = step.iter().rposition(|(p, _)| *p == Part::Backward);
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(());
+        };
+        let mut out = Vec::with_capacity(step.len());
+        let (mut fused, mut sum) = (Some(fused), Some(sum));
+        for (i, (part, d)) in std::mem::take(step).into_iter().enumerate() {
+            if i == first {
+                out.extend(fused.take().map(|f| (Part::Forward, f)));
+            }
+            if !pass.replaces(part) {
+                out.push((part, d));
+            }
+            if i == last {
+                out.extend(sum.take().map(|s| (Part::Backward, s)));
+            }
         }
-        self.train[pass.first] = fused;
-        self.train[pass.last] = sum;
-        self.mlp_form = Some(form);
+        *step = out;
+        self.mlp_form = Some(shape.entry_point());
         Ok(())
     }
 
-    /// The fused pass's view of the training step, where the step has exactly the shape
-    /// the pass replaces: every layer's product and bias-activation, an MSE or binary
-    /// cross-entropy loss on the last
-    /// layer's output against the batch values, and a backward pass that only writes the
-    /// gradient slots and scratch deltas, none of it accumulating.
+    /// The fused pass's view of the training step, where the step is one the pass takes:
+    /// an MSE or binary cross-entropy loss (value targets), every parameter a slot of the
+    /// arena, and a network the pass's shapes hold. Where the input rows and their target
+    /// values are gathered from f32 tables by one row order, the pass gathers them itself.
     fn mlp_pass(&self, plan: &Plan) -> Option<MlpPass> {
-        let ops = &plan.train_step;
+        let step = &plan.train_step;
         let a = self.arenas.as_ref()?;
-        let layers = &plan.network.layers;
-        let n = layers.len();
-        let first = ops
-            .iter()
-            .position(|op| matches!(op, Op::MatmulNt { .. }))?;
-        let target = plan.batch_values?;
-        let loss_at = first + 2 * n;
-        // MSE or binary cross-entropy: losses over value targets.
         let Op::Loss {
             kind,
             pred,
-            target: t,
+            target,
             params: loss,
             ..
-        } = ops.get(loss_at)?
+        } = &step.loss.as_ref()?.loss
         else {
             return None;
         };
@@ -334,129 +321,54 @@ impl GpuExec<'_> {
             Loss::BinaryCrossEntropy => true,
             Loss::SoftmaxCrossEntropy => return None,
         };
-        if *t != target || *pred != plan.layers[n - 1].out {
-            return None;
-        }
-        // Forward: layer by layer, product then bias and activation.
-        let mut x = plan.input;
-        for (l, bufs) in plan.layers.iter().enumerate() {
-            match (&ops[first + 2 * l], &ops[first + 2 * l + 1]) {
-                (
-                    Op::MatmulNt {
-                        out,
-                        a: xa,
-                        b,
-                        params,
-                    },
-                    Op::BiasActivationForward {
-                        out: o2,
-                        pre,
-                        bias,
-                        params: ap,
-                    },
-                ) if *out == bufs.pre
-                    && *xa == x
-                    && *b == bufs.weight
-                    && params.accumulate == 0
-                    && *o2 == bufs.out
-                    && *pre == bufs.pre
-                    && *bias == bufs.bias
-                    && ap.kind == layers[l].activation.code() => {}
-                _ => return None,
-            }
-            x = bufs.out;
-        }
-        // Then the loss sum and metrics (kept), then the backward ops up to the updates.
-        let mut i = loss_at + 1;
-        while matches!(ops.get(i)?, Op::ReduceSum { .. } | Op::CorrectCount { .. }) {
-            i += 1;
-        }
-        let mut replaced: Vec<usize> = (first..=loss_at).collect();
-        let grads: Vec<BufId> = plan
-            .layers
-            .iter()
-            .flat_map(|b| [Some(b.d_weight), b.d_bias])
-            .flatten()
-            .collect();
-        let mut written = Vec::new();
-        while update_buffers(ops.get(i)?).is_none() {
-            match &ops[i] {
-                Op::ActivationBackward { .. } => {}
-                Op::MatmulNn { params, .. } if params.accumulate == 0 => {}
-                Op::MatmulTn { out, params, .. } if params.accumulate == 0 => written.push(*out),
-                Op::ColumnSum { out, params, .. } if params.accumulate == 0 => written.push(*out),
-                // Anything else (an accumulating product, a gather, a loss, ...) is not a
-                // backward pass the fused kernel replaces.
-                Op::MatmulNn { .. }
-                | Op::MatmulTn { .. }
-                | Op::ColumnSum { .. }
-                | Op::GatherRows { .. }
-                | Op::GatherRowsU8 { .. }
-                | Op::GatherLabels { .. }
-                | Op::MatmulNt { .. }
-                | Op::BiasActivationForward { .. }
-                | Op::Loss { .. }
-                | Op::ReduceSum { .. }
-                | Op::CorrectCount { .. }
-                | Op::Update { .. } => return None,
-            }
-            replaced.push(i);
-            i += 1;
-        }
-        written.sort_unstable();
-        let mut want = grads.clone();
-        want.sort_unstable();
-        if written != want {
-            return None;
-        }
         // Every parameter is a slot of the arena (the grads arena has the same layout).
         let in_arena = |id: BufId| self.tensors[id].buffer() == a.params.buffer();
-        if !plan
-            .layers
-            .iter()
-            .all(|b| in_arena(b.weight) && b.bias.is_none_or(in_arena))
-        {
-            return None;
-        }
         let slot = |id: BufId| (self.tensors[id].offset() / 4) as usize;
         let mut mlp = Vec::new();
-        for (l, bufs) in layers.iter().zip(&plan.layers) {
+        for l in &step.layers {
+            if !in_arena(l.weight) || !l.bias.is_none_or(in_arena) {
+                return None;
+            }
             mlp.push(MlpLayer {
                 inputs: l.inputs,
                 outputs: l.outputs,
                 kind: l.activation.code(),
                 slope: l.activation.slope(),
-                weight_at: slot(bufs.weight),
-                bias_at: bufs.bias.map(slot),
+                weight_at: slot(l.weight),
+                bias_at: l.bias.map(slot),
             });
         }
         let shape = MlpShape::new(&mlp, a.params.len())?.with_bce(bce);
-        // The gathers of the input rows and their target values (f32 tables, one row order)
-        // become the pass's own reads where both are there.
-        let gather_of = |out: BufId| {
-            ops[..first].iter().enumerate().find_map(|(i, op)| {
-                if let Op::GatherRows {
-                    out: o,
-                    data,
-                    indices,
-                    params,
-                } = op
-                {
-                    (*o == out).then_some((i, *data, *indices, params))
-                } else {
-                    None
-                }
-            })
-        };
-        let steps = |p: &[ops::data::GatherParams]| p.len();
-        let gathered = match (gather_of(plan.input), gather_of(target)) {
+        // The gathers of the input rows and their target values become the pass's own reads
+        // where both gather f32 rows by one row order, step for step.
+        let gather = step.gather.as_ref();
+        // (table, row order, per-step entries) of a gather of f32 rows; `None` for pixel
+        // bytes, or where nothing is gathered on the device (streamed): the pass then reads
+        // the gathered batch.
+        fn rows_of(op: Option<&Op>) -> Option<(BufId, BufId, &[GatherParams])> {
+            if let Some(Op::GatherRows {
+                data,
+                indices,
+                params,
+                ..
+            }) = op
+            {
+                Some((*data, *indices, params))
+            } else {
+                None
+            }
+        }
+        let gathered = match (
+            rows_of(gather.and_then(|g| g.input.as_ref())),
+            rows_of(gather.and_then(|g| g.values.as_ref())),
+        ) {
             (Some(gx), Some(gt))
-                if gx.2 == gt.2
-                    && steps(gx.3) == steps(gt.3)
+                if gx.1 == gt.1
+                    && gx.2.len() == gt.2.len()
                     && gx
-                        .3
+                        .2
                         .iter()
-                        .zip(gt.3)
+                        .zip(gt.2)
                         .all(|(a, b)| a.start == b.start && a.rows == b.rows) =>
             {
                 Some((gx, gt))
@@ -465,7 +377,7 @@ impl GpuExec<'_> {
         };
         let n = loss
             .len()
-            .max(gathered.as_ref().map_or(1, |g| steps(g.0 .3)));
+            .max(gathered.as_ref().map_or(1, |g| g.0 .2.len()));
         let params = (0..n)
             .map(|s| {
                 let l = entry(loss, s);
@@ -474,25 +386,17 @@ impl GpuExec<'_> {
                     cols: l.cols,
                     batch_rows: l.batch_rows,
                     scale: l.scale,
-                    start: gathered.as_ref().map_or(0, |g| entry(g.0 .3, s).start),
+                    start: gathered.as_ref().map_or(0, |g| entry(g.0 .2, s).start),
                     ..Default::default()
                 }
             })
             .collect();
         let (x, target, indices) = match &gathered {
-            Some((gx, gt)) => {
-                replaced.push(gx.0);
-                replaced.push(gt.0);
-                replaced.sort_unstable();
-                (gx.1, gt.1, Some(gx.2))
-            }
-            None => (plan.input, target, None),
+            Some((gx, gt)) => (gx.0, gt.0, Some(gx.1)),
+            None => (plan.input, *target, None),
         };
         Some(MlpPass {
             shape,
-            first,
-            last: *replaced.last()?,
-            replaced,
             params,
             pred: *pred,
             x,
@@ -500,59 +404,4 @@ impl GpuExec<'_> {
             indices,
         })
     }
-
-    /// The update of every arena slot at once, with the parameter entries of update op
-    /// `index` stretched over the whole arena.
-    pub(super) fn update_dispatch(
-        &self,
-        plan: &Plan,
-        index: usize,
-        a: &Arenas,
-    ) -> Result<Dispatch> {
-        let Some((rule, params)) = update_entries(&plan.train_step[index]) else {
-            return Err(crate::error::Error::Config(format!(
-                "op {index} of the training step is not an update"
-            )));
-        };
-        let states: Vec<&GpuTensor> = a.states.iter().collect();
-        let mut d = ops::update(
-            &self.kernels,
-            rule,
-            &a.params,
-            &states,
-            &a.grads,
-            entry(params, 0),
-        )?;
-        set_update_params(self.gpu, &mut d, params, a.params.len() as u32)?;
-        Ok(d)
-    }
-
-    /// Re-sends the fused update's entries (after `Plan::set_epoch`), stretched over the
-    /// arena.
-    pub(super) fn refresh_update(&mut self, plan: &Plan, index: usize) -> Result<()> {
-        let (Some(a), Some((_, params))) = (
-            self.arenas.as_ref(),
-            update_entries(&plan.train_step[index]),
-        ) else {
-            return Ok(());
-        };
-        let len = a.params.len() as u32;
-        set_update_params(self.gpu, &mut self.train[index], params, len)
-    }
-}
-
-/// An update op's rule and per-step entries.
-fn update_entries(op: &Op) -> Option<(ops::UpdateRule, &[OptimParams])> {
-    if let Op::Update { rule, params, .. } = op {
-        Some((*rule, params))
-    } else {
-        None
-    }
-}
-
-/// Gives the fused update the entries of an update op with `len` set to the whole arena's
-/// (the per-tensor ops carry their own tensor's length).
-fn set_update_params(gpu: &Gpu, d: &mut Dispatch, params: &[OptimParams], len: u32) -> Result<()> {
-    let params: Vec<_> = params.iter().map(|p| OptimParams { len, ..*p }).collect();
-    d.set_params(gpu, &params)
 }

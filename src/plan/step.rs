@@ -1,0 +1,435 @@
+//! One pass of a plan (a training step, or an evaluation batch) in stages that keep the
+//! network's shape: the gathers of the batch, one dense stage per layer, the loss, one
+//! backward stage per layer (last first) and the optimizer update of every parameter tensor.
+//! The executors read the stages: the CPU executor runs their ops in order
+//! ([`Step::ops`]); the GPU executor decides its fusions from the stages' properties (a
+//! layer's product and activation, a delta and the activation derivative below it, the
+//! update of every tensor, the whole step as one fused pass) rather than from positions in
+//! an op list. No wgpu here.
+
+use crate::ops::activation::{Activation, ActivationParams};
+use crate::ops::data::GatherParams;
+use crate::ops::matmul::{MatmulForm, MatmulParams};
+use crate::ops::optim::{OptimParams, UpdateRule};
+use crate::ops::reduce::{ReduceParams, RowsParams};
+use crate::ops::Loss;
+
+use super::BufId;
+use crate::ops::loss::LossParams;
+
+/// One kernel launch. Ops whose parameters change from step to step (the gather's start,
+/// the live rows of a partial last batch, Adam's bias corrections, the scheduled learning
+/// rate) hold one entry per step of the epoch; step `s` uses entry `min(s, len - 1)`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    GatherRows {
+        out: BufId,
+        data: BufId,
+        indices: BufId,
+        params: Vec<GatherParams>,
+    },
+    GatherRowsU8 {
+        out: BufId,
+        data: BufId,
+        indices: BufId,
+        params: Vec<GatherParams>,
+    },
+    GatherLabels {
+        out: BufId,
+        labels: BufId,
+        indices: BufId,
+        params: Vec<GatherParams>,
+    },
+    MatmulNt {
+        out: BufId,
+        a: BufId,
+        b: BufId,
+        params: MatmulParams,
+    },
+    MatmulNn {
+        out: BufId,
+        a: BufId,
+        b: BufId,
+        params: MatmulParams,
+    },
+    MatmulTn {
+        out: BufId,
+        a: BufId,
+        b: BufId,
+        params: MatmulParams,
+    },
+    BiasActivationForward {
+        out: BufId,
+        pre: BufId,
+        bias: Option<BufId>,
+        params: ActivationParams,
+    },
+    ActivationBackward {
+        dpre: BufId,
+        dout: BufId,
+        pre: BufId,
+        params: ActivationParams,
+    },
+    ColumnSum {
+        out: BufId,
+        x: BufId,
+        params: RowsParams,
+    },
+    Loss {
+        kind: Loss,
+        grad: BufId,
+        row_loss: BufId,
+        pred: BufId,
+        target: BufId,
+        params: Vec<LossParams>,
+    },
+    ReduceSum {
+        out: BufId,
+        x: BufId,
+        params: ReduceParams,
+    },
+    CorrectCount {
+        count: BufId,
+        x: BufId,
+        labels: BufId,
+        params: Vec<RowsParams>,
+    },
+    /// One optimizer step of one parameter tensor: `state` in the rule's
+    /// `state_names` order.
+    Update {
+        rule: UpdateRule,
+        param: BufId,
+        state: Vec<BufId>,
+        grad: BufId,
+        params: Vec<OptimParams>,
+    },
+}
+
+impl Op {
+    /// The form and sizes of a matrix product op; `None` for every other op.
+    pub fn matmul(&self) -> Option<(MatmulForm, &MatmulParams)> {
+        match self {
+            Op::MatmulNt { params, .. } => Some((MatmulForm::Nt, params)),
+            Op::MatmulNn { params, .. } => Some((MatmulForm::Nn, params)),
+            Op::MatmulTn { params, .. } => Some((MatmulForm::Tn, params)),
+            Op::GatherRows { .. }
+            | Op::GatherRowsU8 { .. }
+            | Op::GatherLabels { .. }
+            | Op::BiasActivationForward { .. }
+            | Op::ActivationBackward { .. }
+            | Op::ColumnSum { .. }
+            | Op::Loss { .. }
+            | Op::ReduceSum { .. }
+            | Op::CorrectCount { .. }
+            | Op::Update { .. } => None,
+        }
+    }
+}
+
+/// Picks the entry of step `step` from a per-step list.
+pub fn entry<P: Copy>(params: &[P], step: usize) -> P {
+    params[step.min(params.len() - 1)]
+}
+
+/// The gathers of a batch through the pass's row order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gather {
+    /// The input rows (`GatherRows`, or `GatherRowsU8` for pixel bytes); `None` where the
+    /// features stay on the host and each batch is written by the caller.
+    pub input: Option<Op>,
+    /// The batch's class labels, for the loss or the accuracy.
+    pub labels: Option<Op>,
+    /// The batch's target values (`GatherRows`), for a loss over values.
+    pub values: Option<Op>,
+}
+
+/// One dense layer's forward pass: `pre = x · weightᵀ`, then `pre += bias` and
+/// `out = act(pre)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseStage {
+    pub layer: usize,
+    pub x: BufId,            // (batch, inputs)
+    pub weight: BufId,       // (outputs, inputs)
+    pub bias: Option<BufId>, // (outputs)
+    pub pre: BufId,          // (batch, outputs)
+    pub out: BufId,          // (batch, outputs)
+    pub activation: Activation,
+    pub batch: usize,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+impl DenseStage {
+    /// `pre = x · weightᵀ`.
+    pub fn product(&self) -> Op {
+        Op::MatmulNt {
+            out: self.pre,
+            a: self.x,
+            b: self.weight,
+            params: MatmulParams {
+                m: self.batch as u32,
+                n: self.outputs as u32,
+                k: self.inputs as u32,
+                accumulate: 0,
+            },
+        }
+    }
+
+    /// `pre += bias`, `out = act(pre)`.
+    pub fn bias_activation(&self) -> Op {
+        Op::BiasActivationForward {
+            out: self.out,
+            pre: self.pre,
+            bias: self.bias,
+            params: ActivationParams {
+                rows: self.batch as u32,
+                cols: self.outputs as u32,
+                kind: self.activation.code(),
+                has_bias: self.bias.is_some() as u32,
+                slope: self.activation.slope(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// The loss of the batch with its gradient, and its sum into the pass's loss total.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossStage {
+    /// `Op::Loss`: the gradient dL/d(prediction) and each row's loss.
+    pub loss: Op,
+    /// `Op::ReduceSum` of the row losses into the pass's total.
+    pub sum: Op,
+}
+
+/// One layer's backward pass: dL/dpre = dL/dout * act'(pre) (none for identity, where
+/// dpre is dout itself), written over the layer's `out`, which nothing reads any more once
+/// the loss and the next layer's weight gradient have; dW = dpreᵀ · x; db = column sums of
+/// dpre; and the input delta dL/dx = dpre · W into the previous layer's `delta`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackwardStage {
+    pub layer: usize,
+    /// dL/d(out): the loss gradient, or the input delta the next layer wrote.
+    pub dout: BufId, // (batch, outputs)
+    /// Where dL/dpre is: `dout` for identity, else the layer's `out` buffer.
+    pub dpre: BufId, // (batch, outputs)
+    pub pre: BufId, // (batch, outputs)
+    pub activation: Activation,
+    pub x: BufId,                   // (batch, inputs): the layer's input
+    pub weight: BufId,              // (outputs, inputs)
+    pub d_weight: BufId,            // (outputs, inputs)
+    pub d_bias: Option<BufId>,      // (outputs)
+    pub input_delta: Option<BufId>, // (batch, inputs): absent for the first layer
+    pub batch: usize,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+impl BackwardStage {
+    /// `dpre = dout * act'(pre)`; `None` for identity.
+    pub fn activation_backward(&self) -> Option<Op> {
+        (self.activation != Activation::Identity).then(|| Op::ActivationBackward {
+            dpre: self.dpre,
+            dout: self.dout,
+            pre: self.pre,
+            params: ActivationParams {
+                rows: self.batch as u32,
+                cols: self.outputs as u32,
+                kind: self.activation.code(),
+                slope: self.activation.slope(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// `d_weight = dpreᵀ · x`.
+    pub fn weight_grad(&self) -> Op {
+        Op::MatmulTn {
+            out: self.d_weight,
+            a: self.dpre,
+            b: self.x,
+            params: MatmulParams {
+                m: self.outputs as u32,
+                n: self.inputs as u32,
+                k: self.batch as u32,
+                accumulate: 0,
+            },
+        }
+    }
+
+    /// `d_bias = column sums of dpre`.
+    pub fn bias_grad(&self) -> Option<Op> {
+        self.d_bias.map(|out| Op::ColumnSum {
+            out,
+            x: self.dpre,
+            params: RowsParams {
+                rows: self.batch as u32,
+                cols: self.outputs as u32,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// `input_delta = dpre · weight`.
+    pub fn input_delta(&self) -> Option<Op> {
+        self.input_delta.map(|out| Op::MatmulNn {
+            out,
+            a: self.dpre,
+            b: self.weight,
+            params: MatmulParams {
+                m: self.batch as u32,
+                n: self.inputs as u32,
+                k: self.outputs as u32,
+                accumulate: 0,
+            },
+        })
+    }
+}
+
+/// One parameter tensor an update changes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdateTensor {
+    pub param: BufId,
+    pub grad: BufId,
+    /// The rule's state tensors, in its `state_names` order.
+    pub state: Vec<BufId>,
+    /// Elements of the tensor.
+    pub len: u32,
+}
+
+/// The optimizer step of every parameter tensor, weights and biases in layer order; it
+/// comes last, since the backward pass reads the parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    pub rule: UpdateRule,
+    pub tensors: Vec<UpdateTensor>,
+    /// The uniform per step of the epoch (one entry where the rule's does not vary), with
+    /// `len` 0: each dispatch sets it to the elements it updates.
+    pub params: Vec<OptimParams>,
+}
+
+impl Update {
+    /// The entries for `len` elements.
+    pub fn params_for(&self, len: u32) -> Vec<OptimParams> {
+        self.params
+            .iter()
+            .map(|p| OptimParams { len, ..*p })
+            .collect()
+    }
+
+    /// One `Op::Update` per tensor.
+    pub fn ops(&self) -> impl Iterator<Item = Op> + '_ {
+        self.tensors.iter().map(|t| Op::Update {
+            rule: self.rule,
+            param: t.param,
+            state: t.state.clone(),
+            grad: t.grad,
+            params: self.params_for(t.len),
+        })
+    }
+}
+
+/// One pass in stages (see the module's doc).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Step {
+    pub gather: Option<Gather>,
+    pub layers: Vec<DenseStage>,
+    /// Absent where the pass has no targets (a forward-only plan).
+    pub loss: Option<LossStage>,
+    /// `Op::CorrectCount`, for classification data.
+    pub correct: Option<Op>,
+    /// Last layer first (training only).
+    pub backward: Vec<BackwardStage>,
+    /// Training only.
+    pub update: Option<Update>,
+    /// The stages' ops in order, kept in step with the stages by `Step::refresh`.
+    pub(super) ops: Vec<Op>,
+}
+
+impl Step {
+    /// The step's ops, one kernel each, in the order they run: gathers; each layer's
+    /// product and activation; loss, loss sum and correct count; each backward stage's
+    /// activation derivative, weight gradient, bias gradient and input delta; the updates.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Whether the pass does anything.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Rebuilds the op list from the stages (after a stage changed).
+    pub fn refresh(&mut self) {
+        let mut ops = Vec::new();
+        if let Some(g) = &self.gather {
+            ops.extend(g.input.iter().chain(&g.labels).chain(&g.values).cloned());
+        }
+        for l in &self.layers {
+            ops.push(l.product());
+            ops.push(l.bias_activation());
+        }
+        if let Some(l) = &self.loss {
+            ops.push(l.loss.clone());
+            ops.push(l.sum.clone());
+        }
+        ops.extend(self.correct.clone());
+        for b in &self.backward {
+            ops.extend(b.activation_backward());
+            ops.push(b.weight_grad());
+            ops.extend(b.bias_grad());
+            ops.extend(b.input_delta());
+        }
+        if let Some(u) = &self.update {
+            ops.extend(u.ops());
+        }
+        self.ops = ops;
+    }
+}
+
+/// The per-step parameters of a pass over `rows` rows in batches of `batch`.
+pub(super) fn gather_entries(rows: usize, batch: usize, cols: usize) -> Vec<GatherParams> {
+    (0..rows.div_ceil(batch))
+        .map(|s| GatherParams {
+            rows: (rows - s * batch).min(batch) as u32,
+            cols: cols as u32,
+            start: (s * batch) as u32,
+            batch_rows: batch as u32,
+            divisor: super::PIXEL_DIVISOR,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The loss's per-step parameters for `live` rows per step.
+pub(super) fn loss_params(
+    loss: Loss,
+    live: &[usize],
+    outputs: usize,
+    batch: usize,
+) -> Vec<LossParams> {
+    live.iter()
+        .map(|&r| loss.params(r, outputs, batch))
+        .collect()
+}
+
+/// The correct count's per-step parameters.
+pub(super) fn correct_params(live: &[usize], outputs: usize, threshold: f32) -> Vec<RowsParams> {
+    live.iter()
+        .map(|&r| RowsParams {
+            rows: r as u32,
+            cols: outputs as u32,
+            threshold,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The loss sum's parameters: every row of the batch (the dead rows' losses are zeros).
+pub(super) fn sum_params(batch: usize) -> ReduceParams {
+    ReduceParams {
+        len: batch as u32,
+        accumulate: 1,
+        ..Default::default()
+    }
+}
