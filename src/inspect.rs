@@ -1,12 +1,12 @@
-//! Looking inside a forward pass: [`Model::forward_layers`] runs the model's evaluation step
-//! (the same plan and kernels as `Model::predict`, on the GPU or the CPU) and reads back
+//! Looking inside a forward pass: [`Model::forward_layers`] runs the model's forward-only
+//! run (the same plan and kernels as `Model::predict`, on the GPU or the CPU) and reads back
 //! every layer's pre-activation `net = x·Wᵀ + b` and output `act(net)`, which is what the
 //! lecture writes out by hand for its XOR network. It is for teaching and debugging small
 //! batches; training never reads these buffers.
 
 use crate::error::Result;
 use crate::exec::Device;
-use crate::trainer::Model;
+use crate::model::Model;
 
 /// One layer's values for every input row, row-major `(rows, outputs)`.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,11 +35,11 @@ impl Model {
                 out: Vec::with_capacity(rows * l.outputs),
             })
             .collect();
-        let Some(mut run) = self.forward_run(device, x, rows, "forward_layers")? else {
+        let Some(mut run) = self.forward_run(device, x, rows)? else {
             return Ok(layers);
         };
-        for s in 0..run.bufs.steps {
-            let live = run.step(s)?;
+        for s in 0..run.bufs(crate::exec::Pass::Eval)?.steps {
+            let live = run.eval_batch(s)?;
             for ((bufs, l), dst) in run
                 .plan
                 .layers

@@ -18,6 +18,7 @@ pub mod gpu;
 pub mod inspect;
 pub mod kernels;
 pub mod lecture;
+pub mod model;
 pub mod network;
 pub mod ops;
 pub mod optim;
@@ -26,6 +27,7 @@ pub mod perceptron;
 pub mod plan;
 pub mod plot;
 pub mod rng;
+pub mod run;
 pub mod tensor;
 pub mod trainer;
 

@@ -1,8 +1,9 @@
-//! The scheduler: a [`Trainer`] owns a run's resident state (through an [`Executor`]) and
-//! runs epochs of whole training steps: per epoch, the shuffled order goes to the device
-//! once; per step, one submission (gather, forward, loss, backward, update, metrics); reads
-//! only at log points. [`Model`] is the network with its parameter values, and [`fit`] the
-//! one-call training loop with validation, early stopping and a learning-rate schedule.
+//! The scheduler: a [`Trainer`] owns a run's resident state (a [`Run`]) and runs epochs of
+//! whole training steps: per epoch, the scheduled learning rate and the shuffled order go to
+//! the device once; per step, one submission (gather, forward, loss, backward, update,
+//! metrics); reads only at log points. [`fit`] is the one-call training loop with
+//! validation, early stopping and a learning-rate schedule. The model itself is
+//! `model.rs`'s.
 
 use std::time::Instant;
 
@@ -11,27 +12,15 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::exec::{Device, Executor, Pass};
-use crate::network::{Init, LayerParams, Network, Parameters};
-use crate::ops::loss::Loss;
+use crate::ops::Loss;
 use crate::optim::{Optimizer, Schedule};
-use crate::plan::{pixel_bytes, targets_for, DataBufs, Plan};
+use crate::plan::Plan;
 use crate::rng::{Rng, RngState};
+use crate::run::Run;
 use crate::tensor::GpuTensor;
 
-/// A network and the values of its parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Model {
-    pub network: Network,
-    pub params: Parameters,
-}
-
-/// Loss and (for classification data) accuracy over a dataset.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Evaluation {
-    pub loss: f32,
-    pub accuracy: Option<f32>,
-    pub samples: usize,
-}
+pub use crate::model::{Evaluation, Model};
+use crate::network::Parameters;
 
 /// When to stop before the last epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,265 +109,10 @@ pub struct Progress {
     pub loss: Option<f32>,
 }
 
-impl Model {
-    /// A network with seeded initial parameters.
-    pub fn new(network: Network, init: Init, seed: u64) -> Result<Model> {
-        network.validate()?;
-        let params = Parameters::init(&network, init, seed);
-        Ok(Model { network, params })
-    }
-
-    /// A network with given parameters (checked against its shapes).
-    pub fn with_params(network: Network, params: Parameters) -> Result<Model> {
-        network.validate()?;
-        params.check(&network, "parameters")?;
-        Ok(Model { network, params })
-    }
-
-    /// Loss and accuracy over `data` (one submission for all batches on the GPU).
-    pub fn evaluate(
-        &self,
-        device: Device<'_>,
-        loss: Loss,
-        data: &Dataset,
-        batch: usize,
-    ) -> Result<Evaluation> {
-        let mut plan = Plan::new(&self.network, loss, None, None, Some(data), batch)?;
-        stream_large_tables(&mut plan, device);
-        let mut exec = Executor::new(device, &plan)?;
-        upload_params(&mut exec, &plan, &self.params)?;
-        let eval = plan
-            .eval
-            .clone()
-            .ok_or_else(|| Error::Config("no evaluation data".into()))?;
-        upload_data(&mut exec, &plan, &eval, data, loss)?;
-        let order: Vec<u32> = (0..data.len() as u32).collect();
-        evaluate_pass(&mut exec, &plan, &eval, (&data.features, &order))
-    }
-
-    /// The network's outputs for `rows` samples of `x` (row-major, `rows x inputs`):
-    /// `rows x outputs` values, computed on `device` in batches.
-    pub fn predict(&self, device: Device<'_>, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let outputs = self.network.output_width();
-        let mut out = Vec::with_capacity(rows * outputs);
-        let Some(mut run) = self.forward_run(device, x, rows, "predict")? else {
-            return Ok(out);
-        };
-        let last = run
-            .plan
-            .layers
-            .last()
-            .map(|l| l.out)
-            .unwrap_or(run.plan.input);
-        for s in 0..run.bufs.steps {
-            let live = run.step(s)?;
-            out.extend_from_slice(&run.exec.read_f32(last)?[..live * outputs]);
-        }
-        Ok(out)
-    }
-
-    /// A forward-only run over `rows` samples of `x` (row-major, `rows x inputs`) in batches
-    /// of up to 1024, parameters and inputs uploaded; `None` for zero rows. `predict` and
-    /// `forward_layers` step through it.
-    pub(crate) fn forward_run<'a>(
-        &self,
-        device: Device<'a>,
-        x: &[f32],
-        rows: usize,
-        op: &str,
-    ) -> Result<Option<ForwardRun<'a>>> {
-        let inputs = self.network.input_width();
-        let outputs = self.network.output_width();
-        if rows.checked_mul(inputs) != Some(x.len()) {
-            return Err(Error::shape(
-                op,
-                format!("{rows} x {inputs} values"),
-                x.len(),
-            ));
-        }
-        if rows == 0 {
-            return Ok(None);
-        }
-        // The targets are not used; zeros keep the plan's loss defined.
-        let data = Dataset::new(
-            op,
-            x.to_vec(),
-            inputs,
-            crate::data::Targets::Values {
-                values: vec![0.0; rows * outputs],
-                width: outputs,
-            },
-        )?;
-        let mut plan = Plan::new(&self.network, Loss::Mse, None, None, Some(&data), 1024)?;
-        stream_large_tables(&mut plan, device);
-        let mut exec = Executor::new(device, &plan)?;
-        upload_params(&mut exec, &plan, &self.params)?;
-        let bufs = plan
-            .eval
-            .clone()
-            .ok_or_else(|| Error::Config(format!("{op}: the plan has no evaluation data")))?;
-        upload_data(&mut exec, &plan, &bufs, &data, Loss::Mse)?;
-        Ok(Some(ForwardRun {
-            plan,
-            exec,
-            bufs,
-            rows,
-            features: data.features,
-            order: (0..rows as u32).collect(),
-        }))
-    }
-}
-
-/// A forward-only run prepared by `Model::forward_run`.
-pub(crate) struct ForwardRun<'a> {
-    pub plan: Plan,
-    pub exec: Executor<'a>,
-    pub bufs: DataBufs,
-    pub rows: usize,
-    features: Vec<f32>,
-    order: Vec<u32>,
-}
-
-impl ForwardRun<'_> {
-    /// Runs batch `s`; returns how many of its rows are live.
-    pub fn step(&mut self, s: usize) -> Result<usize> {
-        run_pass(
-            &mut self.exec,
-            &self.plan,
-            Pass::Eval,
-            &self.bufs,
-            (&self.features, &self.order),
-            s..s + 1,
-        )?;
-        Ok((self.rows - s * self.plan.batch).min(self.plan.batch))
-    }
-}
-
-fn upload_params(exec: &mut Executor<'_>, plan: &Plan, params: &Parameters) -> Result<()> {
-    for (id, values) in plan.parameter_values(params)? {
-        exec.write_f32(plan, id, values)?;
-    }
-    Ok(())
-}
-
-/// On a GPU, leaves on the host every feature table too large for one binding (batches are
-/// then gathered on the host and written per step); says so in the log.
-fn stream_large_tables(plan: &mut Plan, device: Device<'_>) {
-    let Some(gpu) = device.gpu() else {
-        return;
-    };
-    let limit = gpu
-        .limits()
-        .max_storage_buffer_binding_size
-        .min(gpu.limits().max_buffer_size);
-    for train in [true, false] {
-        let bufs = if train { &plan.train } else { &plan.eval };
-        if let Some(d) = bufs {
-            let bytes = plan.buffers[d.x].len() as u64 * 4;
-            if bytes > limit {
-                log::info!(
-                    "{}: {bytes} bytes exceed the adapter's {limit}-byte binding limit; streaming its batches from the host",
-                    plan.buffers[d.x].name
-                );
-                plan.stream_features(train);
-            }
-        }
-    }
-}
-
-/// Runs steps `steps` of `pass` in one submission; or, when the data is streamed, gathers
-/// each step's batch on the host from `host` (features, row order), writes it into the
-/// plan's input, and submits that step alone.
-fn run_pass(
-    exec: &mut Executor<'_>,
-    plan: &Plan,
-    pass: Pass,
-    bufs: &DataBufs,
-    host: (&[f32], &[u32]),
-    steps: std::ops::Range<usize>,
-) -> Result<()> {
-    let Some(params) = &bufs.streamed else {
-        return exec.run(plan, pass, steps);
-    };
-    let (features, order) = host;
-    let mut batch = vec![0.0; plan.batch * plan.network.input_width()];
-    for s in steps {
-        crate::cpu::gather_rows(&mut batch, features, order, &crate::plan::entry(params, s));
-        exec.write_f32(plan, plan.input, &batch)?;
-        exec.run(plan, pass, s..s + 1)?;
-    }
-    Ok(())
-}
-
-fn upload_data(
-    exec: &mut Executor<'_>,
-    plan: &Plan,
-    bufs: &DataBufs,
-    data: &Dataset,
-    loss: Loss,
-) -> Result<()> {
-    if bufs.streamed.is_some() {
-        // The features stay on the host; `run_pass` writes each batch.
-    } else if bufs.x_u8 {
-        let bytes = pixel_bytes(&data.features)
-            .ok_or_else(|| Error::Data(format!("{}: features are not 8-bit values", data.name)))?;
-        exec.write_u32(plan, bufs.x, &crate::cpu::pack_u8(&bytes))?;
-    } else {
-        exec.write_f32(plan, bufs.x, &data.features)?;
-    }
-    let (labels, values) = targets_for(loss, plan.network.output_width(), data)?;
-    if let (Some(id), Some(l)) = (bufs.labels, labels) {
-        exec.write_u32(plan, id, &l)?;
-    }
-    if let (Some(id), Some(v)) = (bufs.values, values) {
-        exec.write_f32(plan, id, &v)?;
-    }
-    let order: Vec<u32> = (0..data.len() as u32).collect();
-    exec.write_u32(plan, bufs.indices, &order)
-}
-
-fn zero_metrics(exec: &mut Executor<'_>, plan: &Plan, bufs: &DataBufs) -> Result<()> {
-    exec.write_f32(plan, bufs.loss_sum, &[0.0])?;
-    if let Some(c) = bufs.correct {
-        exec.write_u32(plan, c, &[0])?;
-    }
-    Ok(())
-}
-
-/// The mean loss and the accuracy of a pass, in one readback.
-fn read_metrics(exec: &Executor<'_>, bufs: &DataBufs) -> Result<(f32, Option<f32>)> {
-    let mut ids = vec![bufs.loss_sum];
-    ids.extend(bufs.correct);
-    let words = exec.read_words(&ids)?;
-    let loss = f32::from_le_bytes(words[0]) / bufs.rows as f32;
-    let acc = words
-        .get(1)
-        .map(|w| u32::from_le_bytes(*w) as f32 / bufs.rows as f32);
-    Ok((loss, acc))
-}
-
-fn evaluate_pass(
-    exec: &mut Executor<'_>,
-    plan: &Plan,
-    bufs: &DataBufs,
-    host: (&[f32], &[u32]),
-) -> Result<Evaluation> {
-    zero_metrics(exec, plan, bufs)?;
-    run_pass(exec, plan, Pass::Eval, bufs, host, 0..bufs.steps)?;
-    let (loss, accuracy) = read_metrics(exec, bufs)?;
-    Ok(Evaluation {
-        loss,
-        accuracy,
-        samples: bufs.rows,
-    })
-}
-
 /// A training run: the resident state of one model on one device, trained epoch by epoch.
 pub struct Trainer<'a> {
-    plan: Plan,
-    exec: Executor<'a>,
+    run: Run<'a>,
     config: TrainConfig,
-    base_lr: f32,
     rng: Rng,
     epoch: usize,
     step: u64,
@@ -386,22 +120,12 @@ pub struct Trainer<'a> {
     cursor: Option<Cursor>,
     /// The identity order has been sent (no-shuffle runs send it once).
     order_written: bool,
-    /// Host copies of streamed feature tables (empty when resident) and the row orders.
-    host: HostData,
-}
-
-/// What the host keeps of the data: streamed features and the current row orders.
-#[derive(Default)]
-struct HostData {
-    train_x: Vec<f32>,
-    train_order: Vec<u32>,
-    eval_x: Vec<f32>,
-    eval_order: Vec<u32>,
 }
 
 /// Where an epoch stands.
 struct Cursor {
     step: usize,
+    /// The epoch's scheduled learning rate (the base rate is the optimizer's, in the plan).
     lr: f32,
     started: Instant,
 }
@@ -422,63 +146,35 @@ impl<'a> Trainer<'a> {
         if config.epochs == 0 {
             return Err(Error::Config("epochs must be at least 1".into()));
         }
-        model.params.check(&model.network, "model")?;
-        let mut plan = Plan::new(
+        let run = Run::new(
+            device,
             &model.network,
+            &model.params,
             loss,
             Some(&optimizer),
             Some(train),
             validation,
             config.batch_size,
         )?;
-        stream_large_tables(&mut plan, device);
-        log::info!(
-            "plan: {} buffers ({:.1} MiB), {} ops per training step, batch {}",
-            plan.buffers.len(),
-            plan.buffers.iter().map(|b| b.len() * 4).sum::<usize>() as f64 / (1 << 20) as f64,
-            plan.train_step.ops().len(),
-            plan.batch
-        );
-        let mut exec = Executor::new(device, &plan)?;
-        upload_params(&mut exec, &plan, &model.params)?;
-        let train_bufs = plan
-            .train
-            .clone()
-            .ok_or_else(|| Error::Config("no training data".into()))?;
-        upload_data(&mut exec, &plan, &train_bufs, train, loss)?;
-        let mut host = HostData::default();
-        if train_bufs.streamed.is_some() {
-            host.train_x = train.features.clone();
-        }
-        if let (Some(bufs), Some(v)) = (plan.eval.clone(), validation) {
-            upload_data(&mut exec, &plan, &bufs, v, loss)?;
-            if bufs.streamed.is_some() {
-                host.eval_x = v.features.clone();
-            }
-            host.eval_order = (0..v.len() as u32).collect();
-        }
         Ok(Trainer {
-            plan,
-            exec,
+            run,
             config: config.clone(),
-            base_lr: optimizer.lr,
             rng: Rng::new(config.seed),
             epoch: 0,
             step: 0,
             cursor: None,
             order_written: false,
-            host,
         })
     }
 
     /// The plan this run executes.
     pub fn plan(&self) -> &Plan {
-        &self.plan
+        &self.run.plan
     }
 
     /// The executor (GPU tensors are reachable through it).
     pub fn executor(&self) -> &Executor<'a> {
-        &self.exec
+        &self.run.exec
     }
 
     /// Epochs completed so far.
@@ -507,7 +203,7 @@ impl<'a> Trainer<'a> {
             )));
         }
         for (id, values) in ids.into_iter().zip(optimizer_state) {
-            self.exec.write_f32(&self.plan, id, values)?;
+            self.run.exec.write_f32(&self.run.plan, id, values)?;
         }
         self.epoch = state.epoch;
         self.step = state.step;
@@ -516,8 +212,9 @@ impl<'a> Trainer<'a> {
     }
 
     fn optimizer_state_buffers(&self) -> Vec<usize> {
-        let params = self.plan.parameter_buffers();
-        self.plan
+        let params = self.run.plan.parameter_buffers();
+        self.run
+            .plan
             .state_buffers()
             .into_iter()
             .filter(|id| !params.contains(id))
@@ -528,60 +225,35 @@ impl<'a> Trainer<'a> {
     pub fn optimizer_state(&self) -> Result<Vec<(String, Vec<f32>)>> {
         self.optimizer_state_buffers()
             .into_iter()
-            .map(|id| Ok((self.plan.buffers[id].name.clone(), self.exec.read_f32(id)?)))
+            .map(|id| {
+                let name = self.run.plan.buffers[id].name.clone();
+                Ok((name, self.run.exec.read_f32(id)?))
+            })
             .collect()
     }
 
     /// Reads the current parameters back to the host.
     pub fn parameters(&self) -> Result<Parameters> {
-        let layers = self
-            .plan
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(LayerParams {
-                    weight: self.exec.read_f32(l.weight)?,
-                    bias: l.bias.map(|b| self.exec.read_f32(b)).transpose()?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Parameters { layers })
+        self.run.parameters()
     }
 
     /// Overwrites the parameters on the device (restoring the best epoch, say).
     pub fn set_parameters(&mut self, params: &Parameters) -> Result<()> {
-        upload_params(&mut self.exec, &self.plan, params)
+        self.run.set_parameters(params)
     }
 
     /// Runs training steps `steps` of the current epoch (streaming their batches when the
     /// training table stays on the host).
     fn run_train(&mut self, steps: std::ops::Range<usize>) -> Result<()> {
-        let bufs = self
-            .plan
-            .train
-            .as_ref()
-            .ok_or_else(|| Error::Config("no training data".into()))?;
-        run_pass(
-            &mut self.exec,
-            &self.plan,
-            Pass::Train,
-            bufs,
-            (&self.host.train_x, &self.host.train_order),
-            steps,
-        )
+        self.run.run_pass(Pass::Train, steps)
     }
 
     /// Loss and accuracy on the validation set given at construction.
     pub fn validate(&mut self) -> Result<Option<Evaluation>> {
-        match self.plan.eval.clone() {
-            Some(bufs) => Ok(Some(evaluate_pass(
-                &mut self.exec,
-                &self.plan,
-                &bufs,
-                (&self.host.eval_x, &self.host.eval_order),
-            )?)),
-            None => Ok(None),
+        if self.run.plan.eval.is_none() {
+            return Ok(None);
         }
+        self.run.evaluate().map(Some)
     }
 
     /// Starts an epoch (if none is under way): the scheduled learning rate, a fresh seeded
@@ -592,25 +264,31 @@ impl<'a> Trainer<'a> {
         if self.cursor.is_some() {
             return Ok(());
         }
-        let bufs = self.train_bufs()?;
+        let rows = self.run.bufs(Pass::Train)?.rows;
+        let base = self
+            .run
+            .plan
+            .optimizer
+            .ok_or_else(|| Error::Config("training needs an optimizer".into()))?
+            .lr;
         let lr = self
             .config
             .schedule
-            .lr(self.base_lr, self.epoch, self.config.epochs);
-        self.plan.set_epoch(lr, self.step);
-        self.exec.set_epoch(&self.plan)?;
+            .lr(base, self.epoch, self.config.epochs);
+        self.run.plan.set_epoch(lr, self.step);
+        self.run.exec.set_epoch(&self.run.plan)?;
         if self.config.shuffle || !self.order_written {
             let order: Vec<u32> = if self.config.shuffle {
-                self.rng.permutation(bufs.rows)
+                self.rng.permutation(rows)
             } else {
-                (0..bufs.rows as u32).collect()
+                (0..rows as u32).collect()
             };
-            self.exec.write_u32(&self.plan, bufs.indices, &order)?;
-            self.host.train_order = order;
+            self.run.set_order(Pass::Train, order)?;
             self.order_written = true;
         }
-        zero_metrics(&mut self.exec, &self.plan, &bufs)?;
-        self.exec.save(&self.plan.state_buffers())?;
+        self.run.zero_metrics(Pass::Train)?;
+        let state = self.run.plan.state_buffers();
+        self.run.exec.save(&state)?;
         self.cursor = Some(Cursor {
             step: 0,
             lr,
@@ -619,16 +297,13 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    fn train_bufs(&self) -> Result<DataBufs> {
-        self.plan
-            .train
-            .clone()
-            .ok_or_else(|| Error::Config("no training data".into()))
+    fn train_bufs(&self) -> Result<crate::plan::DataBufs> {
+        self.run.bufs(Pass::Train).cloned()
     }
 
     /// Steps left in the current epoch (all of them before `begin_epoch`).
     pub fn steps_left(&self) -> usize {
-        let steps = self.plan.train.as_ref().map_or(0, |d| d.steps);
+        let steps = self.run.plan.train.as_ref().map_or(0, |d| d.steps);
         steps - self.cursor.as_ref().map_or(0, |c| c.step)
     }
 
@@ -651,6 +326,7 @@ impl<'a> Trainer<'a> {
     /// and wall time (see `Executor::profile_step`; GPU only, not for streamed tables).
     pub fn profile_step(&mut self) -> Result<Vec<(&'static str, f64)>> {
         if self
+            .run
             .plan
             .train
             .as_ref()
@@ -665,7 +341,7 @@ impl<'a> Trainer<'a> {
             return Ok(Vec::new());
         }
         let step = self.cursor.as_ref().map_or(0, |c| c.step);
-        let times = self.exec.profile_step(step)?;
+        let times = self.run.exec.profile_step(step)?;
         if let Some(c) = self.cursor.as_mut() {
             c.step += 1;
         }
@@ -678,6 +354,7 @@ impl<'a> Trainer<'a> {
     /// epoch's order and submits one small copy (the divergence snapshot).
     pub fn record_steps(&mut self, cpass: &mut wgpu::ComputePass<'_>, n: usize) -> Result<usize> {
         if self
+            .run
             .plan
             .train
             .as_ref()
@@ -690,7 +367,8 @@ impl<'a> Trainer<'a> {
         self.begin_epoch()?;
         let n = n.min(self.steps_left());
         let first = self.cursor.as_ref().map_or(0, |c| c.step);
-        self.exec
+        self.run
+            .exec
             .record_into(Pass::Train, first..first + n, cpass)?;
         if let Some(c) = self.cursor.as_mut() {
             c.step += n;
@@ -704,12 +382,13 @@ impl<'a> Trainer<'a> {
     pub fn start_loss_readback(&self) -> Result<LossReadback> {
         let bufs = self.train_bufs()?;
         let done = self.cursor.as_ref().map_or(0, |c| c.step);
-        let rows = (done * self.plan.batch).clamp(1, bufs.rows);
-        Ok(match self.exec.tensor(bufs.loss_sum) {
+        let rows = (done * self.run.plan.batch).clamp(1, bufs.rows);
+        Ok(match self.run.exec.tensor(bufs.loss_sum) {
             Some(t) => LossReadback {
                 pending: Some(
                     t.start_read(
-                        self.exec
+                        self.run
+                            .exec
                             .gpu()
                             .ok_or_else(|| Error::Config("no GPU".into()))?,
                     )?,
@@ -719,7 +398,7 @@ impl<'a> Trainer<'a> {
             },
             None => LossReadback {
                 pending: None,
-                value: Some(self.exec.read_f32(bufs.loss_sum)?[0]),
+                value: Some(self.run.exec.read_f32(bufs.loss_sum)?[0]),
                 rows,
             },
         })
@@ -729,9 +408,9 @@ impl<'a> Trainer<'a> {
     /// `(outputs, inputs)` row-major f32, bias `(outputs)`), for a host's own shaders.
     /// `None` on the CPU path or past the last layer.
     pub fn layer_tensors(&self, i: usize) -> Option<(&GpuTensor, Option<&GpuTensor>)> {
-        let l = self.plan.layers.get(i)?;
-        let w = self.exec.tensor(l.weight)?;
-        let b = l.bias.and_then(|b| self.exec.tensor(b));
+        let l = self.run.plan.layers.get(i)?;
+        let w = self.run.exec.tensor(l.weight)?;
+        let b = l.bias.and_then(|b| self.run.exec.tensor(b));
         Some((w, b))
     }
 
@@ -740,8 +419,8 @@ impl<'a> Trainer<'a> {
     pub fn running_loss(&self) -> Result<f32> {
         let bufs = self.train_bufs()?;
         let done = self.cursor.as_ref().map_or(0, |c| c.step);
-        let sum = self.exec.read_f32(bufs.loss_sum)?[0];
-        Ok(sum / (done * self.plan.batch).clamp(1, bufs.rows) as f32)
+        let sum = self.run.exec.read_f32(bufs.loss_sum)?[0];
+        Ok(sum / (done * self.run.plan.batch).clamp(1, bufs.rows) as f32)
     }
 
     /// Finishes the current epoch (running any steps left): reads its metrics, checks the
@@ -752,7 +431,7 @@ impl<'a> Trainer<'a> {
         let left = self.steps_left();
         self.run_steps(left)?;
         let bufs = self.train_bufs()?;
-        let (train_loss, train_accuracy) = read_metrics(&self.exec, &bufs)?;
+        let (train_loss, train_accuracy) = self.run.read_metrics(Pass::Train)?;
         let cursor = self
             .cursor
             .take()
@@ -780,7 +459,7 @@ impl<'a> Trainer<'a> {
     /// the epoch's metrics (see `end_epoch`).
     pub fn run_epoch(&mut self, mut on_step: impl FnMut(Progress)) -> Result<EpochMetrics> {
         self.begin_epoch()?;
-        let steps = self.plan.train.as_ref().map_or(0, |d| d.steps);
+        let steps = self.run.plan.train.as_ref().map_or(0, |d| d.steps);
         let log_every = self.config.log_every;
         while self.steps_left() > 0 {
             self.run_steps(1)?;
@@ -803,21 +482,21 @@ impl<'a> Trainer<'a> {
     /// Replays the epoch from its saved start, reading the loss after every step, to find
     /// the first bad step; then replays up to the step before it, so that the last good
     /// weights stay on the device.
-    fn find_divergence(&mut self, bufs: &DataBufs) -> Error {
+    fn find_divergence(&mut self, bufs: &crate::plan::DataBufs) -> Error {
         let epoch = self.epoch + 1;
         let mut search = || -> Result<Error> {
-            self.exec.restore()?;
-            zero_metrics(&mut self.exec, &self.plan, bufs)?;
+            self.run.exec.restore()?;
+            self.run.zero_metrics(Pass::Train)?;
             let mut bad = (bufs.steps, f32::NAN);
             for s in 0..bufs.steps {
                 self.run_train(s..s + 1)?;
-                let sum = self.exec.read_f32(bufs.loss_sum)?[0];
+                let sum = self.run.exec.read_f32(bufs.loss_sum)?[0];
                 if !sum.is_finite() {
                     bad = (s, sum);
                     break;
                 }
             }
-            self.exec.restore()?;
+            self.run.exec.restore()?;
             if bad.0 > 0 {
                 self.run_train(0..bad.0)?;
             }
