@@ -315,6 +315,7 @@ pub mod cpu {
     }
 
     /// `act(z)`, with the kernel's formula.
+    #[inline(always)]
     pub fn apply(act: Activation, z: f32) -> f32 {
         match act {
             Activation::Identity => z,
@@ -357,6 +358,7 @@ pub mod cpu {
     }
 
     /// `act'(z)`, with the kernel's formula.
+    #[inline(always)]
     pub fn derivative_of(act: Activation, z: f32) -> f32 {
         match act {
             Activation::Identity => 1.0,
@@ -400,21 +402,30 @@ pub mod cpu {
         p: &ActivationParams,
     ) {
         let (rows, cols) = (p.rows as usize, p.cols as usize);
+        // Decoded once: an unknown code gives NaN outputs, never a silent identity.
+        let Ok(act) = Activation::decode(p.kind, p.slope) else {
+            out[..rows * cols].fill(f32::NAN);
+            return;
+        };
         for i in 0..rows * cols {
             let mut z = pre[i];
             if p.has_bias != 0 {
                 z += bias[i % cols];
                 pre[i] = z;
             }
-            out[i] = activate(p.kind, p.slope, z);
+            out[i] = apply(act, z);
         }
     }
 
     /// `dpre = dout * act'(pre)`.
     pub fn activation_backward(dpre: &mut [f32], dout: &[f32], pre: &[f32], p: &ActivationParams) {
         let len = (p.rows * p.cols) as usize;
+        let Ok(act) = Activation::decode(p.kind, p.slope) else {
+            dpre[..len].fill(f32::NAN);
+            return;
+        };
         for i in 0..len {
-            dpre[i] = dout[i] * derivative(p.kind, p.slope, pre[i]);
+            dpre[i] = dout[i] * derivative_of(act, pre[i]);
         }
     }
 

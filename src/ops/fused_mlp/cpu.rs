@@ -2,7 +2,8 @@
 //! gradients summed per tile and then over tiles, as the kernel groups them.
 
 use super::{FusedMlpParams, MlpShape};
-use crate::ops::activation::cpu::{activate, derivative, sigmoid};
+use crate::ops::activation::cpu::{apply, derivative_of, sigmoid};
+use crate::ops::activation::Activation;
 
 /// The twin of the fused training pass: per tile of `shape.tile_rows()` rows, each row's forward
 /// pass, loss gradient (MSE or binary cross-entropy) and backward pass (the op-by-op twins' arithmetic, in their order),
@@ -22,6 +23,11 @@ pub fn fused_mlp(
     p: &FusedMlpParams,
 ) {
     let layers = shape.layers();
+    // Each layer's activation, decoded once (an unknown code gives NaN, as in the op twins).
+    let kinds: Vec<Option<Activation>> = layers
+        .iter()
+        .map(|l| Activation::decode(l.kind, l.slope).ok())
+        .collect();
     let t = shape.tile_rows() as usize;
     let (n_in, n_out, alen) = (shape.inputs(), shape.outputs(), shape.arena_len as usize);
     let batch = p.batch_rows as usize;
@@ -37,7 +43,7 @@ pub fn fused_mlp(
             let r = if row < batch { row } else { 0 };
             let mut act = vec![x[r * n_in..r * n_in + n_in].to_vec()];
             let mut pre = vec![];
-            for l in &layers {
+            for (l, kind) in layers.iter().zip(&kinds) {
                 let a = act.last().unwrap();
                 let mut z_l = vec![0.0f32; l.outputs];
                 let mut out = vec![0.0f32; l.outputs];
@@ -51,7 +57,7 @@ pub fn fused_mlp(
                         None => acc,
                     };
                     z_l[o] = z;
-                    out[o] = activate(l.kind, l.slope, z);
+                    out[o] = kind.map_or(f32::NAN, |a| apply(a, z));
                 }
                 pre.push(z_l);
                 act.push(out);
@@ -96,7 +102,8 @@ pub fn fused_mlp(
                         if l.kind == 0 {
                             deltas[s][o]
                         } else {
-                            deltas[s][o] * derivative(l.kind, l.slope, pres[s][li][o])
+                            deltas[s][o]
+                                * kinds[li].map_or(f32::NAN, |a| derivative_of(a, pres[s][li][o]))
                         }
                     })
                     .collect();

@@ -5,7 +5,8 @@
 //! `4 * (rows + cols)` values for `4 * rows * cols` multiply-adds, so a bigger tile does more
 //! arithmetic per load. That is what counts on a software adapter like llvmpipe, which runs
 //! eight invocations per 256-bit vector and fetches each invocation's loads one lane at a
-//! time: there a 64 x 32 tile runs 1024³ at about 50-56 GFLOP/s against 16 for a 4 x 4 one.
+//! time: there the biggest tile runs 1024³ about three times as fast as a 4 x 4 one
+//! (BENCHMARKS.md has the figures).
 //! A hardware GPU wants small tiles and many invocations instead. The tile sizes are unrolled
 //! into the source (WGSL cannot size a private array or unroll a loop by an `override`), so
 //! the source is generated here, once per shape, and cached; which shape runs is chosen per
@@ -23,8 +24,8 @@
 //!
 //! and for all three, whole blocks only (m a multiple of `rows`, n of `cols`, both tile sizes
 //! multiples of 4) and overwriting only. Every bounds check, edge clamp or accumulate branch
-//! per output was tried and multiplied llvmpipe's compile time of the bigger tiles (from ~2
-//! to 8-46 s), so the other shapes go to the blocked kernel instead ([`Tile::fits`]).
+//! per output was tried and multiplied llvmpipe's compile time of the bigger tiles
+//! (BENCHMARKS.md), so the other shapes go to the blocked kernel instead ([`Tile::fits`]).
 
 use std::collections::HashMap;
 use std::fmt::Write;

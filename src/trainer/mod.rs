@@ -7,107 +7,21 @@
 
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::exec::{Device, Executor, Pass};
 use crate::ops::Loss;
-use crate::optim::{Optimizer, Schedule};
+use crate::optim::Optimizer;
 use crate::plan::Plan;
-use crate::rng::{Rng, RngState};
+use crate::rng::Rng;
 use crate::run::Run;
 use crate::tensor::GpuTensor;
 
+mod config;
+
 pub use crate::model::{Evaluation, Model};
 use crate::network::Parameters;
-
-/// When to stop before the last epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EarlyStopping {
-    /// Epochs without an improvement of at least `min_delta` before stopping.
-    pub patience: usize,
-    pub min_delta: f32,
-    /// Put back the parameters of the best epoch when stopping (Keras' restore_best_weights).
-    pub restore_best: bool,
-}
-
-/// How `fit` trains.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    pub batch_size: usize,
-    /// Reshuffle the training order every epoch (seeded).
-    pub shuffle: bool,
-    pub seed: u64,
-    /// Keras' validation_split: this fraction of the rows, taken from the end before any
-    /// shuffling, is held out for validation (when no validation set is given).
-    pub validation_fraction: Option<f32>,
-    pub early_stopping: Option<EarlyStopping>,
-    pub schedule: Schedule,
-    /// Read the running loss back every this many steps (0: only at epoch ends).
-    pub log_every: usize,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            epochs: 10,
-            batch_size: 32,
-            shuffle: true,
-            seed: 0,
-            validation_fraction: None,
-            early_stopping: None,
-            schedule: Schedule::Constant,
-            log_every: 0,
-        }
-    }
-}
-
-/// What one epoch did.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based.
-    pub epoch: usize,
-    pub lr: f32,
-    pub train_loss: f32,
-    pub train_accuracy: Option<f32>,
-    pub val_loss: Option<f32>,
-    pub val_accuracy: Option<f32>,
-    pub seconds: f64,
-    pub samples_per_s: f64,
-}
-
-/// Every epoch's metrics, and how training ended.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct History {
-    pub epochs: Vec<EpochMetrics>,
-    pub stopped_early: bool,
-    /// An epoch callback asked to stop before the last epoch.
-    pub paused: bool,
-    /// 1-based epoch whose parameters the model ends with.
-    pub best_epoch: usize,
-}
-
-/// Where a run stands between two epochs: what a checkpoint needs to resume exactly.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Epochs completed.
-    pub epoch: usize,
-    /// Steps completed.
-    pub step: u64,
-    pub rng: RngState,
-}
-
-/// Progress inside an epoch, for progress bars.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Progress {
-    pub epoch: usize,
-    pub step: usize,
-    pub steps: usize,
-    /// The mean loss so far this epoch, when it was read back at this step.
-    pub loss: Option<f32>,
-}
+pub use config::{EarlyStopping, EpochMetrics, Flow, History, Progress, TrainConfig, TrainState};
 
 /// A training run: the resident state of one model on one device, trained epoch by epoch.
 pub struct Trainer<'a> {
@@ -602,14 +516,6 @@ impl LossReadback {
             }
         }
     }
-}
-
-/// What an epoch callback wants next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// Stop now, leaving the run where it is (it can be resumed later).
-    Stop,
 }
 
 /// Trains `model` on `train` and leaves the trained parameters in it (also when training
