@@ -12,7 +12,8 @@
 //!   [`FrameBudget`] measures its steps with GPU timestamps, otherwise with the host's clock.
 //! - **Limits: the WebGPU defaults** (`wgpu::Limits::default()`). A dispatch binds at most
 //!   four storage buffers (five for a layer's product fused with its bias and activation,
-//!   only where the device allows five per stage) and one uniform buffer with a dynamic
+//!   only where the device allows five per stage, and for the RMSprop update, an error
+//!   naming the limit where it does not) and one uniform buffer with a dynamic
 //!   offset, workgroups are at most 256 invocations (256 x 1, 16 x 16, 8 x 8, 64 x 1 and
 //!   smaller) and use at most 1 KiB of workgroup memory, uniform entries sit at 256-byte
 //!   offsets.
@@ -106,7 +107,8 @@ pub fn largest_buffer(workload: &Workload<'_>) -> Result<u64> {
 /// before asking for the device: an adapter below it cannot hold the run. (A downlevel
 /// adapter that misses the defaults elsewhere can still run soma from
 /// `Limits::downlevel_defaults()` with the two sizes raised: soma's dispatches bind at most
-/// four storage buffers there, keeping fused layers for devices that bind five.)
+/// four storage buffers there, keeping fused layers for devices that bind five; RMSprop's
+/// update binds five and needs such a device.)
 pub fn required_limits(workload: &Workload<'_>) -> Result<wgpu::Limits> {
     let need = largest_buffer(workload)?;
     let base = wgpu::Limits::default();

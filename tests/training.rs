@@ -534,6 +534,42 @@ fn digits_reaches_96_percent_on_cpu() {
     assert!(acc >= 0.96, "digits test accuracy {acc} < 0.96");
 }
 
+/// GELU hidden layers trained by centered RMSprop with momentum on all three devices: the
+/// threaded CPU path and the GPU follow the plain-loop reference step by step, and the
+/// run learns.
+#[test]
+fn gelu_and_rmsprop_agree_on_every_device() {
+    let (train, _) = digits();
+    let train = first_rows(&train, 320);
+    let net = Network::mlp(&[64, 24, 10], Activation::Gelu, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 12).unwrap();
+    let opt = Optimizer {
+        momentum: 0.5,
+        centered: true,
+        weight_decay: 1e-4,
+        ..Optimizer::rmsprop(1e-3)
+    };
+    let loss = Loss::SoftmaxCrossEntropy;
+    let (rl, rp) = run_steps(Device::CpuReference, &model, loss, opt, &train, 32);
+    assert!(rl[9] < rl[0], "the loss falls: {rl:?}");
+    let mut devices = vec![("cpu", Device::Cpu)];
+    if let Some(gpu) = gpu("gelu_and_rmsprop_agree_on_every_device") {
+        devices.push(("gpu", Device::Gpu(gpu)));
+    }
+    for (name, device) in devices {
+        let (l, p) = run_steps(device, &model, loss, opt, &train, 32);
+        let (d, i) = max_rel_diff(&l, &rl);
+        assert!(d < 1e-4, "{name}: step loss differs by {d:e} at step {i}");
+        for (k, (g, c)) in p.layers.iter().zip(&rp.layers).enumerate() {
+            let rel = rel_l2(&g.weight, &c.weight);
+            assert!(
+                rel < 1e-4,
+                "{name}: layers.{k}.weight relative L2 error {rel:e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_steady_state_step_is_one_submission_and_no_map() {
     if gpu("a_steady_state_step_is_one_submission_and_no_map").is_none() {
