@@ -120,7 +120,7 @@ fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // ---------------------------------------------------------------------------------------
 // The same two with vec4 loads and stores, for `cols` a multiple of 4 (chosen in
-// src/kernels/ops.rs): each invocation handles four neighbours of one row with the scalar
+// src/ops/activation.rs): each invocation handles four neighbours of one row with the scalar
 // kernels' per-element formulas, so both give the same bits. On a software adapter such as
 // llvmpipe a memory access costs per invocation, so four elements per access is about twice
 // as fast there.

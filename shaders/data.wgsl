@@ -87,7 +87,7 @@ fn gather_labels(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // ---------------------------------------------------------------------------------------
 // The two row gathers four columns at a time, for `cols` a multiple of 4 (chosen in
-// src/kernels/ops.rs): the same values with a quarter of the memory accesses, which is what
+// src/ops/data.rs): the same values with a quarter of the memory accesses, which is what
 // a software adapter such as llvmpipe pays for. For bytes, four neighbours of a row are one
 // whole word (rows start on a word boundary when cols is a multiple of 4).
 

@@ -1,7 +1,7 @@
 // Softmax and the losses with their gradients. A loss kernel runs one invocation per row of
 // the batch buffer; it writes the gradient of the mean loss with respect to its input
 // (`scale` carries the 1/N of the mean) and each row's loss into `row_loss`
-// (see LossParams in src/params.rs):
+// (see LossParams in src/ops/loss.rs):
 //   mse_loss:               row_loss = mean over cols of (pred - target)^2,
 //                           grad = 2 (pred - target) * scale, scale = 1/(rows*cols)
 //   softmax_cross_entropy:  row_loss = logsumexp(z) - z[label],

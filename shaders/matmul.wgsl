@@ -5,7 +5,7 @@
 //   matmul_tn: out (m, n) = a (k, m)^T · b (k, n)    weight grad:    dW = dY^T · X
 //
 // These are the naive kernels: one invocation per output element, the k-sum in order
-// 0..k-1 with a separate multiply and add (the CPU twin in src/cpu.rs does the same), so they
+// 0..k-1 with a separate multiply and add (the CPU twin in src/ops/matmul/cpu.rs does the same), so they
 // are the yardstick every faster variant is compared with. With accumulate = 1 the product is
 // added to what `out` holds.
 
@@ -138,7 +138,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // ---------------------------------------------------------------------------------------
 // The same 4 x 4 register blocks with vec4 loads, where the shapes allow them (chosen in
-// src/kernels/ops.rs; the scalar matmul_blocked covers every other shape):
+// src/ops/matmul/mod.rs; the scalar matmul_blocked covers every other shape):
 //   matmul_nt_vec4 (k a multiple of 4): rows of A and of B are contiguous along k, so each
 //     step of 4 in k loads 4 + 4 vec4 and does 64 multiply-adds through dot products;
 //   matmul_nn_vec4 (k and n multiples of 4): rows of A along k, rows of B along n.

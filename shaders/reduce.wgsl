@@ -38,7 +38,7 @@ fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // The same four columns per invocation, for `cols` a multiple of 4 (chosen in
-// src/kernels/ops.rs): vec4 loads along the row, the same row order per column, so the same
+// src/ops/reduce.rs): vec4 loads along the row, the same row order per column, so the same
 // bits with a quarter of the memory accesses. Workgroups of 8, so that a narrow layer (64
 // columns: 16 invocations) still spreads over more than one workgroup.
 @group(0) @binding(0) var<storage, read_write> cs4_out: array<vec4<f32>>;

@@ -2,7 +2,7 @@
 //!
 //! The first time an executor on a [`Kernels`] meets a product of a given form and size, soma
 //! times the blocked
-//! kernel and every generated tile that fits the shape (`kernels/tiled.rs`) on scratch
+//! kernel and every generated tile that fits the shape (`ops/matmul/tiled.rs`) on scratch
 //! buffers of that size, keeps the fastest, and writes the choice to a cache file keyed by
 //! adapter, driver, soma version and a hash of the kernel sources, so the next process starts
 //! at once. Products under [`TUNE_MIN_FLOPS`] are not worth a measurement and take the

@@ -1,5 +1,19 @@
 //! soma trains feedforward neural networks on any GPU that wgpu reaches, with WGSL compute
 //! shaders, and checks every GPU result against a plain-Rust CPU reference.
+//!
+//! One training step: the plan ([`plan`]) lays out every buffer and the step in stages
+//! (gather the batch through the epoch's row order, each layer's product and activation,
+//! the loss and its gradient, each layer's backward pass, the update of every parameter);
+//! the executor ([`exec`]) records the stages' dispatches ([`ops`], launched through
+//! [`kernels`]) into one compute pass and one submission, or runs their CPU twins
+//! ([`cpu`]); the trainer ([`trainer`]) schedules epochs over a [`run::Run`].
+//!
+//! Modules, bottom up: [`gpu`] the device; [`tensor`] buffers; [`kernels`] pipelines and
+//! dispatches; [`ops`] the op families with their twins, the kernel table, `Kernels` and
+//! `Tuning`; [`autotune`] the tuner; [`network`], [`optim`] and [`plan`] the run's
+//! description; [`exec`] the executors; [`run`], [`model`] and [`trainer`] runs and their
+//! scheduling; [`embed`] the host-application API; [`data`], [`checkpoint`], [`plot`] and
+//! [`fs`] files; [`lecture`], [`perceptron`] and [`inspect`] the lecture's pieces.
 
 // Every match over soma's own enums names each variant, so that the compiler lists every
 // place a new variant needs; a foreign enum's wildcard carries an `allow` and a reason.

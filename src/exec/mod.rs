@@ -250,7 +250,7 @@ impl<'a> Executor<'a> {
     }
 
     /// The entry point of the fully fused pass where a training step runs as one
-    /// (`kernels::fused_mlp`), `None` where it runs op by op.
+    /// (`ops::fused_mlp`), `None` where it runs op by op.
     pub fn fused_mlp_form(&self) -> Option<&'static str> {
         match self {
             Executor::Gpu(g) => g.mlp_form,

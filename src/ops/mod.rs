@@ -15,11 +15,11 @@
 //! | [`matmul`] | `matmul.wgsl`, generated tiles | the three products, fused dense layers |
 //! | [`activation`] | `activation.wgsl` | bias + activation, activation derivatives |
 //! | [`reduce`] | `reduce.wgsl` | column sums, sums, argmax, correct counts |
-//! | [`loss`] | `loss.wgsl` | softmax, MSE, softmax cross-entropy, binary cross-entropy |
+//! | [`loss`](mod@loss) | `loss.wgsl` | softmax, MSE, softmax cross-entropy, binary cross-entropy |
 //! | [`optim`] | `optim.wgsl` | one update kernel per [`optim::UpdateRule`] |
 //! | [`data`] | `data.wgsl` | row and label gathers |
 //! | [`perceptron`] | `perceptron.wgsl` | Rosenblatt's rule |
-//! | [`fused_mlp`] | generated | the fully fused small-MLP training pass |
+//! | [`fused_mlp`](mod@fused_mlp) | generated | the fully fused small-MLP training pass |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

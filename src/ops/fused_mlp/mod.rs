@@ -51,7 +51,7 @@ pub const MAX_WIDTH: usize = 64;
 pub const MAX_LAYERS: usize = 8;
 
 /// When the trainer runs a network's training pass fused (`SOMA_FUSED_MLP`, or
-/// `Gpu::set_fused_mlp`).
+/// `Tuning::fused_mlp`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FusedMlp {
     /// Where the network fits and one step is at least `autotune::TUNE_MIN_FLOPS`, whichever
@@ -334,7 +334,7 @@ impl MlpShape {
 }
 
 params_struct! {
-    /// One step of the fully fused small-MLP pass (`kernels::fused_mlp`): the loss's rows and
+    /// One step of the fully fused small-MLP pass (`ops::fused_mlp`): the loss's rows and
     /// scale (as in `LossParams`), and where the step's rows start in the row order when the
     /// pass gathers its batch itself.
     FusedMlpParams {
