@@ -526,50 +526,11 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
 mod tests {
     use super::*;
     use crate::data::ScaleKind;
+    use crate::fs::testdir::TempDir;
     use crate::network::{Activation, Init, Layer};
     use crate::optim::{OptimizerKind, Schedule};
     use crate::rng::Rng;
     use crate::trainer::EarlyStopping;
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let p = std::env::temp_dir()
-                .join(format!("soma-checkpoint-test-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-        fn join(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-        fn entries(&self) -> Vec<String> {
-            let mut v: Vec<String> = fs::read_dir(&self.0)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            v.sort();
-            v
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o755));
-            }
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn network() -> Network {
         Network::mlp(

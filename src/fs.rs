@@ -61,27 +61,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A scratch directory for unit tests, shared by the modules that write files.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testdir {
+    use std::fs;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(crate) struct TempDir(PathBuf);
 
     impl TempDir {
-        fn new() -> TempDir {
+        pub(crate) fn new() -> TempDir {
             let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("soma-fs-test-{}-{n}", std::process::id()));
+            let p = std::env::temp_dir().join(format!("soma-test-{}-{n}", std::process::id()));
             let _ = fs::remove_dir_all(&p);
             fs::create_dir_all(&p).unwrap();
             TempDir(p)
         }
-        fn join(&self, name: &str) -> PathBuf {
+        pub(crate) fn join(&self, name: &str) -> PathBuf {
             self.0.join(name)
         }
-        fn entries(&self) -> Vec<String> {
+        pub(crate) fn entries(&self) -> Vec<String> {
             let mut v: Vec<String> = fs::read_dir(&self.0)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -101,6 +104,12 @@ mod tests {
             let _ = fs::remove_dir_all(&self.0);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testdir::TempDir;
+    use super::*;
 
     #[test]
     fn write_atomic_replaces_and_leaves_no_temp() {

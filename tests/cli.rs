@@ -491,27 +491,23 @@ fn train_json_prints_one_summary_document() {
     assert_complete_run(&run, 2);
 }
 
+/// `soma train --device gpu --json --out DIR/run` with `extra` arguments: the summary
+/// document and the run directory.
+fn train_gpu_json(dir: &TempDir, extra: &[&str]) -> (Value, PathBuf) {
+    let out = dir.arg("run");
+    let mut args = vec!["train", "--device", "gpu", "--json", "--out", &out];
+    args.extend_from_slice(extra);
+    (soma(dir, &args).ok().json(), dir.join("run"))
+}
+
 #[test]
 fn train_default_on_gpu_reaches_95_percent() {
     if !gpu("train_default_on_gpu_reaches_95_percent") {
         return;
     }
     let dir = TempDir::new("train-gpu");
-    let run = dir.join("run");
     // The README's main command (default 20 epochs), with --json to read the accuracy.
-    let ran = soma(
-        &dir,
-        &[
-            "train",
-            "--device",
-            "gpu",
-            "--json",
-            "--out",
-            &dir.arg("run"),
-        ],
-    )
-    .ok();
-    let doc = ran.json();
+    let (doc, run) = train_gpu_json(&dir, &[]);
     let acc = doc["test_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.95, "test accuracy {acc} < 0.95: {doc}");
     assert_eq!(doc["epochs_run"], 20);
@@ -534,24 +530,7 @@ fn train_gelu_rmsprop_on_gpu_reaches_95_percent() {
         return;
     }
     let dir = TempDir::new("train-gelu-rmsprop");
-    let run = dir.join("run");
-    let ran = soma(
-        &dir,
-        &[
-            "train",
-            "--device",
-            "gpu",
-            "--activation",
-            "gelu",
-            "--optimizer",
-            "rmsprop",
-            "--json",
-            "--out",
-            &dir.arg("run"),
-        ],
-    )
-    .ok();
-    let doc = ran.json();
+    let (doc, run) = train_gpu_json(&dir, &["--activation", "gelu", "--optimizer", "rmsprop"]);
     let acc = doc["test_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.95, "test accuracy {acc} < 0.95: {doc}");
     let config = assert_complete_run(&run, 20);
