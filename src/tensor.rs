@@ -99,47 +99,52 @@ impl GpuTensor {
         Self::create(gpu, label, shape, DType::F32)
     }
 
-    /// The bytes a tensor of `shape` takes in an arena on `gpu`: its data, at least 16 bytes,
-    /// padded to the storage offset alignment (so the next slot may be bound on its own).
-    pub fn slot_bytes(gpu: &Gpu, shape: &[usize]) -> u64 {
-        let align = (gpu.limits().min_storage_buffer_offset_alignment as u64).max(16);
-        byte_len(shape).max(16).next_multiple_of(align)
-    }
-
     /// A new u32 tensor of zeros.
     pub fn zeros_u32(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<GpuTensor> {
         Self::create(gpu, label, shape, DType::U32)
     }
 
-    /// f32 tensors of zeros sharing one buffer, so that one dispatch can run over all of them
-    /// (the optimizer update of every parameter tensor). Each slot starts at a multiple of
-    /// the device's storage offset alignment and is padded with zeros up to the next slot;
-    /// arenas built from the same shapes on one device have the same layout. Returns the
-    /// whole arena as one flat tensor (data and padding) and the slots in order.
+    /// f32 tensors of zeros sharing one buffer of `bytes` bytes, so that one dispatch can run
+    /// over all of them (the optimizer update of every parameter tensor): slot `i` is
+    /// `slots[i]` (name, shape) at byte offset `offsets[i]`, holding `sizes[i]` bytes (its
+    /// data and zero padding; the plan lays the slots out, `plan::Update::arena_layout`).
+    /// Returns the whole arena as one flat tensor and the slots in order.
     pub fn arena(
         gpu: &Gpu,
         label: &str,
         slots: &[(&str, &[usize])],
+        offsets: &[u64],
+        sizes: &[u64],
+        bytes: u64,
     ) -> Result<(GpuTensor, Vec<GpuTensor>)> {
-        let sizes: Vec<u64> = slots
+        let fits = slots.len() == offsets.len()
+            && slots.len() == sizes.len()
+            && slots
+                .iter()
+                .zip(offsets.iter().zip(sizes))
+                .all(|((_, shape), (&at, &size))| {
+                    byte_len(shape) <= size && at.is_multiple_of(4) && at + size <= bytes
+                });
+        if !fits {
+            return Err(Error::shape(
+                label,
+                format!("{} slots within {bytes} bytes", slots.len()),
+                format!("{} offsets and {} sizes", offsets.len(), sizes.len()),
+            ));
+        }
+        let whole = Self::create(gpu, label, &[(bytes / 4) as usize], DType::F32)?;
+        let views = slots
             .iter()
-            .map(|(_, shape)| Self::slot_bytes(gpu, shape))
-            .collect();
-        let total: u64 = sizes.iter().sum();
-        let whole = Self::create(gpu, label, &[(total / 4) as usize], DType::F32)?;
-        let mut views = Vec::with_capacity(slots.len());
-        let mut at = 0;
-        for ((name, shape), size) in slots.iter().zip(&sizes) {
-            views.push(GpuTensor {
+            .zip(offsets.iter().zip(sizes))
+            .map(|((name, shape), (&at, &size))| GpuTensor {
                 buffer: whole.buffer.clone(),
                 offset: at,
-                slot: Some(*size),
+                slot: Some(size),
                 shape: shape.to_vec(),
                 dtype: DType::F32,
                 label: name.to_string(),
-            });
-            at += size;
-        }
+            })
+            .collect();
         Ok((whole, views))
     }
 

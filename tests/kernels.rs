@@ -1322,7 +1322,8 @@ fn fused_params(live: usize, outputs: usize, rows: usize, start: usize) -> Fused
 }
 
 /// A network for the fused pass: layer widths, activations and bias flags, laid out in an
-/// arena as the executor lays out its parameters (`GpuTensor::arena` gives the offsets).
+/// arena as the executor lays out its parameters (`plan::Update::arena_layout` gives the
+/// offsets).
 #[derive(Clone)]
 struct FusedCase {
     widths: Vec<usize>,
@@ -1335,7 +1336,7 @@ struct FusedCase {
 }
 
 /// The arena offsets (in floats) of each layer's weight and bias, and the arena's length,
-/// for an alignment of `align` bytes (the rule of `GpuTensor::arena`).
+/// for an alignment of `align` bytes (the rule of `plan::Update::arena_layout`).
 fn arena_layout(c: &FusedCase, align: usize) -> (Vec<MlpLayer>, usize) {
     let slot = |floats: usize| (floats * 4).max(16).next_multiple_of(align) / 4;
     let mut at = 0;

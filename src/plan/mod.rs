@@ -21,7 +21,8 @@ pub use data::{check_inputs, pixel_bytes, targets_for, PIXEL_DIVISOR};
 
 use step::{correct_params, gather_entries, loss_params, sum_params};
 pub use step::{
-    entry, BackwardStage, DenseStage, Gather, LossStage, Op, Step, Update, UpdateTensor,
+    entry, ArenaLayout, BackwardStage, DenseStage, Gather, LossStage, Op, Step, Update,
+    UpdateTensor,
 };
 
 /// Index of a buffer in [`Plan::buffers`].

@@ -308,7 +308,41 @@ pub struct Update {
     pub params: Vec<OptimParams>,
 }
 
+/// Where the update's tensors sit when every parameter, every gradient and each state
+/// tensor shares one buffer (an arena per role, one layout for all): slot `i` belongs to
+/// tensor `i`, starts at `offsets[i]` bytes and holds `sizes[i]` bytes (the tensor padded
+/// with zeros to the device's storage offset alignment, at least 16 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaLayout {
+    pub offsets: Vec<u64>,
+    pub sizes: Vec<u64>,
+    /// The arena's size in bytes.
+    pub bytes: u64,
+}
+
 impl Update {
+    /// The arena layout for a device whose storage bindings start at multiples of
+    /// `align` bytes (`min_storage_buffer_offset_alignment`).
+    pub fn arena_layout(&self, align: u64) -> ArenaLayout {
+        let align = align.max(16);
+        let sizes: Vec<u64> = self
+            .tensors
+            .iter()
+            .map(|t| (t.len as u64 * 4).max(16).next_multiple_of(align))
+            .collect();
+        let mut offsets = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for s in &sizes {
+            offsets.push(at);
+            at += s;
+        }
+        ArenaLayout {
+            offsets,
+            sizes,
+            bytes: at,
+        }
+    }
+
     /// The entries for `len` elements.
     pub fn params_for(&self, len: u32) -> Vec<OptimParams> {
         self.params

@@ -70,6 +70,14 @@ impl Arenas {
         if ids.len() != all || ids.iter().any(|&id| plan.buffers[id].dtype != DType::F32) {
             return Ok(None);
         }
+        // The plan lays the slots out for this device's offset alignment.
+        let layout = update.arena_layout(gpu.limits().min_storage_buffer_offset_alignment as u64);
+        if gpu
+            .check_buffer_size("optimizer arena", layout.bytes)
+            .is_err()
+        {
+            return Ok(None);
+        }
         let arena = |label: &str, pick: &dyn Fn(&UpdateTensor) -> BufId| {
             let specs: Vec<(&str, &[usize])> = slots
                 .iter()
@@ -78,15 +86,15 @@ impl Arenas {
                     (b.name.as_str(), &b.shape[..])
                 })
                 .collect();
-            GpuTensor::arena(gpu, label, &specs)
+            GpuTensor::arena(
+                gpu,
+                label,
+                &specs,
+                &layout.offsets,
+                &layout.sizes,
+                layout.bytes,
+            )
         };
-        let bytes: u64 = slots
-            .iter()
-            .map(|s| GpuTensor::slot_bytes(gpu, &plan.buffers[s.param].shape))
-            .sum();
-        if gpu.check_buffer_size("optimizer arena", bytes).is_err() {
-            return Ok(None);
-        }
         let mut views = Vec::new();
         let mut take = |(whole, slot_views): (GpuTensor, Vec<GpuTensor>),
                         pick: &dyn Fn(&UpdateTensor) -> BufId| {
