@@ -61,6 +61,91 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` where a user asked for an output, without destroying anything that is not
+/// an output: `-` is standard output (a closed pipe ends quietly, as Unix tools do); a FIFO
+/// or a character device is written through, never replaced; a symlink is followed and its
+/// target written (a dangling one is refused); a regular file or a new path is replaced
+/// atomically ([`write_atomic`]). Refused: any of the `protected` files (the input, the
+/// model), a path inside a run directory (one holding `config.json` beside a checkpoint or
+/// `metrics.jsonl`, or an unfinished `.partial` one), a directory, and any other kind of
+/// file.
+pub fn write_output(path: &Path, bytes: &[u8], protected: &[&Path]) -> Result<()> {
+    if path.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(bytes).and_then(|_| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.map_err(|e| Error::io(path, e)),
+        };
+    }
+    let refuse = |why: String| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        )
+    };
+    let link = fs::symlink_metadata(path).ok();
+    // A symlink stays: what it points to is the output.
+    let target: PathBuf = match &link {
+        Some(m) if m.file_type().is_symlink() => fs::canonicalize(path).map_err(|_| {
+            refuse("a symlink whose target does not exist; not replacing the link".into())
+        })?,
+        Some(_) | None => path.to_path_buf(),
+    };
+    let meta = fs::metadata(&target).ok();
+    if let Some(m) = &meta {
+        let same = |p: &Path| {
+            fs::canonicalize(p)
+                .ok()
+                .zip(fs::canonicalize(&target).ok())
+                .is_some_and(|(a, b)| a == b)
+        };
+        if let Some(p) = protected.iter().find(|p| same(p)) {
+            return Err(refuse(format!(
+                "it is {}, which this command reads; write elsewhere",
+                p.display()
+            )));
+        }
+        if m.is_dir() {
+            return Err(refuse("a directory".into()));
+        }
+        if !m.is_file() {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::FileTypeExt;
+                let t = m.file_type();
+                if t.is_fifo() || t.is_char_device() {
+                    let mut f = OpenOptions::new()
+                        .write(true)
+                        .open(&target)
+                        .map_err(|e| Error::io(&target, e))?;
+                    return match f.write_all(bytes).and_then(|_| f.flush()) {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                        other => other.map_err(|e| Error::io(&target, e)),
+                    };
+                }
+            }
+            return Err(refuse(
+                "not a regular file, a FIFO or a character device; not replacing it".into(),
+            ));
+        }
+    }
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let has = |name: &str| dir.join(name).is_file();
+    let partial = dir.extension().is_some_and(|e| e == "partial");
+    let run_dir =
+        has("config.json") && (has("checkpoint.safetensors") || has("metrics.jsonl") || partial);
+    if run_dir {
+        return Err(refuse(format!(
+            "{} is a run directory; soma does not write other files into one",
+            dir.display()
+        )));
+    }
+    write_atomic(&target, bytes)
+}
+
 /// A scratch directory for unit tests, shared by the modules that write files.
 #[cfg(test)]
 pub(crate) mod testdir {

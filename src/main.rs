@@ -67,7 +67,9 @@ enum Command {
         /// CSV of feature rows (a header row is detected)
         #[arg(long)]
         input: PathBuf,
-        /// Where to write the predictions CSV [default: standard output]
+        /// Where to write the predictions CSV: a file (replaced atomically; never the input,
+        /// the model or a file in a run directory), a FIFO or device (written through), or -
+        /// [default: standard output]
         #[arg(long)]
         output: Option<PathBuf>,
         /// A column of the input to ignore (its label column): name or 0-based index

@@ -1540,3 +1540,102 @@ fn regression_targets_are_scaled_and_predictions_mapped_back() {
         1.0 - sse / sst
     );
 }
+
+/// `predict --output` destroys nothing that is not an output: the input, the model and any
+/// file in a run directory are refused with the file unchanged; a symlink is written through
+/// to its target and stays a link; a FIFO is written through and stays a FIFO; `-` is
+/// standard output; a plain file is replaced.
+#[cfg(unix)]
+#[test]
+fn predict_output_never_replaces_what_is_not_an_output() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = TempDir::new("predict-output");
+    let run = train_cpu(&dir, "run", &["--epochs", "1"]);
+    let input = dir.join("rows.csv");
+    write_rows_csv(&input, &digits_test_split(0));
+    let predict = |output: &Path| {
+        soma(
+            &dir,
+            &[
+                "predict",
+                "--device",
+                "cpu",
+                "--model",
+                run.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--drop-column",
+                "target",
+                "--output",
+                output.to_str().unwrap(),
+            ],
+        )
+    };
+    let stdout = soma(
+        &dir,
+        &[
+            "predict",
+            "--device",
+            "cpu",
+            "--model",
+            run.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--drop-column",
+            "target",
+        ],
+    )
+    .ok()
+    .stdout;
+    assert!(stdout.starts_with("class,"), "{stdout}");
+
+    // Refused, and unchanged: the input, the model, a new file in the run directory.
+    let rows = std::fs::read(&input).unwrap();
+    assert_clean_failure(&predict(&input), &["rows.csv", "reads"], None);
+    assert_eq!(std::fs::read(&input).unwrap(), rows);
+    let model = run.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    assert_clean_failure(&predict(&model), &["checkpoint.safetensors"], None);
+    assert_eq!(std::fs::read(&model).unwrap(), bytes);
+    assert_clean_failure(&predict(&run.join("out.csv")), &["run directory"], None);
+    assert!(!run.join("out.csv").exists());
+
+    // A plain file is replaced, `-` is standard output.
+    let plain = dir.join("out.csv");
+    std::fs::write(&plain, "old").unwrap();
+    predict(&plain).ok();
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), stdout);
+    assert_eq!(predict(Path::new("-")).ok().stdout, stdout);
+
+    // A symlink: its target gets the predictions, the link stays a link.
+    let target = dir.join("target.csv");
+    std::fs::write(&target, "old").unwrap();
+    let link = dir.join("link.csv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    predict(&link).ok();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), stdout);
+    // A dangling one is refused and left alone.
+    let dangling = dir.join("dangling.csv");
+    std::os::unix::fs::symlink(dir.join("nowhere.csv"), &dangling).unwrap();
+    assert_clean_failure(&predict(&dangling), &["symlink"], None);
+    assert!(std::fs::symlink_metadata(&dangling).is_ok());
+
+    // A FIFO: written through while a reader drains it; it stays a FIFO.
+    let fifo = dir.join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        predict(&fifo).ok();
+        assert_eq!(reader.join().unwrap(), stdout);
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    } else {
+        println!("mkfifo unavailable: the FIFO case was not run");
+    }
+}

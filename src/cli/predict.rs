@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use soma::fs::write_atomic;
+use soma::fs::write_output;
 use soma::{Error, Loss, Model, Result};
 
 use super::eval::predicted_classes;
@@ -92,7 +92,7 @@ fn parse_rows(cmd: &PredictCommand, width: usize) -> Result<(Vec<f32>, usize)> {
 }
 
 pub fn run(cmd: PredictCommand) -> Result<()> {
-    let (_, ck) = load_model(&cmd.model)?;
+    let (model_file, ck) = load_model(&cmd.model)?;
     let model = Model::with_params(ck.network.clone(), ck.params.clone())?;
     let width = model.network.input_width();
     let (mut x, rows) = parse_rows(&cmd, width)?;
@@ -148,11 +148,15 @@ pub fn run(cmd: PredictCommand) -> Result<()> {
             }
         }
     }
-    match &cmd.output {
-        Some(path) => write_atomic(path, text.as_bytes()),
-        None => {
-            print!("{text}");
-            Ok(())
-        }
-    }
+    // Never over the input or the model, never replacing a device, FIFO or symlink.
+    let output = cmd.output.clone().unwrap_or_else(|| PathBuf::from("-"));
+    write_output(
+        &output,
+        text.as_bytes(),
+        &[
+            cmd.input.as_path(),
+            cmd.model.as_path(),
+            model_file.as_path(),
+        ],
+    )
 }
