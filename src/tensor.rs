@@ -226,14 +226,14 @@ impl GpuTensor {
     pub fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         self.expect_dtype(DType::F32)?;
         let bytes = self.start_read(gpu)?.wait(gpu)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        Ok(words(&bytes, f32::from_le_bytes))
     }
 
     /// Reads the u32 tensor back to the host, blocking.
     pub fn read_u32(&self, gpu: &Gpu) -> Result<Vec<u32>> {
         self.expect_dtype(DType::U32)?;
         let bytes = self.start_read(gpu)?.wait(gpu)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        Ok(words(&bytes, u32::from_le_bytes))
     }
 
     /// Reads the f32 tensor back without blocking: the future completes when whoever owns the
@@ -241,8 +241,17 @@ impl GpuTensor {
     pub async fn read_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         self.expect_dtype(DType::F32)?;
         let bytes = self.start_read(gpu)?.into_future().await?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        Ok(words(&bytes, f32::from_le_bytes))
     }
+}
+
+/// 4-byte little-endian words from bytes read back, copied rather than cast: a `Vec<u8>`
+/// promises no alignment for a wider type.
+fn words<T>(bytes: &[u8], word: fn([u8; 4]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| word([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Starts one readback of several tensors: each is copied, whole and in order, into one

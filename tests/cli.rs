@@ -1639,3 +1639,94 @@ fn predict_output_never_replaces_what_is_not_an_output() {
         println!("mkfifo unavailable: the FIFO case was not run");
     }
 }
+
+/// Options that cannot be honoured are errors before any work: an unknown workload, a zero
+/// matrix size (a division by zero on the CPU, an alignment panic on the GPU before), a
+/// peak that is not positive.
+#[test]
+fn bench_rejects_what_it_cannot_run() {
+    let dir = TempDir::new("bench-options");
+    for (args, needle) in [
+        (&["bench", "--only", "B9"][..], "--only B9"),
+        (&["bench", "--only", "B1", "--sizes", "0"][..], "--sizes"),
+        (&["bench", "--peak-gflops=-5"][..], "--peak-gflops"),
+    ] {
+        assert_clean_failure(&soma(&dir, args), &[needle], None);
+    }
+}
+
+/// Two runs started within the same second both get a directory: the second takes a
+/// suffix (every name of the next seconds is taken here beforehand, so the run must).
+#[test]
+fn default_run_directories_do_not_collide() {
+    let dir = TempDir::new("run-names");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut taken = BTreeSet::new();
+    for s in now..now + 30 {
+        let out = Command::new("date")
+            .args(["-u", "+%Y%m%d-%H%M%S", "-d", &format!("@{s}")])
+            .output()
+            .expect("date");
+        let name = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        std::fs::create_dir_all(dir.join("runs").join(&name)).unwrap();
+        taken.insert(name);
+    }
+    soma(
+        &dir,
+        &[
+            "train", "--device", "cpu", "--epochs", "1", "--data", "iris",
+        ],
+    )
+    .ok();
+    let made: Vec<String> = entries(&dir.join("runs"))
+        .into_iter()
+        .filter(|n| !taken.contains(n))
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(
+        made[0].ends_with("-2") && taken.contains(&made[0][..made[0].len() - 2]),
+        "{made:?}"
+    );
+}
+
+/// `predict … | head`: the reader goes away before the predictions (more than a pipe's
+/// buffer) are written; soma ends quietly with status 0, as Unix tools do, not with a panic.
+#[test]
+fn predict_into_a_closed_pipe_ends_quietly() {
+    let dir = TempDir::new("predict-pipe");
+    let run = train_cpu(&dir, "run", &["--epochs", "1"]);
+    let input = dir.join("rows.csv");
+    // Every test row of digits five times over: well past a 64 KiB pipe buffer.
+    let test = digits_test_split(0);
+    let many = test.select(
+        &(0..5 * test.len())
+            .map(|i| i % test.len())
+            .collect::<Vec<_>>(),
+    );
+    write_rows_csv(&input, &many);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_soma"))
+        .args([
+            "predict",
+            "--device",
+            "cpu",
+            "--model",
+            run.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--drop-column",
+            "target",
+        ])
+        .current_dir(&dir.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

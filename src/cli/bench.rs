@@ -366,6 +366,27 @@ fn b3(ctx: &mut Ctx<'_>) -> Result<()> {
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
+    // Options checked before any device is opened: an option that cannot be honoured is an
+    // error, not an empty table.
+    if let Some(bad) = cmd
+        .only
+        .iter()
+        .find(|o| !["B1", "B2", "B3"].iter().any(|b| o.eq_ignore_ascii_case(b)))
+    {
+        return Err(Error::Config(format!(
+            "--only {bad}: the workloads are B1, B2 and B3"
+        )));
+    }
+    if let Some(n) = cmd.sizes.iter().flatten().find(|&&n| n == 0) {
+        return Err(Error::Config(format!(
+            "--sizes: {n} is not a matrix size (at least 1)"
+        )));
+    }
+    if let Some(p) = cmd.peak_gflops.filter(|p| !(p.is_finite() && *p > 0.0)) {
+        return Err(Error::Config(format!(
+            "--peak-gflops {p}: a peak must be a positive number"
+        )));
+    }
     let opened = open_device(cmd.device)?;
     let device = opened.device();
     let (peer, adapter) = match device {

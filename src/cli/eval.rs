@@ -1,7 +1,7 @@
 //! `soma eval`: loss, accuracy and the confusion matrix of a trained model on a dataset
 //! (by default the test split of the run that made it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -125,37 +125,36 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         accuracy: e.accuracy,
         confusion,
     };
+    // Built whole, then written once: a closed pipe (`eval | head`) ends quietly.
+    let mut out = String::new();
     if cmd.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?
-        );
-        return Ok(());
+        out = serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        out.push('\n');
+        return soma::fs::write_output(Path::new("-"), out.as_bytes(), &[]);
     }
-    println!(
-        "{}: {} samples on {}",
+    out += &format!(
+        "{}: {} samples on {}\n",
         report.data,
         report.samples,
         device.name()
     );
-    println!("loss {:.5}", report.loss);
+    out += &format!("loss {:.5}\n", report.loss);
     if let Some(a) = report.accuracy {
-        println!("accuracy {:.2}%", 100.0 * a);
+        out += &format!("accuracy {:.2}%\n", 100.0 * a);
     }
     if let Some(m) = &report.confusion {
-        println!("confusion matrix (rows: true class, columns: predicted):");
-        print!("      ");
+        out += "confusion matrix (rows: true class, columns: predicted):\n      ";
         for c in 0..m.len() {
-            print!("{c:>6}");
+            out += &format!("{c:>6}");
         }
-        println!();
+        out.push('\n');
         for (t, row) in m.iter().enumerate() {
-            print!("{t:>6}");
+            out += &format!("{t:>6}");
             for v in row {
-                print!("{v:>6}");
+                out += &format!("{v:>6}");
             }
-            println!();
+            out.push('\n');
         }
     }
-    Ok(())
+    soma::fs::write_output(Path::new("-"), out.as_bytes(), &[])
 }

@@ -208,7 +208,13 @@ fn default_run_dir() -> PathBuf {
     let (days, rem) = (secs / 86400, secs % 86400);
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
     let (y, mo, d) = civil_from_days(days as i64);
-    PathBuf::from(format!("runs/{y:04}{mo:02}{d:02}-{h:02}{m:02}{s:02}"))
+    let base = format!("runs/{y:04}{mo:02}{d:02}-{h:02}{m:02}{s:02}");
+    // A second run started within the same second takes the next free suffix.
+    let free = |p: &PathBuf| !p.exists() && !partial(p).exists();
+    std::iter::once(PathBuf::from(&base))
+        .chain((2..).map(|n| PathBuf::from(format!("{base}-{n}"))))
+        .find(free)
+        .unwrap_or_else(|| PathBuf::from(base))
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
