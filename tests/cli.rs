@@ -1553,66 +1553,55 @@ fn predict_output_never_replaces_what_is_not_an_output() {
     let run = train_cpu(&dir, "run", &["--epochs", "1"]);
     let input = dir.join("rows.csv");
     write_rows_csv(&input, &digits_test_split(0));
-    let predict = |output: &Path| {
-        soma(
-            &dir,
-            &[
-                "predict",
-                "--device",
-                "cpu",
-                "--model",
-                run.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-                "--drop-column",
-                "target",
-                "--output",
-                output.to_str().unwrap(),
-            ],
-        )
+    // With `--output PATH`, or none (standard output).
+    let predict = |output: Option<&Path>| {
+        let mut args = vec![
+            "predict".to_string(),
+            "--device".into(),
+            "cpu".into(),
+            "--model".into(),
+            run.to_str().unwrap().into(),
+            "--input".into(),
+            input.to_str().unwrap().into(),
+            "--drop-column".into(),
+            "target".into(),
+        ];
+        if let Some(o) = output {
+            args.extend(["--output".into(), o.to_str().unwrap().into()]);
+        }
+        soma(&dir, &args)
     };
-    let stdout = soma(
-        &dir,
-        &[
-            "predict",
-            "--device",
-            "cpu",
-            "--model",
-            run.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--drop-column",
-            "target",
-        ],
-    )
-    .ok()
-    .stdout;
+    let stdout = predict(None).ok().stdout;
     assert!(stdout.starts_with("class,"), "{stdout}");
 
     // Refused, and unchanged: the input, the model, a new file in the run directory.
     let rows = std::fs::read(&input).unwrap();
-    assert_clean_failure(&predict(&input), &["rows.csv", "reads"], None);
+    assert_clean_failure(&predict(Some(&input)), &["rows.csv", "reads"], None);
     assert_eq!(std::fs::read(&input).unwrap(), rows);
     let model = run.join("checkpoint.safetensors");
     let bytes = std::fs::read(&model).unwrap();
-    assert_clean_failure(&predict(&model), &["checkpoint.safetensors"], None);
+    assert_clean_failure(&predict(Some(&model)), &["checkpoint.safetensors"], None);
     assert_eq!(std::fs::read(&model).unwrap(), bytes);
-    assert_clean_failure(&predict(&run.join("out.csv")), &["run directory"], None);
+    assert_clean_failure(
+        &predict(Some(&run.join("out.csv"))),
+        &["run directory"],
+        None,
+    );
     assert!(!run.join("out.csv").exists());
 
     // A plain file is replaced, `-` is standard output.
     let plain = dir.join("out.csv");
     std::fs::write(&plain, "old").unwrap();
-    predict(&plain).ok();
+    predict(Some(&plain)).ok();
     assert_eq!(std::fs::read_to_string(&plain).unwrap(), stdout);
-    assert_eq!(predict(Path::new("-")).ok().stdout, stdout);
+    assert_eq!(predict(Some(Path::new("-"))).ok().stdout, stdout);
 
     // A symlink: its target gets the predictions, the link stays a link.
     let target = dir.join("target.csv");
     std::fs::write(&target, "old").unwrap();
     let link = dir.join("link.csv");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    predict(&link).ok();
+    predict(Some(&link)).ok();
     assert!(std::fs::symlink_metadata(&link)
         .unwrap()
         .file_type()
@@ -1621,7 +1610,7 @@ fn predict_output_never_replaces_what_is_not_an_output() {
     // A dangling one is refused and left alone.
     let dangling = dir.join("dangling.csv");
     std::os::unix::fs::symlink(dir.join("nowhere.csv"), &dangling).unwrap();
-    assert_clean_failure(&predict(&dangling), &["symlink"], None);
+    assert_clean_failure(&predict(Some(&dangling)), &["symlink"], None);
     assert!(std::fs::symlink_metadata(&dangling).is_ok());
 
     // A FIFO: written through while a reader drains it; it stays a FIFO.
@@ -1632,7 +1621,7 @@ fn predict_output_never_replaces_what_is_not_an_output() {
             let fifo = fifo.clone();
             std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
         };
-        predict(&fifo).ok();
+        predict(Some(&fifo)).ok();
         assert_eq!(reader.join().unwrap(), stdout);
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
     } else {
