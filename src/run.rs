@@ -196,27 +196,39 @@ impl<'a> Run<'a> {
     /// streamed, gathers each step's batch on the host, writes it into the plan's input,
     /// and submits that step alone.
     pub fn run_pass(&mut self, pass: Pass, steps: Range<usize>) -> Result<()> {
-        let Some(params) = self.bufs(pass)?.streamed.clone() else {
-            return self.exec.run(&self.plan, pass, steps);
+        // Borrowed field by field: a step reads the plan and the host data while the executor
+        // runs, and nothing is copied per step.
+        let Run {
+            plan,
+            exec,
+            train,
+            eval,
+        } = self;
+        let (bufs, host) = match pass {
+            Pass::Train => (plan.train.as_ref(), &*train),
+            Pass::Eval => (plan.eval.as_ref(), &*eval),
         };
-        let mut batch = vec![0.0; self.plan.batch * self.plan.network.input_width()];
+        let bufs = bufs.ok_or_else(|| Error::Config(format!("the run has no {pass:?} data")))?;
+        let Some(params) = &bufs.streamed else {
+            return exec.run(plan, pass, steps);
+        };
+        let mut batch = vec![0.0; plan.batch * plan.network.input_width()];
         for s in steps {
-            let host = match pass {
-                Pass::Train => &self.train,
-                Pass::Eval => &self.eval,
-            };
-            ops::data::cpu::gather_rows(&mut batch, &host.x, &host.order, &entry(&params, s));
-            self.exec.write_f32(&self.plan, self.plan.input, &batch)?;
-            self.exec.run(&self.plan, pass, s..s + 1)?;
+            ops::data::cpu::gather_rows(&mut batch, &host.x, &host.order, &entry(params, s));
+            exec.write_f32(plan, plan.input, &batch)?;
+            exec.run(plan, pass, s..s + 1)?;
         }
         Ok(())
     }
 
     /// Zeroes a pass's loss sum and correct count.
     pub fn zero_metrics(&mut self, pass: Pass) -> Result<()> {
-        let bufs = self.bufs(pass)?.clone();
-        self.exec.write_f32(&self.plan, bufs.loss_sum, &[0.0])?;
-        if let Some(c) = bufs.correct {
+        let (loss_sum, correct) = {
+            let bufs = self.bufs(pass)?;
+            (bufs.loss_sum, bufs.correct)
+        };
+        self.exec.write_f32(&self.plan, loss_sum, &[0.0])?;
+        if let Some(c) = correct {
             self.exec.write_u32(&self.plan, c, &[0])?;
         }
         Ok(())

@@ -388,11 +388,6 @@ impl Step {
         &self.ops
     }
 
-    /// Whether the pass does anything.
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
     /// Rebuilds the op list from the stages (after a stage changed).
     pub fn refresh(&mut self) {
         let mut ops = Vec::new();

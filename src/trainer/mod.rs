@@ -211,10 +211,6 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    fn train_bufs(&self) -> Result<crate::plan::DataBufs> {
-        self.run.bufs(Pass::Train).cloned()
-    }
-
     /// Steps left in the current epoch (all of them before `begin_epoch`).
     pub fn steps_left(&self) -> usize {
         let steps = self.run.plan.train.as_ref().map_or(0, |d| d.steps);
@@ -294,7 +290,7 @@ impl<'a> Trainer<'a> {
     /// once whoever owns the device polls it past the copy (GPU only; on the CPU path the
     /// value is ready at once).
     pub fn start_loss_readback(&self) -> Result<LossReadback> {
-        let bufs = self.train_bufs()?;
+        let bufs = self.run.bufs(Pass::Train)?;
         let done = self.cursor.as_ref().map_or(0, |c| c.step);
         let rows = (done * self.run.plan.batch).clamp(1, bufs.rows);
         Ok(match self.run.exec.tensor(bufs.loss_sum) {
@@ -331,7 +327,7 @@ impl<'a> Trainer<'a> {
     /// The mean training loss of the current epoch so far (a readback, which waits for the
     /// device).
     pub fn running_loss(&self) -> Result<f32> {
-        let bufs = self.train_bufs()?;
+        let bufs = self.run.bufs(Pass::Train)?;
         let done = self.cursor.as_ref().map_or(0, |c| c.step);
         let sum = self.run.exec.read_f32(bufs.loss_sum)?[0];
         Ok(sum / (done * self.run.plan.batch).clamp(1, bufs.rows) as f32)
@@ -344,7 +340,8 @@ impl<'a> Trainer<'a> {
     pub fn end_epoch(&mut self) -> Result<EpochMetrics> {
         let left = self.steps_left();
         self.run_steps(left)?;
-        let bufs = self.train_bufs()?;
+        // Owned: the divergence search below runs steps while it reads them.
+        let bufs = self.run.bufs(Pass::Train)?.clone();
         let (train_loss, train_accuracy) = self.run.read_metrics(Pass::Train)?;
         let cursor = self
             .cursor
