@@ -498,4 +498,45 @@ pub mod cpu {
             }
         }
     }
+
+    // The vec4 kernels apply the scalar kernels' per-element formulas to four neighbours at
+    // a time, so their twins are the scalar twins.
+
+    /// Twin of `sgd_update_vec4`: [`sgd_update`].
+    pub fn sgd_update_vec4(param: &mut [f32], grad: &[f32], p: &OptimParams) {
+        sgd_update(param, grad, p)
+    }
+
+    /// Twin of `momentum_update_vec4`: [`momentum_update`].
+    pub fn momentum_update_vec4(
+        param: &mut [f32],
+        velocity: &mut [f32],
+        grad: &[f32],
+        p: &OptimParams,
+    ) {
+        momentum_update(param, velocity, grad, p)
+    }
+
+    /// Twin of `adam_update_vec4`: [`adam_update`].
+    pub fn adam_update_vec4(
+        param: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        grad: &[f32],
+        p: &OptimParams,
+    ) {
+        adam_update(param, m, v, grad, p)
+    }
+
+    /// Twin of `rmsprop_update_vec4`: [`rmsprop_update`].
+    pub fn rmsprop_update_vec4(
+        param: &mut [f32],
+        square_avg: &mut [f32],
+        momentum_buffer: &mut [f32],
+        grad_avg: &mut [f32],
+        grad: &[f32],
+        p: &OptimParams,
+    ) {
+        rmsprop_update(param, square_avg, momentum_buffer, grad_avg, grad, p)
+    }
 }
