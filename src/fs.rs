@@ -71,11 +71,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// file.
 pub fn write_output(path: &Path, bytes: &[u8], protected: &[&Path]) -> Result<()> {
     if path.as_os_str() == "-" {
-        let mut out = std::io::stdout().lock();
-        return match out.write_all(bytes).and_then(|_| out.flush()) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            other => other.map_err(|e| Error::io(path, e)),
-        };
+        return write_through(std::io::stdout().lock(), bytes).map_err(|e| Error::io(path, e));
     }
     let refuse = |why: String| {
         Error::io(
@@ -114,14 +110,11 @@ pub fn write_output(path: &Path, bytes: &[u8], protected: &[&Path]) -> Result<()
                 use std::os::unix::fs::FileTypeExt;
                 let t = m.file_type();
                 if t.is_fifo() || t.is_char_device() {
-                    let mut f = OpenOptions::new()
+                    return OpenOptions::new()
                         .write(true)
                         .open(&target)
-                        .map_err(|e| Error::io(&target, e))?;
-                    return match f.write_all(bytes).and_then(|_| f.flush()) {
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                        other => other.map_err(|e| Error::io(&target, e)),
-                    };
+                        .and_then(|f| write_through(f, bytes))
+                        .map_err(|e| Error::io(&target, e));
                 }
             }
             return Err(refuse(
@@ -144,6 +137,15 @@ pub fn write_output(path: &Path, bytes: &[u8], protected: &[&Path]) -> Result<()
         )));
     }
     write_atomic(&target, bytes)
+}
+
+/// Writes all of `bytes` to a stream; a reader that went away (a closed pipe) ends the
+/// write quietly, as Unix tools do.
+fn write_through(mut w: impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    match w.write_all(bytes).and_then(|_| w.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// A scratch directory for unit tests, shared by the modules that write files.
