@@ -571,6 +571,7 @@ mod tests {
                     epoch: 3,
                     step: 12_345,
                     rng: rng.state(),
+                    first_loss: None,
                 },
                 optimizer: Optimizer::adamw(3e-4, 0.05),
                 config: TrainConfig {
@@ -701,6 +702,7 @@ mod tests {
                     epoch: 0,
                     step: 0,
                     rng: Rng::new(0).state(),
+                    first_loss: None,
                 },
                 optimizer: Optimizer::new(OptimizerKind::Momentum),
                 config: TrainConfig::default(),
@@ -949,6 +951,7 @@ mod tests {
                 epoch: 1,
                 step: 1,
                 rng: Rng::new(1).state(),
+                first_loss: None,
             })
             .unwrap(),
         );

@@ -71,12 +71,17 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
-    /// Training produced a non-finite loss; the weights of the last good step were kept.
-    #[error("training diverged at epoch {epoch}, step {step}: loss is {loss}; the weights of the last good step were kept (try a smaller learning rate)")]
+    /// Training produced a non-finite or exploding loss (or optimizer state).
+    #[error("training diverged at epoch {epoch}, step {step}: {cause}; {kept}")]
     Diverged {
         epoch: usize,
         step: usize,
+        /// The loss that was found bad (NaN when the bad value was not a loss).
         loss: f32,
+        /// What was bad: the loss, with its bound, or a tensor.
+        cause: String,
+        /// Where the last good weights are.
+        kept: String,
     },
 
     /// A checkpoint that does not match the network it is loaded into.

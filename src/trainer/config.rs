@@ -82,6 +82,10 @@ pub struct TrainState {
     /// Steps completed.
     pub step: u64,
     pub rng: RngState,
+    /// The mean loss of the run's first batch at its starting weights: what an exploding
+    /// loss is measured against (absent in checkpoints written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_loss: Option<f32>,
 }
 
 /// Progress inside an epoch, for progress bars.

@@ -34,7 +34,19 @@ pub struct Trainer<'a> {
     cursor: Option<Cursor>,
     /// The identity order has been sent (no-shuffle runs send it once).
     order_written: bool,
+    /// The mean loss of the first batch at the starting weights (see `TrainState`).
+    first_loss: Option<f32>,
+    /// An epoch loss above this many times `first_loss` (or 1, if larger) is a divergence.
+    explode_factor: Option<f32>,
 }
+
+/// By default, training stops as diverged when an epoch's loss is over this many times the
+/// loss of its first batch (or 1, if larger): no run that is learning gets there, and one
+/// whose loss exploded (Adam at a learning rate of 1000) does within an epoch or two.
+pub const EXPLODE_FACTOR: f32 = 1000.0;
+
+/// Where a diverged `Trainer` leaves its weights.
+const KEPT: &str = "the weights of the last good step were kept (try a smaller learning rate)";
 
 /// Where an epoch stands.
 struct Cursor {
@@ -78,6 +90,8 @@ impl<'a> Trainer<'a> {
             step: 0,
             cursor: None,
             order_written: false,
+            first_loss: None,
+            explode_factor: Some(EXPLODE_FACTOR),
         })
     }
 
@@ -102,7 +116,25 @@ impl<'a> Trainer<'a> {
             epoch: self.epoch,
             step: self.step,
             rng: self.rng.state(),
+            first_loss: self.first_loss,
         }
+    }
+
+    /// Sets the factor past which a finite loss counts as exploded ([`EXPLODE_FACTOR`] by
+    /// default); `None` stops training only on a non-finite loss.
+    pub fn set_explode_factor(&mut self, factor: Option<f32>) -> Result<()> {
+        if let Some(f) = factor.filter(|f| !(f.is_finite() && *f > 1.0)) {
+            return Err(Error::Config(format!(
+                "explode factor {f}: it must be a finite number above 1"
+            )));
+        }
+        self.explode_factor = factor;
+        Ok(())
+    }
+
+    /// The largest epoch loss that is not a divergence, once the first batch's loss is known.
+    fn loss_limit(&self) -> Option<f32> {
+        Some(self.explode_factor? * self.first_loss?.max(1.0))
     }
 
     /// Continues from a saved state: epoch and step counters, the shuffle stream, and the
@@ -121,6 +153,7 @@ impl<'a> Trainer<'a> {
         }
         self.epoch = state.epoch;
         self.step = state.step;
+        self.first_loss = state.first_loss;
         self.rng = Rng::from_state(state.rng.clone());
         Ok(())
     }
@@ -211,6 +244,11 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Training steps in one epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.run.plan.train.as_ref().map_or(0, |d| d.steps)
+    }
+
     /// Steps left in the current epoch (all of them before `begin_epoch`).
     pub fn steps_left(&self) -> usize {
         let steps = self.run.plan.train.as_ref().map_or(0, |d| d.steps);
@@ -223,7 +261,17 @@ impl<'a> Trainer<'a> {
         self.begin_epoch()?;
         let n = n.min(self.steps_left());
         let first = self.cursor.as_ref().map_or(0, |c| c.step);
-        if n > 0 {
+        if n > 0 && first == 0 && self.first_loss.is_none() && self.explode_factor.is_some() {
+            // The run's first step, read back once: the loss at the starting weights.
+            self.run_train(0..1)?;
+            let bufs = self.run.bufs(Pass::Train)?;
+            let rows = self.run.plan.batch.min(bufs.rows).max(1);
+            let sum = self.run.exec.read_f32(bufs.loss_sum)?[0];
+            self.first_loss = Some(sum / rows as f32).filter(|l| l.is_finite());
+            if n > 1 {
+                self.run_train(1..n)?;
+            }
+        } else if n > 0 {
             self.run_train(first..first + n)?;
         }
         if let Some(c) = self.cursor.as_mut() {
@@ -347,8 +395,9 @@ impl<'a> Trainer<'a> {
             .cursor
             .take()
             .ok_or_else(|| Error::Config("no epoch under way".into()))?;
-        if !train_loss.is_finite() {
-            return Err(self.find_divergence(&bufs));
+        let limit = self.loss_limit();
+        if !train_loss.is_finite() || limit.is_some_and(|l| train_loss > l) {
+            return Err(self.find_divergence(&bufs, train_loss, limit));
         }
         self.step += bufs.steps as u64;
         self.epoch += 1;
@@ -391,19 +440,29 @@ impl<'a> Trainer<'a> {
     }
 
     /// Replays the epoch from its saved start, reading the loss after every step, to find
-    /// the first bad step; then replays up to the step before it, so that the last good
-    /// weights stay on the device.
-    fn find_divergence(&mut self, bufs: &crate::plan::DataBufs) -> Error {
+    /// the first bad step (a non-finite loss, or one over `limit`); then replays up to the
+    /// step before it, so that the last good weights stay on the device.
+    fn find_divergence(
+        &mut self,
+        bufs: &crate::plan::DataBufs,
+        epoch_loss: f32,
+        limit: Option<f32>,
+    ) -> Error {
         let epoch = self.epoch + 1;
+        let batch = self.run.plan.batch;
         let mut search = || -> Result<Error> {
             self.run.exec.restore()?;
             self.run.zero_metrics(Pass::Train)?;
-            let mut bad = (bufs.steps, f32::NAN);
+            let mut bad = (bufs.steps, epoch_loss);
+            let mut before = 0.0;
             for s in 0..bufs.steps {
                 self.run_train(s..s + 1)?;
                 let sum = self.run.exec.read_f32(bufs.loss_sum)?[0];
-                if !sum.is_finite() {
-                    bad = (s, sum);
+                let rows = batch.min(bufs.rows.saturating_sub(s * batch)).max(1);
+                let loss = (sum - before) / rows as f32;
+                before = sum;
+                if !sum.is_finite() || limit.is_some_and(|l| loss > l) {
+                    bad = (s, if sum.is_finite() { loss } else { sum });
                     break;
                 }
             }
@@ -412,10 +471,20 @@ impl<'a> Trainer<'a> {
                 self.run_train(0..bad.0)?;
             }
             self.step += bad.0 as u64;
+            let cause = match (bad.1.is_finite(), limit, self.first_loss) {
+                (true, Some(_), Some(first)) => format!(
+                    "the batch loss is {:.4e}, over {} times the first batch's {first:.4}",
+                    bad.1,
+                    self.explode_factor.unwrap_or(EXPLODE_FACTOR)
+                ),
+                _ => format!("the loss is {}", bad.1),
+            };
             Ok(Error::Diverged {
                 epoch,
                 step: bad.0 + 1,
                 loss: bad.1,
+                cause,
+                kept: KEPT.into(),
             })
         };
         match search() {
