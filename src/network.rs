@@ -31,6 +31,12 @@ impl Network {
     /// A multi-layer perceptron from its widths (`[inputs, hidden..., outputs]`), with
     /// `hidden` on every hidden layer and `output` on the last, all with biases.
     pub fn mlp(widths: &[usize], hidden: Activation, output: Activation) -> Result<Network> {
+        let net = Network::mlp_unchecked(widths, hidden, output)?;
+        net.validate()?;
+        Ok(net)
+    }
+
+    fn mlp_unchecked(widths: &[usize], hidden: Activation, output: Activation) -> Result<Network> {
         if widths.len() < 2 {
             return Err(Error::Config(format!(
                 "a network needs at least an input and an output width, got {widths:?}"
@@ -70,8 +76,31 @@ impl Network {
                     self.layers[i - 1].outputs
                 )));
             }
+            // Kernels index a tensor with 32-bit integers.
+            let weights = (l.inputs as u64).checked_mul(l.outputs as u64);
+            if weights.is_none_or(|w| w > MAX_TENSOR_ELEMENTS) {
+                return Err(Error::Config(format!(
+                    "layer {i}: a {} x {} weight is over the {MAX_TENSOR_ELEMENTS} values a tensor may hold",
+                    l.outputs, l.inputs
+                )));
+            }
+        }
+        if self.parameter_bytes().is_none() {
+            return Err(Error::Config(
+                "the network's parameters do not fit in this machine's address space".into(),
+            ));
         }
         Ok(())
+    }
+
+    /// The bytes of the network's parameters (f32), or `None` if they would overflow.
+    pub fn parameter_bytes(&self) -> Option<u64> {
+        self.layers.iter().try_fold(0u64, |sum, l| {
+            let w = (l.inputs as u64).checked_mul(l.outputs as u64)?;
+            let b = if l.bias { l.outputs as u64 } else { 0 };
+            let bytes = w.checked_add(b)?.checked_mul(4)?;
+            sum.checked_add(bytes).filter(|&t| t <= isize::MAX as u64)
+        })
     }
 
     pub fn input_width(&self) -> usize {
@@ -97,6 +126,9 @@ impl Network {
             .sum()
     }
 }
+
+/// The most values one tensor may hold: kernels index tensors with 32-bit integers.
+pub const MAX_TENSOR_ELEMENTS: u64 = u32::MAX as u64;
 
 /// How initial weights are drawn. All draws use the portable [`Rng`], so a seed gives the
 /// same weights on every machine and both paths.

@@ -61,10 +61,20 @@ impl FromStr for Schedule {
                             "schedule '{s}': step every must be a positive integer"
                         ))
                     })?,
-                gamma: num(gamma)?,
+                gamma: Some(num(gamma)?).filter(|g| *g > 0.0).ok_or_else(|| {
+                    Error::Config(format!(
+                        "schedule '{s}': the factor GAMMA must be above 0 (0.5 halves the rate)"
+                    ))
+                })?,
             }),
             ["cosine"] => Ok(Schedule::Cosine { min_lr: 0.0 }),
-            ["cosine", min] => Ok(Schedule::Cosine { min_lr: num(min)? }),
+            ["cosine", min] => Ok(Schedule::Cosine {
+                min_lr: Some(num(min)?).filter(|m| *m >= 0.0).ok_or_else(|| {
+                    Error::Config(format!(
+                        "schedule '{s}': the final rate MIN_LR must be 0 or more"
+                    ))
+                })?,
+            }),
             _ => Err(Error::Config(format!(
                 "unknown schedule '{s}' (known: constant, step:EVERY:GAMMA, cosine[:MIN_LR])"
             ))),

@@ -265,6 +265,15 @@ impl Dataset {
     }
 }
 
+/// The task of a bundled dataset (`None` for a name that is not one).
+pub fn bundled_task(name: &str) -> Option<Task> {
+    match name {
+        "digits" | "iris" | "wine" | "breast-cancer" => Some(Task::Classification),
+        "diabetes" => Some(Task::Regression),
+        _ => None,
+    }
+}
+
 /// Names accepted by [`bundled`].
 pub const BUNDLED: &[&str] = &["digits", "iris", "wine", "breast-cancer", "diabetes"];
 
@@ -273,12 +282,13 @@ pub const BUNDLED: &[&str] = &["digits", "iris", "wine", "breast-cancer", "diabe
 /// (178 x 13, 3 classes), `breast-cancer` (569 x 30, 2 classes), `diabetes` (442 x 10,
 /// regression). Features are in the files' raw units; scale them with [`Scaler`].
 pub fn bundled(name: &str) -> Result<Dataset> {
-    let (file, text, task) = match name {
-        "digits" => ("digits.csv", DIGITS_CSV, Task::Classification),
-        "iris" => ("iris.csv", IRIS_CSV, Task::Classification),
-        "wine" => ("wine.csv", WINE_CSV, Task::Classification),
-        "breast-cancer" => ("breast_cancer.csv", BREAST_CANCER_CSV, Task::Classification),
-        "diabetes" => ("diabetes.csv", DIABETES_CSV, Task::Regression),
+    let task = bundled_task(name);
+    let (file, text, task) = match (name, task) {
+        ("digits", Some(task)) => ("digits.csv", DIGITS_CSV, task),
+        ("iris", Some(task)) => ("iris.csv", IRIS_CSV, task),
+        ("wine", Some(task)) => ("wine.csv", WINE_CSV, task),
+        ("breast-cancer", Some(task)) => ("breast_cancer.csv", BREAST_CANCER_CSV, task),
+        ("diabetes", Some(task)) => ("diabetes.csv", DIABETES_CSV, task),
         _ => {
             return Err(Error::Config(format!(
                 "unknown bundled dataset '{name}': known are {}",
