@@ -53,7 +53,7 @@ enum Command {
         model: PathBuf,
         /// Data options (default: the run's own test split)
         #[command(flatten)]
-        data: TrainOptions,
+        data: cli::options::DataOptions,
         #[arg(long, value_enum, default_value_t)]
         device: DeviceChoice,
         #[arg(long)]

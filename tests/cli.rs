@@ -786,6 +786,427 @@ fn stop_and_resume_equals_an_uninterrupted_run() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 4b: run directories under concurrency, kills, interrupts and divergence
+// ---------------------------------------------------------------------------------------
+
+/// Starts `soma ARGS` in `dir` without waiting for it.
+fn spawn(dir: &TempDir, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_soma"))
+        .args(args)
+        .current_dir(&dir.0)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start the soma binary")
+}
+
+/// Waits (up to two minutes) until `ready` holds.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The epoch a run directory's checkpoint holds (0 when it has none yet, or it is being
+/// replaced right now).
+fn checkpoint_epoch(run: &Path) -> usize {
+    checkpoint::load(&run.join("checkpoint.safetensors"))
+        .ok()
+        .and_then(|c| c.resume)
+        .map_or(0, |r| r.state.epoch)
+}
+
+/// A long CPU run on digits into `dir/name`, running until killed.
+fn spawn_long_run(dir: &TempDir, extra: &[&str]) -> std::process::Child {
+    let mut args = vec!["train", "--device", "cpu", "--epochs", "100000"];
+    args.extend_from_slice(extra);
+    spawn(dir, &args)
+}
+
+#[test]
+fn a_run_directory_is_locked_while_it_trains_and_a_killed_run_does_not_block() {
+    let dir = TempDir::new("lock");
+    let run = dir.join("live");
+    let live = dir.arg("live");
+    let mut child = spawn_long_run(&dir, &["--out", &live]);
+    wait_until("the first checkpoint", || {
+        checkpoint_epoch(&partial(&run)) >= 1
+    });
+    let pid = child.id().to_string();
+    let work = partial(&run);
+    // A second process on the same run: refused, naming the first one's PID.
+    for args in [
+        vec![
+            "train",
+            "--device",
+            "cpu",
+            "--resume",
+            work.to_str().unwrap(),
+        ],
+        vec!["train", "--device", "cpu", "--epochs", "1", "--out", &live],
+    ] {
+        let ran = soma(&dir, &args);
+        assert_clean_failure(&ran, &["in use", &pid], None);
+    }
+    assert!(!run.exists() && work.join("config.json").is_file());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The lock died with its process: the run continues and finishes.
+    let done = checkpoint_epoch(&work);
+    assert!(done >= 1);
+    let epochs = (done + 1).to_string();
+    soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--epochs",
+            &epochs,
+            "--resume",
+            work.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_complete_run(&run, done + 1);
+}
+
+#[test]
+fn extending_a_finished_run_keeps_it_until_the_extension_finishes() {
+    let dir = TempDir::new("extend");
+    let constant = ["--schedule", "constant", "--seed", "5"];
+    let whole = train_cpu(&dir, "whole", &[&["--epochs", "4"][..], &constant].concat());
+    let run = train_cpu(&dir, "run", &[&["--epochs", "2"][..], &constant].concat());
+    let ckpt = run.join("checkpoint.safetensors");
+    let finished = std::fs::read(&ckpt).unwrap();
+
+    // An extension killed part way: the finished run is untouched.
+    let run_arg = run.to_str().unwrap().to_string();
+    let mut child = spawn_long_run(&dir, &["--resume", &run_arg]);
+    let work = partial(&run);
+    wait_until("the extension's third epoch", || {
+        checkpoint_epoch(&work) >= 3
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        finished,
+        "the finished model changed"
+    );
+    assert_eq!(metrics(&run).len(), 2);
+    assert_eq!(entries(&run).len(), 4, "{:?}", entries(&run));
+
+    // Extending again would start a second extension beside the first: refused.
+    let ran = soma(&dir, &["train", "--device", "cpu", "--resume", &run_arg]);
+    assert_clean_failure(&ran, &["run.partial", "--resume"], None);
+
+    // The killed extension continues, and replaces the run only when it finishes.
+    let work_arg = work.to_str().unwrap().to_string();
+    let ran = soma(
+        &dir,
+        &[
+            "train", "--device", "cpu", "--epochs", "2", "--resume", &work_arg,
+        ],
+    );
+    assert_clean_failure(&ran, &["--epochs 2", "epochs already"], None);
+    let done = checkpoint_epoch(&work);
+    let epochs = (done + 1).to_string();
+    soma(
+        &dir,
+        &[
+            "train", "--device", "cpu", "--epochs", &epochs, "--resume", &work_arg,
+        ],
+    )
+    .ok();
+    assert_complete_run(&run, done + 1);
+    assert!(!with_suffix(&run, ".replaced").exists());
+    assert!(!with_suffix(&run, ".partial.staging").exists());
+
+    // An uninterrupted extension from 2 to 4 epochs is the 4-epoch run, bit for bit.
+    let again = train_cpu(&dir, "again", &[&["--epochs", "2"][..], &constant].concat());
+    let again_arg = again.to_str().unwrap().to_string();
+    soma(
+        &dir,
+        &[
+            "train", "--device", "cpu", "--epochs", "4", "--resume", &again_arg,
+        ],
+    )
+    .ok();
+    assert_complete_run(&again, 4);
+    assert_eq!(
+        load(&again.join("checkpoint.safetensors")),
+        load(&whole.join("checkpoint.safetensors"))
+    );
+}
+
+/// `dir` with `suffix` appended to its name.
+fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+#[test]
+fn an_unfinished_run_without_a_checkpoint_restarts_from_its_config() {
+    let dir = TempDir::new("restart");
+    let a = train_cpu(&dir, "a", &["--epochs", "2", "--seed", "7"]);
+    // What a kill before the first checkpoint leaves: config.json, and a temporary file.
+    let b = dir.join("b");
+    let work = partial(&b);
+    std::fs::create_dir(&work).unwrap();
+    std::fs::copy(a.join("config.json"), work.join("config.json")).unwrap();
+    std::fs::write(work.join(".checkpoint.safetensors.tmp-99999-0"), b"torn").unwrap();
+    soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--resume",
+            work.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_complete_run(&b, 2);
+    assert_eq!(
+        load(&a.join("checkpoint.safetensors")),
+        load(&b.join("checkpoint.safetensors"))
+    );
+
+    // Killed before even its config.json: a fresh run of the same name takes its place.
+    let c = dir.join("c");
+    std::fs::create_dir(partial(&c)).unwrap();
+    std::fs::write(partial(&c).join(".soma-lock"), b"12345\n").unwrap();
+    let ran = soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--resume",
+            partial(&c).to_str().unwrap(),
+        ],
+    );
+    assert_clean_failure(&ran, &["no config.json", "--out"], None);
+    train_cpu(&dir, "c", &["--epochs", "2", "--seed", "7"]);
+    assert_complete_run(&c, 2);
+
+    // A metrics line torn by a kill is dropped on resume.
+    let d = dir.join("d");
+    let d_arg = dir.arg("d");
+    soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--epochs",
+            "3",
+            "--out",
+            &d_arg,
+            "--stop-after",
+            "2",
+        ],
+    )
+    .ok();
+    let metrics_path = partial(&d).join("metrics.jsonl");
+    let mut text = read(&metrics_path);
+    text.push_str("{\"epoch\":3,\"lr\":0.00");
+    std::fs::write(&metrics_path, text).unwrap();
+    soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--resume",
+            partial(&d).to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_complete_run(&d, 3);
+}
+
+#[test]
+fn resume_refuses_flags_that_would_change_the_run() {
+    let dir = TempDir::new("resume-flags");
+    let run = train_cpu(&dir, "run", &["--epochs", "2"]);
+    let run_arg = run.to_str().unwrap().to_string();
+    let before = entries(&dir.0);
+    for (flags, needles) in [
+        (vec!["--lr", "0.5"], vec!["--lr"]),
+        (vec!["--optimizer", "sgd"], vec!["--optimizer"]),
+        (vec!["--layers", "64,32,10"], vec!["--layers"]),
+        (vec!["--data", "iris"], vec!["--data"]),
+        (vec!["--no-shuffle"], vec!["--no-shuffle"]),
+        (vec!["--out", "elsewhere"], vec!["--out"]),
+        (vec!["--epochs", "1"], vec!["--epochs 1", "2 epochs"]),
+    ] {
+        let mut args = vec!["train", "--device", "cpu", "--resume", &run_arg];
+        args.extend(flags);
+        let ran = soma(&dir, &args);
+        assert_clean_failure(&ran, &needles, None);
+        assert_eq!(entries(&dir.0), before);
+    }
+    // Flags that repeat the run's own settings are not a conflict.
+    soma(
+        &dir,
+        &[
+            "train", "--device", "cpu", "--resume", &run_arg, "--epochs", "3", "--layers",
+            "64,64,10", "--data", "digits",
+        ],
+    )
+    .ok();
+    assert_complete_run(&run, 3);
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_at_the_end_of_an_epoch_and_prints_the_resume_command() {
+    let dir = TempDir::new("ctrl-c");
+    let run = dir.join("run");
+    let child = spawn_long_run(&dir, &["--out", &dir.arg("run")]);
+    wait_until("the first checkpoint", || {
+        checkpoint_epoch(&partial(&run)) >= 1
+    });
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "stderr:\n{stderr}");
+    let command = format!("soma train --resume {}", partial(&run).display());
+    assert!(stderr.contains(&command), "stderr:\n{stderr}");
+    let work = partial(&run);
+    let done = checkpoint_epoch(&work);
+    assert_eq!(
+        metrics(&work).len(),
+        done,
+        "metrics lines against the checkpoint"
+    );
+    let epochs = (done + 1).to_string();
+    soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--epochs",
+            &epochs,
+            "--resume",
+            work.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_complete_run(&run, done + 1);
+}
+
+#[test]
+fn divergence_says_where_the_last_good_weights_are() {
+    let dir = TempDir::new("diverge");
+    // An exploding loss (finite, never NaN) in the first epoch: nothing was kept.
+    train_fails(
+        &dir,
+        &["--lr", "1000", "--epochs", "3"],
+        &[
+            "diverged at epoch 1",
+            "times the first batch",
+            "no weights were kept",
+        ],
+    );
+    // In the second epoch (the rate grows 100000-fold after the first): the first
+    // epoch's checkpoint is named, and kept.
+    let run = dir.join("late");
+    let ran = soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.01",
+            "--schedule",
+            "step:1:100000",
+            "--epochs",
+            "3",
+            "--out",
+            &dir.arg("late"),
+        ],
+    );
+    let kept = partial(&run).join("checkpoint.safetensors");
+    assert_eq!(ran.code, Some(1), "stderr:\n{}", ran.stderr);
+    let last = ran.stderr_lines().last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("error: training diverged at epoch 2"),
+        "{last}"
+    );
+    assert!(last.contains(&kept.display().to_string()), "{last}");
+    assert!(last.contains("(epoch 1;"), "{last}");
+    assert_eq!(checkpoint_epoch(&partial(&run)), 1);
+    assert!(!run.exists());
+}
+
+#[test]
+fn a_stray_label_does_not_make_a_million_classes() {
+    let dir = TempDir::new("stray-label");
+    let csv = dir.join("stray.csv");
+    let mut text = String::from("a,b,label\n");
+    for i in 0..40 {
+        text.push_str(&format!("{},{},{}\n", i % 7, i % 5, i % 2));
+    }
+    text.push_str("1,2,1000000\n");
+    std::fs::write(&csv, text).unwrap();
+    let data = format!("csv:{}", csv.display());
+    train_fails(
+        &dir,
+        &["--data", &data],
+        &["1000000", "3 distinct", "--classes 1000001"],
+    );
+    // --classes below the largest label is refused too; a fitting one is used.
+    train_fails(&dir, &["--data", &data, "--classes", "5"], &["--classes 5"]);
+    let small = dir.join("gaps.csv");
+    std::fs::write(
+        &small,
+        "a,label\n1,0\n2,2\n3,0\n4,2\n5,0\n6,2\n7,0\n8,2\n9,0\n10,2\n",
+    )
+    .unwrap();
+    let out = dir.arg("gaps");
+    soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--data",
+            &format!("csv:{}", small.display()),
+            "--classes",
+            "4",
+            "--out",
+            &out,
+        ],
+    )
+    .ok();
+    assert_eq!(
+        load(&dir.join("gaps").join("checkpoint.safetensors")).classes,
+        Some(4)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // 5: eval
 // ---------------------------------------------------------------------------------------
 
@@ -1188,8 +1609,32 @@ fn bad_settings() {
     train_fails(&dir, &["--schedule", "step:0:0.5"], &["step:0:0.5"]);
     train_fails(&dir, &["--lr=-1"], &["learning rate"]);
     train_fails(&dir, &["--val-fraction", "1"], &["validation fraction"]);
-    train_fails(&dir, &["--test-fraction", "0"], &["test_fraction"]);
+    train_fails(&dir, &["--test-fraction", "0"], &["--test-fraction"]);
     train_fails(&dir, &["--epochs", "0"], &["epochs"]);
+    // Accepted before, and wrong: each is refused by name.
+    train_fails(&dir, &["--val-fraction", "NaN"], &["--val-fraction", "NaN"]);
+    train_fails(&dir, &["--schedule", "cosine:-1"], &["cosine:-1"]);
+    train_fails(
+        &dir,
+        &["--schedule", "cosine:0.5"],
+        &["cosine:0.5", "above"],
+    );
+    train_fails(&dir, &["--schedule", "step:1:0"], &["step:1:0"]);
+    train_fails(&dir, &["--min-delta", "NaN"], &["--min-delta"]);
+    train_fails(&dir, &["--patience", "0"], &["--patience"]);
+    train_fails(&dir, &["--stop-after", "0"], &["--stop-after"]);
+    train_fails(&dir, &["--classes", "1"], &["--classes"]);
+    train_fails(&dir, &["--task", "regression"], &["--task", "digits"]);
+    train_fails(&dir, &["--label-column", "3"], &["--label-column", "csv:"]);
+    train_fails(&dir, &["--header", "no"], &["--header", "csv:"]);
+    // Sizes that do not fit: refused before anything is allocated.
+    train_fails(&dir, &["--layers", "64,4294967295,10"], &["4294967295"]);
+    train_fails(
+        &dir,
+        &["--layers", "64,18446744073709551615,10"],
+        &["18446744073709551615"],
+    );
+    train_fails(&dir, &["--layers", "64,65000,65000,10"], &["65000"]);
     // Divergence in the first epoch: no epoch finished, so nothing is left behind.
     train_fails(&dir, &["--lr", "1e30"], &["diverged"]);
 }

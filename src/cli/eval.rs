@@ -8,13 +8,13 @@ use serde::Serialize;
 use soma::data::Dataset;
 use soma::{Error, Model, Result};
 
-use super::options::TrainOptions;
+use super::options::DataOptions;
 use super::train::{prepare_data, RunConfig};
 use super::{load_model, open_device, DeviceChoice};
 
 pub struct EvalCommand {
     pub model: PathBuf,
-    pub data: TrainOptions,
+    pub data: DataOptions,
     pub device: DeviceChoice,
     pub json: bool,
 }
@@ -63,42 +63,47 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         None
     };
     // The data: as given (whole, scaled with the checkpoint's scaler), or the run's test split.
-    let (name, test): (String, Dataset) = match (&cmd.data.data, &run_config) {
-        (Some(spec_text), _) => {
-            let o = cmd.data.resolve()?;
-            let choices = o.choices()?;
-            let (all, own_test) = choices.data.load(&o, &choices)?;
-            let mut d = own_test.unwrap_or(all);
-            if d.width != ck.network.input_width() {
-                return Err(Error::Data(format!(
-                    "{spec_text} has {} features per row but the model {} takes {}",
-                    d.width,
-                    file.display(),
-                    ck.network.input_width()
-                )));
+    let (name, test): (String, Dataset) =
+        match (&cmd.data.data, &run_config) {
+            (Some(spec_text), _) => {
+                let o = cmd.data.as_train_options().resolve()?;
+                let choices = o.choices()?;
+                let (all, own_test) = choices.data.load(&o, &choices)?;
+                let mut d = own_test.unwrap_or(all);
+                if d.width != ck.network.input_width() {
+                    return Err(Error::Data(format!(
+                        "{spec_text} has {} features per row but the model {} takes {}",
+                        d.width,
+                        file.display(),
+                        ck.network.input_width()
+                    )));
+                }
+                if let Some(s) = &ck.scaler {
+                    s.apply(&mut d)?;
+                }
+                if let Some(s) = &ck.target_scaler {
+                    super::train::scale_targets(&mut d, s)?;
+                }
+                (spec_text.clone(), d)
             }
-            if let Some(s) = &ck.scaler {
-                s.apply(&mut d)?;
+            (None, _) if cmd.data != DataOptions::default() => return Err(Error::Config(
+                "--label-column, --header and --task describe the data of --data; pass --data too"
+                    .into(),
+            )),
+            (None, Some(rc)) => {
+                let choices = rc.options.choices()?;
+                (
+                    format!("{} (test split)", rc.options.data),
+                    prepare_data(&rc.options, &choices)?.test,
+                )
             }
-            if let Some(s) = &ck.target_scaler {
-                super::train::scale_targets(&mut d, s)?;
+            (None, None) => {
+                return Err(Error::Config(format!(
+                    "{}: no run directory config to take the test split from; pass --data",
+                    file.display()
+                )))
             }
-            (spec_text.clone(), d)
-        }
-        (None, Some(rc)) => {
-            let choices = rc.options.choices()?;
-            (
-                format!("{} (test split)", rc.options.data),
-                prepare_data(&rc.options, &choices)?.test,
-            )
-        }
-        (None, None) => {
-            return Err(Error::Config(format!(
-                "{}: no run directory config to take the test split from; pass --data",
-                file.display()
-            )))
-        }
-    };
+        };
     let model = Model::with_params(ck.network.clone(), ck.params.clone())?;
     let opened = open_device(cmd.device)?;
     let device = opened.device();

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod eval;
 pub mod options;
 pub mod predict;
+pub mod run_dir;
 pub mod train;
 
 use std::path::{Path, PathBuf};

@@ -27,6 +27,10 @@ pub struct TrainOptions {
     /// classification or regression [default: classification, diabetes regression]
     #[arg(long)]
     pub task: Option<String>,
+    /// Classes of a classification task, when the labels do not show them all [default:
+    /// the largest label + 1, refused when far above the distinct labels seen]
+    #[arg(long)]
+    pub classes: Option<usize>,
     /// Layer widths, input first: e.g. 784,256,256,10 [default: inputs,64,outputs]
     #[arg(long)]
     pub layers: Option<String>,
@@ -104,6 +108,37 @@ pub struct TrainOptions {
     pub no_shuffle: bool,
 }
 
+/// The data flags of `soma eval` (the rest of a run's settings are the model's own).
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct DataOptions {
+    /// Data to score instead of the run's test split: a bundled set, mnist:DIR (its test
+    /// set), idx:IMAGES,LABELS or csv:FILE (every row)
+    #[arg(long)]
+    pub data: Option<String>,
+    /// CSV label column: a name, a 0-based index, or "last" [default: last]
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// CSV header: auto, yes or no [default: auto]
+    #[arg(long)]
+    pub header: Option<String>,
+    /// classification or regression [default: classification]
+    #[arg(long)]
+    pub task: Option<String>,
+}
+
+impl DataOptions {
+    /// As training options (everything else at its default).
+    pub fn as_train_options(&self) -> TrainOptions {
+        TrainOptions {
+            data: self.data.clone(),
+            label_column: self.label_column.clone(),
+            header: self.header.clone(),
+            task: self.task.clone(),
+            ..TrainOptions::default()
+        }
+    }
+}
+
 /// `TrainOptions` with every default filled in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Resolved {
@@ -111,6 +146,8 @@ pub struct Resolved {
     pub label_column: String,
     pub header: String,
     pub task: Option<String>,
+    #[serde(default)]
+    pub classes: Option<usize>,
     pub layers: Option<Vec<usize>>,
     pub activation: String,
     pub output_activation: String,
@@ -178,19 +215,159 @@ impl Resolved {
             optimizer.weight_decay = wd;
         }
         optimizer.validate()?;
+        self.check_numbers()?;
+        let data = DataSpec::parse(&self.data)?;
+        let task: Option<Task> = self.task.as_deref().map(str::parse).transpose()?;
+        // What only a CSV file's reading uses, or a task the data already fixes, would be
+        // ignored: an error instead.
+        if !matches!(data, DataSpec::Csv(_)) {
+            let own = match &data {
+                DataSpec::Bundled(name) => data::bundled_task(name),
+                DataSpec::Mnist(_) | DataSpec::Idx(..) => Some(Task::Classification),
+                DataSpec::Csv(_) => None,
+            };
+            if let (Some(t), Some(own)) = (task, own) {
+                if t != own {
+                    return Err(Error::Config(format!(
+                        "--task {}: --data {} is a {} task; --task applies to csv: data",
+                        self.task.as_deref().unwrap_or_default(),
+                        self.data,
+                        match own {
+                            Task::Classification => "classification",
+                            Task::Regression => "regression",
+                        }
+                    )));
+                }
+            }
+            for (flag, value, default) in [
+                ("--label-column", &self.label_column, "last"),
+                ("--header", &self.header, "auto"),
+            ] {
+                if value != default {
+                    return Err(Error::Config(format!(
+                        "{flag} {value}: it applies to csv: data, not to --data {}",
+                        self.data
+                    )));
+                }
+            }
+        }
+        let schedule: Schedule = self.schedule.parse()?;
+        if let Schedule::Cosine { min_lr } = schedule {
+            if min_lr > optimizer.lr {
+                return Err(Error::Config(format!(
+                    "--schedule {}: the final rate {min_lr} is above the learning rate {}",
+                    self.schedule, optimizer.lr
+                )));
+            }
+        }
         Ok(Choices {
-            data: DataSpec::parse(&self.data)?,
-            task: self.task.as_deref().map(str::parse).transpose()?,
+            data,
+            task,
             hidden: self.activation.parse()?,
             output: self.output_activation.parse()?,
             loss: self.loss.as_deref().map(str::parse).transpose()?,
             optimizer,
-            schedule: self.schedule.parse()?,
+            schedule,
             scale: self.scale.as_deref().map(str::parse).transpose()?,
             scale_target: self.scale_target.as_deref().map(str::parse).transpose()?,
             init: self.init_scheme.parse()?,
         })
     }
+}
+
+impl Resolved {
+    /// The numeric settings that the types do not bound: each in its range, or an error
+    /// naming its flag.
+    fn check_numbers(&self) -> Result<()> {
+        let out = |flag: &str, v: String, what: &str| {
+            Err(Error::Config(format!("{flag} {v}: must be {what}")))
+        };
+        let f = &self;
+        if !(f.val_fraction.is_finite() && (0.0..1.0).contains(&f.val_fraction)) {
+            let v = f.val_fraction.to_string();
+            return out("--val-fraction", v, "a validation fraction in [0, 1)");
+        }
+        if !(f.test_fraction.is_finite() && f.test_fraction > 0.0 && f.test_fraction < 1.0) {
+            let v = f.test_fraction.to_string();
+            return out("--test-fraction", v, "a test fraction in (0, 1)");
+        }
+        if !(f.min_delta.is_finite() && f.min_delta >= 0.0) {
+            let v = f.min_delta.to_string();
+            return out("--min-delta", v, "an improvement of 0 or more");
+        }
+        if f.batch_size == 0 {
+            return out("--batch-size", "0".into(), "a batch of at least 1 row");
+        }
+        if f.epochs == 0 {
+            return out("--epochs", "0".into(), "at least 1 epoch");
+        }
+        if let Some(c) = f.classes.filter(|&c| c < 2) {
+            return out("--classes", c.to_string(), "at least 2 classes");
+        }
+        if f.patience == Some(0) {
+            return out("--patience", "0".into(), "at least 1 epoch");
+        }
+        Ok(())
+    }
+}
+
+impl Resolved {
+    /// The options that resolve to these settings again.
+    pub fn as_options(&self) -> TrainOptions {
+        TrainOptions {
+            data: Some(self.data.clone()),
+            label_column: Some(self.label_column.clone()),
+            header: Some(self.header.clone()),
+            task: self.task.clone(),
+            classes: self.classes,
+            layers: self.layers.as_ref().map(|w| {
+                w.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            activation: Some(self.activation.clone()),
+            output_activation: Some(self.output_activation.clone()),
+            loss: self.loss.clone(),
+            optimizer: Some(self.optimizer.clone()),
+            lr: self.lr,
+            momentum: self.momentum,
+            alpha: self.alpha,
+            centered: self.centered,
+            weight_decay: self.weight_decay,
+            schedule: Some(self.schedule.clone()),
+            batch_size: Some(self.batch_size),
+            epochs: Some(self.epochs),
+            seed: Some(self.seed),
+            val_fraction: Some(self.val_fraction),
+            test_fraction: Some(self.test_fraction),
+            patience: self.patience,
+            min_delta: Some(self.min_delta),
+            scale: self.scale.clone(),
+            scale_target: self.scale_target.clone(),
+            init_scheme: Some(self.init_scheme.clone()),
+            init: self.init.clone(),
+            no_shuffle: !self.shuffle,
+        }
+    }
+}
+
+/// The flags (`--name`) whose settings differ between `a` and `b`. `--layers` counts as
+/// equal when it names `widths`, the network that `a`'s default built.
+pub fn differing_flags(a: &Resolved, b: &Resolved, widths: &[usize]) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(x)), Ok(serde_json::Value::Object(y))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec!["the settings".into()];
+    };
+    x.iter()
+        .filter(|(k, v)| y.get(*k) != Some(*v))
+        .filter(|(k, _)| !(k.as_str() == "layers" && b.layers.as_deref() == Some(widths)))
+        .map(|(k, _)| match k.as_str() {
+            "shuffle" => "--no-shuffle".to_string(),
+            k => format!("--{}", k.replace('_', "-")),
+        })
+        .collect()
 }
 
 impl TrainOptions {
@@ -227,6 +404,7 @@ impl TrainOptions {
             label_column,
             header,
             task,
+            classes,
             layers,
             activation,
             output_activation,
@@ -276,6 +454,7 @@ impl TrainOptions {
             label_column: self.label_column.clone().unwrap_or_else(|| "last".into()),
             header: self.header.clone().unwrap_or_else(|| "auto".into()),
             task: self.task.clone(),
+            classes: self.classes,
             layers,
             activation: self.activation.clone().unwrap_or_else(|| "relu".into()),
             output_activation: self

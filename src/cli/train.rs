@@ -16,7 +16,8 @@ use soma::data::{Dataset, ScaleKind, Scaler};
 use soma::trainer::{EarlyStopping, EpochMetrics, Flow, TrainConfig, Trainer};
 use soma::{Error, Loss, Model, Network, Optimizer, Result};
 
-use super::options::{Choices, Resolved, TrainOptions};
+use super::options::{self, Choices, Resolved, TrainOptions};
+use super::run_dir::{partial, RunDir, Start};
 use super::{open_device, DeviceChoice};
 
 /// What `config.json` of a run directory holds: every setting, resolved.
@@ -56,7 +57,11 @@ pub fn scale_targets(d: &mut Dataset, s: &Scaler) -> Result<()> {
 
 /// Loads, splits and scales the data as the options say.
 pub fn prepare_data(o: &Resolved, c: &Choices) -> Result<Prepared> {
-    let (all, own_test) = c.data.load(o, c)?;
+    let (mut all, mut own_test) = c.data.load(o, c)?;
+    set_classes(&mut all, o.classes, &o.data)?;
+    if let Some(t) = own_test.as_mut() {
+        set_classes(t, o.classes.or(all.targets.classes()), &o.data)?;
+    }
     let (train_all, test) = match own_test {
         Some(t) => (all, t),
         None => all.split(o.test_fraction, o.seed)?,
@@ -99,6 +104,86 @@ pub fn prepare_data(o: &Resolved, c: &Choices) -> Result<Prepared> {
     })
 }
 
+/// The class count of `data`: `classes` when given (at least the largest label + 1), else
+/// the largest label + 1, refused when it is far above the number of distinct labels (one
+/// stray label of 1000000 would otherwise make a million-class model).
+fn set_classes(data: &mut Dataset, classes: Option<usize>, name: &str) -> Result<()> {
+    let soma::data::Targets::Classes { labels, classes: n } = &mut data.targets else {
+        return match classes {
+            Some(_) => Err(Error::Config(format!(
+                "--classes: {name} holds regression targets, not classes"
+            ))),
+            None => Ok(()),
+        };
+    };
+    let top = labels.iter().max().map_or(0, |&m| m as usize + 1);
+    match classes {
+        Some(c) if c < top => Err(Error::Data(format!(
+            "--classes {c}: {name} has the label {}",
+            top - 1
+        ))),
+        Some(c) => {
+            *n = c;
+            Ok(())
+        }
+        None => {
+            let mut seen = labels.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            let distinct = seen.len();
+            if top > (2 * distinct).max(distinct + 10) {
+                return Err(Error::Data(format!(
+                    "{name}: its labels run up to {} but only {distinct} distinct labels appear ({}); a model of {top} classes would be mostly unused. Pass --classes {top} if that is meant",
+                    top - 1,
+                    seen.iter()
+                        .take(8)
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + if distinct > 8 { ", ..." } else { "" }
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Refuses a run whose tensors would not fit in this machine's free memory, before any is
+/// allocated (an allocation that fails aborts the process).
+fn check_memory(net: &Network, o: &Resolved, optimizer: &Optimizer) -> Result<()> {
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    let params = net.parameter_bytes().unwrap_or(u64::MAX);
+    // Parameters, gradients and optimizer slots (host copies and the CPU path), and one
+    // batch's activations and deltas per layer.
+    let slots = 2 + optimizer.kind.state_names().len() as u64;
+    let widths: u64 = net.widths().iter().map(|&w| w as u64).sum();
+    let needed = params.saturating_mul(slots).saturating_add(
+        (o.batch_size as u64)
+            .saturating_mul(widths)
+            .saturating_mul(4 * 3),
+    );
+    if needed > available {
+        return Err(Error::Config(format!(
+            "--layers {}: the network needs about {:.1} GiB ({} parameters with their gradients and optimizer state), more than the {:.1} GiB of memory available",
+            join(&net.widths()),
+            needed as f64 / (1u64 << 30) as f64,
+            params / 4,
+            available as f64 / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
+}
+
+/// MemAvailable of /proc/meminfo in bytes (Linux); `None` elsewhere.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// The network the options describe for this data.
 pub fn build_network(o: &Resolved, c: &Choices, data: &Dataset, loss: Loss) -> Result<Network> {
     let outputs = match (data.targets.classes(), loss) {
@@ -130,7 +215,9 @@ pub fn build_network(o: &Resolved, c: &Choices, data: &Dataset, loss: Loss) -> R
             }
         )));
     }
-    Network::mlp(&widths, c.hidden, c.output)
+    let net = Network::mlp(&widths, c.hidden, c.output)?;
+    check_memory(&net, o, &c.optimizer)?;
+    Ok(net)
 }
 
 fn join(w: &[usize]) -> String {
@@ -193,12 +280,6 @@ struct Summary {
     run_dir: PathBuf,
 }
 
-fn partial(dir: &Path) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
-
 fn default_run_dir() -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -236,23 +317,47 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     // Settings: a resumed run's own config, else TOML file then flags.
     // "run/" and "run" are the same directory (a trailing slash would break the renames).
     let normal = |p: &PathBuf| -> PathBuf { p.components().collect() };
-    let (options, resume_from) = match cmd.resume.as_ref().map(normal) {
+    let resume_dir = cmd.resume.as_ref().map(normal);
+    let stored = match &resume_dir {
         Some(dir) => {
-            let cfg = read_run_config(&dir)?;
+            super::run_dir::check_resumable(dir)?;
+            Some(read_run_config(dir)?)
+        }
+        None => None,
+    };
+    let options = match (&stored, &resume_dir) {
+        (Some(cfg), Some(dir)) => {
+            check_resume_flags(&cmd, cfg)?;
             let mut o = cfg.options.clone();
             if let Some(e) = cmd.options.epochs {
+                let ckpt = dir.join("checkpoint.safetensors");
+                let done = match ckpt.is_file() {
+                    true => checkpoint::load(&ckpt)?.resume.map_or(0, |r| r.state.epoch),
+                    false => 0,
+                };
+                if e < done {
+                    return Err(Error::Config(format!(
+                        "--epochs {e} with --resume {}: the run has trained {done} epochs already",
+                        dir.display()
+                    )));
+                }
                 o.epochs = e;
             }
-            (o, Some(dir))
+            o
         }
-        None => {
+        _ => {
             let base = match &cmd.config {
                 Some(p) => TrainOptions::from_toml(p)?,
                 None => TrainOptions::default(),
             };
-            (base.overridden_by(&cmd.options).resolve()?, None)
+            base.overridden_by(&cmd.options).resolve()?
         }
     };
+    if cmd.stop_after == Some(0) {
+        return Err(Error::Config(
+            "--stop-after 0: stop after at least one epoch (1 or more)".into(),
+        ));
+    }
     let choices = options.choices()?;
     let prepared = prepare_data(&options, &choices)?;
     let loss = choose_loss(&choices, &prepared.train)?;
@@ -260,67 +365,50 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     let optimizer: Optimizer = choices.optimizer;
     let config = train_config(&options, &choices)?;
     let init = choices.init;
-
-    // Starting point: fresh, from --init weights, or from the resumed checkpoint.
-    let mut model = Model::new(network.clone(), init, options.seed)?;
-    let mut resume_state = None;
-    if let Some(dir) = &resume_from {
-        let ck = checkpoint::load(&dir.join("checkpoint.safetensors"))?;
-        if ck.network != network {
-            return Err(Error::Checkpoint {
-                path: dir.join("checkpoint.safetensors"),
-                message: "its network differs from the run's config.json".into(),
-            });
-        }
-        model.params = ck.params;
-        resume_state = ck.resume;
-    } else if let Some(path) = &options.init {
-        let file = if path.is_dir() {
-            path.join("checkpoint.safetensors")
-        } else {
-            path.clone()
-        };
-        let ck = checkpoint::load(&file)?;
-        ck.params
-            .check(&network, &file.display().to_string())
-            .map_err(|e| Error::Checkpoint {
-                path: file.clone(),
-                message: format!("does not fit --layers {}: {e}", join(&network.widths())),
-            })?;
-        model.params = ck.params;
-    }
-
     let gpu = open_device(cmd.device)?;
     let device = gpu.device();
     let adapter = device.name();
 
-    // The run directory, written as DIR.partial until the run completes.
-    let (final_dir, work_dir) = match &resume_from {
-        Some(dir) => {
-            let s = dir.to_string_lossy();
-            let fin = PathBuf::from(s.strip_suffix(".partial").unwrap_or(&s).to_string());
-            (fin, dir.clone())
-        }
-        None => {
-            let fin = cmd.out.as_ref().map(normal).unwrap_or_else(default_run_dir);
-            if fin.exists() {
-                return Err(Error::Config(format!(
-                    "run directory {} already exists; choose another --out",
-                    fin.display()
-                )));
-            }
-            let work = partial(&fin);
-            if work.exists() {
-                return Err(Error::Config(format!(
-                    "{} exists (an unfinished run): continue it with --resume {} or remove it",
-                    work.display(),
-                    work.display()
-                )));
-            }
-            (fin, work)
-        }
+    // The run directory, written as DIR.partial (locked) until the run completes.
+    let run_dir = match &resume_dir {
+        Some(dir) => RunDir::resume(dir)?,
+        None => RunDir::create(cmd.out.as_ref().map(normal).unwrap_or_else(default_run_dir))?,
     };
-    std::fs::create_dir_all(&work_dir).map_err(|e| Error::io(&work_dir, e))?;
+    let work_dir = run_dir.work.clone();
+    interrupt::install(&work_dir);
+
+    // Starting point: fresh, from --init weights, or from the resumed checkpoint.
+    let start = || -> Result<(Model, Option<Resume>)> {
+        let mut model = Model::new(network.clone(), init, options.seed)?;
+        let mut resume_state = None;
+        if matches!(run_dir.start, Start::Continue | Start::Extend) {
+            let path = work_dir.join("checkpoint.safetensors");
+            let ck = checkpoint::load(&path)?;
+            if ck.network != network {
+                return Err(Error::Checkpoint {
+                    path,
+                    message: "its network differs from the run's config.json".into(),
+                });
+            }
+            model.params = ck.params;
+            resume_state = ck.resume;
+        } else if let Some(path) = &options.init {
+            let file = if path.is_dir() {
+                path.join("checkpoint.safetensors")
+            } else {
+                path.clone()
+            };
+            let ck = checkpoint::load(&file)?;
+            ck.params
+                .check(&network, &file.display().to_string())
+                .map_err(|e| Error::Checkpoint {
+                    path: file.clone(),
+                    message: format!("does not fit --layers {}: {e}", join(&network.widths())),
+                })?;
+            model.params = ck.params;
+        }
+        Ok((model, resume_state))
+    };
     let run_config = RunConfig {
         options: options.clone(),
         network: network.clone(),
@@ -332,27 +420,32 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         device: adapter.clone(),
         soma_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let result = train_in(
-        &cmd,
-        &prepared,
-        &run_config,
-        &mut model,
-        resume_state,
-        device,
-        &work_dir,
-        started,
-    );
+    let result = start().and_then(|(mut model, resume_state)| {
+        train_in(
+            &cmd,
+            &prepared,
+            &run_config,
+            &mut model,
+            resume_state,
+            device,
+            &work_dir,
+            started,
+        )
+    });
     match result {
         Ok(Outcome::Paused) => Ok(()),
+        Ok(Outcome::Interrupted) => {
+            drop(run_dir);
+            // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
+            std::process::exit(130)
+        }
         Ok(Outcome::Finished {
             eval,
             epochs_run,
             stopped_early,
             samples_per_second,
         }) => {
-            if work_dir != final_dir {
-                std::fs::rename(&work_dir, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-            }
+            let final_dir = run_dir.finish()?;
             let wall = started.elapsed().as_secs_f64();
             if cmd.json {
                 let s = Summary {
@@ -396,13 +489,91 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            // A run that never finished an epoch leaves nothing behind.
-            if resume_from.is_none() && !work_dir.join("checkpoint.safetensors").exists() {
-                let _ = std::fs::remove_dir_all(&work_dir);
-            }
-            Err(e)
+            let extended = run_dir.start == Start::Extend;
+            let final_dir = run_dir.final_dir.clone();
+            let kept = run_dir.abandon();
+            Err(match e {
+                Error::Diverged {
+                    epoch,
+                    step,
+                    loss,
+                    cause,
+                    ..
+                } => Error::Diverged {
+                    epoch,
+                    step,
+                    loss,
+                    cause,
+                    kept: last_good(kept.as_deref(), extended.then_some(final_dir.as_path())),
+                },
+                e => e,
+            })
         }
     }
+}
+
+/// Where the weights of a diverged run are: its last checkpoint, if it wrote one.
+fn last_good(kept: Option<&Path>, extended: Option<&Path>) -> String {
+    let ckpt = kept
+        .map(|d| d.join("checkpoint.safetensors"))
+        .filter(|p| p.is_file());
+    let epoch = ckpt
+        .as_ref()
+        .and_then(|p| checkpoint::load(p).ok())
+        .and_then(|c| c.resume)
+        .map(|r| r.state.epoch);
+    let mut s = match (kept, epoch) {
+        (Some(d), Some(e)) => format!(
+            "the last good weights are in {} (epoch {e}; --init {} starts a new run from them)",
+            d.join("checkpoint.safetensors").display(),
+            d.display()
+        ),
+        _ => "this was before the first checkpoint, so no weights were kept".to_string(),
+    };
+    if let Some(f) = extended {
+        s.push_str(&format!(
+            "; the finished run in {} is unchanged",
+            f.display()
+        ));
+    }
+    s.push_str("; try a smaller learning rate");
+    s
+}
+
+/// `train --resume` continues a run as it was configured: a flag that would change a stored
+/// setting is refused by name (only `--epochs` may change; `--device`, `--json` and
+/// `--stop-after` are not settings of the run).
+fn check_resume_flags(cmd: &TrainCommand, stored: &RunConfig) -> Result<()> {
+    let dir = cmd.resume.as_deref().unwrap_or(Path::new("")).display();
+    if let Some(out) = &cmd.out {
+        return Err(Error::Config(format!(
+            "--out {} with --resume {dir}: a resumed run stays in its own directory",
+            out.display()
+        )));
+    }
+    if let Some(c) = &cmd.config {
+        return Err(Error::Config(format!(
+            "--config {} with --resume {dir}: a resumed run keeps its own config.json",
+            c.display()
+        )));
+    }
+    let given = TrainOptions {
+        epochs: None,
+        ..cmd.options.clone()
+    };
+    let merged = stored
+        .options
+        .as_options()
+        .overridden_by(&given)
+        .resolve()?;
+    let flags = options::differing_flags(&stored.options, &merged, &stored.network.widths());
+    if !flags.is_empty() {
+        return Err(Error::Config(format!(
+            "--resume {dir} continues the run as it was configured, but {} differs from its config.json; only --epochs may change (start a new run with --init {dir} to train its weights differently)",
+            flags.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 fn read_run_config(dir: &Path) -> Result<RunConfig> {
@@ -441,13 +612,17 @@ fn train_in(
         data.val.as_ref(),
         &rc.train,
     )?;
+    let metrics_path = dir.join("metrics.jsonl");
     let mut history: Vec<EpochMetrics> = Vec::new();
     if let Some(r) = &resume {
         let state: Vec<Vec<f32>> = r.optimizer_state.iter().map(|(_, v)| v.clone()).collect();
         trainer.resume(&r.state, &state)?;
-        history = read_metrics(&dir.join("metrics.jsonl"))?;
-        history.truncate(r.state.epoch);
+        // Lines past the checkpoint's epoch (a kill between the two writes) are dropped.
+        history = read_metrics(&metrics_path, r.state.epoch)?;
     }
+    let mut metrics = MetricsLog::start(&metrics_path, &history)?;
+    let curves_path = dir.join("curves.svg");
+    let mut curves_drawn: Option<Instant> = None;
     log::info!(
         "training {} on {} ({} train / {} val / {} test rows), setup {:.2} s",
         soma_arch(&rc.network),
@@ -495,14 +670,17 @@ fn train_in(
                 bar.println(line);
             }
             history.push(*m);
-            write_metrics(&dir.join("metrics.jsonl"), &history)?;
+            // The metrics line is durable before the checkpoint that counts it.
+            metrics.append(m)?;
             save_checkpoint(dir, rc, &t.parameters()?, data, t)?;
-            soma::plot::write_curves(&dir.join("curves.svg"), &history, &title(rc))?;
+            // Redrawn at most every CURVES_EVERY (and once at the end).
+            if curves_drawn.is_none_or(|t| t.elapsed() >= CURVES_EVERY) {
+                soma::plot::write_curves(&curves_path, &history, &title(rc))?;
+                curves_drawn = Some(Instant::now());
+            }
             epoch_start.set(Instant::now());
-            if cmd
-                .stop_after
-                .is_some_and(|k| t.epoch() >= k && t.epoch() < rc.train.epochs)
-            {
+            let last = t.epoch() >= rc.train.epochs;
+            if !last && (interrupt::requested() || cmd.stop_after.is_some_and(|k| t.epoch() >= k)) {
                 return Ok(Flow::Stop);
             }
             Ok(Flow::Continue)
@@ -517,15 +695,29 @@ fn train_in(
                 done as f64 / epoch_start.get().elapsed().as_secs_f64().max(1e-9)
             ));
         },
-    )?;
+    );
     bar.finish_and_clear();
+    // The last epochs' curves, also when the run stopped on an error.
+    let drawn = soma::plot::write_curves(&curves_path, &history, &title(rc));
+    let fit = fit?;
+    drawn?;
     if fit.paused {
+        let interrupted = interrupt::requested();
         eprintln!(
-            "stopped after epoch {} as asked; continue with: soma train --resume {}",
+            "{} after epoch {}; continue with: soma train --resume {}",
+            if interrupted {
+                "interrupted"
+            } else {
+                "stopped as asked"
+            },
             trainer.epoch(),
             dir.display()
         );
-        return Ok(Outcome::Paused);
+        return Ok(if interrupted {
+            Outcome::Interrupted
+        } else {
+            Outcome::Paused
+        });
     }
     if fit.stopped_early {
         println!(
@@ -554,6 +746,8 @@ enum Outcome {
     },
     /// Stopped by --stop-after; the run directory stays `.partial`.
     Paused,
+    /// Stopped by Ctrl-C (or SIGTERM) at the end of an epoch; it stays `.partial` too.
+    Interrupted,
 }
 
 fn soma_arch(net: &Network) -> String {
@@ -577,11 +771,34 @@ fn save_checkpoint(
     data: &Prepared,
     t: &Trainer<'_>,
 ) -> Result<()> {
+    let optimizer_state = t.optimizer_state()?;
+    // A state that went non-finite while the loss stayed finite is a divergence too.
+    let tensors = params
+        .layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| {
+            std::iter::once((format!("layers.{i}.weight"), &l.weight))
+                .chain(l.bias.as_ref().map(|b| (format!("layers.{i}.bias"), b)))
+        })
+        .chain(optimizer_state.iter().map(|(n, v)| (n.clone(), v)));
+    for (name, values) in tensors {
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            let state = t.state();
+            return Err(Error::Diverged {
+                epoch: state.epoch,
+                step: t.steps_per_epoch(),
+                loss: f32::NAN,
+                cause: format!("'{name}' holds {v} at index {i}"),
+                kept: String::new(),
+            });
+        }
+    }
     let resume = Some(Resume {
         state: t.state(),
         optimizer: rc.optimizer,
         config: rc.train.clone(),
-        optimizer_state: t.optimizer_state()?,
+        optimizer_state,
     });
     let ck = Checkpoint {
         network: rc.network.clone(),
@@ -595,31 +812,98 @@ fn save_checkpoint(
     checkpoint::save(&dir.join("checkpoint.safetensors"), &ck)
 }
 
-fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<()> {
-    // Rewritten whole (atomically) each epoch: a crash never leaves a torn line.
-    let mut text = Vec::new();
-    for m in history {
-        serde_json::to_writer(&mut text, m).map_err(|e| Error::Config(e.to_string()))?;
-        text.write_all(b"\n").map_err(|e| Error::io(path, e))?;
-    }
-    soma::fs::write_atomic(path, &text)
+/// How often `curves.svg` is redrawn during a run: redrawing it every epoch would make a
+/// long run's writes grow with the square of its epochs.
+const CURVES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `metrics.jsonl`, one line appended per epoch and synced before the epoch's checkpoint.
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
 }
 
-fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
-    let text = match std::fs::read_to_string(path) {
+impl MetricsLog {
+    /// Starts the log with the lines of `kept` (atomically), then appends.
+    fn start(path: &Path, kept: &[EpochMetrics]) -> Result<MetricsLog> {
+        let mut text = Vec::new();
+        for m in kept {
+            text.extend(line_of(m)?);
+        }
+        soma::fs::write_atomic(path, &text)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(MetricsLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn append(&mut self, m: &EpochMetrics) -> Result<()> {
+        let line = line_of(m)?;
+        self.file
+            .write_all(&line)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+fn line_of(m: &EpochMetrics) -> Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(m).map_err(|e| Error::Config(e.to_string()))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The first `epochs` lines of a run's `metrics.jsonl` (what follows them, possibly a line
+/// torn by a kill, belongs to epochs the checkpoint does not hold).
+fn read_metrics(path: &Path, epochs: usize) -> Result<Vec<EpochMetrics>> {
+    let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(Error::io(path, e)),
     };
-    text.lines()
+    text.split(|&b| b == b'\n')
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .take(epochs)
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Format {
+            serde_json::from_slice(l).map_err(|e| Error::Format {
                 path: path.to_path_buf(),
                 line: Some(i + 1),
                 message: e.to_string(),
             })
         })
         .collect()
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM during training: the first finishes the epoch under way,
+/// saves its checkpoint and stops with the `--resume` command; a second stops at once,
+/// leaving the last epoch's checkpoint (every file is replaced atomically, so none is
+/// torn).
+mod interrupt {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    pub fn requested() -> bool {
+        REQUESTED.load(Ordering::SeqCst)
+    }
+
+    pub fn install(dir: &Path) {
+        let resume = format!("soma train --resume {}", dir.display());
+        let installed = ctrlc::set_handler(move || {
+            if REQUESTED.swap(true, Ordering::SeqCst) {
+                eprintln!("\nstopped; the last finished epoch is kept: continue with: {resume}");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping at the end of this epoch (press Ctrl-C again to stop now and keep the last finished one)"
+            );
+        });
+        if let Err(e) = installed {
+            log::warn!("Ctrl-C will stop training at once, not at an epoch's end: {e}");
+        }
+    }
 }
