@@ -1035,6 +1035,96 @@ fn an_unfinished_run_without_a_checkpoint_restarts_from_its_config() {
     assert_complete_run(&d, 3);
 }
 
+/// `kill -9` at seeded moments of a run (`SOMA_KILL_SEED` picks others; each point is
+/// printed, so a failure names the seed and the delay that replay it). Whatever a kill
+/// leaves must load (no torn checkpoint), and finishing it (`--resume`, or a new start
+/// where nothing was kept) must give the uninterrupted run's bits.
+#[test]
+fn kill_9_at_seeded_points_tears_nothing_and_resumes_bit_identically() {
+    const POINTS: usize = 24;
+    let dir = TempDir::new("kill");
+    let settings = ["--epochs", "8", "--seed", "11"];
+    let started = std::time::Instant::now();
+    let reference = train_cpu(&dir, "reference", &settings);
+    // Kill points spread over the run's own length, from its start to the rename.
+    let span = started.elapsed().as_millis() as u64 + 1;
+    let seed: u64 = std::env::var("SOMA_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2026);
+    let mut rng = soma::rng::Rng::new(seed);
+    let want = load(&reference.join("checkpoint.safetensors"));
+    let mut finished_before_the_kill = 0;
+    for point in 0..POINTS {
+        let delay = rng.next_u32() as u64 % span;
+        println!("kill point {point}: SOMA_KILL_SEED={seed}, kill -9 after {delay} ms of {span}");
+        let name = format!("k{point}");
+        let (run, out) = (dir.join(&name), dir.arg(&name));
+        let mut args = vec!["train", "--device", "cpu", "--out", &out];
+        args.extend(settings);
+        let mut child = spawn(&dir, &args);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let work = partial(&run);
+        for ckpt in [
+            run.join("checkpoint.safetensors"),
+            work.join("checkpoint.safetensors"),
+        ] {
+            if ckpt.exists() {
+                checkpoint::load(&ckpt)
+                    .unwrap_or_else(|e| panic!("kill point {point}: torn {}: {e}", ckpt.display()));
+            }
+        }
+        println!(
+            "  left: {}",
+            if run.exists() {
+                "the finished run".to_string()
+            } else if work.exists() {
+                format!("{} at epoch {}", work.display(), checkpoint_epoch(&work))
+            } else {
+                "nothing".to_string()
+            }
+        );
+        if run.exists() {
+            finished_before_the_kill += 1;
+        } else if work.join("config.json").is_file() {
+            soma(
+                &dir,
+                &[
+                    "train",
+                    "--device",
+                    "cpu",
+                    "--resume",
+                    work.to_str().unwrap(),
+                ],
+            )
+            .ok();
+        } else {
+            soma(&dir, &args).ok();
+        }
+        assert_complete_run(&run, 8);
+        assert_eq!(
+            load(&run.join("checkpoint.safetensors")),
+            want,
+            "kill point {point}"
+        );
+        for (i, (x, y)) in metrics(&run)
+            .into_iter()
+            .zip(metrics(&reference))
+            .enumerate()
+        {
+            assert_eq!(
+                untimed(x),
+                untimed(y),
+                "kill point {point}: metrics line {}",
+                i + 1
+            );
+        }
+    }
+    println!("{finished_before_the_kill} of {POINTS} runs had finished before their kill");
+}
+
 #[test]
 fn resume_refuses_flags_that_would_change_the_run() {
     let dir = TempDir::new("resume-flags");
