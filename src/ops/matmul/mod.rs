@@ -129,7 +129,7 @@ pub enum MatmulVariant {
     /// One generated tile wherever it fits the shape (see [`Tile::fits`]), blocked elsewhere.
     Tile(Tile),
     /// Per product, the fastest of blocked and the tiles that fit, measured on this adapter
-    /// at first use and cached on disk (`autotune.rs`).
+    /// at first use and cached on disk (`autotune/`).
     #[default]
     Tuned,
 }

@@ -10,7 +10,7 @@
 //! A hardware GPU wants small tiles and many invocations instead. The tile sizes are unrolled
 //! into the source (WGSL cannot size a private array or unroll a loop by an `override`), so
 //! the source is generated here, once per shape, and cached; which shape runs is chosen per
-//! adapter and problem size by `autotune.rs`.
+//! adapter and problem size by `autotune/`.
 //!
 //! The k-sum of every output runs in order 0..k-1 with a separate multiply and add, as in the
 //! naive kernels and their CPU twins, so a tiled kernel gives the same bits as the naive one
