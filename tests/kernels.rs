@@ -385,7 +385,7 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
         let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
         let Some(fused) = ops::relu_delta(kn, &dpre, &dt, &wt, &pt).unwrap() else {
             assert!(
-                t.rows as u32 * t.cols as u32 > soma::ops::matmul::tiled::RELU_GRAD_MAX_OUTPUTS,
+                !soma::ops::matmul::tiled::relu_grad_allowed(t),
                 "{} fits and is small enough, so it fuses",
                 t.name()
             );

@@ -147,7 +147,7 @@ pub fn candidates(
             .filter(|t| t.fits(form, m, n, k, acc))
             .filter(|t| {
                 let [x, y, _] = t.grid(m, n);
-                let big = t.rows as u32 * t.cols as u32 >= BIG_TILE_OUTPUTS;
+                let big = t.outputs() >= BIG_TILE_OUTPUTS;
                 x * y
                     >= if big {
                         MIN_WORKGROUPS_BIG
