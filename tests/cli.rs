@@ -890,6 +890,18 @@ fn eval_accuracy_equals_the_train_summary() {
 // 6, 7: check and devices
 // ---------------------------------------------------------------------------------------
 
+/// A tolerance nothing can be within (NaN, negative) or everything is (infinity) is an
+/// error before any device opens or anything trains.
+#[test]
+fn check_refuses_a_tolerance_it_cannot_apply() {
+    let dir = TempDir::new("check-tolerance");
+    for t in ["NaN", "-1", "-1e-9", "inf", "-inf"] {
+        let arg = format!("--tolerance={t}");
+        let ran = soma(&dir, &["check", "--steps", "1", &arg]);
+        assert_clean_failure(&ran, &["--tolerance", "finite"], None);
+    }
+}
+
 #[test]
 fn check_compares_gpu_and_cpu() {
     if !gpu("check_compares_gpu_and_cpu") {
