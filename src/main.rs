@@ -104,9 +104,10 @@ enum Command {
         /// The adapter's fp32 peak in GFLOP/s, for B1's fraction of peak
         #[arg(long)]
         peak_gflops: Option<f64>,
-        /// Where B2 looks for MNIST (synthetic data when absent)
-        #[arg(long, default_value = "../shared/data/mnist")]
-        mnist: PathBuf,
+        /// The directory of B2's MNIST training files (an error when they cannot be read)
+        /// [default: ../shared/data/mnist if it holds them, else synthetic data]
+        #[arg(long)]
+        mnist: Option<PathBuf>,
         /// One JSON document instead of RESULT lines and a table
         #[arg(long)]
         json: bool,

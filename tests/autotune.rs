@@ -114,7 +114,11 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         1,
         "the stale choice is measured again"
     );
-    let big = soma::Kernel::MatmulTile(MatmulForm::Nn, Tile::new(64, 32, 8, 1), Epilogue::Store);
+    let big = soma::Kernel::MatmulTile(
+        MatmulForm::Nn,
+        Tile::parse("r64c32w8x1").unwrap(),
+        Epilogue::Store,
+    );
     assert_ne!(kernel4, big.entry_point());
     assert_eq!(got, got4);
 

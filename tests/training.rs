@@ -5,10 +5,11 @@
 mod common;
 
 use common::gpu;
+use soma::checkpoint::{self, Checkpoint, Resume};
 use soma::data::{self, Dataset, Targets};
 use soma::ops::fused_mlp::FusedMlp;
 use soma::ops::matmul::{MatmulVariant, TILES};
-use soma::trainer::Progress;
+use soma::trainer::{Flow, Progress};
 use soma::{
     Activation, Device, EarlyStopping, Error, Init, Kernels, Loss, Model, Network, Optimizer,
     OptimizerKind, Schedule, TrainConfig, Trainer, Tuning,
@@ -708,6 +709,159 @@ fn early_stopping_restores_the_best_epoch() {
         "restored loss {} vs best {best}",
         e.loss
     );
+}
+
+/// An epoch callback that never stops the run.
+fn go_on(_: &Trainer<'_>, _: &soma::EpochMetrics) -> soma::Result<Flow> {
+    Ok(Flow::Continue)
+}
+
+/// A run's parameter tensors, then its optimizer state tensors by name, as bits.
+type RunBits = (Vec<Vec<u32>>, Vec<(String, Vec<u32>)>);
+
+/// Parameters and optimizer state as bits, by name, for bitwise comparisons.
+fn run_bits(t: &Trainer<'_>) -> RunBits {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let p = t.parameters().unwrap();
+    let mut params = Vec::new();
+    for l in &p.layers {
+        params.push(bits(&l.weight));
+        params.extend(l.bias.as_deref().map(bits));
+    }
+    let state = t
+        .optimizer_state()
+        .unwrap()
+        .into_iter()
+        .map(|(name, v)| (name, bits(&v)))
+        .collect();
+    (params, state)
+}
+
+/// A GPU run stopped after an epoch, saved to a checkpoint file, loaded and resumed in a new
+/// trainer ends with the bits of the run that was never stopped: parameters and optimizer
+/// state. Adam (its step count, in the bias correction) and SGD with momentum (its
+/// velocity), on shuffled batches (the shuffle stream's position) with a learning rate that
+/// changes every epoch (the epoch count), all of which the resumed run must take over; a
+/// trainer that starts from the checkpoint's parameters without them ends elsewhere.
+#[test]
+fn a_gpu_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_bits() {
+    let Some(gpu) = gpu("a_gpu_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_bits")
+    else {
+        return;
+    };
+    let (train, _) = digits();
+    // 120 rows in batches of 16: seven full batches and a last one of 8.
+    let train = first_rows(&train, 120);
+    let net = Network::mlp(&[64, 12, 10], Activation::Relu, Activation::Identity).unwrap();
+    let loss = Loss::SoftmaxCrossEntropy;
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        shuffle: true,
+        seed: 4,
+        schedule: Schedule::Step {
+            every: 1,
+            gamma: 0.5,
+        },
+        ..Default::default()
+    };
+    let dir = std::env::temp_dir().join(format!("soma-gpu-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, opt) in [
+        ("adam", Optimizer::adam(0.01)),
+        ("momentum", Optimizer::momentum(0.05, 0.9)),
+    ] {
+        let model = Model::new(net.clone(), Init::Pytorch, 11).unwrap();
+        let new_trainer = |model: &Model, opt: Optimizer, config: &TrainConfig| {
+            Trainer::new(Device::Gpu(gpu), model, loss, opt, &train, None, config).unwrap()
+        };
+
+        let mut whole = new_trainer(&model, opt, &config);
+        let h = whole.fit(go_on, |_| {}).unwrap();
+        assert_eq!((h.epochs.len(), whole.epoch()), (3, 3), "{name}");
+        let want = run_bits(&whole);
+        assert!(!want.1.is_empty(), "{name}: an optimizer with state");
+
+        // Stopped after the first epoch, as `soma train` stops, and saved as it saves.
+        let mut first = new_trainer(&model, opt, &config);
+        let h = first
+            .fit(
+                |_, m| {
+                    Ok(if m.epoch == 1 {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    })
+                },
+                |_| {},
+            )
+            .unwrap();
+        assert!(h.paused && first.epoch() == 1, "{name}: {h:?}");
+        let path = dir.join(format!("{name}.safetensors"));
+        let saved = Checkpoint {
+            network: net.clone(),
+            params: first.parameters().unwrap(),
+            loss,
+            scaler: None,
+            classes: Some(10),
+            target_scaler: None,
+            resume: Some(Resume {
+                state: first.state(),
+                optimizer: opt,
+                config: config.clone(),
+                optimizer_state: first.optimizer_state().unwrap(),
+            }),
+        };
+        checkpoint::save(&path, &saved).unwrap();
+        let stopped_at = run_bits(&first);
+        drop(first);
+
+        let back = checkpoint::load(&path).unwrap();
+        let r = back.resume.clone().expect("the checkpoint resumes");
+        let state: Vec<Vec<f32>> = r.optimizer_state.iter().map(|(_, v)| v.clone()).collect();
+        let restored = Model {
+            network: back.network.clone(),
+            params: back.params.clone(),
+        };
+        let mut second = new_trainer(&restored, r.optimizer, &r.config);
+        second.resume(&r.state, &state).unwrap();
+        assert_eq!(run_bits(&second), stopped_at, "{name}: the resumed start");
+        let h = second.fit(go_on, |_| {}).unwrap();
+        assert_eq!((h.epochs.len(), second.epoch()), (2, 3), "{name}");
+        let got = run_bits(&second);
+        assert_eq!(
+            got.1.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            want.1.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "{name}: optimizer state names"
+        );
+        for (i, (g, w)) in got.0.iter().zip(&want.0).enumerate() {
+            assert!(
+                g == w,
+                "{name}: parameter tensor {i} differs from the uninterrupted run"
+            );
+        }
+        for ((n, g), (_, w)) in got.1.iter().zip(&want.1) {
+            assert!(g == w, "{name}: {n} differs from the uninterrupted run");
+        }
+
+        // Without the resume state (fresh step count, shuffle stream and epoch) the same
+        // parameters train to other bits: the comparison above can tell.
+        let mut fresh = new_trainer(&restored, r.optimizer, &r.config);
+        fresh
+            .fit(
+                |_, m| {
+                    Ok(if m.epoch == 2 {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    })
+                },
+                |_| {},
+            )
+            .unwrap();
+        assert_ne!(run_bits(&fresh).0, want.0, "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------

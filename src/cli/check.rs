@@ -60,6 +60,14 @@ fn diff(name: String, g: &[f32], c: &[f32]) -> TensorDiff {
 }
 
 pub fn run(cmd: CheckCommand) -> Result<()> {
+    // Before any work: no difference is within NaN or a negative tolerance, and every one
+    // is within infinity.
+    if !(cmd.tolerance.is_finite() && cmd.tolerance >= 0.0) {
+        return Err(Error::Config(format!(
+            "--tolerance {}: a tolerance must be a finite number, 0 or more",
+            cmd.tolerance
+        )));
+    }
     let o = cmd.options.resolve()?;
     if cmd.steps == 0 {
         return Err(Error::Config("--steps must be at least 1".into()));

@@ -278,7 +278,13 @@ impl Tuning {
     /// `SOMA_AUTOTUNE`, each defaulting as [`Tuning::default`]. A value soma cannot honour
     /// is an error that names the variable.
     pub fn from_env() -> Result<Tuning> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Tuning::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Tuning::from_env`] over any source of variables (`lookup` gives a variable's value,
+    /// `None` when it is not set); an empty value counts as not set.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Tuning> {
+        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
         let switch = |name: &str, default: bool| -> Result<bool> {
             match var(name).as_deref() {
                 None => Ok(default),
@@ -492,5 +498,73 @@ pub enum Accumulate {
 impl Accumulate {
     pub(crate) fn flag(self) -> u32 {
         (self == Accumulate::Add) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tuning of these variables (unset when absent).
+    fn tuning(vars: &[(&str, &str)]) -> Result<Tuning> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Tuning::from_vars(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn soma_matmul_takes_only_what_soma_generates() {
+        assert_eq!(tuning(&[]).unwrap(), Tuning::default());
+        assert_eq!(
+            tuning(&[("SOMA_MATMUL", "")]).unwrap(),
+            Tuning::default(),
+            "empty is unset"
+        );
+        for &t in TILES {
+            let got = tuning(&[("SOMA_MATMUL", &t.name())]).unwrap();
+            assert_eq!(got.matmul, MatmulVariant::Tile(t));
+        }
+        for (v, want) in [
+            ("naive", MatmulVariant::Naive),
+            ("blocked", MatmulVariant::Blocked),
+            ("tuned", MatmulVariant::Tuned),
+        ] {
+            assert_eq!(tuning(&[("SOMA_MATMUL", v)]).unwrap().matmul, want);
+        }
+        // Shapes the generator does not produce (a well-formed name, a workgroup too big for
+        // any adapter, another spelling of a generated tile) and plain junk: each an error
+        // that names the variable and the value and lists every accepted setting.
+        for bad in [
+            "r12c12w8x8",
+            "r4c4w64x64",
+            "r064c32w8x1",
+            "fast",
+            "R4C4W8X8",
+        ] {
+            let e = tuning(&[("SOMA_MATMUL", bad)]).unwrap_err().to_string();
+            assert!(e.contains(&format!("SOMA_MATMUL='{bad}'")), "{e}");
+            for accepted in ["naive", "blocked", "tuned"] {
+                assert!(e.contains(accepted), "{e}");
+            }
+            for t in TILES {
+                assert!(e.contains(&t.name()), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_other_tuning_variables_name_themselves_when_refused() {
+        for (name, bad) in [
+            ("SOMA_FUSE", "maybe"),
+            ("SOMA_AUTOTUNE", "2"),
+            ("SOMA_FUSED_MLP", "t48_r3"),
+        ] {
+            let e = tuning(&[(name, bad)]).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(bad), "{e}");
+        }
+        let t = tuning(&[("SOMA_FUSE", "off"), ("SOMA_AUTOTUNE", "0")]).unwrap();
+        assert!(!t.fuse && !t.autotune);
     }
 }

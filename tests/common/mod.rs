@@ -25,6 +25,14 @@ pub fn gpu(test: &str) -> Option<&'static Gpu> {
     }
 }
 
+/// Whether `gpu` is Mesa's llvmpipe (lavapipe through Vulkan, or through GL): the CPU
+/// adapter CI runs on. Its shader compiler keeps a multiply and an add apart (no fused
+/// multiply-add), so a kernel that sums in its CPU twin's order gives the twin's bits.
+pub fn is_llvmpipe(gpu: &Gpu) -> bool {
+    let a = gpu.adapter();
+    a.device_type == wgpu::DeviceType::Cpu && a.name.contains("llvmpipe")
+}
+
 /// A small seeded generator for test inputs (splitmix64), independent of the library's RNG so
 /// that a change there cannot hide a change here.
 pub struct TestRng(u64);

@@ -129,7 +129,7 @@ pub enum MatmulVariant {
     /// One generated tile wherever it fits the shape (see [`Tile::fits`]), blocked elsewhere.
     Tile(Tile),
     /// Per product, the fastest of blocked and the tiles that fit, measured on this adapter
-    /// at first use and cached on disk (`autotune.rs`).
+    /// at first use and cached on disk (`autotune/`).
     #[default]
     Tuned,
 }
@@ -144,7 +144,8 @@ impl std::str::FromStr for MatmulVariant {
             _ => Tile::parse(s).map(MatmulVariant::Tile).ok_or_else(|| {
                 let tiles: Vec<String> = TILES.iter().map(|t| t.name()).collect();
                 Error::Config(format!(
-                    "unknown matmul variant '{s}' (naive, blocked, tuned, or a tile: {})",
+                    "unknown matmul variant '{s}': naive, blocked, tuned, or one of the \
+                     generated tiles {}",
                     tiles.join(", ")
                 ))
             }),
@@ -528,6 +529,8 @@ mod variant_tests {
             "r32c32w8x1".parse::<MatmulVariant>().unwrap(),
             MatmulVariant::Tile(Tile::new(32, 32, 8, 1))
         );
+        // A well-formed tile name that the generator does not produce is refused too.
+        assert!("r12c12w8x8".parse::<MatmulVariant>().is_err());
         let err = "fast".parse::<MatmulVariant>().unwrap_err().to_string();
         assert!(
             err.contains("r64c32w8x1"),

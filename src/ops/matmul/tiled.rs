@@ -10,7 +10,7 @@
 //! A hardware GPU wants small tiles and many invocations instead. The tile sizes are unrolled
 //! into the source (WGSL cannot size a private array or unroll a loop by an `override`), so
 //! the source is generated here, once per shape, and cached; which shape runs is chosen per
-//! adapter and problem size by `autotune.rs`.
+//! adapter and problem size by `autotune/`.
 //!
 //! The k-sum of every output runs in order 0..k-1 with a separate multiply and add, as in the
 //! naive kernels and their CPU twins, so a tiled kernel gives the same bits as the naive one
@@ -54,17 +54,19 @@ impl MatmulForm {
     }
 }
 
-/// The block of outputs one invocation computes, and the workgroup shape.
+/// The block of outputs one invocation computes, and the workgroup shape. Only the shapes
+/// of [`TILES`] exist outside this crate (through [`TILES`] and [`Tile::parse`]): no other
+/// shape can reach the generator, so every tile that runs is one the tests validate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tile {
-    pub rows: u8,
-    pub cols: u8,
-    pub wx: u8,
-    pub wy: u8,
+    pub(crate) rows: u8,
+    pub(crate) cols: u8,
+    pub(crate) wx: u8,
+    pub(crate) wy: u8,
 }
 
 impl Tile {
-    pub const fn new(rows: u8, cols: u8, wx: u8, wy: u8) -> Tile {
+    pub(crate) const fn new(rows: u8, cols: u8, wx: u8, wy: u8) -> Tile {
         Tile { rows, cols, wx, wy }
     }
 
@@ -73,18 +75,15 @@ impl Tile {
         format!("r{}c{}w{}x{}", self.rows, self.cols, self.wx, self.wy)
     }
 
+    /// The tile of [`TILES`] named `s` exactly as [`Tile::name`] spells it; `None` for any
+    /// other text, a well-formed name of a shape soma does not generate included.
     pub fn parse(s: &str) -> Option<Tile> {
-        let rest = s.strip_prefix('r')?;
-        let (rows, rest) = rest.split_once('c')?;
-        let (cols, rest) = rest.split_once('w')?;
-        let (wx, wy) = rest.split_once('x')?;
-        let t = Tile::new(
-            rows.parse().ok()?,
-            cols.parse().ok()?,
-            wx.parse().ok()?,
-            wy.parse().ok()?,
-        );
-        TILES.contains(&t).then_some(t)
+        TILES.iter().copied().find(|t| t.name() == s)
+    }
+
+    /// Outputs each invocation computes (rows x columns of its block).
+    pub fn outputs(self) -> u32 {
+        self.rows as u32 * self.cols as u32
     }
 
     /// Outputs per workgroup: (rows, columns).
@@ -147,7 +146,7 @@ pub const RELU_GRAD_MAX_OUTPUTS: u32 = 256;
 
 /// Whether `tile` takes the `ReluGrad` epilogue.
 pub fn relu_grad_allowed(tile: Tile) -> bool {
-    tile.rows as u32 * tile.cols as u32 <= RELU_GRAD_MAX_OUTPUTS
+    tile.outputs() <= RELU_GRAD_MAX_OUTPUTS
 }
 
 impl Epilogue {
@@ -423,10 +422,20 @@ mod tests {
             assert_eq!(Tile::parse(&t.name()), Some(t));
         }
         assert_eq!(Tile::parse("r64c32w8x1"), Some(Tile::new(64, 32, 8, 1)));
-        // Well-formed but not generated, and malformed.
-        assert_eq!(Tile::parse("r12c12w8x8"), None);
-        assert_eq!(Tile::parse("r64c32"), None);
-        assert_eq!(Tile::parse("blocked"), None);
+        // Well-formed but not generated, other spellings of a generated one, and malformed.
+        for bad in [
+            "r12c12w8x8",
+            "r4c4w64x64",
+            "r064c32w8x1",
+            "r+64c32w8x1",
+            "R64C32W8X1",
+            " r64c32w8x1",
+            "r64c32",
+            "blocked",
+            "",
+        ] {
+            assert_eq!(Tile::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

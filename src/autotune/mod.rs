@@ -4,10 +4,11 @@
 //! times the blocked
 //! kernel and every generated tile that fits the shape (`ops/matmul/tiled.rs`) on scratch
 //! buffers of that size, keeps the fastest, and writes the choice to a cache file keyed by
-//! adapter, driver, soma version and a hash of the kernel sources, so the next process starts
-//! at once. Products under [`TUNE_MIN_FLOPS`] are not worth a measurement and take the
-//! blocked kernel. Every candidate computes the same sums in the same order, so the choice
-//! changes speed, not results.
+//! adapter, driver, soma version and a hash of every kernel text a choice measured (the
+//! shader files, the generated kernels and their generators: [`key_sources`]), so the next
+//! process starts at once. Products under [`TUNE_MIN_FLOPS`] are not worth a measurement
+//! and take the blocked kernel. Every candidate computes the same sums in the same order,
+//! so the choice changes speed, not results.
 //!
 //! - Cache file: `$SOMA_CACHE_DIR/autotune.json`, else `$XDG_CACHE_HOME/soma/…`, else
 //!   `$HOME/.cache/soma/…`; without any of those the choices live for the process only.
@@ -26,13 +27,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::kernels::{self, Dispatch, MATMUL};
+use crate::kernels::{self, Dispatch};
 use crate::ops::matmul::{
-    self, shape_key, tiled, Epilogue, MatmulChoice, MatmulForm, MatmulParams, MatmulVariant, TILES,
+    self, shape_key, MatmulChoice, MatmulForm, MatmulParams, MatmulVariant, TILES,
 };
 use crate::ops::Accumulate;
 use crate::ops::{Kernels, TunerState};
 use crate::tensor::GpuTensor;
+
+mod key;
+
+pub use key::{adapter_key, key_sources};
 
 /// Products below 2^22 floating-point operations (a 128 x 128 x 128 product) take the
 /// blocked kernel without measuring: their time is mostly launch overhead.
@@ -70,33 +75,6 @@ pub fn cache_path() -> Option<PathBuf> {
             .join("soma")
     };
     Some(dir.join("autotune.json"))
-}
-
-/// What the cache is keyed by: the adapter, its driver, soma's version and the kernels.
-pub fn adapter_key(gpu: &Gpu) -> String {
-    let a = gpu.adapter();
-    // FNV-1a over the matmul sources: a changed kernel invalidates old measurements.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |s: &str| {
-        for b in s.bytes() {
-            hash ^= b as u64;
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    feed(MATMUL.source);
-    for form in MatmulForm::ALL {
-        for &t in TILES {
-            feed(tiled::generated(form, t, Epilogue::Store).0);
-        }
-    }
-    format!(
-        "{} | {:?} | {} {} | soma {} | kernels {hash:016x}",
-        a.name,
-        a.backend,
-        a.driver,
-        a.driver_info,
-        env!("CARGO_PKG_VERSION")
-    )
 }
 
 fn read_cache() -> CacheFile {
@@ -169,7 +147,7 @@ pub fn candidates(
             .filter(|t| t.fits(form, m, n, k, acc))
             .filter(|t| {
                 let [x, y, _] = t.grid(m, n);
-                let big = t.rows as u32 * t.cols as u32 >= BIG_TILE_OUTPUTS;
+                let big = t.outputs() >= BIG_TILE_OUTPUTS;
                 x * y
                     >= if big {
                         MIN_WORKGROUPS_BIG
