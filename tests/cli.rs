@@ -795,16 +795,46 @@ fn stop_and_resume_equals_an_uninterrupted_run() {
 // 4b: run directories under concurrency, kills, interrupts and divergence
 // ---------------------------------------------------------------------------------------
 
+/// A `soma` process started in the background; killed when dropped, so that a failing test
+/// leaves no run behind.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// `kill -9`, and waits for it.
+    fn kill(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn wait_with_output(mut self) -> Output {
+        let child = self.0.take().expect("a running process");
+        child.wait_with_output().expect("waiting for soma")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts `soma ARGS` in `dir` without waiting for it.
-fn spawn(dir: &TempDir, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_soma"))
+fn spawn(dir: &TempDir, args: &[&str]) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_soma"))
         .args(args)
         .current_dir(&dir.0)
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("cannot start the soma binary")
+        .expect("cannot start the soma binary");
+    Running(Some(child))
 }
 
 /// Waits (up to two minutes) until `ready` holds.
@@ -829,7 +859,7 @@ fn checkpoint_epoch(run: &Path) -> usize {
 }
 
 /// A long CPU run on digits into `dir/name`, running until killed.
-fn spawn_long_run(dir: &TempDir, extra: &[&str]) -> std::process::Child {
+fn spawn_long_run(dir: &TempDir, extra: &[&str]) -> Running {
     let mut args = vec!["train", "--device", "cpu", "--epochs", "100000"];
     args.extend_from_slice(extra);
     spawn(dir, &args)
@@ -861,8 +891,7 @@ fn a_run_directory_is_locked_while_it_trains_and_a_killed_run_does_not_block() {
         assert_clean_failure(&ran, &["in use", &pid], None);
     }
     assert!(!run.exists() && work.join("config.json").is_file());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 
     // The lock died with its process: the run continues and finishes.
     let done = checkpoint_epoch(&work);
@@ -900,8 +929,7 @@ fn extending_a_finished_run_keeps_it_until_the_extension_finishes() {
     wait_until("the extension's third epoch", || {
         checkpoint_epoch(&work) >= 3
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert_eq!(
         std::fs::read(&ckpt).unwrap(),
         finished,
@@ -1070,8 +1098,7 @@ fn kill_9_at_seeded_points_tears_nothing_and_resumes_bit_identically() {
         args.extend(settings);
         let mut child = spawn(&dir, &args);
         std::thread::sleep(std::time::Duration::from_millis(delay));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.kill();
         let work = partial(&run);
         for ckpt in [
             run.join("checkpoint.safetensors"),
@@ -1178,7 +1205,7 @@ fn ctrl_c_stops_at_the_end_of_an_epoch_and_prints_the_resume_command() {
         .status()
         .unwrap();
     assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "stderr:\n{stderr}");
     let command = format!("soma train --resume {}", partial(&run).display());
