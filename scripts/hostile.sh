@@ -119,7 +119,6 @@ wait_for live.partial/checkpoint.safetensors || fail "2: the run did not start"
 expect_error 2 "in use.*PID $trainer" soma train --device cpu --resume live.partial
 expect_error 2 "in use.*PID $trainer" soma train --device cpu --epochs 1 --out live
 { kill -9 $trainer; wait $trainer; } 2>/dev/null
-wait $trainer 2>/dev/null
 done_epochs=$(wc -l <live.partial/metrics.jsonl)
 if soma train --device cpu --resume live.partial --epochs $((done_epochs + 1)) >/dev/null 2>err.txt &&
     [[ -d live && ! -e live.partial ]]; then
@@ -134,7 +133,6 @@ ext=$!
 wait_for model.partial/checkpoint.safetensors
 sleep 0.5
 { kill -9 $ext; wait $ext; } 2>/dev/null
-wait $ext 2>/dev/null
 if [[ $(sum model/checkpoint.safetensors) == "$CKPT_SUM" && $(wc -l <model/metrics.jsonl) -eq 30 ]]; then
     pass "3: the finished model is intact after a killed extension"
 else
