@@ -37,6 +37,9 @@ pub struct Trainer<'a> {
     /// The mean loss of the first batch at the starting weights (see `TrainState`).
     first_loss: Option<f32>,
     /// An epoch loss above this many times `first_loss` (or 1, if larger) is a divergence.
+    /// `run_epoch` (and so `fit`) reads `first_loss` after the run's first step; the
+    /// non-blocking `run_steps` and `record_steps` never read back, so a trainer driven only
+    /// through them stops on a non-finite loss alone.
     explode_factor: Option<f32>,
 }
 
@@ -261,17 +264,7 @@ impl<'a> Trainer<'a> {
         self.begin_epoch()?;
         let n = n.min(self.steps_left());
         let first = self.cursor.as_ref().map_or(0, |c| c.step);
-        if n > 0 && first == 0 && self.first_loss.is_none() && self.explode_factor.is_some() {
-            // The run's first step, read back once: the loss at the starting weights.
-            self.run_train(0..1)?;
-            let bufs = self.run.bufs(Pass::Train)?;
-            let rows = self.run.plan.batch.min(bufs.rows).max(1);
-            let sum = self.run.exec.read_f32(bufs.loss_sum)?[0];
-            self.first_loss = Some(sum / rows as f32).filter(|l| l.is_finite());
-            if n > 1 {
-                self.run_train(1..n)?;
-            }
-        } else if n > 0 {
+        if n > 0 {
             self.run_train(first..first + n)?;
         }
         if let Some(c) = self.cursor.as_mut() {
@@ -416,7 +409,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// One epoch: a fresh (seeded) order, then every batch, one submission per step, then
-    /// the epoch's metrics (see `end_epoch`).
+    /// the epoch's metrics (see `end_epoch`). The run's very first step is read back once:
+    /// its loss is what an exploding loss is measured against.
     pub fn run_epoch(&mut self, mut on_step: impl FnMut(Progress)) -> Result<EpochMetrics> {
         self.begin_epoch()?;
         let steps = self.run.plan.train.as_ref().map_or(0, |d| d.steps);
@@ -424,6 +418,13 @@ impl<'a> Trainer<'a> {
         while self.steps_left() > 0 {
             self.run_steps(1)?;
             let s = steps - self.steps_left();
+            if s == 1 && self.first_loss.is_none() && self.explode_factor.is_some() {
+                // The run's first step, read back once: the loss at the starting weights.
+                let bufs = self.run.bufs(Pass::Train)?;
+                let rows = self.run.plan.batch.min(bufs.rows).max(1);
+                let sum = self.run.exec.read_f32(bufs.loss_sum)?[0];
+                self.first_loss = Some(sum / rows as f32).filter(|l| l.is_finite());
+            }
             let loss = if log_every > 0 && s.is_multiple_of(log_every) {
                 Some(self.running_loss()?)
             } else {
