@@ -27,11 +27,13 @@ enum Command {
     Train {
         #[command(flatten)]
         options: TrainOptions,
-        /// A TOML file with the same settings (flags override it)
+        /// A TOML file with the same settings, or a run's config.json to repeat it (flags
+        /// override it)
         #[arg(long)]
         config: Option<PathBuf>,
-        #[arg(long, value_enum, default_value_t)]
-        device: DeviceChoice,
+        /// [default: auto, or the TOML file's `device`]
+        #[arg(long, value_enum)]
+        device: Option<DeviceChoice>,
         /// The run directory [default: runs/<UTC timestamp>]
         #[arg(long)]
         out: Option<PathBuf>,

@@ -1917,6 +1917,70 @@ fn resume_of_a_missing_directory() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+fn a_run_repeats_from_its_config_json_and_toml_names_the_device() {
+    let dir = TempDir::new("repeat");
+    let first = train_cpu(
+        &dir,
+        "first",
+        &[
+            "--epochs",
+            "2",
+            "--seed",
+            "4",
+            "--optimizer",
+            "momentum",
+            "--val-fraction",
+            "0.2",
+        ],
+    );
+    let config: Value = serde_json::from_str(&read(&first.join("config.json"))).unwrap();
+    // The fraction the run held out is recorded where a library user looks for it too.
+    let recorded = config["train"]["validation_fraction"].as_f64().unwrap();
+    assert!((recorded - 0.2).abs() < 1e-6, "{recorded}");
+    let again = train_cpu(
+        &dir,
+        "again",
+        &["--config", first.join("config.json").to_str().unwrap()],
+    );
+    assert_eq!(
+        load(&first.join("checkpoint.safetensors")),
+        load(&again.join("checkpoint.safetensors"))
+    );
+    assert_eq!(
+        read(&first.join("config.json")),
+        read(&again.join("config.json"))
+    );
+
+    // `device` is a TOML key; --device on the command line wins over it.
+    let toml = dir.join("cpu.toml");
+    std::fs::write(&toml, "device = \"cpu\"\nepochs = 1\n").unwrap();
+    let out = dir.arg("from-toml");
+    let ran = soma(
+        &dir,
+        &[
+            "train",
+            "--config",
+            toml.to_str().unwrap(),
+            "--out",
+            &out,
+            "--json",
+        ],
+    )
+    .ok();
+    assert_eq!(ran.json()["adapter"], "cpu");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "device = \"tpu\"\n").unwrap();
+    let ran = soma(&dir, &["train", "--config", bad.to_str().unwrap()]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(ran.stderr.contains("tpu"), "{}", ran.stderr);
+    // A JSON file that is not a run's config is refused, naming the file.
+    let other = dir.join("other.json");
+    std::fs::write(&other, "{\"epochs\": 3}").unwrap();
+    let ran = soma(&dir, &["train", "--config", other.to_str().unwrap()]);
+    assert_clean_failure(&ran, &["other.json", "options"], None);
+}
+
+#[test]
 fn toml_config_is_honoured_and_flags_override_it() {
     let dir = TempDir::new("toml");
     let toml = dir.join("run.toml");

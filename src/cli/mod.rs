@@ -17,15 +17,19 @@ use clap::ValueEnum;
 use soma::checkpoint::{self, Checkpoint};
 use soma::{Device, Error, Gpu, Kernels, Result, Tuning};
 
-/// `--device`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+/// `--device` (and `device` in a TOML config).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// The best GPU adapter; the CPU path (with a warning) when there is none.
     #[default]
     Auto,
     /// A GPU adapter, or an error.
     Gpu,
-    /// The CPU reference path.
+    /// The CPU path: every op on the host, threaded (the plain-loop reference that `soma
+    /// check` compares against is separate).
     Cpu,
 }
 

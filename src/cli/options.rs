@@ -106,6 +106,10 @@ pub struct TrainOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_shuffle: bool,
+    /// The device, from a TOML file only (the command line's is `--device`, which wins).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<super::DeviceChoice>,
 }
 
 /// The data flags of `soma eval` (the rest of a run's settings are the model's own).
@@ -348,6 +352,7 @@ impl Resolved {
             init_scheme: Some(self.init_scheme.clone()),
             init: self.init.clone(),
             no_shuffle: !self.shuffle,
+            device: None,
         }
     }
 }
@@ -371,6 +376,33 @@ pub fn differing_flags(a: &Resolved, b: &Resolved, widths: &[usize]) -> Vec<Stri
 }
 
 impl TrainOptions {
+    /// Reads the settings of `--config`: a TOML file (keys as the flags, with `_` for `-`,
+    /// and `device`), or a run directory's `config.json` (its `options`), so that a run can
+    /// be repeated.
+    pub fn from_config_file(path: &Path) -> Result<TrainOptions> {
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let format = |line: Option<usize>, message: String| Error::Format {
+                path: path.to_path_buf(),
+                line,
+                message,
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format(Some(e.line()), e.to_string()))?;
+            let options = value.get("options").cloned().ok_or_else(|| {
+                format(
+                    None,
+                    "no \"options\" object: --config takes a TOML file or a run's config.json"
+                        .into(),
+                )
+            })?;
+            let resolved: Resolved = serde_json::from_value(options)
+                .map_err(|e| format(None, format!("options: {e}")))?;
+            return Ok(resolved.as_options());
+        }
+        Self::from_toml(path)
+    }
+
     /// Reads a TOML file of the same settings (keys as the flags, with `_` for `-`).
     pub fn from_toml(path: &Path) -> Result<TrainOptions> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -396,7 +428,7 @@ impl TrainOptions {
     pub fn overridden_by(&self, over: &TrainOptions) -> TrainOptions {
         macro_rules! pick {
             ($($f:ident),*) => {
-                TrainOptions { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* no_shuffle: over.no_shuffle || self.no_shuffle, centered: over.centered || self.centered }
+                TrainOptions { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* no_shuffle: over.no_shuffle || self.no_shuffle, centered: over.centered || self.centered, device: over.device.or(self.device) }
             };
         }
         pick!(

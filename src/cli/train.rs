@@ -245,7 +245,8 @@ pub fn train_config(o: &Resolved, c: &Choices) -> Result<TrainConfig> {
         batch_size: o.batch_size,
         shuffle: o.shuffle,
         seed: o.seed,
-        validation_fraction: None,
+        // Recorded for config.json; the split itself is made by `prepare_data`.
+        validation_fraction: (o.val_fraction > 0.0).then_some(o.val_fraction),
         early_stopping: o.patience.map(|patience| EarlyStopping {
             patience,
             min_delta: o.min_delta,
@@ -260,7 +261,8 @@ pub fn train_config(o: &Resolved, c: &Choices) -> Result<TrainConfig> {
 pub struct TrainCommand {
     pub options: TrainOptions,
     pub config: Option<PathBuf>,
-    pub device: DeviceChoice,
+    /// `None`: the TOML config's `device`, else auto.
+    pub device: Option<DeviceChoice>,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub json: bool,
@@ -318,6 +320,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     // "run/" and "run" are the same directory (a trailing slash would break the renames).
     let normal = |p: &PathBuf| -> PathBuf { p.components().collect() };
     let resume_dir = cmd.resume.as_ref().map(normal);
+    let mut device_choice = cmd.device.unwrap_or_default();
     let stored = match &resume_dir {
         Some(dir) => {
             super::run_dir::check_resumable(dir)?;
@@ -347,9 +350,10 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         }
         _ => {
             let base = match &cmd.config {
-                Some(p) => TrainOptions::from_toml(p)?,
+                Some(p) => TrainOptions::from_config_file(p)?,
                 None => TrainOptions::default(),
             };
+            device_choice = cmd.device.or(base.device).unwrap_or_default();
             base.overridden_by(&cmd.options).resolve()?
         }
     };
@@ -365,7 +369,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     let optimizer: Optimizer = choices.optimizer;
     let config = train_config(&options, &choices)?;
     let init = choices.init;
-    let gpu = open_device(cmd.device)?;
+    let gpu = open_device(device_choice)?;
     let device = gpu.device();
     let adapter = device.name();
 
