@@ -469,14 +469,14 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             } else {
                 match eval.accuracy {
                     Some(a) => println!(
-                        "test accuracy {:.2}% (loss {:.4}) on {} samples",
+                        "test accuracy {:.2}% (loss {}) on {} samples",
                         100.0 * a,
-                        eval.loss,
+                        number(eval.loss),
                         eval.samples
                     ),
                     None => println!(
-                        "test loss {:.4} on {} samples (mean squared error{})",
-                        eval.loss,
+                        "test loss {} on {} samples (mean squared error{})",
+                        number(eval.loss),
                         eval.samples,
                         if run_config.options.scale_target.as_deref() == Some("none") {
                             ""
@@ -607,6 +607,19 @@ fn train_in(
             .map_err(|e| Error::Config(e.to_string()))?
             .as_bytes(),
     )?;
+    let bar = if cmd.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    let rows = data.train.len();
+    let batch = rc.train.batch_size;
+    // The bar's running loss: read back five times an epoch, and only when a bar is drawn
+    // (a readback waits for the device).
+    let mut config = rc.train.clone();
+    if !bar.is_hidden() {
+        config.log_every = rows.div_ceil(batch.max(1)).div_ceil(5).max(1);
+    }
     let mut trainer = Trainer::new(
         device,
         model,
@@ -614,7 +627,7 @@ fn train_in(
         rc.optimizer,
         &data.train,
         data.val.as_ref(),
-        &rc.train,
+        &config,
     )?;
     let metrics_path = dir.join("metrics.jsonl");
     let mut history: Vec<EpochMetrics> = Vec::new();
@@ -637,29 +650,28 @@ fn train_in(
         started.elapsed().as_secs_f64()
     );
 
-    let bar = if cmd.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
     bar.set_style(
-        ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} steps {msg}")
-            .map_err(|e| Error::Config(e.to_string()))?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "epoch {prefix:>3} [{bar:30}] {pos}/{len} steps {msg}  ETA {eta}",
+        )
+        .map_err(|e| Error::Config(e.to_string()))?
+        .progress_chars("=> "),
     );
-    let rows = data.train.len();
-    let batch = rc.train.batch_size;
+    let mut running: Option<f32> = None;
     let epoch_start = std::cell::Cell::new(Instant::now());
     let mut last_rate = 0.0;
     let fit = trainer.fit(
         |t, m| {
             last_rate = m.samples_per_s;
             let line = format!(
-                "epoch {:>3}: loss {:.4}{}{}  {:.0} samples/s",
+                "epoch {:>3}: loss {}{}{}{}  {:.0} samples/s",
                 m.epoch,
-                m.train_loss,
+                number(m.train_loss),
+                m.train_accuracy
+                    .map(|a| format!("  acc {:.2}%", 100.0 * a))
+                    .unwrap_or_default(),
                 m.val_loss
-                    .map(|v| format!("  val loss {v:.4}"))
+                    .map(|v| format!("  val loss {}", number(v)))
                     .unwrap_or_default(),
                 m.val_accuracy
                     .map(|a| format!("  val acc {:.2}%", 100.0 * a))
@@ -690,12 +702,20 @@ fn train_in(
             Ok(Flow::Continue)
         },
         |p| {
+            if p.step <= 1 {
+                running = None;
+                bar.reset_eta();
+            }
+            running = p.loss.or(running);
             bar.set_prefix(format!("{}", p.epoch));
             bar.set_length(p.steps as u64);
             bar.set_position(p.step as u64);
             let done = (p.step * batch).min(rows);
             bar.set_message(format!(
-                "{:.0} samples/s",
+                "{}{:.0} samples/s",
+                running
+                    .map(|l| format!("loss {}  ", number(l)))
+                    .unwrap_or_default(),
                 done as f64 / epoch_start.get().elapsed().as_secs_f64().max(1e-9)
             ));
         },
@@ -816,6 +836,16 @@ fn save_checkpoint(
     checkpoint::save(&dir.join("checkpoint.safetensors"), &ck)
 }
 
+/// A loss for people: four decimals, or scientific notation where that would print a long
+/// row of digits or zeros (an exploding loss, a tiny one).
+fn number(x: f32) -> String {
+    if x.is_finite() && x != 0.0 && !(1e-4..1e5).contains(&x.abs()) {
+        format!("{x:.4e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
 /// How often `curves.svg` is redrawn during a run: redrawing it every epoch would make a
 /// long run's writes grow with the square of its epochs.
 const CURVES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -909,5 +939,21 @@ mod interrupt {
         if let Err(e) = installed {
             log::warn!("Ctrl-C will stop training at once, not at an epoch's end: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number;
+
+    #[test]
+    fn losses_print_short() {
+        assert_eq!(number(0.12345), "0.1235");
+        assert_eq!(number(0.0), "0.0000");
+        assert_eq!(number(6.9e8), "6.9000e8");
+        assert_eq!(number(1.5e37), "1.5000e37");
+        assert_eq!(number(2.5e-6), "2.5000e-6");
+        assert_eq!(number(f32::NAN), "NaN");
+        assert_eq!(number(-123.0), "-123.0000");
     }
 }
