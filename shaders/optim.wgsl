@@ -5,6 +5,7 @@
 //                    momentum*0 + g = g, the same value)
 //   adam_update:     Adam:  g = grad + wd p          AdamW: p *= 1 - lr wd
 //                    m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+//                    (1 - beta1 and 1 - beta2 come from the host, rounded once from f64)
 //                    p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
 //                    with bc1 = 1 - beta1^t and bc2 = 1 - beta2^t given by the host.
 //   rmsprop_update:  g = grad + wd p;  s = alpha s + (1 - alpha) g^2
@@ -27,9 +28,9 @@ struct OptimParams {
     alpha: f32,
     one_minus_alpha: f32,
     centered: u32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
@@ -91,8 +92,8 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>,
     } else {
         g = g + adam_p.weight_decay * p;
     }
-    let m = adam_p.beta1 * adam_m[i] + (1.0 - adam_p.beta1) * g;
-    let v = adam_p.beta2 * adam_v[i] + (1.0 - adam_p.beta2) * g * g;
+    let m = adam_p.beta1 * adam_m[i] + adam_p.one_minus_beta1 * g;
+    let v = adam_p.beta2 * adam_v[i] + adam_p.one_minus_beta2 * g * g;
     adam_m[i] = m;
     adam_v[i] = v;
     let step_size = adam_p.lr / adam_p.bias_correction1;
@@ -193,8 +194,8 @@ fn adam_update_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
     } else {
         g = g + adam_p.weight_decay * p;
     }
-    let m = adam_p.beta1 * adam4_m[i] + (1.0 - adam_p.beta1) * g;
-    let v = adam_p.beta2 * adam4_v[i] + (1.0 - adam_p.beta2) * g * g;
+    let m = adam_p.beta1 * adam4_m[i] + adam_p.one_minus_beta1 * g;
+    let v = adam_p.beta2 * adam4_v[i] + adam_p.one_minus_beta2 * g * g;
     adam4_m[i] = m;
     adam4_v[i] = v;
     let step_size = adam_p.lr / adam_p.bias_correction1;

@@ -804,20 +804,44 @@ fn rmsprop_takes_one_minus_alpha_as_pytorch_does() {
 }
 
 fn adam_p(len: u32, weight_decay: f32, decoupled: u32) -> OptimParams {
-    let (beta1, beta2) = (0.9f32, 0.999f32);
+    let (beta1, beta2) = (0.9f64, 0.999f64);
     OptimParams {
         len,
         lr: 0.01,
-        beta1,
-        beta2,
+        beta1: beta1 as f32,
+        beta2: beta2 as f32,
+        // 1 - beta in f64, rounded once, as the host does.
+        one_minus_beta1: (1.0 - beta1) as f32,
+        one_minus_beta2: (1.0 - beta2) as f32,
         eps: 1e-8,
         weight_decay,
-        // t = 1: 1 - beta^1, computed in f32 as the host does.
-        bias_correction1: 1.0 - beta1,
-        bias_correction2: 1.0 - beta2,
+        // t = 1: 1 - beta^1.
+        bias_correction1: (1.0 - beta1) as f32,
+        bias_correction2: (1.0 - beta2) as f32,
         decoupled,
         ..Default::default()
     }
+}
+
+#[test]
+fn adam_takes_one_minus_beta_as_pytorch_does() {
+    // PyTorch holds the betas as Python floats and passes 1 - beta2 = 0.0010000000000000009
+    // to its kernels, rounded to f32: 0.001f32. 1 - 0.999f32 in f32 is 0.00099998713, which
+    // left the second moment 1.29e-5 (relative) off PyTorch's.
+    let opt = soma::Optimizer::adam(0.01);
+    assert_eq!((opt.beta1, opt.beta2), (0.9, 0.999));
+    let p = opt.step_params(0.01, 1);
+    assert_eq!(p.one_minus_beta1, 0.1f32);
+    assert_eq!(p.one_minus_beta2, 0.001f32);
+    assert_ne!(p.one_minus_beta2, 1.0 - 0.999f32);
+    assert_eq!((p.beta1, p.beta2), (0.9f32, 0.999f32));
+    assert_eq!(p.bias_correction1, 0.1f32);
+    assert_eq!(p.bias_correction2, 0.001f32);
+    // The second moment after one step with g = 1 is exactly what PyTorch stores.
+    let (mut w, mut m, mut v) = ([0.0f32; 1], [0.0f32; 1], [0.0f32; 1]);
+    let p = OptimParams { len: 1, ..p };
+    cpu::adam_update(&mut w, &mut m, &mut v, &[1.0], &p);
+    assert_eq!((m[0], v[0]), (0.1f32, 0.001f32));
 }
 
 #[test]
@@ -829,18 +853,18 @@ fn adam_first_step_moves_by_lr_sign_g() {
     // so every parameter with |g| >> eps moves by lr = 0.01 against its gradient, whatever
     // the size of g. With g = 0 nothing moves (0 / (0 + eps) = 0, not NaN).
     //   p = [1 1 1 1], g = [0.5 -2 0.03 0] -> [0.99 1.01 0.99 1]
-    // The relative error of |g|/(|g| + eps) is eps/|g| <= 3.4e-7, and the f32 rounding of
-    // (1 - b1) and (1 - b2) cancels between m and bc1 and between v and bc2 up to a few ulps
-    // of the ratio: atol 1e-6 (1e-4 of the step) covers both.
+    // The relative error of |g|/(|g| + eps) is eps/|g| <= 3.4e-7, and (1 - b1) and (1 - b2)
+    // are the same f32 in m and bc1 and in v and bc2, so they cancel up to a few ulps of the
+    // ratio: atol 1e-6 (1e-4 of the step) covers both.
     let g = [0.5f32, -2.0, 0.03, 0.0];
     let mut param = [1.0f32; 4];
     let (mut m, mut v) = ([0.0f32; 4], [0.0f32; 4]);
     cpu::adam_update(&mut param, &mut m, &mut v, &g, &adam_p(4, 0.0, 0));
     assert_close("adam t=1 p", &param, &[0.99, 1.01, 0.99, 1.0], 1e-6, 0.0);
-    // The moments: m = 0.1 g = [0.05 -0.2 0.003 0], v = 0.001 g^2 = [2.5e-4 4e-3 9e-7 0].
-    // (1 - 0.9 and 1 - 0.999 in f32 are 0.1 and 0.001 to ~2e-7 and ~1.3e-5 relative: rel 2e-5.)
-    assert_close("adam t=1 m", &m, &[0.05, -0.2, 0.003, 0.0], 0.0, 2e-5);
-    assert_close("adam t=1 v", &v, &[2.5e-4, 4e-3, 9e-7, 0.0], 0.0, 2e-5);
+    // The moments: m = 0.1 g = [0.05 -0.2 0.003 0], v = 0.001 g^2 = [2.5e-4 4e-3 9e-7 0]
+    // (0.1f32 and 0.001f32 times g, one f32 rounding each: rel 2e-7).
+    assert_close("adam t=1 m", &m, &[0.05, -0.2, 0.003, 0.0], 0.0, 2e-7);
+    assert_close("adam t=1 v", &v, &[2.5e-4, 4e-3, 9e-7, 0.0], 0.0, 2e-7);
 }
 
 #[test]

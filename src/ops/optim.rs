@@ -51,9 +51,11 @@ params_struct! {
         one_minus_alpha: f32,
         /// 1: RMSprop normalises by the centered second moment.
         centered: u32,
+        /// 1 - beta1 and 1 - beta2, computed in f64 and rounded once, as PyTorch passes them
+        /// (1 - 0.999f32 in f32 would be 0.00099998713, not 0.001).
+        one_minus_beta1: f32,
+        one_minus_beta2: f32,
         _pad0: u32,
-        _pad1: u32,
-        _pad2: u32,
     }
 }
 
@@ -139,11 +141,13 @@ impl UpdateRule {
             UpdateRule::Adam | UpdateRule::AdamW => {
                 let t = t.min(i32::MAX as u64) as i32;
                 OptimParams {
-                    beta1: opt.beta1,
-                    beta2: opt.beta2,
+                    beta1: opt.beta1 as f32,
+                    beta2: opt.beta2 as f32,
+                    one_minus_beta1: (1.0 - opt.beta1) as f32,
+                    one_minus_beta2: (1.0 - opt.beta2) as f32,
                     eps: opt.eps,
-                    bias_correction1: (1.0 - (opt.beta1 as f64).powi(t)) as f32,
-                    bias_correction2: (1.0 - (opt.beta2 as f64).powi(t)) as f32,
+                    bias_correction1: (1.0 - opt.beta1.powi(t)) as f32,
+                    bias_correction2: (1.0 - opt.beta2.powi(t)) as f32,
                     decoupled: (self == UpdateRule::AdamW) as u32,
                     ..base
                 }
@@ -201,8 +205,10 @@ pub struct Optimizer {
     pub lr: f32,
     /// Momentum factor (momentum, RMSprop).
     pub momentum: f32,
-    pub beta1: f32,
-    pub beta2: f32,
+    /// Adam's decay rates, held in f64 as PyTorch holds them (Python floats): the kernels
+    /// get them, and 1 - beta, each rounded to f32 once.
+    pub beta1: f64,
+    pub beta2: f64,
     pub eps: f32,
     /// L2 penalty (SGD, momentum, Adam, RMSprop) or decoupled decay (AdamW).
     pub weight_decay: f32,
@@ -306,9 +312,9 @@ impl Optimizer {
             return bad(
                 "beta1/beta2",
                 if (0.0..1.0).contains(&self.beta1) {
-                    self.beta2
+                    self.beta2 as f32
                 } else {
-                    self.beta1
+                    self.beta1 as f32
                 },
             );
         }
@@ -454,8 +460,8 @@ pub mod cpu {
             } else {
                 g += p.weight_decay * w;
             }
-            let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
-            let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+            let mi = p.beta1 * m[i] + p.one_minus_beta1 * g;
+            let vi = p.beta2 * v[i] + p.one_minus_beta2 * g * g;
             m[i] = mi;
             v[i] = vi;
             let step_size = p.lr / p.bias_correction1;
