@@ -42,6 +42,7 @@ pub mod plan;
 pub mod plot;
 pub mod rng;
 pub mod run;
+pub mod state_dict;
 pub mod tensor;
 pub mod trainer;
 

@@ -1735,6 +1735,118 @@ fn init_from_a_checkpoint_of_another_shape() {
     assert_complete_run(&run, 1);
 }
 
+/// Writes a plain safetensors state dict (no metadata), as `safetensors.torch.save_file`
+/// of a PyTorch module's `state_dict()` does.
+fn write_state_dict(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, shape, _), b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b);
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    let none: Option<std::collections::HashMap<String, String>> = None;
+    std::fs::write(path, safetensors::serialize(views, &none).unwrap()).unwrap();
+}
+
+#[test]
+fn init_from_a_plain_pytorch_state_dict() {
+    let dir = TempDir::new("init-plain");
+    // An nn.Sequential(Linear(64, 24), Tanh(), Linear(24, 10)): keys 0.* and 2.*.
+    let mut rng = soma::rng::Rng::new(9);
+    let mut values = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * 0.2)
+            .collect()
+    };
+    let tensors = vec![
+        ("0.weight".to_string(), vec![24, 64], values(24 * 64)),
+        ("0.bias".to_string(), vec![24], values(24)),
+        ("2.weight".to_string(), vec![10, 24], values(240)),
+        ("2.bias".to_string(), vec![10], values(10)),
+    ];
+    let file = dir.join("sequential.safetensors");
+    write_state_dict(&file, &tensors);
+    // The architecture comes from the shapes; one epoch at a vanishing rate keeps the
+    // weights where the file put them.
+    let run = train_cpu(
+        &dir,
+        "plain",
+        &[
+            "--init",
+            file.to_str().unwrap(),
+            "--activation",
+            "tanh",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e-30",
+            "--epochs",
+            "1",
+        ],
+    );
+    let ck = load(&run.join("checkpoint.safetensors"));
+    assert_eq!(ck.network.widths(), vec![64, 24, 10]);
+    assert_eq!(ck.params.layers[0].weight, tensors[0].2);
+    assert_eq!(ck.params.layers[1].bias.as_deref(), Some(&tensors[3].2[..]));
+
+    // Keys that are not a linear stack are named.
+    let bn = dir.join("batchnorm.safetensors");
+    let mut with_bn = tensors.clone();
+    with_bn.push(("1.running_mean".to_string(), vec![24], vec![0.0; 24]));
+    write_state_dict(&bn, &with_bn);
+    train_fails(&dir, &["--init", bn.to_str().unwrap()], &["1.running_mean"]);
+    // --layers that the shapes do not give are refused.
+    train_fails(
+        &dir,
+        &["--init", file.to_str().unwrap(), "--layers", "64,32,10"],
+        &["sequential.safetensors", "--layers"],
+    );
+}
+
+#[test]
+fn init_metadata_that_disagrees_with_the_run_is_refused() {
+    let dir = TempDir::new("init-meta");
+    let tanh_mse = train_cpu(
+        &dir,
+        "tanh-mse",
+        &["--epochs", "1", "--activation", "tanh", "--loss", "mse"],
+    );
+    let init = tanh_mse.to_str().unwrap();
+    // The run's defaults are ReLU and cross-entropy: both differ from what the file says.
+    train_fails(
+        &dir,
+        &["--init", init, "--activation", "tanh"],
+        &["mse", "--loss"],
+    );
+    train_fails(
+        &dir,
+        &["--init", init, "--loss", "mse"],
+        &["tanh", "--activation"],
+    );
+    let run = train_cpu(
+        &dir,
+        "agrees",
+        &[
+            "--epochs",
+            "1",
+            "--init",
+            init,
+            "--activation",
+            "tanh",
+            "--loss",
+            "mse",
+        ],
+    );
+    assert_complete_run(&run, 1);
+}
+
 #[test]
 fn bad_settings() {
     let dir = TempDir::new("bad-settings");

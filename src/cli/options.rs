@@ -99,7 +99,10 @@ pub struct TrainOptions {
     /// Weight initialisation: pytorch, xavier, he [default: pytorch]
     #[arg(long)]
     pub init_scheme: Option<String>,
-    /// Start from the weights of this checkpoint (a run directory or a .safetensors file)
+    /// Start from these weights: a run directory or soma checkpoint (its activations and
+    /// loss must match the run's), or a plain PyTorch state dict in safetensors
+    /// (layers.N.weight/bias or an nn.Sequential's N.weight/bias); without --layers, the
+    /// architecture is the file's
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// Do not reshuffle the training rows each epoch

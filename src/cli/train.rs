@@ -362,7 +362,16 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             "--stop-after 0: stop after at least one epoch (1 or more)".into(),
         ));
     }
+    let mut options = options;
     let choices = options.choices()?;
+    // --init without --layers: the architecture is the init file's.
+    let init_weights = match (&options.init, &resume_dir) {
+        (Some(path), None) => Some(InitWeights::read(path)?),
+        _ => None,
+    };
+    if let (None, Some(w)) = (&options.layers, &init_weights) {
+        options.layers = Some(w.widths.clone());
+    }
     let prepared = prepare_data(&options, &choices)?;
     let loss = choose_loss(&choices, &prepared.train)?;
     let network = build_network(&options, &choices, &prepared.train, loss)?;
@@ -396,20 +405,8 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             }
             model.params = ck.params;
             resume_state = ck.resume;
-        } else if let Some(path) = &options.init {
-            let file = if path.is_dir() {
-                path.join("checkpoint.safetensors")
-            } else {
-                path.clone()
-            };
-            let ck = checkpoint::load(&file)?;
-            ck.params
-                .check(&network, &file.display().to_string())
-                .map_err(|e| Error::Checkpoint {
-                    path: file.clone(),
-                    message: format!("does not fit --layers {}: {e}", join(&network.widths())),
-                })?;
-            model.params = ck.params;
+        } else if let Some(w) = &init_weights {
+            model.params = w.fit(&network, loss)?;
         }
         Ok((model, resume_state))
     };
@@ -513,6 +510,83 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                 e => e,
             })
         }
+    }
+}
+
+/// The weights `--init` names: a soma checkpoint (a run directory or its file), whose
+/// metadata must agree with the run, or a plain PyTorch state dict (see `soma::state_dict`).
+struct InitWeights {
+    file: PathBuf,
+    widths: Vec<usize>,
+    params: soma::Parameters,
+    /// A soma checkpoint's network and loss.
+    soma: Option<(Network, Loss)>,
+}
+
+impl InitWeights {
+    fn read(path: &Path) -> Result<InitWeights> {
+        let file = if path.is_dir() {
+            path.join("checkpoint.safetensors")
+        } else {
+            path.to_path_buf()
+        };
+        if soma::state_dict::has_soma_metadata(&file)? {
+            let ck = checkpoint::load(&file)?;
+            Ok(InitWeights {
+                widths: ck.network.widths(),
+                params: ck.params,
+                soma: Some((ck.network, ck.loss)),
+                file,
+            })
+        } else {
+            let sd = soma::state_dict::read(&file)?;
+            Ok(InitWeights {
+                widths: sd.widths,
+                params: sd.params,
+                soma: None,
+                file,
+            })
+        }
+    }
+
+    /// The parameters for `network`, checked: the shapes, and whatever soma metadata the
+    /// file has (activations, biases, loss) against the run.
+    fn fit(&self, network: &Network, loss: Loss) -> Result<soma::Parameters> {
+        let mismatch = |message: String| Error::Checkpoint {
+            path: self.file.clone(),
+            message,
+        };
+        let mut params = self.params.clone();
+        // A layer saved without a bias starts from a zero one where the run has biases.
+        for (p, layer) in params.layers.iter_mut().zip(&network.layers) {
+            if p.bias.is_none() && layer.bias && self.soma.is_none() {
+                p.bias = Some(vec![0.0; layer.outputs]);
+            }
+        }
+        params
+            .check(network, &self.file.display().to_string())
+            .map_err(|e| {
+                mismatch(format!(
+                    "does not fit --layers {}: {e}",
+                    join(&network.widths())
+                ))
+            })?;
+        if let Some((net, l)) = &self.soma {
+            if *l != loss {
+                return Err(mismatch(format!(
+                    "it was trained with {l} but this run uses {loss} (set --loss)"
+                )));
+            }
+            for (i, (a, b)) in net.layers.iter().zip(&network.layers).enumerate() {
+                if a.activation != b.activation {
+                    return Err(mismatch(format!(
+                        "its layer {i} has the activation {} but this run's has {} (set --activation / --output-activation)",
+                        a.activation, b.activation
+                    )));
+                }
+            }
+        }
+        Ok(params)
     }
 }
 
