@@ -169,7 +169,10 @@ mod tests {
     use crate::fs::testdir::TempDir;
     use std::collections::HashMap;
 
-    fn write(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    /// A tensor to write: name, shape, values.
+    type Named<'a> = (&'a str, Vec<usize>, Vec<f32>);
+
+    fn write(path: &Path, tensors: &[Named<'_>]) {
         let bytes: Vec<Vec<u8>> = tensors
             .iter()
             .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -211,7 +214,7 @@ mod tests {
     #[test]
     fn what_is_not_a_linear_stack_is_named() {
         let dir = TempDir::new();
-        let cases: Vec<(&str, Vec<(&str, Vec<usize>, Vec<f32>)>, &str)> = vec![
+        let cases: Vec<(&str, Vec<Named<'_>>, &str)> = vec![
             (
                 "bn",
                 vec![("1.running_mean", vec![3], vec![0.0; 3])],
