@@ -634,12 +634,10 @@ mod tests {
 
     #[test]
     fn shared_wine_file_loads_when_present() {
-        let path = Path::new("/work/shared/data/wine/wine.csv");
-        if !path.exists() {
-            println!("SKIPPED: {} not found", path.display());
+        let Some(path) = crate::data::shared_data("wine/wine.csv") else {
             return;
-        }
-        let ds = load_csv(path, &CsvOptions::default()).expect("wine");
+        };
+        let ds = load_csv(&path, &CsvOptions::default()).expect("wine");
         assert_eq!(
             (ds.len(), ds.width, ds.targets.classes()),
             (178, 13, Some(3))

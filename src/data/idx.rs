@@ -350,11 +350,10 @@ mod tests {
 
     #[test]
     fn real_mnist_when_present() {
-        let dir = Path::new("/work/shared/data/mnist");
-        if !dir.is_dir() {
-            println!("SKIPPED: {} not found", dir.display());
+        let Some(dir) = crate::data::shared_data("mnist") else {
             return;
-        }
+        };
+        let dir = dir.as_path();
         let test = load_idx(
             &dir.join("t10k-images-idx3-ubyte.gz"),
             &dir.join("t10k-labels-idx1-ubyte.gz"),

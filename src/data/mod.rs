@@ -315,6 +315,25 @@ pub(crate) fn test_temp_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A file or folder under `../shared/data` beside the crate (the datasets the tests that
+/// need real data read). `None` after printing SKIPPED when it is missing; a panic instead
+/// when `SOMA_REQUIRE_DATA=1` (CI sets it), so that missing data fails the run.
+#[cfg(test)]
+pub(crate) fn shared_data(relative: &str) -> Option<std::path::PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!("{} not found", path.display());
+    if std::env::var("SOMA_REQUIRE_DATA").is_ok_and(|v| v == "1") {
+        panic!("{why} (SOMA_REQUIRE_DATA=1)");
+    }
+    println!("SKIPPED: {why}");
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
