@@ -16,7 +16,7 @@ pub mod split;
 pub mod synthetic;
 
 pub use self::csv::{load_csv, parse_csv, CsvOptions, HeaderMode, LabelColumn};
-pub use self::idx::{load_idx, load_mnist_dir};
+pub use self::idx::{load_idx, load_mnist_dir, parse_idx};
 pub use self::scale::{ScaleKind, Scaler};
 pub use self::synthetic::{b2_synthetic, b3_synthetic, hash32, unit};
 
