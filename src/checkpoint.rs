@@ -200,12 +200,12 @@ fn check_scaler(path: &Path, scaler: &Scaler, net: &Network) -> Result<()> {
 
 /// Writes `ckpt` to `path` atomically (see [`write_atomic`]).
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
-    let bytes = encode(path, ckpt)?;
+    let bytes = save_bytes(path, ckpt)?;
     write_atomic(path, &bytes)
 }
 
-/// The file's bytes; `path` only names it in errors.
-fn encode(path: &Path, ckpt: &Checkpoint) -> Result<Vec<u8>> {
+/// The bytes [`save`] writes, with its checks; `path` only names the file in errors.
+pub fn save_bytes(path: &Path, ckpt: &Checkpoint) -> Result<Vec<u8>> {
     let net = &ckpt.network;
     net.validate().map_err(|e| bad(path, e.to_string()))?;
     ckpt.params
@@ -339,7 +339,7 @@ fn header_error(e: &SafeTensorError) -> String {
 /// [`Error::Checkpoint`].
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode(path, &bytes)
+    load_bytes(path, &bytes)
 }
 
 fn json<T: DeserializeOwned>(path: &Path, key: &str, text: &str) -> Result<T> {
@@ -381,7 +381,9 @@ fn take(
     Ok(values)
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+/// Reads a checkpoint from the bytes of a file written by [`save`], with the checks of
+/// [`load`]; `path` only names it in errors.
+pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, header_error(&e)))?;
     let file = SafeTensors::deserialize(bytes).map_err(|e| bad(path, header_error(&e)))?;
     let empty = HashMap::new();
