@@ -197,7 +197,12 @@ impl TrainOptions {
     /// Reads a TOML file of the same settings (keys as the flags, with `_` for `-`).
     pub fn from_toml(path: &Path) -> Result<TrainOptions> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| {
+        TrainOptions::from_toml_str(&text, path)
+    }
+
+    /// Parses the text of a TOML file of settings; `path` only names it in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<TrainOptions> {
+        toml::from_str(text).map_err(|e| {
             // One line: the line number and text of the error's span, and the message (the
             // crate's own rendering is a multi-line snippet).
             let line = e
