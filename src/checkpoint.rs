@@ -200,12 +200,12 @@ fn check_scaler(path: &Path, scaler: &Scaler, net: &Network) -> Result<()> {
 
 /// Writes `ckpt` to `path` atomically (see [`write_atomic`]).
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
-    let bytes = encode(path, ckpt)?;
+    let bytes = save_bytes(path, ckpt)?;
     write_atomic(path, &bytes)
 }
 
-/// The file's bytes; `path` only names it in errors.
-fn encode(path: &Path, ckpt: &Checkpoint) -> Result<Vec<u8>> {
+/// The bytes [`save`] writes, with its checks; `path` only names the file in errors.
+pub fn save_bytes(path: &Path, ckpt: &Checkpoint) -> Result<Vec<u8>> {
     let net = &ckpt.network;
     net.validate().map_err(|e| bad(path, e.to_string()))?;
     ckpt.params
@@ -339,11 +339,30 @@ fn header_error(e: &SafeTensorError) -> String {
 /// [`Error::Checkpoint`].
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode(path, &bytes)
+    load_bytes(path, &bytes)
 }
 
-fn json<T: DeserializeOwned>(path: &Path, key: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| bad(path, format!("metadata '{key}' is not valid: {e}")))
+/// The value of metadata `key`, checked to be one that [`save`] could have written: a number
+/// beyond the range of an `f32` parses as infinity, which JSON cannot hold, so such a value
+/// does not survive being written again (and an infinite scale or rate would turn every
+/// prediction or step into NaN).
+fn json<T: Serialize + DeserializeOwned + PartialEq>(
+    path: &Path,
+    key: &str,
+    text: &str,
+) -> Result<T> {
+    let value: T = serde_json::from_str(text)
+        .map_err(|e| bad(path, format!("metadata '{key}' is not valid: {e}")))?;
+    let again = serde_json::to_string(&value)
+        .ok()
+        .and_then(|t| serde_json::from_str::<T>(&t).ok());
+    if again.as_ref() != Some(&value) {
+        return Err(bad(
+            path,
+            format!("metadata '{key}' holds a number beyond the range of a 32-bit float"),
+        ));
+    }
+    Ok(value)
 }
 
 /// Removes tensor `name` from `present`, checked to be F32 of `shape` with finite values.
@@ -381,7 +400,9 @@ fn take(
     Ok(values)
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+/// Reads a checkpoint from the bytes of a file written by [`save`], with the checks of
+/// [`load`]; `path` only names it in errors.
+pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, header_error(&e)))?;
     let file = SafeTensors::deserialize(bytes).map_err(|e| bad(path, header_error(&e)))?;
     let empty = HashMap::new();
@@ -975,6 +996,71 @@ mod tests {
         broken.layers[1].inputs = 7;
         fs::write(&path, raw_file(&tensors, Some(meta_for(&broken)))).unwrap();
         assert!(message(load(&path).unwrap_err()).contains(KEY_NETWORK));
+    }
+
+    #[test]
+    fn metadata_numbers_beyond_f32_are_refused() {
+        // serde_json reads 1e39 into an f32 as infinity; such a checkpoint once loaded, and
+        // predicted NaN for every row.
+        let net = network();
+        let dir = TempDir::new();
+        let path = dir.join("inf.safetensors");
+        let tensors = vec![
+            ("layers.0.weight", Dtype::F32, vec![5, 3], f32_bytes(15)),
+            ("layers.0.bias", Dtype::F32, vec![5], f32_bytes(5)),
+            ("layers.1.weight", Dtype::F32, vec![4, 5], f32_bytes(20)),
+            ("layers.1.bias", Dtype::F32, vec![4], f32_bytes(4)),
+        ];
+        for (key, value) in [
+            (
+                KEY_SCALER,
+                r#"{"kind":"standard","offset":[1e39,0,0],"scale":[1,1,1]}"#,
+            ),
+            (
+                KEY_TARGET_SCALER,
+                r#"{"kind":"minmax","offset":[0,0,0,0],"scale":[1,1,-1e39,1]}"#,
+            ),
+        ] {
+            let mut meta = meta_for(&net);
+            meta.insert(key.into(), value.into());
+            let bytes = raw_file(&tensors, Some(meta));
+            let m = message(load_bytes(&path, &bytes).unwrap_err());
+            assert!(
+                m.contains(key) && m.contains("beyond the range of a 32-bit float"),
+                "{key}: {m}"
+            );
+        }
+        // A learning rate of 1e39 in the resume metadata.
+        let mut meta = meta_for(&net);
+        let state = TrainState {
+            epoch: 1,
+            step: 1,
+            rng: Rng::new(1).state(),
+            first_loss: None,
+        };
+        meta.insert(
+            KEY_TRAIN_STATE.into(),
+            serde_json::to_string(&state).unwrap(),
+        );
+        let adam = serde_json::to_string(&Optimizer::new(OptimizerKind::Adam)).unwrap();
+        assert!(adam.contains("\"lr\":0.001"), "{adam}");
+        meta.insert(
+            KEY_OPTIMIZER.into(),
+            adam.replace("\"lr\":0.001", "\"lr\":1e39"),
+        );
+        let m = message(load_bytes(&path, &raw_file(&tensors, Some(meta))).unwrap_err());
+        assert!(
+            m.contains(KEY_OPTIMIZER) && m.contains("beyond the range of a 32-bit float"),
+            "{m}"
+        );
+        // The largest f32 itself is fine.
+        let mut meta = meta_for(&net);
+        meta.insert(
+            KEY_SCALER.into(),
+            r#"{"kind":"standard","offset":[3.4028235e38,0,0],"scale":[1,1,1]}"#.into(),
+        );
+        let ck = load_bytes(&path, &raw_file(&tensors, Some(meta))).unwrap();
+        assert_eq!(ck.scaler.unwrap().offset[0], f32::MAX);
     }
 
     #[test]

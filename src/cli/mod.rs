@@ -10,28 +10,12 @@ pub mod predict;
 pub mod run_dir;
 pub mod train;
 
-use std::path::{Path, PathBuf};
+pub use options::DeviceChoice;
 
-use clap::ValueEnum;
+use std::path::{Path, PathBuf};
 
 use soma::checkpoint::{self, Checkpoint};
 use soma::{Device, Error, Gpu, Kernels, Result, Tuning};
-
-/// `--device` (and `device` in a TOML config).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// The best GPU adapter; the CPU path (with a warning) when there is none.
-    #[default]
-    Auto,
-    /// A GPU adapter, or an error.
-    Gpu,
-    /// The CPU path: every op on the host, threaded (the plain-loop reference that `soma
-    /// check` compares against is separate).
-    Cpu,
-}
 
 /// The opened device: the GPU's kernels, with the tuning the environment asks for
 /// (`SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`, `SOMA_AUTOTUNE`), when there is a GPU.

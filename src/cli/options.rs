@@ -4,11 +4,25 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use soma::data::{self, CsvOptions, Dataset, HeaderMode, LabelColumn, ScaleKind, Task};
 use soma::{Activation, Error, Init, Loss, Optimizer, OptimizerKind, Result, Schedule};
+
+/// `--device` (and `device` in a TOML config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// The best GPU adapter; the CPU path (with a warning) when there is none.
+    #[default]
+    Auto,
+    /// A GPU adapter, or an error.
+    Gpu,
+    /// The CPU path: every op on the host, threaded (the plain-loop reference that `soma
+    /// check` compares against is separate).
+    Cpu,
+}
 
 /// Every setting of a training run. `None` means "the default" (see `resolve`).
 #[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -112,7 +126,7 @@ pub struct TrainOptions {
     /// The device, from a TOML file only (the command line's is `--device`, which wins).
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<super::DeviceChoice>,
+    pub device: Option<DeviceChoice>,
 }
 
 /// The data flags of `soma eval` (the rest of a run's settings are the model's own).
@@ -409,7 +423,12 @@ impl TrainOptions {
     /// Reads a TOML file of the same settings (keys as the flags, with `_` for `-`).
     pub fn from_toml(path: &Path) -> Result<TrainOptions> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| {
+        TrainOptions::from_toml_str(&text, path)
+    }
+
+    /// Parses the text of a TOML file of settings; `path` only names it in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<TrainOptions> {
+        toml::from_str(text).map_err(|e| {
             // One line: the line number and text of the error's span, and the message (the
             // crate's own rendering is a multi-line snippet).
             let line = e

@@ -1,12 +1,15 @@
-//! Numeric CSV tables to [`Dataset`]s: comma-separated, one sample per line, one column
-//! holding the class label or regression target and every other column a feature. It owns
-//! header detection, label-column lookup and the error messages for malformed files (path,
-//! 1-based line, what was expected). It does not handle quoted fields with embedded commas,
-//! missing values or text features: every cell must be a finite number (a cell's surrounding
-//! spaces and one pair of surrounding double quotes are ignored).
+//! Numeric CSV tables to [`Dataset`]s: comma-separated, one sample per record, one column
+//! holding the class label or regression target and every other column a feature. Records are
+//! split by the `csv` crate (RFC 4180: quoted fields with embedded commas, quotes and line
+//! breaks, CRLF or LF line ends, a UTF-8 byte-order mark); this module owns header detection,
+//! label-column lookup and the error messages for malformed files (path, 1-based line, the
+//! column and its header name where there is one, what was expected). It does not handle
+//! missing values (an empty cell is an error naming its line and column) or text features:
+//! every cell must be a finite number. Spaces around a cell, quoted or not, are ignored.
 //!
 //! Column numbers in messages and in [`LabelColumn::Index`] are 0-based; line numbers are
-//! 1-based physical lines of the file (blank lines are skipped but still counted).
+//! 1-based physical lines of the file, where a record starts (blank lines are skipped but
+//! still counted).
 
 use std::path::Path;
 
@@ -75,29 +78,24 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
         line: Some(line),
         message,
     };
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut records = Records::new(text, source);
 
-    let Some((first_line, first)) = lines.next() else {
+    let Some(first_line) = records.advance()? else {
         return Err(Error::Format {
             path: source.to_path_buf(),
             line: None,
             message: "empty file: no non-blank lines".to_string(),
         });
     };
-    let first_cells: Vec<&str> = split_cells(first).collect();
-    let columns = first_cells.len();
+    let first: Vec<String> = records.cells().map(str::to_string).collect();
+    let columns = first.len();
     let has_header = match opts.header {
         HeaderMode::Present => true,
         HeaderMode::Absent => false,
-        HeaderMode::Auto => first_cells.iter().any(|c| c.parse::<f64>().is_err()),
+        HeaderMode::Auto => first.iter().any(|c| c.parse::<f64>().is_err()),
     };
     let names: Option<Vec<String>> =
-        has_header.then(|| first_cells.iter().map(|c| c.to_string()).collect());
+        has_header.then(|| first.iter().map(|c| c.to_string()).collect());
     if columns < 2 {
         return Err(format_error(
             first_line,
@@ -140,20 +138,12 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
         None => format!("column {c}"),
     };
 
-    let data_lines: Box<dyn Iterator<Item = (usize, &str)>> = if has_header {
-        Box::new(lines)
-    } else {
-        Box::new(std::iter::once((first_line, first)).chain(lines))
-    };
     let width = columns - 1;
     let mut features: Vec<f32> = Vec::new();
     let mut labels: Vec<u32> = Vec::new();
     let mut values: Vec<f32> = Vec::new();
-    let mut cells: Vec<&str> = Vec::with_capacity(columns);
-    for (line, row) in data_lines {
-        cells.clear();
-        cells.extend(split_cells(row));
-        if cells.len() != columns {
+    let mut add_row = |line: usize, row: &[&str]| -> Result<()> {
+        if row.len() != columns {
             let origin = if has_header {
                 "the header"
             } else {
@@ -163,15 +153,15 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
                 line,
                 format!(
                     "expected {columns} columns (as in {origin}, line {first_line}), got {}",
-                    cells.len()
+                    row.len()
                 ),
             ));
         }
-        for (c, cell) in cells.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
             let number = |cell: &str| -> Result<f32> {
                 let v: f32 = cell.parse().map_err(|_| {
                     let what = if cell.is_empty() {
-                        "empty cell".to_string()
+                        "empty cell (a missing value)".to_string()
                     } else {
                         format!("non-numeric cell \"{cell}\"")
                     };
@@ -201,6 +191,15 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
                 })?);
             }
         }
+        Ok(())
+    };
+    if !has_header {
+        let row: Vec<&str> = first.iter().map(String::as_str).collect();
+        add_row(first_line, &row)?;
+    }
+    while let Some(line) = records.advance()? {
+        let row: Vec<&str> = records.cells().collect();
+        add_row(line, &row)?;
     }
 
     let rows = features.len() / width;
@@ -228,14 +227,88 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
     })
 }
 
-/// The cells of one line, trimmed, with one pair of surrounding double quotes removed.
-fn split_cells(line: &str) -> impl Iterator<Item = &str> {
-    line.split(',').map(|cell| {
-        let cell = cell.trim();
-        cell.strip_prefix('"')
-            .and_then(|c| c.strip_suffix('"'))
-            .unwrap_or(cell)
-    })
+/// The non-blank records of a CSV text with the line each starts on. Cells come trimmed,
+/// unquoted (`"a ""b"", c"` is `a "b", c`); a quoted cell with spaces outside its quotes
+/// (`1, "2" ,3`) loses its quotes too.
+struct Records<'a> {
+    reader: ::csv::Reader<&'a [u8]>,
+    record: ::csv::StringRecord,
+    /// The text the reader reads, for line numbers.
+    text: &'a [u8],
+    source: &'a Path,
+}
+
+impl<'a> Records<'a> {
+    fn new(text: &'a str, source: &'a Path) -> Self {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let reader = ::csv::ReaderBuilder::new()
+            .has_headers(false)
+            // Rows of the wrong width get soma's message, naming the header's width.
+            .flexible(true)
+            .trim(::csv::Trim::All)
+            .from_reader(text.as_bytes());
+        Records {
+            reader,
+            record: ::csv::StringRecord::new(),
+            text: text.as_bytes(),
+            source,
+        }
+    }
+
+    /// Moves to the next record that is not a blank line; its 1-based line, or `None` at
+    /// the end.
+    fn advance(&mut self) -> Result<Option<usize>> {
+        loop {
+            let more = self.reader.read_record(&mut self.record).map_err(|e| {
+                // The text is UTF-8 and rows may have any width, so this is not expected;
+                // still a clean error.
+                Error::Format {
+                    path: self.source.to_path_buf(),
+                    line: e.position().map(|p| p.line() as usize),
+                    message: format!("unreadable CSV: {e}"),
+                }
+            })?;
+            if !more {
+                return Ok(None);
+            }
+            // A line of spaces is one empty cell after trimming: blank.
+            if self.record.len() == 1 && self.record[0].is_empty() {
+                continue;
+            }
+            return Ok(Some(self.line()));
+        }
+    }
+
+    /// The 1-based line the current record starts on. The reader's position is where it
+    /// began to look for the record, before the blank lines that it skips; they are counted
+    /// here.
+    fn line(&self) -> usize {
+        let Some(pos) = self.record.position() else {
+            return 0;
+        };
+        let skipped = self
+            .text
+            .get(pos.byte() as usize..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .filter(|&&b| b == b'\n')
+            .count();
+        pos.line() as usize + skipped
+    }
+
+    /// The cells of the current record.
+    fn cells(&self) -> impl Iterator<Item = &str> {
+        self.record.iter().map(unquote)
+    }
+}
+
+/// A trimmed cell with one pair of surrounding double quotes removed: `"2"` from `1, "2" ,3`,
+/// whose quotes the `csv` crate keeps (a quote opens a quoted field only at its first byte).
+fn unquote(cell: &str) -> &str {
+    cell.strip_prefix('"')
+        .and_then(|c| c.strip_suffix('"'))
+        .unwrap_or(cell)
 }
 
 /// A class label cell as a `u32`, or why it is not one (completes "class label ... in column ...").
@@ -443,13 +516,128 @@ mod tests {
     }
 
     #[test]
-    fn shared_wine_file_loads_when_present() {
-        let path = Path::new("/work/shared/data/wine/wine.csv");
-        if !path.exists() {
-            println!("SKIPPED: {} not found", path.display());
-            return;
+    fn quoted_fields_keep_commas_quotes_and_line_breaks() {
+        // RFC 4180: a quoted field holds commas, doubled quotes and line breaks.
+        let text = "\"weight, kg\",\"say \"\"hi\"\"\",y\n\"1.5\",2,\"0\"\n3, \"4\" ,1\n";
+        let ds = parse(text, &with_label(LabelColumn::Name("say \"hi\"".into()))).expect("quoted");
+        assert_eq!(ds.features, vec![1.5, 0.0, 3.0, 1.0]);
+        assert_eq!(ds.labels(), Some(&[2u32, 4][..]));
+        let (_, m) = format_err(parse(text, &with_label(LabelColumn::Name("kg".into()))));
+        assert!(
+            m.contains("the columns are: weight, kg, say \"hi\", y"),
+            "{m}"
+        );
+        // An embedded comma does not split a data cell either: one cell, not a number.
+        let (line, m) = format_err(parse("a,y\n\"1,5\",0\n", &CsvOptions::default()));
+        assert_eq!(line, Some(2));
+        assert!(m.contains("\"1,5\"") && m.contains("column 0 ('a')"), "{m}");
+        // A record after a quoted line break starts on the line it starts on.
+        let (line, m) = format_err(parse("\"x\nwide\",y\n1,0\n\n2,z\n", &CsvOptions::default()));
+        assert_eq!(line, Some(5));
+        assert!(m.contains("\"z\"") && m.contains("column 1 ('y')"), "{m}");
+    }
+
+    #[test]
+    fn byte_order_mark_is_not_part_of_the_first_name() {
+        let text = "\u{feff}a,b,y\n1,2,0\n";
+        let ds = parse(text, &with_label(LabelColumn::Name("a".into()))).expect("bom");
+        assert_eq!(ds.features, vec![2.0, 0.0]);
+        assert_eq!(ds.labels(), Some(&[1u32][..]));
+        // Without a header, the first cell is a number despite the mark.
+        let ds = parse("\u{feff}1,2,0\n", &CsvOptions::default()).expect("bom, no header");
+        assert_eq!(ds.features, vec![1.0, 2.0]);
+        // Through load_csv, from the file's bytes.
+        let dir = crate::data::test_temp_dir("csv-bom");
+        let path = dir.join("bom.csv");
+        std::fs::write(&path, b"\xef\xbb\xbfa,y\r\n4,1\r\n").expect("write");
+        let ds = load_csv(&path, &with_label(LabelColumn::Name("a".into()))).expect("load");
+        assert_eq!(ds.features, vec![1.0]);
+        assert_eq!(ds.labels(), Some(&[4u32][..]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn crlf_line_ends() {
+        let text = "a,b,y\r\n1,2,0\r\n\r\n3,4,1\r\n";
+        let ds = parse(text, &CsvOptions::default()).expect("crlf");
+        assert_eq!(ds.features, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(ds.labels(), Some(&[0u32, 1][..]));
+        // Line numbers count CRLF lines, the blank one included.
+        let (line, m) = format_err(parse(
+            "a,b,y\r\n1,2,0\r\n\r\n3,x,1\r\n",
+            &CsvOptions::default(),
+        ));
+        assert_eq!(line, Some(4));
+        assert!(m.contains("\"x\"") && m.contains("('b')"), "{m}");
+    }
+
+    #[test]
+    fn empty_cell_names_file_line_and_column() {
+        let err = parse("a,b,y\n1,2,0\n3,,1\n", &CsvOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t/test.csv:3: empty cell (a missing value) in column 1 ('b')"
+        );
+        // Without a header, the column's number alone; an empty label likewise.
+        let err = parse("1,2,0\n3, ,1\n", &CsvOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t/test.csv:2: empty cell (a missing value) in column 1"
+        );
+        let err = parse("a,y\n1,\n", &CsvOptions::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("t/test.csv:2: class label \"\" in column 1 ('y')"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn error_messages_start_with_file_and_line() {
+        let cases: [(&str, CsvOptions, &str); 6] = [
+            (
+                "a,b,y\n1,2,0\n3,4\n",
+                CsvOptions::default(),
+                "t/test.csv:3: expected 3 columns",
+            ),
+            (
+                "a,b,y\n1,abc,1\n",
+                CsvOptions::default(),
+                "t/test.csv:2: non-numeric cell \"abc\"",
+            ),
+            (
+                "1,2,0\n1,2,-1\n",
+                CsvOptions::default(),
+                "t/test.csv:2: class label \"-1\"",
+            ),
+            (
+                "a,b,y\n1,inf,0\n",
+                CsvOptions::default(),
+                "t/test.csv:2: cell \"inf\"",
+            ),
+            (
+                "\n5\n",
+                CsvOptions::default(),
+                "t/test.csv:2: needs at least 2 columns",
+            ),
+            (
+                "a,b\n1,2\n",
+                with_label(LabelColumn::Index(7)),
+                "t/test.csv:1: label column index 7",
+            ),
+        ];
+        for (text, opts, start) in cases {
+            let err = parse(text, &opts).unwrap_err();
+            assert!(err.to_string().starts_with(start), "{text:?}: {err}");
         }
-        let ds = load_csv(path, &CsvOptions::default()).expect("wine");
+    }
+
+    #[test]
+    fn shared_wine_file_loads_when_present() {
+        let Some(path) = crate::data::shared_data("wine/wine.csv") else {
+            return;
+        };
+        let ds = load_csv(&path, &CsvOptions::default()).expect("wine");
         assert_eq!(
             (ds.len(), ds.width, ds.targets.classes()),
             (178, 13, Some(3))

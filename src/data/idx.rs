@@ -6,6 +6,7 @@
 //!
 //! Pixels become `f32` in [0, 1] (`byte / 255`); the class count is the largest label + 1.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -22,11 +23,24 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 /// Loads an image file and its label file (each raw or gzipped) into one dataset of
 /// `rows * cols` features per sample, named after the image file.
 pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
-    let image_bytes = read_maybe_gz(images)?;
-    let label_bytes = read_maybe_gz(labels)?;
-    let (dims, pixels) = parse_idx(images, &image_bytes, IMAGES_MAGIC, "image")?;
+    let image_bytes = std::fs::read(images).map_err(|e| Error::io(images, e))?;
+    let label_bytes = std::fs::read(labels).map_err(|e| Error::io(labels, e))?;
+    parse_idx(images, &image_bytes, labels, &label_bytes)
+}
+
+/// Parses the bytes of an image file and of its label file (each raw or gzipped, see
+/// [`load_idx`]); the paths name the files in errors and give the dataset's name. Every size
+/// in a header is checked against the bytes that follow it before anything is allocated for
+/// it, and a gzipped file is decompressed no further than its header says it reaches.
+pub fn parse_idx(
+    images: &Path,
+    image_bytes: &[u8],
+    labels: &Path,
+    label_bytes: &[u8],
+) -> Result<Dataset> {
+    let (dims, pixels) = read_idx(images, image_bytes, IMAGES_MAGIC, "image")?;
     let (count, rows, cols) = (dims[0], dims[1], dims[2]);
-    let (label_dims, label_body) = parse_idx(labels, &label_bytes, LABELS_MAGIC, "label")?;
+    let (label_dims, label_body) = read_idx(labels, label_bytes, LABELS_MAGIC, "label")?;
     let label_count = label_dims[0];
     if count != label_count {
         return Err(Error::Format {
@@ -106,25 +120,48 @@ pub fn load_mnist_dir(dir: &Path) -> Result<(Dataset, Dataset)> {
     Ok((train, test))
 }
 
-/// The file's bytes, gunzipped when they start with the gzip magic `1f 8b`.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+/// The dimensions and body of an IDX file's bytes, gunzipped first when they start with the
+/// gzip magic `1f 8b`.
+fn read_idx<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    magic: u32,
+    what: &str,
+) -> Result<(Vec<usize>, Cow<'a, [u8]>)> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
+        let (dims, body) = header(path, bytes, magic, what)?;
+        check_body(path, &dims, body.len(), false)?;
+        return Ok((dims, Cow::Borrowed(body)));
     }
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    MultiGzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            line: None,
-            message: format!("starts like gzip but does not decompress: {e}"),
-        })?;
-    Ok(out)
+    let gz_error = |e: std::io::Error| Error::Format {
+        path: path.to_path_buf(),
+        line: None,
+        message: format!("starts like gzip but does not decompress: {e}"),
+    };
+    let mut decoder = MultiGzDecoder::new(bytes);
+    // The header first; it says how many bytes the body may have.
+    let header_len = 4 + 4 * (magic & 0xff) as u64;
+    let mut head = Vec::new();
+    (&mut decoder)
+        .take(header_len)
+        .read_to_end(&mut head)
+        .map_err(gz_error)?;
+    let (dims, _) = header(path, &head, magic, what)?;
+    let expected = body_len(path, &dims)?;
+    // One byte more than that tells a body with trailing bytes from one that fits.
+    let limit = (expected as u64).saturating_add(1);
+    let mut body = Vec::new();
+    decoder
+        .take(limit)
+        .read_to_end(&mut body)
+        .map_err(gz_error)?;
+    check_body(path, &dims, body.len(), body.len() as u64 == limit)?;
+    Ok((dims, Cow::Owned(body)))
 }
 
-/// Checks an IDX header against `magic` and the body size; returns the dimensions and body.
-fn parse_idx<'a>(
+/// Checks an IDX header against `magic`; returns the dimensions and the bytes after the
+/// header (not yet checked against them).
+fn header<'a>(
     path: &Path,
     bytes: &'a [u8],
     magic: u32,
@@ -174,25 +211,50 @@ fn parse_idx<'a>(
             }
         }
     }
-    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let got = bytes.len() - header;
-    let shape = dims
-        .iter()
+    Ok((dims, &bytes[header..]))
+}
+
+fn shape(dims: &[usize]) -> String {
+    dims.iter()
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
-        .join(" x ");
-    match expected {
-        Some(e) if e == got => Ok((dims, &bytes[header..])),
-        Some(e) => Err(format_error(format!(
-            "{} body: expected {e} bytes ({shape}) after the {header}-byte header, got {got}",
-            if got < e {
-                "truncated"
-            } else {
-                "trailing bytes after the"
-            }
-        ))),
-        None => Err(format_error(format!("dimensions {shape} are too large"))),
+        .join(" x ")
+}
+
+/// The body's length in bytes that the dimensions call for.
+fn body_len(path: &Path, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::Format {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("dimensions {} are too large", shape(dims)),
+        })
+}
+
+/// Checks that a body of `got` bytes (`more`: and then some, not read) is what the dimensions
+/// call for.
+fn check_body(path: &Path, dims: &[usize], got: usize, more: bool) -> Result<()> {
+    let expected = body_len(path, dims)?;
+    if got == expected && !more {
+        return Ok(());
     }
+    let header = 4 + 4 * dims.len();
+    let (what, got) = if got < expected {
+        ("truncated", got.to_string())
+    } else if more {
+        ("trailing bytes after the", format!("more than {expected}"))
+    } else {
+        ("trailing bytes after the", got.to_string())
+    };
+    Err(Error::Format {
+        path: path.to_path_buf(),
+        line: None,
+        message: format!(
+            "{what} body: expected {expected} bytes ({}) after the {header}-byte header, got {got}",
+            shape(dims)
+        ),
+    })
 }
 
 /// `train-images-idx3-ubyte.gz` -> `train-images-idx3-ubyte`.
@@ -320,6 +382,41 @@ mod tests {
     }
 
     #[test]
+    fn headers_claiming_more_than_the_file_holds_are_refused() {
+        let (images, labels) = tiny_idx(4);
+        let (img, lab) = (Path::new("in/images.gz"), Path::new("in/labels"));
+        // Raw and gzipped: 4 billion images of 2x3 in a file of 4.
+        let mut huge = images.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        for bytes in [huge.clone(), gzip(&huge)] {
+            let m = format_message(parse_idx(img, &bytes, lab, &labels));
+            assert!(
+                m.contains("truncated body") && m.contains("expected 25769803770 bytes"),
+                "{m}"
+            );
+        }
+        // Dimensions whose product overflows.
+        huge[8..16].copy_from_slice(&[0xff; 8]);
+        let m = format_message(parse_idx(img, &gzip(&huge), lab, &labels));
+        assert!(m.contains("too large"), "{m}");
+        // A gzipped body far longer than its header says is read no further than that.
+        let mut long = images.clone();
+        long.resize(images.len() + 50_000_000, 0);
+        let m = format_message(parse_idx(img, &gzip(&long), lab, &labels));
+        assert!(
+            m.contains("trailing") && m.contains("got more than 24"),
+            "{m}"
+        );
+        let err = parse_idx(img, &gzip(&images[..10]), lab, &labels).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "in/images.gz: truncated header: expected 16 bytes, got 10"
+        );
+        let ds = parse_idx(img, &gzip(&images), lab, &gzip(&labels)).expect("gzipped pair");
+        assert_eq!((ds.name.as_str(), ds.len()), ("images", 4));
+    }
+
+    #[test]
     fn mnist_dir_accepts_both_spellings_and_names_missing_paths() {
         let dir = crate::data::test_temp_dir("mnist");
         let (images, labels) = tiny_idx(5);
@@ -350,11 +447,10 @@ mod tests {
 
     #[test]
     fn real_mnist_when_present() {
-        let dir = Path::new("/work/shared/data/mnist");
-        if !dir.is_dir() {
-            println!("SKIPPED: {} not found", dir.display());
+        let Some(dir) = crate::data::shared_data("mnist") else {
             return;
-        }
+        };
+        let dir = dir.as_path();
         let test = load_idx(
             &dir.join("t10k-images-idx3-ubyte.gz"),
             &dir.join("t10k-labels-idx1-ubyte.gz"),

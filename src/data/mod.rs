@@ -16,7 +16,7 @@ pub mod split;
 pub mod synthetic;
 
 pub use self::csv::{load_csv, parse_csv, CsvOptions, HeaderMode, LabelColumn};
-pub use self::idx::{load_idx, load_mnist_dir};
+pub use self::idx::{load_idx, load_mnist_dir, parse_idx};
 pub use self::scale::{ScaleKind, Scaler};
 pub use self::synthetic::{b2_synthetic, b3_synthetic, hash32, unit};
 
@@ -323,6 +323,25 @@ pub(crate) fn test_temp_dir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// A file or folder under `../shared/data` beside the crate (the datasets the tests that
+/// need real data read). `None` after printing SKIPPED when it is missing; a panic instead
+/// when `SOMA_REQUIRE_DATA=1` (CI sets it), so that missing data fails the run.
+#[cfg(test)]
+pub(crate) fn shared_data(relative: &str) -> Option<std::path::PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!("{} not found", path.display());
+    if std::env::var("SOMA_REQUIRE_DATA").is_ok_and(|v| v == "1") {
+        panic!("{why} (SOMA_REQUIRE_DATA=1)");
+    }
+    println!("SKIPPED: {why}");
+    None
 }
 
 #[cfg(test)]

@@ -1,0 +1,12 @@
+//! Fuzzes the csv reader: see `readers::csv` for the input's layout and what is checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../readers.rs"]
+#[allow(dead_code)]
+mod readers;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = readers::csv(data);
+});
