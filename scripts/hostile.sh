@@ -160,14 +160,17 @@ for layers in 64,4294967295,10 64,18446744073709551615,10 64,65000,65000,10; do
     no_dir 5 s5
 done
 
-# 6. Writes grow with the epochs, not with their square.
-bash -c "\"$SOMA\" train --device cpu --data iris --epochs 2000 --schedule constant --out long >/dev/null 2>&1; grep '^wchar' /proc/\$\$/io" >io.txt
-written=$(awk '{print $2}' io.txt)
-ckpts=$(($(stat -c %s long/checkpoint.safetensors) * 2000))
-if [[ -d long && $(wc -l <long/metrics.jsonl) -eq 2000 && $written -lt $((ckpts + 20000000)) ]]; then
-    pass "6: 2000 epochs wrote $((written / 1000)) kB ($((ckpts / 1000)) kB of them checkpoints)"
+# 6. Writes grow with the epochs, not with their square: metrics.jsonl is appended (the file
+# the run started is the file it finished with), not rewritten every epoch.
+"$SOMA" train --device cpu --data iris --epochs 2000 --schedule constant --out long >/dev/null 2>&1 &
+run=$!
+wait_for long.partial/metrics.jsonl
+first=$(stat -c %i long.partial/metrics.jsonl)
+wait $run
+if [[ -d long && $(wc -l <long/metrics.jsonl) -eq 2000 && $(stat -c %i long/metrics.jsonl) == "$first" ]]; then
+    pass "6: 2000 epochs appended to one metrics.jsonl"
 else
-    fail "6: 2000 epochs wrote $written bytes"
+    fail "6: metrics.jsonl was replaced during the run, or lost lines"
 fi
 
 # 7. Options that would be ignored or wrong are refused by name, before any data is read.

@@ -266,6 +266,12 @@ impl RunDir {
     /// it into place).
     pub fn finish(self) -> Result<PathBuf> {
         let fin = &self.final_dir;
+        // A finished run holds only its own files: the lock file goes first (still held
+        // through its open descriptor until this process ends), so that a kill at any
+        // moment of the renames below never leaves it in the finished directory. A process
+        // that opens the lock file after this, in the instant before the rename, finds a
+        // directory about to move and fails on its first write; nothing is lost.
+        let _ = fs::remove_file(self.work.join(LOCK_FILE));
         if fin.exists() {
             let guard = RunLock::wait(fin)?;
             let aside = with_suffix(fin, ".replaced");
@@ -281,8 +287,6 @@ impl RunDir {
             fs::rename(&self.work, fin).map_err(|e| Error::io(fin, e))?;
             sync_parent(fin);
         }
-        // A finished run holds only its own files; the lock file goes while still held.
-        let _ = fs::remove_file(fin.join(LOCK_FILE));
         Ok(self.final_dir)
     }
 
