@@ -76,10 +76,12 @@ pub struct TrainOptions {
     /// Seed for the initial weights, the splits and the shuffles [default: 0]
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Fraction of the training rows held out for validation, from the end [default: 0.1]
+    /// Fraction of the training rows held out for validation, drawn with --seed and
+    /// stratified by class [default: 0.1]
     #[arg(long)]
     pub val_fraction: Option<f32>,
-    /// Fraction held out for the test set when the data has none of its own [default: 0.2]
+    /// Fraction held out for the test set when the data has none of its own, drawn with
+    /// --seed and stratified by class [default: 0.2]
     #[arg(long)]
     pub test_fraction: Option<f32>,
     /// Early stopping: epochs without improvement of the validation loss [default: off]

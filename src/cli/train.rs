@@ -62,14 +62,27 @@ pub fn prepare_data(o: &Resolved, c: &Choices) -> Result<Prepared> {
     if let Some(t) = own_test.as_mut() {
         set_classes(t, o.classes.or(all.targets.classes()), &o.data)?;
     }
+    // Both splits are seeded and stratified by class (`Dataset::split`): a file sorted by
+    // class still tests and validates on every class.
+    let flag = |name: &str| {
+        let name = name.to_string();
+        move |e: Error| match e {
+            Error::Config(m) => Error::Config(format!("{name}: {m}")),
+            e => e,
+        }
+    };
     let (train_all, test) = match own_test {
         Some(t) => (all, t),
-        None => all.split(o.test_fraction, o.seed)?,
+        None => all
+            .split(o.test_fraction, o.seed)
+            .map_err(flag("--test-fraction"))?,
     };
     let scale = c.scale.unwrap_or_else(|| c.data.default_scale());
     let scaler = Scaler::fit(scale, &train_all);
     let (mut train, mut val) = if o.val_fraction > 0.0 {
-        let (t, v) = train_all.split_tail(o.val_fraction)?;
+        let (t, v) = train_all
+            .split(o.val_fraction, o.seed)
+            .map_err(flag("--val-fraction"))?;
         (t, Some(v))
     } else {
         (train_all, None)

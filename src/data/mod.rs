@@ -6,8 +6,8 @@
 //! `Dataset`.
 //!
 //! Submodules: [`csv`] (text tables), [`idx`] (MNIST's binary format), [`scale`] (min-max
-//! and standard scaling), [`split`] (seeded and tail splits), [`synthetic`] (hash-based
-//! benchmark data).
+//! and standard scaling), [`split`] (seeded splits, stratified by class, and tail splits),
+//! [`synthetic`] (hash-based benchmark data).
 
 pub mod csv;
 pub mod idx;
