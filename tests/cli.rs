@@ -1430,6 +1430,86 @@ fn eval_accuracy_equals_the_train_summary() {
     assert_eq!(doc["loss"], sum["test_loss"]);
 }
 
+/// `eval --data` naming the run's own data scores the run's test split, read as the run
+/// read it (a CSV's label column included); `--all-rows` scores every row; other data, or
+/// the same file read another way, is scored whole.
+#[test]
+fn eval_scores_the_runs_test_split_unless_asked_for_all_rows() {
+    let dir = TempDir::new("eval-rows");
+    let run = train_cpu(&dir, "run", &["--epochs", "2"]);
+    let model = run.to_str().unwrap();
+    let eval = |extra: &[&str]| {
+        let args = ["eval", "--device", "cpu", "--json", "--model", model];
+        soma(&dir, &[&args[..], extra].concat()).ok().json()
+    };
+    let split = eval(&[]);
+    assert_eq!(split["data"], "digits (test split)");
+    assert_eq!(split["samples"], 359);
+    let named = eval(&["--data", "digits"]);
+    assert_eq!(named, split);
+    for all in [
+        eval(&["--data", "digits", "--all-rows"]),
+        eval(&["--all-rows"]),
+    ] {
+        assert_eq!(all["data"], "digits (all rows)");
+        assert_eq!(all["samples"], 1797);
+        let m: Vec<Vec<u64>> = serde_json::from_value(all["confusion"].clone()).unwrap();
+        assert_eq!(m.iter().flatten().sum::<u64>(), 1797);
+    }
+    let text = soma(
+        &dir,
+        &["eval", "--device", "cpu", "--model", model, "--all-rows"],
+    )
+    .ok();
+    assert!(
+        text.stdout.starts_with("digits (all rows): 1797 samples"),
+        "{}",
+        text.stdout
+    );
+
+    // A CSV run with a named label column: the same file, spelled another way and without
+    // the flag, is the run's data; with another reading of its label column it is not.
+    let csv = dir.join("rows.csv");
+    write_rows_csv(&csv, &digits_test_split(0));
+    let file = format!("csv:{}", csv.display());
+    let csv_run = train_cpu(
+        &dir,
+        "csv-run",
+        &["--epochs", "2", "--data", &file, "--label-column", "target"],
+    );
+    let csv_model = csv_run.to_str().unwrap();
+    let eval_csv = |extra: &[&str]| {
+        let args = ["eval", "--device", "cpu", "--json", "--model", csv_model];
+        soma(&dir, &[&args[..], extra].concat()).ok().json()
+    };
+    let own = eval_csv(&[]);
+    assert_eq!(own["samples"], 72, "round(359 * 0.2): {own}");
+    let respelled = format!("csv:{}/./rows.csv", dir.0.display());
+    assert_eq!(eval_csv(&["--data", &respelled]), own);
+    let all = eval_csv(&["--data", &respelled, "--all-rows"]);
+    assert_eq!(all["samples"], 359);
+    assert_eq!(all["data"], format!("{file} (all rows)"));
+    let other = eval_csv(&["--data", &file, "--label-column", "last"]);
+    assert_eq!(other["samples"], 359);
+    assert_eq!(other["data"], format!("{file} (all rows)"));
+
+    // A flag that describes --data is refused without it; --all-rows alone is not.
+    let ran = soma(
+        &dir,
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--model",
+            model,
+            "--all-rows",
+            "--task",
+            "regression",
+        ],
+    );
+    assert_clean_failure(&ran, &["--data"], None);
+}
+
 // ---------------------------------------------------------------------------------------
 // 6, 7: check and devices
 // ---------------------------------------------------------------------------------------

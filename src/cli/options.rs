@@ -113,8 +113,9 @@ pub struct TrainOptions {
 /// The data flags of `soma eval` (the rest of a run's settings are the model's own).
 #[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct DataOptions {
-    /// Data to score instead of the run's test split: a bundled set, mnist:DIR (its test
-    /// set), idx:IMAGES,LABELS or csv:FILE (every row)
+    /// Data to score: a bundled set, mnist:DIR, idx:IMAGES,LABELS or csv:FILE. The data the
+    /// run trained on scores the run's test split; other data every row (mnist: its test
+    /// set) [default: the run's data]
     #[arg(long)]
     pub data: Option<String>,
     /// CSV label column: a name, a 0-based index, or "last" [default: last]
@@ -126,6 +127,10 @@ pub struct DataOptions {
     /// classification or regression [default: classification]
     #[arg(long)]
     pub task: Option<String>,
+    /// Score every row of the data, the run's training rows included (and mnist's training
+    /// set), instead of its test split
+    #[arg(long)]
+    pub all_rows: bool,
 }
 
 impl DataOptions {
