@@ -70,7 +70,8 @@ pub struct TrainOptions {
     /// Batch size [default: 32]
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Epochs [default: 20]
+    /// Epochs [default: 20, or on small data as many as make 800 steps (batches over the
+    /// training rows), at most 200: iris trains 200]
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Seed for the initial weights, the splits and the shuffles [default: 0]
@@ -479,6 +480,7 @@ impl TrainOptions {
             // epochs) it is the difference between 97.7% and 98.4% test accuracy.
             schedule: self.schedule.clone().unwrap_or_else(|| "cosine".into()),
             batch_size: self.batch_size.unwrap_or(32),
+            // Raised for small data by `soma train` once the data is read (`default_epochs`).
             epochs: self.epochs.unwrap_or(20),
             seed: self.seed.unwrap_or(0),
             val_fraction: self.val_fraction.unwrap_or(0.1),
@@ -492,6 +494,15 @@ impl TrainOptions {
             shuffle: !self.no_shuffle,
         })
     }
+}
+
+/// The epochs of a run that does not set them: 20, or as many as make 800 optimizer steps
+/// when 20 epochs of `rows` training rows in batches of `batch_size` make fewer, at most 200.
+/// Digits (1294 training rows, 41 steps an epoch) trains 20 epochs; iris (108 rows, 4 steps)
+/// 200, where 20 would leave it at about 80% test accuracy.
+pub fn default_epochs(rows: usize, batch_size: usize) -> usize {
+    let steps = rows.div_ceil(batch_size.max(1)).max(1);
+    800usize.div_ceil(steps).clamp(20, 200)
 }
 
 /// Where the data comes from.

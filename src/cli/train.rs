@@ -338,7 +338,9 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         }
         None => None,
     };
-    let options = match (&stored, &resume_dir) {
+    // Whether the epochs are the default, which depends on the data (`default_epochs`).
+    let mut epochs_unset = false;
+    let mut options = match (&stored, &resume_dir) {
         (Some(cfg), Some(dir)) => {
             check_resume_flags(&cmd, cfg)?;
             let mut o = cfg.options.clone();
@@ -363,7 +365,9 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                 Some(p) => TrainOptions::from_toml(p)?,
                 None => TrainOptions::default(),
             };
-            base.overridden_by(&cmd.options).resolve()?
+            let merged = base.overridden_by(&cmd.options);
+            epochs_unset = merged.epochs.is_none();
+            merged.resolve()?
         }
     };
     if cmd.stop_after == Some(0) {
@@ -373,6 +377,9 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     }
     let choices = options.choices()?;
     let prepared = prepare_data(&options, &choices)?;
+    if epochs_unset {
+        options.epochs = options::default_epochs(prepared.train.len(), options.batch_size);
+    }
     let loss = choose_loss(&choices, &prepared.train)?;
     let network = build_network(&options, &choices, &prepared.train, loss)?;
     let optimizer: Optimizer = choices.optimizer;
