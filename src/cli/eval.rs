@@ -1,14 +1,15 @@
-//! `soma eval`: loss, accuracy and the confusion matrix of a trained model on a dataset
-//! (by default the test split of the run that made it).
+//! `soma eval`: loss, accuracy and the confusion matrix of a trained model on a dataset: by
+//! default the test split of the run that made it, also when `--data` names the data the run
+//! trained on (`--all-rows` scores every row); other data is scored whole.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use soma::data::Dataset;
+use soma::data::{Dataset, Task};
 use soma::{Error, Model, Result};
 
-use super::options::DataOptions;
+use super::options::{DataOptions, DataSpec, Resolved};
 use super::train::{prepare_data, RunConfig};
 use super::{load_model, open_device, DeviceChoice};
 
@@ -27,6 +28,14 @@ struct Report {
     accuracy: Option<f32>,
     /// rows: true class, columns: predicted class.
     confusion: Option<Vec<Vec<u32>>>,
+}
+
+/// What `soma eval` scores.
+enum Source<'a> {
+    /// The data of the run that made the model, read and split as the run did.
+    Run(&'a RunConfig),
+    /// Other data (the `--data` text), scaled with the checkpoint's scaler.
+    Other(&'a str),
 }
 
 /// The class each row of `outputs (rows, width)` predicts.
@@ -62,48 +71,74 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     } else {
         None
     };
-    // The data: as given (whole, scaled with the checkpoint's scaler), or the run's test split.
-    let (name, test): (String, Dataset) =
+    // The data: the run's own (its test split, or every row), or other data as given (every
+    // row, scaled with the checkpoint's scaler).
+    let rows = if cmd.data.all_rows {
+        "all rows"
+    } else {
+        "test split"
+    };
+    let only_all_rows = DataOptions {
+        all_rows: cmd.data.all_rows,
+        ..DataOptions::default()
+    };
+    let source =
         match (&cmd.data.data, &run_config) {
-            (Some(spec_text), _) => {
-                let o = cmd.data.as_train_options().resolve()?;
-                let choices = o.choices()?;
-                let (all, own_test) = choices.data.load(&o, &choices)?;
-                let mut d = own_test.unwrap_or(all);
-                if d.width != ck.network.input_width() {
-                    return Err(Error::Data(format!(
-                        "{spec_text} has {} features per row but the model {} takes {}",
-                        d.width,
-                        file.display(),
-                        ck.network.input_width()
-                    )));
-                }
-                if let Some(s) = &ck.scaler {
-                    s.apply(&mut d)?;
-                }
-                if let Some(s) = &ck.target_scaler {
-                    super::train::scale_targets(&mut d, s)?;
-                }
-                (spec_text.clone(), d)
-            }
-            (None, _) if cmd.data != DataOptions::default() => return Err(Error::Config(
+            (None, _) if cmd.data != only_all_rows => return Err(Error::Config(
                 "--label-column, --header and --task describe the data of --data; pass --data too"
                     .into(),
             )),
-            (None, Some(rc)) => {
-                let choices = rc.options.choices()?;
-                (
-                    format!("{} (test split)", rc.options.data),
-                    prepare_data(&rc.options, &choices)?.test,
-                )
-            }
+            (None, Some(rc)) => Source::Run(rc),
             (None, None) => {
                 return Err(Error::Config(format!(
                     "{}: no run directory config to take the test split from; pass --data",
                     file.display()
                 )))
             }
+            (Some(_), Some(rc)) if same_data(&cmd.data, &rc.options)? => Source::Run(rc),
+            (Some(spec_text), _) => Source::Other(spec_text),
         };
+    let (name, test): (String, Dataset) = match source {
+        Source::Run(rc) => {
+            let choices = rc.options.choices()?;
+            let p = prepare_data(&rc.options, &choices)?;
+            let scored = match cmd.data.all_rows {
+                true => {
+                    let mut parts = vec![&p.train];
+                    parts.extend(p.val.as_ref());
+                    parts.push(&p.test);
+                    Dataset::concat(&parts)?
+                }
+                false => p.test,
+            };
+            (format!("{} ({rows})", rc.options.data), scored)
+        }
+        Source::Other(spec_text) => {
+            let o = cmd.data.as_train_options().resolve()?;
+            let choices = o.choices()?;
+            let (all, own_test) = choices.data.load(&o, &choices)?;
+            let (mut d, rows) = match (own_test, cmd.data.all_rows) {
+                (Some(t), true) => (Dataset::concat(&[&all, &t])?, "all rows"),
+                (Some(t), false) => (t, "test set"),
+                (None, _) => (all, "all rows"),
+            };
+            if d.width != ck.network.input_width() {
+                return Err(Error::Data(format!(
+                    "{spec_text} has {} features per row but the model {} takes {}",
+                    d.width,
+                    file.display(),
+                    ck.network.input_width()
+                )));
+            }
+            if let Some(s) = &ck.scaler {
+                s.apply(&mut d)?;
+            }
+            if let Some(s) = &ck.target_scaler {
+                super::train::scale_targets(&mut d, s)?;
+            }
+            (format!("{spec_text} ({rows})"), d)
+        }
+    };
     let model = Model::with_params(ck.network.clone(), ck.params.clone())?;
     let opened = open_device(cmd.device)?;
     let device = opened.device();
@@ -162,4 +197,42 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         }
     }
     soma::fs::write_output(Path::new("-"), out.as_bytes(), &[])
+}
+
+/// Whether eval's data flags name the data `run` trained on, read the same way: the same
+/// bundled set or files (paths compared once resolved), and no `--label-column`, `--header`
+/// or `--task` that differs from the run's.
+fn same_data(given: &DataOptions, run: &Resolved) -> Result<bool> {
+    let Some(data) = &given.data else {
+        return Ok(true);
+    };
+    let (mine, theirs) = (DataSpec::parse(data)?, DataSpec::parse(&run.data)?);
+    let task = |spec: &DataSpec, task: Option<&str>| -> Result<Task> {
+        let own = match spec {
+            DataSpec::Bundled(name) => soma::data::bundled_task(name),
+            DataSpec::Mnist(_) | DataSpec::Idx(..) | DataSpec::Csv(_) => None,
+        };
+        Ok(match task {
+            Some(t) => t.parse()?,
+            None => own.unwrap_or(Task::Classification),
+        })
+    };
+    let agrees = |flag: &Option<String>, stored: &str| flag.as_deref().is_none_or(|f| f == stored);
+    Ok(resolved(mine) == resolved(theirs.clone())
+        && agrees(&given.label_column, &run.label_column)
+        && agrees(&given.header, &run.header)
+        && (given.task.is_none()
+            || task(&theirs, given.task.as_deref())? == task(&theirs, run.task.as_deref())?))
+}
+
+/// `spec` with its paths made absolute where they exist, so that two spellings of one file
+/// compare equal.
+fn resolved(spec: DataSpec) -> DataSpec {
+    let real = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    match spec {
+        DataSpec::Bundled(name) => DataSpec::Bundled(name),
+        DataSpec::Mnist(dir) => DataSpec::Mnist(real(dir)),
+        DataSpec::Idx(images, labels) => DataSpec::Idx(real(images), real(labels)),
+        DataSpec::Csv(file) => DataSpec::Csv(real(file)),
+    }
 }

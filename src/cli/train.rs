@@ -62,14 +62,27 @@ pub fn prepare_data(o: &Resolved, c: &Choices) -> Result<Prepared> {
     if let Some(t) = own_test.as_mut() {
         set_classes(t, o.classes.or(all.targets.classes()), &o.data)?;
     }
+    // Both splits are seeded and stratified by class (`Dataset::split`): a file sorted by
+    // class still tests and validates on every class.
+    let flag = |name: &str| {
+        let name = name.to_string();
+        move |e: Error| match e {
+            Error::Config(m) => Error::Config(format!("{name}: {m}")),
+            e => e,
+        }
+    };
     let (train_all, test) = match own_test {
         Some(t) => (all, t),
-        None => all.split(o.test_fraction, o.seed)?,
+        None => all
+            .split(o.test_fraction, o.seed)
+            .map_err(flag("--test-fraction"))?,
     };
     let scale = c.scale.unwrap_or_else(|| c.data.default_scale());
     let scaler = Scaler::fit(scale, &train_all);
     let (mut train, mut val) = if o.val_fraction > 0.0 {
-        let (t, v) = train_all.split_tail(o.val_fraction)?;
+        let (t, v) = train_all
+            .split(o.val_fraction, o.seed)
+            .map_err(flag("--val-fraction"))?;
         (t, Some(v))
     } else {
         (train_all, None)
@@ -328,6 +341,8 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         }
         None => None,
     };
+    // Whether the epochs are the default, which depends on the data (`default_epochs`).
+    let mut epochs_unset = false;
     let options = match (&stored, &resume_dir) {
         (Some(cfg), Some(dir)) => {
             check_resume_flags(&cmd, cfg)?;
@@ -354,7 +369,9 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                 None => TrainOptions::default(),
             };
             device_choice = cmd.device.or(base.device).unwrap_or_default();
-            base.overridden_by(&cmd.options).resolve()?
+            let merged = base.overridden_by(&cmd.options);
+            epochs_unset = merged.epochs.is_none();
+            merged.resolve()?
         }
     };
     if cmd.stop_after == Some(0) {
@@ -373,6 +390,9 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         options.layers = Some(w.widths.clone());
     }
     let prepared = prepare_data(&options, &choices)?;
+    if epochs_unset {
+        options.epochs = options::default_epochs(prepared.train.len(), options.batch_size);
+    }
     let loss = choose_loss(&choices, &prepared.train)?;
     let network = build_network(&options, &choices, &prepared.train, loss)?;
     let optimizer: Optimizer = choices.optimizer;

@@ -6,8 +6,8 @@
 //! `Dataset`.
 //!
 //! Submodules: [`csv`] (text tables), [`idx`] (MNIST's binary format), [`scale`] (min-max
-//! and standard scaling), [`split`] (seeded and tail splits), [`synthetic`] (hash-based
-//! benchmark data).
+//! and standard scaling), [`split`] (seeded splits, stratified by class, and tail splits),
+//! [`synthetic`] (hash-based benchmark data).
 
 pub mod csv;
 pub mod idx;
@@ -193,6 +193,50 @@ impl Dataset {
         }
     }
 
+    /// The rows of `parts` one after another, named after the first. The parts must agree in
+    /// width and in task (and target width); the class count is the largest of theirs.
+    pub fn concat(parts: &[&Dataset]) -> Result<Dataset> {
+        let Some(first) = parts.first() else {
+            return Err(Error::Data("no datasets to join".into()));
+        };
+        let mut out = (*first).clone();
+        for part in &parts[1..] {
+            if part.width != out.width {
+                return Err(Error::Data(format!(
+                    "cannot join '{}' ({} features per row) to '{}' ({})",
+                    part.name, part.width, out.name, out.width
+                )));
+            }
+            out.features.extend_from_slice(&part.features);
+            match (&mut out.targets, &part.targets) {
+                (
+                    Targets::Classes { labels, classes },
+                    Targets::Classes {
+                        labels: more,
+                        classes: theirs,
+                    },
+                ) => {
+                    labels.extend_from_slice(more);
+                    *classes = (*classes).max(*theirs);
+                }
+                (
+                    Targets::Values { values, width },
+                    Targets::Values {
+                        values: more,
+                        width: theirs,
+                    },
+                ) if width == theirs => values.extend_from_slice(more),
+                (Targets::Classes { .. } | Targets::Values { .. }, _) => {
+                    return Err(Error::Data(format!(
+                        "cannot join '{}' to '{}': their targets differ in kind or width",
+                        part.name, out.name
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks that the dataset can be trained on: not empty, width above 0, `features` and
     /// the targets of matching lengths, every feature and regression target finite, every
     /// label below the class count. Rows and columns in messages are 0-based.
@@ -358,6 +402,45 @@ mod tests {
                 classes: 3,
             },
         }
+    }
+
+    #[test]
+    fn concat_joins_rows_and_refuses_what_does_not_fit() {
+        let ds = tiny();
+        let (a, b) = (ds.select(&[2]), ds.select(&[0, 1]));
+        let joined = Dataset::concat(&[&a, &b]).expect("join");
+        assert_eq!(joined.features, vec![20.0, 21.0, 0.0, 1.0, 10.0, 11.0]);
+        assert_eq!(joined.labels(), Some(&[2u32, 0, 1][..]));
+        assert_eq!(
+            (joined.name.as_str(), joined.targets.classes()),
+            ("tiny", Some(3))
+        );
+        assert!(Dataset::concat(&[]).is_err());
+        let narrow = Dataset::new(
+            "n",
+            vec![1.0],
+            1,
+            Targets::Classes {
+                labels: vec![0],
+                classes: 2,
+            },
+        )
+        .expect("valid");
+        assert!(matches!(
+            Dataset::concat(&[&ds, &narrow]),
+            Err(Error::Data(_))
+        ));
+        let mut values = ds.clone();
+        values.targets = Targets::Values {
+            values: vec![1.0, 2.0, 3.0],
+            width: 1,
+        };
+        assert!(matches!(
+            Dataset::concat(&[&ds, &values]),
+            Err(Error::Data(_))
+        ));
+        let joined = Dataset::concat(&[&values, &values]).expect("values");
+        assert_eq!(joined.targets.len(), 6);
     }
 
     #[test]

@@ -25,8 +25,9 @@ pub struct TrainConfig {
     /// Reshuffle the training order every epoch (seeded).
     pub shuffle: bool,
     pub seed: u64,
-    /// Keras' validation_split: this fraction of the rows, taken from the end before any
-    /// shuffling, is held out for validation (when no validation set is given).
+    /// This fraction of the rows is held out for validation (when no validation set is
+    /// given): drawn by [`Dataset::split`](crate::data::Dataset::split) seeded with `seed`,
+    /// stratified by class, so a file sorted by class still validates on every class.
     pub validation_fraction: Option<f32>,
     pub early_stopping: Option<EarlyStopping>,
     pub schedule: Schedule,

@@ -587,8 +587,8 @@ impl LossReadback {
 
 /// Trains `model` on `train` and leaves the trained parameters in it (also when training
 /// stops on a divergence: then the model holds the last good step's parameters). The
-/// validation set is `validation`, or the tail fraction `config.validation_fraction` of
-/// `train`.
+/// validation set is `validation`, or the fraction `config.validation_fraction` of `train`
+/// held out by [`Dataset::split`] seeded with `config.seed` (stratified by class).
 pub fn fit(
     device: Device<'_>,
     model: &mut Model,
@@ -602,7 +602,7 @@ pub fn fit(
     let (train, validation) = match (validation, config.validation_fraction) {
         (Some(v), _) => (train, Some(v)),
         (None, Some(f)) => {
-            split = train.split_tail(f)?;
+            split = train.split(f, config.seed)?;
             (&split.0, Some(&split.1))
         }
         (None, None) => (train, None),
