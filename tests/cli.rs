@@ -900,6 +900,19 @@ fn checkpoint_epoch(run: &Path) -> usize {
         .map_or(0, |r| r.state.epoch)
 }
 
+/// `soma train --device cpu --resume RUN EXTRA...`, which must succeed.
+fn resume_cpu(dir: &TempDir, run: &Path, extra: &[&str]) -> Ran {
+    let mut args = vec![
+        "train",
+        "--device",
+        "cpu",
+        "--resume",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    soma(dir, &args).ok()
+}
+
 /// A long CPU run on digits into `dir/name`, running until killed.
 fn spawn_long_run(dir: &TempDir, extra: &[&str]) -> Running {
     let mut args = vec!["train", "--device", "cpu", "--epochs", "100000"];
@@ -938,20 +951,7 @@ fn a_run_directory_is_locked_while_it_trains_and_a_killed_run_does_not_block() {
     // The lock died with its process: the run continues and finishes.
     let done = checkpoint_epoch(&work);
     assert!(done >= 1);
-    let epochs = (done + 1).to_string();
-    soma(
-        &dir,
-        &[
-            "train",
-            "--device",
-            "cpu",
-            "--epochs",
-            &epochs,
-            "--resume",
-            work.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    resume_cpu(&dir, &work, &["--epochs", &(done + 1).to_string()]);
     assert_complete_run(&run, done + 1);
 }
 
@@ -1259,20 +1259,7 @@ fn ctrl_c_stops_at_the_end_of_an_epoch_and_prints_the_resume_command() {
         done,
         "metrics lines against the checkpoint"
     );
-    let epochs = (done + 1).to_string();
-    soma(
-        &dir,
-        &[
-            "train",
-            "--device",
-            "cpu",
-            "--epochs",
-            &epochs,
-            "--resume",
-            work.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    resume_cpu(&dir, &work, &["--epochs", &(done + 1).to_string()]);
     assert_complete_run(&run, done + 1);
 }
 

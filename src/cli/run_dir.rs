@@ -181,6 +181,27 @@ impl RunDir {
         })
     }
 
+    /// A new run under the first of `names` that is free, taken atomically: two runs
+    /// started at once never share a name (the default `runs/<timestamp>` names of two runs
+    /// started within the same second race for the same first name).
+    pub fn create_first_free(names: impl Iterator<Item = PathBuf>) -> Result<RunDir> {
+        for name in names.take(10_000) {
+            let taken = |n: &Path| n.exists() || partial(n).exists();
+            if taken(&name) {
+                continue;
+            }
+            match RunDir::create(name.clone()) {
+                Ok(dir) => return Ok(dir),
+                // Another run took it in the meantime: the next name.
+                Err(_) if taken(&name) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Config(
+            "no free run directory name under runs/; pass --out".into(),
+        ))
+    }
+
     /// Continues `dir`: an unfinished `X.partial` where it stopped, or a finished `X` in a
     /// fresh copy `X.partial`.
     pub fn resume(dir: &Path) -> Result<RunDir> {

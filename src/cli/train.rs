@@ -17,7 +17,7 @@ use soma::trainer::{EarlyStopping, EpochMetrics, Flow, TrainConfig, Trainer};
 use soma::{Error, Loss, Model, Network, Optimizer, Result};
 
 use super::options::{self, Choices, Resolved, TrainOptions};
-use super::run_dir::{partial, RunDir, Start};
+use super::run_dir::{RunDir, Start};
 use super::{open_device, DeviceChoice};
 
 /// What `config.json` of a run directory holds: every setting, resolved.
@@ -295,7 +295,9 @@ struct Summary {
     run_dir: PathBuf,
 }
 
-fn default_run_dir() -> PathBuf {
+/// The default run directory names, `runs/<UTC timestamp>` then `-2`, `-3`, ...: a second
+/// run started within the same second takes the next free one.
+fn default_run_dirs() -> impl Iterator<Item = PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -305,12 +307,8 @@ fn default_run_dir() -> PathBuf {
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
     let (y, mo, d) = civil_from_days(days as i64);
     let base = format!("runs/{y:04}{mo:02}{d:02}-{h:02}{m:02}{s:02}");
-    // A second run started within the same second takes the next free suffix.
-    let free = |p: &PathBuf| !p.exists() && !partial(p).exists();
     std::iter::once(PathBuf::from(&base))
-        .chain((2..).map(|n| PathBuf::from(format!("{base}-{n}"))))
-        .find(free)
-        .unwrap_or_else(|| PathBuf::from(base))
+        .chain((2..).map(move |n| PathBuf::from(format!("{base}-{n}"))))
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -405,7 +403,10 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     // The run directory, written as DIR.partial (locked) until the run completes.
     let run_dir = match &resume_dir {
         Some(dir) => RunDir::resume(dir)?,
-        None => RunDir::create(cmd.out.as_ref().map(normal).unwrap_or_else(default_run_dir))?,
+        None => match cmd.out.as_ref().map(normal) {
+            Some(out) => RunDir::create(out)?,
+            None => RunDir::create_first_free(default_run_dirs())?,
+        },
     };
     let work_dir = run_dir.work.clone();
     interrupt::install(&work_dir);
