@@ -2412,3 +2412,290 @@ fn predict_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------
+// soma export
+// ---------------------------------------------------------------------------------------
+
+/// The numbers `soma predict --device cpu` prints for the rows of `input` (its `target`
+/// column dropped when it has one), row by row, without the class column of a classifier.
+fn predict_numbers(dir: &TempDir, model: &Path, input: &Path) -> Vec<Vec<f32>> {
+    let mut args = vec![
+        "predict",
+        "--device",
+        "cpu",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    if read(input).lines().next().unwrap().contains("target") {
+        args.extend(["--drop-column", "target"]);
+    }
+    let ran = soma(dir, &args).ok();
+    let mut lines = ran.stdout.lines();
+    let skip = usize::from(lines.next().unwrap().starts_with("class,"));
+    lines
+        .map(|l| {
+            l.split(',')
+                .skip(skip)
+                .map(|c| c.trim().parse().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// The largest `|got - want| / max(1, |want|)` over every value, checked against `tol`;
+/// the row counts and widths must match.
+fn max_difference(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], tol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: rows");
+    let mut worst = 0.0f32;
+    for (r, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "{what}: row {r} widths");
+        for (c, (g, w)) in g.iter().zip(w).enumerate() {
+            let d = (g - w).abs() / w.abs().max(1.0);
+            assert!(
+                d <= tol,
+                "{what}: row {r} column {c}: {g} vs predict's {w} (difference {d}, tolerance {tol})"
+            );
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+fn softmax_rows(z: &[f32], width: usize) -> Vec<Vec<f32>> {
+    z.chunks(width)
+        .map(|row| {
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
+            row.iter().map(|v| (v - m).exp() / s).collect()
+        })
+        .collect()
+}
+
+/// `x · Wᵀ + b` per layer with ReLU between layers: the forward pass of a ReLU MLP from
+/// (weight `[out, in]`, bias) pairs, on `rows` rows of `x`.
+fn relu_mlp(layers: &[(Vec<f32>, Vec<f32>)], x: &[f32], rows: usize) -> Vec<f32> {
+    let mut a = x.to_vec();
+    for (i, (w, b)) in layers.iter().enumerate() {
+        let (outs, ins) = (b.len(), w.len() / b.len());
+        let mut next = Vec::with_capacity(rows * outs);
+        for r in 0..rows {
+            for o in 0..outs {
+                let z: f32 = (0..ins)
+                    .map(|k| a[r * ins + k] * w[o * ins + k])
+                    .sum::<f32>()
+                    + b[o];
+                next.push(if i + 1 < layers.len() { z.max(0.0) } else { z });
+            }
+        }
+        a = next;
+    }
+    a
+}
+
+/// Each format writes a file that reads back: the safetensors export loads with the
+/// safetensors crate with nn.Sequential keys and shapes, no optimizer state, and (with
+/// --fold-scaling) gives predict's probabilities on raw rows; the JSON document alone gives
+/// predict's probabilities; the ONNX file is a protobuf opening with its IR version. Within
+/// 1e-5: predict sums in the threaded gemm's order, these loops in input order.
+#[test]
+fn export_writes_each_format_and_reads_back() {
+    let dir = TempDir::new("export-formats");
+    let run = train_cpu(&dir, "run", &["--epochs", "3"]);
+    let test = digits_test_split(0);
+    let input = dir.join("rows.csv");
+    write_rows_csv(&input, &test);
+    let want = predict_numbers(&dir, &run, &input);
+    assert_eq!(want.len(), test.len());
+    let ck = load(&run.join("checkpoint.safetensors"));
+
+    let export = |format: &str, name: &str, extra: &[&str]| -> PathBuf {
+        let out = dir.join(name);
+        let mut args = vec![
+            "export",
+            "--model",
+            run.to_str().unwrap(),
+            "--format",
+            format,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let ran = soma(&dir, &args).ok();
+        assert!(
+            ran.stdout.is_empty(),
+            "export printed to stdout: {}",
+            ran.stdout
+        );
+        assert!(ran.stderr.contains("exported"), "{}", ran.stderr);
+        out
+    };
+
+    // safetensors, with and without the scaling folded in.
+    for (name, extra) in [
+        ("plain.safetensors", &[][..]),
+        ("folded.safetensors", &["--fold-scaling"][..]),
+    ] {
+        let path = export("safetensors", name, extra);
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<String> = file.names().into_iter().cloned().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["0.bias", "0.weight", "2.bias", "2.weight"],
+            "{name}"
+        );
+        let tensor = |key: &str, shape: &[usize]| -> Vec<f32> {
+            let t = file.tensor(key).unwrap();
+            assert_eq!(t.shape(), shape, "{name}: {key}");
+            assert_eq!(t.dtype(), safetensors::Dtype::F32);
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        let layers = vec![
+            (tensor("0.weight", &[64, 64]), tensor("0.bias", &[64])),
+            (tensor("2.weight", &[10, 64]), tensor("2.bias", &[10])),
+        ];
+        let meta = header.metadata().as_ref().unwrap();
+        assert_eq!(
+            meta["soma.pytorch"],
+            "nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))"
+        );
+        assert_eq!(meta["soma.output"], "softmax");
+        let mut x = test.features.clone();
+        if extra.is_empty() {
+            // Unfolded: the checkpoint's own weights, and the scaling in the metadata.
+            assert_eq!(meta["soma.input"], "scaled");
+            assert_eq!(layers[0].0, ck.params.layers[0].weight);
+            let scaler: soma::data::Scaler = serde_json::from_str(&meta["soma.scaler"]).unwrap();
+            assert_eq!(Some(&scaler), ck.scaler.as_ref());
+            for row in x.chunks_mut(64) {
+                scaler.apply_row(row).unwrap();
+            }
+        } else {
+            assert_eq!(meta["soma.input"], "raw");
+            assert!(!meta.contains_key("soma.scaler"));
+            assert_ne!(
+                layers[0].0, ck.params.layers[0].weight,
+                "nothing was folded"
+            );
+        }
+        let got = softmax_rows(&relu_mlp(&layers, &x, test.len()), 10);
+        let worst = max_difference(name, &got, &want, 1e-5);
+        eprintln!("{name}: largest difference from predict {worst:e}");
+    }
+
+    // JSON: the document alone reproduces predict.
+    let path = export("json", "model.json", &[]);
+    let doc: Value = serde_json::from_str(&read(&path)).unwrap();
+    assert_eq!(doc["format"], "soma-mlp");
+    assert_eq!(
+        (doc["inputs"].as_u64(), doc["outputs"].as_u64()),
+        (Some(64), Some(10))
+    );
+    assert_eq!(doc["classes"], 10);
+    assert_eq!(doc["output"], "softmax");
+    assert_eq!(doc["input_scaling"]["kind"], "standard");
+    assert!(doc["target_scaling"].is_null());
+    let floats = |v: &Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let layers: Vec<(Vec<f32>, Vec<f32>)> = doc["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let rows = l["weight"].as_array().unwrap();
+            assert_eq!(rows.len() as u64, l["outputs"].as_u64().unwrap());
+            (rows.iter().flat_map(floats).collect(), floats(&l["bias"]))
+        })
+        .collect();
+    assert_eq!(doc["layers"][0]["activation"], "relu");
+    assert_eq!(doc["layers"][1]["activation"], "identity");
+    let (offset, scale) = (
+        floats(&doc["input_scaling"]["offset"]),
+        floats(&doc["input_scaling"]["scale"]),
+    );
+    let x: Vec<f32> = test
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v - offset[i % 64]) * scale[i % 64])
+        .collect();
+    let got = softmax_rows(&relu_mlp(&layers, &x, test.len()), 10);
+    max_difference("model.json", &got, &want, 1e-5);
+
+    // ONNX: a ModelProto opens with ir_version (field 1, varint) = 7.
+    let path = export("onnx", "model.onnx", &[]);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..2], &[0x08, 0x07]);
+    assert!(
+        bytes.len() > 4 * (64 * 64 + 64 * 10),
+        "{} bytes",
+        bytes.len()
+    );
+}
+
+/// Bad input is one clear error line and writes nothing: a missing model, a corrupt one, an
+/// unknown format (clap's usage error), and an output over the model, into a run directory
+/// or onto a directory.
+#[test]
+fn export_refuses_bad_input() {
+    let dir = TempDir::new("export-bad");
+    let run = train_cpu(&dir, "run", &["--epochs", "1"]);
+    let model = run.join("checkpoint.safetensors");
+    let before = std::fs::read(&model).unwrap();
+    let out = dir.arg("m.onnx");
+    let export = |model: &str, format: &str, output: &str| {
+        soma(
+            &dir,
+            &[
+                "export", "--model", model, "--format", format, "--output", output,
+            ],
+        )
+    };
+
+    let missing = dir.arg("nowhere");
+    assert_clean_failure(&export(&missing, "onnx", &out), &["nowhere"], None);
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"not a checkpoint").unwrap();
+    assert_clean_failure(
+        &export(corrupt.to_str().unwrap(), "json", &out),
+        &["corrupt.safetensors"],
+        None,
+    );
+    assert!(!dir.join("m.onnx").exists());
+
+    let ran = export(run.to_str().unwrap(), "tflite", &out);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("invalid value 'tflite'"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr.contains("onnx, safetensors, json"),
+        "{}",
+        ran.stderr
+    );
+
+    for target in [model.clone(), run.join("exported.onnx"), run.clone()] {
+        for format in ["onnx", "safetensors", "json"] {
+            let ran = export(run.to_str().unwrap(), format, target.to_str().unwrap());
+            assert_clean_failure(&ran, &[target.to_str().unwrap()], None);
+        }
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before, "the model changed");
+    assert!(!run.join("exported.onnx").exists());
+    assert!(!dir.join("m.onnx").exists());
+}
