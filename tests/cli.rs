@@ -2445,6 +2445,15 @@ fn predict_numbers(dir: &TempDir, model: &Path, input: &Path) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Numbers from a CSV without a header (what tests/export_check.py writes).
+fn read_numbers(path: &Path) -> Vec<Vec<f32>> {
+    read(path)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(|c| c.trim().parse().unwrap()).collect())
+        .collect()
+}
+
 /// The largest `|got - want| / max(1, |want|)` over every value, checked against `tol`;
 /// the row counts and widths must match.
 fn max_difference(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], tol: f32) -> f32 {
@@ -2698,4 +2707,299 @@ fn export_refuses_bad_input() {
     assert_eq!(std::fs::read(&model).unwrap(), before, "the model changed");
     assert!(!run.join("exported.onnx").exists());
     assert!(!dir.join("m.onnx").exists());
+}
+
+/// A model with every differentiable activation, a binary cross-entropy head (sigmoid), a
+/// first layer without a bias and a standard scaler; saved as a checkpoint.
+fn every_activation_checkpoint(path: &Path) {
+    use soma::data::{ScaleKind, Scaler};
+    use soma::{Activation, Init, Network};
+    let mut network = Network::mlp(
+        &[5, 8, 8, 8, 8, 8, 1],
+        Activation::Relu,
+        Activation::Identity,
+    )
+    .unwrap();
+    let acts = [
+        Activation::Gelu,
+        Activation::LeakyRelu { slope: 0.2 },
+        Activation::Tanh,
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Identity,
+    ];
+    for (l, a) in network.layers.iter_mut().zip(acts) {
+        l.activation = a;
+    }
+    network.layers[0].bias = false;
+    let mut params = Parameters::init(&network, Init::Pytorch, 11);
+    params.layers[0].bias = None;
+    let ck = Checkpoint {
+        network,
+        params,
+        loss: Loss::BinaryCrossEntropy,
+        scaler: Some(Scaler {
+            kind: ScaleKind::Standard,
+            offset: vec![3.0, -1.0, 0.5, 100.0, 0.0],
+            scale: vec![0.5, 2.0, 1.0, 0.01, 4.0],
+        }),
+        classes: None,
+        target_scaler: None,
+        resume: None,
+    };
+    checkpoint::save(path, &ck).unwrap();
+}
+
+/// Step then sign, on integer features with weights in {-1, 0, 1} and integer biases, so
+/// that every sum is exact on both sides and many are exactly 0 (soma's step(0) = sign(0) = 1,
+/// where ONNX's Sign gives 0); then an identity layer of 3 outputs, a squared-error head
+/// (the outputs as they are) and no scaling.
+fn step_and_sign_checkpoint(path: &Path) {
+    use soma::{Activation, Init, Network};
+    let mut network = Network::mlp(&[4, 6, 6, 3], Activation::Step, Activation::Identity).unwrap();
+    network.layers[1].activation = Activation::Sign;
+    let mut params = Parameters::init(&network, Init::Pytorch, 4);
+    for p in &mut params.layers[..2] {
+        for (i, w) in p.weight.iter_mut().enumerate() {
+            *w = [-1.0, 0.0, 1.0][(i * 13 + 5) % 11 % 3];
+        }
+        for (o, b) in p.bias.as_mut().unwrap().iter_mut().enumerate() {
+            *b = (o % 3) as f32 - 1.0;
+        }
+    }
+    let ck = Checkpoint {
+        network,
+        params,
+        loss: Loss::Mse,
+        scaler: None,
+        classes: None,
+        target_scaler: None,
+        resume: None,
+    };
+    checkpoint::save(path, &ck).unwrap();
+}
+
+/// The python that runs tests/export_check.py: `SOMA_PYTHON` (.ci/run points it at a venv
+/// with onnxruntime and numpy), else `python3` when it imports both. `None` (after printing
+/// SKIPPED) when neither does, which fails instead where `CI` is set.
+fn python_with_onnxruntime(test: &str) -> Option<PathBuf> {
+    let works = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import onnxruntime, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(p) = std::env::var_os("SOMA_PYTHON") {
+        let p = PathBuf::from(p);
+        assert!(
+            works(&p),
+            "{test}: SOMA_PYTHON={} cannot import onnxruntime and numpy",
+            p.display()
+        );
+        return Some(p);
+    }
+    let p = PathBuf::from("python3");
+    if works(&p) {
+        return Some(p);
+    }
+    let why =
+        "no python with onnxruntime and numpy (set SOMA_PYTHON, or pip install onnxruntime numpy)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
+    None
+}
+
+/// The ONNX export run by onnxruntime gives what `soma predict --device cpu` prints, within
+/// 1e-5 relative to max(1, |value|) (float32 sums in another order, and onnxruntime's own
+/// exp and tanh): the digits classifier on its test split (probabilities; the scaling as
+/// graph ops and folded into the first Gemm), a diabetes regressor (values mapped back to
+/// the targets' units) and a model with every activation and a sigmoid head. The README's
+/// PyTorch snippet, done in numpy, and the folded safetensors export on raw rows give
+/// predict's probabilities too.
+#[test]
+fn export_onnx_matches_predict_in_onnxruntime() {
+    let test_name = "export_onnx_matches_predict_in_onnxruntime";
+    let Some(python) = python_with_onnxruntime(test_name) else {
+        return;
+    };
+    let dir = TempDir::new("export-onnx");
+    let digits = train_cpu(&dir, "digits", &["--epochs", "5"]);
+    let diabetes = train_cpu(&dir, "diabetes", &["--data", "diabetes", "--epochs", "5"]);
+    let every = dir.join("every.safetensors");
+    every_activation_checkpoint(&every);
+    let steps = dir.join("steps.safetensors");
+    step_and_sign_checkpoint(&steps);
+
+    let digits_rows = dir.join("digits.csv");
+    write_rows_csv(&digits_rows, &digits_test_split(0));
+    let diabetes_rows = dir.join("diabetes.csv");
+    let all = soma::data::bundled("diabetes").unwrap();
+    let text: String = (0..all.len())
+        .map(|r| {
+            let cells: Vec<String> = all.row(r).iter().map(|v| v.to_string()).collect();
+            cells.join(",") + "\n"
+        })
+        .collect();
+    std::fs::write(&diabetes_rows, text).unwrap();
+    let every_rows = dir.join("every.csv");
+    let mut rng = soma::rng::Rng::new(3);
+    let text: String = (0..200)
+        .map(|_| {
+            let cells: Vec<String> = [3.0, -1.0, 0.5, 100.0, 0.0]
+                .iter()
+                .zip([2.0, 0.5, 1.0, 100.0, 0.25])
+                .map(|(o, s)| (o + s * rng.uniform_range(-3.0, 3.0)).to_string())
+                .collect();
+            cells.join(",") + "\n"
+        })
+        .collect();
+    std::fs::write(&every_rows, text).unwrap();
+    let steps_rows = dir.join("steps.csv");
+    let text: String = (0..81i32)
+        .map(|r| {
+            format!(
+                "{},{},{},{}\n",
+                r % 3 - 1,
+                r / 3 % 3 - 1,
+                r / 9 % 3 - 1,
+                r / 27 - 1
+            )
+        })
+        .collect();
+    std::fs::write(&steps_rows, text).unwrap();
+
+    // (what, model to export or run, export arguments, job kind, rows)
+    let cases: Vec<(&str, &Path, &[&str], &str, &Path)> = vec![
+        (
+            "digits.onnx",
+            &digits,
+            &["--format", "onnx"],
+            "onnx",
+            &digits_rows,
+        ),
+        (
+            "digits-folded.onnx",
+            &digits,
+            &["--format", "onnx", "--fold-scaling"],
+            "onnx",
+            &digits_rows,
+        ),
+        (
+            "diabetes.onnx",
+            &diabetes,
+            &["--format", "onnx"],
+            "onnx",
+            &diabetes_rows,
+        ),
+        (
+            "diabetes-folded.onnx",
+            &diabetes,
+            &["--format", "onnx", "--fold-scaling"],
+            "onnx",
+            &diabetes_rows,
+        ),
+        (
+            "every.onnx",
+            &every,
+            &["--format", "onnx"],
+            "onnx",
+            &every_rows,
+        ),
+        (
+            "every-folded.onnx",
+            &every,
+            &["--format", "onnx", "--fold-scaling"],
+            "onnx",
+            &every_rows,
+        ),
+        (
+            "steps.onnx",
+            &steps,
+            &["--format", "onnx"],
+            "onnx",
+            &steps_rows,
+        ),
+        (
+            "digits.sequential",
+            &digits,
+            &["--format", "safetensors", "--fold-scaling"],
+            "sequential",
+            &digits_rows,
+        ),
+        (
+            "digits.checkpoint",
+            &digits,
+            &[],
+            "checkpoint",
+            &digits_rows,
+        ),
+    ];
+    let mut jobs = Vec::new();
+    for (what, model, args, kind, rows) in &cases {
+        let file = if args.is_empty() {
+            model.join("checkpoint.safetensors")
+        } else {
+            let out = dir.join(what);
+            let mut full = vec![
+                "export",
+                "--model",
+                model.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ];
+            full.extend_from_slice(args);
+            soma(&dir, &full).ok();
+            out
+        };
+        jobs.push(serde_json::json!({
+            "kind": kind,
+            "model": file,
+            "input": rows,
+            "output": dir.join(&format!("{what}.out.csv")),
+        }));
+    }
+    let jobs_file = dir.join("jobs.json");
+    std::fs::write(&jobs_file, serde_json::to_string(&jobs).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/export_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&jobs_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {}:\n{stderr}",
+        python.display(),
+        script.display()
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+
+    let mut worst_onnx = 0.0f32;
+    for (what, model, _, kind, rows) in &cases {
+        let want = predict_numbers(&dir, model, rows);
+        let got = read_numbers(&dir.join(&format!("{what}.out.csv")));
+        let worst = max_difference(what, &got, &want, 1e-5);
+        eprintln!("{what}: largest difference from soma predict {worst:e}");
+        if *kind == "onnx" {
+            worst_onnx = worst_onnx.max(worst);
+        }
+    }
+    eprintln!("ONNX in onnxruntime vs soma predict: largest difference {worst_onnx:e}");
+    // Neither synthetic model is blind: their outputs vary from row to row.
+    for what in ["every.onnx", "steps.onnx"] {
+        let rows = read_numbers(&dir.join(&format!("{what}.out.csv")));
+        let distinct: BTreeSet<Vec<u32>> = rows
+            .iter()
+            .map(|r| r.iter().map(|v| v.to_bits()).collect())
+            .collect();
+        assert!(
+            distinct.len() > 5,
+            "{what}: {} distinct rows",
+            distinct.len()
+        );
+    }
 }
