@@ -12,8 +12,8 @@
 //! dispatches; [`ops`] the op families with their twins, the kernel table, `Kernels` and
 //! `Tuning`; [`autotune`] the tuner; [`network`], [`optim`] and [`plan`] the run's
 //! description; [`exec`] the executors; [`run`], [`model`] and [`trainer`] runs and their
-//! scheduling; [`embed`] the host-application API; [`data`], [`checkpoint`], [`plot`] and
-//! [`fs`] files; [`lecture`], [`perceptron`] and [`inspect`] the lecture's pieces.
+//! scheduling; [`embed`] the host-application API; [`data`], [`checkpoint`], [`export`],
+//! [`plot`] and [`fs`] files; [`lecture`], [`perceptron`] and [`inspect`] the lecture's pieces.
 
 // Every match over soma's own enums names each variant, so that the compiler lists every
 // place a new variant needs; a foreign enum's wildcard carries an `allow` and a reason.
@@ -27,6 +27,7 @@ pub mod data;
 pub mod embed;
 pub mod error;
 pub mod exec;
+pub mod export;
 pub mod fs;
 pub mod gpu;
 pub mod inspect;

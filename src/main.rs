@@ -1,4 +1,4 @@
-//! The `soma` command: train, eval, predict, check and devices (see `soma --help`).
+//! The `soma` command: train, eval, predict, export, check, bench and devices (see `soma --help`).
 
 mod cli;
 
@@ -79,6 +79,23 @@ enum Command {
         drop_column: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         device: DeviceChoice,
+    },
+    /// Write a trained model as ONNX, plain PyTorch safetensors or JSON (docs/export.md)
+    Export {
+        /// A run directory or a .safetensors checkpoint
+        #[arg(long)]
+        model: PathBuf,
+        /// What to write
+        #[arg(long, value_enum)]
+        format: cli::export::FormatChoice,
+        /// The file to write: replaced atomically; never the model or a file in a run
+        /// directory; a FIFO or device is written through; - is standard output
+        #[arg(long)]
+        output: PathBuf,
+        /// Fold the input scaling into the first layer (W' = W diag(scale),
+        /// b' = b - W' offset), so that its weights take raw features
+        #[arg(long)]
+        fold_scaling: bool,
     },
     /// Run training steps on the GPU and on the CPU path and compare every tensor
     Check {
@@ -169,6 +186,17 @@ fn main() -> ExitCode {
             output,
             drop_column,
             device,
+        }),
+        Command::Export {
+            model,
+            format,
+            output,
+            fold_scaling,
+        } => cli::export::run(cli::export::ExportCommand {
+            model,
+            format,
+            output,
+            fold_scaling,
         }),
         Command::Check {
             options,

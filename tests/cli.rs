@@ -2697,3 +2697,594 @@ fn predict_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------
+// soma export
+// ---------------------------------------------------------------------------------------
+
+/// The numbers `soma predict --device cpu` prints for the rows of `input` (its `target`
+/// column dropped when it has one), row by row, without the class column of a classifier.
+fn predict_numbers(dir: &TempDir, model: &Path, input: &Path) -> Vec<Vec<f32>> {
+    let mut args = vec![
+        "predict",
+        "--device",
+        "cpu",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    if read(input).lines().next().unwrap().contains("target") {
+        args.extend(["--drop-column", "target"]);
+    }
+    let ran = soma(dir, &args).ok();
+    let mut lines = ran.stdout.lines();
+    let skip = usize::from(lines.next().unwrap().starts_with("class,"));
+    lines
+        .map(|l| {
+            l.split(',')
+                .skip(skip)
+                .map(|c| c.trim().parse().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// Numbers from a CSV without a header (what tests/export_check.py writes).
+fn read_numbers(path: &Path) -> Vec<Vec<f32>> {
+    read(path)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(|c| c.trim().parse().unwrap()).collect())
+        .collect()
+}
+
+/// The largest `|got - want| / max(1, |want|)` over every value, checked against `tol`;
+/// the row counts and widths must match.
+fn max_difference(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], tol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: rows");
+    let mut worst = 0.0f32;
+    for (r, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "{what}: row {r} widths");
+        for (c, (g, w)) in g.iter().zip(w).enumerate() {
+            let d = (g - w).abs() / w.abs().max(1.0);
+            assert!(
+                d <= tol,
+                "{what}: row {r} column {c}: {g} vs predict's {w} (difference {d}, tolerance {tol})"
+            );
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+fn softmax_rows(z: &[f32], width: usize) -> Vec<Vec<f32>> {
+    z.chunks(width)
+        .map(|row| {
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
+            row.iter().map(|v| (v - m).exp() / s).collect()
+        })
+        .collect()
+}
+
+/// `x · Wᵀ + b` per layer with ReLU between layers: the forward pass of a ReLU MLP from
+/// (weight `[out, in]`, bias) pairs, on `rows` rows of `x`.
+fn relu_mlp(layers: &[(Vec<f32>, Vec<f32>)], x: &[f32], rows: usize) -> Vec<f32> {
+    let mut a = x.to_vec();
+    for (i, (w, b)) in layers.iter().enumerate() {
+        let (outs, ins) = (b.len(), w.len() / b.len());
+        let mut next = Vec::with_capacity(rows * outs);
+        for r in 0..rows {
+            for o in 0..outs {
+                let z: f32 = (0..ins)
+                    .map(|k| a[r * ins + k] * w[o * ins + k])
+                    .sum::<f32>()
+                    + b[o];
+                next.push(if i + 1 < layers.len() { z.max(0.0) } else { z });
+            }
+        }
+        a = next;
+    }
+    a
+}
+
+/// Each format writes a file that reads back: the safetensors export loads with the
+/// safetensors crate with nn.Sequential keys and shapes, no optimizer state, and (with
+/// --fold-scaling) gives predict's probabilities on raw rows; the JSON document alone gives
+/// predict's probabilities; the ONNX file is a protobuf opening with its IR version. Within
+/// 1e-5: predict sums in the threaded gemm's order, these loops in input order.
+#[test]
+fn export_writes_each_format_and_reads_back() {
+    let dir = TempDir::new("export-formats");
+    let run = train_cpu(&dir, "run", &["--epochs", "3"]);
+    let test = digits_test_split(0);
+    let input = dir.join("rows.csv");
+    write_rows_csv(&input, &test);
+    let want = predict_numbers(&dir, &run, &input);
+    assert_eq!(want.len(), test.len());
+    let ck = load(&run.join("checkpoint.safetensors"));
+
+    let export = |format: &str, name: &str, extra: &[&str]| -> PathBuf {
+        let out = dir.join(name);
+        let mut args = vec![
+            "export",
+            "--model",
+            run.to_str().unwrap(),
+            "--format",
+            format,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let ran = soma(&dir, &args).ok();
+        assert!(
+            ran.stdout.is_empty(),
+            "export printed to stdout: {}",
+            ran.stdout
+        );
+        assert!(ran.stderr.contains("exported"), "{}", ran.stderr);
+        out
+    };
+
+    // safetensors, with and without the scaling folded in.
+    for (name, extra) in [
+        ("plain.safetensors", &[][..]),
+        ("folded.safetensors", &["--fold-scaling"][..]),
+    ] {
+        let path = export("safetensors", name, extra);
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<String> = file.names().into_iter().cloned().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["0.bias", "0.weight", "2.bias", "2.weight"],
+            "{name}"
+        );
+        let tensor = |key: &str, shape: &[usize]| -> Vec<f32> {
+            let t = file.tensor(key).unwrap();
+            assert_eq!(t.shape(), shape, "{name}: {key}");
+            assert_eq!(t.dtype(), safetensors::Dtype::F32);
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        let layers = vec![
+            (tensor("0.weight", &[64, 64]), tensor("0.bias", &[64])),
+            (tensor("2.weight", &[10, 64]), tensor("2.bias", &[10])),
+        ];
+        let meta = header.metadata().as_ref().unwrap();
+        assert_eq!(
+            meta["soma.pytorch"],
+            "nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))"
+        );
+        assert_eq!(meta["soma.output"], "softmax");
+        let mut x = test.features.clone();
+        if extra.is_empty() {
+            // Unfolded: the checkpoint's own weights, and the scaling in the metadata.
+            assert_eq!(meta["soma.input"], "scaled");
+            assert_eq!(layers[0].0, ck.params.layers[0].weight);
+            let scaler: soma::data::Scaler = serde_json::from_str(&meta["soma.scaler"]).unwrap();
+            assert_eq!(Some(&scaler), ck.scaler.as_ref());
+            for row in x.chunks_mut(64) {
+                scaler.apply_row(row).unwrap();
+            }
+        } else {
+            assert_eq!(meta["soma.input"], "raw");
+            assert!(!meta.contains_key("soma.scaler"));
+            assert_ne!(
+                layers[0].0, ck.params.layers[0].weight,
+                "nothing was folded"
+            );
+        }
+        let got = softmax_rows(&relu_mlp(&layers, &x, test.len()), 10);
+        let worst = max_difference(name, &got, &want, 1e-5);
+        eprintln!("{name}: largest difference from predict {worst:e}");
+    }
+
+    // JSON: the document alone reproduces predict.
+    let path = export("json", "model.json", &[]);
+    let doc: Value = serde_json::from_str(&read(&path)).unwrap();
+    assert_eq!(doc["format"], "soma-mlp");
+    assert_eq!(
+        (doc["inputs"].as_u64(), doc["outputs"].as_u64()),
+        (Some(64), Some(10))
+    );
+    assert_eq!(doc["classes"], 10);
+    assert_eq!(doc["output"], "softmax");
+    assert_eq!(doc["input_scaling"]["kind"], "standard");
+    assert!(doc["target_scaling"].is_null());
+    let floats = |v: &Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let layers: Vec<(Vec<f32>, Vec<f32>)> = doc["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let rows = l["weight"].as_array().unwrap();
+            assert_eq!(rows.len() as u64, l["outputs"].as_u64().unwrap());
+            (rows.iter().flat_map(floats).collect(), floats(&l["bias"]))
+        })
+        .collect();
+    assert_eq!(doc["layers"][0]["activation"], "relu");
+    assert_eq!(doc["layers"][1]["activation"], "identity");
+    let (offset, scale) = (
+        floats(&doc["input_scaling"]["offset"]),
+        floats(&doc["input_scaling"]["scale"]),
+    );
+    let x: Vec<f32> = test
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v - offset[i % 64]) * scale[i % 64])
+        .collect();
+    let got = softmax_rows(&relu_mlp(&layers, &x, test.len()), 10);
+    max_difference("model.json", &got, &want, 1e-5);
+
+    // ONNX: a ModelProto opens with ir_version (field 1, varint) = 7.
+    let path = export("onnx", "model.onnx", &[]);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..2], &[0x08, 0x07]);
+    assert!(
+        bytes.len() > 4 * (64 * 64 + 64 * 10),
+        "{} bytes",
+        bytes.len()
+    );
+}
+
+/// Bad input is one clear error line and writes nothing: a missing model, a corrupt one, an
+/// unknown format (clap's usage error), and an output over the model, into a run directory
+/// or onto a directory.
+#[test]
+fn export_refuses_bad_input() {
+    let dir = TempDir::new("export-bad");
+    let run = train_cpu(&dir, "run", &["--epochs", "1"]);
+    let model = run.join("checkpoint.safetensors");
+    let before = std::fs::read(&model).unwrap();
+    let out = dir.arg("m.onnx");
+    let export = |model: &str, format: &str, output: &str| {
+        soma(
+            &dir,
+            &[
+                "export", "--model", model, "--format", format, "--output", output,
+            ],
+        )
+    };
+
+    let missing = dir.arg("nowhere");
+    assert_clean_failure(&export(&missing, "onnx", &out), &["nowhere"], None);
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"not a checkpoint").unwrap();
+    assert_clean_failure(
+        &export(corrupt.to_str().unwrap(), "json", &out),
+        &["corrupt.safetensors"],
+        None,
+    );
+    assert!(!dir.join("m.onnx").exists());
+
+    let ran = export(run.to_str().unwrap(), "tflite", &out);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("invalid value 'tflite'"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr.contains("onnx, safetensors, json"),
+        "{}",
+        ran.stderr
+    );
+
+    for target in [model.clone(), run.join("exported.onnx"), run.clone()] {
+        for format in ["onnx", "safetensors", "json"] {
+            let ran = export(run.to_str().unwrap(), format, target.to_str().unwrap());
+            assert_clean_failure(&ran, &[target.to_str().unwrap()], None);
+        }
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before, "the model changed");
+    assert!(!run.join("exported.onnx").exists());
+    assert!(!dir.join("m.onnx").exists());
+}
+
+/// A model with every differentiable activation, a binary cross-entropy head (sigmoid), a
+/// first layer without a bias and a standard scaler; saved as a checkpoint.
+fn every_activation_checkpoint(path: &Path) {
+    use soma::data::{ScaleKind, Scaler};
+    use soma::{Activation, Init, Network};
+    let mut network = Network::mlp(
+        &[5, 8, 8, 8, 8, 8, 1],
+        Activation::Relu,
+        Activation::Identity,
+    )
+    .unwrap();
+    let acts = [
+        Activation::Gelu,
+        Activation::LeakyRelu { slope: 0.2 },
+        Activation::Tanh,
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Identity,
+    ];
+    for (l, a) in network.layers.iter_mut().zip(acts) {
+        l.activation = a;
+    }
+    network.layers[0].bias = false;
+    let mut params = Parameters::init(&network, Init::Pytorch, 11);
+    params.layers[0].bias = None;
+    let ck = Checkpoint {
+        network,
+        params,
+        loss: Loss::BinaryCrossEntropy,
+        scaler: Some(Scaler {
+            kind: ScaleKind::Standard,
+            offset: vec![3.0, -1.0, 0.5, 100.0, 0.0],
+            scale: vec![0.5, 2.0, 1.0, 0.01, 4.0],
+        }),
+        classes: None,
+        target_scaler: None,
+        resume: None,
+    };
+    checkpoint::save(path, &ck).unwrap();
+}
+
+/// Step then sign, on integer features with weights in {-1, 0, 1} and integer biases, so
+/// that every sum is exact on both sides and many are exactly 0 (soma's step(0) = sign(0) = 1,
+/// where ONNX's Sign gives 0); then an identity layer of 3 outputs, a squared-error head
+/// (the outputs as they are) and no scaling.
+fn step_and_sign_checkpoint(path: &Path) {
+    use soma::{Activation, Init, Network};
+    let mut network = Network::mlp(&[4, 6, 6, 3], Activation::Step, Activation::Identity).unwrap();
+    network.layers[1].activation = Activation::Sign;
+    let mut params = Parameters::init(&network, Init::Pytorch, 4);
+    for p in &mut params.layers[..2] {
+        for (i, w) in p.weight.iter_mut().enumerate() {
+            *w = [-1.0, 0.0, 1.0][(i * 13 + 5) % 11 % 3];
+        }
+        for (o, b) in p.bias.as_mut().unwrap().iter_mut().enumerate() {
+            *b = (o % 3) as f32 - 1.0;
+        }
+    }
+    let ck = Checkpoint {
+        network,
+        params,
+        loss: Loss::Mse,
+        scaler: None,
+        classes: None,
+        target_scaler: None,
+        resume: None,
+    };
+    checkpoint::save(path, &ck).unwrap();
+}
+
+/// The python that runs tests/export_check.py: `SOMA_PYTHON` (.ci/run points it at a venv
+/// with onnxruntime and numpy), else `python3` when it imports both. `None` (after printing
+/// SKIPPED) when neither does, which fails instead where `CI` is set.
+fn python_with_onnxruntime(test: &str) -> Option<PathBuf> {
+    let works = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import onnxruntime, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(p) = std::env::var_os("SOMA_PYTHON") {
+        let p = PathBuf::from(p);
+        assert!(
+            works(&p),
+            "{test}: SOMA_PYTHON={} cannot import onnxruntime and numpy",
+            p.display()
+        );
+        return Some(p);
+    }
+    let p = PathBuf::from("python3");
+    if works(&p) {
+        return Some(p);
+    }
+    let why =
+        "no python with onnxruntime and numpy (set SOMA_PYTHON, or pip install onnxruntime numpy)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
+    None
+}
+
+/// The ONNX export run by onnxruntime gives what `soma predict --device cpu` prints, within
+/// 1e-5 relative to max(1, |value|) (float32 sums in another order, and onnxruntime's own
+/// exp and tanh): the digits classifier on its test split (probabilities; the scaling as
+/// graph ops and folded into the first Gemm), a diabetes regressor (values mapped back to
+/// the targets' units) and a model with every activation and a sigmoid head. The README's
+/// PyTorch snippet, done in numpy, and the folded safetensors export on raw rows give
+/// predict's probabilities too.
+#[test]
+fn export_onnx_matches_predict_in_onnxruntime() {
+    let test_name = "export_onnx_matches_predict_in_onnxruntime";
+    let Some(python) = python_with_onnxruntime(test_name) else {
+        return;
+    };
+    let dir = TempDir::new("export-onnx");
+    let digits = train_cpu(&dir, "digits", &["--epochs", "5"]);
+    let diabetes = train_cpu(&dir, "diabetes", &["--data", "diabetes", "--epochs", "5"]);
+    let every = dir.join("every.safetensors");
+    every_activation_checkpoint(&every);
+    let steps = dir.join("steps.safetensors");
+    step_and_sign_checkpoint(&steps);
+
+    let digits_rows = dir.join("digits.csv");
+    write_rows_csv(&digits_rows, &digits_test_split(0));
+    let diabetes_rows = dir.join("diabetes.csv");
+    let all = soma::data::bundled("diabetes").unwrap();
+    let text: String = (0..all.len())
+        .map(|r| {
+            let cells: Vec<String> = all.row(r).iter().map(|v| v.to_string()).collect();
+            cells.join(",") + "\n"
+        })
+        .collect();
+    std::fs::write(&diabetes_rows, text).unwrap();
+    let every_rows = dir.join("every.csv");
+    let mut rng = soma::rng::Rng::new(3);
+    let text: String = (0..200)
+        .map(|_| {
+            let cells: Vec<String> = [3.0, -1.0, 0.5, 100.0, 0.0]
+                .iter()
+                .zip([2.0, 0.5, 1.0, 100.0, 0.25])
+                .map(|(o, s)| (o + s * rng.uniform_range(-3.0, 3.0)).to_string())
+                .collect();
+            cells.join(",") + "\n"
+        })
+        .collect();
+    std::fs::write(&every_rows, text).unwrap();
+    let steps_rows = dir.join("steps.csv");
+    let text: String = (0..81i32)
+        .map(|r| {
+            format!(
+                "{},{},{},{}\n",
+                r % 3 - 1,
+                r / 3 % 3 - 1,
+                r / 9 % 3 - 1,
+                r / 27 - 1
+            )
+        })
+        .collect();
+    std::fs::write(&steps_rows, text).unwrap();
+
+    // (what, model to export or run, export arguments, job kind, rows)
+    let cases: Vec<(&str, &Path, &[&str], &str, &Path)> = vec![
+        (
+            "digits.onnx",
+            &digits,
+            &["--format", "onnx"],
+            "onnx",
+            &digits_rows,
+        ),
+        (
+            "digits-folded.onnx",
+            &digits,
+            &["--format", "onnx", "--fold-scaling"],
+            "onnx",
+            &digits_rows,
+        ),
+        (
+            "diabetes.onnx",
+            &diabetes,
+            &["--format", "onnx"],
+            "onnx",
+            &diabetes_rows,
+        ),
+        (
+            "diabetes-folded.onnx",
+            &diabetes,
+            &["--format", "onnx", "--fold-scaling"],
+            "onnx",
+            &diabetes_rows,
+        ),
+        (
+            "every.onnx",
+            &every,
+            &["--format", "onnx"],
+            "onnx",
+            &every_rows,
+        ),
+        (
+            "every-folded.onnx",
+            &every,
+            &["--format", "onnx", "--fold-scaling"],
+            "onnx",
+            &every_rows,
+        ),
+        (
+            "steps.onnx",
+            &steps,
+            &["--format", "onnx"],
+            "onnx",
+            &steps_rows,
+        ),
+        (
+            "digits.sequential",
+            &digits,
+            &["--format", "safetensors", "--fold-scaling"],
+            "sequential",
+            &digits_rows,
+        ),
+        (
+            "digits.checkpoint",
+            &digits,
+            &[],
+            "checkpoint",
+            &digits_rows,
+        ),
+    ];
+    let mut jobs = Vec::new();
+    for (what, model, args, kind, rows) in &cases {
+        let file = if args.is_empty() {
+            model.join("checkpoint.safetensors")
+        } else {
+            let out = dir.join(what);
+            let mut full = vec![
+                "export",
+                "--model",
+                model.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ];
+            full.extend_from_slice(args);
+            soma(&dir, &full).ok();
+            out
+        };
+        jobs.push(serde_json::json!({
+            "kind": kind,
+            "model": file,
+            "input": rows,
+            "output": dir.join(&format!("{what}.out.csv")),
+        }));
+    }
+    let jobs_file = dir.join("jobs.json");
+    std::fs::write(&jobs_file, serde_json::to_string(&jobs).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/export_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&jobs_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {}:\n{stderr}",
+        python.display(),
+        script.display()
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+
+    let mut worst_onnx = 0.0f32;
+    for (what, model, _, kind, rows) in &cases {
+        let want = predict_numbers(&dir, model, rows);
+        let got = read_numbers(&dir.join(&format!("{what}.out.csv")));
+        let worst = max_difference(what, &got, &want, 1e-5);
+        eprintln!("{what}: largest difference from soma predict {worst:e}");
+        if *kind == "onnx" {
+            worst_onnx = worst_onnx.max(worst);
+        }
+    }
+    eprintln!("ONNX in onnxruntime vs soma predict: largest difference {worst_onnx:e}");
+    // Neither synthetic model is blind: their outputs vary from row to row.
+    for what in ["every.onnx", "steps.onnx"] {
+        let rows = read_numbers(&dir.join(&format!("{what}.out.csv")));
+        let distinct: BTreeSet<Vec<u32>> = rows
+            .iter()
+            .map(|r| r.iter().map(|v| v.to_bits()).collect())
+            .collect();
+        assert!(
+            distinct.len() > 5,
+            "{what}: {} distinct rows",
+            distinct.len()
+        );
+    }
+}

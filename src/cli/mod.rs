@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod devices;
 pub mod eval;
+pub mod export;
 pub mod options;
 pub mod predict;
 pub mod run_dir;
