@@ -1726,6 +1726,30 @@ fn idx(magic: u32, dims: &[u32], body: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn idx_paths_may_hold_commas() {
+    let dir = TempDir::new("idx-commas");
+    let sub = dir.join("a,b");
+    std::fs::create_dir(&sub).unwrap();
+    let images = sub.join("img,1");
+    let labels = sub.join("lab");
+    std::fs::write(
+        &images,
+        idx(2051, &[20, 2, 2], &[0, 64, 128, 255].repeat(20)),
+    )
+    .unwrap();
+    std::fs::write(&labels, idx(2049, &[20], &[0, 1].repeat(10))).unwrap();
+    let data = format!("idx:{},{}", images.display(), labels.display());
+    let out = dir.arg("ok");
+    let mut args = vec!["train", "--device", "cpu", "--epochs", "1", "--data", &data];
+    args.extend(["--layers", "4,8,2", "--out", &out]);
+    soma(&dir, &args).ok();
+    assert!(dir.join("ok").join("checkpoint.safetensors").is_file());
+    // A split that names no two existing files is an error naming the spec.
+    let missing = format!("idx:{},{}", images.display(), sub.join("nope").display());
+    train_fails(&dir, &["--data", &missing], &["no split"]);
+}
+
+#[test]
 fn bad_idx_files() {
     let dir = TempDir::new("bad-idx");
     let write = |name: &str, bytes: Vec<u8>| {

@@ -574,9 +574,34 @@ impl DataSpec {
             return Ok(DataSpec::Mnist(dir.into()));
         }
         if let Some(rest) = s.strip_prefix("idx:") {
-            let (images, labels) = rest
-                .split_once(',')
-                .ok_or_else(|| Error::Config(format!("--data '{s}': idx: takes IMAGES,LABELS")))?;
+            // IMAGES,LABELS; where the paths hold commas themselves, the one split that
+            // names two existing files.
+            let splits: Vec<(&str, &str)> = rest
+                .match_indices(',')
+                .map(|(i, _)| (&rest[..i], &rest[i + 1..]))
+                .collect();
+            let both = |(a, b): &&(&str, &str)| Path::new(a).is_file() && Path::new(b).is_file();
+            let (images, labels) = match splits[..] {
+                [] => {
+                    return Err(Error::Config(format!(
+                        "--data '{s}': idx: takes IMAGES,LABELS"
+                    )))
+                }
+                [one] => one,
+                _ => match splits.iter().filter(both).collect::<Vec<_>>()[..] {
+                    [one] => *one,
+                    [] => {
+                        return Err(Error::Config(format!(
+                            "--data '{s}': the paths hold commas, and no split of them at a comma names two existing files (IMAGES,LABELS)"
+                        )))
+                    }
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "--data '{s}': more than one split at a comma names two existing files; rename them"
+                        )))
+                    }
+                },
+            };
             return Ok(DataSpec::Idx(images.into(), labels.into()));
         }
         if let Some(file) = s.strip_prefix("csv:") {
