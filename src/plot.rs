@@ -1,5 +1,7 @@
 //! Training curves as a self-contained SVG, without dependencies: loss (train and
-//! validation) on the left, accuracy on the right, against the epoch.
+//! validation) on the left, accuracy on the right, against the epoch. The loss axis is
+//! logarithmic (and titled so) when the plotted losses, all positive, span more than two
+//! decades; linear otherwise.
 //!
 //! This module owns the drawing only: axes with round tick steps, a legend, lines with
 //! markers in a colourblind-safe palette (Okabe-Ito blue for training, vermillion and dashed
@@ -111,7 +113,12 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
         loss.push(Series::new("val_loss", true, history, |m| m.val_loss));
     }
     let loss_note = history.is_empty().then_some("no data");
-    panel(&mut svg, 0.0, "loss", &loss, loss_note);
+    let losses: Vec<f64> = loss.iter().flat_map(|s| s.finite().map(|p| p.1)).collect();
+    let (loss_label, scale) = match log_scale(&losses) {
+        true => ("loss (log scale)", Scale::Log),
+        false => ("loss", Scale::Linear),
+    };
+    panel(&mut svg, 0.0, "loss", loss_label, scale, &loss, loss_note);
 
     // Accuracy.
     let mut acc = Vec::new();
@@ -132,7 +139,15 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
     } else {
         None
     };
-    panel(&mut svg, PANEL_WIDTH, "accuracy", &acc, acc_note);
+    panel(
+        &mut svg,
+        PANEL_WIDTH,
+        "accuracy",
+        "accuracy",
+        Scale::Linear,
+        &acc,
+        acc_note,
+    );
 
     svg.push_str("</svg>\n");
     svg
@@ -143,17 +158,60 @@ pub fn write_curves(path: &Path, history: &[EpochMetrics], title: &str) -> Resul
     crate::fs::write_atomic(path, curves_svg(history, title).as_bytes())
 }
 
-/// One panel at horizontal offset `x0`: frame, title, and either the series or `note`.
-fn panel(svg: &mut String, x0: f64, name: &str, series: &[Series], note: Option<&str>) {
+/// How a panel's y axis maps values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scale {
+    Linear,
+    /// Decades: ticks at powers of ten.
+    Log,
+}
+
+impl Scale {
+    fn name(self) -> &'static str {
+        match self {
+            Scale::Linear => "linear",
+            Scale::Log => "log",
+        }
+    }
+}
+
+/// Whether losses `values` are drawn on a logarithmic axis: when they span more than two
+/// decades (largest over smallest above 100), all of them positive.
+fn log_scale(values: &[f64]) -> bool {
+    let (lo, hi) = min_max(values);
+    !values.is_empty() && lo > 0.0 && hi / lo > 100.0
+}
+
+/// One panel at horizontal offset `x0`, `data-panel` `name` and titled `label`: frame, title,
+/// and either the series (y mapped by `scale`) or `note`.
+fn panel(
+    svg: &mut String,
+    x0: f64,
+    name: &str,
+    label: &str,
+    scale: Scale,
+    series: &[Series],
+    note: Option<&str>,
+) {
     let left = x0 + PLOT_LEFT;
     let right = x0 + PLOT_RIGHT;
     let (top, bottom) = (PLOT_TOP, PLOT_BOTTOM);
-    let _ = writeln!(svg, r#"<g class="panel" data-panel="{name}">"#);
     let _ = writeln!(
         svg,
-        r##"<text x="{:.1}" y="54" text-anchor="middle" font-size="14" fill="#222">{name}</text>"##,
-        (left + right) / 2.0
+        r#"<g class="panel" data-panel="{name}" data-scale="{}">"#,
+        scale.name()
     );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{:.1}" y="54" text-anchor="middle" font-size="14" fill="#222">{}</text>"##,
+        (left + right) / 2.0,
+        escape(label)
+    );
+    // On a log axis every value is drawn as its log10 (the caller checked they are > 0).
+    let to_axis = |y: f64| match scale {
+        Scale::Linear => y,
+        Scale::Log => y.log10(),
+    };
 
     let xs: Vec<f64> = series
         .iter()
@@ -161,7 +219,7 @@ fn panel(svg: &mut String, x0: f64, name: &str, series: &[Series], note: Option<
         .collect();
     let ys: Vec<f64> = series
         .iter()
-        .flat_map(|s| s.finite().map(|p| p.1))
+        .flat_map(|s| s.finite().map(|p| to_axis(p.1)))
         .collect();
     let note = note.or(xs.is_empty().then_some("no data"));
     if let Some(note) = note {
@@ -186,15 +244,29 @@ fn panel(svg: &mut String, x0: f64, name: &str, series: &[Series], note: Option<
     }
     let x_step = nice_step(x_hi - x_lo, 6.0).max(1.0);
     let (y_min, y_max) = min_max(&ys);
-    let (y_lo, y_hi, y_step) = nice_domain(y_min, y_max);
+    let (y_lo, y_hi, y_step) = match scale {
+        Scale::Linear => nice_domain(y_min, y_max),
+        // Whole decades, a tick every one (or every 2, 5, ... when there are many).
+        Scale::Log => {
+            let (lo, hi) = (y_min.floor(), y_max.ceil().max(y_min.floor() + 1.0));
+            (lo, hi, nice_step(hi - lo, 6.0).max(1.0).round())
+        }
+    };
+    let y_label = |y: f64| match scale {
+        Scale::Linear => tick_label(y, y_step),
+        Scale::Log => {
+            let v = 10f64.powf(y);
+            tick_label(v, v)
+        }
+    };
     // Epochs keep a few pixels from the frame so edge markers stay whole.
     let (x_left, x_right) = (left + 8.0, right - 8.0);
     let sx = |x: f64| x_left + (x - x_lo) / (x_hi - x_lo) * (x_right - x_left);
-    let sy = |y: f64| bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top);
+    let sy = |y: f64| bottom - (to_axis(y) - y_lo) / (y_hi - y_lo) * (bottom - top);
 
     // Grid and y ticks.
     for y in ticks(y_lo, y_hi, y_step) {
-        let py = sy(y);
+        let py = bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top);
         let _ = writeln!(
             svg,
             r##"<line x1="{left:.1}" y1="{py:.1}" x2="{right:.1}" y2="{py:.1}" stroke="#e6e6e6" stroke-width="1"/>"##
@@ -209,7 +281,7 @@ fn panel(svg: &mut String, x0: f64, name: &str, series: &[Series], note: Option<
             r##"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11" fill="#333">{}</text>"##,
             left - 8.0,
             py + 4.0,
-            tick_label(y, y_step)
+            y_label(y)
         );
     }
     // x ticks.
@@ -693,6 +765,54 @@ mod tests {
         assert_clean(&svg);
         assert!(svg.contains("a &lt; b &amp; &quot;c&quot; &apos;d&apos;"));
         assert!(!svg.contains('\u{1}'));
+    }
+
+    #[test]
+    fn log_scale_when_losses_span_more_than_two_decades() {
+        assert!(log_scale(&[2.3, 0.02]));
+        assert!(log_scale(&[100.1, 1.0]));
+        // Exactly two decades, or fewer, stays linear.
+        assert!(!log_scale(&[100.0, 1.0]));
+        assert!(!log_scale(&[2.3, 0.5, 0.1]));
+        // A zero or negative value cannot go on a log axis.
+        assert!(!log_scale(&[10.0, 0.0]));
+        assert!(!log_scale(&[1000.0, -1.0, 0.5]));
+        assert!(!log_scale(&[]));
+    }
+
+    #[test]
+    fn loss_axis_is_labelled_by_its_scale() {
+        // Train loss 10 down to 0.01 over 4 epochs: three decades.
+        let mut h = history(4, false, true);
+        for (m, l) in h.iter_mut().zip([10.0, 1.0, 0.1, 0.01]) {
+            m.train_loss = l;
+        }
+        let svg = curves_svg(&h, "t");
+        assert_clean(&svg);
+        assert!(
+            svg.contains(r#"data-panel="loss" data-scale="log""#),
+            "{svg}"
+        );
+        assert!(svg.contains(">loss (log scale)</text>"));
+        // Ticks at the decades from 0.01 to 10, evenly spaced.
+        let tick_y = |label: &str| -> f64 {
+            let end = svg.find(&format!(">{label}</text>")).unwrap();
+            let y = svg[..end].rfind("y=\"").unwrap() + 3;
+            svg[y..].split('"').next().unwrap().parse().unwrap()
+        };
+        let ys: Vec<f64> = ["0.01", "0.1", "1", "10"]
+            .iter()
+            .map(|l| tick_y(l))
+            .collect();
+        for w in ys.windows(3) {
+            assert!(((w[0] - w[1]) - (w[1] - w[2])).abs() < 0.2, "{ys:?}");
+        }
+        assert!(ys[0] > ys[3], "{ys:?}");
+
+        // The default history's losses stay within two decades: linear.
+        let svg = curves_svg(&history(4, true, true), "t");
+        assert!(svg.contains(r#"data-panel="loss" data-scale="linear""#));
+        assert!(svg.contains(">loss</text>"));
     }
 
     #[test]
