@@ -58,6 +58,34 @@ pub fn regression(predicted: &[f32], targets: &[f32], width: usize) -> Option<Re
     })
 }
 
+/// `SS_tot / cells` of `targets (rows, width)`: each column's squared deviations from its own
+/// mean, summed over every column and divided by the number of values (the mean of the
+/// columns' population variances). `None` when there is no row or the shape is wrong.
+///
+/// With the MSE loss (the mean squared error over every value), `1 - loss / mean_variance`
+/// is the pooled R² of [`regression`] in whatever units the loss was computed.
+pub fn mean_variance(targets: &[f32], width: usize) -> Option<f64> {
+    if width == 0 || targets.is_empty() || !targets.len().is_multiple_of(width) {
+        return None;
+    }
+    let rows = (targets.len() / width) as f64;
+    let mut mean = vec![0f64; width];
+    for row in targets.chunks(width) {
+        for (m, &t) in mean.iter_mut().zip(row) {
+            *m += f64::from(t) / rows;
+        }
+    }
+    let ss: f64 = targets
+        .chunks(width)
+        .flat_map(|row| {
+            row.iter()
+                .zip(&mean)
+                .map(|(&t, &m)| (f64::from(t) - m).powi(2))
+        })
+        .sum();
+    Some(ss / targets.len() as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +121,18 @@ mod tests {
         assert_eq!(regression(&t, &t, 1).unwrap().rmse, 0.0);
         // Predicting the mean (3) everywhere gives R² 0.
         assert!(close(regression(&[3.0; 3], &t, 1).unwrap().r2, 0.0));
+    }
+
+    #[test]
+    fn mean_variance_by_hand() {
+        // Column 0: 0, 2 (squared deviations 1 + 1); column 1: 10, 30 (100 + 100); 4 values.
+        let v = mean_variance(&[0.0, 10.0, 2.0, 30.0], 2).unwrap();
+        assert!(close(v, 202.0 / 4.0), "{v}");
+        // 1 - MSE / mean_variance is the pooled R².
+        let (p, t) = ([1.0, 8.0, 3.0, 30.0], [0.0, 10.0, 2.0, 30.0]);
+        let mse = 6.0 / 4.0;
+        assert!(close(1.0 - mse / v, regression(&p, &t, 2).unwrap().r2));
+        assert_eq!(mean_variance(&[], 1), None);
     }
 
     #[test]

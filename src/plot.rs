@@ -1,7 +1,7 @@
 //! Training curves as a self-contained SVG, without dependencies: loss (train and
-//! validation) on the left, accuracy on the right, against the epoch. The loss axis is
-//! logarithmic (and titled so) when the plotted losses, all positive, span more than two
-//! decades; linear otherwise.
+//! validation) on the left, accuracy (for regression, the validation R²) on the right,
+//! against the epoch. The loss axis is logarithmic (and titled so) when the plotted losses,
+//! all positive, span more than two decades; linear otherwise.
 //!
 //! This module owns the drawing only: axes with round tick steps, a legend, lines with
 //! markers in a colourblind-safe palette (Okabe-Ito blue for training, vermillion and dashed
@@ -85,7 +85,16 @@ impl Series {
 }
 
 /// An SVG (about 960x400) of the loss and accuracy curves of `history`, titled `title`.
-pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
+///
+/// For regression (no accuracy), `val_variance` is the validation targets' `SS_tot / values`
+/// in the units the loss is computed in ([`crate::metrics::mean_variance`] of the scaled
+/// targets): the right panel then plots the validation R² per epoch as
+/// `1 - val_loss / val_variance`, which is `1 - SS_res / SS_tot` pooled over the target
+/// columns in the scaled units (the MSE loss averages over every value). For one target
+/// column this is exactly the R² in the targets' own units, since the affine target scaling
+/// multiplies SS_res and SS_tot by the same factor; for several columns it weighs each
+/// column by its scaled variance rather than its raw one.
+pub fn curves_svg(history: &[EpochMetrics], title: &str, val_variance: Option<f64>) -> String {
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -132,6 +141,16 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
             m.val_accuracy
         }));
     }
+    let r2_of = val_variance.filter(|v| *v > 0.0 && v.is_finite());
+    let (name, label) = match r2_of {
+        Some(var) if acc.is_empty() && history.iter().any(|m| m.val_loss.is_some()) => {
+            acc.push(Series::new("val_r2", true, history, |m| {
+                m.val_loss.map(|l| (1.0 - f64::from(l) / var) as f32)
+            }));
+            ("r2", "R² (validation)")
+        }
+        Some(_) | None => ("accuracy", "accuracy"),
+    };
     let acc_note = if history.is_empty() {
         Some("no data")
     } else if acc.is_empty() {
@@ -142,8 +161,8 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
     panel(
         &mut svg,
         PANEL_WIDTH,
-        "accuracy",
-        "accuracy",
+        name,
+        label,
         Scale::Linear,
         &acc,
         acc_note,
@@ -154,8 +173,13 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
 }
 
 /// Writes [`curves_svg`] to `path` atomically.
-pub fn write_curves(path: &Path, history: &[EpochMetrics], title: &str) -> Result<()> {
-    crate::fs::write_atomic(path, curves_svg(history, title).as_bytes())
+pub fn write_curves(
+    path: &Path,
+    history: &[EpochMetrics],
+    title: &str,
+    val_variance: Option<f64>,
+) -> Result<()> {
+    crate::fs::write_atomic(path, curves_svg(history, title, val_variance).as_bytes())
 }
 
 /// How a panel's y axis maps values.
@@ -665,7 +689,7 @@ mod tests {
 
     #[test]
     fn both_panels_with_validation() {
-        let svg = curves_svg(&history(30, true, true), "mnist 784-128-10");
+        let svg = curves_svg(&history(30, true, true), "mnist 784-128-10", None);
         assert_clean(&svg);
         for id in ["train_loss", "val_loss", "train_accuracy", "val_accuracy"] {
             assert!(svg.contains(&format!("data-series=\"{id}\"")), "{id}");
@@ -681,7 +705,7 @@ mod tests {
 
     #[test]
     fn training_only_has_no_validation_series() {
-        let svg = curves_svg(&history(5, false, true), "t");
+        let svg = curves_svg(&history(5, false, true), "t", None);
         assert_clean(&svg);
         assert!(svg.contains("data-series=\"train_loss\""));
         assert!(!svg.contains("data-series=\"val_loss\""));
@@ -690,7 +714,7 @@ mod tests {
 
     #[test]
     fn regression_says_so() {
-        let svg = curves_svg(&history(5, true, false), "regression");
+        let svg = curves_svg(&history(5, true, false), "regression", None);
         assert_clean(&svg);
         assert!(svg.contains("no accuracy (regression)"));
         assert!(svg.contains("data-series=\"val_loss\""));
@@ -698,7 +722,7 @@ mod tests {
 
     #[test]
     fn one_epoch_is_a_point() {
-        let svg = curves_svg(&history(1, true, true), "one");
+        let svg = curves_svg(&history(1, true, true), "one", None);
         assert_clean(&svg);
         assert!(svg.contains("<circle"));
         assert!(!svg.contains("<polyline"));
@@ -708,7 +732,7 @@ mod tests {
 
     #[test]
     fn empty_history_says_no_data() {
-        let svg = curves_svg(&[], "empty");
+        let svg = curves_svg(&[], "empty", None);
         assert_clean(&svg);
         assert_eq!(svg.matches("no data").count(), 2);
     }
@@ -720,7 +744,7 @@ mod tests {
         h[2].val_loss = Some(f32::INFINITY);
         h[3].train_accuracy = Some(f32::NEG_INFINITY);
         h[4].val_accuracy = Some(f32::NAN);
-        let svg = curves_svg(&h, "gaps");
+        let svg = curves_svg(&h, "gaps", None);
         assert_clean(&svg);
         // Train loss breaks in two runs around epoch 2: [1], [3..6].
         let all_nan: Vec<EpochMetrics> = h
@@ -731,7 +755,7 @@ mod tests {
                 ..*m
             })
             .collect();
-        let svg = curves_svg(&all_nan, "diverged");
+        let svg = curves_svg(&all_nan, "diverged", None);
         assert_clean(&svg);
         assert!(svg.contains("no data"));
     }
@@ -739,29 +763,29 @@ mod tests {
     #[test]
     fn constant_and_extreme_values() {
         let flat: Vec<EpochMetrics> = (1..=4).map(|e| epoch(e, 0.5, Some(0.5), None)).collect();
-        assert_clean(&curves_svg(&flat, "flat"));
+        assert_clean(&curves_svg(&flat, "flat", None));
         let zero: Vec<EpochMetrics> = (1..=4).map(|e| epoch(e, 0.0, None, None)).collect();
-        assert_clean(&curves_svg(&zero, "zero"));
+        assert_clean(&curves_svg(&zero, "zero", None));
         let huge = vec![
             epoch(1, f32::MAX, None, None),
             epoch(2, -f32::MAX, None, None),
             epoch(3, 1e-30, None, None),
         ];
-        assert_clean(&curves_svg(&huge, "huge"));
+        assert_clean(&curves_svg(&huge, "huge", None));
         let tiny: Vec<EpochMetrics> = (1..=3)
             .map(|e| epoch(e, 1e-7 * e as f32, None, None))
             .collect();
-        assert_clean(&curves_svg(&tiny, "tiny"));
+        assert_clean(&curves_svg(&tiny, "tiny", None));
         // Many epochs: lines without a marker per point.
         let long = history(1000, true, true);
-        let svg = curves_svg(&long, "long");
+        let svg = curves_svg(&long, "long", None);
         assert_clean(&svg);
         assert!(svg.matches("<circle").count() < 10);
     }
 
     #[test]
     fn title_is_escaped() {
-        let svg = curves_svg(&history(3, false, false), "a < b & \"c\" 'd' \u{1}");
+        let svg = curves_svg(&history(3, false, false), "a < b & \"c\" 'd' \u{1}", None);
         assert_clean(&svg);
         assert!(svg.contains("a &lt; b &amp; &quot;c&quot; &apos;d&apos;"));
         assert!(!svg.contains('\u{1}'));
@@ -787,7 +811,7 @@ mod tests {
         for (m, l) in h.iter_mut().zip([10.0, 1.0, 0.1, 0.01]) {
             m.train_loss = l;
         }
-        let svg = curves_svg(&h, "t");
+        let svg = curves_svg(&h, "t", None);
         assert_clean(&svg);
         assert!(
             svg.contains(r#"data-panel="loss" data-scale="log""#),
@@ -810,9 +834,27 @@ mod tests {
         assert!(ys[0] > ys[3], "{ys:?}");
 
         // The default history's losses stay within two decades: linear.
-        let svg = curves_svg(&history(4, true, true), "t");
+        let svg = curves_svg(&history(4, true, true), "t", None);
         assert!(svg.contains(r#"data-panel="loss" data-scale="linear""#));
         assert!(svg.contains(">loss</text>"));
+    }
+
+    #[test]
+    fn regression_plots_the_validation_r2() {
+        // Validation loss 2.2 / e + 0.05 against a variance of 0.5: R² = 1 - loss / 0.5.
+        let h = history(5, true, false);
+        let svg = curves_svg(&h, "regression", Some(0.5));
+        assert_clean(&svg);
+        assert!(svg.contains(r#"data-panel="r2""#), "{svg}");
+        assert!(svg.contains(r#"data-series="val_r2""#));
+        assert!(svg.contains(">R² (validation)</text>"));
+        assert!(!svg.contains("no accuracy"));
+        // No validation loss: nothing to plot, and the note stays.
+        let svg = curves_svg(&history(5, false, false), "regression", Some(0.5));
+        assert!(svg.contains("no accuracy (regression)"));
+        // Classification keeps its accuracy whatever the variance.
+        let svg = curves_svg(&history(5, true, true), "digits", Some(0.5));
+        assert!(svg.contains(r#"data-panel="accuracy""#) && !svg.contains("val_r2"));
     }
 
     #[test]
@@ -839,10 +881,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("curves.svg");
         let h = history(4, true, true);
-        write_curves(&path, &h, "run").unwrap();
+        write_curves(&path, &h, "run", None).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            curves_svg(&h, "run")
+            curves_svg(&h, "run", None)
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

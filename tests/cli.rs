@@ -3354,6 +3354,11 @@ fn regression_reports_rmse_mae_and_r2_in_target_units() {
         text.stdout
     );
 
+    // curves.svg plots the validation R² where classification plots accuracy.
+    let svg = read(&dir.join("run").join("curves.svg"));
+    assert!(svg.contains(r#"data-series="val_r2""#), "{svg}");
+    assert!(!svg.contains("no accuracy"), "{svg}");
+
     // Classification has no regression metrics.
     let digits = soma(
         &dir,

@@ -768,6 +768,14 @@ fn train_in(
     let mut running: Option<f32> = None;
     let epoch_start = std::cell::Cell::new(Instant::now());
     let mut last_rate = 0.0;
+    // The validation targets' variance in the scaled units the loss is computed in, from
+    // which curves.svg plots the validation R² of a regression (see soma::plot::curves_svg).
+    let val_variance = data.val.as_ref().and_then(|v| match &v.targets {
+        soma::data::Targets::Values { values, width } => {
+            soma::metrics::mean_variance(values, *width)
+        }
+        soma::data::Targets::Classes { .. } => None,
+    });
     let fit = trainer.fit(
         |t, m| {
             last_rate = m.samples_per_s;
@@ -799,7 +807,7 @@ fn train_in(
             save_checkpoint(dir, rc, &t.parameters()?, data, t)?;
             // Redrawn at most every CURVES_EVERY (and once at the end).
             if curves_drawn.is_none_or(|t| t.elapsed() >= CURVES_EVERY) {
-                soma::plot::write_curves(&curves_path, &history, &title(rc))?;
+                soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance)?;
                 curves_drawn = Some(Instant::now());
             }
             epoch_start.set(Instant::now());
@@ -830,7 +838,7 @@ fn train_in(
     );
     bar.finish_and_clear();
     // The last epochs' curves, also when the run stopped on an error.
-    let drawn = soma::plot::write_curves(&curves_path, &history, &title(rc));
+    let drawn = soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance);
     let fit = fit?;
     drawn?;
     if fit.paused {
