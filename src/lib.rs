@@ -12,8 +12,8 @@
 //! dispatches; [`ops`] the op families with their twins, the kernel table, `Kernels` and
 //! `Tuning`; [`autotune`] the tuner; [`network`], [`optim`] and [`plan`] the run's
 //! description; [`exec`] the executors; [`run`], [`model`] and [`trainer`] runs and their
-//! scheduling; [`embed`] the host-application API; [`data`], [`checkpoint`], [`export`],
-//! [`plot`] and [`fs`] files; [`lecture`], [`perceptron`] and [`inspect`] the lecture's pieces.
+//! scheduling; [`metrics`] regression metrics; [`embed`] the host-application API; [`data`],
+//! [`checkpoint`], [`export`], [`plot`] and [`fs`] files; [`lecture`], [`perceptron`] and [`inspect`] the lecture's pieces.
 
 // Every match over soma's own enums names each variant, so that the compiler lists every
 // place a new variant needs; a foreign enum's wildcard carries an `allow` and a reason.
@@ -33,6 +33,7 @@ pub mod gpu;
 pub mod inspect;
 pub mod kernels;
 pub mod lecture;
+pub mod metrics;
 pub mod model;
 pub mod network;
 pub mod ops;

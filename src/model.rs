@@ -2,9 +2,10 @@
 //! evaluate a dataset and predict from rows of features, each through a [`Run`] (a
 //! forward-only one for prediction). Training it is `trainer.rs`'s job.
 
-use crate::data::Dataset;
+use crate::data::{Dataset, Scaler, Targets};
 use crate::error::Result;
 use crate::exec::Device;
+use crate::metrics::RegressionMetrics;
 use crate::network::{Init, Network, Parameters};
 use crate::ops::Loss;
 use crate::run::Run;
@@ -52,6 +53,32 @@ impl Model {
             batch,
         )?;
         run.evaluate()
+    }
+
+    /// RMSE, MAE and R² (see [`crate::metrics`]) of the model's predictions for `data` in
+    /// the targets' own units: where the targets were scaled for training by
+    /// `target_scaler`, both the predictions and `data`'s targets are mapped back with it
+    /// first. `None` for classification data or no rows.
+    pub fn regression_metrics(
+        &self,
+        device: Device<'_>,
+        data: &Dataset,
+        target_scaler: Option<&Scaler>,
+    ) -> Result<Option<RegressionMetrics>> {
+        let Targets::Values { values, width } = &data.targets else {
+            return Ok(None);
+        };
+        let mut predicted = self.predict(device, &data.features, data.len())?;
+        let mut targets = values.clone();
+        if let Some(s) = target_scaler {
+            for row in predicted.chunks_mut((*width).max(1)) {
+                s.invert_row(row)?;
+            }
+            for row in targets.chunks_mut((*width).max(1)) {
+                s.invert_row(row)?;
+            }
+        }
+        Ok(crate::metrics::regression(&predicted, &targets, *width))
     }
 
     /// The network's outputs for `rows` samples of `x` (row-major, `rows x inputs`):

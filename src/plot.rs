@@ -1,5 +1,7 @@
 //! Training curves as a self-contained SVG, without dependencies: loss (train and
-//! validation) on the left, accuracy on the right, against the epoch.
+//! validation) on the left, accuracy (for regression, the validation R²) on the right,
+//! against the epoch. The loss axis is logarithmic (and titled so) when the plotted losses,
+//! all positive, span more than two decades; linear otherwise.
 //!
 //! This module owns the drawing only: axes with round tick steps, a legend, lines with
 //! markers in a colourblind-safe palette (Okabe-Ito blue for training, vermillion and dashed
@@ -83,7 +85,16 @@ impl Series {
 }
 
 /// An SVG (about 960x400) of the loss and accuracy curves of `history`, titled `title`.
-pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
+///
+/// For regression (no accuracy), `val_variance` is the validation targets' `SS_tot / values`
+/// in the units the loss is computed in ([`crate::metrics::mean_variance`] of the scaled
+/// targets): the right panel then plots the validation R² per epoch as
+/// `1 - val_loss / val_variance`, which is `1 - SS_res / SS_tot` pooled over the target
+/// columns in the scaled units (the MSE loss averages over every value). For one target
+/// column this is exactly the R² in the targets' own units, since the affine target scaling
+/// multiplies SS_res and SS_tot by the same factor; for several columns it weighs each
+/// column by its scaled variance rather than its raw one.
+pub fn curves_svg(history: &[EpochMetrics], title: &str, val_variance: Option<f64>) -> String {
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -111,7 +122,12 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
         loss.push(Series::new("val_loss", true, history, |m| m.val_loss));
     }
     let loss_note = history.is_empty().then_some("no data");
-    panel(&mut svg, 0.0, "loss", &loss, loss_note);
+    let losses: Vec<f64> = loss.iter().flat_map(|s| s.finite().map(|p| p.1)).collect();
+    let (loss_label, scale) = match log_scale(&losses) {
+        true => ("loss (log scale)", Scale::Log),
+        false => ("loss", Scale::Linear),
+    };
+    panel(&mut svg, 0.0, "loss", loss_label, scale, &loss, loss_note);
 
     // Accuracy.
     let mut acc = Vec::new();
@@ -125,6 +141,16 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
             m.val_accuracy
         }));
     }
+    let r2_of = val_variance.filter(|v| *v > 0.0 && v.is_finite());
+    let (name, label) = match r2_of {
+        Some(var) if acc.is_empty() && history.iter().any(|m| m.val_loss.is_some()) => {
+            acc.push(Series::new("val_r2", true, history, |m| {
+                m.val_loss.map(|l| (1.0 - f64::from(l) / var) as f32)
+            }));
+            ("r2", "R² (validation)")
+        }
+        Some(_) | None => ("accuracy", "accuracy"),
+    };
     let acc_note = if history.is_empty() {
         Some("no data")
     } else if acc.is_empty() {
@@ -132,28 +158,84 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
     } else {
         None
     };
-    panel(&mut svg, PANEL_WIDTH, "accuracy", &acc, acc_note);
+    panel(
+        &mut svg,
+        PANEL_WIDTH,
+        name,
+        label,
+        Scale::Linear,
+        &acc,
+        acc_note,
+    );
 
     svg.push_str("</svg>\n");
     svg
 }
 
 /// Writes [`curves_svg`] to `path` atomically.
-pub fn write_curves(path: &Path, history: &[EpochMetrics], title: &str) -> Result<()> {
-    crate::fs::write_atomic(path, curves_svg(history, title).as_bytes())
+pub fn write_curves(
+    path: &Path,
+    history: &[EpochMetrics],
+    title: &str,
+    val_variance: Option<f64>,
+) -> Result<()> {
+    crate::fs::write_atomic(path, curves_svg(history, title, val_variance).as_bytes())
 }
 
-/// One panel at horizontal offset `x0`: frame, title, and either the series or `note`.
-fn panel(svg: &mut String, x0: f64, name: &str, series: &[Series], note: Option<&str>) {
+/// How a panel's y axis maps values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scale {
+    Linear,
+    /// Decades: ticks at powers of ten.
+    Log,
+}
+
+impl Scale {
+    fn name(self) -> &'static str {
+        match self {
+            Scale::Linear => "linear",
+            Scale::Log => "log",
+        }
+    }
+}
+
+/// Whether losses `values` are drawn on a logarithmic axis: when they span more than two
+/// decades (largest over smallest above 100), all of them positive.
+fn log_scale(values: &[f64]) -> bool {
+    let (lo, hi) = min_max(values);
+    !values.is_empty() && lo > 0.0 && hi / lo > 100.0
+}
+
+/// One panel at horizontal offset `x0`, `data-panel` `name` and titled `label`: frame, title,
+/// and either the series (y mapped by `scale`) or `note`.
+fn panel(
+    svg: &mut String,
+    x0: f64,
+    name: &str,
+    label: &str,
+    scale: Scale,
+    series: &[Series],
+    note: Option<&str>,
+) {
     let left = x0 + PLOT_LEFT;
     let right = x0 + PLOT_RIGHT;
     let (top, bottom) = (PLOT_TOP, PLOT_BOTTOM);
-    let _ = writeln!(svg, r#"<g class="panel" data-panel="{name}">"#);
     let _ = writeln!(
         svg,
-        r##"<text x="{:.1}" y="54" text-anchor="middle" font-size="14" fill="#222">{name}</text>"##,
-        (left + right) / 2.0
+        r#"<g class="panel" data-panel="{name}" data-scale="{}">"#,
+        scale.name()
     );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{:.1}" y="54" text-anchor="middle" font-size="14" fill="#222">{}</text>"##,
+        (left + right) / 2.0,
+        escape(label)
+    );
+    // On a log axis every value is drawn as its log10 (the caller checked they are > 0).
+    let to_axis = |y: f64| match scale {
+        Scale::Linear => y,
+        Scale::Log => y.log10(),
+    };
 
     let xs: Vec<f64> = series
         .iter()
@@ -161,7 +243,7 @@ fn panel(svg: &mut String, x0: f64, name: &str, series: &[Series], note: Option<
         .collect();
     let ys: Vec<f64> = series
         .iter()
-        .flat_map(|s| s.finite().map(|p| p.1))
+        .flat_map(|s| s.finite().map(|p| to_axis(p.1)))
         .collect();
     let note = note.or(xs.is_empty().then_some("no data"));
     if let Some(note) = note {
@@ -186,15 +268,29 @@ fn panel(svg: &mut String, x0: f64, name: &str, series: &[Series], note: Option<
     }
     let x_step = nice_step(x_hi - x_lo, 6.0).max(1.0);
     let (y_min, y_max) = min_max(&ys);
-    let (y_lo, y_hi, y_step) = nice_domain(y_min, y_max);
+    let (y_lo, y_hi, y_step) = match scale {
+        Scale::Linear => nice_domain(y_min, y_max),
+        // Whole decades, a tick every one (or every 2, 5, ... when there are many).
+        Scale::Log => {
+            let (lo, hi) = (y_min.floor(), y_max.ceil().max(y_min.floor() + 1.0));
+            (lo, hi, nice_step(hi - lo, 6.0).max(1.0).round())
+        }
+    };
+    let y_label = |y: f64| match scale {
+        Scale::Linear => tick_label(y, y_step),
+        Scale::Log => {
+            let v = 10f64.powf(y);
+            tick_label(v, v)
+        }
+    };
     // Epochs keep a few pixels from the frame so edge markers stay whole.
     let (x_left, x_right) = (left + 8.0, right - 8.0);
     let sx = |x: f64| x_left + (x - x_lo) / (x_hi - x_lo) * (x_right - x_left);
-    let sy = |y: f64| bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top);
+    let sy = |y: f64| bottom - (to_axis(y) - y_lo) / (y_hi - y_lo) * (bottom - top);
 
     // Grid and y ticks.
     for y in ticks(y_lo, y_hi, y_step) {
-        let py = sy(y);
+        let py = bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top);
         let _ = writeln!(
             svg,
             r##"<line x1="{left:.1}" y1="{py:.1}" x2="{right:.1}" y2="{py:.1}" stroke="#e6e6e6" stroke-width="1"/>"##
@@ -209,7 +305,7 @@ fn panel(svg: &mut String, x0: f64, name: &str, series: &[Series], note: Option<
             r##"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11" fill="#333">{}</text>"##,
             left - 8.0,
             py + 4.0,
-            tick_label(y, y_step)
+            y_label(y)
         );
     }
     // x ticks.
@@ -593,7 +689,7 @@ mod tests {
 
     #[test]
     fn both_panels_with_validation() {
-        let svg = curves_svg(&history(30, true, true), "mnist 784-128-10");
+        let svg = curves_svg(&history(30, true, true), "mnist 784-128-10", None);
         assert_clean(&svg);
         for id in ["train_loss", "val_loss", "train_accuracy", "val_accuracy"] {
             assert!(svg.contains(&format!("data-series=\"{id}\"")), "{id}");
@@ -609,7 +705,7 @@ mod tests {
 
     #[test]
     fn training_only_has_no_validation_series() {
-        let svg = curves_svg(&history(5, false, true), "t");
+        let svg = curves_svg(&history(5, false, true), "t", None);
         assert_clean(&svg);
         assert!(svg.contains("data-series=\"train_loss\""));
         assert!(!svg.contains("data-series=\"val_loss\""));
@@ -618,7 +714,7 @@ mod tests {
 
     #[test]
     fn regression_says_so() {
-        let svg = curves_svg(&history(5, true, false), "regression");
+        let svg = curves_svg(&history(5, true, false), "regression", None);
         assert_clean(&svg);
         assert!(svg.contains("no accuracy (regression)"));
         assert!(svg.contains("data-series=\"val_loss\""));
@@ -626,7 +722,7 @@ mod tests {
 
     #[test]
     fn one_epoch_is_a_point() {
-        let svg = curves_svg(&history(1, true, true), "one");
+        let svg = curves_svg(&history(1, true, true), "one", None);
         assert_clean(&svg);
         assert!(svg.contains("<circle"));
         assert!(!svg.contains("<polyline"));
@@ -636,7 +732,7 @@ mod tests {
 
     #[test]
     fn empty_history_says_no_data() {
-        let svg = curves_svg(&[], "empty");
+        let svg = curves_svg(&[], "empty", None);
         assert_clean(&svg);
         assert_eq!(svg.matches("no data").count(), 2);
     }
@@ -648,7 +744,7 @@ mod tests {
         h[2].val_loss = Some(f32::INFINITY);
         h[3].train_accuracy = Some(f32::NEG_INFINITY);
         h[4].val_accuracy = Some(f32::NAN);
-        let svg = curves_svg(&h, "gaps");
+        let svg = curves_svg(&h, "gaps", None);
         assert_clean(&svg);
         // Train loss breaks in two runs around epoch 2: [1], [3..6].
         let all_nan: Vec<EpochMetrics> = h
@@ -659,7 +755,7 @@ mod tests {
                 ..*m
             })
             .collect();
-        let svg = curves_svg(&all_nan, "diverged");
+        let svg = curves_svg(&all_nan, "diverged", None);
         assert_clean(&svg);
         assert!(svg.contains("no data"));
     }
@@ -667,32 +763,98 @@ mod tests {
     #[test]
     fn constant_and_extreme_values() {
         let flat: Vec<EpochMetrics> = (1..=4).map(|e| epoch(e, 0.5, Some(0.5), None)).collect();
-        assert_clean(&curves_svg(&flat, "flat"));
+        assert_clean(&curves_svg(&flat, "flat", None));
         let zero: Vec<EpochMetrics> = (1..=4).map(|e| epoch(e, 0.0, None, None)).collect();
-        assert_clean(&curves_svg(&zero, "zero"));
+        assert_clean(&curves_svg(&zero, "zero", None));
         let huge = vec![
             epoch(1, f32::MAX, None, None),
             epoch(2, -f32::MAX, None, None),
             epoch(3, 1e-30, None, None),
         ];
-        assert_clean(&curves_svg(&huge, "huge"));
+        assert_clean(&curves_svg(&huge, "huge", None));
         let tiny: Vec<EpochMetrics> = (1..=3)
             .map(|e| epoch(e, 1e-7 * e as f32, None, None))
             .collect();
-        assert_clean(&curves_svg(&tiny, "tiny"));
+        assert_clean(&curves_svg(&tiny, "tiny", None));
         // Many epochs: lines without a marker per point.
         let long = history(1000, true, true);
-        let svg = curves_svg(&long, "long");
+        let svg = curves_svg(&long, "long", None);
         assert_clean(&svg);
         assert!(svg.matches("<circle").count() < 10);
     }
 
     #[test]
     fn title_is_escaped() {
-        let svg = curves_svg(&history(3, false, false), "a < b & \"c\" 'd' \u{1}");
+        let svg = curves_svg(&history(3, false, false), "a < b & \"c\" 'd' \u{1}", None);
         assert_clean(&svg);
         assert!(svg.contains("a &lt; b &amp; &quot;c&quot; &apos;d&apos;"));
         assert!(!svg.contains('\u{1}'));
+    }
+
+    #[test]
+    fn log_scale_when_losses_span_more_than_two_decades() {
+        assert!(log_scale(&[2.3, 0.02]));
+        assert!(log_scale(&[100.1, 1.0]));
+        // Exactly two decades, or fewer, stays linear.
+        assert!(!log_scale(&[100.0, 1.0]));
+        assert!(!log_scale(&[2.3, 0.5, 0.1]));
+        // A zero or negative value cannot go on a log axis.
+        assert!(!log_scale(&[10.0, 0.0]));
+        assert!(!log_scale(&[1000.0, -1.0, 0.5]));
+        assert!(!log_scale(&[]));
+    }
+
+    #[test]
+    fn loss_axis_is_labelled_by_its_scale() {
+        // Train loss 10 down to 0.01 over 4 epochs: three decades.
+        let mut h = history(4, false, true);
+        for (m, l) in h.iter_mut().zip([10.0, 1.0, 0.1, 0.01]) {
+            m.train_loss = l;
+        }
+        let svg = curves_svg(&h, "t", None);
+        assert_clean(&svg);
+        assert!(
+            svg.contains(r#"data-panel="loss" data-scale="log""#),
+            "{svg}"
+        );
+        assert!(svg.contains(">loss (log scale)</text>"));
+        // Ticks at the decades from 0.01 to 10, evenly spaced.
+        let tick_y = |label: &str| -> f64 {
+            let end = svg.find(&format!(">{label}</text>")).unwrap();
+            let y = svg[..end].rfind("y=\"").unwrap() + 3;
+            svg[y..].split('"').next().unwrap().parse().unwrap()
+        };
+        let ys: Vec<f64> = ["0.01", "0.1", "1", "10"]
+            .iter()
+            .map(|l| tick_y(l))
+            .collect();
+        for w in ys.windows(3) {
+            assert!(((w[0] - w[1]) - (w[1] - w[2])).abs() < 0.2, "{ys:?}");
+        }
+        assert!(ys[0] > ys[3], "{ys:?}");
+
+        // The default history's losses stay within two decades: linear.
+        let svg = curves_svg(&history(4, true, true), "t", None);
+        assert!(svg.contains(r#"data-panel="loss" data-scale="linear""#));
+        assert!(svg.contains(">loss</text>"));
+    }
+
+    #[test]
+    fn regression_plots_the_validation_r2() {
+        // Validation loss 2.2 / e + 0.05 against a variance of 0.5: R² = 1 - loss / 0.5.
+        let h = history(5, true, false);
+        let svg = curves_svg(&h, "regression", Some(0.5));
+        assert_clean(&svg);
+        assert!(svg.contains(r#"data-panel="r2""#), "{svg}");
+        assert!(svg.contains(r#"data-series="val_r2""#));
+        assert!(svg.contains(">R² (validation)</text>"));
+        assert!(!svg.contains("no accuracy"));
+        // No validation loss: nothing to plot, and the note stays.
+        let svg = curves_svg(&history(5, false, false), "regression", Some(0.5));
+        assert!(svg.contains("no accuracy (regression)"));
+        // Classification keeps its accuracy whatever the variance.
+        let svg = curves_svg(&history(5, true, true), "digits", Some(0.5));
+        assert!(svg.contains(r#"data-panel="accuracy""#) && !svg.contains("val_r2"));
     }
 
     #[test]
@@ -719,10 +881,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("curves.svg");
         let h = history(4, true, true);
-        write_curves(&path, &h, "run").unwrap();
+        write_curves(&path, &h, "run", None).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            curves_svg(&h, "run")
+            curves_svg(&h, "run", None)
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,4 +1,5 @@
-//! `soma eval`: loss, accuracy and the confusion matrix of a trained model on a dataset: by
+//! `soma eval`: loss, accuracy and the confusion matrix of a trained model on a dataset (for
+//! regression, the loss and RMSE, MAE and R² in the targets' own units): by
 //! default the test split of the run that made it, also when `--data` names the data the run
 //! trained on (`--all-rows` scores every row); other data is scored whole.
 
@@ -28,6 +29,11 @@ struct Report {
     accuracy: Option<f32>,
     /// rows: true class, columns: predicted class.
     confusion: Option<Vec<Vec<u32>>>,
+    /// Regression only: RMSE, MAE and R² in the targets' own units (see `soma::metrics`);
+    /// null for classification.
+    rmse: Option<f64>,
+    mae: Option<f64>,
+    r2: Option<f64>,
 }
 
 /// What `soma eval` scores.
@@ -158,12 +164,16 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         }
         None => None,
     };
+    let regression = model.regression_metrics(device, &test, ck.target_scaler.as_ref())?;
     let report = Report {
         data: name,
         samples: e.samples,
         loss: e.loss,
         accuracy: e.accuracy,
         confusion,
+        rmse: regression.map(|m| m.rmse),
+        mae: regression.map(|m| m.mae),
+        r2: regression.map(|m| m.r2),
     };
     // Built whole, then written once: a closed pipe (`eval | head`) ends quietly.
     let mut out = String::new();
@@ -181,6 +191,10 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     out += &format!("loss {:.5}\n", report.loss);
     if let Some(a) = report.accuracy {
         out += &format!("accuracy {:.2}%\n", 100.0 * a);
+    }
+    if let Some(m) = &regression {
+        out += &super::train::regression_line(m);
+        out.push('\n');
     }
     if let Some(m) = &report.confusion {
         out += "confusion matrix (rows: true class, columns: predicted):\n      ";

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use soma::checkpoint::{self, Checkpoint, Resume};
 use soma::data::{Dataset, ScaleKind, Scaler};
+use soma::metrics::RegressionMetrics;
 use soma::trainer::{EarlyStopping, EpochMetrics, Flow, TrainConfig, Trainer};
 use soma::{Error, Loss, Model, Network, Optimizer, Result};
 
@@ -287,6 +288,11 @@ pub struct TrainCommand {
 struct Summary {
     test_loss: f32,
     test_accuracy: Option<f32>,
+    /// Regression only: RMSE, MAE and R² of the test split in the targets' own units
+    /// (see `soma::metrics`); null for classification.
+    rmse: Option<f64>,
+    mae: Option<f64>,
+    r2: Option<f64>,
     epochs_run: usize,
     stopped_early: bool,
     wall_seconds: f64,
@@ -463,6 +469,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         }
         Ok(Outcome::Finished {
             eval,
+            regression,
             epochs_run,
             stopped_early,
             samples_per_second,
@@ -473,6 +480,9 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                 let s = Summary {
                     test_loss: eval.loss,
                     test_accuracy: eval.accuracy,
+                    rmse: regression.map(|m| m.rmse),
+                    mae: regression.map(|m| m.mae),
+                    r2: regression.map(|m| m.r2),
                     epochs_run,
                     stopped_early,
                     wall_seconds: wall,
@@ -502,6 +512,9 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                             " of the scaled targets"
                         }
                     ),
+                }
+                if let Some(m) = &regression {
+                    println!("{}", regression_line(m));
                 }
                 println!(
                     "run directory: {} ({wall:.1} s on {adapter})",
@@ -755,6 +768,14 @@ fn train_in(
     let mut running: Option<f32> = None;
     let epoch_start = std::cell::Cell::new(Instant::now());
     let mut last_rate = 0.0;
+    // The validation targets' variance in the scaled units the loss is computed in, from
+    // which curves.svg plots the validation R² of a regression (see soma::plot::curves_svg).
+    let val_variance = data.val.as_ref().and_then(|v| match &v.targets {
+        soma::data::Targets::Values { values, width } => {
+            soma::metrics::mean_variance(values, *width)
+        }
+        soma::data::Targets::Classes { .. } => None,
+    });
     let fit = trainer.fit(
         |t, m| {
             last_rate = m.samples_per_s;
@@ -786,7 +807,7 @@ fn train_in(
             save_checkpoint(dir, rc, &t.parameters()?, data, t)?;
             // Redrawn at most every CURVES_EVERY (and once at the end).
             if curves_drawn.is_none_or(|t| t.elapsed() >= CURVES_EVERY) {
-                soma::plot::write_curves(&curves_path, &history, &title(rc))?;
+                soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance)?;
                 curves_drawn = Some(Instant::now());
             }
             epoch_start.set(Instant::now());
@@ -817,7 +838,7 @@ fn train_in(
     );
     bar.finish_and_clear();
     // The last epochs' curves, also when the run stopped on an error.
-    let drawn = soma::plot::write_curves(&curves_path, &history, &title(rc));
+    let drawn = soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance);
     let fit = fit?;
     drawn?;
     if fit.paused {
@@ -847,8 +868,10 @@ fn train_in(
     model.params = trainer.parameters()?;
     save_checkpoint(dir, rc, &model.params, data, &trainer)?;
     let eval = model.evaluate(device, rc.loss, &data.test, 1024)?;
+    let regression = model.regression_metrics(device, &data.test, data.target_scaler.as_ref())?;
     Ok(Outcome::Finished {
         eval,
+        regression,
         epochs_run: history.len(),
         stopped_early: fit.stopped_early,
         samples_per_second: last_rate,
@@ -859,6 +882,8 @@ fn train_in(
 enum Outcome {
     Finished {
         eval: soma::Evaluation,
+        /// RMSE, MAE and R² on the test split in the targets' units (regression only).
+        regression: Option<RegressionMetrics>,
         epochs_run: usize,
         stopped_early: bool,
         samples_per_second: f64,
@@ -933,6 +958,17 @@ fn save_checkpoint(
 
 /// A loss for people: four decimals, or scientific notation where that would print a long
 /// row of digits or zeros (an exploding loss, a tiny one).
+/// The regression metrics as printed by `soma train` and `soma eval`.
+pub fn regression_line(m: &RegressionMetrics) -> String {
+    let n = |x: f64| number(x as f32);
+    format!(
+        "RMSE {}, MAE {}, R² {} (in the targets' own units)",
+        n(m.rmse),
+        n(m.mae),
+        n(m.r2)
+    )
+}
+
 fn number(x: f32) -> String {
     if x.is_finite() && x != 0.0 && !(1e-4..1e5).contains(&x.abs()) {
         format!("{x:.4e}")
