@@ -1119,11 +1119,12 @@ fn an_unfinished_run_without_a_checkpoint_restarts_from_its_config() {
 fn kill_9_at_seeded_points_tears_nothing_and_resumes_bit_identically() {
     const POINTS: usize = 24;
     let dir = TempDir::new("kill");
-    let settings = ["--epochs", "8", "--seed", "11"];
+    let settings = ["--epochs", "30", "--seed", "11"];
     let started = std::time::Instant::now();
     let reference = train_cpu(&dir, "reference", &settings);
-    // Kill points spread over the run's own length, from its start to the rename.
-    let span = started.elapsed().as_millis() as u64 + 1;
+    // Kill points spread over the run's own length, from its start to the rename (a little
+    // less: the reference run also paid for the first start of the binary).
+    let span = started.elapsed().as_millis() as u64 * 9 / 10 + 1;
     let seed: u64 = std::env::var("SOMA_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -1131,6 +1132,7 @@ fn kill_9_at_seeded_points_tears_nothing_and_resumes_bit_identically() {
     let mut rng = soma::rng::Rng::new(seed);
     let want = load(&reference.join("checkpoint.safetensors"));
     let mut finished_before_the_kill = 0;
+    let mut killed_mid_run = 0;
     for point in 0..POINTS {
         let delay = rng.next_u32() as u64 % span;
         println!("kill point {point}: SOMA_KILL_SEED={seed}, kill -9 after {delay} ms of {span}");
@@ -1161,6 +1163,9 @@ fn kill_9_at_seeded_points_tears_nothing_and_resumes_bit_identically() {
                 "nothing".to_string()
             }
         );
+        if work.join("checkpoint.safetensors").is_file() && !run.exists() {
+            killed_mid_run += 1;
+        }
         if run.exists() {
             finished_before_the_kill += 1;
         } else if work.join("config.json").is_file() {
@@ -1178,7 +1183,7 @@ fn kill_9_at_seeded_points_tears_nothing_and_resumes_bit_identically() {
         } else {
             soma(&dir, &args).ok();
         }
-        assert_complete_run(&run, 8);
+        assert_complete_run(&run, 30);
         assert_eq!(
             load(&run.join("checkpoint.safetensors")),
             want,
@@ -1197,7 +1202,15 @@ fn kill_9_at_seeded_points_tears_nothing_and_resumes_bit_identically() {
             );
         }
     }
-    println!("{finished_before_the_kill} of {POINTS} runs had finished before their kill");
+    println!(
+        "{killed_mid_run} of {POINTS} runs were killed between checkpoints, \
+         {finished_before_the_kill} had finished before their kill"
+    );
+    // Kills that all land before the first epoch or after the end would test nothing.
+    assert!(
+        killed_mid_run >= POINTS / 6,
+        "only {killed_mid_run} of {POINTS} kills landed between two checkpoints"
+    );
 }
 
 #[test]

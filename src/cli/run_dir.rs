@@ -46,16 +46,22 @@ pub struct RunLock {
 }
 
 impl RunLock {
-    /// Takes the lock of `dir`, or says which process holds it.
-    pub fn take(dir: &Path) -> Result<RunLock> {
+    /// `dir`'s lock file, opened (and made if missing) for locking, with its path.
+    fn open(dir: &Path) -> Result<(File, PathBuf)> {
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
+        Ok((file, path))
+    }
+
+    /// Takes the lock of `dir`, or says which process holds it.
+    pub fn take(dir: &Path) -> Result<RunLock> {
+        let (mut file, path) = RunLock::open(dir)?;
         match file.try_lock() {
             Ok(()) => {
                 // The holder's PID, for the message a second process prints.
@@ -96,14 +102,7 @@ impl RunLock {
 
     /// Waits for the lock of `dir` (used only for the short swap of an extension).
     fn wait(dir: &Path) -> Result<RunLock> {
-        let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let (file, path) = RunLock::open(dir)?;
         file.lock().map_err(|e| Error::io(&path, e))?;
         Ok(RunLock { _file: file })
     }
