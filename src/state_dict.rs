@@ -30,10 +30,10 @@ fn bad(path: &Path, message: String) -> Error {
     }
 }
 
-/// Whether the safetensors file at `path` carries soma's metadata (`soma.network`).
-pub fn has_soma_metadata(path: &Path) -> Result<bool> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+/// Whether the safetensors file `bytes` (read from `path`) carries soma's metadata
+/// (`soma.network`).
+pub fn has_soma_metadata(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(path, format!("not a readable safetensors file: {e}")))?;
     Ok(header
         .metadata()
@@ -44,11 +44,16 @@ pub fn has_soma_metadata(path: &Path) -> Result<bool> {
 /// Reads the linear layers of a plain state dict. Keys other than a layer's `weight` and
 /// `bias`, a layer without a weight, shapes that do not chain, and non-finite values are
 /// errors naming the key; soma's own optimizer tensors (`optimizer.*`) are skipped.
-// Dtype is foreign: the dtypes other than F32 and F64 share one message (the last arm).
-#[allow(clippy::wildcard_enum_match_arm)]
 pub fn read(path: &Path) -> Result<StateDict> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let file = SafeTensors::deserialize(&bytes)
+    parse(path, &bytes)
+}
+
+/// [`read`] of a file's bytes already in memory (`path` names it in errors).
+// Dtype is foreign: the dtypes other than F32 and F64 share one message (the last arm).
+#[allow(clippy::wildcard_enum_match_arm)]
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<StateDict> {
+    let file = SafeTensors::deserialize(bytes)
         .map_err(|e| bad(path, format!("not a readable safetensors file: {e}")))?;
     // index -> (weight (shape, values), bias values)
     type Tensor = (Vec<usize>, Vec<f32>);
@@ -208,7 +213,7 @@ mod tests {
         assert_eq!(sd.widths, vec![4, 3, 2]);
         assert_eq!(sd.params.layers[0].weight, vec![1.0; 12]);
         assert_eq!(sd.params.layers[1].bias, Some(vec![6.0; 2]));
-        assert!(!has_soma_metadata(&p).unwrap());
+        assert!(!has_soma_metadata(&p, &std::fs::read(&p).unwrap()).unwrap());
     }
 
     #[test]

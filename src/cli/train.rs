@@ -345,6 +345,14 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         }
         None => None,
     };
+    // The resumed checkpoint, read once (absent from a run killed before its first one).
+    let resumed_path = resume_dir
+        .as_ref()
+        .map(|d| d.join("checkpoint.safetensors"));
+    let resumed = match &resumed_path {
+        Some(path) if path.is_file() => Some(checkpoint::load(path)?),
+        Some(_) | None => None,
+    };
     // Whether the epochs are the default, which depends on the data (`default_epochs`).
     let mut epochs_unset = false;
     let options = match (&stored, &resume_dir) {
@@ -352,11 +360,10 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             check_resume_flags(&cmd, cfg)?;
             let mut o = cfg.options.clone();
             if let Some(e) = cmd.options.epochs {
-                let ckpt = dir.join("checkpoint.safetensors");
-                let done = match ckpt.is_file() {
-                    true => checkpoint::load(&ckpt)?.resume.map_or(0, |r| r.state.epoch),
-                    false => 0,
-                };
+                let done = resumed
+                    .as_ref()
+                    .and_then(|c| c.resume.as_ref())
+                    .map_or(0, |r| r.state.epoch);
                 if e < done {
                     return Err(Error::Config(format!(
                         "--epochs {e} with --resume {}: the run has trained {done} epochs already",
@@ -421,17 +428,16 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     let start = || -> Result<(Model, Option<Resume>)> {
         let mut model = Model::new(network.clone(), init, options.seed)?;
         let mut resume_state = None;
-        if matches!(run_dir.start, Start::Continue | Start::Extend) {
-            let path = work_dir.join("checkpoint.safetensors");
-            let ck = checkpoint::load(&path)?;
+        if let (Some(ck), Some(path)) = (&resumed, &resumed_path) {
+            // Continue and Extend start from it (an extension's copy holds the same bytes).
             if ck.network != network {
                 return Err(Error::Checkpoint {
-                    path,
+                    path: path.clone(),
                     message: "its network differs from the run's config.json".into(),
                 });
             }
-            model.params = ck.params;
-            resume_state = ck.resume;
+            model.params = ck.params.clone();
+            resume_state = ck.resume.clone();
         } else if let Some(w) = &init_weights {
             model.params = w.fit(&network, loss)?;
         }
@@ -564,8 +570,9 @@ impl InitWeights {
         } else {
             path.to_path_buf()
         };
-        if soma::state_dict::has_soma_metadata(&file)? {
-            let ck = checkpoint::load(&file)?;
+        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        if soma::state_dict::has_soma_metadata(&file, &bytes)? {
+            let ck = checkpoint::load_bytes(&file, &bytes)?;
             Ok(InitWeights {
                 widths: ck.network.widths(),
                 params: ck.params,
@@ -573,7 +580,7 @@ impl InitWeights {
                 file,
             })
         } else {
-            let sd = soma::state_dict::read(&file)?;
+            let sd = soma::state_dict::parse(&file, &bytes)?;
             Ok(InitWeights {
                 widths: sd.widths,
                 params: sd.params,
