@@ -254,8 +254,16 @@ impl<'a> Trainer<'a> {
 
     /// Steps left in the current epoch (all of them before `begin_epoch`).
     pub fn steps_left(&self) -> usize {
-        let steps = self.run.plan.train.as_ref().map_or(0, |d| d.steps);
-        steps - self.cursor.as_ref().map_or(0, |c| c.step)
+        self.steps_per_epoch() - self.cursor.as_ref().map_or(0, |c| c.step)
+    }
+
+    /// Whether the training table is streamed from the host (too large for one binding).
+    fn streamed(&self) -> bool {
+        self.run
+            .plan
+            .train
+            .as_ref()
+            .is_some_and(|d| d.streamed.is_some())
     }
 
     /// Runs up to `n` training steps of the current epoch (starting one if needed), all in
@@ -276,13 +284,7 @@ impl<'a> Trainer<'a> {
     /// Runs the next training step one kernel at a time and returns each kernel's entry point
     /// and wall time (see `Executor::profile_step`; GPU only, not for streamed tables).
     pub fn profile_step(&mut self) -> Result<Vec<(&'static str, f64)>> {
-        if self
-            .run
-            .plan
-            .train
-            .as_ref()
-            .is_some_and(|d| d.streamed.is_some())
-        {
+        if self.streamed() {
             return Err(Error::Config(
                 "profiling a streamed table's steps is not supported".into(),
             ));
@@ -304,13 +306,7 @@ impl<'a> Trainer<'a> {
     /// Nothing is submitted for the steps and nothing waits; starting an epoch queues the
     /// epoch's order and submits one small copy (the divergence snapshot).
     pub fn record_steps(&mut self, cpass: &mut wgpu::ComputePass<'_>, n: usize) -> Result<usize> {
-        if self
-            .run
-            .plan
-            .train
-            .as_ref()
-            .is_some_and(|d| d.streamed.is_some())
-        {
+        if self.streamed() {
             return Err(Error::Config(
                 "the training table is streamed from the host (too large for one binding); its steps need run_steps, not record_steps".into(),
             ));
@@ -413,7 +409,7 @@ impl<'a> Trainer<'a> {
     /// its loss is what an exploding loss is measured against.
     pub fn run_epoch(&mut self, mut on_step: impl FnMut(Progress)) -> Result<EpochMetrics> {
         self.begin_epoch()?;
-        let steps = self.run.plan.train.as_ref().map_or(0, |d| d.steps);
+        let steps = self.steps_per_epoch();
         let log_every = self.config.log_every;
         while self.steps_left() > 0 {
             self.run_steps(1)?;
