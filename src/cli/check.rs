@@ -10,7 +10,7 @@ use soma::trainer::{Progress, TrainConfig, Trainer};
 use soma::{Device, Error, Model, Result};
 
 use super::options::TrainOptions;
-use super::train::{build_network, choose_loss, prepare_data};
+use super::prepare::{build_network, choose_loss, prepare_data};
 
 pub struct CheckCommand {
     pub options: TrainOptions,

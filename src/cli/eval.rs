@@ -11,7 +11,8 @@ use soma::data::{Dataset, Task};
 use soma::{Error, Model, Result};
 
 use super::options::{DataOptions, DataSpec, Resolved};
-use super::train::{prepare_data, RunConfig};
+use super::prepare::prepare_data;
+use super::train::RunConfig;
 use super::{load_model, open_device, DeviceChoice};
 
 pub struct EvalCommand {
@@ -140,7 +141,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 s.apply(&mut d)?;
             }
             if let Some(s) = &ck.target_scaler {
-                super::train::scale_targets(&mut d, s)?;
+                super::prepare::scale_targets(&mut d, s)?;
             }
             (format!("{spec_text} ({rows})"), d)
         }
@@ -193,7 +194,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         out += &format!("accuracy {:.2}%\n", 100.0 * a);
     }
     if let Some(m) = &regression {
-        out += &super::train::regression_line(m);
+        out += &super::report::regression_line(m);
         out.push('\n');
     }
     if let Some(m) = &report.confusion {

@@ -6,8 +6,12 @@ pub mod check;
 pub mod devices;
 pub mod eval;
 pub mod export;
+pub mod init;
+pub mod interrupt;
 pub mod options;
 pub mod predict;
+pub mod prepare;
+pub mod report;
 pub mod run_dir;
 pub mod train;
 

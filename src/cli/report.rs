@@ -1,0 +1,111 @@
+//! How a training run reports: losses printed for people, the regression metrics line, and
+//! `metrics.jsonl`, appended one line per epoch.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use soma::metrics::RegressionMetrics;
+use soma::trainer::EpochMetrics;
+use soma::{Error, Result};
+
+/// The regression metrics as printed by `soma train` and `soma eval`.
+pub fn regression_line(m: &RegressionMetrics) -> String {
+    let n = |x: f64| number(x as f32);
+    format!(
+        "RMSE {}, MAE {}, R² {} (in the targets' own units)",
+        n(m.rmse),
+        n(m.mae),
+        n(m.r2)
+    )
+}
+
+/// A loss for people: four decimals, or scientific notation where that would print a long
+/// row of digits or zeros (an exploding loss, a tiny one).
+pub fn number(x: f32) -> String {
+    if x.is_finite() && x != 0.0 && !(1e-4..1e5).contains(&x.abs()) {
+        format!("{x:.4e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// How often `curves.svg` is redrawn during a run: redrawing it every epoch would make a
+/// long run's writes grow with the square of its epochs.
+pub const CURVES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `metrics.jsonl`, one line appended per epoch and synced before the epoch's checkpoint.
+pub struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Starts the log with the lines of `kept` (atomically), then appends.
+    pub fn start(path: &Path, kept: &[EpochMetrics]) -> Result<MetricsLog> {
+        let mut text = Vec::new();
+        for m in kept {
+            text.extend(line_of(m)?);
+        }
+        soma::fs::write_atomic(path, &text)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(MetricsLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn append(&mut self, m: &EpochMetrics) -> Result<()> {
+        let line = line_of(m)?;
+        self.file
+            .write_all(&line)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+fn line_of(m: &EpochMetrics) -> Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(m).map_err(|e| Error::Config(e.to_string()))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The first `epochs` lines of a run's `metrics.jsonl` (what follows them, possibly a line
+/// torn by a kill, belongs to epochs the checkpoint does not hold).
+pub fn read_metrics(path: &Path, epochs: usize) -> Result<Vec<EpochMetrics>> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    text.split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .take(epochs)
+        .map(|(i, l)| {
+            serde_json::from_slice(l).map_err(|e| Error::Format {
+                path: path.to_path_buf(),
+                line: Some(i + 1),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number;
+
+    #[test]
+    fn losses_print_short() {
+        assert_eq!(number(0.12345), "0.1235");
+        assert_eq!(number(0.0), "0.0000");
+        assert_eq!(number(6.9e8), "6.9000e8");
+        assert_eq!(number(1.5e37), "1.5000e37");
+        assert_eq!(number(2.5e-6), "2.5000e-6");
+        assert_eq!(number(f32::NAN), "NaN");
+        assert_eq!(number(-123.0), "-123.0000");
+    }
+}
