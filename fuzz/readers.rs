@@ -8,7 +8,9 @@ use std::io::Write;
 use std::path::Path;
 
 use flate2::{write::GzEncoder, Compression};
-use soma::data::{parse_csv, parse_idx, CsvOptions, HeaderMode, LabelColumn, Task};
+use soma::data::{
+    parse_csv, parse_idx, CsvOptions, HeaderMode, ImputeKind, Imputer, LabelColumn, Task,
+};
 
 /// The command's own options module, compiled here as it is (it is not part of the library).
 #[path = "../src/cli/options.rs"]
@@ -69,7 +71,8 @@ pub fn idx(data: &[u8]) -> Outcome {
 }
 
 /// The CSV reader. Input: one byte of options (bits 0-1: the label column, last, index
-/// (bits 2-3) or the names `y` and `target`; bits 4-5: the header mode; bit 7: regression),
+/// (bits 2-3) or the names `y` and `target`; bits 4-5: the header mode; bit 6: empty cells
+/// read as missing values; bit 7: regression),
 /// then the text (invalid UTF-8 replaced: `load_csv` refuses it before parsing).
 pub fn csv(data: &[u8]) -> Outcome {
     let Some((&o, text)) = data.split_first() else {
@@ -92,10 +95,27 @@ pub fn csv(data: &[u8]) -> Outcome {
         } else {
             Task::Classification
         },
+        allow_missing: o & 0x40 != 0,
     };
     let text = String::from_utf8_lossy(text);
     match parse_csv(&text, Path::new(CSV), &opts) {
-        Ok(ds) => {
+        Ok(mut ds) => {
+            // Missing values are NaN until an imputer fills them; a column with none at
+            // all is refused by name.
+            if opts.allow_missing {
+                match Imputer::fit(ImputeKind::Mean, &ds) {
+                    Ok(imputer) => {
+                        imputer
+                            .apply(&mut ds)
+                            .expect("an imputer fits its own data");
+                    }
+                    Err(e) => {
+                        let m = e.to_string();
+                        assert!(m.contains("no value in any training row"), "{m}");
+                        return Outcome::Refused(m);
+                    }
+                }
+            }
             ds.validate()
                 .expect("a dataset the CSV reader accepts is valid");
             Outcome::Accepted

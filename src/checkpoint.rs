@@ -14,7 +14,9 @@
 //! - `__metadata__` (string to string): `format` = `pt`, `soma.version`, `soma.architecture`
 //!   (for people, e.g. `64-64-10 relu/identity`; never read back), and JSON values for
 //!   `soma.network`, `soma.loss`, `soma.scaler` (when present), `soma.classes` (when
-//!   present) and, with [`Resume`], `soma.train_state`, `soma.optimizer`, `soma.config`
+//!   present), `soma.names` (the feature columns', label column's and classes' names, when
+//!   the data had them), `soma.imputer` (the fill values of missing features, with
+//!   `--impute`) and, with [`Resume`], `soma.train_state`, `soma.optimizer`, `soma.config`
 //!   and `soma.optimizer_state` (the state tensors' names in order, since safetensors
 //!   sorts tensors by name).
 //!
@@ -31,7 +33,7 @@ use safetensors::SafeTensors;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::data::Scaler;
+use crate::data::{Imputer, Names, Scaler};
 use crate::error::{Error, Result};
 use crate::fs::write_atomic;
 use crate::network::{LayerParams, Network, Parameters};
@@ -64,6 +66,11 @@ pub struct Checkpoint {
     /// The scaling of regression targets the network was trained on; its outputs are in
     /// those units, so predictions are mapped back with `Scaler::invert_row`.
     pub target_scaler: Option<Scaler>,
+    /// The names of the feature columns, the label column and the classes (empty where the
+    /// data had none).
+    pub names: Names,
+    /// The fill values of missing features, applied before the scaling.
+    pub imputer: Option<Imputer>,
     /// Present when the run can be resumed from this file.
     pub resume: Option<Resume>,
 }
@@ -76,6 +83,8 @@ const KEY_LOSS: &str = "soma.loss";
 const KEY_SCALER: &str = "soma.scaler";
 const KEY_CLASSES: &str = "soma.classes";
 const KEY_TARGET_SCALER: &str = "soma.target_scaler";
+const KEY_NAMES: &str = "soma.names";
+const KEY_IMPUTER: &str = "soma.imputer";
 const KEY_TRAIN_STATE: &str = "soma.train_state";
 const KEY_OPTIMIZER: &str = "soma.optimizer";
 const KEY_CONFIG: &str = "soma.config";
@@ -183,6 +192,26 @@ fn check_target_scaler(path: &Path, scaler: &Scaler, net: &Network) -> Result<()
     Ok(())
 }
 
+fn check_names(path: &Path, names: &Names, net: &Network, classes: Option<usize>) -> Result<()> {
+    names
+        .check(net.input_width(), classes)
+        .map_err(|why| bad(path, format!("'{KEY_NAMES}': {why}")))
+}
+
+fn check_imputer(path: &Path, imputer: &Imputer, net: &Network) -> Result<()> {
+    let width = net.input_width();
+    if imputer.values.len() != width {
+        return Err(bad(
+            path,
+            format!(
+                "'{KEY_IMPUTER}': expected {width} values (the network's inputs), got {}",
+                imputer.values.len()
+            ),
+        ));
+    }
+    check_finite(path, KEY_IMPUTER, &imputer.values)
+}
+
 fn check_scaler(path: &Path, scaler: &Scaler, net: &Network) -> Result<()> {
     let width = net.input_width();
     if scaler.offset.len() != width || scaler.scale.len() != width {
@@ -233,6 +262,20 @@ pub fn save_bytes(path: &Path, ckpt: &Checkpoint) -> Result<Vec<u8>> {
         meta.insert(
             KEY_TARGET_SCALER.to_string(),
             to_json(path, KEY_TARGET_SCALER, t)?,
+        );
+    }
+    if !ckpt.names.is_empty() {
+        check_names(path, &ckpt.names, net, ckpt.classes)?;
+        meta.insert(
+            KEY_NAMES.to_string(),
+            to_json(path, KEY_NAMES, &ckpt.names)?,
+        );
+    }
+    if let Some(imputer) = &ckpt.imputer {
+        check_imputer(path, imputer, net)?;
+        meta.insert(
+            KEY_IMPUTER.to_string(),
+            to_json(path, KEY_IMPUTER, imputer)?,
         );
     }
 
@@ -445,6 +488,17 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             })
         })
         .transpose()?;
+    let names: Names = text(KEY_NAMES)
+        .map(|t| json(path, KEY_NAMES, t))
+        .transpose()?
+        .unwrap_or_default();
+    check_names(path, &names, &network, classes)?;
+    let imputer: Option<Imputer> = text(KEY_IMPUTER)
+        .map(|t| json(path, KEY_IMPUTER, t))
+        .transpose()?;
+    if let Some(i) = &imputer {
+        check_imputer(path, i, &network)?;
+    }
 
     let resume_keys = [KEY_TRAIN_STATE, KEY_OPTIMIZER, KEY_CONFIG, KEY_OPT_STATE];
     let has_resume = resume_keys.iter().any(|k| meta.contains_key(*k));
@@ -539,6 +593,8 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         scaler,
         classes,
         target_scaler,
+        names,
+        imputer,
         resume,
     })
 }
@@ -623,7 +679,45 @@ mod tests {
             classes: Some(4),
             target_scaler: None,
             resume,
+            imputer: Some(Imputer {
+                kind: crate::data::ImputeKind::Mean,
+                values: vec![0.5, 1.0, -2.0],
+            }),
+            names: Names {
+                features: vec!["a".into(), "b, c".into(), "\"d\"".into()],
+                target: Some("species".into()),
+                classes: vec!["w".into(), "x".into(), "y".into(), "z".into()],
+            },
         }
+    }
+
+    #[test]
+    fn names_and_imputer_round_trip_and_are_checked() {
+        let dir = TempDir::new();
+        let path = dir.join("c.safetensors");
+        let ck = checkpoint(false);
+        save(&path, &ck).unwrap();
+        let back = load(&path).unwrap();
+        assert_eq!(back.names, ck.names);
+        assert_eq!(back.imputer, ck.imputer);
+        // Names that do not fit the network are refused on save, and on load.
+        let mut wrong = ck.clone();
+        wrong.names.classes.pop();
+        let e = message(save(&path, &wrong).unwrap_err());
+        assert!(e.contains("3 class names for 4 classes"), "{e}");
+        let mut wrong = ck.clone();
+        wrong.imputer.as_mut().unwrap().values.push(0.0);
+        let e = message(save(&path, &wrong).unwrap_err());
+        assert!(e.contains("expected 3 values"), "{e}");
+        // Without names, no key is written.
+        let mut plain = ck.clone();
+        plain.names = Names::default();
+        plain.imputer = None;
+        let bytes = save_bytes(&path, &plain).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        assert!(!meta.contains_key(KEY_NAMES) && !meta.contains_key(KEY_IMPUTER));
+        assert_eq!(load_bytes(&path, &bytes).unwrap(), plain);
     }
 
     fn bits(p: &Parameters) -> Vec<u32> {
@@ -729,6 +823,8 @@ mod tests {
                 config: TrainConfig::default(),
                 optimizer_state,
             }),
+            imputer: Default::default(),
+            names: Default::default(),
         };
         let dir = TempDir::new();
         let path = dir.join("deep.safetensors");
@@ -763,6 +859,8 @@ mod tests {
             classes: Some(2),
             target_scaler: None,
             resume: None,
+            imputer: Default::default(),
+            names: Default::default(),
         };
         let dir = TempDir::new();
         let path = dir.join("nobias.safetensors");

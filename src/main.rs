@@ -66,7 +66,9 @@ enum Command {
         /// A run directory or a .safetensors checkpoint
         #[arg(long)]
         model: PathBuf,
-        /// CSV of feature rows (a header row is detected)
+        /// CSV of feature rows. A header row is detected; where the model knows its
+        /// features' names, columns are matched by name (the label column is ignored, a
+        /// missing or unknown column is an error)
         #[arg(long)]
         input: PathBuf,
         /// Where to write the predictions CSV: a file (replaced atomically; never the input,
@@ -74,9 +76,13 @@ enum Command {
         /// [default: standard output]
         #[arg(long)]
         output: Option<PathBuf>,
-        /// A column of the input to ignore (its label column): name or 0-based index
+        /// A column of the input to ignore: name or 0-based index
         #[arg(long)]
         drop_column: Option<String>,
+        /// Take the input's columns in order, as the model's features, whatever the header
+        /// says
+        #[arg(long)]
+        by_position: bool,
         #[arg(long, value_enum, default_value_t)]
         device: DeviceChoice,
     },
@@ -179,12 +185,14 @@ fn main() -> ExitCode {
             input,
             output,
             drop_column,
+            by_position,
             device,
         } => cli::predict::run(cli::predict::PredictCommand {
             model,
             input,
             output,
             drop_column,
+            by_position,
             device,
         }),
         Command::Export {

@@ -346,9 +346,13 @@ fn digits_test_split(seed: u64) -> soma::data::Dataset {
     all.split(0.2, seed).unwrap().1
 }
 
-/// Writes `data`'s rows as CSV with a header `f0,...,target` (the label last).
+/// Writes `data`'s rows as CSV with a header of its column names (`f0`, `f1`, ... where it
+/// has none) and `target` (the label last).
 fn write_rows_csv(path: &Path, data: &soma::data::Dataset) {
-    let mut text: Vec<String> = (0..data.width).map(|c| format!("f{c}")).collect();
+    let mut text: Vec<String> = match data.names.features.is_empty() {
+        true => (0..data.width).map(|c| format!("f{c}")).collect(),
+        false => data.names.features.clone(),
+    };
     text.push("target".into());
     let mut out = text.join(",") + "\n";
     for (i, label) in data.labels().unwrap().iter().enumerate() {
@@ -2109,6 +2113,7 @@ fn bad_predict_input() {
             run.to_str().unwrap(),
             "--input",
             r,
+            "--by-position",
         ],
     );
     assert_clean_failure(&ran, &[&format!("{r}:2"), "63 columns"], None);
@@ -3068,6 +3073,8 @@ fn every_activation_checkpoint(path: &Path) {
         classes: None,
         target_scaler: None,
         resume: None,
+        imputer: Default::default(),
+        names: Default::default(),
     };
     checkpoint::save(path, &ck).unwrap();
 }
@@ -3097,6 +3104,8 @@ fn step_and_sign_checkpoint(path: &Path) {
         classes: None,
         target_scaler: None,
         resume: None,
+        imputer: Default::default(),
+        names: Default::default(),
     };
     checkpoint::save(path, &ck).unwrap();
 }
@@ -3415,4 +3424,378 @@ fn regression_reports_rmse_mae_and_r2_in_target_units() {
     for key in ["rmse", "mae", "r2"] {
         assert!(digits[key].is_null(), "{key} in {digits}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Named columns and classes, missing values
+// ---------------------------------------------------------------------------------------
+
+/// Bundled iris as a CSV whose labels are the species' names and whose columns are in
+/// `order` (indices into iris's four features, `4` for the species column).
+fn iris_named_csv(path: &Path, order: &[usize], rows: Option<&[usize]>) {
+    let iris = soma::data::bundled("iris").unwrap();
+    let header = [
+        "sepal_length",
+        "sepal_width",
+        "petal_length",
+        "petal_width",
+        "species",
+    ];
+    let mut text = order
+        .iter()
+        .map(|&c| header[c])
+        .collect::<Vec<_>>()
+        .join(",")
+        + "\n";
+    let all: Vec<usize> = (0..iris.len()).collect();
+    for &i in rows.unwrap_or(&all) {
+        let species = &iris.names.classes[iris.labels().unwrap()[i] as usize];
+        let cells: Vec<String> = order
+            .iter()
+            .map(|&c| match c {
+                4 => species.clone(),
+                c => iris.row(i)[c].to_string(),
+            })
+            .collect();
+        text += &(cells.join(",") + "\n");
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn text_labels_are_classes_by_name_in_train_predict_and_eval() {
+    let dir = TempDir::new("text-labels");
+    iris_named_csv(&dir.join("my.csv"), &[0, 1, 2, 3, 4], None);
+    let run = train_cpu(
+        &dir,
+        "run",
+        &[
+            "--data",
+            "csv:my.csv",
+            "--label-column",
+            "species",
+            "--epochs",
+            "60",
+        ],
+    );
+    let ck = load(&run.join("checkpoint.safetensors"));
+    assert_eq!(ck.names.classes, ["setosa", "versicolor", "virginica"]);
+    assert_eq!(
+        ck.names.features,
+        ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    );
+    assert_eq!(ck.names.target.as_deref(), Some("species"));
+
+    // Predictions name their class; the columns' order does not matter, and the species
+    // column (the model's label column) is ignored.
+    let rows = [0, 1, 60, 61, 120, 121];
+    iris_named_csv(&dir.join("in-order.csv"), &[0, 1, 2, 3], Some(&rows));
+    iris_named_csv(&dir.join("reversed.csv"), &[4, 3, 2, 1, 0], Some(&rows));
+    let predict = |input: &str| {
+        let args = [
+            "predict", "--device", "cpu", "--model", "run", "--input", input,
+        ];
+        soma(&dir, &args).ok()
+    };
+    let in_order = predict("in-order.csv");
+    let reversed = predict("reversed.csv");
+    assert_eq!(reversed.stdout, in_order.stdout);
+    assert!(reversed.stderr_lines().is_empty(), "{}", reversed.stderr);
+    let lines: Vec<&str> = in_order.stdout.lines().collect();
+    assert_eq!(lines[0], "class,p_setosa,p_versicolor,p_virginica");
+    let classes: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(classes.len(), 6);
+    assert!(
+        classes[..2] == ["setosa", "setosa"] && classes[4..] == ["virginica", "virginica"],
+        "{classes:?}"
+    );
+
+    // eval labels its confusion matrix with the names.
+    let eval = soma(&dir, &["eval", "--device", "cpu", "--model", "run"]).ok();
+    let matrix: Vec<&str> = eval
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("confusion matrix"))
+        .skip(1)
+        .collect();
+    assert_eq!(matrix.len(), 4, "{}", eval.stdout);
+    let heads: Vec<&str> = matrix[0].split_whitespace().collect();
+    assert_eq!(heads, ["setosa", "versicolor", "virginica"]);
+    for (row, name) in matrix[1..]
+        .iter()
+        .zip(["setosa", "versicolor", "virginica"])
+    {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[0], name);
+        // 10 test rows of each class (a stratified 20% of 50).
+        let sum: u32 = cells[1..].iter().map(|c| c.parse::<u32>().unwrap()).sum();
+        assert_eq!(sum, 10, "{row}");
+    }
+    let json = soma(
+        &dir,
+        &["eval", "--device", "cpu", "--model", "run", "--json"],
+    )
+    .ok();
+    assert_eq!(
+        json.json()["classes"],
+        serde_json::json!(["setosa", "versicolor", "virginica"])
+    );
+    // Other data with the columns reordered is matched by name as well.
+    let other = soma(
+        &dir,
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--model",
+            "run",
+            "--data",
+            "csv:reversed.csv",
+            "--label-column",
+            "species",
+            "--json",
+        ],
+    )
+    .ok();
+    let correct: u32 = (0..3)
+        .map(|c| other.json()["confusion"][c][c].as_u64().unwrap() as u32)
+        .sum();
+    let accuracy = other.json()["accuracy"].as_f64().unwrap();
+    assert_eq!(other.json()["samples"], 6);
+    assert!((accuracy - f64::from(correct) / 6.0).abs() < 1e-6);
+
+    // Labels that mix numbers and names, or a class count beside the names, are refused.
+    std::fs::write(dir.join("mixed.csv"), "x,y\n1,0\n2,cat\n").unwrap();
+    let ran = soma(
+        &dir,
+        &["train", "--device", "cpu", "--data", "csv:mixed.csv"],
+    );
+    assert_clean_failure(&ran, &["mixed.csv:3", "mix numbers", "\"cat\""], None);
+    let ran = soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--data",
+            "csv:my.csv",
+            "--label-column",
+            "species",
+            "--classes",
+            "4",
+        ],
+    );
+    assert_clean_failure(
+        &ran,
+        &["--classes 4", "setosa, versicolor, virginica"],
+        None,
+    );
+}
+
+#[test]
+fn predict_matches_columns_by_header_name() {
+    let dir = TempDir::new("predict-names");
+    let run = train_cpu(&dir, "run", &["--data", "iris", "--epochs", "5"]);
+    let iris = soma::data::bundled("iris").unwrap();
+    let names = iris.names.features.clone();
+    let rows: Vec<usize> = vec![0, 50, 100];
+    let write = |file: &str, header: Option<&[usize]>, cells: &[usize]| {
+        let mut text = match header {
+            Some(h) => {
+                h.iter()
+                    .map(|&c| names[c].as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    + "\n"
+            }
+            None => String::new(),
+        };
+        for &i in &rows {
+            let row: Vec<String> = cells.iter().map(|&c| iris.row(i)[c].to_string()).collect();
+            text += &(row.join(",") + "\n");
+        }
+        std::fs::write(dir.join(file), text).unwrap();
+    };
+    write("in-order.csv", Some(&[0, 1, 2, 3]), &[0, 1, 2, 3]);
+    write("reversed.csv", Some(&[3, 2, 1, 0]), &[3, 2, 1, 0]);
+    write("headerless.csv", None, &[0, 1, 2, 3]);
+    write("missing.csv", Some(&[0, 1, 2]), &[0, 1, 2]);
+    let model = run.to_str().unwrap();
+    let predict = |input: &str, extra: &[&str]| {
+        let mut args = vec![
+            "predict", "--device", "cpu", "--model", model, "--input", input,
+        ];
+        args.extend_from_slice(extra);
+        soma(&dir, &args)
+    };
+    let expected = predict("in-order.csv", &[]).ok().stdout;
+    assert_eq!(predict("reversed.csv", &[]).ok().stdout, expected);
+    // The reversed file taken by position is another input: other probabilities.
+    assert_ne!(
+        predict("reversed.csv", &["--by-position"]).ok().stdout,
+        expected
+    );
+    // Without a header the columns are taken in order, with a warning naming the features.
+    let headerless = predict("headerless.csv", &[]).ok();
+    assert_eq!(headerless.stdout, expected);
+    let warning = headerless.stderr_lines();
+    assert_eq!(warning.len(), 1, "{}", headerless.stderr);
+    assert!(
+        warning[0].starts_with("warning: ") && warning[0].contains("'sepal_length_cm'"),
+        "{}",
+        warning[0]
+    );
+    let quiet = predict("headerless.csv", &["--by-position"]).ok();
+    assert!(quiet.stderr_lines().is_empty(), "{}", quiet.stderr);
+    assert_eq!(quiet.stdout, expected);
+    // A missing or unknown column is named.
+    let ran = predict("missing.csv", &[]);
+    assert_clean_failure(
+        &ran,
+        &["missing.csv", "missing column 'petal_width_cm'"],
+        None,
+    );
+    let text = read(&dir.join("in-order.csv")).replacen('\n', ",colour\n", 1);
+    let text = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.to_string()
+            } else {
+                format!("{l},1")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("extra.csv"), text).unwrap();
+    let ran = predict("extra.csv", &[]);
+    assert_clean_failure(&ran, &["extra.csv", "extra column 'colour'"], None);
+    assert_eq!(
+        predict("extra.csv", &["--drop-column", "colour"])
+            .ok()
+            .stdout,
+        expected
+    );
+}
+
+#[test]
+fn impute_mean_fills_missing_values_in_train_predict_and_eval() {
+    let dir = TempDir::new("impute");
+    // Iris with every 7th row missing one feature.
+    let iris = soma::data::bundled("iris").unwrap();
+    let mut text = iris.names.features.join(",") + ",target\n";
+    for i in 0..iris.len() {
+        let mut cells: Vec<String> = iris.row(i).iter().map(|v| v.to_string()).collect();
+        if i % 7 == 0 {
+            cells[i % 4] = String::new();
+        }
+        text += &format!("{},{}\n", cells.join(","), iris.labels().unwrap()[i]);
+    }
+    std::fs::write(dir.join("gaps.csv"), &text).unwrap();
+
+    // Refused by default, naming the line and the column.
+    let ran = soma(
+        &dir,
+        &["train", "--device", "cpu", "--data", "csv:gaps.csv"],
+    );
+    assert_clean_failure(
+        &ran,
+        &[
+            "gaps.csv:2",
+            "column 0 ('sepal_length_cm')",
+            "--impute mean",
+        ],
+        None,
+    );
+    let run = train_cpu(
+        &dir,
+        "run",
+        &[
+            "--data",
+            "csv:gaps.csv",
+            "--impute",
+            "mean",
+            "--epochs",
+            "5",
+        ],
+    );
+    // The checkpoint keeps the means of the training rows (the run's 80% split).
+    let ck = load(&run.join("checkpoint.safetensors"));
+    let opts = soma::data::CsvOptions {
+        allow_missing: true,
+        ..Default::default()
+    };
+    let all = soma::data::parse_csv(&text, Path::new("gaps.csv"), &opts).unwrap();
+    let (train, _) = all.split(0.2, 0).unwrap();
+    let means = soma::data::Imputer::fit(soma::data::ImputeKind::Mean, &train).unwrap();
+    assert_eq!(ck.imputer.as_ref(), Some(&means));
+    assert!(means
+        .values
+        .iter()
+        .zip(iris.features.iter())
+        .all(|(m, _)| m.is_finite()));
+
+    // predict fills an empty cell with that mean: the same output as the mean written out.
+    let header = iris.names.features.join(",");
+    let row = iris.row(3);
+    let filled = format!(
+        "{header}\n{},{},{},{}\n",
+        row[0], means.values[1], row[2], row[3]
+    );
+    let gap = format!("{header}\n{},,{},{}\n", row[0], row[2], row[3]);
+    std::fs::write(dir.join("filled.csv"), filled).unwrap();
+    std::fs::write(dir.join("gap.csv"), gap).unwrap();
+    let predict = |model: &str, input: &str| {
+        soma(
+            &dir,
+            &[
+                "predict", "--device", "cpu", "--model", model, "--input", input,
+            ],
+        )
+    };
+    let model = run.to_str().unwrap();
+    assert_eq!(
+        predict(model, "gap.csv").ok().stdout,
+        predict(model, "filled.csv").ok().stdout
+    );
+    // eval of the run reads its data again, gaps filled the same way.
+    let eval = soma(
+        &dir,
+        &["eval", "--device", "cpu", "--model", model, "--json"],
+    )
+    .ok();
+    assert_eq!(eval.json()["samples"], 30);
+
+    // A model trained without --impute refuses a missing value.
+    let plain = train_cpu(&dir, "plain", &["--data", "iris", "--epochs", "1"]);
+    let ran = predict(plain.to_str().unwrap(), "gap.csv");
+    assert_clean_failure(
+        &ran,
+        &[
+            "gap.csv:2",
+            "empty cell in column 1 ('sepal_width_cm')",
+            "without --impute",
+        ],
+        None,
+    );
+    // --impute is for CSV files.
+    let ran = soma(&dir, &["train", "--device", "cpu", "--impute", "mean"]);
+    assert_clean_failure(&ran, &["--impute mean", "csv:"], None);
+    let ran = soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--data",
+            "csv:gaps.csv",
+            "--impute",
+            "median",
+        ],
+    );
+    assert_clean_failure(&ran, &["median", "expected mean"], None);
 }

@@ -178,7 +178,7 @@ fn csv_reader() {
     let m = refused(readers::csv(b"\x00a,b,y\n1,2,0\n3,,1\n"));
     assert_eq!(
         m,
-        "in.csv:3: empty cell (a missing value) in column 1 ('b')"
+        "in.csv:3: empty cell in column 1 ('b'): a missing value (--impute mean fills it)"
     );
     let m = refused(readers::csv(b"\x00a,b,y\n1,2\n"));
     assert!(m.starts_with("in.csv:2: expected 3 columns"), "{m}");

@@ -815,6 +815,8 @@ fn a_gpu_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_bits() {
                 config: config.clone(),
                 optimizer_state: first.optimizer_state().unwrap(),
             }),
+            imputer: Default::default(),
+            names: Default::default(),
         };
         checkpoint::save(&path, &saved).unwrap();
         let stopped_at = run_bits(&first);
@@ -877,6 +879,7 @@ fn tiny(features: Vec<f32>, width: usize, labels: Vec<u32>, classes: usize) -> D
         features,
         width,
         targets: Targets::Classes { labels, classes },
+        names: Default::default(),
     }
 }
 

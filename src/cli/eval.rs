@@ -28,6 +28,9 @@ struct Report {
     samples: usize,
     loss: f32,
     accuracy: Option<f32>,
+    /// The classes' names, in class order (their numbers where the data names none);
+    /// null for regression.
+    classes: Option<Vec<String>>,
     /// rows: true class, columns: predicted class.
     confusion: Option<Vec<Vec<u32>>>,
     /// Regression only: RMSE, MAE and R² in the targets' own units (see `soma::metrics`);
@@ -121,14 +124,24 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             (format!("{} ({rows})", rc.options.data), scored)
         }
         Source::Other(spec_text) => {
-            let o = cmd.data.as_train_options().resolve()?;
+            let mut options = cmd.data.as_train_options();
+            // Empty cells of a CSV are read, to be filled by the model's own imputer.
+            if ck.imputer.is_some() && matches!(DataSpec::parse(spec_text)?, DataSpec::Csv(_)) {
+                options.impute = Some("mean".into());
+            }
+            let o = options.resolve()?;
             let choices = o.choices()?;
             let (all, own_test) = choices.data.load(&o, &choices)?;
-            let (mut d, rows) = match (own_test, cmd.data.all_rows) {
+            let (d, rows) = match (own_test, cmd.data.all_rows) {
                 (Some(t), true) => (Dataset::concat(&[&all, &t])?, "all rows"),
                 (Some(t), false) => (t, "test set"),
                 (None, _) => (all, "all rows"),
             };
+            // Columns and classes matched by name where both sides name them.
+            let mut d = d.aligned_to(&ck.names)?;
+            if let Some(imputer) = &ck.imputer {
+                imputer.apply(&mut d)?;
+            }
             if d.width != ck.network.input_width() {
                 return Err(Error::Data(format!(
                     "{spec_text} has {} features per row but the model {} takes {}",
@@ -171,6 +184,9 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         samples: e.samples,
         loss: e.loss,
         accuracy: e.accuracy,
+        classes: confusion
+            .as_ref()
+            .map(|m| (0..m.len()).map(|c| ck.names.class(c)).collect()),
         confusion,
         rmse: regression.map(|m| m.rmse),
         mae: regression.map(|m| m.mae),
@@ -197,21 +213,39 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         out += &super::report::regression_line(m);
         out.push('\n');
     }
-    if let Some(m) = &report.confusion {
-        out += "confusion matrix (rows: true class, columns: predicted):\n      ";
-        for c in 0..m.len() {
-            out += &format!("{c:>6}");
-        }
-        out.push('\n');
-        for (t, row) in m.iter().enumerate() {
-            out += &format!("{t:>6}");
-            for v in row {
-                out += &format!("{v:>6}");
-            }
-            out.push('\n');
-        }
+    if let (Some(m), Some(names)) = (&report.confusion, &report.classes) {
+        out += &confusion_table(m, names);
     }
     soma::fs::write_output(Path::new("-"), out.as_bytes(), &[])
+}
+
+/// The confusion matrix `m` (rows: true class, columns: predicted) as a table labelled with
+/// the classes' `names`, each column as wide as its name or count needs.
+fn confusion_table(m: &[Vec<u32>], names: &[String]) -> String {
+    let mut out = String::from("confusion matrix (rows: true class, columns: predicted):\n");
+    let chars = |s: &str| s.chars().count();
+    let label_w = names.iter().map(|n| chars(n)).max().unwrap_or(0);
+    let widths: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .map(|(c, n)| {
+            let count = m.iter().map(|r| r[c].to_string().len()).max().unwrap_or(1);
+            chars(n).max(count).max(4)
+        })
+        .collect();
+    out += &" ".repeat(label_w);
+    for (n, w) in names.iter().zip(&widths) {
+        out += &format!("  {n:>w$}");
+    }
+    out.push('\n');
+    for (name, row) in names.iter().zip(m) {
+        out += &format!("{name:>label_w$}");
+        for (v, w) in row.iter().zip(&widths) {
+            out += &format!("  {v:>w$}");
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Whether eval's data flags name the data `run` trained on, read the same way: the same

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use soma::data::{self, CsvOptions, Dataset, HeaderMode, LabelColumn, ScaleKind, Task};
+use soma::data::{self, CsvOptions, Dataset, HeaderMode, ImputeKind, LabelColumn, ScaleKind, Task};
 use soma::{Activation, Error, Init, Loss, Optimizer, OptimizerKind, Result, Schedule};
 
 /// `--device` (and `device` in a TOML config).
@@ -41,6 +41,11 @@ pub struct TrainOptions {
     /// classification or regression [default: classification, diabetes regression]
     #[arg(long)]
     pub task: Option<String>,
+    /// CSV: fill empty feature cells with "mean", the column's mean over the training rows
+    /// (kept in the checkpoint, so that predict fills its inputs the same way) [default: an
+    /// empty cell is an error]
+    #[arg(long)]
+    pub impute: Option<String>,
     /// Classes of a classification task, when the labels do not show them all [default:
     /// the largest label + 1, refused when far above the distinct labels seen]
     #[arg(long)]
@@ -176,6 +181,8 @@ pub struct Resolved {
     pub header: String,
     pub task: Option<String>,
     #[serde(default)]
+    pub impute: Option<String>,
+    #[serde(default)]
     pub classes: Option<usize>,
     pub layers: Option<Vec<usize>>,
     pub activation: String,
@@ -212,6 +219,7 @@ pub struct Resolved {
 pub struct Choices {
     pub data: DataSpec,
     pub task: Option<Task>,
+    pub impute: Option<ImputeKind>,
     pub hidden: Activation,
     pub output: Activation,
     /// `None`: the task's default (cross-entropy for classes, MSE for values).
@@ -268,6 +276,12 @@ impl Resolved {
                     )));
                 }
             }
+            if let Some(i) = &self.impute {
+                return Err(Error::Config(format!(
+                    "--impute {i}: it applies to csv: data (the other data has no missing values), not to --data {}",
+                    self.data
+                )));
+            }
             for (flag, value, default) in [
                 ("--label-column", &self.label_column, "last"),
                 ("--header", &self.header, "auto"),
@@ -292,6 +306,7 @@ impl Resolved {
         Ok(Choices {
             data,
             task,
+            impute: self.impute.as_deref().map(str::parse).transpose()?,
             hidden: self.activation.parse()?,
             output: self.output_activation.parse()?,
             loss: self.loss.as_deref().map(str::parse).transpose()?,
@@ -348,6 +363,7 @@ impl Resolved {
             label_column: Some(self.label_column.clone()),
             header: Some(self.header.clone()),
             task: self.task.clone(),
+            impute: self.impute.clone(),
             classes: self.classes,
             layers: self.layers.as_ref().map(|w| {
                 w.iter()
@@ -466,6 +482,7 @@ impl TrainOptions {
             label_column,
             header,
             task,
+            impute,
             classes,
             layers,
             activation,
@@ -516,6 +533,7 @@ impl TrainOptions {
             label_column: self.label_column.clone().unwrap_or_else(|| "last".into()),
             header: self.header.clone().unwrap_or_else(|| "auto".into()),
             task: self.task.clone(),
+            impute: self.impute.clone(),
             classes: self.classes,
             layers,
             activation: self.activation.clone().unwrap_or_else(|| "relu".into()),
@@ -662,5 +680,6 @@ pub fn csv_options(o: &Resolved, c: &Choices) -> Result<CsvOptions> {
         label_column,
         header,
         task,
+        allow_missing: c.impute.is_some(),
     })
 }

@@ -2,7 +2,7 @@
 //! count, its network (checked against free memory), its loss and its training settings.
 //! `soma train`, `soma eval` and `soma check` build runs the same way.
 
-use soma::data::{Dataset, ScaleKind, Scaler};
+use soma::data::{Dataset, Imputer, ScaleKind, Scaler};
 use soma::trainer::{EarlyStopping, TrainConfig};
 use soma::{Error, Loss, Network, Optimizer, Result};
 
@@ -16,6 +16,8 @@ pub struct Prepared {
     pub scaler: Scaler,
     /// The scaling of regression targets (None for classification).
     pub target_scaler: Option<Scaler>,
+    /// The fill values of missing features, fitted on the training rows (`--impute`).
+    pub imputer: Option<Imputer>,
 }
 
 /// Scales the regression targets of `d` in place.
@@ -50,6 +52,18 @@ pub fn prepare_data(o: &Resolved, c: &Choices) -> Result<Prepared> {
             .split(o.test_fraction, o.seed)
             .map_err(flag("--test-fraction"))?,
     };
+    // Missing values are filled before anything is fitted to the features, with means of
+    // the training rows only (validation rows included: they are split off below).
+    let (mut train_all, mut test) = (train_all, test);
+    let imputer = match c.impute {
+        Some(kind) => {
+            let imputer = Imputer::fit(kind, &train_all).map_err(flag("--impute"))?;
+            imputer.apply(&mut train_all)?;
+            imputer.apply(&mut test)?;
+            Some(imputer)
+        }
+        None => None,
+    };
     let scale = c.scale.unwrap_or_else(|| c.data.default_scale());
     let scaler = Scaler::fit(scale, &train_all);
     let (mut train, mut val) = if o.val_fraction > 0.0 {
@@ -60,7 +74,6 @@ pub fn prepare_data(o: &Resolved, c: &Choices) -> Result<Prepared> {
     } else {
         (train_all, None)
     };
-    let mut test = test;
     scaler.apply(&mut train)?;
     if let Some(v) = val.as_mut() {
         scaler.apply(v)?;
@@ -87,6 +100,7 @@ pub fn prepare_data(o: &Resolved, c: &Choices) -> Result<Prepared> {
         test,
         scaler,
         target_scaler,
+        imputer,
     })
 }
 
@@ -103,6 +117,13 @@ fn set_classes(data: &mut Dataset, classes: Option<usize>, name: &str) -> Result
         };
     };
     let top = labels.iter().max().map_or(0, |&m| m as usize + 1);
+    let named = data.names.classes.len();
+    if let Some(c) = classes.filter(|&c| named > 0 && c != named) {
+        return Err(Error::Config(format!(
+            "--classes {c}: the labels of {name} are names, {named} of them ({}); the classes are those",
+            data.names.classes.join(", ")
+        )));
+    }
     match classes {
         Some(c) if c < top => Err(Error::Data(format!(
             "--classes {c}: {name} has the label {}",

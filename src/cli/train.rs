@@ -648,6 +648,8 @@ fn save_checkpoint(
         scaler: Some(data.scaler.clone()),
         classes: rc.classes,
         target_scaler: data.target_scaler.clone(),
+        names: data.train.names.clone(),
+        imputer: data.imputer.clone(),
         resume,
     };
     checkpoint::save(&dir.join("checkpoint.safetensors"), &ck)

@@ -2,10 +2,18 @@
 //! holding the class label or regression target and every other column a feature. Records are
 //! split by the `csv` crate (RFC 4180: quoted fields with embedded commas, quotes and line
 //! breaks, CRLF or LF line ends, a UTF-8 byte-order mark); this module owns header detection,
-//! label-column lookup and the error messages for malformed files (path, 1-based line, the
-//! column and its header name where there is one, what was expected). It does not handle
-//! missing values (an empty cell is an error naming its line and column) or text features:
-//! every cell must be a finite number. Spaces around a cell, quoted or not, are ignored.
+//! label-column lookup, class labels written as text, and the error messages for malformed
+//! files (path, 1-based line, the column and its header name where there is one, what was
+//! expected). A header row gives the dataset its column names ([`Names`]). An empty feature
+//! cell (a missing value) is an error naming its line and column, unless
+//! [`CsvOptions::allow_missing`] asks for NaN in its place, for an
+//! [`Imputer`](super::Imputer) to fill. Text features are not supported: every feature cell
+//! must be a finite number. Spaces around a cell, quoted or not, are ignored.
+//!
+//! Class labels are integers `0, 1, 2, ...`, or names: when every label cell is text (none
+//! reads as a number), the distinct names become classes `0..n` in sorted (byte) order, and
+//! the dataset keeps them as [`Names::classes`]. Labels that mix numbers and text are an
+//! error naming one of each.
 //!
 //! Column numbers in messages and in [`LabelColumn::Index`] are 0-based; line numbers are
 //! 1-based physical lines of the file, where a record starts (blank lines are skipped but
@@ -13,7 +21,7 @@
 
 use std::path::Path;
 
-use super::{Dataset, Targets, Task};
+use super::{Dataset, Names, Targets, Task};
 use crate::{Error, Result};
 
 /// Which column holds the label (classification) or target (regression).
@@ -30,19 +38,24 @@ pub enum LabelColumn {
 /// Whether the first non-blank line is a header row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderMode {
-    /// A header is present iff some cell of the first row is not a number.
+    /// A header is present iff a cell of the first row is text (neither a number nor
+    /// empty), not counting the label column when it is given by position (a class label
+    /// may be text).
     Auto,
     Present,
     Absent,
 }
 
 /// How to read a CSV file. The default is: label in the last column, header auto-detected,
-/// classification.
+/// classification, missing values refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CsvOptions {
     pub label_column: LabelColumn,
     pub header: HeaderMode,
     pub task: Task,
+    /// Read an empty feature cell as NaN (to be filled by an [`Imputer`](super::Imputer))
+    /// instead of refusing it. An empty label or target cell is an error either way.
+    pub allow_missing: bool,
 }
 
 impl Default for CsvOptions {
@@ -51,6 +64,7 @@ impl Default for CsvOptions {
             label_column: LabelColumn::Last,
             header: HeaderMode::Auto,
             task: Task::Classification,
+            allow_missing: false,
         }
     }
 }
@@ -70,8 +84,10 @@ pub fn load_csv(path: &Path, opts: &CsvOptions) -> Result<Dataset> {
 }
 
 /// Parses CSV text; `source` is the path named in errors and gives the dataset's name (its
-/// file stem). Classification labels must be non-negative integers (`3` or `3.0`); the class
-/// count is the largest label + 1. Regression targets become [`Targets::Values`] of width 1.
+/// file stem). Classification labels are non-negative integers (`3` or `3.0`; the class
+/// count is the largest label + 1) or names (see the [module docs](self)). Regression
+/// targets become [`Targets::Values`] of width 1. With a header, the dataset's
+/// [`Names`] hold the feature columns' names and the label column's.
 pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset> {
     let format_error = |line: usize, message: String| Error::Format {
         path: source.to_path_buf(),
@@ -92,7 +108,18 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
     let has_header = match opts.header {
         HeaderMode::Present => true,
         HeaderMode::Absent => false,
-        HeaderMode::Auto => first.iter().any(|c| c.parse::<f64>().is_err()),
+        // A header names the features: one of them is text. A label written as text is
+        // data, and an empty cell is a missing number.
+        HeaderMode::Auto => {
+            let label_at = match &opts.label_column {
+                LabelColumn::Last => columns.checked_sub(1),
+                LabelColumn::Index(i) => Some(*i),
+                LabelColumn::Name(_) => None,
+            };
+            first.iter().enumerate().any(|(c, cell)| {
+                Some(c) != label_at && !cell.is_empty() && cell.parse::<f64>().is_err()
+            })
+        }
     };
     let names: Option<Vec<String>> =
         has_header.then(|| first.iter().map(|c| c.to_string()).collect());
@@ -140,7 +167,9 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
 
     let width = columns - 1;
     let mut features: Vec<f32> = Vec::new();
-    let mut labels: Vec<u32> = Vec::new();
+    // Classification labels as written, with their lines; numbers or names, decided once
+    // all are read.
+    let mut label_cells: Vec<(usize, String)> = Vec::new();
     let mut values: Vec<f32> = Vec::new();
     let mut add_row = |line: usize, row: &[&str]| -> Result<()> {
         if row.len() != columns {
@@ -158,14 +187,34 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
             ));
         }
         for (c, cell) in row.iter().enumerate() {
+            if c == label && cell.is_empty() {
+                let what = match opts.task {
+                    Task::Classification => "class label",
+                    Task::Regression => "target",
+                };
+                return Err(format_error(
+                    line,
+                    format!(
+                        "empty {what} cell in {} (a missing {what} cannot be imputed; drop the row)",
+                        column_name(c)
+                    ),
+                ));
+            }
+            if c != label && cell.is_empty() && opts.allow_missing {
+                features.push(f32::NAN);
+                continue;
+            }
             let number = |cell: &str| -> Result<f32> {
                 let v: f32 = cell.parse().map_err(|_| {
-                    let what = if cell.is_empty() {
-                        "empty cell (a missing value)".to_string()
+                    let message = if cell.is_empty() {
+                        format!(
+                            "empty cell in {}: a missing value (--impute mean fills it)",
+                            column_name(c)
+                        )
                     } else {
-                        format!("non-numeric cell \"{cell}\"")
+                        format!("non-numeric cell \"{cell}\" in {}", column_name(c))
                     };
-                    format_error(line, format!("{what} in {}", column_name(c)))
+                    format_error(line, message)
                 })?;
                 if !v.is_finite() {
                     return Err(format_error(
@@ -183,12 +232,7 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
             } else if opts.task == Task::Regression {
                 values.push(number(cell)?);
             } else {
-                labels.push(class_label(cell).map_err(|why| {
-                    format_error(
-                        line,
-                        format!("class label \"{cell}\" in {} {why}", column_name(c)),
-                    )
-                })?);
+                label_cells.push((line, cell.to_string()));
             }
         }
         Ok(())
@@ -209,22 +253,128 @@ pub fn parse_csv(text: &str, source: &Path, opts: &CsvOptions) -> Result<Dataset
             "no data rows (only a header)".to_string(),
         ));
     }
+    let mut class_names = Vec::new();
     let targets = match opts.task {
-        Task::Classification => Targets::Classes {
-            classes: labels.iter().max().map_or(0, |&m| m as usize + 1),
-            labels,
-        },
+        Task::Classification => {
+            let (labels, names) = class_labels(&label_cells).map_err(|(line, why)| {
+                format_error(line, format!("{why} in {}", column_name(label)))
+            })?;
+            class_names = names;
+            Targets::Classes {
+                classes: labels.iter().max().map_or(0, |&m| m as usize + 1),
+                labels,
+            }
+        }
         Task::Regression => Targets::Values { values, width: 1 },
     };
     let name = source
         .file_stem()
         .map_or_else(|| "csv".to_string(), |s| s.to_string_lossy().into_owned());
+    let names = Names {
+        features: names
+            .as_ref()
+            .map(|n| {
+                n.iter()
+                    .enumerate()
+                    .filter(|&(c, _)| c != label)
+                    .map(|(_, n)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        target: names.as_ref().map(|n| n[label].clone()),
+        classes: class_names,
+    };
+    names
+        .check(width, targets.classes())
+        .map_err(|why| format_error(first_line, format!("header row: {why}")))?;
     Ok(Dataset {
         name,
         features,
         width,
         targets,
+        names,
     })
+}
+
+/// The class of each label cell `(line, text)`, and the class names: none when every label
+/// is an integer, the distinct labels in sorted order when every label is text. The error
+/// is `(line, message)`.
+fn class_labels(
+    cells: &[(usize, String)],
+) -> std::result::Result<(Vec<u32>, Vec<String>), (usize, String)> {
+    let is_number = |cell: &str| cell.parse::<f64>().is_ok();
+    let number = cells.iter().find(|(_, c)| is_number(c));
+    let text = cells.iter().find(|(_, c)| !is_number(c));
+    match (number, text) {
+        (Some((nl, n)), Some((tl, t))) => Err((
+            *tl,
+            format!(
+                "class labels mix numbers (\"{n}\" on line {nl}) and names (\"{t}\" on line {tl}); write every label the same way"
+            ),
+        )),
+        (_, None) => {
+            let labels = cells
+                .iter()
+                .map(|(line, cell)| {
+                    class_label(cell)
+                        .map_err(|why| (*line, format!("class label \"{cell}\" {why}")))
+                })
+                .collect::<std::result::Result<Vec<u32>, _>>()?;
+            Ok((labels, Vec::new()))
+        }
+        (None, Some(_)) => {
+            let names: Vec<String> = cells
+                .iter()
+                .map(|(_, c)| c.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let index: std::collections::HashMap<&str, u32> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), i as u32))
+                .collect();
+            let labels = cells.iter().map(|(_, c)| index[c.as_str()]).collect();
+            Ok((labels, names))
+        }
+    }
+}
+
+/// A CSV file's cells as text, for readers that map columns themselves (`soma predict`):
+/// the header row when there is one, and each record with the 1-based line it starts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub header: Option<Vec<String>>,
+    pub rows: Vec<(usize, Vec<String>)>,
+}
+
+/// Splits CSV text into a [`Table`] (RFC 4180, as [`parse_csv`] reads it; blank lines
+/// skipped). With [`HeaderMode::Auto`], the first record is a header when one of its cells
+/// is not a number (an empty cell counts as a missing number). `source` names the file in
+/// errors.
+pub fn read_table(text: &str, source: &Path, header: HeaderMode) -> Result<Table> {
+    let mut records = Records::new(text, source);
+    let mut rows = Vec::new();
+    while let Some(line) = records.advance()? {
+        rows.push((
+            line,
+            records.cells().map(str::to_string).collect::<Vec<_>>(),
+        ));
+    }
+    let has_header = match header {
+        HeaderMode::Present => true,
+        HeaderMode::Absent => false,
+        HeaderMode::Auto => rows.first().is_some_and(|(_, cells)| {
+            cells
+                .iter()
+                .any(|c| !c.is_empty() && c.parse::<f64>().is_err())
+        }),
+    };
+    let header = match has_header && !rows.is_empty() {
+        true => Some(rows.remove(0).1),
+        false => None,
+    };
+    Ok(Table { header, rows })
 }
 
 /// The non-blank records of a CSV text with the line each starts on. Cells come trimmed,
@@ -365,7 +515,23 @@ mod tests {
         assert_eq!(with.len(), 2);
         assert_eq!(with.name, "test");
         let without = parse("1,2,0\n3,4,1\n", &CsvOptions::default()).expect("no header");
-        assert_eq!(without, with);
+        // The same data; only the header names its columns.
+        assert_eq!(without.names, Names::default());
+        assert_eq!(
+            with.names,
+            Names {
+                features: vec!["a".into(), "b".into()],
+                target: Some("y".into()),
+                classes: vec![],
+            }
+        );
+        assert_eq!(
+            without,
+            Dataset {
+                names: Names::default(),
+                ..with.clone()
+            }
+        );
         assert_eq!(without.features, vec![1.0, 2.0, 3.0, 4.0]);
         assert_eq!(without.labels(), Some(&[0u32, 1][..]));
         assert_eq!(without.targets.classes(), Some(2));
@@ -446,8 +612,81 @@ mod tests {
         assert!(m.contains("empty cell") && m.contains("('b')"), "{m}");
         let (_, m) = format_err(parse("a,b,y\n1,inf,1\n", &CsvOptions::default()));
         assert!(m.contains("not a finite number"), "{m}");
-        let (_, m) = format_err(parse("a,b,y\n1,2,cat\n", &CsvOptions::default()));
-        assert!(m.contains("\"cat\"") && m.contains("('y')"), "{m}");
+        // A label that is text among numbers.
+        let (line, m) = format_err(parse("a,b,y\n1,2,0\n1,2,cat\n", &CsvOptions::default()));
+        assert_eq!(line, Some(3));
+        assert!(
+            m.contains("mix numbers (\"0\" on line 2) and names (\"cat\" on line 3)")
+                && m.contains("('y')"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn text_labels_become_classes_in_sorted_order() {
+        let text = "x,species\n1,virginica\n2,setosa\n3,\"versicolor\"\n4,setosa\n";
+        let ds = parse(text, &CsvOptions::default()).expect("names");
+        assert_eq!(ds.labels(), Some(&[2u32, 0, 1, 0][..]));
+        assert_eq!(ds.targets.classes(), Some(3));
+        assert_eq!(ds.names.classes, ["setosa", "versicolor", "virginica"]);
+        assert_eq!(ds.names.features, ["x"]);
+        assert_eq!(ds.names.target.as_deref(), Some("species"));
+        // Byte order: upper case first; "10" before "9" as text.
+        let ds = parse("1,no\n2,Yes\n3,yes\n", &CsvOptions::default()).expect("names");
+        assert_eq!(ds.names.classes, ["Yes", "no", "yes"]);
+        assert_eq!(ds.labels(), Some(&[1u32, 0, 2][..]));
+        // An empty label is an error either way.
+        let (line, m) = format_err(parse("x,y\n1,a\n2,\n", &CsvOptions::default()));
+        assert_eq!(line, Some(3));
+        assert!(
+            m.contains("empty class label cell in column 1 ('y')"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn missing_values_read_as_nan_when_allowed() {
+        let opts = CsvOptions {
+            allow_missing: true,
+            ..CsvOptions::default()
+        };
+        // A first row with an empty cell is data, not a header.
+        let ds = parse(",2,0\n3, ,1\n", &opts).expect("missing");
+        assert!(ds.features[0].is_nan() && ds.features[3].is_nan());
+        assert_eq!((ds.features[1], ds.features[2]), (2.0, 3.0));
+        assert_eq!(ds.names, Names::default());
+        // Labels and targets are never missing.
+        let (_, m) = format_err(parse("1,2,\n", &opts));
+        assert!(m.contains("empty class label cell"), "{m}");
+        let reg = CsvOptions {
+            task: Task::Regression,
+            ..opts
+        };
+        let (_, m) = format_err(parse("1,2,\n", &reg));
+        assert!(m.contains("empty target cell"), "{m}");
+    }
+
+    #[test]
+    fn a_header_naming_a_column_twice_is_an_error() {
+        let (line, m) = format_err(parse("a,a,y\n1,2,0\n", &CsvOptions::default()));
+        assert_eq!(line, Some(1));
+        assert!(m.contains("'a' appears twice"), "{m}");
+    }
+
+    #[test]
+    fn read_table_keeps_cells_as_text() {
+        let p = Path::new("t/test.csv");
+        let t = read_table("b,a\n\n1,\"x,y\"\n2,\n", p, HeaderMode::Auto).unwrap();
+        assert_eq!(t.header, Some(vec!["b".to_string(), "a".to_string()]));
+        assert_eq!(
+            t.rows,
+            vec![
+                (3, vec!["1".to_string(), "x,y".to_string()]),
+                (4, vec!["2".to_string(), String::new()]),
+            ]
+        );
+        let t = read_table("1,\n2,3\n", p, HeaderMode::Auto).unwrap();
+        assert_eq!((t.header, t.rows.len()), (None, 2));
     }
 
     #[test]
@@ -576,18 +815,18 @@ mod tests {
         let err = parse("a,b,y\n1,2,0\n3,,1\n", &CsvOptions::default()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "t/test.csv:3: empty cell (a missing value) in column 1 ('b')"
+            "t/test.csv:3: empty cell in column 1 ('b'): a missing value (--impute mean fills it)"
         );
         // Without a header, the column's number alone; an empty label likewise.
         let err = parse("1,2,0\n3, ,1\n", &CsvOptions::default()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "t/test.csv:2: empty cell (a missing value) in column 1"
+            "t/test.csv:2: empty cell in column 1: a missing value (--impute mean fills it)"
         );
         let err = parse("a,y\n1,\n", &CsvOptions::default()).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("t/test.csv:2: class label \"\" in column 1 ('y')"),
+                .starts_with("t/test.csv:2: empty class label cell in column 1 ('y')"),
             "{err}"
         );
     }

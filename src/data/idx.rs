@@ -70,6 +70,7 @@ pub fn parse_idx(
             labels: labels_vec,
             classes,
         },
+        names: Default::default(),
     })
 }
 

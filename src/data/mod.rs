@@ -5,18 +5,20 @@
 //! encoding or anything on the GPU; those belong to the training code that consumes a
 //! `Dataset`.
 //!
-//! Submodules: [`csv`] (text tables), [`idx`] (MNIST's binary format), [`scale`] (min-max
-//! and standard scaling), [`split`] (seeded splits, stratified by class, and tail splits),
+//! Submodules: [`csv`] (text tables), [`idx`] (MNIST's binary format), [`impute`] (missing
+//! values), [`scale`] (min-max and standard scaling), [`split`] (seeded splits, stratified by class, and tail splits),
 //! [`synthetic`] (hash-based benchmark data).
 
 pub mod csv;
 pub mod idx;
+pub mod impute;
 pub mod scale;
 pub mod split;
 pub mod synthetic;
 
-pub use self::csv::{load_csv, parse_csv, CsvOptions, HeaderMode, LabelColumn};
+pub use self::csv::{load_csv, parse_csv, read_table, CsvOptions, HeaderMode, LabelColumn, Table};
 pub use self::idx::{load_idx, load_mnist_dir, parse_idx};
+pub use self::impute::{ImputeKind, Imputer};
 pub use self::scale::{ScaleKind, Scaler};
 pub use self::synthetic::{b2_synthetic, b3_synthetic, hash32, unit};
 
@@ -112,6 +114,73 @@ impl Targets {
     }
 }
 
+/// What a dataset's columns and classes are called, where its source names them (a CSV
+/// header, class labels written as text). Checkpoints keep them, so that `predict` can map an
+/// input's columns by name and print class names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    /// One name per feature column, in order; empty when the source has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// The name of the label or target column, when the source has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// One name per class, in class order; empty when the labels are numbers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+}
+
+impl Names {
+    /// Whether nothing is named.
+    pub fn is_empty(&self) -> bool {
+        self.features.is_empty() && self.target.is_none() && self.classes.is_empty()
+    }
+
+    /// The name of class `c`: its name when the classes are named, else the number.
+    pub fn class(&self, c: usize) -> String {
+        match self.classes.get(c) {
+            Some(name) => name.clone(),
+            None => c.to_string(),
+        }
+    }
+
+    /// Checks the names against `width` features and `classes` classes (`None` for
+    /// regression): as many feature names as features and class names as classes (or none),
+    /// no name empty, none twice.
+    pub fn check(&self, width: usize, classes: Option<usize>) -> std::result::Result<(), String> {
+        if !self.features.is_empty() && self.features.len() != width {
+            return Err(format!(
+                "{} feature names for {width} features",
+                self.features.len()
+            ));
+        }
+        if !self.classes.is_empty() {
+            match classes {
+                None => return Err("class names for regression targets".into()),
+                Some(c) if c != self.classes.len() => {
+                    return Err(format!(
+                        "{} class names for {c} classes",
+                        self.classes.len()
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for (what, list) in [("feature", &self.features), ("class", &self.classes)] {
+            let mut seen = std::collections::HashSet::new();
+            for name in list {
+                if name.is_empty() {
+                    return Err(format!("an empty {what} name"));
+                }
+                if !seen.insert(name) {
+                    return Err(format!("the {what} name '{name}' appears twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A table of samples: `features` is `(len, width)` row-major; `targets` holds one label or
 /// one row of values per sample. The number of samples is the number of targets; call
 /// [`Dataset::validate`] before training to check that everything agrees.
@@ -124,6 +193,8 @@ pub struct Dataset {
     /// Features per sample.
     pub width: usize,
     pub targets: Targets,
+    /// Column and class names, where the source has them (all empty otherwise).
+    pub names: Names,
 }
 
 impl Dataset {
@@ -139,6 +210,7 @@ impl Dataset {
             features,
             width,
             targets,
+            names: Names::default(),
         };
         ds.validate()?;
         Ok(ds)
@@ -190,11 +262,13 @@ impl Dataset {
             features,
             width: self.width,
             targets: self.targets.select(indices),
+            names: self.names.clone(),
         }
     }
 
     /// The rows of `parts` one after another, named after the first. The parts must agree in
-    /// width and in task (and target width); the class count is the largest of theirs.
+    /// width, in task (and target width) and in their column and class names where both
+    /// have them; the class count is the largest of theirs.
     pub fn concat(parts: &[&Dataset]) -> Result<Dataset> {
         let Some(first) = parts.first() else {
             return Err(Error::Data("no datasets to join".into()));
@@ -206,6 +280,23 @@ impl Dataset {
                     "cannot join '{}' ({} features per row) to '{}' ({})",
                     part.name, part.width, out.name, out.width
                 )));
+            }
+            for (what, mine, theirs) in [
+                ("column", &out.names.features, &part.names.features),
+                ("class", &out.names.classes, &part.names.classes),
+            ] {
+                if !mine.is_empty() && !theirs.is_empty() && mine != theirs {
+                    return Err(Error::Data(format!(
+                        "cannot join '{}' to '{}': their {what} names differ",
+                        part.name, out.name
+                    )));
+                }
+            }
+            if out.names.features.is_empty() {
+                out.names.features = part.names.features.clone();
+            }
+            if out.names.classes.is_empty() {
+                out.names.classes = part.names.classes.clone();
             }
             out.features.extend_from_slice(&part.features);
             match (&mut out.targets, &part.targets) {
@@ -233,6 +324,80 @@ impl Dataset {
                     )))
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// This data laid out as a model trained on data named `names` expects it: where both
+    /// name their feature columns, the columns in the model's order (a missing column, or
+    /// one the model does not know, is an error naming it; a column named as the model's
+    /// label column is dropped); where both name their classes, the labels renumbered to the
+    /// model's classes (a class the model does not know is an error). What either side
+    /// leaves unnamed is taken by position.
+    pub fn aligned_to(&self, names: &Names) -> Result<Dataset> {
+        let mut out = self.clone();
+        let (mine, theirs) = (&self.names.features, &names.features);
+        if !mine.is_empty() && !theirs.is_empty() && mine != theirs {
+            let position: std::collections::HashMap<&str, usize> = mine
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), i))
+                .collect();
+            let missing: Vec<&str> = theirs
+                .iter()
+                .filter(|n| !position.contains_key(n.as_str()))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::Data(format!(
+                    "dataset '{}' has no column {}, which the model takes",
+                    self.name,
+                    missing.join(", ")
+                )));
+            }
+            let extra: Vec<&str> = mine
+                .iter()
+                .filter(|n| !theirs.contains(n) && names.target.as_ref() != Some(n))
+                .map(String::as_str)
+                .collect();
+            if !extra.is_empty() {
+                return Err(Error::Data(format!(
+                    "dataset '{}' has the column {}, which the model does not take",
+                    self.name,
+                    extra.join(", ")
+                )));
+            }
+            let order: Vec<usize> = theirs.iter().map(|n| position[n.as_str()]).collect();
+            out.features = Vec::with_capacity(self.len() * order.len());
+            for i in 0..self.len() {
+                let row = self.row(i);
+                out.features.extend(order.iter().map(|&c| row[c]));
+            }
+            out.width = order.len();
+            out.names.features = theirs.clone();
+        }
+        let (mine, theirs) = (&self.names.classes, &names.classes);
+        if let (Targets::Classes { labels, classes }, false, false) =
+            (&mut out.targets, mine.is_empty(), theirs.is_empty())
+        {
+            let mut map = Vec::with_capacity(mine.len());
+            for name in mine {
+                match theirs.iter().position(|t| t == name) {
+                    Some(i) => map.push(i as u32),
+                    None => {
+                        return Err(Error::Data(format!(
+                            "dataset '{}' has the class '{name}', which the model does not know (its classes: {})",
+                            self.name,
+                            theirs.join(", ")
+                        )))
+                    }
+                }
+            }
+            for l in labels.iter_mut() {
+                *l = map[*l as usize];
+            }
+            *classes = theirs.len();
+            out.names.classes = theirs.clone();
         }
         Ok(out)
     }
@@ -305,6 +470,9 @@ impl Dataset {
                 }
             }
         }
+        self.names
+            .check(self.width, self.targets.classes())
+            .map_err(|why| Error::Data(format!("dataset '{name}': {why}")))?;
         Ok(())
     }
 }
@@ -324,7 +492,9 @@ pub const BUNDLED: &[&str] = &["digits", "iris", "wine", "breast-cancer", "diabe
 /// One of the small datasets compiled into the binary (see `data/README.md` for sources and
 /// licenses): `digits` (1797 x 64, 10 classes), `iris` (150 x 4, 3 classes), `wine`
 /// (178 x 13, 3 classes), `breast-cancer` (569 x 30, 2 classes), `diabetes` (442 x 10,
-/// regression). Features are in the files' raw units; scale them with [`Scaler`].
+/// regression). Features are in the files' raw units; scale them with [`Scaler`]. Columns are
+/// named by the files' headers; iris's classes are named `setosa`, `versicolor` and
+/// `virginica`, breast-cancer's `malignant` and `benign`, as scikit-learn names them.
 pub fn bundled(name: &str) -> Result<Dataset> {
     let task = bundled_task(name);
     let (file, text, task) = match (name, task) {
@@ -344,10 +514,19 @@ pub fn bundled(name: &str) -> Result<Dataset> {
         label_column: LabelColumn::Name("target".to_string()),
         header: HeaderMode::Present,
         task,
+        allow_missing: false,
     };
     let source = Path::new("data").join(file);
     let mut ds = parse_csv(text, &source, &opts)?;
     ds.name = name.to_string();
+    // The class names scikit-learn gives (`target_names`), where they say more than the number.
+    let classes: &[&str] = match name {
+        "iris" => &["setosa", "versicolor", "virginica"],
+        "breast-cancer" => &["malignant", "benign"],
+        _ => &[],
+    };
+    ds.names.classes = classes.iter().map(|c| c.to_string()).collect();
+    ds.validate()?;
     Ok(ds)
 }
 
@@ -401,6 +580,7 @@ mod tests {
                 labels: vec![0, 1, 2],
                 classes: 3,
             },
+            names: Default::default(),
         }
     }
 
@@ -529,6 +709,7 @@ mod tests {
                 values: vec![1.0, f32::NAN],
                 width: 1,
             },
+            names: Default::default(),
         };
         let m = data_message(ds.validate());
         assert!(
@@ -583,5 +764,78 @@ mod tests {
             Err(Error::Config(m)) => assert!(m.contains("digits") && m.contains("diabetes"), "{m}"),
             other => panic!("expected Config error, got {other:?}"),
         }
+        // Names from the headers, and scikit-learn's class names.
+        let iris = bundled("iris").expect("iris");
+        assert_eq!(iris.names.features[0], "sepal_length_cm");
+        assert_eq!(iris.names.target.as_deref(), Some("target"));
+        assert_eq!(iris.names.classes, ["setosa", "versicolor", "virginica"]);
+        assert_eq!(iris.labels().expect("labels")[0], 0);
+        assert!(digits.names.classes.is_empty());
+    }
+
+    fn named(features: &[&str], labels: Vec<u32>, classes: &[&str]) -> Dataset {
+        let width = features.len();
+        let rows = labels.len();
+        let ds = Dataset {
+            name: "n".into(),
+            features: (0..rows * width).map(|v| v as f32).collect(),
+            width,
+            targets: Targets::Classes {
+                labels,
+                classes: classes.len(),
+            },
+            names: Names {
+                features: features.iter().map(|s| s.to_string()).collect(),
+                target: Some("y".into()),
+                classes: classes.iter().map(|s| s.to_string()).collect(),
+            },
+        };
+        ds.validate().expect("valid");
+        ds
+    }
+
+    #[test]
+    fn aligned_to_reorders_columns_and_renumbers_classes_by_name() {
+        // Columns b, a; classes named in another order than the model's.
+        let ds = named(&["b", "a"], vec![0, 1], &["no", "yes"]);
+        let model = Names {
+            features: vec!["a".into(), "b".into()],
+            target: Some("y".into()),
+            classes: vec!["maybe".into(), "yes".into(), "no".into()],
+        };
+        let out = ds.aligned_to(&model).expect("aligned");
+        assert_eq!(out.features, vec![1.0, 0.0, 3.0, 2.0]);
+        assert_eq!(out.labels(), Some(&[2u32, 1][..]));
+        assert_eq!(out.targets.classes(), Some(3));
+        out.validate().expect("valid");
+
+        let missing = Names {
+            features: vec!["a".into(), "c".into()],
+            ..model.clone()
+        };
+        let e = ds.aligned_to(&missing).unwrap_err().to_string();
+        assert!(e.contains("no column c"), "{e}");
+        let unknown = Names {
+            classes: vec!["no".into(), "maybe".into()],
+            ..model.clone()
+        };
+        let e = ds.aligned_to(&unknown).unwrap_err().to_string();
+        assert!(e.contains("the class 'yes'"), "{e}");
+        // Nothing named on one side: by position.
+        let plain = named(&["b", "a"], vec![0, 1], &["no", "yes"]);
+        assert_eq!(plain.aligned_to(&Names::default()).unwrap(), plain);
+    }
+
+    #[test]
+    fn names_are_checked_against_the_data() {
+        let mut ds = named(&["a", "b"], vec![0, 1], &["x", "y"]);
+        ds.names.classes.push("z".into());
+        assert!(data_message(ds.validate()).contains("3 class names for 2 classes"));
+        let mut ds = named(&["a", "b"], vec![0, 1], &["x", "y"]);
+        ds.names.features = vec!["a".into()];
+        assert!(data_message(ds.validate()).contains("1 feature names for 2 features"));
+        let mut ds = named(&["a", "b"], vec![0, 1], &["x", "y"]);
+        ds.names.classes[1] = "x".into();
+        assert!(data_message(ds.validate()).contains("'x' appears twice"));
     }
 }

@@ -139,6 +139,7 @@ impl Scaler {
                 values: vec![],
                 width,
             },
+            names: Default::default(),
         };
         Scaler::fit(kind, &d)
     }
@@ -183,6 +184,7 @@ mod tests {
                 labels: vec![0; 4],
                 classes: 1,
             },
+            names: Default::default(),
         }
     }
 

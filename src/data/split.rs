@@ -181,6 +181,7 @@ mod tests {
                 labels: (0..len).map(|i| (i % 4) as u32).collect(),
                 classes: 4,
             },
+            names: Default::default(),
         }
     }
 

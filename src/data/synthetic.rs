@@ -48,6 +48,7 @@ pub fn b2_synthetic(rows: usize) -> Dataset {
             labels,
             classes: 10,
         },
+        names: Default::default(),
     }
 }
 
@@ -67,6 +68,7 @@ pub fn b3_synthetic() -> Dataset {
         features,
         width: 2,
         targets: Targets::Values { values, width: 1 },
+        names: Default::default(),
     }
 }
 

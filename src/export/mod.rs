@@ -295,6 +295,8 @@ pub(crate) mod tests {
             classes: (loss == Loss::SoftmaxCrossEntropy).then_some(outputs),
             target_scaler,
             resume: None,
+            imputer: Default::default(),
+            names: Default::default(),
         };
         (ck, x)
     }

@@ -691,6 +691,8 @@ mod tests {
                 classes: None,
                 target_scaler: None,
                 resume: None,
+                imputer: Default::default(),
+                names: Default::default(),
             };
             let model = Inference::from_checkpoint(&ck, Scaling::Separate).unwrap();
             let x = [-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0];
