@@ -59,7 +59,7 @@ pub use ops::{Kernel, Kernels, Tuning};
 pub use optim::{Optimizer, OptimizerKind, Schedule, UpdateRule};
 pub use tensor::{DType, GpuTensor};
 pub use trainer::{
-    fit, EarlyStopping, EpochMetrics, Evaluation, History, Model, TrainConfig, Trainer,
+    EarlyStopping, EpochMetrics, Evaluation, Fit, Flow, History, Model, TrainConfig, Trainer,
 };
 
 /// Every CPU twin of a kernel, re-exported from its op family (`ops::<family>::cpu`): plain
@@ -74,4 +74,24 @@ pub mod cpu {
     pub use crate::ops::optim::cpu::*;
     pub use crate::ops::perceptron::cpu::*;
     pub use crate::ops::reduce::cpu::*;
+}
+
+/// The Rust snippets of the README and `docs/`, compiled as doc tests so that they keep
+/// up with the API (`cargo test --doc`).
+#[cfg(doctest)]
+mod doc_snippets {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/adding-an-op.md")]
+    struct AddingAnOp;
+    #[doc = include_str!("../docs/architecture.md")]
+    struct Architecture;
+    #[doc = include_str!("../docs/embedding.md")]
+    struct Embedding;
+    #[doc = include_str!("../docs/export.md")]
+    struct Export;
+    #[doc = include_str!("../docs/lecture.md")]
+    struct Lecture;
+    #[doc = include_str!("../docs/reliability.md")]
+    struct Reliability;
 }

@@ -586,11 +586,11 @@ fn reference_loss_matches_model_evaluate() {
     for (ci, &case) in CASES.iter().enumerate() {
         for (ai, &hidden) in HIDDEN_ACTS.iter().enumerate() {
             let p = Problem::draw(case, hidden, seed(ci, ai) + 900);
-            let model = Model::with_params(p.net.clone(), p.params.clone()).unwrap();
+            let model = Model::with_params(p.net.clone(), p.params.clone())
+                .unwrap()
+                .with_loss(case.loss());
             for batch in [ROWS, 3] {
-                let e = model
-                    .evaluate(Device::Cpu, case.loss(), &p.data, batch)
-                    .unwrap();
+                let e = model.evaluate(Device::Cpu, &p.data, batch).unwrap();
                 assert_eq!(e.samples, ROWS);
                 let reference = p.forward(&to_f64(&p.params), &all).loss;
                 assert!(

@@ -9,7 +9,7 @@ use soma::checkpoint::{self, Checkpoint, Resume};
 use soma::data::{self, Dataset, Targets};
 use soma::ops::fused_mlp::FusedMlp;
 use soma::ops::matmul::{MatmulVariant, TILES};
-use soma::trainer::{Flow, Progress};
+use soma::trainer::{Fit, Flow, Progress};
 use soma::{
     Activation, Device, EarlyStopping, Error, Init, Kernels, Loss, Model, Network, Optimizer,
     OptimizerKind, Schedule, TrainConfig, Trainer, Tuning,
@@ -500,21 +500,17 @@ fn train_digits(device: Device<'_>) -> f32 {
         epochs: 20,
         batch_size: 32,
         seed: 1,
+        validation_fraction: None,
+        schedule: Schedule::Constant,
         ..Default::default()
     };
-    soma::fit(
-        device,
-        &mut model,
-        Loss::SoftmaxCrossEntropy,
-        Optimizer::adam(1e-3),
-        &train,
-        None,
-        &config,
-    )
-    .unwrap();
-    let e = model
-        .evaluate(device, Loss::SoftmaxCrossEntropy, &test, 256)
+    Fit::new(&mut model)
+        .loss(Loss::SoftmaxCrossEntropy)
+        .optimizer(Optimizer::adam(1e-3))
+        .config(config.clone())
+        .run(device, &train)
         .unwrap();
+    let e = model.evaluate(device, &test, 256).unwrap();
     e.accuracy.unwrap()
 }
 
@@ -689,25 +685,20 @@ fn early_stopping_restores_the_best_epoch() {
         ..Default::default()
     };
     // A learning rate high enough that validation loss stops improving early.
-    let h = soma::fit(
-        Device::Cpu,
-        &mut model,
-        Loss::SoftmaxCrossEntropy,
-        Optimizer::adam(0.05),
-        &train,
-        Some(&test),
-        &config,
-    )
-    .unwrap();
+    let h = Fit::new(&mut model)
+        .loss(Loss::SoftmaxCrossEntropy)
+        .optimizer(Optimizer::adam(0.05))
+        .config(config.clone())
+        .validation(&test)
+        .run(Device::Cpu, &train)
+        .unwrap();
     assert!(h.stopped_early, "stopped after {} epochs", h.epochs.len());
     let best = h
         .epochs
         .iter()
         .map(|m| m.val_loss.unwrap())
         .fold(f32::INFINITY, f32::min);
-    let e = model
-        .evaluate(Device::Cpu, Loss::SoftmaxCrossEntropy, &test, 100)
-        .unwrap();
+    let e = model.evaluate(Device::Cpu, &test, 100).unwrap();
     assert!(
         (e.loss - best).abs() <= 1e-5 * best.max(1.0),
         "restored loss {} vs best {best}",
@@ -825,10 +816,7 @@ fn a_gpu_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_bits() {
         let back = checkpoint::load(&path).unwrap();
         let r = back.resume.clone().expect("the checkpoint resumes");
         let state: Vec<Vec<f32>> = r.optimizer_state.iter().map(|(_, v)| v.clone()).collect();
-        let restored = Model {
-            network: back.network.clone(),
-            params: back.params.clone(),
-        };
+        let restored = Model::with_params(back.network.clone(), back.params.clone()).unwrap();
         let mut second = new_trainer(&restored, r.optimizer, &r.config);
         second.resume(&r.state, &state).unwrap();
         assert_eq!(run_bits(&second), stopped_at, "{name}: the resumed start");
@@ -890,18 +878,15 @@ fn refuse(data: &Dataset, batch: usize, epochs: usize) -> Error {
     let config = TrainConfig {
         epochs,
         batch_size: batch,
+        validation_fraction: None,
         ..Default::default()
     };
-    let err = soma::fit(
-        Device::Cpu,
-        &mut model,
-        Loss::SoftmaxCrossEntropy,
-        Optimizer::sgd(0.1),
-        data,
-        None,
-        &config,
-    )
-    .unwrap_err();
+    let err = Fit::new(&mut model)
+        .loss(Loss::SoftmaxCrossEntropy)
+        .optimizer(Optimizer::sgd(0.1))
+        .config(config.clone())
+        .run(Device::Cpu, data)
+        .unwrap_err();
     assert_eq!(model, before, "the model is unchanged after: {err}");
     err
 }
@@ -949,4 +934,137 @@ fn bad_inputs_are_refused_before_training() {
 
     let e = refuse(&ok, 2, 0);
     assert!(e.to_string().contains("epochs"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The model as a library value: Fit, preprocessing, save and load, predictions
+// ---------------------------------------------------------------------------------------
+
+/// Iris trained through `Fit` with a fitted scaler (CPU path).
+fn fitted_iris() -> (Model, Dataset, Dataset) {
+    let (train, test) = data::bundled("iris").unwrap().split(0.2, 0).unwrap();
+    let net = Network::mlp(&[4, 16, 3], Activation::Relu, Activation::Identity).unwrap();
+    let mut model = Model::new(net, Init::Pytorch, 0).unwrap();
+    let mut seen = Vec::new();
+    let history = Fit::new(&mut model)
+        .optimizer(Optimizer::adam(1e-2))
+        .epochs(60)
+        .scale(data::ScaleKind::Standard)
+        .on_epoch(|m| seen.push(m.epoch))
+        .run(Device::Cpu, &train)
+        .unwrap();
+    assert_eq!(seen, (1..=60).collect::<Vec<_>>());
+    assert_eq!(history.epochs.len(), 60);
+    // The default validation fraction held out 10% of the training rows.
+    assert!(history.epochs[0].val_loss.is_some());
+    (model, train, test)
+}
+
+#[test]
+fn fit_keeps_the_loss_scaling_and_names_and_save_load_round_trips() {
+    let (model, train, test) = fitted_iris();
+    assert_eq!(model.loss, Loss::SoftmaxCrossEntropy);
+    assert_eq!(model.names.classes, ["setosa", "versicolor", "virginica"]);
+    let scaler = model.scaler.clone().expect("fitted");
+    // Fitted on the training rows left after the validation split (seeded like Fit's).
+    let (fit_rows, _) = train.split(0.1, 0).unwrap();
+    assert_eq!(
+        scaler,
+        data::Scaler::fit(data::ScaleKind::Standard, &fit_rows)
+    );
+
+    // Raw features in: the same as a plain model given scaled features.
+    let e = model.evaluate(Device::Cpu, &test, 64).unwrap();
+    let plain = Model::with_params(model.network.clone(), model.params.clone()).unwrap();
+    let mut scaled = test.clone();
+    scaler.apply(&mut scaled).unwrap();
+    assert_eq!(plain.evaluate(Device::Cpu, &scaled, 64).unwrap(), e);
+    assert!(e.accuracy.unwrap() >= 0.9, "{e:?}");
+
+    let dir = std::env::temp_dir().join(format!("soma-model-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("iris.safetensors");
+    model.save(&path).unwrap();
+    let back = Model::load(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(back, model);
+    assert_eq!(back.evaluate(Device::Cpu, &test, 64).unwrap(), e);
+}
+
+#[test]
+fn predict_proba_and_predict_classes_agree() {
+    let (model, _, test) = fitted_iris();
+    let rows = test.len();
+    let proba = model
+        .predict_proba(Device::Cpu, &test.features, rows)
+        .unwrap();
+    let classes = model
+        .predict_classes(Device::Cpu, &test.features, rows)
+        .unwrap();
+    assert_eq!((proba.len(), classes.len()), (rows * 3, rows));
+    for (p, &c) in proba.chunks(3).zip(&classes) {
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{p:?}");
+        let best = (0..3).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+        assert_eq!(best as u32, c);
+    }
+    let correct = classes
+        .iter()
+        .zip(test.labels().unwrap())
+        .filter(|(a, b)| a == b)
+        .count();
+    let e = model.evaluate(Device::Cpu, &test, 64).unwrap();
+    assert_eq!(correct as f32 / rows as f32, e.accuracy.unwrap());
+
+    // A regressor has no classes to give.
+    let net = Network::mlp(&[4, 1], Activation::Identity, Activation::Identity).unwrap();
+    let reg = Model::new(net, Init::Pytorch, 0).unwrap();
+    assert_eq!(reg.loss, Loss::Mse);
+    let err = reg
+        .predict_proba(Device::Cpu, &test.features, rows)
+        .unwrap_err();
+    assert!(err.to_string().contains("mse"), "{err}");
+    assert!(reg
+        .predict_classes(Device::Cpu, &test.features, rows)
+        .is_err());
+}
+
+#[test]
+fn fit_imputes_missing_features_and_scales_targets() {
+    let mut d = data::bundled("diabetes").unwrap();
+    for i in (0..d.len()).step_by(5) {
+        d.features[i * d.width + i % d.width] = f32::NAN;
+    }
+    let (train, test) = d.split(0.2, 1).unwrap();
+    let net = Network::mlp(&[10, 16, 1], Activation::Relu, Activation::Identity).unwrap();
+    let mut model = Model::new(net, Init::Pytorch, 0).unwrap();
+    Fit::new(&mut model)
+        .epochs(30)
+        .impute(data::ImputeKind::Mean)
+        .scale(data::ScaleKind::Standard)
+        .scale_target(data::ScaleKind::Standard)
+        .run(Device::Cpu, &train)
+        .unwrap();
+    let imputer = model.imputer.clone().expect("fitted");
+    assert!(imputer.values.iter().all(|v| v.is_finite()));
+    // Predictions are finite and in the targets' own units (diabetes: 25 to 346).
+    let y = model
+        .predict(Device::Cpu, &test.features, test.len())
+        .unwrap();
+    assert!(y.iter().all(|v| v.is_finite()));
+    let mean = y.iter().sum::<f32>() / y.len() as f32;
+    assert!((100.0..200.0).contains(&mean), "mean prediction {mean}");
+    let m = model
+        .regression_metrics(Device::Cpu, &test)
+        .unwrap()
+        .unwrap();
+    assert!(m.r2 > 0.2, "{m:?}");
+    // Classes cannot have their targets scaled.
+    let iris = data::bundled("iris").unwrap();
+    let net = Network::mlp(&[4, 3], Activation::Identity, Activation::Identity).unwrap();
+    let mut clf = Model::new(net, Init::Pytorch, 0).unwrap();
+    let err = Fit::new(&mut clf)
+        .scale_target(data::ScaleKind::Standard)
+        .run(Device::Cpu, &iris)
+        .unwrap_err();
+    assert!(err.to_string().contains("classes"), "{err}");
 }

@@ -48,26 +48,6 @@ enum Source<'a> {
     Other(&'a str),
 }
 
-/// The class each row of `outputs (rows, width)` predicts.
-pub fn predicted_classes(outputs: &[f32], width: usize, threshold: f32) -> Vec<u32> {
-    outputs
-        .chunks(width.max(1))
-        .map(|row| {
-            if width == 1 {
-                (row[0] >= threshold) as u32
-            } else {
-                let mut best = 0;
-                for (c, v) in row.iter().enumerate() {
-                    if *v > row[best] {
-                        best = c;
-                    }
-                }
-                best as u32
-            }
-        })
-        .collect()
-}
-
 pub fn run(cmd: EvalCommand) -> Result<()> {
     let (file, ck) = load_model(&cmd.model)?;
     let config_path = cmd.model.join("config.json");
@@ -159,15 +139,15 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             (format!("{spec_text} ({rows})"), d)
         }
     };
-    let model = Model::with_params(ck.network.clone(), ck.params.clone())?;
+    // The data is scaled above: the model takes it as it is.
+    let model = Model::with_params(ck.network.clone(), ck.params.clone())?.with_loss(ck.loss);
     let opened = open_device(cmd.device)?;
     let device = opened.device();
-    let e = model.evaluate(device, ck.loss, &test, 1024)?;
+    let e = model.evaluate(device, &test, 1024)?;
     let confusion = match test.targets.classes() {
         Some(classes) => {
             let outputs = model.predict(device, &test.features, test.len())?;
-            let threshold = if ck.loss == soma::Loss::Mse { 0.5 } else { 0.0 };
-            let predicted = predicted_classes(&outputs, model.network.output_width(), threshold);
+            let predicted = model.classes_of(&outputs);
             let mut m = vec![vec![0u32; classes.max(2)]; classes.max(2)];
             for (t, p) in test.labels().unwrap_or(&[]).iter().zip(&predicted) {
                 if let Some(cell) = m.get_mut(*t as usize).and_then(|r| r.get_mut(*p as usize)) {
@@ -178,7 +158,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         }
         None => None,
     };
-    let regression = model.regression_metrics(device, &test, ck.target_scaler.as_ref())?;
+    let regression =
+        super::report::regression_in_units(&model, device, &test, ck.target_scaler.as_ref())?;
     let report = Report {
         data: name,
         samples: e.samples,

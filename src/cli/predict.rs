@@ -13,7 +13,6 @@ use soma::data::{read_table, HeaderMode, Table};
 use soma::fs::write_output;
 use soma::{Error, Loss, Model, Result};
 
-use super::eval::predicted_classes;
 use super::{load_model, open_device, DeviceChoice};
 
 pub struct PredictCommand {
@@ -149,8 +148,8 @@ fn positional(
     Ok(kept)
 }
 
-/// The feature rows of the input, mapped to the model's columns, with missing values filled
-/// by the model's imputer: `(values, rows)`.
+/// The feature rows of the input, mapped to the model's columns, a missing value as NaN
+/// (for the model's imputer; an error where it has none): `(values, rows)`.
 fn read_rows(cmd: &PredictCommand, ck: &Checkpoint) -> Result<(Vec<f32>, usize)> {
     let path = &cmd.input;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -184,7 +183,6 @@ fn read_rows(cmd: &PredictCommand, ck: &Checkpoint) -> Result<(Vec<f32>, usize)>
                 cells.len()
             )));
         }
-        let start = values.len();
         for &c in &map {
             let cell = cells[c].as_str();
             if cell.is_empty() {
@@ -209,9 +207,6 @@ fn read_rows(cmd: &PredictCommand, ck: &Checkpoint) -> Result<(Vec<f32>, usize)>
                 })?;
             values.push(v);
         }
-        if let Some(imputer) = &ck.imputer {
-            imputer.fill_row(&mut values[start..]);
-        }
     }
     Ok((values, table.rows.len()))
 }
@@ -231,53 +226,42 @@ fn record(cells: &[String]) -> Result<String> {
 
 pub fn run(cmd: PredictCommand) -> Result<()> {
     let (model_file, ck) = load_model(&cmd.model)?;
-    let model = Model::with_params(ck.network.clone(), ck.params.clone())?;
-    let width = model.network.input_width();
-    let (mut x, rows) = read_rows(&cmd, &ck)?;
-    if let Some(s) = &ck.scaler {
-        for row in x.chunks_mut(width) {
-            s.apply_row(row)?;
-        }
-    }
+    let (x, rows) = read_rows(&cmd, &ck)?;
+    // The model fills missing values, scales the features and maps regression outputs
+    // back to the targets' units itself.
+    let model = Model::from_checkpoint(ck)?;
     let opened = open_device(cmd.device)?;
     let outputs = model.predict(opened.device(), &x, rows)?;
     let out_w = model.network.output_width();
-    let class = |c: usize| ck.names.class(c);
+    let class = |c: usize| model.names.class(c);
     let mut text = String::new();
-    match ck.loss {
+    match model.loss {
         Loss::SoftmaxCrossEntropy => {
             let mut header = vec!["class".to_string()];
             header.extend((0..out_w).map(|c| format!("p_{}", class(c))));
             text += &record(&header)?;
-            let classes = predicted_classes(&outputs, out_w, 0.0);
-            for (row, c) in outputs.chunks(out_w).zip(classes) {
-                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
+            let probabilities = model.probabilities(&outputs)?;
+            let classes = model.classes_of(&outputs);
+            for (row, c) in probabilities.chunks(out_w).zip(classes) {
                 let mut cells = vec![class(c as usize)];
-                cells.extend(row.iter().map(|v| ((v - m).exp() / s).to_string()));
+                cells.extend(row.iter().map(|p| p.to_string()));
                 text += &record(&cells)?;
             }
         }
         Loss::BinaryCrossEntropy if out_w == 1 => {
             text += &record(&["class".to_string(), format!("p_{}", class(1))])?;
-            for v in &outputs {
-                let p = soma::cpu::sigmoid(*v);
-                text += &record(&[class((*v >= 0.0) as usize), p.to_string()])?;
+            let probabilities = model.probabilities(&outputs)?;
+            let classes = model.classes_of(&outputs);
+            for (pair, c) in probabilities.chunks(2).zip(classes) {
+                text += &record(&[class(c as usize), pair[1].to_string()])?;
             }
         }
-        _ => {
-            let names: Vec<String> = match (&ck.names.target, out_w) {
+        Loss::BinaryCrossEntropy | Loss::Mse => {
+            let names: Vec<String> = match (&model.names.target, out_w) {
                 (Some(name), 1) => vec![name.clone()],
                 _ => (0..out_w).map(|c| format!("y_{c}")).collect(),
             };
             text += &record(&names)?;
-            // Back from the scaled units the network was trained in to the targets' own.
-            let mut outputs = outputs;
-            if let Some(s) = &ck.target_scaler {
-                for row in outputs.chunks_mut(out_w) {
-                    s.invert_row(row)?;
-                }
-            }
             for row in outputs.chunks(out_w) {
                 let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
                 text += &record(&cells)?;

@@ -264,3 +264,22 @@ pub fn train_config(o: &Resolved, c: &Choices) -> Result<TrainConfig> {
         log_every: 0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::options::TrainOptions;
+    use super::*;
+
+    /// `TrainConfig::default()` and `Optimizer::default()` are what `soma train` uses when
+    /// no flag is given, so that the library and the command train alike.
+    #[test]
+    fn the_librarys_defaults_are_the_commands() {
+        let o = TrainOptions::default().resolve().expect("defaults resolve");
+        let c = o.choices().expect("default choices");
+        assert_eq!(
+            train_config(&o, &c).expect("config"),
+            TrainConfig::default()
+        );
+        assert_eq!(c.optimizer, Optimizer::default());
+    }
+}

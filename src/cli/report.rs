@@ -9,6 +9,28 @@ use soma::trainer::EpochMetrics;
 use soma::{Error, Result};
 
 /// The regression metrics as printed by `soma train` and `soma eval`.
+/// RMSE, MAE and R² in the targets' own units of `model` (taking features as they are) on
+/// `data`, whose regression targets were scaled by `target_scaler` for training (as
+/// `prepare_data` leaves them); `None` for classification data.
+pub fn regression_in_units(
+    model: &soma::Model,
+    device: soma::Device<'_>,
+    data: &soma::data::Dataset,
+    target_scaler: Option<&soma::data::Scaler>,
+) -> Result<Option<RegressionMetrics>> {
+    let mut data = std::borrow::Cow::Borrowed(data);
+    let mut model = std::borrow::Cow::Borrowed(model);
+    if let Some(s) = target_scaler {
+        if let soma::data::Targets::Values { values, width } = &mut data.to_mut().targets {
+            for row in values.chunks_mut((*width).max(1)) {
+                s.invert_row(row)?;
+            }
+        }
+        model.to_mut().target_scaler = Some(s.clone());
+    }
+    model.regression_metrics(device, &data)
+}
+
 pub fn regression_line(m: &RegressionMetrics) -> String {
     let n = |x: f64| number(x as f32);
     format!(

@@ -194,7 +194,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
 
     // Starting point: fresh, from --init weights, or from the resumed checkpoint.
     let start = || -> Result<(Model, Option<Resume>)> {
-        let mut model = Model::new(network.clone(), init, options.seed)?;
+        let mut model = Model::new(network.clone(), init, options.seed)?.with_loss(loss);
         let mut resume_state = None;
         if let (Some(ck), Some(path)) = (&resumed, &resumed_path) {
             // Continue and Extend start from it (an extension's copy holds the same bytes).
@@ -564,8 +564,9 @@ fn train_in(
     }
     model.params = trainer.parameters()?;
     save_checkpoint(dir, rc, &model.params, data, &trainer)?;
-    let eval = model.evaluate(device, rc.loss, &data.test, 1024)?;
-    let regression = model.regression_metrics(device, &data.test, data.target_scaler.as_ref())?;
+    let eval = model.evaluate(device, &data.test, 1024)?;
+    let regression =
+        super::report::regression_in_units(model, device, &data.test, data.target_scaler.as_ref())?;
     Ok(Outcome::Finished {
         eval,
         regression,

@@ -11,8 +11,8 @@ use crate::exec::Device;
 use crate::network::{Activation, Init, Network, Parameters};
 use crate::ops::activation::cpu::derivative_of;
 use crate::ops::loss::Loss;
-use crate::optim::Optimizer;
-use crate::trainer::{fit, Model, TrainConfig};
+use crate::optim::{Optimizer, Schedule};
+use crate::trainer::{Fit, Model, TrainConfig};
 
 /// How one XOR network is trained: a 2-`hidden`-1 network with `activation` on the hidden
 /// layer and an identity output, MSE loss, plain SGD at `lr` on the full batch of the four
@@ -111,17 +111,16 @@ pub fn train_xor(device: Device<'_>, setup: &XorSetup, seed: u64) -> Result<XorR
         batch_size: 4,
         shuffle: false,
         seed,
+        // The lecture's plain loop: a constant rate and no validation split.
+        validation_fraction: None,
+        schedule: Schedule::Constant,
         ..Default::default()
     };
-    fit(
-        device,
-        &mut model,
-        Loss::Mse,
-        Optimizer::sgd(setup.lr),
-        &data,
-        None,
-        &config,
-    )?;
+    Fit::new(&mut model)
+        .loss(Loss::Mse)
+        .optimizer(Optimizer::sgd(setup.lr))
+        .config(config)
+        .run(device, &data)?;
     let layers = model.forward_layers(device, &TRUTH_INPUTS, 4)?;
     let (hidden, output) = match layers.as_slice() {
         [h, o] => (h, o),

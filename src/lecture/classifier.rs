@@ -6,8 +6,8 @@ use crate::error::Result;
 use crate::exec::Device;
 use crate::network::{Activation, Init, Layer, Network};
 use crate::ops::loss::Loss;
-use crate::optim::Optimizer;
-use crate::trainer::{fit, Model, TrainConfig};
+use crate::optim::{Optimizer, Schedule};
+use crate::trainer::{Fit, Model, TrainConfig};
 
 /// The lecture's Theano classifier: `h = sigmoid(X·w_1)`, `ŷ = softmax(h·w_2)`, no biases,
 /// cross-entropy, and `p ← p − lr·g` with lr = 0.01 (its `backprop`). soma puts the softmax
@@ -99,19 +99,19 @@ pub fn softmax_classifier(device: Device<'_>, setup: &ClassifierSetup) -> Result
         batch_size: setup.batch,
         shuffle: true,
         seed: setup.seed,
+        // The lecture's plain loop: a constant rate and no validation split.
+        validation_fraction: None,
+        schedule: Schedule::Constant,
         ..Default::default()
     };
-    let history = fit(
-        device,
-        &mut model,
-        Loss::SoftmaxCrossEntropy,
-        Optimizer::sgd(setup.lr),
-        &train,
-        Some(&test),
-        &config,
-    )?;
-    let on_train = model.evaluate(device, Loss::SoftmaxCrossEntropy, &train, 256)?;
-    let on_test = model.evaluate(device, Loss::SoftmaxCrossEntropy, &test, 256)?;
+    let history = Fit::new(&mut model)
+        .loss(Loss::SoftmaxCrossEntropy)
+        .optimizer(Optimizer::sgd(setup.lr))
+        .config(config)
+        .validation(&test)
+        .run(device, &train)?;
+    let on_train = model.evaluate(device, &train, 256)?;
+    let on_test = model.evaluate(device, &test, 256)?;
     Ok(ClassifierReport {
         train_accuracy: on_train.accuracy.unwrap_or(0.0),
         test_accuracy: on_test.accuracy.unwrap_or(0.0),

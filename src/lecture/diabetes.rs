@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::exec::Device;
 use crate::network::{Activation, Init, Network};
 use crate::ops::loss::Loss;
-use crate::optim::Optimizer;
-use crate::trainer::{fit, Model, TrainConfig};
+use crate::optim::{Optimizer, Schedule};
+use crate::trainer::{Fit, Model, TrainConfig};
 
 /// The seed of the fixed 80/20 diabetes split.
 pub const DIABETES_SPLIT_SEED: u64 = 0;
@@ -223,17 +223,16 @@ pub fn regression(
         batch_size: setup.batch,
         shuffle: true,
         seed: setup.seed,
+        // The lecture's plain loop: a constant rate and no validation split.
+        validation_fraction: None,
+        schedule: Schedule::Constant,
         ..Default::default()
     };
-    fit(
-        device,
-        &mut model,
-        Loss::Mse,
-        setup.optimizer,
-        train,
-        None,
-        &config,
-    )?;
+    Fit::new(&mut model)
+        .loss(Loss::Mse)
+        .optimizer(setup.optimizer)
+        .config(config)
+        .run(device, train)?;
     let train_pred = model.predict(device, &train.features, train.len())?;
     let test_pred = model.predict(device, &test.features, test.len())?;
     Ok(RegressionReport {

@@ -220,6 +220,13 @@ pub struct Optimizer {
     pub centered: bool,
 }
 
+/// Adam with PyTorch's defaults (lr 1e-3), as `soma train` trains.
+impl Default for Optimizer {
+    fn default() -> Optimizer {
+        Optimizer::new(UpdateRule::Adam)
+    }
+}
+
 /// PyTorch's RMSprop alpha (and what optimizers saved before it existed read as).
 fn default_alpha() -> f32 {
     0.99

@@ -17,7 +17,11 @@ pub struct EarlyStopping {
     pub restore_best: bool,
 }
 
-/// How `fit` trains.
+/// How a [`Fit`](crate::trainer::Fit) or [`Trainer`](crate::trainer::Trainer) trains. The
+/// default is `soma train`'s: 20 epochs of batches of 32, reshuffled each epoch with seed 0,
+/// 10% of the rows held out for validation, no early stopping, and a cosine decay of the
+/// learning rate to 0 over the epochs (the command raises the epochs on small data, see
+/// `soma train --help`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub epochs: usize,
@@ -38,13 +42,13 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            epochs: 10,
+            epochs: 20,
             batch_size: 32,
             shuffle: true,
             seed: 0,
-            validation_fraction: None,
+            validation_fraction: Some(0.1),
             early_stopping: None,
-            schedule: Schedule::Constant,
+            schedule: Schedule::Cosine { min_lr: 0.0 },
             log_every: 0,
         }
     }
@@ -105,4 +109,11 @@ pub enum Flow {
     Continue,
     /// Stop now, leaving the run where it is (it can be resumed later).
     Stop,
+}
+
+/// An epoch callback that returns nothing goes on.
+impl From<()> for Flow {
+    fn from(_: ()) -> Flow {
+        Flow::Continue
+    }
 }

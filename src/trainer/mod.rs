@@ -1,9 +1,10 @@
 //! The scheduler: a [`Trainer`] owns a run's resident state (a [`Run`]) and runs epochs of
 //! whole training steps: per epoch, the scheduled learning rate and the shuffled order go to
 //! the device once; per step, one submission (gather, forward, loss, backward, update,
-//! metrics); reads only at log points. [`fit`] is the one-call training loop with
-//! validation, early stopping and a learning-rate schedule. The model itself is
-//! `model.rs`'s.
+//! metrics); reads only at log points. A `Trainer` takes its data as the network sees it
+//! (already scaled). [`Fit`] is the one-call training loop for a [`Model`]: its
+//! preprocessing fitted and applied, validation, early stopping and a learning-rate
+//! schedule. The model itself is `model.rs`'s.
 
 use std::time::Instant;
 
@@ -18,10 +19,12 @@ use crate::run::Run;
 use crate::tensor::GpuTensor;
 
 mod config;
+mod fit;
 
 pub use crate::model::{Evaluation, Model};
 use crate::network::Parameters;
 pub use config::{EarlyStopping, EpochMetrics, Flow, History, Progress, TrainConfig, TrainState};
+pub use fit::Fit;
 
 /// A training run: the resident state of one model on one device, trained epoch by epoch.
 pub struct Trainer<'a> {
@@ -578,42 +581,5 @@ impl LossReadback {
                 Ok(None)
             }
         }
-    }
-}
-
-/// Trains `model` on `train` and leaves the trained parameters in it (also when training
-/// stops on a divergence: then the model holds the last good step's parameters). The
-/// validation set is `validation`, or the fraction `config.validation_fraction` of `train`
-/// held out by [`Dataset::split`] seeded with `config.seed` (stratified by class).
-pub fn fit(
-    device: Device<'_>,
-    model: &mut Model,
-    loss: Loss,
-    optimizer: Optimizer,
-    train: &Dataset,
-    validation: Option<&Dataset>,
-    config: &TrainConfig,
-) -> Result<History> {
-    let split;
-    let (train, validation) = match (validation, config.validation_fraction) {
-        (Some(v), _) => (train, Some(v)),
-        (None, Some(f)) => {
-            split = train.split(f, config.seed)?;
-            (&split.0, Some(&split.1))
-        }
-        (None, None) => (train, None),
-    };
-    let mut trainer = Trainer::new(device, model, loss, optimizer, train, validation, config)?;
-    let result = trainer.fit(|_, _| Ok(Flow::Continue), |_| {});
-    match result {
-        Ok(h) => {
-            model.params = trainer.parameters()?;
-            Ok(h)
-        }
-        Err(e @ Error::Diverged { .. }) => {
-            model.params = trainer.parameters()?;
-            Err(e)
-        }
-        Err(e) => Err(e),
     }
 }
