@@ -498,7 +498,34 @@ fn train_json_prints_one_summary_document() {
     assert_eq!(doc["epochs_run"], 2);
     assert_eq!(doc["adapter"], "cpu");
     assert_eq!(doc["run_dir"], dir.arg("run"));
+    assert_eq!(doc["restored_epoch"], Value::Null);
     assert_complete_run(&run, 2);
+
+    // Early stopping says which epoch it restored in the document, not in a line before it.
+    let ran = soma(
+        &dir,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--data",
+            "iris",
+            "--patience",
+            "1",
+            "--lr",
+            "0.1",
+            "--schedule",
+            "constant",
+            "--json",
+            "--out",
+            &dir.arg("early"),
+        ],
+    )
+    .ok();
+    let doc = ran.json();
+    assert_eq!(doc["stopped_early"], true);
+    let restored = doc["restored_epoch"].as_u64().expect("a restored epoch");
+    assert!(restored < doc["epochs_run"].as_u64().unwrap(), "{doc}");
 }
 
 /// `soma train --device gpu --json --out DIR/run` with `extra` arguments: the summary

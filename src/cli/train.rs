@@ -63,6 +63,8 @@ struct Summary {
     r2: Option<f64>,
     epochs_run: usize,
     stopped_early: bool,
+    /// The epoch whose parameters early stopping restored (null when it did not stop).
+    restored_epoch: Option<usize>,
     wall_seconds: f64,
     samples_per_second: f64,
     adapter: String,
@@ -246,6 +248,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             regression,
             epochs_run,
             stopped_early,
+            restored_epoch,
             samples_per_second,
         }) => {
             let final_dir = run_dir.finish()?;
@@ -259,6 +262,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                     r2: regression.map(|m| m.r2),
                     epochs_run,
                     stopped_early,
+                    restored_epoch,
                     wall_seconds: wall,
                     samples_per_second,
                     adapter,
@@ -556,7 +560,8 @@ fn train_in(
             Outcome::Paused
         });
     }
-    if fit.stopped_early {
+    // With --json, stdout holds the summary alone (which names the epoch).
+    if fit.stopped_early && !cmd.json {
         println!(
             "early stop: restored the parameters of epoch {}",
             fit.best_epoch
@@ -572,6 +577,7 @@ fn train_in(
         regression,
         epochs_run: history.len(),
         stopped_early: fit.stopped_early,
+        restored_epoch: fit.stopped_early.then_some(fit.best_epoch),
         samples_per_second: last_rate,
     })
 }
@@ -584,6 +590,7 @@ enum Outcome {
         regression: Option<RegressionMetrics>,
         epochs_run: usize,
         stopped_early: bool,
+        restored_epoch: Option<usize>,
         samples_per_second: f64,
     },
     /// Stopped by --stop-after; the run directory stays `.partial`.
