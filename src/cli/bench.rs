@@ -16,6 +16,7 @@ use soma::rng::Rng;
 use soma::trainer::{TrainConfig, Trainer};
 use soma::{
     cpu, Activation, Device, Error, GpuTensor, Init, Loss, Model, Network, Optimizer, Result,
+    Schedule,
 };
 
 use super::{open_device, DeviceChoice};
@@ -336,6 +337,8 @@ fn b2(
         epochs: usize::MAX,
         batch_size: 128,
         shuffle: false,
+        // The workload's fixed rate (SPEC.md), not the command's cosine default.
+        schedule: Schedule::Constant,
         ..Default::default()
     };
     let mut t = Trainer::new(
@@ -399,6 +402,8 @@ fn b3(ctx: &mut Ctx<'_>) -> Result<()> {
         epochs: usize::MAX,
         batch_size: 4096,
         shuffle: false,
+        // The workload's fixed rate (SPEC.md), not the command's cosine default.
+        schedule: Schedule::Constant,
         ..Default::default()
     };
     let mut t = Trainer::new(
