@@ -667,6 +667,9 @@ mod tests {
                         gamma: 0.5,
                     },
                     log_every: 10,
+                    shadow_check: Default::default(),
+                    shadow_stop: Default::default(),
+                    shadow_tolerance: Default::default(),
                 },
                 optimizer_state,
             }

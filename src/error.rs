@@ -84,6 +84,18 @@ pub enum Error {
         kept: String,
     },
 
+    /// A shadow-checked step whose device result is further from the CPU replay than the
+    /// tolerance (see `trainer::shadow`).
+    #[error("shadow check failed at step {step}: '{tensor}' differs from the CPU replay by {rel_l2:.3e} (relative L2), over the tolerance {tolerance:.3e}; {kept}")]
+    ShadowMismatch {
+        step: u64,
+        tensor: String,
+        rel_l2: f64,
+        tolerance: f64,
+        /// Where the last good weights are.
+        kept: String,
+    },
+
     /// A checkpoint that does not match the network it is loaded into.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },

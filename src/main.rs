@@ -139,6 +139,10 @@ enum Command {
         /// After B2 and B3, time each kernel of one training step on its own (GPU only)
         #[arg(long)]
         profile: bool,
+        /// Also time B2's epoch with every Nth step replayed on the CPU path (train
+        /// --shadow-check N) against the same epoch without, and report the overhead
+        #[arg(long)]
+        shadow_check: Option<usize>,
     },
     /// List the adapters wgpu can see
     Devices {
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
             mnist,
             json,
             profile,
+            shadow_check,
         } => cli::bench::run(cli::bench::BenchCommand {
             device,
             only,
@@ -233,6 +238,7 @@ fn main() -> ExitCode {
             mnist,
             json,
             profile,
+            shadow_check,
             process_start,
         }),
         Command::Devices { json } => cli::devices::run(json),

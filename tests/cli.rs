@@ -3826,3 +3826,101 @@ fn impute_mean_fills_missing_values_in_train_predict_and_eval() {
     );
     assert_clean_failure(&ran, &["median", "expected mean"], None);
 }
+
+#[test]
+fn shadow_check_logs_each_replayed_step_and_stops_when_asked() {
+    if !gpu("shadow_check_logs_each_replayed_step_and_stops_when_asked") {
+        return;
+    }
+    let dir = TempDir::new("shadow");
+    // Digits: 41 steps an epoch; steps 20, 40, 60 and 80 are replayed.
+    let args = |out: &str, extra: &[&'static str]| {
+        let mut a: Vec<String> = [
+            "train",
+            "--device",
+            "gpu",
+            "--epochs",
+            "2",
+            "--shadow-check",
+            "20",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(dir.arg(out));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let ran = soma(&dir, &args("run", &[])).ok();
+    let lines: Vec<&str> = ran
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("shadow: "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", ran.stdout);
+    assert!(
+        lines[0].contains("2 steps replayed") && lines[0].contains("all within"),
+        "{}",
+        lines[0]
+    );
+    let log = read(&dir.join("run/shadow.jsonl"));
+    let reports: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = reports
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [20, 40, 60, 80]);
+    for r in &reports {
+        let tolerance = r["tolerance"].as_f64().unwrap();
+        for t in r["tensors"].as_array().unwrap() {
+            assert!(t["rel_l2"].as_f64().unwrap() <= tolerance, "{t}");
+        }
+    }
+    // The shadow settings are the run's: a resume may not change them.
+    let ran = soma(
+        &dir,
+        &[
+            "train",
+            "--resume",
+            &dir.arg("run"),
+            "--epochs",
+            "3",
+            "--shadow-check",
+            "5",
+        ],
+    );
+    assert_clean_failure(&ran, &["--shadow-check", "differs"], None);
+
+    // A tolerance no device meets, with --shadow-action stop: the run ends at the first
+    // replayed step (epoch 1, step 20) before that epoch's checkpoint, exit 1, no
+    // checkpoint written, and the log names the step.
+    let ran = soma(
+        &dir,
+        &args(
+            "strict",
+            &["--shadow-tolerance", "0", "--shadow-action", "stop"],
+        ),
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let error = ran
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.starts_with("error: "))
+        .unwrap();
+    assert!(
+        error.contains("shadow check failed at step 20")
+            && error.contains("before the first checkpoint"),
+        "{error}"
+    );
+    let partial = dir.join("strict.partial");
+    assert!(!partial.join("checkpoint.safetensors").exists());
+    assert_eq!(read(&partial.join("shadow.jsonl")).lines().count(), 1);
+    // With warn (the default), the same tolerance lets the run finish.
+    let ran = soma(&dir, &args("warned", &["--shadow-tolerance", "0"])).ok();
+    assert!(ran.stdout.contains("over it"), "{}", ran.stdout);
+    assert!(dir.join("warned/checkpoint.safetensors").exists());
+}

@@ -9,10 +9,10 @@ use soma::checkpoint::{self, Checkpoint, Resume};
 use soma::data::{self, Dataset, Targets};
 use soma::ops::fused_mlp::FusedMlp;
 use soma::ops::matmul::{MatmulVariant, TILES};
-use soma::trainer::{Fit, Flow, Progress};
+use soma::trainer::{Fit, Flow, Progress, ShadowReport};
 use soma::{
     Activation, Device, EarlyStopping, Error, Init, Kernels, Loss, Model, Network, Optimizer,
-    OptimizerKind, Schedule, TrainConfig, Trainer, Tuning,
+    OptimizerKind, Parameters, Schedule, TrainConfig, Trainer, Tuning,
 };
 
 /// Tuning that runs a training step as the fused MLP pass in `form`.
@@ -1067,4 +1067,126 @@ fn fit_imputes_missing_features_and_scales_targets() {
         .run(Device::Cpu, &iris)
         .unwrap_err();
     assert!(err.to_string().contains("classes"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Shadow replay
+// ---------------------------------------------------------------------------------------
+
+/// Two epochs of digits' first 320 rows (batch 32: 10 steps an epoch) with Adam, with every
+/// `shadow`th step replayed; the final parameters and the reports.
+fn shadowed_run(device: Device<'_>, shadow: Option<usize>) -> (Parameters, Vec<ShadowReport>) {
+    let (train, _) = digits();
+    let train = first_rows(&train, 320);
+    let net = Network::mlp(&[64, 32, 10], Activation::Relu, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 3).unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 32,
+        seed: 3,
+        shadow_check: shadow,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(
+        device,
+        &model,
+        Loss::SoftmaxCrossEntropy,
+        Optimizer::adam(1e-2),
+        &train,
+        None,
+        &config,
+    )
+    .unwrap();
+    t.fit(|_, _| Ok(Flow::Continue), |_| {}).unwrap();
+    (t.parameters().unwrap(), t.shadow_reports().to_vec())
+}
+
+#[test]
+fn shadow_replay_on_the_gpu_agrees_with_the_cpu_and_changes_nothing() {
+    let Some(gpu) = gpu("shadow_replay_on_the_gpu_agrees_with_the_cpu_and_changes_nothing") else {
+        return;
+    };
+    let (plain, none) = shadowed_run(Device::Gpu(gpu), None);
+    assert!(none.is_empty());
+    let (params, reports) = shadowed_run(Device::Gpu(gpu), Some(3));
+    // Replaying reads the device's state and writes nothing back: the same bits.
+    assert_eq!(params, plain);
+    // Steps 3, 6, ..., 18 of the 20.
+    let steps: Vec<u64> = reports.iter().map(|r| r.step).collect();
+    assert_eq!(steps, [3, 6, 9, 12, 15, 18]);
+    assert_eq!(reports[3].epoch, 2);
+    let names: Vec<&str> = reports[0].tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "layers.0.weight",
+            "layers.0.bias",
+            "layers.0.weight.m",
+            "layers.0.weight.v",
+            "layers.0.bias.m",
+            "layers.0.bias.v",
+            "layers.1.weight",
+            "layers.1.bias",
+            "layers.1.weight.m",
+            "layers.1.weight.v",
+            "layers.1.bias.m",
+            "layers.1.bias.v",
+        ]
+    );
+    for r in &reports {
+        assert!(r.pass(), "step {}: {:?}", r.step, r.worst());
+        // Close, but the device's sums run in another order than the host's.
+        assert!(r.tolerance > 0.0 && r.tolerance < 1e-3, "{}", r.tolerance);
+    }
+    assert!(reports.iter().any(|r| r.worst().unwrap().rel_l2 > 0.0));
+
+    // With shadow_stop, the first step past the tolerance ends training with its name.
+    let (train, _) = digits();
+    let train = first_rows(&train, 320);
+    let net = Network::mlp(&[64, 32, 10], Activation::Relu, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 3).unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 32,
+        shadow_check: Some(3),
+        shadow_tolerance: Some(0.0),
+        shadow_stop: true,
+        ..Default::default()
+    };
+    let err = Fit::new(&mut model.clone())
+        .loss(Loss::SoftmaxCrossEntropy)
+        .config(config)
+        .run(Device::Gpu(gpu), &train)
+        .unwrap_err();
+    match err {
+        Error::ShadowMismatch {
+            step, tolerance, ..
+        } => assert_eq!((step, tolerance), (3, 0.0)),
+        other => panic!("expected a shadow mismatch, got {other}"),
+    }
+}
+
+#[test]
+fn shadow_replay_on_the_cpu_path_is_exact() {
+    // The device and the replay are the same threaded CPU code: not one ulp apart.
+    let (plain, _) = shadowed_run(Device::Cpu, None);
+    let (params, reports) = shadowed_run(Device::Cpu, Some(4));
+    assert_eq!(params, plain);
+    assert_eq!(reports.len(), 5);
+    for r in &reports {
+        for t in &r.tensors {
+            assert_eq!((t.max_ulp, t.rel_l2), (0, 0.0), "step {}: {t:?}", r.step);
+        }
+    }
+    // A tolerance that cannot hold is reported as failed, with the tensor to blame.
+    let bad = ShadowReport {
+        tolerance: 0.0,
+        ..reports[0].clone()
+    };
+    assert!(bad.pass());
+    let mut off = reports[0].clone();
+    off.tensors[2].rel_l2 = 1e-3;
+    off.tolerance = 1e-4;
+    assert!(!off.pass());
+    assert_eq!(off.worst().unwrap().name, "layers.0.weight.m");
 }

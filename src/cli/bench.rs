@@ -31,6 +31,8 @@ pub struct BenchCommand {
     pub mnist: Option<PathBuf>,
     pub json: bool,
     pub profile: bool,
+    /// Also time B2's epoch with every Nth step shadow-checked.
+    pub shadow_check: Option<usize>,
     pub process_start: Instant,
 }
 
@@ -102,6 +104,7 @@ struct Ctx<'a> {
     results: Vec<Value>,
     json: bool,
     profile: bool,
+    shadow_check: Option<usize>,
 }
 
 impl Ctx<'_> {
@@ -386,6 +389,62 @@ fn b2(
                 "first_step_s": first_step_s, "first_loss": first_loss, "last_loss": last_loss,
                 "peak_rss_mib": peak_rss_mib() }),
     );
+    if let Some(every) = ctx.shadow_check {
+        b2_shadow(ctx, &model, &train, &config, every)?;
+    }
+    Ok(())
+}
+
+/// B2's epoch (468 steps) with every `every`th step replayed on the CPU path against the
+/// same epoch without, in turn (plain, shadowed, plain, shadowed), each on a fresh trainer:
+/// the overhead is the median of the two pairs' time ratios, less 1.
+fn b2_shadow(
+    ctx: &mut Ctx<'_>,
+    model: &Model,
+    train: &Dataset,
+    config: &TrainConfig,
+    every: usize,
+) -> Result<()> {
+    let epoch = |shadow: Option<usize>| -> Result<(f64, usize)> {
+        let config = TrainConfig {
+            epochs: 1,
+            shadow_check: shadow,
+            ..config.clone()
+        };
+        let mut t = Trainer::new(
+            ctx.device,
+            model,
+            Loss::SoftmaxCrossEntropy,
+            Optimizer::sgd(0.05),
+            train,
+            None,
+            &config,
+        )?;
+        // One step first, so that neither side pays for compiling the kernels.
+        t.run_steps(1)?;
+        t.running_loss()?;
+        let start = Instant::now();
+        t.run_epoch(|_| {})?;
+        Ok((start.elapsed().as_secs_f64(), t.shadow_reports().len()))
+    };
+    let mut ratios = Vec::new();
+    let mut times = Vec::new();
+    let mut checked = 0;
+    for _ in 0..2 {
+        let (plain, _) = epoch(None)?;
+        let (shadowed, n) = epoch(Some(every))?;
+        ratios.push(shadowed / plain);
+        times.push((plain, shadowed));
+        checked = n;
+    }
+    ctx.result(
+        "B2-shadow",
+        "overhead",
+        median(ratios) - 1.0,
+        "fraction",
+        json!({ "shadow_check": every, "steps": B2_ROWS / 128, "shadow_steps": checked,
+                "epoch_s_plain_then_shadowed": times }),
+    );
     Ok(())
 }
 
@@ -493,7 +552,13 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         results: vec![],
         json: cmd.json,
         profile: cmd.profile,
+        shadow_check: cmd.shadow_check,
     };
+    if cmd.shadow_check == Some(0) {
+        return Err(Error::Config(
+            "--shadow-check 0: it must be at least 1 step".into(),
+        ));
+    }
     let peak = match cmd.peak_gflops {
         Some(p) => Some((p, "given with --peak-gflops".to_string())),
         None if cpu_like => cpu_peak_gflops(&adapter),

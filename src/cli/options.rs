@@ -131,6 +131,19 @@ pub struct TrainOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_shuffle: bool,
+    /// Replay every Nth training step on the CPU path from the device's pre-step state and
+    /// compare every parameter and optimizer-state tensor (shadow.jsonl in the run
+    /// directory) [default: off]
+    #[arg(long)]
+    pub shadow_check: Option<usize>,
+    /// The relative L2 difference a shadow-checked tensor may have [default: 16·k·2⁻²⁴, k the
+    /// larger of the batch and the widest layer]
+    #[arg(long)]
+    pub shadow_tolerance: Option<f64>,
+    /// What a shadow step past the tolerance does: warn (a line, and training goes on) or
+    /// stop (the run keeps its last good checkpoint and exits non-zero) [default: warn]
+    #[arg(long)]
+    pub shadow_action: Option<String>,
     /// The device, from a TOML file only (the command line's is `--device`, which wins).
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -211,6 +224,12 @@ pub struct Resolved {
     pub init_scheme: String,
     pub init: Option<PathBuf>,
     pub shuffle: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_check: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_tolerance: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_action: Option<String>,
 }
 
 /// The settings of a run that name a choice, parsed into their types: made from `Resolved`
@@ -351,6 +370,26 @@ impl Resolved {
         if f.patience == Some(0) {
             return out("--patience", "0".into(), "at least 1 epoch");
         }
+        if f.shadow_check == Some(0) {
+            return out("--shadow-check", "0".into(), "at least 1 step");
+        }
+        if let Some(t) = f.shadow_tolerance.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+            return out(
+                "--shadow-tolerance",
+                t.to_string(),
+                "a finite number, 0 or more",
+            );
+        }
+        match f.shadow_action.as_deref() {
+            None | Some("warn") | Some("stop") => {}
+            Some(a) => return out("--shadow-action", a.into(), "warn or stop"),
+        }
+        if f.shadow_check.is_none() && (f.shadow_tolerance.is_some() || f.shadow_action.is_some()) {
+            return Err(Error::Config(
+                "--shadow-tolerance and --shadow-action apply to --shadow-check N; pass it too"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -393,6 +432,9 @@ impl Resolved {
             init_scheme: Some(self.init_scheme.clone()),
             init: self.init.clone(),
             no_shuffle: !self.shuffle,
+            shadow_check: self.shadow_check,
+            shadow_tolerance: self.shadow_tolerance,
+            shadow_action: self.shadow_action.clone(),
             device: None,
         }
     }
@@ -504,7 +546,10 @@ impl TrainOptions {
             scale,
             scale_target,
             init_scheme,
-            init
+            init,
+            shadow_check,
+            shadow_tolerance,
+            shadow_action
         )
     }
 
@@ -564,6 +609,9 @@ impl TrainOptions {
             init_scheme: self.init_scheme.clone().unwrap_or_else(|| "pytorch".into()),
             init: self.init.clone(),
             shuffle: !self.no_shuffle,
+            shadow_check: self.shadow_check,
+            shadow_tolerance: self.shadow_tolerance,
+            shadow_action: self.shadow_action.clone(),
         })
     }
 }

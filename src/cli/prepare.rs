@@ -262,6 +262,9 @@ pub fn train_config(o: &Resolved, c: &Choices) -> Result<TrainConfig> {
         }),
         schedule: c.schedule,
         log_every: 0,
+        shadow_check: o.shadow_check,
+        shadow_tolerance: o.shadow_tolerance,
+        shadow_stop: o.shadow_action.as_deref() == Some("stop"),
     })
 }
 

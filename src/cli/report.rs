@@ -94,6 +94,85 @@ fn line_of(m: &EpochMetrics) -> Result<Vec<u8>> {
     Ok(line)
 }
 
+/// A run's `shadow.jsonl`: one JSON object per shadow-checked step (a `ShadowReport`: the
+/// step, its epoch, the tolerance, and each tensor's max abs, max rel, max ulp and relative
+/// L2 difference from the CPU replay), appended and synced before the epoch's checkpoint.
+pub struct ShadowLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl ShadowLog {
+    /// Starts the log keeping the lines of steps up to `through` (those a resumed
+    /// checkpoint holds; none for a new run), then appends.
+    pub fn start(path: &Path, through: u64) -> Result<ShadowLog> {
+        let mut kept = Vec::new();
+        match std::fs::read(path) {
+            Ok(text) => {
+                for line in text.split(|&b| b == b'\n') {
+                    let step = serde_json::from_slice::<soma::trainer::ShadowReport>(line)
+                        .ok()
+                        .map(|r| r.step);
+                    if step.is_some_and(|s| s <= through) {
+                        kept.extend_from_slice(line);
+                        kept.push(b'\n');
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        soma::fs::write_atomic(path, &kept)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(ShadowLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn append(&mut self, reports: &[soma::trainer::ShadowReport]) -> Result<()> {
+        let mut text = Vec::new();
+        for r in reports {
+            text.extend(serde_json::to_vec(r).map_err(|e| Error::Config(e.to_string()))?);
+            text.push(b'\n');
+        }
+        self.file
+            .write_all(&text)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// One line on an epoch's shadow steps: how many, the worst tensor, and whether all were
+/// within the tolerance.
+pub fn shadow_line(reports: &[soma::trainer::ShadowReport]) -> String {
+    let worst = reports
+        .iter()
+        .filter_map(|r| r.worst().map(|t| (r, t)))
+        .max_by(|a, b| a.1.rel_l2.total_cmp(&b.1.rel_l2));
+    let failed = reports.iter().filter(|r| !r.pass()).count();
+    let tolerance = reports.first().map_or(0.0, |r| r.tolerance);
+    let mut line = format!(
+        "shadow: {} step{} replayed on the CPU path",
+        reports.len(),
+        if reports.len() == 1 { "" } else { "s" }
+    );
+    if let Some((r, t)) = worst {
+        line += &format!(
+            ", worst {} at step {}: rel L2 {:.2e}, max {} ulp",
+            t.name, r.step, t.rel_l2, t.max_ulp
+        );
+    }
+    line += &match failed {
+        0 => format!(" (tolerance {tolerance:.2e}: all within)"),
+        n => format!(" (tolerance {tolerance:.2e}: {n} over it)"),
+    };
+    line
+}
+
 /// The first `epochs` lines of a run's `metrics.jsonl` (what follows them, possibly a line
 /// torn by a kill, belongs to epochs the checkpoint does not hold).
 pub fn read_metrics(path: &Path, epochs: usize) -> Result<Vec<EpochMetrics>> {

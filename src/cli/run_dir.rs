@@ -313,7 +313,9 @@ impl RunDir {
     /// After a failure: a new run that never wrote a checkpoint leaves nothing behind; any
     /// other keeps its `.partial` directory for `--resume`.
     pub fn abandon(self) -> Option<PathBuf> {
-        let empty = !self.work.join("checkpoint.safetensors").exists();
+        // A shadow log tells why a run stopped: kept, with the run, even before a checkpoint.
+        let empty = !self.work.join("checkpoint.safetensors").exists()
+            && !self.work.join("shadow.jsonl").exists();
         if self.start == Start::Fresh && empty {
             let _ = fs::remove_dir_all(&self.work);
             None

@@ -317,7 +317,30 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                     step,
                     loss,
                     cause,
-                    kept: last_good(kept.as_deref(), extended.then_some(final_dir.as_path())),
+                    kept: last_good(kept.as_deref(), extended.then_some(final_dir.as_path()))
+                        + "; try a smaller learning rate",
+                },
+                Error::ShadowMismatch {
+                    step,
+                    tensor,
+                    rel_l2,
+                    tolerance,
+                    ..
+                } => Error::ShadowMismatch {
+                    step,
+                    tensor,
+                    rel_l2,
+                    tolerance,
+                    kept: last_good(kept.as_deref(), extended.then_some(final_dir.as_path()))
+                        + &kept
+                            .as_deref()
+                            .map(|d| {
+                                format!(
+                                    "; every replayed step is in {}",
+                                    d.join("shadow.jsonl").display()
+                                )
+                            })
+                            .unwrap_or_default(),
                 },
                 e => e,
             })
@@ -349,7 +372,6 @@ fn last_good(kept: Option<&Path>, extended: Option<&Path>) -> String {
             f.display()
         ));
     }
-    s.push_str("; try a smaller learning rate");
     s
 }
 
@@ -447,6 +469,14 @@ fn train_in(
         history = read_metrics(&metrics_path, r.state.epoch)?;
     }
     let mut metrics = MetricsLog::start(&metrics_path, &history)?;
+    let mut shadow_log = match rc.train.shadow_check {
+        Some(_) => Some(super::report::ShadowLog::start(
+            &dir.join("shadow.jsonl"),
+            resume.as_ref().map_or(0, |r| r.state.step),
+        )?),
+        None => None,
+    };
+    let mut shadow_seen = 0;
     let curves_path = dir.join("curves.svg");
     let mut curves_drawn: Option<Instant> = None;
     log::info!(
@@ -502,6 +532,21 @@ fn train_in(
             } else {
                 bar.println(line);
             }
+            // The epoch's shadow steps: logged and summed up in a line (with
+            // --shadow-action stop, the trainer stops at a step past the tolerance instead,
+            // before this epoch's checkpoint: see below).
+            let fresh = &t.shadow_reports()[shadow_seen..];
+            shadow_seen = t.shadow_reports().len();
+            if let (Some(log), false) = (shadow_log.as_mut(), fresh.is_empty()) {
+                log.append(fresh)?;
+                let line = super::report::shadow_line(fresh);
+                if cmd.json {
+                } else if bar.is_hidden() {
+                    println!("{line}");
+                } else {
+                    bar.println(line);
+                }
+            }
             history.push(*m);
             // The metrics line is durable before the checkpoint that counts it.
             metrics.append(m)?;
@@ -538,6 +583,10 @@ fn train_in(
         },
     );
     bar.finish_and_clear();
+    // A stopped shadow check's steps of the unfinished epoch go to the log too.
+    if let (Some(log), Err(Error::ShadowMismatch { .. })) = (shadow_log.as_mut(), &fit) {
+        log.append(&trainer.shadow_reports()[shadow_seen..])?;
+    }
     // The last epochs' curves, also when the run stopped on an error.
     let drawn = soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance);
     let fit = fit?;

@@ -27,6 +27,7 @@ pub enum CpuMatmul {
 pub struct CpuExec {
     pub(super) bufs: Vec<HostBuf>,
     pub(super) snapshot: Vec<(BufId, HostBuf)>,
+    pub(super) shadow: Vec<(BufId, HostBuf)>,
     pub(super) matmul: CpuMatmul,
 }
 
@@ -43,6 +44,7 @@ impl CpuExec {
         CpuExec {
             bufs,
             snapshot: vec![],
+            shadow: vec![],
             matmul,
         }
     }

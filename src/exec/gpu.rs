@@ -63,6 +63,10 @@ pub struct GpuExec<'a> {
     pub(super) snapshot: Vec<(BufId, GpuTensor)>,
     /// A snapshot was asked for and is taken at the start of the next submitted step.
     pub(super) save_pending: bool,
+    /// Copies of the state before a shadow-checked step (see `Executor::save_shadow`),
+    /// apart from the divergence snapshot above.
+    pub(super) shadow: Vec<(BufId, GpuTensor)>,
+    pub(super) shadow_pending: bool,
     /// The parameter tensors, their gradients and each optimizer state in one buffer each.
     arenas: Option<Arenas>,
     /// The training dispatches that update parameters: one over the arenas, or one per
@@ -116,6 +120,8 @@ impl<'a> GpuExec<'a> {
             eval: vec![],
             snapshot: vec![],
             save_pending: false,
+            shadow: vec![],
+            shadow_pending: false,
             arenas,
             updates: vec![],
             mlp_form: None,
@@ -429,14 +435,54 @@ impl<'a> GpuExec<'a> {
             Pass::Train => ("train step", &self.train),
             Pass::Eval => ("eval step", &self.eval),
         };
-        if self.save_pending {
-            let pairs = self.snapshot_pairs(true);
+        if self.save_pending || self.shadow_pending {
+            let mut pairs = Vec::new();
+            if self.save_pending {
+                pairs = self.snapshot_pairs(true);
+            }
+            if self.shadow_pending {
+                pairs.extend(self.shadow_pairs());
+            }
             kernels::run_steps_after_copies(self.gpu, label, dispatches, steps, &pairs)?;
             self.save_pending = false;
+            self.shadow_pending = false;
             Ok(())
         } else {
             kernels::run_steps(self.gpu, label, dispatches, steps)
         }
+    }
+
+    fn shadow_pairs(&self) -> Vec<(&GpuTensor, &GpuTensor)> {
+        self.shadow
+            .iter()
+            .map(|(id, copy)| (&self.tensors[*id], copy))
+            .collect()
+    }
+
+    /// Asks for copies of `ids` at the start of the next submitted step (the same ids on
+    /// every call; the copies are allocated once).
+    pub(super) fn save_shadow(&mut self, ids: &[BufId]) -> Result<()> {
+        if self.shadow.is_empty() {
+            for &id in ids {
+                let t = &self.tensors[id];
+                let copy = GpuTensor::zeros(self.gpu, &format!("{} shadow", t.label()), t.shape())?;
+                self.shadow.push((id, copy));
+            }
+        }
+        self.shadow_pending = true;
+        Ok(())
+    }
+
+    /// The shadow copies, read back (one wait).
+    pub(super) fn read_shadow(&mut self) -> Result<Vec<(BufId, Vec<f32>)>> {
+        if self.shadow_pending {
+            copy_tensors(self.gpu, &self.shadow_pairs())?;
+            self.shadow_pending = false;
+        }
+        self.shadow
+            .iter()
+            .map(|(id, copy)| Ok((*id, copy.read(self.gpu)?)))
+            .collect()
     }
 
     /// Takes a pending snapshot now, in a submission of its own.
@@ -444,6 +490,10 @@ impl<'a> GpuExec<'a> {
         if self.save_pending {
             self.copy_all(true)?;
             self.save_pending = false;
+        }
+        if self.shadow_pending {
+            copy_tensors(self.gpu, &self.shadow_pairs())?;
+            self.shadow_pending = false;
         }
         Ok(())
     }

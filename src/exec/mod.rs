@@ -303,6 +303,36 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// Copies the buffers `ids` as they stand before the next training step (on the GPU:
+    /// device-side copies recorded into that step's submission, ahead of its pass), for
+    /// `read_shadow`. Separate from `save`'s snapshot.
+    pub fn save_shadow(&mut self, ids: &[BufId]) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.save_shadow(ids),
+            Executor::Cpu(c) => {
+                c.shadow = ids.iter().map(|&id| (id, c.bufs[id].clone())).collect();
+                Ok(())
+            }
+        }
+    }
+
+    /// What `save_shadow` copied, f32 buffers as host values (a readback on the GPU).
+    pub fn read_shadow(&mut self) -> Result<Vec<(BufId, Vec<f32>)>> {
+        match self {
+            Executor::Gpu(g) => g.read_shadow(),
+            Executor::Cpu(c) => c
+                .shadow
+                .iter()
+                .map(|(id, b)| match b {
+                    cpu::HostBuf::F32(v) => Ok((*id, v.clone())),
+                    cpu::HostBuf::U32(_) => Err(Error::Config(format!(
+                        "shadow copy of buffer {id}: not an f32 buffer"
+                    ))),
+                })
+                .collect(),
+        }
+    }
+
     /// Puts back what `save` saved.
     pub fn restore(&mut self) -> Result<()> {
         match self {

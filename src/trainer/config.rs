@@ -37,6 +37,20 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Read the running loss back every this many steps (0: only at epoch ends).
     pub log_every: usize,
+    /// Replay every this many steps on the CPU path and compare every parameter and
+    /// optimizer-state tensor (see [`ShadowReport`](crate::trainer::ShadowReport)); `None`
+    /// replays nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_check: Option<usize>,
+    /// The relative L2 difference a shadow-checked tensor may have; `None`: derived from
+    /// f32 rounding at the step's longest sum (`trainer::shadow::default_tolerance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_tolerance: Option<f64>,
+    /// Stop training at a shadow step past the tolerance, with `Error::ShadowMismatch`
+    /// (the device then holds that step's result); otherwise the report says so and
+    /// training goes on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow_stop: bool,
 }
 
 impl Default for TrainConfig {
@@ -50,6 +64,9 @@ impl Default for TrainConfig {
             early_stopping: None,
             schedule: Schedule::Cosine { min_lr: 0.0 },
             log_every: 0,
+            shadow_check: None,
+            shadow_tolerance: None,
+            shadow_stop: false,
         }
     }
 }

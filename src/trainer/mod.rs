@@ -20,11 +20,13 @@ use crate::tensor::GpuTensor;
 
 mod config;
 mod fit;
+pub mod shadow;
 
 pub use crate::model::{Evaluation, Model};
 use crate::network::Parameters;
 pub use config::{EarlyStopping, EpochMetrics, Flow, History, Progress, TrainConfig, TrainState};
 pub use fit::Fit;
+pub use shadow::{ShadowReport, ShadowTensor};
 
 /// A training run: the resident state of one model on one device, trained epoch by epoch.
 pub struct Trainer<'a> {
@@ -44,6 +46,8 @@ pub struct Trainer<'a> {
     /// non-blocking `run_steps` and `record_steps` never read back, so a trainer driven only
     /// through them stops on a non-finite loss alone.
     explode_factor: Option<f32>,
+    /// Shadow replay of every Nth step (`TrainConfig::shadow_check`).
+    shadow: Option<shadow::Shadow>,
 }
 
 /// By default, training stops as diverged when an epoch's loss is over this many times the
@@ -78,6 +82,7 @@ impl<'a> Trainer<'a> {
         if config.epochs == 0 {
             return Err(Error::Config("epochs must be at least 1".into()));
         }
+        let shadow = shadow::Shadow::new(config, model, loss, train)?;
         let run = Run::new(
             device,
             &model.network,
@@ -98,6 +103,7 @@ impl<'a> Trainer<'a> {
             order_written: false,
             first_loss: None,
             explode_factor: Some(EXPLODE_FACTOR),
+            shadow,
         })
     }
 
@@ -236,6 +242,9 @@ impl<'a> Trainer<'a> {
             } else {
                 (0..rows as u32).collect()
             };
+            if let Some(s) = self.shadow.as_mut() {
+                s.order = order.clone();
+            }
             self.run.set_order(Pass::Train, order)?;
             self.order_written = true;
         }
@@ -409,13 +418,24 @@ impl<'a> Trainer<'a> {
 
     /// One epoch: a fresh (seeded) order, then every batch, one submission per step, then
     /// the epoch's metrics (see `end_epoch`). The run's very first step is read back once:
-    /// its loss is what an exploding loss is measured against.
+    /// its loss is what an exploding loss is measured against. With
+    /// `TrainConfig::shadow_check`, every Nth step is replayed on the CPU path and compared
+    /// ([`Trainer::shadow_reports`]); `run_steps` and `record_steps` replay nothing.
     pub fn run_epoch(&mut self, mut on_step: impl FnMut(Progress)) -> Result<EpochMetrics> {
         self.begin_epoch()?;
         let steps = self.steps_per_epoch();
         let log_every = self.config.log_every;
         while self.steps_left() > 0 {
+            let index = steps - self.steps_left();
+            let shadowed = self.shadow_due(index);
+            if shadowed {
+                let state = self.run.plan.state_buffers();
+                self.run.exec.save_shadow(&state)?;
+            }
             self.run_steps(1)?;
+            if shadowed {
+                self.shadow_replay(index, self.epoch)?;
+            }
             let s = steps - self.steps_left();
             if s == 1 && self.first_loss.is_none() && self.explode_factor.is_some() {
                 // The run's first step, read back once: the loss at the starting weights.
