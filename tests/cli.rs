@@ -2966,6 +2966,11 @@ fn export_writes_each_format_and_reads_back() {
     assert_eq!(doc["output"], "softmax");
     assert_eq!(doc["input_scaling"]["kind"], "standard");
     assert!(doc["target_scaling"].is_null());
+    // Bundled digits names its pixels and its label column, not its classes (0-9).
+    assert_eq!(doc["features"].as_array().unwrap().len(), 64);
+    assert_eq!(doc["features"][9], "pixel_1_1");
+    assert_eq!(doc["target"], "target");
+    assert!(doc["class_names"].is_null() && doc["impute"].is_null());
     let floats = |v: &Value| -> Vec<f32> {
         v.as_array()
             .unwrap()
@@ -3006,6 +3011,241 @@ fn export_writes_each_format_and_reads_back() {
         bytes.len() > 4 * (64 * 64 + 64 * 10),
         "{} bytes",
         bytes.len()
+    );
+}
+
+/// Iris with its class names as text labels (column `species`) and gaps (every fifth row
+/// missing one feature), `gaps.csv`, to train with `--impute mean`; and `gap-rows.csv`, its
+/// 150 feature rows under a header of the feature names with other gaps: one cell in every
+/// third row, two in every tenth, every cell of the last row.
+fn iris_with_gaps(dir: &TempDir) -> (PathBuf, PathBuf) {
+    let iris = soma::data::bundled("iris").unwrap();
+    let header = iris.names.features.join(",");
+    let mut train = header.clone() + ",species\n";
+    let mut rows = header + "\n";
+    for i in 0..iris.len() {
+        let cells: Vec<String> = iris.row(i).iter().map(|v| v.to_string()).collect();
+        let mut gaps = cells.clone();
+        if i % 5 == 0 {
+            gaps[i % 4] = String::new();
+        }
+        let label = iris.labels().unwrap()[i] as usize;
+        train += &format!("{},{}\n", gaps.join(","), iris.names.classes[label]);
+        let mut gaps = cells;
+        if i % 3 == 0 {
+            gaps[i / 3 % 4] = String::new();
+        }
+        if i % 10 == 1 {
+            gaps[0] = String::new();
+            gaps[3] = String::new();
+        }
+        if i + 1 == iris.len() {
+            gaps.iter_mut().for_each(String::clear);
+        }
+        rows += &(gaps.join(",") + "\n");
+    }
+    let (train_path, rows_path) = (dir.join("gaps.csv"), dir.join("gap-rows.csv"));
+    std::fs::write(&train_path, train).unwrap();
+    std::fs::write(&rows_path, rows).unwrap();
+    (train_path, rows_path)
+}
+
+/// A run trained on [`iris_with_gaps`]'s `gaps.csv` with `--impute mean`.
+fn train_imputed(dir: &TempDir, train: &Path) -> PathBuf {
+    let data = format!("csv:{}", train.display());
+    train_cpu(
+        dir,
+        "impute",
+        &[
+            "--data",
+            &data,
+            "--label-column",
+            "species",
+            "--impute",
+            "mean",
+            "--epochs",
+            "3",
+        ],
+    )
+}
+
+/// The rows of a CSV with a header row, an empty cell as NaN: `(values, rows)`.
+fn read_rows_with_gaps(path: &Path) -> (Vec<f32>, usize) {
+    let text = read(path);
+    let lines: Vec<&str> = text.lines().skip(1).filter(|l| !l.is_empty()).collect();
+    let values = lines
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(|c| match c.trim() {
+            "" => f32::NAN,
+            c => c.parse().unwrap(),
+        })
+        .collect();
+    (values, lines.len())
+}
+
+/// A model trained with `--impute mean` on a CSV with named columns and text classes keeps
+/// both in every export, and each export fills missing features itself: the JSON document
+/// (features, target, class_names, impute) and the folded safetensors file (metadata
+/// soma.imputer and soma.names) give, on rows with NaN, what `soma predict` prints for the
+/// same rows with empty cells (within 1e-5); the ONNX file carries soma.names and says the
+/// graph fills the gaps (onnxruntime runs it in `export_onnx_matches_predict_in_onnxruntime`).
+#[test]
+fn export_carries_names_and_fill_values() {
+    let dir = TempDir::new("export-impute");
+    let (train, rows_csv) = iris_with_gaps(&dir);
+    let run = train_imputed(&dir, &train);
+    let ck = load(&run.join("checkpoint.safetensors"));
+    let imputer = ck.imputer.clone().expect("trained with --impute mean");
+    assert_eq!(ck.names.classes, ["setosa", "versicolor", "virginica"]);
+    let want = predict_numbers(&dir, &run, &rows_csv);
+    let (x, rows) = read_rows_with_gaps(&rows_csv);
+    assert_eq!((want.len(), rows), (150, 150));
+    assert!(x.iter().filter(|v| v.is_nan()).count() > 60);
+    assert!(want.iter().flatten().all(|v| v.is_finite()));
+
+    let export = |format: &str, name: &str, extra: &[&str]| -> (PathBuf, String) {
+        let out = dir.join(name);
+        let mut args = vec![
+            "export",
+            "--model",
+            run.to_str().unwrap(),
+            "--format",
+            format,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let stderr = soma(&dir, &args).ok().stderr;
+        (out, stderr)
+    };
+    let floats = |v: &Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let fill = |fill: &[f32]| -> Vec<f32> {
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| if v.is_nan() { fill[i % 4] } else { *v })
+            .collect()
+    };
+
+    // JSON: the names and the fill values, and the document alone gives predict's numbers.
+    let (path, stderr) = export("json", "model.json", &[]);
+    assert!(
+        stderr.contains("missing values: NaN, filled by impute"),
+        "{stderr}"
+    );
+    let doc: Value = serde_json::from_str(&read(&path)).unwrap();
+    assert_eq!(doc["version"], 1);
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(strings(&doc["features"]), ck.names.features);
+    assert_eq!(doc["target"], "species");
+    assert_eq!(strings(&doc["class_names"]), ck.names.classes);
+    assert_eq!(doc["impute"]["kind"], "mean");
+    assert_eq!(floats(&doc["impute"]["values"]), imputer.values);
+    let (offset, scale) = (
+        floats(&doc["input_scaling"]["offset"]),
+        floats(&doc["input_scaling"]["scale"]),
+    );
+    let scaled: Vec<f32> = fill(&floats(&doc["impute"]["values"]))
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v - offset[i % 4]) * scale[i % 4])
+        .collect();
+    let layers: Vec<(Vec<f32>, Vec<f32>)> = doc["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let w = l["weight"].as_array().unwrap().iter().flat_map(floats);
+            (w.collect(), floats(&l["bias"]))
+        })
+        .collect();
+    let got = softmax_rows(&relu_mlp(&layers, &scaled, rows), 3);
+    let worst = max_difference("model.json", &got, &want, 1e-5);
+    eprintln!("model.json on rows with gaps: largest difference from predict {worst:e}");
+
+    // safetensors, folded: fill from the metadata, then the weights on raw features.
+    let (path, stderr) = export("safetensors", "model.safetensors", &["--fold-scaling"]);
+    assert!(stderr.contains("metadata soma.imputer"), "{stderr}");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    assert_eq!(meta["soma.input"], "raw");
+    let from_meta: soma::data::Imputer = serde_json::from_str(&meta["soma.imputer"]).unwrap();
+    assert_eq!(from_meta, imputer);
+    let names: soma::data::Names = serde_json::from_str(&meta["soma.names"]).unwrap();
+    assert_eq!(names, ck.names);
+    let tensor = |key: &str| -> Vec<f32> {
+        file.tensor(key)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let layers = vec![
+        (tensor("0.weight"), tensor("0.bias")),
+        (tensor("2.weight"), tensor("2.bias")),
+    ];
+    let got = softmax_rows(&relu_mlp(&layers, &fill(&from_meta.values), rows), 3);
+    let worst = max_difference("model.safetensors", &got, &want, 1e-5);
+    eprintln!("model.safetensors on rows with gaps: largest difference from predict {worst:e}");
+
+    // ONNX: the names in the metadata (as the checkpoint's JSON), the fill in the graph.
+    let (path, stderr) = export("onnx", "model.onnx", &[]);
+    assert!(
+        stderr.contains("missing values: NaN, filled in the graph"),
+        "{stderr}"
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let names_json = serde_json::to_string(&ck.names).unwrap();
+    for needle in [
+        &b"soma.names"[..],
+        names_json.as_bytes(),
+        b"IsNaN",
+        b"Where",
+    ] {
+        assert!(
+            bytes.windows(needle.len()).any(|w| w == needle),
+            "{} not in the ONNX file",
+            String::from_utf8_lossy(needle)
+        );
+    }
+
+    // A model without an imputer says nothing of missing values, and its exports carry none.
+    let plain = train_cpu(&dir, "plain", &["--data", "iris", "--epochs", "1"]);
+    let out = dir.join("plain.json");
+    let ran = soma(
+        &dir,
+        &[
+            "export",
+            "--model",
+            plain.to_str().unwrap(),
+            "--format",
+            "json",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert!(!ran.stderr.contains("missing values"), "{}", ran.stderr);
+    let doc: Value = serde_json::from_str(&read(&out)).unwrap();
+    assert!(doc["impute"].is_null());
+    assert_eq!(
+        strings(&doc["class_names"]),
+        ["setosa", "versicolor", "virginica"]
     );
 }
 
@@ -3174,8 +3414,11 @@ fn python_with_onnxruntime(test: &str) -> Option<PathBuf> {
 /// 1e-5 relative to max(1, |value|) (float32 sums in another order, and onnxruntime's own
 /// exp and tanh): the digits classifier on its test split (probabilities; the scaling as
 /// graph ops and folded into the first Gemm), a diabetes regressor (values mapped back to
-/// the targets' units) and a model with every activation and a sigmoid head. The README's
-/// PyTorch snippet, done in numpy, and the folded safetensors export on raw rows give
+/// the targets' units), a model with every activation and a sigmoid head, and an iris
+/// classifier trained with `--impute mean` on rows with NaN (predict: the same rows with
+/// empty cells; the fill in the graph, scaling as ops and folded), whose names onnxruntime
+/// reads from the metadata. The README's PyTorch snippet, done in numpy, and the folded
+/// safetensors export on raw rows (NaN filled from its metadata soma.imputer) give
 /// predict's probabilities too.
 #[test]
 fn export_onnx_matches_predict_in_onnxruntime() {
@@ -3190,6 +3433,8 @@ fn export_onnx_matches_predict_in_onnxruntime() {
     every_activation_checkpoint(&every);
     let steps = dir.join("steps.safetensors");
     step_and_sign_checkpoint(&steps);
+    let (gaps_train, gap_rows) = iris_with_gaps(&dir);
+    let imputed = train_imputed(&dir, &gaps_train);
 
     let digits_rows = dir.join("digits.csv");
     write_rows_csv(&digits_rows, &digits_test_split(0));
@@ -3281,6 +3526,27 @@ fn export_onnx_matches_predict_in_onnxruntime() {
             &steps_rows,
         ),
         (
+            "impute.onnx",
+            &imputed,
+            &["--format", "onnx"],
+            "onnx",
+            &gap_rows,
+        ),
+        (
+            "impute-folded.onnx",
+            &imputed,
+            &["--format", "onnx", "--fold-scaling"],
+            "onnx",
+            &gap_rows,
+        ),
+        (
+            "impute.sequential",
+            &imputed,
+            &["--format", "safetensors", "--fold-scaling"],
+            "sequential",
+            &gap_rows,
+        ),
+        (
             "digits.sequential",
             &digits,
             &["--format", "safetensors", "--fold-scaling"],
@@ -3312,12 +3578,16 @@ fn export_onnx_matches_predict_in_onnxruntime() {
             soma(&dir, &full).ok();
             out
         };
-        jobs.push(serde_json::json!({
+        let mut job = serde_json::json!({
             "kind": kind,
             "model": file,
             "input": rows,
             "output": dir.join(&format!("{what}.out.csv")),
-        }));
+        });
+        if *what == "impute.onnx" {
+            job["metadata"] = serde_json::json!(dir.join("impute.metadata.json"));
+        }
+        jobs.push(job);
     }
     let jobs_file = dir.join("jobs.json");
     std::fs::write(&jobs_file, serde_json::to_string(&jobs).unwrap()).unwrap();
@@ -3347,6 +3617,17 @@ fn export_onnx_matches_predict_in_onnxruntime() {
         }
     }
     eprintln!("ONNX in onnxruntime vs soma predict: largest difference {worst_onnx:e}");
+    // The rows with gaps are filled, not NaN (max_difference would fail on a NaN), and
+    // onnxruntime reads the names and the head from the model's metadata.
+    let (x, _) = read_rows_with_gaps(&gap_rows);
+    assert!(x.iter().filter(|v| v.is_nan()).count() > 60);
+    let meta: Value = serde_json::from_str(&read(&dir.join("impute.metadata.json"))).unwrap();
+    assert_eq!(meta["soma.output"], "softmax");
+    assert_eq!(meta["soma.classes"], "3");
+    let names: soma::data::Names =
+        serde_json::from_str(meta["soma.names"].as_str().unwrap()).unwrap();
+    assert_eq!(names, load(&imputed.join("checkpoint.safetensors")).names);
+    assert_eq!(names.classes, ["setosa", "versicolor", "virginica"]);
     // Neither synthetic model is blind: their outputs vary from row to row.
     for what in ["every.onnx", "steps.onnx"] {
         let rows = read_numbers(&dir.join(&format!("{what}.out.csv")));

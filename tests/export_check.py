@@ -3,17 +3,20 @@
 usage: python export_check.py JOBS.json
 
 JOBS.json is a list of jobs, each {"kind", "model", "input", "output"}: `input` is a CSV of
-raw feature rows (a header row, and a column named `target` that is dropped, are allowed),
-and `output` receives one CSV row of numbers per input row, printed with 9 significant
-digits (enough to give back the float32). The kinds:
+raw feature rows (a header row, and a column named `target` that is dropped, are allowed; an
+empty cell is a missing value, given to the model as NaN), and `output` receives one CSV row
+of numbers per input row, printed with 9 significant digits (enough to give back the
+float32). The kinds:
 
-- onnx: the model run by onnxruntime (the graph's `output`);
+- onnx: the model run by onnxruntime (the graph's `output`); with a job's "metadata" path,
+  the model's metadata_props as onnxruntime reads them are written there as a JSON object;
 - checkpoint: a soma checkpoint (64-64-10 relu, softmax) read the way the README's PyTorch
   snippet reads it, in numpy: the layers.{i} weights, the input scaling from the metadata key
   soma.scaler applied first, softmax at the end;
 - sequential: a `soma export --format safetensors --fold-scaling` file, loaded by its
-  nn.Sequential keys ({2i}.weight, {2i}.bias) and run on the raw features, ReLU between
-  layers, softmax at the end.
+  nn.Sequential keys ({2i}.weight, {2i}.bias) and run on the raw features (NaN filled first
+  from the metadata key soma.imputer, when the file has it), ReLU between layers, softmax at
+  the end.
 
 Needs onnxruntime and numpy only.
 """
@@ -25,18 +28,24 @@ import sys
 import numpy as np
 
 
+def number(cell):
+    """A cell's value; an empty cell (a missing value) is NaN."""
+    cell = cell.strip()
+    return float(cell) if cell else float("nan")
+
+
 def read_rows(path):
     with open(path) as f:
-        lines = [l.strip() for l in f if l.strip()]
+        lines = [l.rstrip("\r\n") for l in f if l.strip(" \r\n")]
     first = lines[0].split(",")
     try:
-        [float(c) for c in first]
+        [number(c) for c in first]
         header = None
     except ValueError:
         header = [c.strip() for c in first]
         lines = lines[1:]
     keep = [i for i, name in enumerate(header or first) if header is None or name != "target"]
-    rows = [[float(l.split(",")[i]) for i in keep] for l in lines]
+    rows = [[number(l.split(",")[i]) for i in keep] for l in lines]
     return np.array(rows, dtype=np.float32)
 
 
@@ -79,6 +88,9 @@ def run(job):
 
         session = ort.InferenceSession(job["model"], providers=["CPUExecutionProvider"])
         (y,) = session.run(["output"], {"input": x})
+        if "metadata" in job:
+            with open(job["metadata"], "w") as f:
+                json.dump(dict(session.get_modelmeta().custom_metadata_map), f)
     elif kind == "checkpoint":
         # The README snippet: layers.{i} -> module 2i, the stored scaling applied first.
         ckpt, meta = read_safetensors(job["model"])
@@ -94,6 +106,9 @@ def run(job):
     elif kind == "sequential":
         state, meta = read_safetensors(job["model"])
         assert meta["soma.input"] == "raw", meta
+        if "soma.imputer" in meta:
+            fill = np.array(json.loads(meta["soma.imputer"])["values"], dtype=np.float32)
+            x = np.where(np.isnan(x), fill, x)
         y = softmax(sequential(state, x))
     else:
         raise SystemExit(f"unknown job kind {kind!r}")

@@ -81,9 +81,18 @@ pub fn run(cmd: ExportCommand) -> Result<()> {
             format!("the last layer's outputs; soma predict gives {head}")
         }
     };
+    let missing = match (&inference.imputer, format) {
+        (None, _) => String::new(),
+        (Some(_), Format::Onnx) => "\n  missing values: NaN, filled in the graph".into(),
+        (Some(_), Format::Safetensors) => {
+            "\n  missing values: fill NaN with metadata soma.imputer first (before any scaling)"
+                .into()
+        }
+        (Some(_), Format::Json) => "\n  missing values: NaN, filled by impute first".into(),
+    };
     // Standard output may be the file itself.
     eprintln!(
-        "exported {} ({}) as {} to {}\n  input: {input}\n  output: {output}",
+        "exported {} ({}) as {} to {}\n  input: {input}{missing}\n  output: {output}",
         model_file.display(),
         architecture(&inference),
         format_name(format),

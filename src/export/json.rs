@@ -1,11 +1,12 @@
-//! The JSON export: the whole model in one document (architecture, activations, weights,
-//! scaling, head), for small models and for the web. The schema is in `docs/export.md`;
-//! numbers are f32 values written so that they read back as the same f32.
+//! The JSON export: the whole model in one document (names, fill values of missing features,
+//! architecture, activations, weights, scaling, head), for small models and for the web. The
+//! schema is in `docs/export.md`; numbers are f32 values written so that they read back as
+//! the same f32.
 
 use serde::Serialize;
 
 use super::{Head, Inference};
-use crate::data::Scaler;
+use crate::data::{Imputer, Scaler};
 use crate::error::{Error, Result};
 use crate::network::Activation;
 
@@ -20,6 +21,11 @@ struct Document<'a> {
     inputs: usize,
     outputs: usize,
     classes: Option<usize>,
+    /// Added within version 1 (a reader of an older document takes them as null).
+    features: Option<&'a [String]>,
+    target: Option<&'a str>,
+    class_names: Option<&'a [String]>,
+    impute: Option<&'a Imputer>,
     input_scaling: Option<&'a Scaler>,
     output: &'static str,
     target_scaling: Option<&'a Scaler>,
@@ -52,6 +58,10 @@ pub fn activation_name(act: Activation) -> (&'static str, Option<f32>) {
     }
 }
 
+fn nonempty(list: &[String]) -> Option<&[String]> {
+    (!list.is_empty()).then_some(list)
+}
+
 /// The document, pretty-printed.
 pub fn encode(model: &Inference) -> Result<String> {
     let layers = model
@@ -81,6 +91,10 @@ pub fn encode(model: &Inference) -> Result<String> {
         inputs: model.network.input_width(),
         outputs: model.network.output_width(),
         classes: model.classes,
+        features: nonempty(&model.names.features),
+        target: model.names.target.as_deref(),
+        class_names: nonempty(&model.names.classes),
+        impute: model.imputer.as_ref(),
         input_scaling: model.scaler.as_ref(),
         output: model.head.name(),
         target_scaling,
@@ -112,6 +126,14 @@ mod tests {
     /// A forward pass that reads nothing but the document, as a web page would.
     fn forward_from_document(doc: &Value, raw: &[f32]) -> Vec<f32> {
         let mut a = raw.to_vec();
+        if let Some(i) = doc["impute"].as_object() {
+            assert_eq!(i["kind"], "mean");
+            for (x, v) in a.iter_mut().zip(floats(&i["values"])) {
+                if x.is_nan() {
+                    *x = v;
+                }
+            }
+        }
         if let Some(s) = doc["input_scaling"].as_object() {
             let (o, k) = (floats(&s["offset"]), floats(&s["scale"]));
             for ((x, o), k) in a.iter_mut().zip(o).zip(k) {
@@ -186,8 +208,55 @@ mod tests {
                     doc["layers"][0]["bias"].is_null(),
                     scaling == Scaling::Separate
                 );
+                for key in ["features", "target", "class_names", "impute"] {
+                    assert!(doc[key].is_null(), "{key}: {}", doc[key]);
+                }
                 let want = model.forward(&x, 20).unwrap();
                 let got: Vec<f32> = x
+                    .chunks(7)
+                    .flat_map(|r| forward_from_document(&doc, r))
+                    .collect();
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{loss:?} {scaling:?}"
+                );
+            }
+        }
+    }
+
+    /// A model with an imputer and names: the document names the features, the target and
+    /// the classes, holds the fill values exactly, and alone reproduces the model bit for
+    /// bit on rows with NaN (fill, scale, layers, head), folded or not.
+    #[test]
+    fn document_carries_names_and_fill_values() {
+        for (loss, outputs) in [(Loss::SoftmaxCrossEntropy, 3), (Loss::Mse, 1)] {
+            let (ck, gaps, _) = crate::export::tests::sample_with_gaps(loss, outputs, 20);
+            for scaling in [Scaling::Separate, Scaling::Folded] {
+                let model = Inference::from_checkpoint(&ck, scaling).unwrap();
+                let text = encode(&model).unwrap();
+                let doc: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(doc["version"], 1);
+                let strings = |v: &Value| -> Vec<String> {
+                    v.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s.as_str().unwrap().to_string())
+                        .collect()
+                };
+                assert_eq!(strings(&doc["features"]), ck.names.features);
+                assert_eq!(doc["target"], "y");
+                match loss {
+                    Loss::SoftmaxCrossEntropy => {
+                        assert_eq!(strings(&doc["class_names"]), ck.names.classes)
+                    }
+                    _ => assert!(doc["class_names"].is_null()),
+                }
+                let imputer: Imputer = serde_json::from_value(doc["impute"].clone()).unwrap();
+                assert_eq!(Some(&imputer), ck.imputer.as_ref(), "fill values exact");
+                let want = model.forward(&gaps, 20).unwrap();
+                assert!(want.iter().all(|v| v.is_finite()));
+                let got: Vec<f32> = gaps
                     .chunks(7)
                     .flat_map(|r| forward_from_document(&doc, r))
                     .collect();

@@ -1,7 +1,10 @@
 //! Exporting a trained model for other runtimes: ONNX ([`onnx`]), plain PyTorch safetensors
-//! ([`safetensors`]) and JSON ([`json`]). Each starts from an [`Inference`]: the network and its
-//! parameters, the input scaling still to apply (or none, once folded into the first layer)
-//! and the [`Head`] that turns the last layer's outputs into what `soma predict` gives.
+//! ([`safetensors`]) and JSON ([`json`]). Each starts from an [`Inference`]: the fill values
+//! of missing features (the imputer, when the model was trained with one), the input scaling
+//! still to apply (or none, once folded into the first layer), the network and its
+//! parameters, the [`Head`] that turns the last layer's outputs into what `soma predict`
+//! gives, and the names of the features, the target and the classes. A row goes through them
+//! in that order: fill, scale, network, head.
 //!
 //! This module owns what an export computes; it does not read or write files (the command
 //! does) and does not touch a device. [`Inference::forward`] is a plain-Rust forward pass of
@@ -13,7 +16,7 @@ mod proto;
 pub mod safetensors;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::Scaler;
+use crate::data::{Imputer, Names, Scaler};
 use crate::error::{Error, Result};
 use crate::network::{Network, Parameters};
 use crate::ops::activation::cpu::{apply, sigmoid};
@@ -96,6 +99,9 @@ impl Head {
 /// A model as an export writes it: what to compute from a row of raw features.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inference {
+    /// The value each missing feature (NaN) of a raw row becomes, before any scaling; `None`
+    /// when the model was trained without one (a NaN then goes through as NaN).
+    pub imputer: Option<Imputer>,
     pub network: Network,
     pub params: Parameters,
     /// The input scaling to apply to raw features first; `None` when the checkpoint has none
@@ -104,13 +110,26 @@ pub struct Inference {
     pub head: Head,
     /// The number of classes, when the checkpoint records it.
     pub classes: Option<usize>,
+    /// The names of the features, the target column and the classes (empty where the
+    /// training data had none).
+    pub names: Names,
 }
 
 impl Inference {
     /// The checkpoint's model, with its input scaling kept apart or folded into the first
-    /// layer. Errors when folding would give a non-finite weight or bias.
+    /// layer (the imputer, if any, fills raw features either way). Errors when folding would
+    /// give a non-finite weight or bias, or when the imputer is not one value per feature.
     pub fn from_checkpoint(ck: &Checkpoint, scaling: Scaling) -> Result<Inference> {
         ck.params.check(&ck.network, "checkpoint")?;
+        if let Some(i) = &ck.imputer {
+            if i.values.len() != ck.network.input_width() {
+                return Err(Error::shape(
+                    "the checkpoint's imputer",
+                    format!("{} fill values", ck.network.input_width()),
+                    i.values.len(),
+                ));
+            }
+        }
         let head = Head::of(
             ck.loss,
             ck.network.output_width(),
@@ -129,15 +148,18 @@ impl Inference {
             }
         };
         Ok(Inference {
+            imputer: ck.imputer.clone(),
             network,
             params,
             scaler,
             head,
             classes: ck.classes,
+            names: ck.names.clone(),
         })
     }
 
-    /// The exported computation in plain Rust: scaling, every layer (`x · Wᵀ + b` summed in
+    /// The exported computation in plain Rust: each NaN feature filled with the imputer's
+    /// value (when there is one), scaling, every layer (`x · Wᵀ + b` summed in
     /// input order, then the activation), the head. `x` is `rows` rows of raw features.
     pub fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let width = self.network.input_width();
@@ -151,6 +173,9 @@ impl Inference {
         let mut out = Vec::with_capacity(rows * self.network.output_width());
         for row in x.chunks_exact(width.max(1)).take(rows) {
             let mut a = row.to_vec();
+            if let Some(i) = &self.imputer {
+                i.fill_row(&mut a);
+            }
             if let Some(s) = &self.scaler {
                 s.apply_row(&mut a)?;
             }
@@ -299,6 +324,83 @@ pub(crate) mod tests {
             names: Default::default(),
         };
         (ck, x)
+    }
+
+    /// [`sample`] with an imputer (fill values away from the offsets, so that a fill is not
+    /// a no-op after scaling), names (with a comma, quotes and non-ASCII, to be escaped) and
+    /// every fourth value of its rows missing: the checkpoint, the rows with NaN, and the
+    /// same rows with the fill values written in.
+    pub(crate) fn sample_with_gaps(
+        loss: Loss,
+        outputs: usize,
+        rows: usize,
+    ) -> (Checkpoint, Vec<f32>, Vec<f32>) {
+        let (mut ck, filled) = sample(loss, outputs, rows);
+        let scaler = ck.scaler.clone().unwrap();
+        let values: Vec<f32> = scaler
+            .offset
+            .iter()
+            .zip(&scaler.scale)
+            .enumerate()
+            .map(|(c, (o, s))| o + (c as f32 - 3.0) * 0.7 / s)
+            .collect();
+        let mut gaps = filled.clone();
+        let mut filled = filled;
+        for (i, (g, f)) in gaps.iter_mut().zip(filled.iter_mut()).enumerate() {
+            if i % 4 == 1 {
+                *g = f32::NAN;
+                *f = values[i % 7];
+            }
+        }
+        ck.imputer = Some(Imputer {
+            kind: crate::data::ImputeKind::Mean,
+            values,
+        });
+        ck.names = Names {
+            features: (0..7).map(|c| format!("größe \"{c}\", cm")).collect(),
+            target: Some("y".into()),
+            classes: match ck.classes {
+                Some(c) => (0..c).map(|k| format!("class {k}")).collect(),
+                None => vec![],
+            },
+        };
+        (ck, gaps, filled)
+    }
+
+    /// With an imputer, a NaN feature becomes its fill value before the scaling, folded or
+    /// not: the rows with gaps give the outputs of the rows with the values written in, bit
+    /// for bit. Without one, a NaN goes into the network.
+    #[test]
+    fn forward_fills_missing_features_first() {
+        let (ck, gaps, filled) = sample_with_gaps(Loss::SoftmaxCrossEntropy, 4, 40);
+        assert!(gaps.iter().filter(|v| v.is_nan()).count() >= 40);
+        for scaling in [Scaling::Separate, Scaling::Folded] {
+            let model = Inference::from_checkpoint(&ck, scaling).unwrap();
+            assert_eq!(model.imputer, ck.imputer);
+            assert_eq!(model.names, ck.names);
+            let got = model.forward(&gaps, 40).unwrap();
+            let want = model.forward(&filled, 40).unwrap();
+            assert!(got.iter().all(|v| v.is_finite()), "{scaling:?}");
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{scaling:?}"
+            );
+            // Every row has a gap; without the imputer the NaN goes into the first layer and
+            // every row comes out otherwise (NaN, or what ReLU makes of it).
+            let mut unfilled = ck.clone();
+            unfilled.imputer = None;
+            let plain = Inference::from_checkpoint(&unfilled, scaling).unwrap();
+            let other = plain.forward(&gaps, 40).unwrap();
+            assert!(other.chunks(4).zip(want.chunks(4)).all(|(o, w)| o != w));
+        }
+        // An imputer of the wrong width is refused.
+        let mut wrong = ck.clone();
+        wrong.imputer.as_mut().unwrap().values.pop();
+        let e = Inference::from_checkpoint(&wrong, Scaling::Separate)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("7 fill values"), "{e}");
     }
 
     /// The folded first layer on raw rows gives the pre-activations of the original layer on

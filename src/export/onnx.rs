@@ -3,6 +3,9 @@
 //! (class probabilities for a classifier, values in the targets' units for a regression).
 //!
 //! The graph, in opset 13 (IR version 7), node by node:
+//! - when the model has an imputer, the missing features filled first as
+//!   `Where(IsNaN(x), fill, x)` (`fill` an initializer of one value per feature, broadcast
+//!   over the rows; IsNaN and Where are both in ONNX since opset 9), on the raw features;
 //! - the input scaling `(x - offset) * scale` as `Sub` and `Mul` (absent when folded into the
 //!   first layer, or when the model has none);
 //! - per layer, `Gemm` with `transB = 1` (the weight stays `[outputs, inputs]`, as stored)
@@ -12,6 +15,9 @@
 //!   step as `Cast(GreaterOrEqual(z, 0))` and sign as `2 step - 1` (ONNX's `Sign` gives 0 at 0);
 //! - the head: `Softmax` over axis 1, `Sigmoid`, or the target scaling undone as
 //!   `y / scale + offset` (`Div`, `Add`).
+//!
+//! The model's metadata holds `soma.output` (the head), `soma.classes` (when recorded) and
+//! `soma.names` (JSON, as in the checkpoint, when the data named anything).
 //!
 //! The protobuf messages are written by hand over [`super::proto`] (field numbers from
 //! `onnx.proto`); weights go in `raw_data`, little-endian.
@@ -272,6 +278,17 @@ impl Graph {
 /// The graph of `model`.
 fn build(model: &Inference) -> Graph {
     let mut g = Graph::new();
+    if let Some(i) = &model.imputer {
+        let fill = g.initializer("impute.values", &[i.values.len()], &i.values);
+        let x = g.current.clone();
+        let missing = g.node("impute.isnan".into(), "IsNaN", &[&x], vec![]);
+        g.current = g.node(
+            "impute.where".into(),
+            "Where",
+            &[&missing, &fill, &x],
+            vec![],
+        );
+    }
     if let Some(s) = &model.scaler {
         let width = s.width();
         let offset = g.initializer("input_scaling.offset", &[width], &s.offset);
@@ -379,6 +396,11 @@ pub fn encode(model: &Inference) -> Result<Vec<u8>> {
     if let Some(c) = model.classes {
         props.push(("soma.classes", c.to_string()));
     }
+    if !model.names.is_empty() {
+        let names = serde_json::to_string(&model.names)
+            .map_err(|e| Error::Config(format!("cannot encode the names as JSON: {e}")))?;
+        props.push(("soma.names", names));
+    }
     for (k, v) in props {
         let mut e = Message::new();
         e.string(field::entry::KEY, k)
@@ -472,6 +494,8 @@ mod tests {
         output_dims: Vec<String>,
         opset: u64,
         ir_version: u64,
+        /// metadata_props, in order.
+        metadata: Vec<(String, String)>,
     }
 
     fn dims_of(value_info: &[u8]) -> Vec<String> {
@@ -542,6 +566,10 @@ mod tests {
                 (string_field(n, 4), inputs, string_field(n, 2), attrs)
             })
             .collect();
+        let metadata = len_fields(bytes, 14)
+            .into_iter()
+            .map(|e| (string_field(e, 1), string_field(e, 2)))
+            .collect();
         Decoded {
             initializers,
             nodes,
@@ -549,6 +577,7 @@ mod tests {
             output_dims: dims_of(len_fields(graph, 12)[0]),
             opset,
             ir_version,
+            metadata,
         }
     }
 
@@ -570,6 +599,40 @@ mod tests {
                 "Add" => broadcast(&arg(0), &arg(1), |a, b| a + b),
                 "Div" => broadcast(&arg(0), &arg(1), |a, b| a / b),
                 "GreaterOrEqual" => broadcast(&arg(0), &arg(1), |a, b| f32::from(a >= b)),
+                "IsNaN" => map(&|v| f32::from(v.is_nan())),
+                "Where" => {
+                    // Where(condition, x, y): x where the condition holds, else y; the
+                    // condition is [N, F] and the fill values [F] in these graphs.
+                    let (c, x, y) = (arg(0), arg(1), arg(2));
+                    let shape = [&c, &x, &y]
+                        .into_iter()
+                        .max_by_key(|t| t.1.len())
+                        .unwrap()
+                        .0
+                        .clone();
+                    let n: usize = shape.iter().product();
+                    for t in [&c, &x, &y] {
+                        assert!(
+                            t.1.len() == 1
+                                || (n.is_multiple_of(t.1.len()) && t.0.last() == shape.last()),
+                            "Where shapes {:?} {:?} {:?}",
+                            c.0,
+                            x.0,
+                            y.0
+                        );
+                    }
+                    let at = |t: &T, i: usize| t.1[i % t.1.len()];
+                    let data = (0..n)
+                        .map(|i| {
+                            if at(&c, i) != 0.0 {
+                                at(&x, i)
+                            } else {
+                                at(&y, i)
+                            }
+                        })
+                        .collect();
+                    T(shape, data)
+                }
                 "Cast" => {
                     assert_eq!(attr("to").unwrap().2, 1, "Cast to FLOAT");
                     arg(0)
@@ -628,6 +691,13 @@ mod tests {
         assert_eq!(&ops[..3], ["Sub", "Mul", "Gemm"]);
         assert_eq!(ops.last(), Some(&"Softmax"));
         assert_eq!(d.nodes.iter().filter(|n| n.2 == OUTPUT).count(), 1);
+        assert!(!ops.contains(&"IsNaN"), "no imputer, no fill: {ops:?}");
+        let keys: Vec<&str> = d.metadata.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["soma.output", "soma.classes"],
+            "no names, no soma.names"
+        );
         // The first layer has no bias: its Gemm has two inputs.
         assert_eq!(d.nodes[2].1.len(), 2);
         assert_eq!(d.initializers["layers.0.weight"].0, [9, 7]);
@@ -662,6 +732,70 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// With an imputer the graph opens with `Where(IsNaN(input), impute.values, input)`,
+    /// before the scaling (folded or not), and on rows with NaN gives the model's outputs:
+    /// those of the rows with the fill values written in. The names ride in the metadata as
+    /// the checkpoint's JSON, after the keys there were before.
+    #[test]
+    fn graph_fills_missing_values_as_the_model_does() {
+        for (loss, outputs) in [
+            (Loss::SoftmaxCrossEntropy, 3),
+            (Loss::BinaryCrossEntropy, 1),
+            (Loss::Mse, 2),
+        ] {
+            let (ck, gaps, filled) = crate::export::tests::sample_with_gaps(loss, outputs, 30);
+            for scaling in [Scaling::Separate, Scaling::Folded] {
+                let model = Inference::from_checkpoint(&ck, scaling).unwrap();
+                let d = decode(&encode(&model).unwrap());
+                let ops: Vec<&str> = d.nodes.iter().map(|n| n.0.as_str()).collect();
+                let next = match scaling {
+                    Scaling::Separate => "Sub",
+                    Scaling::Folded => "Gemm",
+                };
+                assert_eq!(&ops[..3], ["IsNaN", "Where", next], "{loss:?} {scaling:?}");
+                assert_eq!(d.nodes[0].1, [INPUT]);
+                assert_eq!(d.nodes[1].1, ["impute.isnan", "impute.values", INPUT]);
+                assert_eq!(d.nodes[2].1[0], "impute.where");
+                let fill = &d.initializers["impute.values"];
+                assert_eq!(fill.0, [7]);
+                assert_eq!(Some(&fill.1), ck.imputer.as_ref().map(|i| &i.values));
+
+                let got = run(&d, &gaps, 30);
+                let want = model.forward(&gaps, 30).unwrap();
+                assert_eq!(want, model.forward(&filled, 30).unwrap());
+                assert!(got.iter().all(|v| v.is_finite()), "{loss:?} {scaling:?}");
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{loss:?} {scaling:?} output {i}: graph {g}, model {w}"
+                    );
+                }
+
+                let meta: HashMap<&str, &str> = d
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                assert_eq!(d.metadata[0].0, "soma.output");
+                assert_eq!(d.metadata.last().unwrap().0, "soma.names");
+                let names: crate::data::Names = serde_json::from_str(meta["soma.names"]).unwrap();
+                assert_eq!(names, ck.names);
+            }
+            // Without the imputer every row comes out otherwise: the fill is the graph's doing.
+            let mut plain = ck.clone();
+            plain.imputer = None;
+            let model = Inference::from_checkpoint(&plain, Scaling::Separate).unwrap();
+            let got = run(&decode(&encode(&model).unwrap()), &gaps, 30);
+            let want = model.forward(&filled, 30).unwrap();
+            assert!(
+                got.chunks(outputs)
+                    .zip(want.chunks(outputs))
+                    .all(|(g, w)| g != w),
+                "{loss:?}"
+            );
         }
     }
 

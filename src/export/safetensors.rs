@@ -10,7 +10,10 @@
 //! `soma.scaler` (JSON, when `scaled`): the scaling `x' = (x - offset) * scale` to apply
 //! first; `soma.output`: the head (`softmax`, `sigmoid` or `values`) that `soma predict`
 //! applies to the outputs; `soma.target_scaler` (JSON, when present); `soma.pytorch`: the
-//! `nn.Sequential(...)` these keys fit, when every activation has a PyTorch module.
+//! `nn.Sequential(...)` these keys fit, when every activation has a PyTorch module;
+//! `soma.imputer` (JSON `{"kind", "values"}`, as in the checkpoint, when the model has one):
+//! the value each missing (NaN) raw feature becomes, before the scaling, folded or not;
+//! `soma.names` (JSON, as in the checkpoint, when the data named anything).
 
 use std::collections::HashMap;
 
@@ -77,6 +80,12 @@ pub fn encode(model: &Inference) -> Result<Vec<u8>> {
     }
     if let Some(seq) = torch_sequential(&model.network) {
         meta.insert("soma.pytorch".into(), seq);
+    }
+    if let Some(i) = &model.imputer {
+        meta.insert("soma.imputer".into(), json(i)?);
+    }
+    if !model.names.is_empty() {
+        meta.insert("soma.names".into(), json(&model.names)?);
     }
 
     let le = |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
@@ -153,6 +162,7 @@ mod tests {
             let meta = header.metadata().as_ref().unwrap();
             assert_eq!(meta["format"], "pt");
             assert_eq!(meta["soma.output"], "softmax");
+            assert!(!meta.contains_key("soma.imputer") && !meta.contains_key("soma.names"));
             match scaling {
                 Scaling::Separate => {
                     assert_eq!(meta["soma.input"], "scaled");
@@ -167,6 +177,44 @@ mod tests {
                     assert!(names.contains(&"0.bias".to_string()));
                 }
             }
+        }
+    }
+
+    /// The imputer and the names, as the checkpoint's JSON, folded or not: filling a row's
+    /// NaN from the metadata's `soma.imputer`, then (unfolded) scaling by its `soma.scaler`,
+    /// then the network (whose tensors `keys_shapes_and_metadata` checks) gives the model's
+    /// outputs.
+    #[test]
+    fn imputer_and_names_in_the_metadata() {
+        use crate::data::{Imputer, Names, Scaler};
+        let (ck, gaps, _) = crate::export::tests::sample_with_gaps(Loss::Mse, 2, 10);
+        for scaling in [Scaling::Separate, Scaling::Folded] {
+            let model = Inference::from_checkpoint(&ck, scaling).unwrap();
+            let bytes = encode(&model).unwrap();
+            let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+            let meta = header.metadata().as_ref().unwrap();
+            let imputer: Imputer = serde_json::from_str(&meta["soma.imputer"]).unwrap();
+            assert_eq!(Some(&imputer), ck.imputer.as_ref());
+            assert!(meta["soma.imputer"].starts_with(r#"{"kind":"mean","values":["#));
+            let names: Names = serde_json::from_str(&meta["soma.names"]).unwrap();
+            assert_eq!(names, ck.names);
+
+            // The metadata's recipe, in plain Rust on the file's own numbers.
+            let mut x = gaps.clone();
+            for row in x.chunks_mut(7) {
+                imputer.fill_row(row);
+                if let Some(s) = meta.get("soma.scaler") {
+                    let s: Scaler = serde_json::from_str(s).unwrap();
+                    s.apply_row(row).unwrap();
+                }
+            }
+            let mut stripped = model.clone();
+            stripped.imputer = None;
+            stripped.scaler = None;
+            let want = model.forward(&gaps, 10).unwrap();
+            let got = stripped.forward(&x, 10).unwrap();
+            assert!(want.iter().all(|v| v.is_finite()));
+            assert_eq!(got, want, "{scaling:?}");
         }
     }
 
