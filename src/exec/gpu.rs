@@ -479,10 +479,10 @@ impl<'a> GpuExec<'a> {
             copy_tensors(self.gpu, &self.shadow_pairs())?;
             self.shadow_pending = false;
         }
-        self.shadow
-            .iter()
-            .map(|(id, copy)| Ok((*id, copy.read(self.gpu)?)))
-            .collect()
+        let copies: Vec<&GpuTensor> = self.shadow.iter().map(|(_, c)| c).collect();
+        let bytes = crate::tensor::start_read_many(self.gpu, &copies)?.wait(self.gpu)?;
+        let values = super::split_f32(&bytes, &copies);
+        Ok(self.shadow.iter().map(|(id, _)| *id).zip(values).collect())
     }
 
     /// Takes a pending snapshot now, in a submission of its own.

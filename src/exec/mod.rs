@@ -183,6 +183,20 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// Reads the f32 buffers `ids` whole, in one readback on the GPU (one wait).
+    pub fn read_many_f32(&self, ids: &[BufId]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Executor::Gpu(g) => {
+                let tensors: Vec<&GpuTensor> = ids.iter().map(|&id| &g.tensors[id]).collect();
+                Ok(split_f32(
+                    &start_read_many(g.gpu, &tensors)?.wait(g.gpu)?,
+                    &tensors,
+                ))
+            }
+            Executor::Cpu(c) => Ok(ids.iter().map(|&id| c.f(id).to_vec()).collect()),
+        }
+    }
+
     /// Reads the first 4-byte word of each buffer `ids` (scalars such as metric sums), in
     /// one readback on the GPU.
     pub fn read_words(&self, ids: &[BufId]) -> Result<Vec<[u8; 4]>> {
@@ -371,4 +385,21 @@ impl<'a> Executor<'a> {
             Executor::Cpu(_) => None,
         }
     }
+}
+
+/// The bytes of one readback of `tensors` (concatenated, in order) as each tensor's f32s.
+fn split_f32(bytes: &[u8], tensors: &[&GpuTensor]) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    tensors
+        .iter()
+        .map(|t| {
+            let len = t.byte_len() as usize;
+            let values = bytes[at..at + len]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            at += len;
+            values
+        })
+        .collect()
 }

@@ -255,7 +255,8 @@ impl<'a> Trainer<'a> {
         )?;
         host.run_steps(1)?;
         let mut tensors = Vec::with_capacity(state_ids.len());
-        for &id in &state_ids {
+        let after = self.run.exec.read_many_f32(&state_ids)?;
+        for (&id, device) in state_ids.iter().zip(after) {
             let name = &self.run.plan.buffers[id].name;
             let hid = host
                 .run
@@ -264,7 +265,6 @@ impl<'a> Trainer<'a> {
                 .into_iter()
                 .find(|&h| host.run.plan.buffers[h].name == *name)
                 .ok_or_else(|| Error::Config(format!("the replay has no buffer '{name}'")))?;
-            let device = self.run.exec.read_f32(id)?;
             let replayed = host.run.exec.read_f32(hid)?;
             tensors.push(compare(name, &device, &replayed));
         }
