@@ -528,7 +528,7 @@ fn check_train(cwd: &Path, args: &[String], ran: &Ran, before: &BTreeSet<String>
         return;
     }
     let files: BTreeSet<String> = entries(&run);
-    let want: BTreeSet<String> = [
+    let mut want: BTreeSet<String> = [
         "checkpoint.safetensors",
         "config.json",
         "curves.svg",
@@ -536,6 +536,23 @@ fn check_train(cwd: &Path, args: &[String], ran: &Ran, before: &BTreeSet<String>
     ]
     .map(String::from)
     .into();
+    // A shadow-checked run also logs its replayed steps, each within the tolerance.
+    if let Some(every) = flag(args, "--shadow-check") {
+        want.insert("shadow.jsonl".into());
+        let log = read(&run.join("shadow.jsonl"));
+        let every: usize = every.parse().unwrap();
+        assert!(log.lines().count() >= 1 && every > 0, "soma {}: {log}", ran.args);
+        for line in log.lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            let tolerance = r["tolerance"].as_f64().unwrap();
+            for t in r["tensors"].as_array().unwrap() {
+                assert!(t["rel_l2"].as_f64().unwrap() <= tolerance, "soma {}: {t}", ran.args);
+            }
+        }
+        if !ran.stdout.contains("shadow: ") {
+            ran.fail("prints no shadow line");
+        }
+    }
     assert_eq!(files, want, "soma {}: the files of {dir}", ran.args);
     assert!(!partial.exists(), "soma {}: {dir}.partial left", ran.args);
     if !ran.stdout.contains(&format!("run directory: {dir} ")) {
