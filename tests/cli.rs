@@ -5,13 +5,15 @@
 //! Most tests train on the CPU path (`--device cpu`); the GPU ones print `SKIPPED` when
 //! `soma devices --json` lists no adapter, and fail instead when `SOMA_REQUIRE_GPU=1`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 
 use serde_json::Value;
+
+use common::bin::{adapters, read, soma, soma_in_env, Ran, TempDir};
 
 use soma::checkpoint::{self, Checkpoint};
 use soma::{Device, Loss, Model, Parameters};
@@ -19,136 +21,6 @@ use soma::{Device, Loss, Model, Parameters};
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed on drop (kept, and named, when the
-/// test failed, so that what the command left can be looked at).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let p = std::env::temp_dir().join(format!(
-            "soma-cli-{test}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// `self/name` as a string, for command-line arguments.
-    fn arg(&self, name: &str) -> String {
-        self.join(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("kept the failed test's directory {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// What one run of the binary did.
-struct Ran {
-    args: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    /// Asserts exit status 0 and returns self.
-    fn ok(self) -> Ran {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "soma {} failed\n--- stdout\n{}\n--- stderr\n{}",
-            self.args,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    /// stdout parsed as one JSON document.
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "soma {}: stdout is not one JSON document ({e}):\n{}",
-                self.args, self.stdout
-            )
-        })
-    }
-
-    /// The non-blank lines of stderr, less the driver's own noise: Mesa's EGL prints
-    /// `error: XDG_RUNTIME_DIR is invalid or not set` when wgpu probes the GL backend
-    /// without a desktop session, which is not soma's output.
-    fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.contains("XDG_RUNTIME_DIR"))
-            .collect()
-    }
-}
-
-/// Runs `soma ARGS` in `cwd` (so that a default `runs/` would land in the test directory,
-/// never in the repository), with logging at its default level.
-fn soma_in<S: AsRef<str>>(cwd: &Path, args: &[S]) -> Ran {
-    soma_in_env(cwd, args, &[])
-}
-
-/// [`soma_in`] with these environment variables set as well.
-fn soma_in_env<S: AsRef<str>>(cwd: &Path, args: &[S], vars: &[(&str, &str)]) -> Ran {
-    let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_soma"))
-        .args(&args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .envs(vars.iter().copied())
-        .output()
-        .expect("cannot start the soma binary");
-    Ran {
-        args: args.join(" "),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn soma<S: AsRef<str>>(dir: &TempDir, args: &[S]) -> Ran {
-    soma_in(&dir.0, args)
-}
-
-/// Adapter names that `soma devices --json` lists (asked once per test binary).
-fn adapters() -> &'static Vec<String> {
-    static ADAPTERS: OnceLock<Vec<String>> = OnceLock::new();
-    ADAPTERS.get_or_init(|| {
-        let ran = soma_in(&std::env::temp_dir(), &["devices", "--json"]).ok();
-        let doc = ran.json();
-        doc["adapters"]
-            .as_array()
-            .unwrap_or_else(|| panic!("devices --json: no 'adapters' array:\n{}", ran.stdout))
-            .iter()
-            .map(|a| {
-                a["name"]
-                    .as_str()
-                    .expect("adapter without a name")
-                    .to_string()
-            })
-            .collect()
-    })
-}
 
 /// Whether a GPU test can run: true with an adapter; with none, prints SKIPPED (past the
 /// harness's capture) and returns false, or panics when `SOMA_REQUIRE_GPU=1`.
@@ -165,10 +37,6 @@ fn gpu(test: &str) -> bool {
         "SKIPPED {test}: `soma devices --json` lists no adapter"
     );
     false
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn load(path: &Path) -> Checkpoint {

@@ -26,111 +26,16 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Instant;
 
 use serde_json::Value;
 
+use common::bin::{adapters, read, soma_in, Ran, TempDir};
+
 // ---------------------------------------------------------------------------------------
 // Helpers (the patterns of tests/cli.rs)
 // ---------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed on drop (kept, and named, when the
-/// test failed). Removing it removes the `shared` link in it, never what the link points at.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let p =
-            std::env::temp_dir().join(format!("soma-readme-{test}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("kept the failed test's directory {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// What one run of the binary did.
-struct Ran {
-    args: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    /// Asserts exit status 0 and returns self.
-    fn ok(self) -> Ran {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "soma {} failed\n--- stdout\n{}\n--- stderr\n{}",
-            self.args,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    /// Panics with `what`, the command and its output.
-    fn fail(&self, what: &str) -> ! {
-        panic!(
-            "soma {}: {what}\n--- stdout\n{}\n--- stderr\n{}",
-            self.args, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `soma ARGS` in `cwd`, with logging at its default level.
-fn soma_in<S: AsRef<str>>(cwd: &Path, args: &[S]) -> Ran {
-    let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_soma"))
-        .args(&args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("cannot start the soma binary");
-    Ran {
-        args: args.join(" "),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Adapter names that `soma devices --json` lists (asked once per test binary).
-fn adapters() -> &'static Vec<String> {
-    static ADAPTERS: OnceLock<Vec<String>> = OnceLock::new();
-    ADAPTERS.get_or_init(|| {
-        let ran = soma_in(&std::env::temp_dir(), &["devices", "--json"]).ok();
-        let doc: Value = serde_json::from_str(&ran.stdout)
-            .unwrap_or_else(|e| ran.fail(&format!("stdout is not one JSON document ({e})")));
-        doc["adapters"]
-            .as_array()
-            .unwrap_or_else(|| ran.fail("no 'adapters' array"))
-            .iter()
-            .map(|a| {
-                a["name"]
-                    .as_str()
-                    .expect("adapter without a name")
-                    .to_string()
-            })
-            .collect()
-    })
-}
 
 /// Written past the test harness's capture, so that a skip is seen even when the test passes.
 fn skipped(why: &str) {
@@ -139,10 +44,6 @@ fn skipped(why: &str) {
 
 fn env_is_1(name: &str) -> bool {
     std::env::var(name).as_deref() == Ok("1")
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The entries of a directory, by name (none when it is not there).
@@ -541,12 +442,20 @@ fn check_train(cwd: &Path, args: &[String], ran: &Ran, before: &BTreeSet<String>
         want.insert("shadow.jsonl".into());
         let log = read(&run.join("shadow.jsonl"));
         let every: usize = every.parse().unwrap();
-        assert!(log.lines().count() >= 1 && every > 0, "soma {}: {log}", ran.args);
+        assert!(
+            log.lines().count() >= 1 && every > 0,
+            "soma {}: {log}",
+            ran.args
+        );
         for line in log.lines() {
             let r: Value = serde_json::from_str(line).unwrap();
             let tolerance = r["tolerance"].as_f64().unwrap();
             for t in r["tensors"].as_array().unwrap() {
-                assert!(t["rel_l2"].as_f64().unwrap() <= tolerance, "soma {}: {t}", ran.args);
+                assert!(
+                    t["rel_l2"].as_f64().unwrap() <= tolerance,
+                    "soma {}: {t}",
+                    ran.args
+                );
             }
         }
         if !ran.stdout.contains("shadow: ") {

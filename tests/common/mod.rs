@@ -2,6 +2,8 @@
 //! abs + rel comparison that names the worst index and never lets NaN pass.
 #![allow(dead_code)]
 
+pub mod bin;
+
 use std::sync::OnceLock;
 
 use soma::Gpu;
