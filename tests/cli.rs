@@ -230,6 +230,30 @@ fn write_rows_csv(path: &Path, data: &soma::data::Dataset) {
     std::fs::write(path, out).unwrap();
 }
 
+/// `soma export --model RUN --format FORMAT --output DIR/NAME EXTRA...`, which must succeed:
+/// the output's path and the run.
+fn export_run(
+    dir: &TempDir,
+    run: &Path,
+    format: &str,
+    name: &str,
+    extra: &[&str],
+) -> (PathBuf, Ran) {
+    let out = dir.join(name);
+    let mut args = vec![
+        "export",
+        "--model",
+        run.to_str().unwrap(),
+        "--format",
+        format,
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let ran = soma(dir, &args).ok();
+    (out, ran)
+}
+
 /// What `soma predict` prints for a softmax classifier, computed with the library on the
 /// CPU path from the checkpoint file: same scaling, same `Model::predict`, same formatting.
 fn library_predictions(ck: &Checkpoint, data: &soma::data::Dataset) -> String {
@@ -2743,18 +2767,7 @@ fn export_writes_each_format_and_reads_back() {
     let ck = load(&run.join("checkpoint.safetensors"));
 
     let export = |format: &str, name: &str, extra: &[&str]| -> PathBuf {
-        let out = dir.join(name);
-        let mut args = vec![
-            "export",
-            "--model",
-            run.to_str().unwrap(),
-            "--format",
-            format,
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let ran = soma(&dir, &args).ok();
+        let (out, ran) = export_run(&dir, &run, format, name, extra);
         assert!(
             ran.stdout.is_empty(),
             "export printed to stdout: {}",
@@ -2973,19 +2986,8 @@ fn export_carries_names_and_fill_values() {
     assert!(want.iter().flatten().all(|v| v.is_finite()));
 
     let export = |format: &str, name: &str, extra: &[&str]| -> (PathBuf, String) {
-        let out = dir.join(name);
-        let mut args = vec![
-            "export",
-            "--model",
-            run.to_str().unwrap(),
-            "--format",
-            format,
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let stderr = soma(&dir, &args).ok().stderr;
-        (out, stderr)
+        let (out, ran) = export_run(&dir, &run, format, name, extra);
+        (out, ran.stderr)
     };
     let floats = |v: &Value| -> Vec<f32> {
         v.as_array()
