@@ -84,6 +84,10 @@ pub enum Error {
         kept: String,
     },
 
+    /// `soma check` found the GPU and the CPU path further apart than its tolerance.
+    #[error("GPU and CPU disagree: {0}")]
+    Mismatch(String),
+
     /// A shadow-checked step whose device result is further from the CPU replay than the
     /// tolerance (see `trainer::shadow`).
     #[error("shadow check failed at step {step}: '{tensor}' differs from the CPU replay by {rel_l2:.3e} (relative L2), over the tolerance {tolerance:.3e}; {kept}")]

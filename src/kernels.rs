@@ -175,6 +175,14 @@ impl Dispatch {
                 limit_name: "max_compute_workgroups_per_dimension",
             });
         }
+        #[cfg(feature = "fault-injection")]
+        let workgroups = match std::env::var("SOMA_INJECT_FAULT") {
+            Ok(faulty) if faulty == entry => {
+                log::warn!("fault injection: every dispatch of {entry} is dropped");
+                [0, 0, 0]
+            }
+            _ => workgroups,
+        };
         let buffers = tensors
             .iter()
             .map(|t| {

@@ -110,9 +110,15 @@ enum Command {
         /// Training steps to compare
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        /// Largest accepted relative difference (per-step loss, per-tensor relative L2)
+        /// Largest accepted relative difference (per-step loss, per-tensor relative L2; with
+        /// --locate, per element over the buffer's largest value)
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
+        /// Run each step op by op on the GPU and on the CPU twins from the same buffers, and
+        /// name the first op whose output differs past the tolerance: its kernel, buffer,
+        /// worst element and both values
+        #[arg(long)]
+        locate: bool,
         #[arg(long)]
         json: bool,
     },
@@ -214,11 +220,13 @@ fn main() -> ExitCode {
             options,
             steps,
             tolerance,
+            locate,
             json,
         } => cli::check::run(cli::check::CheckCommand {
             options,
             steps,
             tolerance,
+            locate,
             json,
         }),
         Command::Bench {

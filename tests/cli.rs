@@ -4075,3 +4075,20 @@ fn shadow_check_logs_each_replayed_step_and_stops_when_asked() {
     assert!(ran.stdout.contains("over it"), "{}", ran.stdout);
     assert!(dir.join("warned/checkpoint.safetensors").exists());
 }
+
+#[test]
+fn check_locate_finds_no_divergent_op_on_a_sound_adapter() {
+    if !gpu("check_locate_finds_no_divergent_op_on_a_sound_adapter") {
+        return;
+    }
+    let dir = TempDir::new("locate-clean");
+    let ran = soma(&dir, &["check", "--locate", "--steps", "3"]).ok();
+    assert!(
+        ran.stdout.contains("3 steps op by op") && ran.stdout.contains("no op differs"),
+        "{}",
+        ran.stdout
+    );
+    // The CPU path has nothing to compare against itself.
+    let ran = soma(&dir, &["check", "--locate", "--steps", "1", "--json"]).ok();
+    assert_eq!(ran.json()["divergence"], Value::Null);
+}

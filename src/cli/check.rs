@@ -2,7 +2,8 @@
 //! plain-loop twins of the kernels) from one seed, then
 //! the largest absolute and relative difference of every parameter tensor and of the
 //! per-step loss. Exits non-zero when a tensor's relative L2 difference is over the
-//! tolerance.
+//! tolerance. With `--locate`, each step op by op on both paths from the same buffers,
+//! stopping at the first op whose output differs (`Trainer::locate_step`).
 
 use serde::Serialize;
 
@@ -16,6 +17,8 @@ pub struct CheckCommand {
     pub options: TrainOptions,
     pub steps: usize,
     pub tolerance: f64,
+    /// Op by op: name the first op whose output differs.
+    pub locate: bool,
     pub json: bool,
 }
 
@@ -90,6 +93,17 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
     };
     // The GPU with the tuning the environment asks for, as `soma train` runs.
     let opened = super::open_device(super::DeviceChoice::Gpu)?;
+    if cmd.locate {
+        return locate(
+            &cmd,
+            opened.device(),
+            &model,
+            loss,
+            optimizer,
+            &train,
+            &config,
+        );
+    }
     let run = |device: Device<'_>| -> Result<(Vec<f32>, soma::Parameters)> {
         let mut t = Trainer::new(device, &model, loss, optimizer, &train, None, &config)?;
         let mut losses = vec![];
@@ -149,9 +163,75 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
     if pass {
         Ok(())
     } else {
-        Err(Error::Config(format!(
-            "GPU and CPU differ by more than the tolerance {:.1e}",
+        Err(Error::Mismatch(format!(
+            "they differ by more than the tolerance {:.1e}",
             cmd.tolerance
         )))
     }
+}
+
+/// `check --locate`: each step op by op on both paths until an op differs.
+fn locate(
+    cmd: &CheckCommand,
+    device: Device<'_>,
+    model: &Model,
+    loss: soma::Loss,
+    optimizer: soma::Optimizer,
+    train: &soma::data::Dataset,
+    config: &TrainConfig,
+) -> Result<()> {
+    let mut t = Trainer::new(device, model, loss, optimizer, train, None, config)?;
+    let steps = t.steps_per_epoch();
+    for s in 0..steps {
+        if let Some(d) = t.locate_step(cmd.tolerance)? {
+            if cmd.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "adapter": device.name(), "step": s + 1, "tolerance": cmd.tolerance,
+                        "divergence": d,
+                    }))
+                    .map_err(|e| Error::Config(e.to_string()))?
+                );
+            } else {
+                println!(
+                    "step {}, op {} of {}: {} (kernel {}) on '{}' differs from its CPU twin",
+                    s + 1,
+                    d.op_index + 1,
+                    d.ops,
+                    d.op,
+                    d.kernel,
+                    device.name()
+                );
+                println!(
+                    "  {} {:?}: worst at index {}: GPU {:e}, CPU {:e} ({:.3e} of the buffer's largest value; tolerance {:.1e})",
+                    d.buffer, d.shape, d.index, d.gpu, d.cpu, d.difference, cmd.tolerance
+                );
+            }
+            return Err(Error::Mismatch(format!(
+                "kernel {} ({}) differs from its CPU twin at step {}",
+                d.kernel,
+                d.op,
+                s + 1
+            )));
+        }
+    }
+    if cmd.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "adapter": device.name(), "steps": steps, "tolerance": cmd.tolerance,
+                "divergence": null,
+            }))
+            .map_err(|e| Error::Config(e.to_string()))?
+        );
+    } else {
+        println!(
+            "{steps} step{} op by op on '{}' against the CPU twins: no op differs past {:.1e}",
+            if steps == 1 { "" } else { "s" },
+            device.name(),
+            cmd.tolerance
+        );
+    }
+    Ok(())
 }

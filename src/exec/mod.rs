@@ -19,11 +19,13 @@ use crate::tensor::{start_read_many, DType, GpuTensor};
 
 mod cpu;
 mod gpu;
+mod locate;
 
 use cpu::HostBuf;
 pub use cpu::{CpuExec, CpuMatmul};
 pub use gpu::GpuExec;
 use gpu::KernelsRef;
+pub use locate::OpDivergence;
 
 /// Where a run executes.
 #[derive(Clone, Copy, Debug)]
@@ -344,6 +346,24 @@ impl<'a> Executor<'a> {
                     ))),
                 })
                 .collect(),
+        }
+    }
+
+    /// Runs training step `step` op by op on the GPU and on the CPU twins and returns the
+    /// first op whose output differs past `tolerance` (see [`OpDivergence`]); `skip`: buffers
+    /// no op writes. GPU only; the step's result is left on the GPU.
+    pub fn locate(
+        &mut self,
+        plan: &Plan,
+        step: usize,
+        tolerance: f64,
+        skip: &[BufId],
+    ) -> Result<Option<OpDivergence>> {
+        match self {
+            Executor::Gpu(g) => locate::locate(g, plan, step, tolerance, skip),
+            Executor::Cpu(_) => Err(Error::Config(
+                "locating a divergent op compares the GPU against the CPU: it needs the GPU executor".into(),
+            )),
         }
     }
 

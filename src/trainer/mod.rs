@@ -313,6 +313,39 @@ impl<'a> Trainer<'a> {
         Ok(times)
     }
 
+    /// Runs the next training step op by op on the GPU and on the CPU twins from the same
+    /// buffers and returns the first op whose output differs past `tolerance` (see
+    /// [`crate::exec::OpDivergence`]); `None` when every op agrees. GPU only, not for
+    /// streamed tables. The step counts as run (its result stays on the device).
+    pub fn locate_step(&mut self, tolerance: f64) -> Result<Option<crate::exec::OpDivergence>> {
+        if self.streamed() {
+            return Err(Error::Config(
+                "locating a divergent op needs the training table on the device (it is streamed)"
+                    .into(),
+            ));
+        }
+        self.begin_epoch()?;
+        if self.steps_left() == 0 {
+            return Ok(None);
+        }
+        let step = self.cursor.as_ref().map_or(0, |c| c.step);
+        // The data tables: no op writes them.
+        let skip: Vec<usize> = [self.run.plan.train.as_ref(), self.run.plan.eval.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|d| [Some(d.x), d.labels, d.values, Some(d.indices)])
+            .flatten()
+            .collect();
+        let found = self
+            .run
+            .exec
+            .locate(&self.run.plan, step, tolerance, &skip)?;
+        if let Some(c) = self.cursor.as_mut() {
+            c.step += 1;
+        }
+        Ok(found)
+    }
+
     /// Records up to `n` training steps of the current epoch into a compute pass the caller
     /// owns (a host application's frame), starting an epoch if needed; returns how many.
     /// Nothing is submitted for the steps and nothing waits; starting an epoch queues the
