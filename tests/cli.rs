@@ -4088,7 +4088,21 @@ fn check_locate_finds_no_divergent_op_on_a_sound_adapter() {
         "{}",
         ran.stdout
     );
-    // The CPU path has nothing to compare against itself.
     let ran = soma(&dir, &["check", "--locate", "--steps", "1", "--json"]).ok();
     assert_eq!(ran.json()["divergence"], Value::Null);
+    // A failed check goes on op by op to say where the difference starts: with a tolerance
+    // of 0, the first op that rounds differently from its twin (on lavapipe, a matrix
+    // product a few ulps off).
+    let ran = soma(
+        &dir,
+        &["check", "--steps", "2", "--tolerance", "0", "--json"],
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let doc = ran.json();
+    assert_eq!(doc["pass"], false);
+    let (step, d) = (&doc["located"][0], &doc["located"][1]);
+    assert!(step.as_u64().unwrap() >= 1, "{doc}");
+    assert!(!d["kernel"].as_str().unwrap().is_empty(), "{d}");
+    let (g, c) = (d["gpu"].as_f64().unwrap(), d["cpu"].as_f64().unwrap());
+    assert!(g != c && d["difference"].as_f64().unwrap() > 0.0, "{d}");
 }

@@ -38,6 +38,10 @@ struct Report {
     tensors: Vec<TensorDiff>,
     tolerance: f64,
     pass: bool,
+    /// On a failure: the step (from 1) and the first op whose output differs past the
+    /// tolerance when the steps run op by op from the same buffers; null when none does (the
+    /// difference then built up over the steps, every op within the tolerance).
+    located: Option<(usize, soma::exec::OpDivergence)>,
 }
 
 fn diff(name: String, g: &[f32], c: &[f32]) -> TensorDiff {
@@ -122,6 +126,19 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
     }
     let pass =
         loss_diff.max_rel <= cmd.tolerance && tensors.iter().all(|t| t.rel_l2 <= cmd.tolerance);
+    // A failure is followed by the same steps op by op, to name the op where it starts.
+    let located = match pass {
+        true => None,
+        false => first_divergence(
+            &cmd,
+            opened.device(),
+            &model,
+            loss,
+            optimizer,
+            &train,
+            &config,
+        )?,
+    };
     let report = Report {
         adapter: opened.device().name(),
         steps: gl.len(),
@@ -129,6 +146,7 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
         tensors,
         tolerance: cmd.tolerance,
         pass,
+        located,
     };
     if cmd.json {
         println!(
@@ -159,6 +177,14 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
             if pass { "PASS" } else { "FAIL" },
             cmd.tolerance
         );
+        match &report.located {
+            Some((s, d)) => print_divergence(*s, d, &report.adapter, cmd.tolerance),
+            None if !pass => println!(
+                "op by op from the same buffers, no op differs past {:.1e}: the difference built up over the steps",
+                cmd.tolerance
+            ),
+            None => {}
+        }
     }
     if pass {
         Ok(())
@@ -168,6 +194,40 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
             cmd.tolerance
         )))
     }
+}
+
+/// The steps op by op on both paths from the same buffers, until an op differs past the
+/// tolerance: its step (from 1) and the report; `None` when none does.
+fn first_divergence(
+    cmd: &CheckCommand,
+    device: Device<'_>,
+    model: &Model,
+    loss: soma::Loss,
+    optimizer: soma::Optimizer,
+    train: &soma::data::Dataset,
+    config: &TrainConfig,
+) -> Result<Option<(usize, soma::exec::OpDivergence)>> {
+    let mut t = Trainer::new(device, model, loss, optimizer, train, None, config)?;
+    for s in 0..t.steps_per_epoch() {
+        if let Some(d) = t.locate_step(cmd.tolerance)? {
+            return Ok(Some((s + 1, d)));
+        }
+    }
+    Ok(None)
+}
+
+fn print_divergence(step: usize, d: &soma::exec::OpDivergence, adapter: &str, tolerance: f64) {
+    println!(
+        "step {step}, op {} of {}: {} (kernel {}) on '{adapter}' differs from its CPU twin",
+        d.op_index + 1,
+        d.ops,
+        d.op,
+        d.kernel,
+    );
+    println!(
+        "  {} {:?}: worst at index {}: GPU {:e}, CPU {:e} ({:.3e} of the buffer's largest value; tolerance {tolerance:.1e})",
+        d.buffer, d.shape, d.index, d.gpu, d.cpu, d.difference
+    );
 }
 
 /// `check --locate`: each step op by op on both paths until an op differs.
@@ -180,58 +240,47 @@ fn locate(
     train: &soma::data::Dataset,
     config: &TrainConfig,
 ) -> Result<()> {
-    let mut t = Trainer::new(device, model, loss, optimizer, train, None, config)?;
-    let steps = t.steps_per_epoch();
-    for s in 0..steps {
-        if let Some(d) = t.locate_step(cmd.tolerance)? {
+    let steps = (cmd.steps * config.batch_size)
+        .min(train.len())
+        .div_ceil(config.batch_size);
+    match first_divergence(cmd, device, model, loss, optimizer, train, config)? {
+        Some((s, d)) => {
             if cmd.json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
-                        "adapter": device.name(), "step": s + 1, "tolerance": cmd.tolerance,
+                        "adapter": device.name(), "step": s, "tolerance": cmd.tolerance,
                         "divergence": d,
                     }))
                     .map_err(|e| Error::Config(e.to_string()))?
                 );
             } else {
+                print_divergence(s, &d, &device.name(), cmd.tolerance);
+            }
+            Err(Error::Mismatch(format!(
+                "kernel {} ({}) differs from its CPU twin at step {s}",
+                d.kernel, d.op
+            )))
+        }
+        None => {
+            if cmd.json {
                 println!(
-                    "step {}, op {} of {}: {} (kernel {}) on '{}' differs from its CPU twin",
-                    s + 1,
-                    d.op_index + 1,
-                    d.ops,
-                    d.op,
-                    d.kernel,
-                    device.name()
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "adapter": device.name(), "steps": steps, "tolerance": cmd.tolerance,
+                        "divergence": null,
+                    }))
+                    .map_err(|e| Error::Config(e.to_string()))?
                 );
+            } else {
                 println!(
-                    "  {} {:?}: worst at index {}: GPU {:e}, CPU {:e} ({:.3e} of the buffer's largest value; tolerance {:.1e})",
-                    d.buffer, d.shape, d.index, d.gpu, d.cpu, d.difference, cmd.tolerance
+                    "{steps} step{} op by op on '{}' against the CPU twins: no op differs past {:.1e}",
+                    if steps == 1 { "" } else { "s" },
+                    device.name(),
+                    cmd.tolerance
                 );
             }
-            return Err(Error::Mismatch(format!(
-                "kernel {} ({}) differs from its CPU twin at step {}",
-                d.kernel,
-                d.op,
-                s + 1
-            )));
+            Ok(())
         }
     }
-    if cmd.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "adapter": device.name(), "steps": steps, "tolerance": cmd.tolerance,
-                "divergence": null,
-            }))
-            .map_err(|e| Error::Config(e.to_string()))?
-        );
-    } else {
-        println!(
-            "{steps} step{} op by op on '{}' against the CPU twins: no op differs past {:.1e}",
-            if steps == 1 { "" } else { "s" },
-            device.name(),
-            cmd.tolerance
-        );
-    }
-    Ok(())
 }
