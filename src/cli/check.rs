@@ -216,6 +216,12 @@ fn first_divergence(
     Ok(None)
 }
 
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Config(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
 fn print_divergence(step: usize, d: &soma::exec::OpDivergence, adapter: &str, tolerance: f64) {
     println!(
         "step {step}, op {} of {}: {} (kernel {}) on '{adapter}' differs from its CPU twin",
@@ -246,14 +252,10 @@ fn locate(
     match first_divergence(cmd, device, model, loss, optimizer, train, config)? {
         Some((s, d)) => {
             if cmd.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "adapter": device.name(), "step": s, "tolerance": cmd.tolerance,
-                        "divergence": d,
-                    }))
-                    .map_err(|e| Error::Config(e.to_string()))?
-                );
+                print_json(&serde_json::json!({
+                    "adapter": device.name(), "step": s, "tolerance": cmd.tolerance,
+                    "divergence": d,
+                }))?;
             } else {
                 print_divergence(s, &d, &device.name(), cmd.tolerance);
             }
@@ -264,14 +266,10 @@ fn locate(
         }
         None => {
             if cmd.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "adapter": device.name(), "steps": steps, "tolerance": cmd.tolerance,
-                        "divergence": null,
-                    }))
-                    .map_err(|e| Error::Config(e.to_string()))?
-                );
+                print_json(&serde_json::json!({
+                    "adapter": device.name(), "steps": steps, "tolerance": cmd.tolerance,
+                    "divergence": null,
+                }))?;
             } else {
                 println!(
                     "{steps} step{} op by op on '{}' against the CPU twins: no op differs past {:.1e}",
