@@ -92,5 +92,14 @@ fn check_locate_names_the_injected_kernel() {
         .unwrap_or_default()
         .to_string();
     assert!(error.contains("shadow check failed at step 10"), "{error}");
-    assert!(dir.0.join("faulty.partial/shadow.jsonl").is_file());
+    // The failed step, run again op by op, names the kernel.
+    assert!(
+        ran.stdout
+            .contains("first past 1e-4 is Update (kernel adam_update_vec4)"),
+        "{}",
+        ran.stdout
+    );
+    let log = std::fs::read_to_string(dir.0.join("faulty.partial/shadow.jsonl")).unwrap();
+    let report: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(report["located"]["kernel"], "adam_update_vec4", "{report}");
 }

@@ -1076,6 +1076,15 @@ fn fit_imputes_missing_features_and_scales_targets() {
 /// Two epochs of digits' first 320 rows (batch 32: 10 steps an epoch) with Adam, with every
 /// `shadow`th step replayed; the final parameters and the reports.
 fn shadowed_run(device: Device<'_>, shadow: Option<usize>) -> (Parameters, Vec<ShadowReport>) {
+    shadowed_run_within(device, shadow, None)
+}
+
+/// [`shadowed_run`] with a shadow tolerance.
+fn shadowed_run_within(
+    device: Device<'_>,
+    shadow: Option<usize>,
+    tolerance: Option<f64>,
+) -> (Parameters, Vec<ShadowReport>) {
     let (train, _) = digits();
     let train = first_rows(&train, 320);
     let net = Network::mlp(&[64, 32, 10], Activation::Relu, Activation::Identity).unwrap();
@@ -1085,6 +1094,7 @@ fn shadowed_run(device: Device<'_>, shadow: Option<usize>) -> (Parameters, Vec<S
         batch_size: 32,
         seed: 3,
         shadow_check: shadow,
+        shadow_tolerance: tolerance,
         ..Default::default()
     };
     let mut t = Trainer::new(
@@ -1139,6 +1149,20 @@ fn shadow_replay_on_the_gpu_agrees_with_the_cpu_and_changes_nothing() {
         assert!(r.tolerance > 0.0 && r.tolerance < 1e-3, "{}", r.tolerance);
     }
     assert!(reports.iter().any(|r| r.worst().unwrap().rel_l2 > 0.0));
+    assert!(reports.iter().all(|r| !r.searched));
+
+    // Past a tolerance of 0, the first failed step is run again op by op (no single op is
+    // past the search's 1e-4 on a sound adapter), and the run goes on with the same bits.
+    let (params, reports) = shadowed_run_within(Device::Gpu(gpu), Some(3), Some(0.0));
+    assert_eq!(params, plain);
+    let failed: Vec<&ShadowReport> = reports.iter().filter(|r| !r.pass()).collect();
+    assert!(!failed.is_empty());
+    assert!(
+        failed[0].searched && failed[0].located.is_none(),
+        "{:?}",
+        failed[0]
+    );
+    assert!(reports.iter().filter(|r| r.searched).count() == 1);
 
     // With shadow_stop, the first step past the tolerance ends training with its name.
     let (train, _) = digits();

@@ -170,6 +170,27 @@ pub fn shadow_line(reports: &[soma::trainer::ShadowReport]) -> String {
         0 => format!(" (tolerance {tolerance:.2e}: all within)"),
         n => format!(" (tolerance {tolerance:.2e}: {n} over it)"),
     };
+    for r in reports.iter().filter(|r| r.searched) {
+        line += &match &r.located {
+            Some(d) => format!(
+                "\n  step {} again op by op against the CPU twins: first past {:.0e} is {} (kernel {}) on {} {:?}, index {}: GPU {:e}, CPU {:e}",
+                r.step,
+                soma::trainer::shadow::LOCATE_TOLERANCE,
+                d.op,
+                d.kernel,
+                d.buffer,
+                d.shape,
+                d.index,
+                d.gpu,
+                d.cpu
+            ),
+            None => format!(
+                "\n  step {} again op by op against the CPU twins: no single op past {:.0e}; the difference built up within the step",
+                r.step,
+                soma::trainer::shadow::LOCATE_TOLERANCE
+            ),
+        };
+    }
     line
 }
 

@@ -583,9 +583,14 @@ fn train_in(
         },
     );
     bar.finish_and_clear();
-    // A stopped shadow check's steps of the unfinished epoch go to the log too.
+    // A stopped shadow check's steps of the unfinished epoch go to the log and the output
+    // too.
     if let (Some(log), Err(Error::ShadowMismatch { .. })) = (shadow_log.as_mut(), &fit) {
-        log.append(&trainer.shadow_reports()[shadow_seen..])?;
+        let fresh = &trainer.shadow_reports()[shadow_seen..];
+        log.append(fresh)?;
+        if !cmd.json && !fresh.is_empty() {
+            println!("{}", super::report::shadow_line(fresh));
+        }
     }
     // The last epochs' curves, also when the run stopped on an error.
     let drawn = soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance);

@@ -8,7 +8,7 @@
 //! The ops are the step's unfused list (`Step::ops`), each built as its own dispatch (the
 //! kernels the tuner chose, not the fused forms), so a report names one kernel.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::cpu::{CpuExec, CpuMatmul, HostBuf};
 use super::gpu::GpuExec;
@@ -19,7 +19,7 @@ use crate::plan::{BufId, Plan};
 use crate::tensor::{start_read_many, DType, GpuTensor};
 
 /// The first op whose GPU output differs from its CPU twin's past the tolerance.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpDivergence {
     /// Its position in the step's op list (from 0) and the list's length.
     pub op_index: usize,

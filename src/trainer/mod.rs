@@ -329,13 +329,7 @@ impl<'a> Trainer<'a> {
             return Ok(None);
         }
         let step = self.cursor.as_ref().map_or(0, |c| c.step);
-        // The data tables: no op writes them.
-        let skip: Vec<usize> = [self.run.plan.train.as_ref(), self.run.plan.eval.as_ref()]
-            .into_iter()
-            .flatten()
-            .flat_map(|d| [Some(d.x), d.labels, d.values, Some(d.indices)])
-            .flatten()
-            .collect();
+        let skip = self.data_buffers();
         let found = self
             .run
             .exec
@@ -344,6 +338,16 @@ impl<'a> Trainer<'a> {
             c.step += 1;
         }
         Ok(found)
+    }
+
+    /// The data tables and row orders: buffers no op of a step writes.
+    fn data_buffers(&self) -> Vec<usize> {
+        [self.run.plan.train.as_ref(), self.run.plan.eval.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|d| [Some(d.x), d.labels, d.values, Some(d.indices)])
+            .flatten()
+            .collect()
     }
 
     /// Records up to `n` training steps of the current epoch into a compute pass the caller

@@ -48,7 +48,19 @@ pub struct ShadowReport {
     /// The tolerance each tensor's `rel_l2` was held to.
     pub tolerance: f64,
     pub tensors: Vec<ShadowTensor>,
+    /// For the run's first step past the tolerance, on the GPU: the step run again op by op
+    /// from its pre-step state, and the first op past [`LOCATE_TOLERANCE`] (`None` when no
+    /// single op is, or the step was not located).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub located: Option<crate::exec::OpDivergence>,
+    /// Whether the step was run op by op (so that `located: None` means no op was past it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub searched: bool,
 }
+
+/// The per-element tolerance of the op-by-op search after a failed shadow step (relative to
+/// each buffer's largest value), as `soma check --locate`'s default.
+pub const LOCATE_TOLERANCE: f64 = 1e-4;
 
 impl ShadowReport {
     /// The tensor furthest from the replay (by `rel_l2`).
@@ -74,6 +86,8 @@ pub(super) struct Shadow {
     /// The current epoch's order of the training rows.
     pub order: Vec<u32>,
     pub reports: Vec<ShadowReport>,
+    /// A failed step was already searched op by op (only the first is).
+    pub searched: bool,
 }
 
 impl Shadow {
@@ -107,6 +121,7 @@ impl Shadow {
             loss,
             order: Vec::new(),
             reports: Vec::new(),
+            searched: false,
         }))
     }
 }
@@ -268,12 +283,22 @@ impl<'a> Trainer<'a> {
             let replayed = host.run.exec.read_f32(hid)?;
             tensors.push(compare(name, &device, &replayed));
         }
-        let report = ShadowReport {
+        let mut report = ShadowReport {
             step: step + 1,
             epoch: self.epoch + 1,
             tolerance: self.shadow.as_ref().map_or(0.0, |s| s.tolerance),
             tensors,
+            located: None,
+            searched: false,
         };
+        let first_failure = self.shadow.as_ref().is_some_and(|s| !s.searched);
+        if !report.pass() && first_failure && self.run.exec.gpu().is_some() && !self.streamed() {
+            report.located = self.locate_failed_step(&pre)?;
+            report.searched = true;
+            if let Some(s) = self.shadow.as_mut() {
+                s.searched = true;
+            }
+        }
         let failed = (!report.pass() && self.config.shadow_stop).then(|| {
             let worst = report.worst();
             Error::ShadowMismatch {
@@ -288,6 +313,39 @@ impl<'a> Trainer<'a> {
             s.reports.push(report);
         }
         failed.map_or(Ok(()), Err)
+    }
+}
+
+impl<'a> Trainer<'a> {
+    /// Runs the step just run again, op by op against the CPU twins (`locate_step`), from
+    /// its pre-step state `pre`; then puts back every buffer as the step left it, so that
+    /// training goes on exactly as it would have.
+    fn locate_failed_step(
+        &mut self,
+        pre: &[(usize, Vec<f32>)],
+    ) -> Result<Option<crate::exec::OpDivergence>> {
+        let skip = self.data_buffers();
+        let keep: Vec<usize> = (0..self.run.plan.buffers.len())
+            .filter(|id| !skip.contains(id))
+            .collect();
+        let after = self.run.exec.read_many_f32(&keep)?;
+        for (id, values) in pre {
+            self.run.exec.write_f32(&self.run.plan, *id, values)?;
+        }
+        if let Some(c) = self.cursor.as_mut() {
+            c.step -= 1;
+        }
+        let found = self.locate_step(LOCATE_TOLERANCE);
+        for (&id, values) in keep.iter().zip(&after) {
+            match self.run.plan.buffers[id].dtype {
+                crate::tensor::DType::F32 => self.run.exec.write_f32(&self.run.plan, id, values)?,
+                crate::tensor::DType::U32 => {
+                    let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+                    self.run.exec.write_u32(&self.run.plan, id, &words)?
+                }
+            }
+        }
+        found
     }
 }
 
