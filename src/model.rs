@@ -246,21 +246,18 @@ impl Model {
     }
 
     /// Class probabilities from the network's outputs (logits, `rows x outputs`): the
-    /// softmax of each row with cross-entropy (computed from the row's maximum, so that no
-    /// exponential overflows); with binary cross-entropy the sigmoid `p` of each output, as
+    /// softmax of each row with cross-entropy (the kernel's twin, `cpu::softmax`: from the
+    /// row's maximum, so that no exponential overflows); with binary cross-entropy the sigmoid `p` of each output, as
     /// `[1 - p, p]` for a single one. A model trained with MSE has outputs, not
     /// probabilities: they come back unchanged.
     pub fn probabilities(&self, outputs: &[f32]) -> Result<Vec<f32>> {
         let width = self.network.output_width().max(1);
         Ok(match self.loss {
-            Loss::SoftmaxCrossEntropy => outputs
-                .chunks(width)
-                .flat_map(|row| {
-                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
-                    row.iter().map(move |v| (v - m).exp() / s)
-                })
-                .collect(),
+            Loss::SoftmaxCrossEntropy => {
+                let mut p = vec![0.0; outputs.len()];
+                crate::cpu::softmax(&mut p, outputs, &self.rows_of(outputs));
+                p
+            }
             Loss::BinaryCrossEntropy if width == 1 => outputs
                 .iter()
                 .flat_map(|&v| {
@@ -277,23 +274,24 @@ impl Model {
     /// output (the first of equals); for a single output, 1 where it is ≥ the threshold (0
     /// for a logit, 0.5 for a model trained with MSE on 0/1 targets).
     pub fn classes_of(&self, outputs: &[f32]) -> Vec<u32> {
-        let width = self.network.output_width().max(1);
-        let threshold = if self.loss == Loss::Mse { 0.5 } else { 0.0 };
-        outputs
-            .chunks(width)
-            .map(|row| match width {
-                1 => (row[0] >= threshold) as u32,
-                _ => {
-                    let mut best = 0;
-                    for (c, v) in row.iter().enumerate() {
-                        if *v > row[best] {
-                            best = c;
-                        }
-                    }
-                    best as u32
-                }
-            })
-            .collect()
+        let p = self.rows_of(outputs);
+        if p.cols == 1 {
+            let threshold = if self.loss == Loss::Mse { 0.5 } else { 0.0 };
+            return outputs.iter().map(|&v| (v >= threshold) as u32).collect();
+        }
+        let mut classes = vec![0; p.rows as usize];
+        crate::cpu::argmax(&mut classes, outputs, &p);
+        classes
+    }
+
+    /// `outputs` as rows of the network's output width, for the row-wise twins.
+    fn rows_of(&self, outputs: &[f32]) -> crate::ops::uniforms::RowsParams {
+        let cols = self.network.output_width().max(1);
+        crate::ops::uniforms::RowsParams {
+            rows: (outputs.len() / cols) as u32,
+            cols: cols as u32,
+            ..Default::default()
+        }
     }
 
     /// The network's raw outputs for raw features `x` (preprocessing applied).

@@ -36,11 +36,7 @@ fn column_map(cmd: &PredictCommand, ck: &Checkpoint, table: &Table) -> Result<Ve
     };
     let width = ck.network.input_width();
     let named = &ck.names.features;
-    let columns = match (&table.header, table.rows.first()) {
-        (Some(h), _) => h.len(),
-        (None, Some((_, cells))) => cells.len(),
-        (None, None) => 0,
-    };
+    let columns = table.columns();
     // At most 8 names, then how many in all.
     let quoted = |names: &[&String]| {
         let mut text = names
@@ -162,10 +158,7 @@ fn read_rows(cmd: &PredictCommand, ck: &Checkpoint) -> Result<(Vec<f32>, usize)>
         });
     }
     let map = column_map(cmd, ck, &table)?;
-    let columns = match &table.header {
-        Some(h) => h.len(),
-        None => table.rows[0].1.len(),
-    };
+    let columns = table.columns();
     let column_name = |c: usize| match table.header.as_ref().and_then(|h| h.get(c)) {
         Some(n) => format!("column {c} ('{n}')"),
         None => format!("column {c}"),

@@ -348,6 +348,17 @@ pub struct Table {
     pub rows: Vec<(usize, Vec<String>)>,
 }
 
+impl Table {
+    /// The number of columns: the header's, or the first row's (0 for no rows).
+    pub fn columns(&self) -> usize {
+        match (&self.header, self.rows.first()) {
+            (Some(h), _) => h.len(),
+            (None, Some((_, cells))) => cells.len(),
+            (None, None) => 0,
+        }
+    }
+}
+
 /// Splits CSV text into a [`Table`] (RFC 4180, as [`parse_csv`] reads it; blank lines
 /// skipped). With [`HeaderMode::Auto`], the first record is a header when one of its cells
 /// is not a number (an empty cell counts as a missing number). `source` names the file in

@@ -271,14 +271,18 @@ impl<'a> Trainer<'a> {
         host.run_steps(1)?;
         let mut tensors = Vec::with_capacity(state_ids.len());
         let after = self.run.exec.read_many_f32(&state_ids)?;
+        // The replay's state buffers by name (its plan numbers buffers its own way).
+        let host_ids: std::collections::HashMap<&str, usize> = host
+            .run
+            .plan
+            .state_buffers()
+            .into_iter()
+            .map(|h| (host.run.plan.buffers[h].name.as_str(), h))
+            .collect();
         for (&id, device) in state_ids.iter().zip(after) {
             let name = &self.run.plan.buffers[id].name;
-            let hid = host
-                .run
-                .plan
-                .state_buffers()
-                .into_iter()
-                .find(|&h| host.run.plan.buffers[h].name == *name)
+            let hid = *host_ids
+                .get(name.as_str())
                 .ok_or_else(|| Error::Config(format!("the replay has no buffer '{name}'")))?;
             let replayed = host.run.exec.read_f32(hid)?;
             tensors.push(compare(name, &device, &replayed));
