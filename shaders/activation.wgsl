@@ -25,15 +25,15 @@ fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 // BEGIN activation functions (the fused MLP pass copies what lies between the markers)
 fn sigmoid(z: f32) -> f32 {
     if (z >= 0.0) {
-        return 1.0 / (1.0 + exp(-z));
+        return soma_div(1.0, 1.0 + soma_exp(-z));
     }
-    let e = exp(z);
-    return e / (1.0 + e);
+    let e = soma_exp(z);
+    return soma_div(e, 1.0 + e);
 }
 
 fn tanh_stable(z: f32) -> f32 {
-    let t = exp(-2.0 * abs(z));
-    let r = (1.0 - t) / (1.0 + t);
+    let t = soma_exp(-2.0 * abs(z));
+    let r = soma_div(1.0 - t, 1.0 + t);
     return select(r, -r, z < 0.0);
 }
 

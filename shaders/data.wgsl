@@ -59,7 +59,7 @@ fn gather_rows_u8(@builtin(global_invocation_id) gid: vec3<u32>,
     if (r < gb_p.rows) {
         let byte_index = gb_indices[gb_p.start + r] * gb_p.cols + c;
         let byte = (gb_data[byte_index / 4u] >> (8u * (byte_index % 4u))) & 0xffu;
-        gb_out[i] = f32(byte) / gb_p.divisor;
+        gb_out[i] = soma_div(f32(byte), gb_p.divisor);
     } else {
         gb_out[i] = 0.0;
     }
@@ -126,7 +126,7 @@ fn gather_rows_u8_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
     if (r < gb_p.rows) {
         let word = gb_data[gb_indices[gb_p.start + r] * cv + c];
         let bytes = vec4<u32>(word & 0xffu, (word >> 8u) & 0xffu, (word >> 16u) & 0xffu, word >> 24u);
-        gb4_out[i] = vec4<f32>(bytes) / gb_p.divisor;
+        gb4_out[i] = soma_div4(vec4<f32>(bytes), vec4<f32>(gb_p.divisor));
     } else {
         gb4_out[i] = vec4<f32>(0.0);
     }

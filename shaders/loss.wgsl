@@ -31,10 +31,10 @@ fn nan() -> f32 {
 
 fn sigmoid(z: f32) -> f32 {
     if (z >= 0.0) {
-        return 1.0 / (1.0 + exp(-z));
+        return soma_div(1.0, 1.0 + soma_exp(-z));
     }
-    let e = exp(z);
-    return e / (1.0 + e);
+    let e = soma_exp(z);
+    return soma_div(e, 1.0 + e);
 }
 
 // out (rows, cols) = softmax of each row of logits, max-subtracted.
@@ -55,10 +55,10 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var s = 0.0;
     for (var c = 0u; c < sm_p.cols; c = c + 1u) {
-        s = s + exp(sm_logits[base + c] - m);
+        s = s + soma_exp(sm_logits[base + c] - m);
     }
     for (var c = 0u; c < sm_p.cols; c = c + 1u) {
-        sm_out[base + c] = exp(sm_logits[base + c] - m) / s;
+        sm_out[base + c] = soma_div(soma_exp(sm_logits[base + c] - m), s);
     }
 }
 
@@ -88,7 +88,7 @@ fn mse_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
         mse_grad[base + c] = 2.0 * d * mse_p.scale;
         sum = sum + d * d;
     }
-    mse_row_loss[row] = sum / f32(mse_p.cols);
+    mse_row_loss[row] = soma_div(sum, f32(mse_p.cols));
 }
 
 @group(0) @binding(0) var<storage, read_write> ce_grad: array<f32>;
@@ -118,10 +118,10 @@ fn softmax_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var s = 0.0;
     for (var c = 0u; c < ce_p.cols; c = c + 1u) {
-        s = s + exp(ce_logits[base + c] - m);
+        s = s + soma_exp(ce_logits[base + c] - m);
     }
     for (var c = 0u; c < ce_p.cols; c = c + 1u) {
-        let prob = exp(ce_logits[base + c] - m) / s;
+        let prob = soma_div(soma_exp(ce_logits[base + c] - m), s);
         let onehot = select(0.0, 1.0, c == label);
         ce_grad[base + c] = (prob - onehot) * ce_p.scale;
     }
@@ -130,7 +130,7 @@ fn softmax_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
         // says so instead of reading out of bounds.
         ce_row_loss[row] = nan();
     } else {
-        ce_row_loss[row] = m + log(s) - ce_logits[base + label];
+        ce_row_loss[row] = m + soma_log(s) - ce_logits[base + label];
     }
 }
 
@@ -159,7 +159,7 @@ fn binary_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
         let z = bce_logits[base + c];
         let t = bce_target[base + c];
         bce_grad[base + c] = (sigmoid(z) - t) * bce_p.scale;
-        sum = sum + (max(z, 0.0) - z * t + log(1.0 + exp(-abs(z))));
+        sum = sum + (max(z, 0.0) - z * t + soma_log(1.0 + soma_exp(-abs(z))));
     }
-    bce_row_loss[row] = sum / f32(bce_p.cols);
+    bce_row_loss[row] = soma_div(sum, f32(bce_p.cols));
 }

@@ -96,9 +96,9 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>,
     let v = adam_p.beta2 * adam_v[i] + adam_p.one_minus_beta2 * g * g;
     adam_m[i] = m;
     adam_v[i] = v;
-    let step_size = adam_p.lr / adam_p.bias_correction1;
-    let denom = sqrt(v) / sqrt(adam_p.bias_correction2) + adam_p.eps;
-    adam_param[i] = p - step_size * (m / denom);
+    let step_size = soma_div(adam_p.lr, adam_p.bias_correction1);
+    let denom = soma_div(soma_sqrt(v), soma_sqrt(adam_p.bias_correction2)) + adam_p.eps;
+    adam_param[i] = p - step_size * soma_div(m, denom);
 }
 
 @group(0) @binding(0) var<storage, read_write> rms_param: array<f32>;
@@ -123,16 +123,16 @@ fn rmsprop_update(@builtin(global_invocation_id) gid: vec3<u32>,
     if (rms_p.centered != 0u) {
         let a = rms_grad_avg[i] + rms_p.one_minus_alpha * (g - rms_grad_avg[i]);
         rms_grad_avg[i] = a;
-        d = sqrt(s - a * a) + rms_p.eps;
+        d = soma_sqrt(s - a * a) + rms_p.eps;
     } else {
-        d = sqrt(s) + rms_p.eps;
+        d = soma_sqrt(s) + rms_p.eps;
     }
     if (rms_p.momentum > 0.0) {
-        let b = rms_p.momentum * rms_momentum_buffer[i] + g / d;
+        let b = rms_p.momentum * rms_momentum_buffer[i] + soma_div(g, d);
         rms_momentum_buffer[i] = b;
         rms_param[i] = p - rms_p.lr * b;
     } else {
-        rms_param[i] = p - rms_p.lr * (g / d);
+        rms_param[i] = p - rms_p.lr * soma_div(g, d);
     }
 }
 
@@ -198,9 +198,9 @@ fn adam_update_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
     let v = adam_p.beta2 * adam4_v[i] + adam_p.one_minus_beta2 * g * g;
     adam4_m[i] = m;
     adam4_v[i] = v;
-    let step_size = adam_p.lr / adam_p.bias_correction1;
-    let denom = sqrt(v) / sqrt(adam_p.bias_correction2) + adam_p.eps;
-    adam4_param[i] = p - step_size * (m / denom);
+    let step_size = soma_div(adam_p.lr, adam_p.bias_correction1);
+    let denom = soma_div4(soma_sqrt4(v), vec4<f32>(soma_sqrt(adam_p.bias_correction2))) + adam_p.eps;
+    adam4_param[i] = p - step_size * soma_div4(m, denom);
 }
 
 @group(0) @binding(0) var<storage, read_write> rms4_param: array<vec4<f32>>;
@@ -224,15 +224,15 @@ fn rmsprop_update_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
     if (rms_p.centered != 0u) {
         let a = rms4_grad_avg[i] + rms_p.one_minus_alpha * (g - rms4_grad_avg[i]);
         rms4_grad_avg[i] = a;
-        d = sqrt(s - a * a) + rms_p.eps;
+        d = soma_sqrt4(s - a * a) + rms_p.eps;
     } else {
-        d = sqrt(s) + rms_p.eps;
+        d = soma_sqrt4(s) + rms_p.eps;
     }
     if (rms_p.momentum > 0.0) {
-        let b = rms_p.momentum * rms4_momentum_buffer[i] + g / d;
+        let b = rms_p.momentum * rms4_momentum_buffer[i] + soma_div4(g, d);
         rms4_momentum_buffer[i] = b;
         rms4_param[i] = p - rms_p.lr * b;
     } else {
-        rms4_param[i] = p - rms_p.lr * (g / d);
+        rms4_param[i] = p - rms_p.lr * soma_div4(g, d);
     }
 }

@@ -670,6 +670,7 @@ mod tests {
                     shadow_check: Default::default(),
                     shadow_stop: Default::default(),
                     shadow_tolerance: Default::default(),
+                    determinism: crate::exec::Determinism::Strict,
                 },
                 optimizer_state,
             }

@@ -100,6 +100,11 @@ pub enum Error {
         kept: String,
     },
 
+    /// An adapter that failed strict mode's self-test (`exec::strict::self_test`): strict
+    /// mode cannot promise the CPU reference's bits there.
+    #[error("strict mode refuses {adapter}: its self-test found {findings}. Run without --deterministic strict (the default mode still gives the same bits from run to run on this adapter), or on an adapter that passes (a Vulkan driver loads strict kernels as SPIR-V marked NoContraction)")]
+    StrictRefused { adapter: String, findings: String },
+
     /// A checkpoint that does not match the network it is loaded into.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },

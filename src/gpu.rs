@@ -67,6 +67,8 @@ pub struct Gpu {
     ownership: Ownership,
     submissions: AtomicU64,
     maps: AtomicU64,
+    /// Strict mode's self-test on this device, run once (`exec::strict::self_test`).
+    pub(crate) strict_check: std::sync::OnceLock<std::result::Result<(), String>>,
 }
 
 /// How `Gpu::new` picks an adapter.
@@ -181,7 +183,9 @@ impl Gpu {
         let adapter = pick_adapter(request)?;
         let info = adapter.get_info();
         let limits = wanted_limits(&adapter.limits());
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Timestamps for `soma bench`; passthrough SPIR-V for strict mode's kernels (Vulkan).
+        let features = adapter.features()
+            & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::PASSTHROUGH_SHADERS);
         let desc = wgpu::DeviceDescriptor {
             label: Some("soma"),
             required_features: features,
@@ -232,12 +236,24 @@ impl Gpu {
             ownership,
             submissions: AtomicU64::new(0),
             maps: AtomicU64::new(0),
+            strict_check: std::sync::OnceLock::new(),
         }
     }
 
     /// The adapter's name, backend, type, driver and the limits that matter here.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.summary
+    }
+
+    /// Whether strict mode's kernels load here as SPIR-V marked `NoContraction`: a Vulkan
+    /// device with `Features::PASSTHROUGH_SHADERS` (soma requests it where the adapter has
+    /// it; a borrowed device has it when its host asked for it).
+    pub fn takes_spirv(&self) -> bool {
+        self.summary.backend == wgpu::Backend::Vulkan
+            && self
+                .device
+                .features()
+                .contains(wgpu::Features::PASSTHROUGH_SHADERS)
     }
 
     /// The limits the device was opened with.

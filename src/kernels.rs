@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::ops::math::Math;
 use crate::params::{Params, ParamsInfo};
 use crate::tensor::GpuTensor;
 
@@ -37,9 +38,20 @@ pub const LOSS: Shader = shader!("loss.wgsl");
 pub const OPTIM: Shader = shader!("optim.wgsl");
 pub const DATA: Shader = shader!("data.wgsl");
 pub const PERCEPTRON: Shader = shader!("perceptron.wgsl");
+pub const STRICT_SELF_TEST: Shader = shader!("strict_self_test.wgsl");
 
-/// Every shader file.
-pub const SHADERS: &[Shader] = &[MATMUL, ACTIVATION, REDUCE, LOSS, OPTIM, DATA, PERCEPTRON];
+/// Every kernel's shader file. (`math_native.wgsl`, `math_strict.wgsl` and `math_vec4.wgsl`
+/// are preludes, put before these by [`Math::source`].)
+pub const SHADERS: &[Shader] = &[
+    MATMUL,
+    ACTIVATION,
+    REDUCE,
+    LOSS,
+    OPTIM,
+    DATA,
+    PERCEPTRON,
+    STRICT_SELF_TEST,
+];
 
 /// How a kernel uses one of its storage bindings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +79,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Compiles `spec`'s entry point; a validation failure comes back as `Error::Shader`.
-    pub fn build(gpu: &Gpu, spec: KernelSpec) -> Result<Pipeline> {
+    /// Compiles `spec`'s entry point with `math`'s prelude before its shader
+    /// ([`Math::source`]); a validation failure comes back as `Error::Shader`. Under
+    /// [`Math::Strict`] on a Vulkan device that takes passthrough shaders, the module is
+    /// naga's SPIR-V with every float operation marked `NoContraction`
+    /// ([`crate::spirv::strict_spirv`]), so the driver may neither fuse nor reassociate.
+    pub fn build(gpu: &Gpu, spec: KernelSpec, math: Math) -> Result<Pipeline> {
         let KernelSpec {
             shader,
             entry,
@@ -102,11 +118,37 @@ impl Pipeline {
             },
             count: None,
         });
+        let source = math.source(shader.source);
+        let spirv = match math {
+            Math::Strict if gpu.takes_spirv() => Some(crate::spirv::strict_spirv(&source, entry)?),
+            Math::Strict | Math::Native => None,
+        };
         gpu.scoped(entry, || {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.file),
-                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-            });
+            let module = match &spirv {
+                // SAFETY: the words are naga's own SPIR-V for a module it has just parsed and
+                // validated, with decorations added only where SPIR-V allows them (the
+                // instruction stream is checked by `spirv::no_contraction`).
+                Some(m) => unsafe {
+                    let [x, y, z] = m.workgroup_size;
+                    device.create_shader_module_passthrough(
+                        wgpu::ShaderModuleDescriptorPassthrough {
+                            label: Some(shader.file),
+                            entry_points: std::borrow::Cow::Owned(vec![
+                                wgpu::PassthroughShaderEntryPoint {
+                                    name: entry.into(),
+                                    workgroup_size: (x, y, z),
+                                },
+                            ]),
+                            spirv: Some(std::borrow::Cow::Borrowed(&m.words)),
+                            ..Default::default()
+                        },
+                    )
+                },
+                None => device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.file),
+                    source: wgpu::ShaderSource::Wgsl(source.clone()),
+                }),
+            };
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some(entry),
                 entries: &entries,

@@ -10,6 +10,8 @@
 //! through `Fit`) takes them raw and applies both first, as the checkpoint's users
 //! (`soma predict`, the exports) do. A model without them takes the features as they are.
 
+use crate::ops::math::Math;
+
 use std::path::Path;
 
 use crate::checkpoint::{self, Checkpoint};
@@ -185,6 +187,7 @@ impl Model {
             None,
             Some(&data),
             batch,
+            crate::exec::Determinism::Default,
         )?;
         run.evaluate()
     }
@@ -255,17 +258,20 @@ impl Model {
         Ok(match self.loss {
             Loss::SoftmaxCrossEntropy => {
                 let mut p = vec![0.0; outputs.len()];
-                crate::cpu::softmax(&mut p, outputs, &self.rows_of(outputs));
+                crate::cpu::softmax(&mut p, outputs, &self.rows_of(outputs), Math::Native);
                 p
             }
             Loss::BinaryCrossEntropy if width == 1 => outputs
                 .iter()
                 .flat_map(|&v| {
-                    let p = crate::cpu::sigmoid(v);
+                    let p = crate::cpu::sigmoid(v, Math::Native);
                     [1.0 - p, p]
                 })
                 .collect(),
-            Loss::BinaryCrossEntropy => outputs.iter().map(|&v| crate::cpu::sigmoid(v)).collect(),
+            Loss::BinaryCrossEntropy => outputs
+                .iter()
+                .map(|&v| crate::cpu::sigmoid(v, Math::Native))
+                .collect(),
             Loss::Mse => outputs.to_vec(),
         })
     }

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::exec::{Device, Executor, Pass};
+use crate::exec::{Determinism, Device, Executor, Pass};
 use crate::network::{Network, Parameters};
 use crate::ops::optim::Optimizer;
 use crate::ops::{self, Loss};
@@ -42,7 +42,8 @@ pub struct Run<'a> {
 impl<'a> Run<'a> {
     /// Lays out a run of `network` with `loss` (training on `train` with `optimizer`,
     /// evaluating `eval`, either may be absent), allocates it on `device`, and uploads
-    /// `params` and the data. Everything is checked before anything is allocated.
+    /// `params` and the data, keeping `determinism`'s promise. Everything is checked before
+    /// anything is allocated.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         device: Device<'a>,
@@ -53,9 +54,11 @@ impl<'a> Run<'a> {
         train: Option<&Dataset>,
         eval: Option<&Dataset>,
         batch: usize,
+        determinism: Determinism,
     ) -> Result<Run<'a>> {
         params.check(network, "model")?;
-        let plan = Plan::new(network, loss, optimizer, train, eval, batch)?;
+        let mut plan = Plan::new(network, loss, optimizer, train, eval, batch)?;
+        plan.determinism = determinism;
         let mut run = Run::allocate(device, plan, params)?;
         for (pass, data) in [(Pass::Train, train), (Pass::Eval, eval)] {
             if let Some(d) = data {

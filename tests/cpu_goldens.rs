@@ -13,6 +13,7 @@ use common::{assert_close, TestRng};
 use soma::cpu;
 use soma::ops::uniforms::*;
 use soma::Activation;
+use soma::Math;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -50,7 +51,13 @@ fn rows_p(rows: u32, cols: u32, accumulate: u32) -> RowsParams {
 fn forward(a: Activation, z: &[f32]) -> Vec<f32> {
     let mut pre = z.to_vec();
     let mut out = vec![f32::NAN; z.len()];
-    cpu::bias_activation_forward(&mut out, &mut pre, &[], &act(1, z.len() as u32, a, 0));
+    cpu::bias_activation_forward(
+        &mut out,
+        &mut pre,
+        &[],
+        &act(1, z.len() as u32, a, 0),
+        Math::Native,
+    );
     assert_eq!(pre, z, "has_bias = 0 must leave pre alone");
     out
 }
@@ -58,7 +65,13 @@ fn forward(a: Activation, z: &[f32]) -> Vec<f32> {
 /// `dout * act'(z)` element-wise through `activation_backward`.
 fn backward(a: Activation, dout: &[f32], z: &[f32]) -> Vec<f32> {
     let mut dpre = vec![f32::NAN; z.len()];
-    cpu::activation_backward(&mut dpre, dout, z, &act(1, z.len() as u32, a, 0));
+    cpu::activation_backward(
+        &mut dpre,
+        dout,
+        z,
+        &act(1, z.len() as u32, a, 0),
+        Math::Native,
+    );
     dpre
 }
 
@@ -186,7 +199,7 @@ fn bias_activation_forward_adds_bias_in_place() {
     let mut pre = A23;
     let mut out = [f32::NAN; 6];
     let p = act(2, 3, Activation::Identity, 1);
-    cpu::bias_activation_forward(&mut out, &mut pre, &[10.0, 20.0, 30.0], &p);
+    cpu::bias_activation_forward(&mut out, &mut pre, &[10.0, 20.0, 30.0], &p, Math::Native);
     let want = [11.0, 22.0, 33.0, 14.0, 25.0, 36.0];
     assert_close("bias pre", &pre, &want, 0.0, 0.0);
     assert_close("bias out", &out, &want, 0.0, 0.0);
@@ -194,7 +207,7 @@ fn bias_activation_forward_adds_bias_in_place() {
     // [-1 -3 3; 2 0 6] -> relu [0 0 3; 2 0 6].
     let mut pre = A23;
     let p = act(2, 3, Activation::Relu, 1);
-    cpu::bias_activation_forward(&mut out, &mut pre, &[-2.0, -5.0, 0.0], &p);
+    cpu::bias_activation_forward(&mut out, &mut pre, &[-2.0, -5.0, 0.0], &p, Math::Native);
     assert_close(
         "bias relu pre",
         &pre,
@@ -468,7 +481,7 @@ fn softmax_golden() {
     // [1/3 2/3 1] / 2, the same. The f32 logs and exps are each good to an ulp or so: rel 1e-6.
     let logits = [0.0f32, 2f32.ln(), 3f32.ln()];
     let mut out = [f32::NAN; 3];
-    cpu::softmax(&mut out, &logits, &rows_p(1, 3, 0));
+    cpu::softmax(&mut out, &logits, &rows_p(1, 3, 0), Math::Native);
     assert_close(
         "softmax [0 ln2 ln3]",
         &out,
@@ -483,7 +496,7 @@ fn softmax_golden() {
     // All exact.
     let logits = [1000.0f32, 1000.0, -1000.0, -1000.0, 1000.0, 0.0];
     let mut out = [f32::NAN; 6];
-    cpu::softmax(&mut out, &logits, &rows_p(3, 2, 0));
+    cpu::softmax(&mut out, &logits, &rows_p(3, 2, 0), Math::Native);
     assert_close(
         "softmax huge",
         &out,
@@ -521,6 +534,7 @@ fn mse_loss_golden() {
         &pred,
         &target,
         &loss_p(2, 2, 3, 0.25),
+        Math::Native,
     );
     assert_close("mse row_loss", &row_loss, &[0.5, 10.0, 0.0], 0.0, 0.0);
     assert_close("mse grad", &grad, &[0.5, 0.0, 1.0, 2.0, 0.0, 0.0], 0.0, 0.0);
@@ -540,7 +554,7 @@ fn softmax_cross_entropy_golden() {
     let mut grad = [f32::NAN; 12];
     let mut row_loss = [f32::NAN; 3];
     let p = loss_p(2, 4, 3, 0.5);
-    cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &logits, &labels, &p);
+    cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &logits, &labels, &p, Math::Native);
     let ln4 = 4f32.ln();
     assert_close(
         "ce uniform row_loss",
@@ -566,7 +580,7 @@ fn softmax_cross_entropy_golden() {
     let mut grad = [f32::NAN; 3];
     let mut row_loss = [f32::NAN; 1];
     let p = loss_p(1, 3, 1, 1.0);
-    cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &logits, &[2], &p);
+    cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &logits, &[2], &p, Math::Native);
     assert_close("ce ln row_loss", &row_loss, &[2f32.ln()], 1e-6, 1e-6);
     assert_close(
         "ce ln grad",
@@ -585,7 +599,7 @@ fn softmax_cross_entropy_golden() {
     let mut grad = [f32::NAN; 4];
     let mut row_loss = [f32::NAN; 2];
     let p = loss_p(2, 2, 2, 0.5);
-    cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &logits, &[0, 1], &p);
+    cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &logits, &[0, 1], &p, Math::Native);
     assert_close("ce huge row_loss", &row_loss, &[0.0, 1000.0], 0.0, 0.0);
     assert_close("ce huge grad", &grad, &[0.0, 0.0, 0.5, -0.5], 0.0, 0.0);
 }
@@ -601,7 +615,7 @@ fn binary_cross_entropy_golden() {
     let mut grad = [f32::NAN; 6];
     let mut row_loss = [f32::NAN; 3];
     let p = loss_p(2, 2, 3, 0.25);
-    cpu::binary_cross_entropy(&mut grad, &mut row_loss, &logits, &target, &p);
+    cpu::binary_cross_entropy(&mut grad, &mut row_loss, &logits, &target, &p, Math::Native);
     let ln2 = 2f32.ln();
     assert_close("bce z=0 row_loss", &row_loss, &[ln2, ln2, 0.0], 1e-6, 1e-6);
     assert_close(
@@ -624,7 +638,7 @@ fn binary_cross_entropy_golden() {
     let mut grad = [f32::NAN; 4];
     let mut row_loss = [f32::NAN; 2];
     let p = loss_p(2, 2, 2, 0.25);
-    cpu::binary_cross_entropy(&mut grad, &mut row_loss, &logits, &target, &p);
+    cpu::binary_cross_entropy(&mut grad, &mut row_loss, &logits, &target, &p, Math::Native);
     assert_close("bce huge row_loss", &row_loss, &[0.0, 1000.0], 0.0, 0.0);
     assert_close("bce huge grad", &grad, &[0.0, 0.0, 0.25, -0.25], 0.0, 0.0);
 }
@@ -721,7 +735,15 @@ fn rmsprop_steps_by_hand() {
         let mut param = init;
         let (mut s, mut b, mut a) = ([0.0f32; 2], [0.0f32; 2], [0.0f32; 2]);
         for _ in 0..steps {
-            cpu::rmsprop_update(&mut param, &mut s, &mut b, &mut a, &[2.0, -4.0], p);
+            cpu::rmsprop_update(
+                &mut param,
+                &mut s,
+                &mut b,
+                &mut a,
+                &[2.0, -4.0],
+                p,
+                Math::Native,
+            );
         }
         (param, s, b, a)
     };
@@ -840,7 +862,7 @@ fn adam_takes_one_minus_beta_as_pytorch_does() {
     // The second moment after one step with g = 1 is exactly what PyTorch stores.
     let (mut w, mut m, mut v) = ([0.0f32; 1], [0.0f32; 1], [0.0f32; 1]);
     let p = OptimParams { len: 1, ..p };
-    cpu::adam_update(&mut w, &mut m, &mut v, &[1.0], &p);
+    cpu::adam_update(&mut w, &mut m, &mut v, &[1.0], &p, Math::Native);
     assert_eq!((m[0], v[0]), (0.1f32, 0.001f32));
 }
 
@@ -859,7 +881,14 @@ fn adam_first_step_moves_by_lr_sign_g() {
     let g = [0.5f32, -2.0, 0.03, 0.0];
     let mut param = [1.0f32; 4];
     let (mut m, mut v) = ([0.0f32; 4], [0.0f32; 4]);
-    cpu::adam_update(&mut param, &mut m, &mut v, &g, &adam_p(4, 0.0, 0));
+    cpu::adam_update(
+        &mut param,
+        &mut m,
+        &mut v,
+        &g,
+        &adam_p(4, 0.0, 0),
+        Math::Native,
+    );
     assert_close("adam t=1 p", &param, &[0.99, 1.01, 0.99, 1.0], 1e-6, 0.0);
     // The moments: m = 0.1 g = [0.05 -0.2 0.003 0], v = 0.001 g^2 = [2.5e-4 4e-3 9e-7 0]
     // (0.1f32 and 0.001f32 times g, one f32 rounding each: rel 2e-7).
@@ -881,13 +910,27 @@ fn adamw_decay_is_decoupled() {
     let g = [0.5f32, 0.0];
     let mut param = [2.0f32; 2];
     let (mut m, mut v) = ([0.0f32; 2], [0.0f32; 2]);
-    cpu::adam_update(&mut param, &mut m, &mut v, &g, &adam_p(2, 0.1, 1));
+    cpu::adam_update(
+        &mut param,
+        &mut m,
+        &mut v,
+        &g,
+        &adam_p(2, 0.1, 1),
+        Math::Native,
+    );
     assert_close("adamw p", &param, &[1.988, 1.998], 1e-6, 0.0);
     assert_close("adamw m", &m, &[0.05, 0.0], 0.0, 2e-5);
 
     let mut param = [2.0f32; 2];
     let (mut m, mut v) = ([0.0f32; 2], [0.0f32; 2]);
-    cpu::adam_update(&mut param, &mut m, &mut v, &g, &adam_p(2, 0.1, 0));
+    cpu::adam_update(
+        &mut param,
+        &mut m,
+        &mut v,
+        &g,
+        &adam_p(2, 0.1, 0),
+        Math::Native,
+    );
     assert_close("adam l2 p", &param, &[1.99, 1.99], 1e-6, 0.0);
     assert_close("adam l2 m", &m, &[0.07, 0.02], 0.0, 2e-5);
 }
@@ -1063,13 +1106,25 @@ impl LossCase {
         let mut grad = vec![f32::NAN; self.batch_rows * self.cols];
         let mut row_loss = vec![f32::NAN; self.batch_rows];
         match self.kind {
-            LossKind::Mse => cpu::mse_loss(&mut grad, &mut row_loss, x, &self.targets, &p),
-            LossKind::SoftmaxCe => {
-                cpu::softmax_cross_entropy(&mut grad, &mut row_loss, x, &self.labels, &p)
+            LossKind::Mse => {
+                cpu::mse_loss(&mut grad, &mut row_loss, x, &self.targets, &p, Math::Native)
             }
-            LossKind::Bce => {
-                cpu::binary_cross_entropy(&mut grad, &mut row_loss, x, &self.targets, &p)
-            }
+            LossKind::SoftmaxCe => cpu::softmax_cross_entropy(
+                &mut grad,
+                &mut row_loss,
+                x,
+                &self.labels,
+                &p,
+                Math::Native,
+            ),
+            LossKind::Bce => cpu::binary_cross_entropy(
+                &mut grad,
+                &mut row_loss,
+                x,
+                &self.targets,
+                &p,
+                Math::Native,
+            ),
         }
         (grad, row_loss)
     }

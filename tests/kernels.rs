@@ -13,6 +13,7 @@ use soma::ops::matmul::{MatmulForm, MatmulVariant, TILES};
 use soma::ops::uniforms::*;
 use soma::ops::{self, Accumulate, UpdateRule};
 use soma::Loss;
+use soma::Math;
 use soma::{cpu, Activation, Gpu, GpuTensor};
 use soma::{Kernels, Tuning};
 
@@ -128,7 +129,7 @@ fn dense_forward_fuses_bias_and_activation_into_the_tile() {
         let mut want_pre = vec![0.0; m * n];
         cpu::matmul_nt(&mut want_pre, &x, &w, &mp);
         let mut want_out = vec![0.0; m * n];
-        cpu::bias_activation_forward(&mut want_out, &mut want_pre, &bias, &ap);
+        cpu::bias_activation_forward(&mut want_out, &mut want_pre, &bias, &ap, Math::Native);
         for &t in TILES {
             let kn = &with_variant(gpu, MatmulVariant::Tile(t));
             let (pre, out) = (
@@ -378,7 +379,7 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
     let mut dx = vec![0.0; m * n];
     cpu::matmul_nn(&mut dx, &d, &w, &mp);
     let mut want = vec![0.0; m * n];
-    cpu::activation_backward(&mut want, &dx, &pre, &ap);
+    cpu::activation_backward(&mut want, &dx, &pre, &ap, Math::Native);
     let mut fused_tiles = 0;
     for &t in TILES {
         let kn = &with_variant(gpu, MatmulVariant::Tile(t));
@@ -647,7 +648,7 @@ fn bias_activation_forward_matches_cpu() {
                 };
                 let mut want_out = vec![0.0; rows * cols];
                 let mut want_pre = pre.clone();
-                cpu::bias_activation_forward(&mut want_out, &mut want_pre, &bias, &p);
+                cpu::bias_activation_forward(&mut want_out, &mut want_pre, &bias, &p, Math::Native);
                 let out = GpuTensor::zeros(gpu, "out", &[rows, cols]).unwrap();
                 let pre_t = up(gpu, "pre", &[rows, cols], &pre);
                 let bias_t = up(gpu, "bias", &[cols], &bias);
@@ -703,7 +704,7 @@ fn activation_backward_matches_cpu() {
                 ..Default::default()
             };
             let mut want = vec![0.0; rows * cols];
-            cpu::activation_backward(&mut want, &dout, &pre, &p);
+            cpu::activation_backward(&mut want, &dout, &pre, &p, Math::Native);
             let dpre = GpuTensor::zeros(gpu, "dpre", &[rows, cols]).unwrap();
             let d = ops::activation_backward(
                 kn,
@@ -864,7 +865,7 @@ fn softmax_matches_cpu() {
             ..Default::default()
         };
         let mut want = vec![0.0; rows * cols];
-        cpu::softmax(&mut want, &x, &p);
+        cpu::softmax(&mut want, &x, &p, Math::Native);
         let out = GpuTensor::zeros(gpu, "softmax", &[rows, cols]).unwrap();
         run(
             gpu,
@@ -907,14 +908,21 @@ fn losses_match_cpu() {
                     Loss::SoftmaxCrossEntropy => {
                         let labels: Vec<u32> =
                             (0..batch_rows).map(|_| rng.below(cols as u32)).collect();
-                        cpu::softmax_cross_entropy(&mut grad, &mut row_loss, &pred, &labels, &p);
+                        cpu::softmax_cross_entropy(
+                            &mut grad,
+                            &mut row_loss,
+                            &pred,
+                            &labels,
+                            &p,
+                            Math::Native,
+                        );
                         let lt = up_u32(gpu, "labels", &[batch_rows], &labels);
                         ops::softmax_cross_entropy(kn, &grad_t, &loss_t, &pred_t, &lt, rows)
                             .unwrap()
                     }
                     Loss::Mse => {
                         let target = rng.vec(batch_rows * cols, -6.0, 6.0);
-                        cpu::mse_loss(&mut grad, &mut row_loss, &pred, &target, &p);
+                        cpu::mse_loss(&mut grad, &mut row_loss, &pred, &target, &p, Math::Native);
                         let tt = up(gpu, "target", &[batch_rows, cols], &target);
                         ops::mse_loss(kn, &grad_t, &loss_t, &pred_t, &tt, rows).unwrap()
                     }
@@ -922,7 +930,14 @@ fn losses_match_cpu() {
                         let target: Vec<f32> = (0..batch_rows * cols)
                             .map(|_| rng.below(2) as f32)
                             .collect();
-                        cpu::binary_cross_entropy(&mut grad, &mut row_loss, &pred, &target, &p);
+                        cpu::binary_cross_entropy(
+                            &mut grad,
+                            &mut row_loss,
+                            &pred,
+                            &target,
+                            &p,
+                            Math::Native,
+                        );
                         let tt = up(gpu, "target", &[batch_rows, cols], &target);
                         ops::binary_cross_entropy(kn, &grad_t, &loss_t, &pred_t, &tt, rows).unwrap()
                     }
@@ -1045,7 +1060,7 @@ fn optimizers_match_cpu() {
                 };
                 let (mut want, mut want_m, mut want_v) =
                     (param.clone(), state.clone(), state2.clone());
-                cpu::adam_update(&mut want, &mut want_m, &mut want_v, &grad, &p);
+                cpu::adam_update(&mut want, &mut want_m, &mut want_v, &grad, &p, Math::Native);
                 let pt = up(gpu, "param", &[len], &param);
                 let mt = up(gpu, "m", &[len], &state);
                 let vt = up(gpu, "v", &[len], &state2);
@@ -1109,7 +1124,15 @@ fn optimizers_match_cpu() {
                 let square: Vec<f32> = state.iter().zip(&state2).map(|(a, b)| a * a + b).collect();
                 let (mut want, mut want_s, mut want_b, mut want_a) =
                     (param.clone(), square.clone(), state2.clone(), state.clone());
-                cpu::rmsprop_update(&mut want, &mut want_s, &mut want_b, &mut want_a, &grad, &p);
+                cpu::rmsprop_update(
+                    &mut want,
+                    &mut want_s,
+                    &mut want_b,
+                    &mut want_a,
+                    &grad,
+                    &p,
+                    Math::Native,
+                );
                 let pt = up(gpu, "param", &[len], &param);
                 let st = up(gpu, "square_avg", &[len], &square);
                 let bt = up(gpu, "momentum_buffer", &[len], &state2);
@@ -1228,7 +1251,7 @@ fn gathers_match_cpu() {
             ..p
         };
         let mut want = vec![7.0; batch_rows * cols];
-        cpu::gather_rows_u8(&mut want, &packed, &perm, &p);
+        cpu::gather_rows_u8(&mut want, &packed, &perm, &p, Math::Native);
         for (r, row) in want.chunks(cols).enumerate().take(rows) {
             let src = perm[start + r] as usize * cols;
             for (c, v) in row.iter().enumerate() {
@@ -1445,7 +1468,7 @@ fn op_by_op(
             ..Default::default()
         };
         let bias = l.bias_at.map_or(&[][..], |b| &w[b..b + o]);
-        cpu::bias_activation_forward(&mut out, &mut pre, bias, &ap);
+        cpu::bias_activation_forward(&mut out, &mut pre, bias, &ap, Math::Native);
         pres.push(pre);
         acts.push(out);
     }
@@ -1453,9 +1476,23 @@ fn op_by_op(
     let (mut delta, mut row_loss) = (vec![0.0; rows * o], vec![0.0; rows]);
     let lp = Loss::Mse.params(live, o, rows);
     if bce {
-        cpu::binary_cross_entropy(&mut delta, &mut row_loss, acts.last().unwrap(), target, &lp);
+        cpu::binary_cross_entropy(
+            &mut delta,
+            &mut row_loss,
+            acts.last().unwrap(),
+            target,
+            &lp,
+            Math::Native,
+        );
     } else {
-        cpu::mse_loss(&mut delta, &mut row_loss, acts.last().unwrap(), target, &lp);
+        cpu::mse_loss(
+            &mut delta,
+            &mut row_loss,
+            acts.last().unwrap(),
+            target,
+            &lp,
+            Math::Native,
+        );
     }
     let mut grads = vec![0.0; len];
     for (li, l) in layers.iter().enumerate().rev() {
@@ -1469,7 +1506,7 @@ fn op_by_op(
                 slope: l.slope,
                 ..Default::default()
             };
-            cpu::activation_backward(&mut dpre, &delta, &pres[li], &ap);
+            cpu::activation_backward(&mut dpre, &delta, &pres[li], &ap, Math::Native);
             delta = dpre;
         }
         let mp = MatmulParams {

@@ -6,9 +6,16 @@
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use soma::kernels::{Access, KernelSpec, SHADERS};
 use soma::params::ParamsInfo;
-use soma::Kernel;
+use soma::{Kernel, Math};
 
+/// A shader as the pipeline compiles it by default: after the `soma_*` routines' native
+/// prelude (`Math::source`).
 fn parse(file: &str, source: &str) -> naga::Module {
+    parse_with(file, source, Math::Native)
+}
+
+fn parse_with(file: &str, source: &str, math: Math) -> naga::Module {
+    let source = &*math.source(source);
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
     Validator::new(ValidationFlags::all(), Capabilities::empty())
@@ -21,6 +28,8 @@ fn parse(file: &str, source: &str) -> naga::Module {
 fn every_shader_parses_and_validates() {
     for s in SHADERS {
         parse(s.file, s.source);
+        // Strict mode compiles every kernel with its own routines instead.
+        parse_with(s.file, s.source, Math::Strict);
     }
     // The files on disk are the ones embedded.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
@@ -30,7 +39,9 @@ fn every_shader_parses_and_validates() {
         .filter(|n| n.ends_with(".wgsl"))
         .collect();
     on_disk.sort();
+    // The kernels' files, and the preludes `Math::source` puts before them.
     let mut embedded: Vec<String> = SHADERS.iter().map(|s| s.file.to_string()).collect();
+    embedded.extend(["math_native.wgsl", "math_strict.wgsl", "math_vec4.wgsl"].map(String::from));
     embedded.sort();
     assert_eq!(
         on_disk, embedded,

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use crate::gpu::{AdapterSummary, Gpu};
 use crate::kernels;
 use crate::ops::fused_mlp::{self, MlpLayer, MlpShape};
-use crate::ops::{Activation, Kernel};
+use crate::ops::{math, Activation, Kernel};
 
 /// What the cache is keyed by: the adapter, its driver, soma's version and a hash of every
 /// kernel text a cached choice measured ([`key_sources`]).
@@ -74,7 +74,7 @@ fn representative_mlp() -> Option<MlpShape> {
 /// Every text a cached choice depends on, by name, which [`adapter_key`] hashes: a cached
 /// choice is a measurement of kernels, and a change to any of them must measure again.
 /// - every shader file (`kernels::SHADERS`): the naive and blocked products, and the
-///   op-by-op kernels the fused pass is timed against;
+///   op-by-op kernels the fused pass is timed against; and the preludes before them;
 /// - every generated kernel of [`Kernel::all`] under its entry point: every tile of every
 ///   form and epilogue (the product a tile runs and the fused layers that run on the tile
 ///   chosen for it);
@@ -89,6 +89,14 @@ pub fn key_sources() -> Vec<(String, Cow<'static, str>)> {
         .iter()
         .map(|s| (s.file.to_string(), Cow::Borrowed(s.source)))
         .collect();
+    // The preludes of the routines the kernels call (`Math::source`).
+    for (file, text) in [
+        ("math_native.wgsl", math::NATIVE_WGSL),
+        ("math_vec4.wgsl", math::VEC4_WGSL),
+        ("math_strict.wgsl", math::STRICT_WGSL),
+    ] {
+        sources.push((file.to_string(), Cow::Borrowed(text)));
+    }
     for k in Kernel::all() {
         let spec = k.spec();
         let generated = !kernels::SHADERS.iter().any(|s| s.file == spec.shader.file);
@@ -202,7 +210,9 @@ mod tests {
                     && path != src.join("autotune").join("key.rs")
                 {
                     let text = std::fs::read_to_string(&path).unwrap();
-                    if text.contains("@compute") {
+                    // Kernels written by a file's tests are not dispatched by soma.
+                    let built = text.split("#[cfg(test)]").next().unwrap_or_default();
+                    if built.contains("@compute") {
                         let rel = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
                         writers.push((rel.to_string_lossy().into_owned(), text));
                     }

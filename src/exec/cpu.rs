@@ -1,6 +1,7 @@
 //! The CPU executor: host vectors and the CPU twins of the op families, op by op in plan order.
 
 use crate::cpu;
+use crate::ops::math::Math;
 use crate::ops::matmul::{BlockedMatmulParams, MatmulParams};
 use crate::plan::{entry, BufId, Op, Plan};
 use crate::tensor::DType;
@@ -29,10 +30,12 @@ pub struct CpuExec {
     pub(super) snapshot: Vec<(BufId, HostBuf)>,
     pub(super) shadow: Vec<(BufId, HostBuf)>,
     pub(super) matmul: CpuMatmul,
+    /// The arithmetic of the twins' divisions, roots, exponentials and logarithms.
+    pub(super) math: Math,
 }
 
 impl CpuExec {
-    pub(super) fn new(plan: &Plan, matmul: CpuMatmul) -> CpuExec {
+    pub(super) fn new(plan: &Plan, matmul: CpuMatmul, math: Math) -> CpuExec {
         let bufs = plan
             .buffers
             .iter()
@@ -46,6 +49,7 @@ impl CpuExec {
             snapshot: vec![],
             shadow: vec![],
             matmul,
+            math,
         }
     }
 
@@ -130,6 +134,7 @@ impl CpuExec {
                     self.u(*data),
                     self.u(*indices),
                     &entry(params, step),
+                    self.math,
                 );
                 self.bufs[*out] = HostBuf::F32(o);
             }
@@ -184,7 +189,7 @@ impl CpuExec {
                     Some(b) => self.f(*b),
                     None => &[],
                 };
-                cpu::bias_activation_forward(&mut o, &mut p, b, params);
+                cpu::bias_activation_forward(&mut o, &mut p, b, params, self.math);
                 self.bufs[*out] = HostBuf::F32(o);
                 self.bufs[*pre] = HostBuf::F32(p);
             }
@@ -195,7 +200,7 @@ impl CpuExec {
                 params,
             } => {
                 let mut o = self.take_f(*dpre);
-                cpu::activation_backward(&mut o, self.f(*dout), self.f(*pre), params);
+                cpu::activation_backward(&mut o, self.f(*dout), self.f(*pre), params, self.math);
                 self.bufs[*dpre] = HostBuf::F32(o);
             }
             Op::ColumnSum { out, x, params } => {
@@ -215,15 +220,21 @@ impl CpuExec {
                 let mut l = self.take_f(*row_loss);
                 let p = entry(params, step);
                 match kind {
-                    crate::ops::Loss::Mse => {
-                        cpu::mse_loss(&mut g, &mut l, self.f(*pred), self.f(*target), &p)
-                    }
+                    crate::ops::Loss::Mse => cpu::mse_loss(
+                        &mut g,
+                        &mut l,
+                        self.f(*pred),
+                        self.f(*target),
+                        &p,
+                        self.math,
+                    ),
                     crate::ops::Loss::SoftmaxCrossEntropy => cpu::softmax_cross_entropy(
                         &mut g,
                         &mut l,
                         self.f(*pred),
                         self.u(*target),
                         &p,
+                        self.math,
                     ),
                     crate::ops::Loss::BinaryCrossEntropy => cpu::binary_cross_entropy(
                         &mut g,
@@ -231,6 +242,7 @@ impl CpuExec {
                         self.f(*pred),
                         self.f(*target),
                         &p,
+                        self.math,
                     ),
                 }
                 self.bufs[*grad] = HostBuf::F32(g);
@@ -260,7 +272,14 @@ impl CpuExec {
             } => {
                 let mut p = self.take_f(*param);
                 let mut s: Vec<Vec<f32>> = state.iter().map(|&id| self.take_f(id)).collect();
-                cpu::update(*rule, &mut p, &mut s, self.f(*grad), &entry(params, step));
+                cpu::update(
+                    *rule,
+                    &mut p,
+                    &mut s,
+                    self.f(*grad),
+                    &entry(params, step),
+                    self.math,
+                );
                 self.bufs[*param] = HostBuf::F32(p);
                 for (&id, values) in state.iter().zip(s) {
                     self.bufs[id] = HostBuf::F32(values);

@@ -59,7 +59,7 @@ pub(super) fn locate(
     skip: &[BufId],
 ) -> Result<Option<OpDivergence>> {
     gpu.flush_save()?;
-    let mut cpu = CpuExec::new(plan, CpuMatmul::Reference);
+    let mut cpu = CpuExec::new(plan, CpuMatmul::Reference, plan.determinism.math());
     let live: Vec<BufId> = (0..plan.buffers.len())
         .filter(|id| !skip.contains(id))
         .collect();

@@ -13,19 +13,21 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels;
 use crate::ops::Accumulate;
-use crate::ops::Kernels;
+use crate::ops::{Kernels, Tuning};
 use crate::plan::{BufId, Op, Plan};
 use crate::tensor::{start_read_many, DType, GpuTensor};
 
 mod cpu;
 mod gpu;
 mod locate;
+pub mod strict;
 
 use cpu::HostBuf;
 pub use cpu::{CpuExec, CpuMatmul};
 pub use gpu::GpuExec;
 use gpu::KernelsRef;
 pub use locate::OpDivergence;
+pub use strict::Determinism;
 
 /// Where a run executes.
 #[derive(Clone, Copy, Debug)]
@@ -114,16 +116,40 @@ fn type_error(plan: &Plan, id: BufId, want: DType) -> Error {
 }
 
 impl<'a> Executor<'a> {
-    /// Allocates every buffer of `plan` and prepares its op lists.
+    /// Allocates every buffer of `plan` and prepares its op lists. A strict plan
+    /// (`plan.determinism`) runs strict kernels on a GPU that passes the self-test (the
+    /// shared kernels of `Device::Tuned` when they are strict, kernels of its own
+    /// otherwise), and the plain-loop twins with soma's arithmetic on the CPU.
     pub fn new(device: Device<'a>, plan: &Plan) -> Result<Executor<'a>> {
-        Ok(match device {
-            Device::Gpu(gpu) => Executor::Gpu(Box::new(GpuExec::new(
-                KernelsRef::Owned(Kernels::new(gpu, Default::default())),
-                plan,
-            )?)),
-            Device::Tuned(k) => Executor::Gpu(Box::new(GpuExec::new(KernelsRef::Shared(k), plan)?)),
-            Device::Cpu => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Gemm)),
-            Device::CpuReference => Executor::Cpu(CpuExec::new(plan, CpuMatmul::Reference)),
+        let strict = plan.determinism == Determinism::Strict;
+        let math = plan.determinism.math();
+        let kernels = match device {
+            Device::Gpu(gpu) if strict => {
+                Some(KernelsRef::Owned(Kernels::new(gpu, Tuning::strict())))
+            }
+            Device::Gpu(gpu) => Some(KernelsRef::Owned(Kernels::new(gpu, Default::default()))),
+            Device::Tuned(k) if strict && !k.tuning().is_strict() => {
+                Some(KernelsRef::Owned(Kernels::new(k.gpu(), Tuning::strict())))
+            }
+            Device::Tuned(k) => Some(KernelsRef::Shared(k)),
+            Device::Cpu | Device::CpuReference => None,
+        };
+        Ok(match kernels {
+            Some(k) => {
+                if strict {
+                    strict::self_test(&k)?;
+                }
+                Executor::Gpu(Box::new(GpuExec::new(k, plan)?))
+            }
+            None => {
+                let matmul = match device {
+                    Device::Cpu if !strict => CpuMatmul::Gemm,
+                    Device::Cpu | Device::CpuReference | Device::Gpu(_) | Device::Tuned(_) => {
+                        CpuMatmul::Reference
+                    }
+                };
+                Executor::Cpu(CpuExec::new(plan, matmul, math))
+            }
         })
     }
 

@@ -159,7 +159,11 @@ mod tests {
                         .iter()
                         .zip(&a)
                         .fold(0.0f32, |s, (w, x)| s + w * x);
-                    apply(act, bias.as_ref().map_or(z, |b| z + b[o]))
+                    apply(
+                        act,
+                        bias.as_ref().map_or(z, |b| z + b[o]),
+                        crate::ops::math::Math::Native,
+                    )
                 })
                 .collect();
         }
@@ -169,7 +173,10 @@ mod tests {
                 let s: f32 = a.iter().map(|v| (v - m).exp()).sum();
                 a.iter().map(|v| (v - m).exp() / s).collect()
             }
-            "sigmoid" => a.iter().map(|&v| sigmoid(v)).collect(),
+            "sigmoid" => a
+                .iter()
+                .map(|&v| sigmoid(v, crate::ops::math::Math::Native))
+                .collect(),
             "values" => match doc["target_scaling"].as_object() {
                 None => a,
                 Some(t) => {

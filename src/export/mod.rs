@@ -15,6 +15,8 @@ pub mod onnx;
 mod proto;
 pub mod safetensors;
 
+use crate::ops::math::Math;
+
 use crate::checkpoint::Checkpoint;
 use crate::data::{Imputer, Names, Scaler};
 use crate::error::{Error, Result};
@@ -86,7 +88,7 @@ impl Head {
             }
             Head::Sigmoid => {
                 for v in row.iter_mut() {
-                    *v = sigmoid(*v);
+                    *v = sigmoid(*v, Math::Native);
                 }
             }
             Head::Values { target: None } => {}
@@ -187,7 +189,7 @@ impl Inference {
                     .map(|(o, w)| {
                         let z = w.iter().zip(&a).fold(0.0f32, |s, (w, x)| s + w * x);
                         let z = p.bias.as_ref().map_or(z, |b| z + b[o]);
-                        apply(l.activation, z)
+                        apply(l.activation, z, Math::Native)
                     })
                     .collect();
             }

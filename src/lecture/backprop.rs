@@ -2,6 +2,8 @@
 //! plain SGD on the full batch of the four points, a sweep over seeds, and a diagnosis of
 //! the runs that fail (dead ReLU units, saturated sigmoid/tanh units, plateaus).
 
+use crate::ops::math::Math;
+
 use std::ops::Range;
 
 use super::{TRUTH_INPUTS, XOR_TARGETS};
@@ -170,7 +172,7 @@ fn diagnose(setup: &XorSetup, pre: &[f32]) -> XorFailure {
         }
     } else if act.saturates() {
         // A unit whose slope is under 0.01 on all four inputs passes almost no gradient.
-        let flat = |z: f32| derivative_of(act, z) < 0.01;
+        let flat = |z: f32| derivative_of(act, z, Math::Native) < 0.01;
         let units = (0..h).filter(|&u| all_inputs(u, &flat)).count();
         if units > 0 {
             return XorFailure::Saturated { units };

@@ -281,21 +281,22 @@ pub fn activation_backward(
 /// The twins: plain loops with the kernels' formulas.
 pub mod cpu {
     use super::*;
+    use crate::ops::math::Math;
 
     /// The logistic function in its overflow-free form.
-    pub fn sigmoid(z: f32) -> f32 {
+    pub fn sigmoid(z: f32, math: Math) -> f32 {
         if z >= 0.0 {
-            1.0 / (1.0 + (-z).exp())
+            math.div(1.0, 1.0 + math.exp(-z))
         } else {
-            let e = z.exp();
-            e / (1.0 + e)
+            let e = math.exp(z);
+            math.div(e, 1.0 + e)
         }
     }
 
     /// tanh in the overflow-free form the shader uses.
-    pub fn tanh_stable(z: f32) -> f32 {
-        let t = (-2.0 * z.abs()).exp();
-        let r = (1.0 - t) / (1.0 + t);
+    pub fn tanh_stable(z: f32, math: Math) -> f32 {
+        let t = math.exp(-2.0 * z.abs());
+        let r = math.div(1.0 - t, 1.0 + t);
         if z < 0.0 {
             -r
         } else {
@@ -305,18 +306,18 @@ pub mod cpu {
 
     /// The activation with code `kind` (see [`Activation::code`]); NaN for a code no
     /// activation has, so that a bad code cannot pass for a result.
-    pub fn activate(kind: u32, slope: f32, z: f32) -> f32 {
-        Activation::decode(kind, slope).map_or(f32::NAN, |a| apply(a, z))
+    pub fn activate(kind: u32, slope: f32, z: f32, math: Math) -> f32 {
+        Activation::decode(kind, slope).map_or(f32::NAN, |a| apply(a, z, math))
     }
 
     /// Its derivative at the pre-activation `z` (0 for sign and step); NaN for an unknown code.
-    pub fn derivative(kind: u32, slope: f32, z: f32) -> f32 {
-        Activation::decode(kind, slope).map_or(f32::NAN, |a| derivative_of(a, z))
+    pub fn derivative(kind: u32, slope: f32, z: f32, math: Math) -> f32 {
+        Activation::decode(kind, slope).map_or(f32::NAN, |a| derivative_of(a, z, math))
     }
 
     /// `act(z)`, with the kernel's formula.
     #[inline(always)]
-    pub fn apply(act: Activation, z: f32) -> f32 {
+    pub fn apply(act: Activation, z: f32, math: Math) -> f32 {
         match act {
             Activation::Identity => z,
             Activation::Relu => z.max(0.0),
@@ -327,8 +328,8 @@ pub mod cpu {
                     z * slope
                 }
             }
-            Activation::Sigmoid => sigmoid(z),
-            Activation::Tanh => tanh_stable(z),
+            Activation::Sigmoid => sigmoid(z, math),
+            Activation::Tanh => tanh_stable(z, math),
             Activation::Sign => {
                 if z >= 0.0 {
                     1.0
@@ -343,7 +344,7 @@ pub mod cpu {
                     0.0
                 }
             }
-            Activation::Gelu => 0.5 * z * (1.0 + tanh_stable(gelu_inner(z))),
+            Activation::Gelu => 0.5 * z * (1.0 + tanh_stable(gelu_inner(z), math)),
         }
     }
 
@@ -359,7 +360,7 @@ pub mod cpu {
 
     /// `act'(z)`, with the kernel's formula.
     #[inline(always)]
-    pub fn derivative_of(act: Activation, z: f32) -> f32 {
+    pub fn derivative_of(act: Activation, z: f32, math: Math) -> f32 {
         match act {
             Activation::Identity => 1.0,
             Activation::Relu => {
@@ -377,17 +378,17 @@ pub mod cpu {
                 }
             }
             Activation::Sigmoid => {
-                let s = sigmoid(z);
+                let s = sigmoid(z, math);
                 s * (1.0 - s)
             }
             Activation::Tanh => {
-                let t = tanh_stable(z);
+                let t = tanh_stable(z, math);
                 1.0 - t * t
             }
             Activation::Sign | Activation::Step => 0.0,
             // d/dz 0.5 z (1 + t) = 0.5 (1 + t) + 0.5 z (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 z^2)
             Activation::Gelu => {
-                let t = tanh_stable(gelu_inner(z));
+                let t = tanh_stable(gelu_inner(z), math);
                 let inner_derivative = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * (z * z));
                 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * inner_derivative
             }
@@ -400,6 +401,7 @@ pub mod cpu {
         pre: &mut [f32],
         bias: &[f32],
         p: &ActivationParams,
+        math: Math,
     ) {
         let (rows, cols) = (p.rows as usize, p.cols as usize);
         // Decoded once: an unknown code gives NaN outputs, never a silent identity.
@@ -413,19 +415,25 @@ pub mod cpu {
                 z += bias[i % cols];
                 pre[i] = z;
             }
-            out[i] = apply(act, z);
+            out[i] = apply(act, z, math);
         }
     }
 
     /// `dpre = dout * act'(pre)`.
-    pub fn activation_backward(dpre: &mut [f32], dout: &[f32], pre: &[f32], p: &ActivationParams) {
+    pub fn activation_backward(
+        dpre: &mut [f32],
+        dout: &[f32],
+        pre: &[f32],
+        p: &ActivationParams,
+        math: Math,
+    ) {
         let len = (p.rows * p.cols) as usize;
         let Ok(act) = Activation::decode(p.kind, p.slope) else {
             dpre[..len].fill(f32::NAN);
             return;
         };
         for i in 0..len {
-            dpre[i] = dout[i] * derivative_of(act, pre[i]);
+            dpre[i] = dout[i] * derivative_of(act, pre[i], math);
         }
     }
 
@@ -435,8 +443,9 @@ pub mod cpu {
         pre: &mut [f32],
         bias: &[f32],
         p: &ActivationParams,
+        math: Math,
     ) {
-        bias_activation_forward(out, pre, bias, p)
+        bias_activation_forward(out, pre, bias, p, math)
     }
 
     /// Twin of `activation_backward_vec4`: [`activation_backward`].
@@ -445,8 +454,9 @@ pub mod cpu {
         dout: &[f32],
         pre: &[f32],
         p: &ActivationParams,
+        math: Math,
     ) {
-        activation_backward(dpre, dout, pre, p)
+        activation_backward(dpre, dout, pre, p, math)
     }
 }
 
@@ -463,7 +473,7 @@ mod tests {
         let codes: Vec<u32> = Activation::ALL.iter().map(|a| a.code()).collect();
         let unknown = codes.iter().max().unwrap() + 1;
         assert!(Activation::try_from(unknown).is_err());
-        assert!(cpu::activate(unknown, 0.0, 1.0).is_nan());
-        assert!(cpu::derivative(unknown, 0.0, 1.0).is_nan());
+        assert!(cpu::activate(unknown, 0.0, 1.0, crate::ops::math::Math::Native).is_nan());
+        assert!(cpu::derivative(unknown, 0.0, 1.0, crate::ops::math::Math::Native).is_nan());
     }
 }

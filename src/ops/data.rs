@@ -143,6 +143,7 @@ pub fn gather_labels(
 /// The twins: plain loops in the kernels' order of operations.
 pub mod cpu {
     use super::*;
+    use crate::ops::math::Math;
 
     /// `out[r] = data[indices[start + r]]` for r < rows, zero rows up to batch_rows.
     pub fn gather_rows(out: &mut [f32], data: &[f32], indices: &[u32], p: &GatherParams) {
@@ -160,14 +161,20 @@ pub mod cpu {
 
     /// `out[r] = bytes of data row indices[start + r] / divisor` for r < rows, zero rows up to
     /// batch_rows; `data` holds the bytes packed four to a u32, little-endian.
-    pub fn gather_rows_u8(out: &mut [f32], data: &[u32], indices: &[u32], p: &GatherParams) {
+    pub fn gather_rows_u8(
+        out: &mut [f32],
+        data: &[u32],
+        indices: &[u32],
+        p: &GatherParams,
+        math: Math,
+    ) {
         let cols = p.cols as usize;
         for r in 0..p.batch_rows as usize {
             for c in 0..cols {
                 out[r * cols + c] = if r < p.rows as usize {
                     let i = indices[p.start as usize + r] as usize * cols + c;
                     let byte = (data[i / 4] >> (8 * (i % 4))) & 0xff;
-                    byte as f32 / p.divisor
+                    math.div(byte as f32, p.divisor)
                 } else {
                     0.0
                 };
@@ -204,7 +211,13 @@ pub mod cpu {
     }
 
     /// Twin of `gather_rows_u8_vec4`: [`gather_rows_u8`].
-    pub fn gather_rows_u8_vec4(out: &mut [f32], data: &[u32], indices: &[u32], p: &GatherParams) {
-        gather_rows_u8(out, data, indices, p)
+    pub fn gather_rows_u8_vec4(
+        out: &mut [f32],
+        data: &[u32],
+        indices: &[u32],
+        p: &GatherParams,
+        math: Math,
+    ) {
+        gather_rows_u8(out, data, indices, p, math)
     }
 }

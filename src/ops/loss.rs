@@ -205,19 +205,20 @@ pub fn binary_cross_entropy(
 pub mod cpu {
     use super::*;
     use crate::ops::activation::cpu::sigmoid;
+    use crate::ops::math::Math;
 
     /// Row-wise softmax, max-subtracted.
-    pub fn softmax(out: &mut [f32], logits: &[f32], p: &RowsParams) {
+    pub fn softmax(out: &mut [f32], logits: &[f32], p: &RowsParams, math: Math) {
         let cols = p.cols as usize;
         for r in 0..p.rows as usize {
             let z = &logits[r * cols..r * cols + cols];
             let m = z.iter().skip(1).fold(z[0], |m, &v| m.max(v));
             let mut s = 0.0f32;
             for &v in z {
-                s += (v - m).exp();
+                s += math.exp(v - m);
             }
             for c in 0..cols {
-                out[r * cols + c] = (z[c] - m).exp() / s;
+                out[r * cols + c] = math.div(math.exp(z[c] - m), s);
             }
         }
     }
@@ -234,6 +235,7 @@ pub mod cpu {
         pred: &[f32],
         target: &[f32],
         p: &LossParams,
+        math: Math,
     ) {
         let cols = p.cols as usize;
         for row in 0..p.batch_rows as usize {
@@ -248,7 +250,7 @@ pub mod cpu {
                 grad[i] = 2.0 * d * p.scale;
                 sum += d * d;
             }
-            row_loss[row] = sum / cols as f32;
+            row_loss[row] = math.div(sum, cols as f32);
         }
     }
 
@@ -259,6 +261,7 @@ pub mod cpu {
         logits: &[f32],
         labels: &[u32],
         p: &LossParams,
+        math: Math,
     ) {
         let cols = p.cols as usize;
         for row in 0..p.batch_rows as usize {
@@ -271,17 +274,17 @@ pub mod cpu {
             let m = z.iter().skip(1).fold(z[0], |m, &v| m.max(v));
             let mut s = 0.0f32;
             for &v in z {
-                s += (v - m).exp();
+                s += math.exp(v - m);
             }
             for c in 0..cols {
-                let prob = (z[c] - m).exp() / s;
+                let prob = math.div(math.exp(z[c] - m), s);
                 let target = if c == label { 1.0 } else { 0.0 };
                 grad[row * cols + c] = (prob - target) * p.scale;
             }
             row_loss[row] = if label >= cols {
                 f32::NAN
             } else {
-                m + s.ln() - z[label]
+                m + math.log(s) - z[label]
             };
         }
     }
@@ -293,6 +296,7 @@ pub mod cpu {
         logits: &[f32],
         target: &[f32],
         p: &LossParams,
+        math: Math,
     ) {
         let cols = p.cols as usize;
         for row in 0..p.batch_rows as usize {
@@ -304,10 +308,10 @@ pub mod cpu {
             for c in 0..cols {
                 let i = row * cols + c;
                 let (z, t) = (logits[i], target[i]);
-                grad[i] = (sigmoid(z) - t) * p.scale;
-                sum += z.max(0.0) - z * t + (1.0 + (-z.abs()).exp()).ln();
+                grad[i] = (sigmoid(z, math) - t) * p.scale;
+                sum += z.max(0.0) - z * t + math.log(1.0 + math.exp(-z.abs()));
             }
-            row_loss[row] = sum / cols as f32;
+            row_loss[row] = math.div(sum, cols as f32);
         }
     }
 }

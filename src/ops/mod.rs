@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{
     Access, Dispatch, KernelSpec, Pipeline, Shader, ACTIVATION, DATA, LOSS, MATMUL, OPTIM,
-    PERCEPTRON, REDUCE,
+    PERCEPTRON, REDUCE, STRICT_SELF_TEST,
 };
 use crate::params::{Params, ParamsInfo};
 use crate::tensor::{DType, GpuTensor};
@@ -37,6 +37,7 @@ use activation::ActivationParams;
 use data::GatherParams;
 use fused_mlp::{FusedMlp, FusedMlpParams, MlpShape};
 use loss::LossParams;
+use math::Math;
 use matmul::{
     tiled, BlockedMatmulParams, DenseParams, Epilogue, MatmulForm, MatmulParams, Tile, TILES,
 };
@@ -49,6 +50,7 @@ pub mod activation;
 pub mod data;
 pub mod fused_mlp;
 pub mod loss;
+pub mod math;
 pub mod matmul;
 pub mod optim;
 pub mod perceptron;
@@ -151,6 +153,8 @@ kernel_table! {
     GatherRowsU8Vec4 => DATA, "gather_rows_u8_vec4", [W, R, R], GatherParams;
     GatherLabels => DATA, "gather_labels", [W, R, R], GatherParams;
     PerceptronEpoch => PERCEPTRON, "perceptron_epoch", [W, W, R, R], PerceptronParams;
+    /// Strict mode's self-test (`exec::strict`): out (bit patterns), x
+    StrictSelfTest => STRICT_SELF_TEST, "strict_self_test", [W, R], ReduceParams;
 }
 
 /// An update's bindings: the parameter, up to four state tensors, the gradient.
@@ -260,6 +264,9 @@ pub struct Tuning {
     /// Measure the candidates of a product (or a fused pass) that has no cached choice
     /// (`SOMA_AUTOTUNE=on|off`); off takes a cached choice or the blocked kernel.
     pub autotune: bool,
+    /// The arithmetic of the kernels' divisions, roots, exponentials and logarithms
+    /// ([`Tuning::strict`] sets [`Math::Strict`]).
+    pub math: Math,
 }
 
 impl Default for Tuning {
@@ -269,11 +276,31 @@ impl Default for Tuning {
             fuse: true,
             fused_mlp: FusedMlp::Auto,
             autotune: true,
+            math: Math::Native,
         }
     }
 }
 
 impl Tuning {
+    /// Strict mode's kernels (`--deterministic strict`): the naive products, whose k-sum
+    /// runs in order 0..k-1 whatever the shape, no fusions, no fused pass, nothing tuned,
+    /// and soma's own division, square root, exponential and logarithm ([`Math::Strict`]).
+    /// Every kernel then does the operations its CPU twin does, in the same order.
+    pub fn strict() -> Tuning {
+        Tuning {
+            matmul: MatmulVariant::Naive,
+            fuse: false,
+            fused_mlp: FusedMlp::Off,
+            autotune: false,
+            math: Math::Strict,
+        }
+    }
+
+    /// Whether these are strict mode's kernels.
+    pub fn is_strict(&self) -> bool {
+        *self == Tuning::strict()
+    }
+
     /// The tuning the environment asks for: `SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`,
     /// `SOMA_AUTOTUNE`, each defaulting as [`Tuning::default`]. A value soma cannot honour
     /// is an error that names the variable.
@@ -316,6 +343,7 @@ impl Tuning {
                 None => d.fused_mlp,
             },
             autotune: switch("SOMA_AUTOTUNE", d.autotune)?,
+            math: d.math,
         })
     }
 }
@@ -375,7 +403,7 @@ impl<'g> Kernels<'g> {
         if let Some(p) = cache.get(&kernel) {
             return Ok(p.clone());
         }
-        let p = Arc::new(Pipeline::build(self.gpu, kernel.spec())?);
+        let p = Arc::new(Pipeline::build(self.gpu, kernel.spec(), self.tuning.math)?);
         cache.insert(kernel, p.clone());
         Ok(p)
     }

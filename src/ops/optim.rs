@@ -401,6 +401,7 @@ pub fn update(
 /// vec4 kernels apply the same per-element formulas, so the scalar twins serve both.
 pub mod cpu {
     use super::*;
+    use crate::ops::math::Math;
 
     /// The twin of whichever kernel [`update`](super::update) records for `rule`: `state`
     /// in [`UpdateRule::state_names`] order.
@@ -410,13 +411,16 @@ pub mod cpu {
         state: &mut [Vec<f32>],
         grad: &[f32],
         p: &OptimParams,
+        math: Math,
     ) {
         match (rule, state) {
             (UpdateRule::Sgd, []) => sgd_update(param, grad, p),
             (UpdateRule::Momentum, [velocity]) => momentum_update(param, velocity, grad, p),
-            (UpdateRule::Adam | UpdateRule::AdamW, [m, v]) => adam_update(param, m, v, grad, p),
+            (UpdateRule::Adam | UpdateRule::AdamW, [m, v]) => {
+                adam_update(param, m, v, grad, p, math)
+            }
             (UpdateRule::RmsProp, [square_avg, momentum_buffer, grad_avg]) => {
-                rmsprop_update(param, square_avg, momentum_buffer, grad_avg, grad, p)
+                rmsprop_update(param, square_avg, momentum_buffer, grad_avg, grad, p, math)
             }
             // A state list that does not match the rule's names: nothing to update with, so
             // the parameters become NaN rather than silently stay.
@@ -458,6 +462,7 @@ pub mod cpu {
         v: &mut [f32],
         grad: &[f32],
         p: &OptimParams,
+        math: Math,
     ) {
         for i in 0..p.len as usize {
             let mut w = param[i];
@@ -471,9 +476,9 @@ pub mod cpu {
             let vi = p.beta2 * v[i] + p.one_minus_beta2 * g * g;
             m[i] = mi;
             v[i] = vi;
-            let step_size = p.lr / p.bias_correction1;
-            let denom = vi.sqrt() / p.bias_correction2.sqrt() + p.eps;
-            param[i] = w - step_size * (mi / denom);
+            let step_size = math.div(p.lr, p.bias_correction1);
+            let denom = math.div(math.sqrt(vi), math.sqrt(p.bias_correction2)) + p.eps;
+            param[i] = w - step_size * math.div(mi, denom);
         }
     }
 
@@ -489,6 +494,7 @@ pub mod cpu {
         grad_avg: &mut [f32],
         grad: &[f32],
         p: &OptimParams,
+        math: Math,
     ) {
         for i in 0..p.len as usize {
             let w = param[i];
@@ -498,16 +504,16 @@ pub mod cpu {
             let avg = if p.centered != 0 {
                 let a = grad_avg[i] + p.one_minus_alpha * (g - grad_avg[i]);
                 grad_avg[i] = a;
-                (sq - a * a).sqrt() + p.eps
+                math.sqrt(sq - a * a) + p.eps
             } else {
-                sq.sqrt() + p.eps
+                math.sqrt(sq) + p.eps
             };
             if p.momentum > 0.0 {
-                let b = p.momentum * momentum_buffer[i] + g / avg;
+                let b = p.momentum * momentum_buffer[i] + math.div(g, avg);
                 momentum_buffer[i] = b;
                 param[i] = w - p.lr * b;
             } else {
-                param[i] = w - p.lr * (g / avg);
+                param[i] = w - p.lr * math.div(g, avg);
             }
         }
     }
@@ -537,8 +543,9 @@ pub mod cpu {
         v: &mut [f32],
         grad: &[f32],
         p: &OptimParams,
+        math: Math,
     ) {
-        adam_update(param, m, v, grad, p)
+        adam_update(param, m, v, grad, p, math)
     }
 
     /// Twin of `rmsprop_update_vec4`: [`rmsprop_update`].
@@ -549,7 +556,8 @@ pub mod cpu {
         grad_avg: &mut [f32],
         grad: &[f32],
         p: &OptimParams,
+        math: Math,
     ) {
-        rmsprop_update(param, square_avg, momentum_buffer, grad_avg, grad, p)
+        rmsprop_update(param, square_avg, momentum_buffer, grad_avg, grad, p, math)
     }
 }

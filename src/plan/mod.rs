@@ -7,6 +7,7 @@
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::exec::Determinism;
 use crate::network::{Network, Parameters};
 use crate::ops::data::GatherParams;
 use crate::ops::loss::Loss;
@@ -114,6 +115,9 @@ pub struct Plan {
     pub train_step: Step,
     /// One evaluation batch (empty without evaluation data).
     pub eval_step: Step,
+    /// The promise the executors keep about the run's bits: under `Strict` both run strict
+    /// kernels and soma's own arithmetic (see `exec::strict`).
+    pub determinism: Determinism,
 }
 
 struct Builder {
@@ -321,6 +325,7 @@ impl Plan {
             eval: eval_bufs,
             train_step: Step::default(),
             eval_step: Step::default(),
+            determinism: Determinism::Default,
         };
         if let Some(d) = &plan.train {
             let mut step = plan.forward_step(d);

@@ -2,6 +2,7 @@
 //! shuffling, validation, early stopping, schedule), each epoch's metrics, the run's
 //! history, the state a checkpoint needs to resume, and the progress an epoch callback sees.
 
+use crate::exec::Determinism;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::Schedule;
@@ -51,6 +52,15 @@ pub struct TrainConfig {
     /// training goes on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow_stop: bool,
+    /// The promise the run makes about its bits (`--deterministic`): `Strict` gives the
+    /// same weights on every adapter that passes the strict self-test and on the CPU
+    /// reference (see `docs/determinism.md`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub determinism: Determinism,
+}
+
+fn is_default(d: &Determinism) -> bool {
+    *d == Determinism::Default
 }
 
 impl Default for TrainConfig {
@@ -67,6 +77,7 @@ impl Default for TrainConfig {
             shadow_check: None,
             shadow_tolerance: None,
             shadow_stop: false,
+            determinism: Determinism::Default,
         }
     }
 }

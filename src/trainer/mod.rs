@@ -92,6 +92,7 @@ impl<'a> Trainer<'a> {
             Some(train),
             validation,
             config.batch_size,
+            config.determinism,
         )?;
         Ok(Trainer {
             run,

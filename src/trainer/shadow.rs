@@ -247,6 +247,9 @@ impl<'a> Trainer<'a> {
             shadow_check: None,
             shadow_tolerance: None,
             shadow_stop: false,
+            // The replay does the run's arithmetic: under strict mode, soma's routines and
+            // the plain-loop products, the same bits as the device.
+            determinism: self.config.determinism,
         };
         let step = self.step + index as u64;
         let mut host = Trainer::new(

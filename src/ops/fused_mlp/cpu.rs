@@ -1,6 +1,8 @@
 //! The twin of the fused pass: the op-by-op twins' arithmetic per row, with the weight
 //! gradients summed per tile and then over tiles, as the kernel groups them.
 
+use crate::ops::math::Math;
+
 use super::{FusedMlpParams, MlpShape};
 use crate::ops::activation::cpu::{apply, derivative_of, sigmoid};
 use crate::ops::activation::Activation;
@@ -57,7 +59,7 @@ pub fn fused_mlp(
                         None => acc,
                     };
                     z_l[o] = z;
-                    out[o] = kind.map_or(f32::NAN, |a| apply(a, z));
+                    out[o] = kind.map_or(f32::NAN, |a| apply(a, z, Math::Native));
                 }
                 pre.push(z_l);
                 act.push(out);
@@ -74,7 +76,7 @@ pub fn fused_mlp(
                 // mse_loss's formulas, or binary_cross_entropy's on the logits.
                 let (grad, term) = if shape.bce {
                     (
-                        (sigmoid(z) - t) * p.scale,
+                        (sigmoid(z, Math::Native) - t) * p.scale,
                         z.max(0.0) - z * t + (1.0 + (-z.abs()).exp()).ln(),
                     )
                 } else {
@@ -103,7 +105,9 @@ pub fn fused_mlp(
                             deltas[s][o]
                         } else {
                             deltas[s][o]
-                                * kinds[li].map_or(f32::NAN, |a| derivative_of(a, pres[s][li][o]))
+                                * kinds[li].map_or(f32::NAN, |a| {
+                                    derivative_of(a, pres[s][li][o], Math::Native)
+                                })
                         }
                     })
                     .collect();

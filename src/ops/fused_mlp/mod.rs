@@ -553,7 +553,10 @@ mod tests {
 
     fn validate(shape: MlpShape) {
         use crate::params::Params;
-        let src = source(shape);
+        // As the pipeline compiles it: after the prelude of the routines it calls.
+        let src = crate::ops::math::Math::Native
+            .source(&source(shape))
+            .into_owned();
         assert!(src.contains(&format!("fn {}(", shape.entry_point())));
         // The uniform struct is the Rust one, field for field.
         let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{e}\n{src}"));

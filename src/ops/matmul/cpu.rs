@@ -4,6 +4,7 @@
 use super::{BlockedMatmulParams, DenseParams, MatmulParams};
 use crate::ops::activation::cpu::{activation_backward, bias_activation_forward};
 use crate::ops::activation::ActivationParams;
+use crate::ops::math::Math;
 
 /// Writes or adds one output, as the kernels' `accumulate` flag says.
 pub(crate) fn store(out: &mut [f32], i: usize, value: f32, accumulate: u32) {
@@ -189,7 +190,7 @@ pub fn dense_forward(
         slope: p.slope,
         ..Default::default()
     };
-    bias_activation_forward(out, pre, bias, &ap);
+    bias_activation_forward(out, pre, bias, &ap, Math::Native);
 }
 
 /// The twin of `dense_backward`: `dpre = (d · w) * act'(pre)`, the product summed like
@@ -210,5 +211,5 @@ pub fn dense_backward(dpre: &mut [f32], d: &[f32], w: &[f32], pre: &[f32], p: &D
         slope: p.slope,
         ..Default::default()
     };
-    activation_backward(dpre, &product, pre, &ap);
+    activation_backward(dpre, &product, pre, &ap, Math::Native);
 }
