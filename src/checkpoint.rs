@@ -227,6 +227,28 @@ fn check_scaler(path: &Path, scaler: &Scaler, net: &Network) -> Result<()> {
     Ok(())
 }
 
+/// The SHA-256 (lowercase hex) of the tensors of a safetensors file's bytes, its metadata
+/// excluded: for each tensor in name order, its name, a 0 byte, its shape as u64
+/// little-endian values, and its data. Two runs with the same weights and optimizer state
+/// have the same hash whatever their metadata (timings, adapter) says; strict mode's
+/// promise is that two adapters give the same one.
+pub fn tensors_sha256(path: &Path, bytes: &[u8]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let file = SafeTensors::deserialize(bytes).map_err(|e| bad(path, header_error(&e)))?;
+    let mut tensors = file.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hash = Sha256::new();
+    for (name, view) in &tensors {
+        hash.update(name.as_bytes());
+        hash.update([0u8]);
+        for &d in view.shape() {
+            hash.update((d as u64).to_le_bytes());
+        }
+        hash.update(view.data());
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Writes `ckpt` to `path` atomically (see [`write_atomic`]).
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
     let bytes = save_bytes(path, ckpt)?;

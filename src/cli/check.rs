@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use soma::exec::Determinism;
 use soma::trainer::{Progress, TrainConfig, Trainer};
 use soma::{Device, Error, Model, Result};
 
@@ -37,6 +38,10 @@ struct Report {
     loss_max_rel: f64,
     tensors: Vec<TensorDiff>,
     tolerance: f64,
+    /// `strict`: the run passes only when every bit is the CPU reference's.
+    deterministic: Determinism,
+    /// Every loss and every parameter has the CPU reference's bits.
+    bitwise_equal: bool,
     pass: bool,
     /// On a failure: the step (from 1) and the first op whose output differs past the
     /// tolerance when the steps run op by op from the same buffers; null when none does (the
@@ -87,13 +92,20 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
     let network = build_network(&o, &choices, &train, loss)?;
     let optimizer = choices.optimizer;
     let model = Model::new(network, choices.init, o.seed)?;
+    let strict = choices.determinism == Determinism::Strict;
     let config = TrainConfig {
         epochs: 1,
         batch_size: o.batch_size,
         shuffle: o.shuffle,
         seed: o.seed,
         log_every: 1,
+        determinism: choices.determinism,
         ..Default::default()
+    };
+    // Strict mode promises the CPU reference's bits: nothing less passes.
+    let cmd = CheckCommand {
+        tolerance: if strict { 0.0 } else { cmd.tolerance },
+        ..cmd
     };
     // The GPU with the tuning the environment asks for, as `soma train` runs.
     let opened = super::open_device(super::DeviceChoice::Gpu)?;
@@ -124,8 +136,17 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
             tensors.push(diff(format!("layers.{i}.bias"), gb, cb));
         }
     }
-    let pass =
-        loss_diff.max_rel <= cmd.tolerance && tensors.iter().all(|t| t.rel_l2 <= cmd.tolerance);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let bitwise_equal = bits(&gl) == bits(&cl)
+        && gp.layers.iter().zip(&cp.layers).all(|(g, c)| {
+            bits(&g.weight) == bits(&c.weight)
+                && g.bias.as_deref().map(bits) == c.bias.as_deref().map(bits)
+        });
+    let pass = if strict {
+        bitwise_equal
+    } else {
+        loss_diff.max_rel <= cmd.tolerance && tensors.iter().all(|t| t.rel_l2 <= cmd.tolerance)
+    };
     // A failure is followed by the same steps op by op, to name the op where it starts.
     let located = match pass {
         true => None,
@@ -145,6 +166,8 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
         loss_max_rel: loss_diff.max_rel,
         tensors,
         tolerance: cmd.tolerance,
+        deterministic: choices.determinism,
+        bitwise_equal,
         pass,
         located,
     };
@@ -172,11 +195,24 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
                 t.name, t.max_abs, t.max_rel, t.rel_l2
             );
         }
-        println!(
-            "{} (tolerance {:.1e} on the loss and on each tensor's relative L2 difference)",
-            if pass { "PASS" } else { "FAIL" },
-            cmd.tolerance
-        );
+        if strict {
+            println!(
+                "{} (strict: every loss and parameter {} the CPU reference's bits)",
+                if pass { "PASS" } else { "FAIL" },
+                if bitwise_equal { "has" } else { "must have" }
+            );
+        } else {
+            println!(
+                "{} (tolerance {:.1e} on the loss and on each tensor's relative L2 difference{})",
+                if pass { "PASS" } else { "FAIL" },
+                cmd.tolerance,
+                if bitwise_equal {
+                    "; every bit equal"
+                } else {
+                    ""
+                }
+            );
+        }
         match &report.located {
             Some((s, d)) => print_divergence(*s, d, &report.adapter, cmd.tolerance),
             None if !pass => println!(
@@ -189,10 +225,14 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
     if pass {
         Ok(())
     } else {
-        Err(Error::Mismatch(format!(
-            "they differ by more than the tolerance {:.1e}",
-            cmd.tolerance
-        )))
+        Err(Error::Mismatch(if strict {
+            "strict mode promises the CPU reference's bits, and they differ".into()
+        } else {
+            format!(
+                "they differ by more than the tolerance {:.1e}",
+                cmd.tolerance
+            )
+        }))
     }
 }
 

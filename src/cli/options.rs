@@ -2,6 +2,7 @@
 //! struct that a TOML file, the command line and a run directory's `config.json` all fill,
 //! with the defaults applied in one place, and the data specification they name.
 
+use soma::exec::Determinism;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
@@ -144,6 +145,11 @@ pub struct TrainOptions {
     /// stop (the run keeps its last good checkpoint and exits non-zero) [default: warn]
     #[arg(long)]
     pub shadow_action: Option<String>,
+    /// default: the fastest kernels, the same bits from run to run on one adapter; strict:
+    /// the same bits on every adapter that passes strict mode's self-test and on the CPU
+    /// reference (docs/determinism.md) [default: default]
+    #[arg(long)]
+    pub deterministic: Option<String>,
     /// The device, from a TOML file only (the command line's is `--device`, which wins).
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,6 +236,8 @@ pub struct Resolved {
     pub shadow_tolerance: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deterministic: Option<String>,
 }
 
 /// The settings of a run that name a choice, parsed into their types: made from `Resolved`
@@ -250,6 +258,7 @@ pub struct Choices {
     /// `None`: standardised.
     pub scale_target: Option<ScaleKind>,
     pub init: Init,
+    pub determinism: Determinism,
 }
 
 impl Resolved {
@@ -334,6 +343,12 @@ impl Resolved {
             scale: self.scale.as_deref().map(str::parse).transpose()?,
             scale_target: self.scale_target.as_deref().map(str::parse).transpose()?,
             init: self.init_scheme.parse()?,
+            determinism: match self.deterministic.as_deref() {
+                None => Determinism::Default,
+                Some(d) => d.parse().map_err(|_| {
+                    Error::Config(format!("--deterministic {d}: use default or strict"))
+                })?,
+            },
         })
     }
 }
@@ -435,6 +450,7 @@ impl Resolved {
             shadow_check: self.shadow_check,
             shadow_tolerance: self.shadow_tolerance,
             shadow_action: self.shadow_action.clone(),
+            deterministic: self.deterministic.clone(),
             device: None,
         }
     }
@@ -549,7 +565,8 @@ impl TrainOptions {
             init,
             shadow_check,
             shadow_tolerance,
-            shadow_action
+            shadow_action,
+            deterministic
         )
     }
 
@@ -612,6 +629,7 @@ impl TrainOptions {
             shadow_check: self.shadow_check,
             shadow_tolerance: self.shadow_tolerance,
             shadow_action: self.shadow_action.clone(),
+            deterministic: self.deterministic.clone(),
         })
     }
 }

@@ -265,6 +265,7 @@ pub fn train_config(o: &Resolved, c: &Choices) -> Result<TrainConfig> {
         shadow_check: o.shadow_check,
         shadow_tolerance: o.shadow_tolerance,
         shadow_stop: o.shadow_action.as_deref() == Some("stop"),
+        determinism: c.determinism,
     })
 }
 

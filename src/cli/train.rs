@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use soma::checkpoint::{self, Checkpoint, Resume};
 use soma::data::ScaleKind;
+use soma::exec::Determinism;
 use soma::metrics::RegressionMetrics;
 use soma::trainer::{EpochMetrics, Flow, TrainConfig, Trainer};
 use soma::{Error, Loss, Model, Network, Optimizer, Result};
@@ -68,6 +69,12 @@ struct Summary {
     wall_seconds: f64,
     samples_per_second: f64,
     adapter: String,
+    /// `default` or `strict` (`--deterministic`).
+    deterministic: Determinism,
+    /// The SHA-256 of the checkpoint's tensors, metadata excluded
+    /// (`checkpoint::tensors_sha256`): under strict mode, the same on every adapter that
+    /// passes the self-test and on the CPU.
+    tensors_sha256: String,
     run_dir: PathBuf,
 }
 
@@ -253,6 +260,12 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         }) => {
             let final_dir = run_dir.finish()?;
             let wall = started.elapsed().as_secs_f64();
+            let checkpoint = final_dir.join("checkpoint.safetensors");
+            let tensors_sha256 = soma::checkpoint::tensors_sha256(
+                &checkpoint,
+                &std::fs::read(&checkpoint).map_err(|e| Error::io(&checkpoint, e))?,
+            )?;
+            let determinism = run_config.train.determinism;
             if cmd.json {
                 let s = Summary {
                     test_loss: eval.loss,
@@ -266,6 +279,8 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                     wall_seconds: wall,
                     samples_per_second,
                     adapter,
+                    deterministic: determinism,
+                    tensors_sha256,
                     run_dir: final_dir,
                 };
                 println!(
@@ -298,6 +313,9 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
                     "run directory: {} ({wall:.1} s on {adapter})",
                     final_dir.display()
                 );
+                if determinism == Determinism::Strict {
+                    println!("strict: the checkpoint's tensors have SHA-256 {tensors_sha256}");
+                }
             }
             Ok(())
         }

@@ -352,6 +352,9 @@ pub mod cpu {
     const GELU_BETA: f32 = 0.797_884_6;
     /// The cubic term's factor in GELU's tanh form.
     const GELU_KAPPA: f32 = 0.044715;
+    /// `3 * 0.044715` as the kernel's `3.0 * 0.044715` folds it: in WGSL's abstract float,
+    /// rounded to f32 once (`3.0 * GELU_KAPPA` in f32 is one ULP lower).
+    const GELU_3_KAPPA: f32 = f32::from_bits(0x3e09_5d4f);
 
     /// GELU's tanh argument `sqrt(2/pi) (z + 0.044715 z^3)`, in the kernel's order.
     fn gelu_inner(z: f32) -> f32 {
@@ -389,7 +392,7 @@ pub mod cpu {
             // d/dz 0.5 z (1 + t) = 0.5 (1 + t) + 0.5 z (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 z^2)
             Activation::Gelu => {
                 let t = tanh_stable(gelu_inner(z), math);
-                let inner_derivative = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * (z * z));
+                let inner_derivative = GELU_BETA * (1.0 + GELU_3_KAPPA * (z * z));
                 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * inner_derivative
             }
         }
