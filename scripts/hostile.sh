@@ -180,6 +180,7 @@ while read -r needle args; do
     no_dir 7 o7
 done <<'EOF'
 cosine:-1 train --device cpu --schedule cosine:-1
+--deterministic train --device cpu --deterministic exact
 step:1:0 train --device cpu --schedule step:1:0
 --val-fraction train --device cpu --val-fraction NaN
 --task train --device cpu --task regression

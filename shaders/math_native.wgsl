@@ -1,5 +1,5 @@
 // The routines the kernels call for division, square root, exponential and logarithm, as the
-// WGSL builtins (src/ops/math: `Math::Native`). Strict mode puts math_strict.wgsl here
+// WGSL builtins (src/math: `Math::Native`). Strict mode puts math_strict.wgsl here
 // instead. Prepended to a shader that calls them; no bindings, no entry points.
 
 fn soma_div(a: f32, b: f32) -> f32 {

@@ -4,7 +4,7 @@
 // points, and every name in it starts with soma_ (the four functions) or soma_math_ (the
 // helpers and constants, lowercase so that the prefix is exact).
 //
-// Each function mirrors src/ops/math/strict.rs operation for operation: the same constants
+// Each function mirrors src/math/strict.rs operation for operation: the same constants
 // (given by their bits and bitcast here, f32::from_bits there), the same order of every float
 // operation, the same guarded shifts (every variable shift amount is below 32 in both
 // languages) and fixed loop counts. Nothing here uses a float division, fma, dot, or a

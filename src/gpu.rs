@@ -3,6 +3,7 @@
 //! maps. The device and nothing else: it owns no tensor, no pipeline and no tuning choice
 //! (those are `ops::Kernels` and `ops::Tuning`).
 
+use crate::spirv::FloatControls;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -69,6 +70,8 @@ pub struct Gpu {
     maps: AtomicU64,
     /// Strict mode's self-test on this device, run once (`exec::strict::self_test`).
     pub(crate) strict_check: std::sync::OnceLock<std::result::Result<(), String>>,
+    /// The SPIR-V float controls the device advertises for f32, asked once.
+    float_controls: std::sync::OnceLock<FloatControls>,
 }
 
 /// How `Gpu::new` picks an adapter.
@@ -219,7 +222,10 @@ impl Gpu {
     /// no features and no more than the WebGPU default limits (a kernel binds at most 4
     /// storage buffers and one uniform, with a dynamic offset); larger networks or batches
     /// need larger `max_storage_buffer_binding_size`/`max_buffer_size`, which are checked
-    /// before anything is dispatched (`embed::required_limits` says how large). soma leaves
+    /// before anything is dispatched (`embed::required_limits` says how large). Strict mode
+    /// (`Determinism::Strict`) loads its kernels as SPIR-V marked `NoContraction` only where
+    /// the host requested `Features::PASSTHROUGH_SHADERS` on a Vulkan device; otherwise its
+    /// self-test decides whether the driver's own compilation keeps the order. soma leaves
     /// the host's error handler alone.
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         Gpu::assemble(device, queue, Ownership::Borrowed)
@@ -237,6 +243,7 @@ impl Gpu {
             submissions: AtomicU64::new(0),
             maps: AtomicU64::new(0),
             strict_check: std::sync::OnceLock::new(),
+            float_controls: std::sync::OnceLock::new(),
         }
     }
 
@@ -254,6 +261,19 @@ impl Gpu {
                 .device
                 .features()
                 .contains(wgpu::Features::PASSTHROUGH_SHADERS)
+    }
+
+    /// The SPIR-V float controls for f32 that strict kernels ask for here: those the Vulkan
+    /// device advertises (`shaderDenormPreserveFloat32`, `shaderRoundingModeRTEFloat32`,
+    /// Vulkan 1.2), none elsewhere or on an older device.
+    pub fn float_controls(&self) -> FloatControls {
+        *self.float_controls.get_or_init(|| {
+            if self.takes_spirv() {
+                vulkan_float_controls(&self.device)
+            } else {
+                FloatControls::default()
+            }
+        })
     }
 
     /// The limits the device was opened with.
@@ -335,4 +355,52 @@ impl std::fmt::Debug for Gpu {
             .field("ownership", &self.ownership)
             .finish()
     }
+}
+
+/// What a Vulkan device advertises of the float controls (Vulkan 1.2's
+/// `VkPhysicalDeviceFloatControlsProperties`), read through wgpu-hal; none on a device or
+/// instance older than 1.2, where the properties and the SPIR-V extension are not core.
+#[cfg(any(
+    windows,
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd"
+))]
+fn vulkan_float_controls(device: &wgpu::Device) -> FloatControls {
+    use ash::vk;
+    // SAFETY: the raw handles are used only to read properties, while the device lives;
+    // nothing is created or destroyed through them.
+    unsafe {
+        let Some(hal) = device.as_hal::<wgpu::hal::api::Vulkan>() else {
+            return FloatControls::default();
+        };
+        let shared = hal.shared_instance();
+        let instance = shared.raw_instance();
+        let physical = hal.raw_physical_device();
+        if shared.instance_api_version() < vk::API_VERSION_1_2
+            || instance
+                .get_physical_device_properties(physical)
+                .api_version
+                < vk::API_VERSION_1_2
+        {
+            return FloatControls::default();
+        }
+        let mut controls = vk::PhysicalDeviceFloatControlsProperties::default();
+        let mut properties = vk::PhysicalDeviceProperties2::default().push_next(&mut controls);
+        instance.get_physical_device_properties2(physical, &mut properties);
+        FloatControls {
+            denorm_preserve: controls.shader_denorm_preserve_float32 == vk::TRUE,
+            rounding_rte: controls.shader_rounding_mode_rte_float32 == vk::TRUE,
+        }
+    }
+}
+
+#[cfg(not(any(
+    windows,
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd"
+)))]
+fn vulkan_float_controls(_device: &wgpu::Device) -> FloatControls {
+    FloatControls::default()
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::math::Math;
+use crate::math::Math;
 use crate::params::{Params, ParamsInfo};
 use crate::tensor::GpuTensor;
 
@@ -82,8 +82,9 @@ impl Pipeline {
     /// Compiles `spec`'s entry point with `math`'s prelude before its shader
     /// ([`Math::source`]); a validation failure comes back as `Error::Shader`. Under
     /// [`Math::Strict`] on a Vulkan device that takes passthrough shaders, the module is
-    /// naga's SPIR-V with every float operation marked `NoContraction`
-    /// ([`crate::spirv::strict_spirv`]), so the driver may neither fuse nor reassociate.
+    /// naga's SPIR-V with every float operation marked `NoContraction`, so the driver may
+    /// neither fuse nor reassociate, and with the float controls the device advertises
+    /// (`DenormPreserve`, `RoundingModeRTE`; [`crate::spirv::strict_spirv`]).
     pub fn build(gpu: &Gpu, spec: KernelSpec, math: Math) -> Result<Pipeline> {
         let KernelSpec {
             shader,
@@ -120,7 +121,11 @@ impl Pipeline {
         });
         let source = math.source(shader.source);
         let spirv = match math {
-            Math::Strict if gpu.takes_spirv() => Some(crate::spirv::strict_spirv(&source, entry)?),
+            Math::Strict if gpu.takes_spirv() => Some(crate::spirv::strict_spirv(
+                &source,
+                entry,
+                gpu.float_controls(),
+            )?),
             Math::Strict | Math::Native => None,
         };
         gpu.scoped(entry, || {

@@ -8,7 +8,9 @@
 //! [`kernels`]) into one compute pass and one submission, or runs their CPU twins
 //! ([`cpu`]); the trainer ([`trainer`]) schedules epochs over a [`run::Run`].
 //!
-//! Modules, bottom up: [`gpu`] the device; [`tensor`] buffers; [`kernels`] pipelines and
+//! Modules, bottom up: [`gpu`] the device; [`tensor`] buffers; [`math`] the arithmetic of
+//! the kernels' divisions, roots, exponentials and logarithms (native, or strict mode's own)
+//! and [`spirv`] strict mode's `NoContraction` pass; [`kernels`] pipelines and
 //! dispatches; [`ops`] the op families with their twins, the kernel table, `Kernels` and
 //! `Tuning`; [`autotune`] the tuner; [`network`], [`optim`] and [`plan`] the run's
 //! description; [`exec`] the executors; [`run`], [`model`] and [`trainer`] runs and their
@@ -33,6 +35,7 @@ pub mod gpu;
 pub mod inspect;
 pub mod kernels;
 pub mod lecture;
+pub mod math;
 pub mod metrics;
 pub mod model;
 pub mod network;
@@ -50,12 +53,12 @@ pub mod tensor;
 pub mod trainer;
 
 pub use error::{Error, Result};
-pub use exec::Device;
+pub use exec::{Determinism, Device};
 pub use gpu::{AdapterSummary, Gpu, GpuStats, Ownership};
 pub use kernels::Dispatch;
+pub use math::Math;
 pub use network::Activation;
 pub use network::{Init, Layer, LayerParams, Network, Parameters};
-pub use ops::math::Math;
 pub use ops::{Accumulate, Loss};
 pub use ops::{Kernel, Kernels, Tuning};
 pub use optim::{Optimizer, OptimizerKind, Schedule, UpdateRule};
@@ -88,6 +91,8 @@ mod doc_snippets {
     struct AddingAnOp;
     #[doc = include_str!("../docs/architecture.md")]
     struct Architecture;
+    #[doc = include_str!("../docs/determinism.md")]
+    struct Determinism;
     #[doc = include_str!("../docs/embedding.md")]
     struct Embedding;
     #[doc = include_str!("../docs/export.md")]

@@ -149,6 +149,10 @@ enum Command {
         /// --shadow-check N) against the same epoch without, and report the overhead
         #[arg(long)]
         shadow_check: Option<usize>,
+        /// Run the training workloads (B2, B3) in this determinism mode: default or strict
+        /// (train --deterministic) [default: default]
+        #[arg(long)]
+        deterministic: Option<String>,
     },
     /// List the adapters wgpu can see
     Devices {
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
             json,
             profile,
             shadow_check,
+            deterministic,
         } => cli::bench::run(cli::bench::BenchCommand {
             device,
             only,
@@ -247,6 +252,7 @@ fn main() -> ExitCode {
             json,
             profile,
             shadow_check,
+            deterministic,
             process_start,
         }),
         Command::Devices { json } => cli::devices::run(json),

@@ -10,7 +10,7 @@
 //! through `Fit`) takes them raw and applies both first, as the checkpoint's users
 //! (`soma predict`, the exports) do. A model without them takes the features as they are.
 
-use crate::ops::math::Math;
+use crate::math::Math;
 
 use std::path::Path;
 

@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 
 use crate::gpu::{AdapterSummary, Gpu};
 use crate::kernels;
+use crate::math;
 use crate::ops::fused_mlp::{self, MlpLayer, MlpShape};
-use crate::ops::{math, Activation, Kernel};
+use crate::ops::{Activation, Kernel};
 
 /// What the cache is keyed by: the adapter, its driver, soma's version and a hash of every
 /// kernel text a cached choice measured ([`key_sources`]).

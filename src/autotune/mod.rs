@@ -29,7 +29,7 @@ use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::{self, Dispatch};
 use crate::ops::matmul::{
-    self, shape_key, MatmulChoice, MatmulForm, MatmulParams, MatmulVariant, TILES,
+    self, choice_key, MatmulChoice, MatmulForm, MatmulParams, MatmulVariant, TILES,
 };
 use crate::ops::Accumulate;
 use crate::ops::{Kernels, TunerState};
@@ -246,7 +246,7 @@ pub fn choose(
     if cands.len() == 1 || flops < TUNE_MIN_FLOPS {
         return Ok(MatmulChoice::Blocked);
     }
-    let shape = shape_key(form, m, n, k);
+    let shape = choice_key(kernels, form, m, n, k);
     let mut tuner = kernels.tuner();
     let key = loaded_key(kernels.gpu(), &mut tuner);
     if let Some(c) = tuner

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use soma::autotune;
 use soma::data::{self, Dataset};
+use soma::exec::Determinism;
 use soma::kernels;
 use soma::ops::matmul::{BlockedMatmulParams, MatmulForm, MatmulParams};
 use soma::ops::{self, Accumulate};
@@ -33,6 +34,8 @@ pub struct BenchCommand {
     pub profile: bool,
     /// Also time B2's epoch with every Nth step shadow-checked.
     pub shadow_check: Option<usize>,
+    /// `--deterministic`: the training workloads' mode (`None`: default).
+    pub deterministic: Option<String>,
     pub process_start: Instant,
 }
 
@@ -105,6 +108,8 @@ struct Ctx<'a> {
     json: bool,
     profile: bool,
     shadow_check: Option<usize>,
+    /// The training workloads' mode (`--deterministic`).
+    determinism: Determinism,
 }
 
 impl Ctx<'_> {
@@ -342,6 +347,7 @@ fn b2(
         shuffle: false,
         // The workload's fixed rate (SPEC.md), not the command's cosine default.
         schedule: Schedule::Constant,
+        determinism: ctx.determinism,
         ..Default::default()
     };
     let mut t = Trainer::new(
@@ -385,7 +391,7 @@ fn b2(
         "samples_per_s",
         median(rates),
         "samples/s",
-        json!({ "data": source, "resident": resident, "time_to_first_step_s": to_first, "setup_s": setup_s,
+        json!({ "data": source, "deterministic": ctx.determinism, "resident": resident, "time_to_first_step_s": to_first, "setup_s": setup_s,
                 "first_step_s": first_step_s, "first_loss": first_loss, "last_loss": last_loss,
                 "peak_rss_mib": peak_rss_mib() }),
     );
@@ -463,6 +469,7 @@ fn b3(ctx: &mut Ctx<'_>) -> Result<()> {
         shuffle: false,
         // The workload's fixed rate (SPEC.md), not the command's cosine default.
         schedule: Schedule::Constant,
+        determinism: ctx.determinism,
         ..Default::default()
     };
     let mut t = Trainer::new(
@@ -501,7 +508,7 @@ fn b3(ctx: &mut Ctx<'_>) -> Result<()> {
         median(times.clone()),
         "ms",
         json!({ "p10_ms": percentile(times.clone(), 0.1), "p90_ms": percentile(times, 0.9),
-                "loss": loss,
+                "loss": loss, "deterministic": ctx.determinism,
                 "step": t.executor().fused_mlp_form().unwrap_or("op by op") }),
     );
     Ok(())
@@ -529,6 +536,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             "--peak-gflops {p}: a peak must be a positive number"
         )));
     }
+    let determinism: Determinism = match cmd.deterministic.as_deref() {
+        None => Determinism::Default,
+        Some(d) => d
+            .parse()
+            .map_err(|_| Error::Config(format!("--deterministic {d}: use default or strict")))?,
+    };
     let want = |b: &str| cmd.only.is_empty() || cmd.only.iter().any(|o| o.eq_ignore_ascii_case(b));
     // B2's data is read before the device opens: a bad --mnist fails before any work.
     let b2_train = if want("B2") {
@@ -553,6 +566,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         json: cmd.json,
         profile: cmd.profile,
         shadow_check: cmd.shadow_check,
+        determinism,
     };
     if cmd.shadow_check == Some(0) {
         return Err(Error::Config(

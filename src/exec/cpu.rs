@@ -1,7 +1,7 @@
 //! The CPU executor: host vectors and the CPU twins of the op families, op by op in plan order.
 
 use crate::cpu;
-use crate::ops::math::Math;
+use crate::math::Math;
 use crate::ops::matmul::{BlockedMatmulParams, MatmulParams};
 use crate::plan::{entry, BufId, Op, Plan};
 use crate::tensor::DType;

@@ -1,7 +1,7 @@
 //! Strict mode (`--deterministic strict`): which promise a run makes ([`Determinism`]), and
 //! the self-test an adapter must pass before it runs strict kernels ([`self_test`]).
 //!
-//! Strict kernels ([`Tuning::strict`]) do the operations of their CPU twins in the twins'
+//! Strict kernels ([`Tuning::strict`](crate::ops::Tuning::strict)) do the operations of their CPU twins in the twins'
 //! order, with soma's own division, square root, exponential and logarithm
 //! ([`Math::Strict`]). That gives the twins' bits only where the adapter rounds `+ - *` to
 //! nearest-even, keeps subnormals, and neither fuses a multiply into an add nor
@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::kernels::Dispatch;
-use crate::ops::math::{strict, Math};
+use crate::math::{strict, Math};
 use crate::ops::reduce::ReduceParams;
-use crate::ops::{Kernel, Kernels, Tuning};
+use crate::ops::{Kernel, Kernels};
 use crate::tensor::GpuTensor;
 
 /// The promise a run makes about its bits.
@@ -29,7 +29,7 @@ pub enum Determinism {
     #[default]
     Default,
     /// The same bits on every adapter that passes [`self_test`] and on the CPU reference:
-    /// strict kernels ([`Tuning::strict`]) and soma's own arithmetic ([`Math::Strict`]).
+    /// strict kernels ([`Tuning::strict`](crate::ops::Tuning::strict)) and soma's own arithmetic ([`Math::Strict`]).
     Strict,
 }
 
@@ -199,7 +199,7 @@ fn findings(x: &[f32], got: &[u32], want: &[u32]) -> Vec<String> {
 /// `Error::StrictRefused` naming each finding.
 pub fn self_test(kernels: &Kernels<'_>) -> Result<()> {
     let gpu = kernels.gpu();
-    if kernels.tuning() != Tuning::strict() {
+    if !kernels.tuning().is_strict() {
         return Err(Error::Config(
             "the strict self-test runs on strict kernels (Tuning::strict())".into(),
         ));
@@ -212,18 +212,22 @@ pub fn self_test(kernels: &Kernels<'_>) -> Result<()> {
             Err(e) => Err(format!("an error running it: {e}")),
         });
     outcome.clone().map_err(|findings| Error::StrictRefused {
-        adapter: format!(
-            "{} ({:?}{})",
-            gpu.adapter().name,
-            gpu.adapter().backend,
-            if gpu.takes_spirv() {
-                ", SPIR-V with NoContraction"
-            } else {
-                ", WGSL as the driver compiles it"
-            }
-        ),
+        adapter: format!("{} ({})", gpu.adapter().name, describe(gpu)),
         findings,
     })
+}
+
+/// How strict kernels reach this device: its backend, and SPIR-V with `NoContraction` and
+/// the float controls it advertises, or WGSL compiled by the driver.
+fn describe(gpu: &crate::gpu::Gpu) -> String {
+    let backend = gpu.adapter().backend;
+    if gpu.takes_spirv() {
+        let mut what = vec!["NoContraction"];
+        what.extend(gpu.float_controls().names());
+        format!("{backend:?}, SPIR-V with {}", what.join(", "))
+    } else {
+        format!("{backend:?}, WGSL as the driver compiles it")
+    }
 }
 
 fn run_self_test(kernels: &Kernels<'_>) -> Result<Vec<String>> {
@@ -248,9 +252,10 @@ fn run_self_test(kernels: &Kernels<'_>) -> Result<Vec<String>> {
     let found = findings(&x, &got, &want);
     if found.is_empty() {
         log::info!(
-            "strict self-test passed on {}: contraction, reassociation, ties-to-even, \
+            "strict self-test passed on {} ({}): contraction, reassociation, ties-to-even, \
              subnormals and soma's routines on {MATH_PROBES} inputs",
-            gpu.adapter().name
+            gpu.adapter().name,
+            describe(gpu)
         );
     }
     Ok(found)

@@ -162,7 +162,7 @@ mod tests {
                     apply(
                         act,
                         bias.as_ref().map_or(z, |b| z + b[o]),
-                        crate::ops::math::Math::Native,
+                        crate::math::Math::Native,
                     )
                 })
                 .collect();
@@ -175,7 +175,7 @@ mod tests {
             }
             "sigmoid" => a
                 .iter()
-                .map(|&v| sigmoid(v, crate::ops::math::Math::Native))
+                .map(|&v| sigmoid(v, crate::math::Math::Native))
                 .collect(),
             "values" => match doc["target_scaling"].as_object() {
                 None => a,

@@ -15,7 +15,7 @@ pub mod onnx;
 mod proto;
 pub mod safetensors;
 
-use crate::ops::math::Math;
+use crate::math::Math;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::{Imputer, Names, Scaler};

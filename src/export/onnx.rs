@@ -642,7 +642,7 @@ mod tests {
                     let alpha = attr("alpha").unwrap().1;
                     map(&|v| if v > 0.0 { v } else { v * alpha })
                 }
-                "Sigmoid" => map(&|z| sigmoid(z, crate::ops::math::Math::Native)),
+                "Sigmoid" => map(&|z| sigmoid(z, crate::math::Math::Native)),
                 "Tanh" => map(&f32::tanh),
                 "Softmax" => {
                     assert_eq!(attr("axis").unwrap().2, 1);

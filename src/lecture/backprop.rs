@@ -2,7 +2,7 @@
 //! plain SGD on the full batch of the four points, a sweep over seeds, and a diagnosis of
 //! the runs that fail (dead ReLU units, saturated sigmoid/tanh units, plateaus).
 
-use crate::ops::math::Math;
+use crate::math::Math;
 
 use std::ops::Range;
 

@@ -281,7 +281,7 @@ pub fn activation_backward(
 /// The twins: plain loops with the kernels' formulas.
 pub mod cpu {
     use super::*;
-    use crate::ops::math::Math;
+    use crate::math::Math;
 
     /// The logistic function in its overflow-free form.
     pub fn sigmoid(z: f32, math: Math) -> f32 {
@@ -476,7 +476,7 @@ mod tests {
         let codes: Vec<u32> = Activation::ALL.iter().map(|a| a.code()).collect();
         let unknown = codes.iter().max().unwrap() + 1;
         assert!(Activation::try_from(unknown).is_err());
-        assert!(cpu::activate(unknown, 0.0, 1.0, crate::ops::math::Math::Native).is_nan());
-        assert!(cpu::derivative(unknown, 0.0, 1.0, crate::ops::math::Math::Native).is_nan());
+        assert!(cpu::activate(unknown, 0.0, 1.0, crate::math::Math::Native).is_nan());
+        assert!(cpu::derivative(unknown, 0.0, 1.0, crate::math::Math::Native).is_nan());
     }
 }

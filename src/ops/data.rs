@@ -143,7 +143,7 @@ pub fn gather_labels(
 /// The twins: plain loops in the kernels' order of operations.
 pub mod cpu {
     use super::*;
-    use crate::ops::math::Math;
+    use crate::math::Math;
 
     /// `out[r] = data[indices[start + r]]` for r < rows, zero rows up to batch_rows.
     pub fn gather_rows(out: &mut [f32], data: &[f32], indices: &[u32], p: &GatherParams) {

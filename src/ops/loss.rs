@@ -204,8 +204,8 @@ pub fn binary_cross_entropy(
 /// The twins: plain loops in the kernels' order of operations.
 pub mod cpu {
     use super::*;
+    use crate::math::Math;
     use crate::ops::activation::cpu::sigmoid;
-    use crate::ops::math::Math;
 
     /// Row-wise softmax, max-subtracted.
     pub fn softmax(out: &mut [f32], logits: &[f32], p: &RowsParams, math: Math) {

@@ -33,11 +33,11 @@ use crate::kernels::{
 use crate::params::{Params, ParamsInfo};
 use crate::tensor::{DType, GpuTensor};
 
+use crate::math::Math;
 use activation::ActivationParams;
 use data::GatherParams;
 use fused_mlp::{FusedMlp, FusedMlpParams, MlpShape};
 use loss::LossParams;
-use math::Math;
 use matmul::{
     tiled, BlockedMatmulParams, DenseParams, Epilogue, MatmulForm, MatmulParams, Tile, TILES,
 };
@@ -50,7 +50,6 @@ pub mod activation;
 pub mod data;
 pub mod fused_mlp;
 pub mod loss;
-pub mod math;
 pub mod matmul;
 pub mod optim;
 pub mod perceptron;
@@ -282,23 +281,27 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    /// Strict mode's kernels (`--deterministic strict`): the naive products, whose k-sum
-    /// runs in order 0..k-1 whatever the shape, no fusions, no fused pass, nothing tuned,
-    /// and soma's own division, square root, exponential and logarithm ([`Math::Strict`]).
-    /// Every kernel then does the operations its CPU twin does, in the same order.
+    /// Strict mode's kernels (`--deterministic strict`): soma's own division, square root,
+    /// exponential and logarithm ([`Math::Strict`]), and only products whose k-sum runs in
+    /// order 0..k-1 with a separate multiply and add, as the CPU twins' does: the naive
+    /// kernels, the scalar `matmul_blocked` (never its vec4 forms, which add each step of 4
+    /// through a dot product) and the generated tiles, tuned among themselves, with their
+    /// fused epilogues; not the fused MLP pass, whose sums run in another order. Whichever
+    /// the tuner picks, every kernel does the operations of its CPU twin in the same order.
     pub fn strict() -> Tuning {
         Tuning {
-            matmul: MatmulVariant::Naive,
-            fuse: false,
+            matmul: MatmulVariant::Tuned,
+            fuse: true,
             fused_mlp: FusedMlp::Off,
-            autotune: false,
+            autotune: true,
             math: Math::Strict,
         }
     }
 
-    /// Whether these are strict mode's kernels.
+    /// Whether these kernels keep strict mode's order (their arithmetic is
+    /// [`Math::Strict`]; the matmul choice then leaves out every form that does not).
     pub fn is_strict(&self) -> bool {
-        *self == Tuning::strict()
+        self.math == Math::Strict && self.fused_mlp == FusedMlp::Off
     }
 
     /// The tuning the environment asks for: `SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`,

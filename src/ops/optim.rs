@@ -401,7 +401,7 @@ pub fn update(
 /// vec4 kernels apply the same per-element formulas, so the scalar twins serve both.
 pub mod cpu {
     use super::*;
-    use crate::ops::math::Math;
+    use crate::math::Math;
 
     /// The twin of whichever kernel [`update`](super::update) records for `rule`: `state`
     /// in [`UpdateRule::state_names`] order.

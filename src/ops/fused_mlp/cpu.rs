@@ -1,7 +1,7 @@
 //! The twin of the fused pass: the op-by-op twins' arithmetic per row, with the weight
 //! gradients summed per tile and then over tiles, as the kernel groups them.
 
-use crate::ops::math::Math;
+use crate::math::Math;
 
 use super::{FusedMlpParams, MlpShape};
 use crate::ops::activation::cpu::{apply, derivative_of, sigmoid};

@@ -554,7 +554,7 @@ mod tests {
     fn validate(shape: MlpShape) {
         use crate::params::Params;
         // As the pipeline compiles it: after the prelude of the routines it calls.
-        let src = crate::ops::math::Math::Native
+        let src = crate::math::Math::Native
             .source(&source(shape))
             .into_owned();
         assert!(src.contains(&format!("fn {}(", shape.entry_point())));

@@ -2,9 +2,9 @@
 //! reference), and a threaded gemm for the fast CPU path (equal to rounding).
 
 use super::{BlockedMatmulParams, DenseParams, MatmulParams};
+use crate::math::Math;
 use crate::ops::activation::cpu::{activation_backward, bias_activation_forward};
 use crate::ops::activation::ActivationParams;
-use crate::ops::math::Math;
 
 /// Writes or adds one output, as the kernels' `accumulate` flag says.
 pub(crate) fn store(out: &mut [f32], i: usize, value: f32, accumulate: u32) {

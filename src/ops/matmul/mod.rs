@@ -246,6 +246,30 @@ pub fn shape_key(form: MatmulForm, m: usize, n: usize, k: usize) -> String {
     format!("{} {m}x{n}x{k}", form.name())
 }
 
+/// The key of a product's choice under `kernels`' tuning: [`shape_key`], and ` strict` after
+/// it for strict kernels, whose blocked candidate is the scalar kernel (so the two modes'
+/// measurements do not stand in for each other).
+pub fn choice_key(kernels: &Kernels, form: MatmulForm, m: usize, n: usize, k: usize) -> String {
+    let key = shape_key(form, m, n, k);
+    if kernels.tuning().is_strict() {
+        format!("{key} strict")
+    } else {
+        key
+    }
+}
+
+/// Whether `MatmulChoice::Blocked` runs this product on the scalar `matmul_blocked`: always
+/// for strict kernels (the vec4 forms sum each step of 4 in k through a dot product, whose
+/// order WGSL leaves open), otherwise where the shapes do not allow vec4 loads.
+fn blocked_is_scalar(kernels: &Kernels, form: MatmulForm, n: usize, k: usize) -> bool {
+    kernels.tuning().is_strict()
+        || match form {
+            MatmulForm::Nt => !k.is_multiple_of(4),
+            MatmulForm::Nn => !(k.is_multiple_of(4) && n.is_multiple_of(4)),
+            MatmulForm::Tn => true,
+        }
+}
+
 /// The kernel a product of this form and size runs on under `kernels`' tuning: the variant
 /// asked for, or under `MatmulVariant::Tuned` the tuner's choice (`crate::autotune::choose`
 /// makes it before the executor records; without one, the blocked kernel). A choice that
@@ -269,7 +293,7 @@ pub fn matmul_choice(
         MatmulVariant::Tuned => kernels
             .tuner()
             .choices
-            .get(&shape_key(form, m, n, k))
+            .get(&choice_key(kernels, form, m, n, k))
             .and_then(|name| MatmulChoice::parse(name))
             .unwrap_or(MatmulChoice::Blocked),
     };
@@ -328,7 +352,7 @@ pub fn dense_forward(
             )
             .map(Some)
         }
-        MatmulChoice::Blocked if !k.is_multiple_of(4) => {
+        MatmulChoice::Blocked if blocked_is_scalar(kernels, MatmulForm::Nt, n, k) => {
             let dp = DenseParams {
                 m: p.m,
                 n: p.n,
@@ -407,7 +431,7 @@ pub fn dense_backward(
     expect_shape(op, pre, (m, n))?;
     let p = matmul_params(op, m, n, k, Accumulate::Overwrite)?;
     match matmul_choice(kernels, MatmulForm::Nn, m, n, k, Accumulate::Overwrite) {
-        MatmulChoice::Blocked if !(k.is_multiple_of(4) && n.is_multiple_of(4)) => {
+        MatmulChoice::Blocked if blocked_is_scalar(kernels, MatmulForm::Nn, n, k) => {
             let dp = DenseParams {
                 m: p.m,
                 n: p.n,
@@ -460,15 +484,19 @@ pub(crate) fn matmul_dispatch(
         ),
         // vec4 loads where the shapes allow them (see shaders/matmul.wgsl). A vec4 form
         // of dW = dYᵀ·X was tried and was slower at training shapes on lavapipe.
-        MatmulChoice::Blocked if form == MatmulForm::Nt && k.is_multiple_of(4) => dispatch(
-            kernels,
-            Kernel::MatmulNtVec4,
-            &[out, a, b],
-            &[BlockedMatmulParams::nt(p)],
-            blocked_grid(m, n),
-        ),
         MatmulChoice::Blocked
-            if form == MatmulForm::Nn && k.is_multiple_of(4) && n.is_multiple_of(4) =>
+            if form == MatmulForm::Nt && !blocked_is_scalar(kernels, form, n, k) =>
+        {
+            dispatch(
+                kernels,
+                Kernel::MatmulNtVec4,
+                &[out, a, b],
+                &[BlockedMatmulParams::nt(p)],
+                blocked_grid(m, n),
+            )
+        }
+        MatmulChoice::Blocked
+            if form == MatmulForm::Nn && !blocked_is_scalar(kernels, form, n, k) =>
         {
             dispatch(
                 kernels,

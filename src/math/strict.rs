@@ -592,7 +592,7 @@ mod tests {
         assert!(max <= 2, "log: {max} ULP at {at:e}");
     }
 
-    const WGSL: &str = include_str!("../../../shaders/math_strict.wgsl");
+    const WGSL: &str = include_str!("../../shaders/math_strict.wgsl");
 
     /// The WGSL file with its comments removed.
     fn wgsl_code() -> String {
