@@ -42,7 +42,7 @@ impl AdapterSummary {
 }
 
 /// Counts of the host-to-device traffic that matters for speed: queue submissions and buffer
-/// maps. The trainer's "one submit per step, no maps" promise is checked against these.
+/// maps. The trainer's "no more than one submit per step, no maps" promise is checked against these.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuStats {
     pub submissions: u64,

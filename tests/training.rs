@@ -568,8 +568,8 @@ fn gelu_and_rmsprop_agree_on_every_device() {
 }
 
 #[test]
-fn a_steady_state_step_is_one_submission_and_no_map() {
-    if gpu("a_steady_state_step_is_one_submission_and_no_map").is_none() {
+fn an_epoch_is_a_few_submissions_and_no_map() {
+    if gpu("an_epoch_is_a_few_submissions_and_no_map").is_none() {
         return;
     }
     // A Gpu of its own: the counters are per Gpu, and the shared one sees the submissions
@@ -580,47 +580,73 @@ fn a_steady_state_step_is_one_submission_and_no_map() {
     let model = Model::new(net, Init::Pytorch, 2).unwrap();
     let config = TrainConfig {
         epochs: 2,
-        batch_size: 64,
+        batch_size: 16,
         ..Default::default()
     };
-    let mut t = Trainer::new(
-        Device::Gpu(&own),
-        &model,
-        Loss::SoftmaxCrossEntropy,
-        Optimizer::sgd(0.1),
-        &train,
-        None,
-        &config,
-    )
-    .unwrap();
-    // Every step, the first of an epoch included (its snapshot copies ride along in the
-    // same submission), is exactly one submission and no map; the epoch's end reads its
-    // metrics back with one more submission and one map. The one exception is the run's
-    // very first step, whose loss is read back once (what an exploding loss is measured
-    // against).
+    let trainer = || {
+        Trainer::new(
+            Device::Gpu(&own),
+            &model,
+            Loss::SoftmaxCrossEntropy,
+            Optimizer::sgd(0.1),
+            &train,
+            None,
+            &config,
+        )
+        .unwrap()
+    };
+    let mut t = trainer();
+    let per = soma::trainer::STEPS_PER_SUBMISSION;
+    // `run_epoch` records up to STEPS_PER_SUBMISSION steps in one submission with no map
+    // (the first of an epoch carries its snapshot copies along); the epoch's end reads its
+    // metrics back with one more submission and one map. The one exception is the run's very
+    // first step, alone, whose loss is read back once (what an exploding loss is measured
+    // against). `on_step` still hears of every step.
     for epoch in 0..2 {
-        let before = own.stats();
         let mut deltas = vec![];
-        let mut last = before;
+        let mut last = own.stats();
         t.run_epoch(|_| {
             let now = own.stats();
             deltas.push((now.submissions - last.submissions, now.maps - last.maps));
             last = now;
         })
         .unwrap();
-        assert_eq!(deltas.len(), 23, "1437 rows in batches of 64");
-        let first = if epoch == 0 { (2, 1) } else { (1, 0) };
-        assert_eq!(deltas[0], first, "the epoch's first step");
+        let steps = t.steps_per_epoch();
         assert!(
-            deltas[1..].iter().all(|&d| d == (1, 0)),
-            "steps made (submissions, maps) {deltas:?}"
+            steps > per + 2,
+            "{steps} steps: more than one submission's worth"
         );
+        assert_eq!(deltas.len(), steps);
+        // Where each submission starts: the step after the run's first, then every `per`.
+        let start = if epoch == 0 { 1 } else { 0 };
+        for (s, &d) in deltas.iter().enumerate() {
+            let want = match (epoch, s) {
+                (0, 0) => (2, 1),
+                _ if s >= start && (s - start) % per == 0 => (1, 0),
+                _ => (0, 0),
+            };
+            assert_eq!(d, want, "epoch {epoch}, step {s}: {deltas:?}");
+        }
         let end = own.stats();
         assert_eq!(
             (end.submissions - last.submissions, end.maps - last.maps),
             (1, 1),
             "the epoch's end is one readback"
         );
+    }
+    // The same steps one submission each (run_steps(1)) give the same bits.
+    let mut one_by_one = trainer();
+    for _ in 0..2 {
+        one_by_one.begin_epoch().unwrap();
+        while one_by_one.steps_left() > 0 {
+            one_by_one.run_steps(1).unwrap();
+        }
+        one_by_one.end_epoch().unwrap();
+    }
+    let (a, b) = (t.parameters().unwrap(), one_by_one.parameters().unwrap());
+    for (la, lb) in a.layers.iter().zip(&b.layers) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&la.weight), bits(&lb.weight));
     }
 }
 

@@ -55,6 +55,13 @@ pub struct Trainer<'a> {
 /// whose loss exploded (Adam at a learning rate of 1000) does within an epoch or two.
 pub const EXPLODE_FACTOR: f32 = 1000.0;
 
+/// The most training steps `run_epoch` records into one submission (fewer up to a point where
+/// the host reads back). One submission per step costs a submit and a queue round trip per
+/// step, which on a hardware GPU is most of a small step's time; a whole epoch in one would
+/// leave the progress report still for its length, and on some systems a long submission
+/// trips the driver's watchdog. The steps and their results are the same either way.
+pub const STEPS_PER_SUBMISSION: usize = 64;
+
 /// Where a diverged `Trainer` leaves its weights.
 const KEPT: &str = "the weights of the last good step were kept (try a smaller learning rate)";
 
@@ -454,8 +461,10 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// One epoch: a fresh (seeded) order, then every batch, one submission per step, then
-    /// the epoch's metrics (see `end_epoch`). The run's very first step is read back once:
+    /// One epoch: a fresh (seeded) order, then every batch, up to [`STEPS_PER_SUBMISSION`]
+    /// steps per submission (a submission ends where the host reads back: a log point of
+    /// `TrainConfig::log_every`, a shadow-checked step), then the epoch's metrics (see
+    /// `end_epoch`). `on_step` is called once per step, after the submission that ran it. The run's very first step is read back once:
     /// its loss is what an exploding loss is measured against. With
     /// `TrainConfig::shadow_check`, every Nth step is replayed on the CPU path and compared
     /// ([`Trainer::shadow_reports`]); `run_steps` and `record_steps` replay nothing.
@@ -470,11 +479,20 @@ impl<'a> Trainer<'a> {
                 let state = self.run.plan.state_buffers();
                 self.run.exec.save_shadow(&state)?;
             }
-            self.run_steps(1)?;
+            let n = self.steps_to_record(index, shadowed);
+            self.run_steps(n)?;
             if shadowed {
                 self.shadow_replay(index, self.epoch)?;
             }
             let s = steps - self.steps_left();
+            for done in index + 1..s {
+                on_step(Progress {
+                    epoch: self.epoch + 1,
+                    step: done,
+                    steps,
+                    loss: None,
+                });
+            }
             if s == 1 && self.first_loss.is_none() && self.explode_factor.is_some() {
                 // The run's first step, read back once: the loss at the starting weights.
                 let bufs = self.run.bufs(Pass::Train)?;
@@ -495,6 +513,28 @@ impl<'a> Trainer<'a> {
             });
         }
         self.end_epoch()
+    }
+
+    /// How many steps `run_epoch` records in its next submission, from step `index` of the
+    /// epoch: up to [`STEPS_PER_SUBMISSION`], ending at the epoch's end or at the next point
+    /// where the host reads something back (a log point, the run's first step, whose loss
+    /// it reads once) or copies the state first (a shadow-checked step, which runs alone).
+    fn steps_to_record(&self, index: usize, shadowed: bool) -> usize {
+        let log_every = self.config.log_every;
+        let first_loss_due = self.first_loss.is_none() && self.explode_factor.is_some();
+        if shadowed || (index == 0 && first_loss_due) {
+            return 1;
+        }
+        let mut n = 1;
+        let left = self.steps_left();
+        while n < STEPS_PER_SUBMISSION
+            && n < left
+            && !(log_every > 0 && (index + n).is_multiple_of(log_every))
+            && !self.shadow_due(index + n)
+        {
+            n += 1;
+        }
+        n
     }
 
     /// Replays the epoch from its saved start, reading the loss after every step, to find
