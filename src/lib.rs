@@ -97,6 +97,8 @@ mod doc_snippets {
     struct Embedding;
     #[doc = include_str!("../docs/export.md")]
     struct Export;
+    #[doc = include_str!("../docs/gpu.md")]
+    struct GpuReport;
     #[doc = include_str!("../docs/lecture.md")]
     struct Lecture;
     #[doc = include_str!("../docs/reliability.md")]
