@@ -39,6 +39,10 @@ const GENERATORS: &[(&str, &str)] = &[
         include_str!("../ops/matmul/tiled.rs"),
     ),
     (
+        "src/ops/matmul/workgroup.rs",
+        include_str!("../ops/matmul/workgroup.rs"),
+    ),
+    (
         "src/ops/fused_mlp/source.rs",
         include_str!("../ops/fused_mlp/source.rs"),
     ),
@@ -79,7 +83,8 @@ fn representative_mlp() -> Option<MlpShape> {
 /// - every generated kernel of [`Kernel::all`] under its entry point: every tile of every
 ///   form and epilogue (the product a tile runs and the fused layers that run on the tile
 ///   chosen for it);
-/// - the generators' source texts (`src/ops/matmul/tiled.rs`, `src/ops/fused_mlp/*.rs`);
+/// - the generators' source texts (`src/ops/matmul/tiled.rs`, `src/ops/matmul/workgroup.rs`,
+///   `src/ops/fused_mlp/*.rs`);
 /// - the fused pass of a representative network in every form (tile rows, rows per
 ///   invocation, staged, gathering, loss).
 ///

@@ -1,8 +1,9 @@
 //! Matmul autotuning: which kernel runs each product on this adapter.
 //!
 //! The first time an executor on a [`Kernels`] meets a product of a given form and size, soma
-//! times the blocked
-//! kernel and every generated tile that fits the shape (`ops/matmul/tiled.rs`) on scratch
+//! times the blocked kernel and the generated tiles that suit the adapter ([`candidates`]:
+//! register tiles, `ops/matmul/tiled.rs`, on a CPU adapter; workgroup tiles,
+//! `ops/matmul/workgroup.rs`, and the small register tiles on a hardware GPU) on scratch
 //! buffers of that size, keeps the fastest, and writes the choice to a cache file keyed by
 //! adapter, driver, soma version and a hash of every kernel text a choice measured (the
 //! shader files, the generated kernels and their generators: [`key_sources`]), so the next
@@ -14,7 +15,7 @@
 //!   `$HOME/.cache/soma/…`; without any of those the choices live for the process only.
 //! - `Tuning::autotune` off (`SOMA_AUTOTUNE=off` for the `soma` command) skips measuring
 //!   (blocked everywhere unless a choice is cached); `Tuning::matmul` other than `Tuned`
-//!   (`SOMA_MATMUL=naive|blocked|<tile>`) bypasses the tuner altogether.
+//!   (`SOMA_MATMUL=naive|blocked|<tile>|<workgroup tile>`) bypasses the tuner altogether.
 //!
 //! The choices live in the `Kernels`' [`TunerState`]; the executor calls [`choose`] for
 //! every product of its plan before it records, and the recorders only look them up.
@@ -29,7 +30,7 @@ use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::{self, Dispatch};
 use crate::ops::matmul::{
-    self, choice_key, MatmulChoice, MatmulForm, MatmulParams, MatmulVariant, TILES,
+    self, choice_key, MatmulChoice, MatmulForm, MatmulParams, MatmulVariant, TILES, WG_TILES,
 };
 use crate::ops::Accumulate;
 use crate::ops::{Kernels, TunerState};
@@ -131,20 +132,47 @@ pub const MIN_WORKGROUPS_BIG: u32 = 4;
 /// Outputs per invocation from which a tile counts as big.
 pub const BIG_TILE_OUTPUTS: u32 = 1024;
 
-/// The candidates for one product: blocked, then every tile that fits and leaves enough
-/// workgroups ([`MIN_WORKGROUPS`], [`MIN_WORKGROUPS_BIG`]), smallest first.
+/// Register tiles of at most this many outputs per invocation are tried on hardware
+/// adapters too (the bigger ones suit only a software rasteriser's wide vectors).
+pub const HARDWARE_TILE_OUTPUTS: u32 = 64;
+
+/// The candidates for one product on an adapter of type `device`. On a CPU adapter
+/// (lavapipe): blocked, then every register tile that fits and leaves enough workgroups
+/// ([`MIN_WORKGROUPS`], [`MIN_WORKGROUPS_BIG`]), smallest first. On any other (a hardware
+/// GPU): blocked, then the workgroup tiles of [`WG_TILES`] that leave [`MIN_WORKGROUPS`],
+/// then the register tiles of at most [`HARDWARE_TILE_OUTPUTS`] outputs that fit.
 pub fn candidates(
     form: MatmulForm,
     m: usize,
     n: usize,
     k: usize,
     acc: Accumulate,
+    device: wgpu::DeviceType,
 ) -> Vec<MatmulChoice> {
+    let hardware = match device {
+        wgpu::DeviceType::Cpu => false,
+        wgpu::DeviceType::DiscreteGpu
+        | wgpu::DeviceType::IntegratedGpu
+        | wgpu::DeviceType::VirtualGpu
+        | wgpu::DeviceType::Other => true,
+    };
     let mut c = vec![MatmulChoice::Blocked];
+    if hardware {
+        c.extend(
+            WG_TILES
+                .iter()
+                .filter(|t| {
+                    let [x, y, _] = t.grid(m, n);
+                    x * y >= MIN_WORKGROUPS
+                })
+                .map(|&t| MatmulChoice::Workgroup(t)),
+        );
+    }
     c.extend(
         TILES
             .iter()
             .filter(|t| t.fits(form, m, n, k, acc))
+            .filter(|t| !hardware || t.outputs() <= HARDWARE_TILE_OUTPUTS)
             .filter(|t| {
                 let [x, y, _] = t.grid(m, n);
                 let big = t.outputs() >= BIG_TILE_OUTPUTS;
@@ -241,7 +269,7 @@ pub fn choose(
     k: usize,
     acc: Accumulate,
 ) -> Result<MatmulChoice> {
-    let cands = candidates(form, m, n, k, acc);
+    let cands = candidates(form, m, n, k, acc, kernels.gpu().adapter().device_type);
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     if cands.len() == 1 || flops < TUNE_MIN_FLOPS {
         return Ok(MatmulChoice::Blocked);
@@ -285,7 +313,10 @@ pub fn prepare(
 ) -> Result<()> {
     match kernels.tuning().matmul {
         MatmulVariant::Tuned => choose(kernels, form, m, n, k, acc).map(|_| ()),
-        MatmulVariant::Naive | MatmulVariant::Blocked | MatmulVariant::Tile(_) => Ok(()),
+        MatmulVariant::Naive
+        | MatmulVariant::Blocked
+        | MatmulVariant::Tile(_)
+        | MatmulVariant::Workgroup(_) => Ok(()),
     }
 }
 

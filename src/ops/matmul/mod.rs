@@ -15,8 +15,10 @@ use super::{dispatch, expect_len, expect_shape, matrix, u32_of, Accumulate, Kern
 
 pub mod cpu;
 pub mod tiled;
+pub mod workgroup;
 
 pub use tiled::{Epilogue, MatmulForm, Tile, TILES};
+pub use workgroup::{WgTile, WG_TILES};
 
 params_struct! {
     /// Sizes of a matrix product `out (m, n) = op(a) · op(b)`; see the three matmul forms.
@@ -128,6 +130,8 @@ pub enum MatmulVariant {
     Blocked,
     /// One generated tile wherever it fits the shape (see [`Tile::fits`]), blocked elsewhere.
     Tile(Tile),
+    /// One generated workgroup tile ([`workgroup`]), for every shape.
+    Workgroup(WgTile),
     /// Per product, the fastest of blocked and the tiles that fit, measured on this adapter
     /// at first use and cached on disk (`autotune/`).
     #[default]
@@ -141,14 +145,19 @@ impl std::str::FromStr for MatmulVariant {
             "naive" => Ok(MatmulVariant::Naive),
             "blocked" => Ok(MatmulVariant::Blocked),
             "tuned" => Ok(MatmulVariant::Tuned),
-            _ => Tile::parse(s).map(MatmulVariant::Tile).ok_or_else(|| {
-                let tiles: Vec<String> = TILES.iter().map(|t| t.name()).collect();
-                Error::Config(format!(
-                    "unknown matmul variant '{s}': naive, blocked, tuned, or one of the \
-                     generated tiles {}",
-                    tiles.join(", ")
-                ))
-            }),
+            _ => Tile::parse(s)
+                .map(MatmulVariant::Tile)
+                .or_else(|| WgTile::parse(s).map(MatmulVariant::Workgroup))
+                .ok_or_else(|| {
+                    let tiles: Vec<String> = TILES.iter().map(|t| t.name()).collect();
+                    let wg: Vec<String> = WG_TILES.iter().map(|t| t.name()).collect();
+                    Error::Config(format!(
+                        "unknown matmul variant '{s}': naive, blocked, tuned, one of the \
+                         generated tiles {}, or one of the workgroup tiles {}",
+                        tiles.join(", "),
+                        wg.join(", ")
+                    ))
+                }),
         }
     }
 }
@@ -159,6 +168,7 @@ pub enum MatmulChoice {
     Naive,
     Blocked,
     Tile(Tile),
+    Workgroup(WgTile),
 }
 
 impl MatmulChoice {
@@ -167,6 +177,7 @@ impl MatmulChoice {
             MatmulChoice::Naive => "naive".into(),
             MatmulChoice::Blocked => "blocked".into(),
             MatmulChoice::Tile(t) => t.name(),
+            MatmulChoice::Workgroup(t) => t.name(),
         }
     }
 
@@ -174,7 +185,9 @@ impl MatmulChoice {
         match s {
             "naive" => Some(MatmulChoice::Naive),
             "blocked" => Some(MatmulChoice::Blocked),
-            _ => Tile::parse(s).map(MatmulChoice::Tile),
+            _ => Tile::parse(s)
+                .map(MatmulChoice::Tile)
+                .or_else(|| WgTile::parse(s).map(MatmulChoice::Workgroup)),
         }
     }
 }
@@ -284,12 +297,14 @@ pub fn matmul_choice(
 ) -> MatmulChoice {
     let fits = |c: MatmulChoice| match c {
         MatmulChoice::Tile(t) => t.fits(form, m, n, k, acc),
-        MatmulChoice::Naive | MatmulChoice::Blocked => true,
+        // Workgroup tiles take every shape and accumulate.
+        MatmulChoice::Naive | MatmulChoice::Blocked | MatmulChoice::Workgroup(_) => true,
     };
     let choice = match kernels.tuning().matmul {
         MatmulVariant::Naive => MatmulChoice::Naive,
         MatmulVariant::Blocked => MatmulChoice::Blocked,
         MatmulVariant::Tile(t) => MatmulChoice::Tile(t),
+        MatmulVariant::Workgroup(t) => MatmulChoice::Workgroup(t),
         MatmulVariant::Tuned => kernels
             .tuner()
             .choices
@@ -352,6 +367,20 @@ pub fn dense_forward(
             )
             .map(Some)
         }
+        MatmulChoice::Workgroup(t) => {
+            let (Some(bias), Activation::Relu | Activation::Identity) = (bias, act) else {
+                return Ok(None);
+            };
+            let relu = act == Activation::Relu;
+            dispatch(
+                kernels,
+                Kernel::MatmulWorkgroup(MatmulForm::Nt, t, Epilogue::BiasAct { relu }),
+                &[pre, x, w, out, bias],
+                &[p],
+                t.grid(m, n),
+            )
+            .map(Some)
+        }
         MatmulChoice::Blocked if blocked_is_scalar(kernels, MatmulForm::Nt, n, k) => {
             let dp = DenseParams {
                 m: p.m,
@@ -404,6 +433,14 @@ pub fn relu_delta(
             t.grid(m, n),
         )
         .map(Some),
+        MatmulChoice::Workgroup(t) => dispatch(
+            kernels,
+            Kernel::MatmulWorkgroup(MatmulForm::Nn, t, Epilogue::ReluGrad),
+            &[dpre, d, w, pre],
+            &[p],
+            t.grid(m, n),
+        )
+        .map(Some),
         // A bigger tile, or no tile: the two kernels apart.
         MatmulChoice::Tile(_) | MatmulChoice::Naive | MatmulChoice::Blocked => Ok(None),
     }
@@ -450,7 +487,10 @@ pub fn dense_backward(
             .map(Some)
         }
         // A tile, the naive kernel or the vec4 blocked one: the two kernels apart.
-        MatmulChoice::Tile(_) | MatmulChoice::Naive | MatmulChoice::Blocked => Ok(None),
+        MatmulChoice::Tile(_)
+        | MatmulChoice::Workgroup(_)
+        | MatmulChoice::Naive
+        | MatmulChoice::Blocked => Ok(None),
     }
 }
 
@@ -478,6 +518,13 @@ pub(crate) fn matmul_dispatch(
         MatmulChoice::Tile(t) => dispatch(
             kernels,
             Kernel::MatmulTile(form, t, Epilogue::Store),
+            &[out, a, b],
+            &[*p],
+            t.grid(m, n),
+        ),
+        MatmulChoice::Workgroup(t) => dispatch(
+            kernels,
+            Kernel::MatmulWorkgroup(form, t, Epilogue::Store),
             &[out, a, b],
             &[*p],
             t.grid(m, n),

@@ -150,7 +150,8 @@ pub fn relu_grad_allowed(tile: Tile) -> bool {
 }
 
 impl Epilogue {
-    fn suffix(self) -> &'static str {
+    /// The entry point's suffix (`_bias_relu`, ...; none for `Store`).
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             Epilogue::Store => "",
             Epilogue::ReluGrad => "_relu_grad",
@@ -197,7 +198,7 @@ pub fn generated(form: MatmulForm, tile: Tile, epilogue: Epilogue) -> (&'static 
 }
 
 /// `epilogue` where `form` has it (bias and activation: nt; relu': nn), else `Store`.
-fn epilogue_for(form: MatmulForm, epilogue: Epilogue) -> Epilogue {
+pub(crate) fn epilogue_for(form: MatmulForm, epilogue: Epilogue) -> Epilogue {
     match (form, epilogue) {
         (MatmulForm::Nt, Epilogue::BiasAct { .. }) | (MatmulForm::Nn, Epilogue::ReluGrad) => {
             epilogue
