@@ -9,7 +9,7 @@ mod common;
 use common::{assert_close, gpu, is_llvmpipe, TestRng};
 use soma::autotune;
 use soma::kernels;
-use soma::ops::matmul::{MatmulForm, MatmulVariant, TILES};
+use soma::ops::matmul::{MatmulForm, MatmulVariant, TILES, WG_TILES};
 use soma::ops::uniforms::*;
 use soma::ops::{self, Accumulate, UpdateRule};
 use soma::Loss;
@@ -516,6 +516,213 @@ fn matmul_tiles_sum_in_naive_order() {
             inexact.is_empty(),
             "llvmpipe contracts no multiply-add, yet the naive kernel's sums differ from the CPU twin's bits in {inexact:?}"
         );
+    }
+}
+
+/// (m, k, n) of the workgroup-tile tests: one output, sizes under one block and one slice,
+/// edges in every dimension of every tile (k not a multiple of any slice), several blocks
+/// with edges, and whole blocks and slices of every tile.
+const WG_CASES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (7, 3, 5),
+    (33, 29, 17),
+    (130, 40, 70),
+    (128, 32, 128),
+];
+
+/// Asserts `got` equals `want` bit for bit on llvmpipe (which contracts no multiply-add, so
+/// a kernel summing in the naive order gives the CPU twin's bits), and within the matmul
+/// tolerance elsewhere: ~k ulps of the partial sums where a driver fuses multiply and add.
+fn assert_twin_bits(gpu: &Gpu, label: &str, got: &[f32], want: &[f32], k: usize) {
+    if is_llvmpipe(gpu) {
+        assert_eq!(got.len(), want.len(), "{label}: length");
+        if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+            let pairs: Vec<String> = (i..got.len().min(i + 4))
+                .map(|j| format!("[{j}] {} vs {}", got[j], want[j]))
+                .collect();
+            panic!("{label}: not the CPU twin's bits: {}", pairs.join(", "));
+        }
+    } else {
+        let atol = 2.0 * k as f32 * f32::EPSILON + 1e-6;
+        assert_close(label, got, want, atol, 1e-6);
+    }
+}
+
+/// Every workgroup tile runs all three forms at any m, n, k, overwriting or accumulating,
+/// and sums in the naive order: the CPU twin's bits on llvmpipe.
+#[test]
+fn matmul_workgroup_tiles_match_cpu_bitwise() {
+    let Some(gpu) = gpu("matmul_workgroup_tiles_match_cpu_bitwise") else {
+        return;
+    };
+    let mut rng = TestRng::new(21);
+    for &t in WG_TILES {
+        let kn = &with_variant(gpu, MatmulVariant::Workgroup(t));
+        for &(m, k, n) in WG_CASES {
+            for acc in [Accumulate::Overwrite, Accumulate::Add] {
+                let p = MatmulParams {
+                    m: m as u32,
+                    n: n as u32,
+                    k: k as u32,
+                    accumulate: (acc == Accumulate::Add) as u32,
+                };
+                let prior = rng.vec(m * n, -1.0, 1.0);
+                let a = rng.vec(m * k, -1.0, 1.0);
+                let b = rng.vec(k * n, -1.0, 1.0);
+                type Form = fn(
+                    &Kernels,
+                    &GpuTensor,
+                    &GpuTensor,
+                    &GpuTensor,
+                    Accumulate,
+                ) -> soma::Result<soma::Dispatch>;
+                type Twin = fn(&mut [f32], &[f32], &[f32], &MatmulParams);
+                let forms: [(&str, Form, Twin, [usize; 2], [usize; 2]); 3] = [
+                    ("nt", ops::matmul_nt, cpu::matmul_nt, [m, k], [n, k]),
+                    ("nn", ops::matmul_nn, cpu::matmul_nn, [m, k], [k, n]),
+                    ("tn", ops::matmul_tn, cpu::matmul_tn, [k, m], [k, n]),
+                ];
+                for (name, form, twin, a_shape, b_shape) in forms {
+                    let mut want = prior.clone();
+                    twin(&mut want, &a, &b, &p);
+                    let out = up(gpu, "out", &[m, n], &prior);
+                    let d = form(
+                        kn,
+                        &out,
+                        &up(gpu, "a", &a_shape, &a),
+                        &up(gpu, "b", &b_shape, &b),
+                        acc,
+                    )
+                    .unwrap();
+                    assert_eq!(d.entry(), format!("matmul_{name}_{}", t.name()));
+                    run(gpu, &d);
+                    let label = format!("matmul_{name} {} {m}x{k}x{n} {acc:?}", t.name());
+                    assert_twin_bits(gpu, &label, &out.read(gpu).unwrap(), &want, k);
+                }
+            }
+        }
+    }
+}
+
+/// A layer's forward pass on a workgroup tile (bias and ReLU or identity in the epilogue)
+/// and a ReLU layer's input delta (relu' in the epilogue) give the CPU twins' values: the
+/// product's twin followed by the bias/activation twin, bit for bit on llvmpipe.
+#[test]
+fn workgroup_epilogues_match_cpu_bitwise() {
+    let Some(gpu) = gpu("workgroup_epilogues_match_cpu_bitwise") else {
+        return;
+    };
+    let mut rng = TestRng::new(22);
+    let dummy = GpuTensor::zeros(gpu, "no bias", &[4]).unwrap();
+    for &t in WG_TILES {
+        let kn = &with_variant(gpu, MatmulVariant::Workgroup(t));
+        for &(m, k, n) in WG_CASES {
+            let mp = MatmulParams {
+                m: m as u32,
+                n: n as u32,
+                k: k as u32,
+                accumulate: 0,
+            };
+            // dense_forward: pre = x · wᵀ + bias, out = act(pre).
+            let x = rng.vec(m * k, -1.0, 1.0);
+            let w = rng.vec(n * k, -1.0, 1.0);
+            let bias = rng.vec(n, -1.0, 1.0);
+            let (xt, wt, bt) = (
+                up(gpu, "x", &[m, k], &x),
+                up(gpu, "w", &[n, k], &w),
+                up(gpu, "bias", &[n], &bias),
+            );
+            for act in [Activation::Relu, Activation::Identity] {
+                let ap = ActivationParams {
+                    rows: m as u32,
+                    cols: n as u32,
+                    kind: act.code(),
+                    has_bias: 1,
+                    slope: act.slope(),
+                    ..Default::default()
+                };
+                let mut want_pre = vec![0.0; m * n];
+                cpu::matmul_nt(&mut want_pre, &x, &w, &mp);
+                let mut want_out = vec![0.0; m * n];
+                cpu::bias_activation_forward(
+                    &mut want_out,
+                    &mut want_pre,
+                    &bias,
+                    &ap,
+                    Math::Native,
+                );
+                let (pre, out) = (
+                    GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
+                    GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
+                );
+                let d = ops::dense_forward(kn, &out, &pre, &xt, &wt, Some(&bt), &dummy, act)
+                    .unwrap()
+                    .expect("a workgroup tile runs the fused kernel");
+                assert!(d.entry().contains(&t.name()) && d.entry().contains("_bias"));
+                run(gpu, &d);
+                let label = format!("dense_forward {} {m}x{k}x{n} {act:?}", t.name());
+                assert_twin_bits(
+                    gpu,
+                    &format!("{label} pre"),
+                    &pre.read(gpu).unwrap(),
+                    &want_pre,
+                    k,
+                );
+                assert_twin_bits(
+                    gpu,
+                    &format!("{label} out"),
+                    &out.read(gpu).unwrap(),
+                    &want_out,
+                    k,
+                );
+            }
+            // Other activations are not fused.
+            let (pre, out) = (
+                GpuTensor::zeros(gpu, "pre", &[m, n]).unwrap(),
+                GpuTensor::zeros(gpu, "out", &[m, n]).unwrap(),
+            );
+            let sigmoid = ops::dense_forward(
+                kn,
+                &out,
+                &pre,
+                &xt,
+                &wt,
+                Some(&bt),
+                &dummy,
+                Activation::Sigmoid,
+            )
+            .unwrap();
+            assert!(sigmoid.is_none());
+
+            // relu_delta: dpre = (d · w) * relu'(pre).
+            let dd = rng.vec(m * k, -1.0, 1.0);
+            let wn = rng.vec(k * n, -1.0, 1.0);
+            let pre_v = rng.vec(m * n, -1.0, 1.0);
+            let ap = ActivationParams {
+                rows: m as u32,
+                cols: n as u32,
+                kind: Activation::Relu.code(),
+                ..Default::default()
+            };
+            let mut dx = vec![0.0; m * n];
+            cpu::matmul_nn(&mut dx, &dd, &wn, &mp);
+            let mut want = vec![0.0; m * n];
+            cpu::activation_backward(&mut want, &dx, &pre_v, &ap, Math::Native);
+            let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
+            let d = ops::relu_delta(
+                kn,
+                &dpre,
+                &up(gpu, "d", &[m, k], &dd),
+                &up(gpu, "w", &[k, n], &wn),
+                &up(gpu, "pre", &[m, n], &pre_v),
+            )
+            .unwrap()
+            .expect("a workgroup tile runs the fused kernel");
+            assert!(d.entry().contains(&t.name()) && d.entry().ends_with("_relu_grad"));
+            run(gpu, &d);
+            let label = format!("relu_delta {} {m}x{k}x{n}", t.name());
+            assert_twin_bits(gpu, &label, &dpre.read(gpu).unwrap(), &want, k);
+        }
     }
 }
 

@@ -401,3 +401,62 @@ fn time_once(gpu: &Gpu, d: &Dispatch) -> Result<f64> {
     gpu.wait()?;
     Ok(t.elapsed().as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workgroup_tiles_are_candidates_on_hardware_only() {
+        let (m, n, k) = (1024, 1024, 1024);
+        let form = MatmulForm::Nn;
+        let acc = Accumulate::Overwrite;
+        let cpu = candidates(form, m, n, k, acc, wgpu::DeviceType::Cpu);
+        assert!(
+            !cpu.iter().any(|c| matches!(c, MatmulChoice::Workgroup(_))),
+            "{cpu:?}"
+        );
+        // A CPU adapter keeps blocked and every register tile that fits.
+        assert_eq!(cpu[0], MatmulChoice::Blocked);
+        assert_eq!(cpu.len(), 1 + TILES.len());
+        for device in [
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::DeviceType::IntegratedGpu,
+            wgpu::DeviceType::VirtualGpu,
+            wgpu::DeviceType::Other,
+        ] {
+            let hw = candidates(form, m, n, k, acc, device);
+            assert_eq!(hw[0], MatmulChoice::Blocked);
+            for &t in WG_TILES {
+                assert!(
+                    hw.contains(&MatmulChoice::Workgroup(t)),
+                    "{device:?}: {hw:?}"
+                );
+            }
+            // Only the small register tiles: the big ones suit a software rasteriser.
+            assert!(hw.iter().all(|c| match c {
+                MatmulChoice::Tile(t) => t.outputs() <= HARDWARE_TILE_OUTPUTS,
+                MatmulChoice::Naive | MatmulChoice::Blocked | MatmulChoice::Workgroup(_) => true,
+            }));
+        }
+        // Workgroup tiles take any shape and accumulate (no register tile fits this one),
+        // as long as they leave enough workgroups (128 x 128 blocks leave one here).
+        let odd = candidates(
+            MatmulForm::Tn,
+            120,
+            70,
+            41,
+            Accumulate::Add,
+            wgpu::DeviceType::DiscreteGpu,
+        );
+        assert_eq!(
+            odd,
+            [
+                MatmulChoice::Blocked,
+                MatmulChoice::Workgroup(WG_TILES[0]),
+                MatmulChoice::Workgroup(WG_TILES[1]),
+                MatmulChoice::Workgroup(WG_TILES[2]),
+            ]
+        );
+    }
+}
