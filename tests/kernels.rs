@@ -577,7 +577,9 @@ fn matmul_workgroup_tiles_match_cpu_bitwise() {
                     Accumulate,
                 ) -> soma::Result<soma::Dispatch>;
                 type Twin = fn(&mut [f32], &[f32], &[f32], &MatmulParams);
-                let forms: [(&str, Form, Twin, [usize; 2], [usize; 2]); 3] = [
+                // (name, GPU product, CPU twin, shape of a, shape of b)
+                type Case = (&'static str, Form, Twin, [usize; 2], [usize; 2]);
+                let forms: [Case; 3] = [
                     ("nt", ops::matmul_nt, cpu::matmul_nt, [m, k], [n, k]),
                     ("nn", ops::matmul_nn, cpu::matmul_nn, [m, k], [k, n]),
                     ("tn", ops::matmul_tn, cpu::matmul_tn, [k, m], [k, n]),

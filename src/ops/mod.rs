@@ -595,6 +595,10 @@ mod tests {
             let got = tuning(&[("SOMA_MATMUL", &t.name())]).unwrap();
             assert_eq!(got.matmul, MatmulVariant::Tile(t));
         }
+        for &t in WG_TILES {
+            let got = tuning(&[("SOMA_MATMUL", &t.name())]).unwrap();
+            assert_eq!(got.matmul, MatmulVariant::Workgroup(t));
+        }
         for (v, want) in [
             ("naive", MatmulVariant::Naive),
             ("blocked", MatmulVariant::Blocked),
@@ -611,6 +615,7 @@ mod tests {
             "r064c32w8x1",
             "fast",
             "R4C4W8X8",
+            "wg64x64k32t4x4",
         ] {
             let e = tuning(&[("SOMA_MATMUL", bad)]).unwrap_err().to_string();
             assert!(e.contains(&format!("SOMA_MATMUL='{bad}'")), "{e}");
@@ -618,6 +623,9 @@ mod tests {
                 assert!(e.contains(accepted), "{e}");
             }
             for t in TILES {
+                assert!(e.contains(&t.name()), "{e}");
+            }
+            for t in WG_TILES {
                 assert!(e.contains(&t.name()), "{e}");
             }
         }

@@ -611,11 +611,24 @@ mod variant_tests {
             err.contains("r64c32w8x1"),
             "the error lists the tiles: {err}"
         );
+        for &t in WG_TILES {
+            assert_eq!(
+                t.name().parse::<MatmulVariant>().unwrap(),
+                MatmulVariant::Workgroup(t)
+            );
+            assert!(
+                err.contains(&t.name()),
+                "the error lists {}: {err}",
+                t.name()
+            );
+        }
+        assert!("wg64x64k32t4x4".parse::<MatmulVariant>().is_err());
         assert_eq!(MatmulVariant::default(), MatmulVariant::Tuned);
         for c in [
             MatmulChoice::Naive,
             MatmulChoice::Blocked,
             MatmulChoice::Tile(TILES[0]),
+            MatmulChoice::Workgroup(WG_TILES[0]),
         ] {
             assert_eq!(MatmulChoice::parse(&c.name()), Some(c));
         }
