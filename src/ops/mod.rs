@@ -323,9 +323,10 @@ impl Tuning {
     /// exponential and logarithm ([`Math::Strict`]), and only products whose k-sum runs in
     /// order 0..k-1 with a separate multiply and add, as the CPU twins' does: the naive
     /// kernels, the scalar `matmul_blocked` (never its vec4 forms, which add each step of 4
-    /// through a dot product) and the generated tiles, tuned among themselves, with their
-    /// fused epilogues; not the fused MLP pass, whose sums run in another order. Whichever
-    /// the tuner picks, every kernel does the operations of its CPU twin in the same order.
+    /// through a dot product) and the generated register and workgroup tiles, tuned among
+    /// themselves, with their fused epilogues; not the fused MLP pass, whose sums run in
+    /// another order. Whichever the tuner picks, every kernel does the operations of its CPU
+    /// twin in the same order.
     pub fn strict() -> Tuning {
         Tuning {
             matmul: MatmulVariant::Tuned,

@@ -1,4 +1,5 @@
-//! Matrix products (`shaders/matmul.wgsl` and the generated tiles of [`tiled`]): the three
+//! Matrix products (`shaders/matmul.wgsl`, the generated register tiles of [`tiled`] and the
+//! generated workgroup tiles of [`workgroup`]): the three
 //! forms a dense layer needs (`nt` forward, `nn` input delta, `tn` weight gradient), the
 //! kernel each product runs on ([`MatmulVariant`], [`MatmulChoice`]), and the fused forms
 //! that finish a layer in the product's epilogue (`dense_forward`, `relu_delta`,
@@ -321,9 +322,9 @@ pub fn matmul_choice(
 
 /// The forward pass of a dense layer in one kernel, `pre = x · wᵀ (+ bias)` and
 /// `out = act(pre)`, in place of `matmul_nt` followed by `bias_activation_forward` (same
-/// values, and on lavapipe the same bits). Where the product runs on a generated tile (as
-/// chosen for `matmul_nt` of this size), the bias and a ReLU or identity activation are the
-/// tile's epilogue; where it would run on the scalar blocked kernel (k not a multiple of 4),
+/// values, and on lavapipe the same bits). Where the product runs on a generated tile or
+/// workgroup tile (as chosen for `matmul_nt` of this size), the bias and a ReLU or identity
+/// activation are the tile's epilogue; where it would run on the scalar blocked kernel (k not a multiple of 4),
 /// `dense_forward` does any activation. `None` elsewhere (naive kernels, the vec4 blocked
 /// product, other activations on a tile, a device that binds fewer than five storage buffers
 /// per stage), and the caller records the two kernels. `dummy` stands in for a missing bias.
@@ -406,8 +407,9 @@ pub fn dense_forward(
 }
 
 /// The input delta of a ReLU layer in one kernel, `dpre = (d · w) * relu'(pre)`, where the
-/// product `d · w` runs on a generated tile (as chosen for `matmul_nn` of this size) small
-/// enough for the epilogue ([`tiled::RELU_GRAD_MAX_OUTPUTS`]); `None` where not, and the caller
+/// product `d · w` runs on a workgroup tile or a generated tile (as chosen for `matmul_nn` of
+/// this size) small enough for the epilogue ([`tiled::RELU_GRAD_MAX_OUTPUTS`]); `None` where
+/// not, and the caller
 /// records `matmul_nn` and `activation_backward` instead. Same values, and on lavapipe the
 /// same bits, as those two; the product itself is not stored.
 pub fn relu_delta(
