@@ -160,12 +160,20 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
     let kernels5 = step_kernels(&fifth);
     let text = std::fs::read_to_string(&path).unwrap();
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let choice = file["adapters"][&key]["mlp 2-64a1-64a1-1a0 batch 1024"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no entry for the fused pass in {text}"))
-        .to_string();
-    // "ops", or the entry point of the fused form that won.
+    let entry = file["adapters"][&key]["mlp 2-64a1-64a1-1a0 batch 1024"].as_str();
     let fused = kernels5.iter().any(|k| k.starts_with("fused_mlp"));
+    let choice = if fifth.gpu().adapter().backend == wgpu::Backend::Gl {
+        // Through GL the tuner does not try the pass under `FusedMlp::Auto` (compiling its
+        // unrolled source takes minutes there, BENCHMARKS.md): nothing measured or cached,
+        // and the step runs op by op.
+        assert_eq!(entry, None, "{text}");
+        "ops".to_string()
+    } else {
+        entry
+            .unwrap_or_else(|| panic!("no entry for the fused pass in {text}"))
+            .to_string()
+    };
+    // "ops", or the entry point of the fused form that won.
     if choice == "ops" {
         assert!(!fused, "{kernels5:?}");
     } else {
