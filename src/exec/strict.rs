@@ -3,7 +3,7 @@
 //!
 //! Strict kernels ([`Tuning::strict`](crate::ops::Tuning::strict)) do the operations of their CPU twins in the twins'
 //! order, with soma's own division, square root, exponential and logarithm
-//! ([`Math::Strict`]). That gives the twins' bits only where the adapter rounds `+ - *` to
+//! ([`Math::Strict`](crate::math::Math::Strict)). That gives the twins' bits only where the adapter rounds `+ - *` to
 //! nearest-even, keeps subnormals, and neither fuses a multiply into an add nor
 //! reassociates. On Vulkan the kernels are SPIR-V marked `NoContraction`
 //! ([`crate::spirv`]); elsewhere (GL, a borrowed device without passthrough shaders) only
@@ -11,62 +11,13 @@
 //! those properties on the adapter, and soma's routines over a few thousand inputs against
 //! the CPU, and refuses the adapter with what failed.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 use crate::kernels::Dispatch;
-use crate::math::{strict, Math};
+use crate::math::strict;
+pub use crate::math::Determinism;
 use crate::ops::reduce::ReduceParams;
 use crate::ops::{Kernel, Kernels};
 use crate::tensor::GpuTensor;
-
-/// The promise a run makes about its bits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Determinism {
-    /// The fastest kernels the tuner finds: the same bits from one run to the next on one
-    /// adapter (with the same tuned choices), equal to rounding elsewhere.
-    #[default]
-    Default,
-    /// The same bits on every adapter that passes [`self_test`] and on the CPU reference:
-    /// strict kernels ([`Tuning::strict`](crate::ops::Tuning::strict)) and soma's own arithmetic ([`Math::Strict`]).
-    Strict,
-}
-
-impl Determinism {
-    pub fn math(self) -> Math {
-        match self {
-            Determinism::Default => Math::Native,
-            Determinism::Strict => Math::Strict,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Determinism::Default => "default",
-            Determinism::Strict => "strict",
-        }
-    }
-}
-
-impl std::fmt::Display for Determinism {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Determinism {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Determinism> {
-        match s {
-            "default" => Ok(Determinism::Default),
-            "strict" => Ok(Determinism::Strict),
-            _ => Err(Error::Config(format!(
-                "unknown determinism '{s}': use default or strict"
-            ))),
-        }
-    }
-}
 
 /// How many inputs the self-test runs soma's routines on.
 const MATH_PROBES: usize = 4096;

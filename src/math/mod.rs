@@ -8,6 +8,10 @@
 
 pub mod strict;
 
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
 /// The arithmetic of the routines WGSL leaves to the driver (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Math {
@@ -96,6 +100,54 @@ impl Math {
         match self {
             Math::Native => "native",
             Math::Strict => "strict",
+        }
+    }
+}
+
+/// The promise a run makes about its bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Determinism {
+    /// The fastest kernels the tuner finds: the same bits from one run to the next on one
+    /// adapter (with the same tuned choices), equal to rounding elsewhere.
+    #[default]
+    Default,
+    /// The same bits on every adapter that passes the strict self-test (`exec::strict::self_test`) and on the CPU reference:
+    /// strict kernels (`Tuning::strict`) and soma's own arithmetic ([`Math::Strict`]).
+    Strict,
+}
+
+impl Determinism {
+    pub fn math(self) -> Math {
+        match self {
+            Determinism::Default => Math::Native,
+            Determinism::Strict => Math::Strict,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Determinism::Default => "default",
+            Determinism::Strict => "strict",
+        }
+    }
+}
+
+impl std::fmt::Display for Determinism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Determinism {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Determinism> {
+        match s {
+            "default" => Ok(Determinism::Default),
+            "strict" => Ok(Determinism::Strict),
+            _ => Err(Error::Config(format!(
+                "unknown determinism '{s}': use default or strict"
+            ))),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::exec::Determinism;
+use crate::math::Determinism;
 use crate::network::{Network, Parameters};
 use crate::ops::data::GatherParams;
 use crate::ops::loss::Loss;
