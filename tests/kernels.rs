@@ -426,6 +426,30 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
 /// too. On llvmpipe, the adapter CI has, that holds for all three forms, and the test
 /// demands it; elsewhere a form whose naive sums differ from the twin's in the last bits has
 /// every tile checked against the twin within the matmul tolerance instead.
+/// A product's recorder (`ops::matmul_nt` ...).
+type MatmulRecorder =
+    fn(&Kernels, &GpuTensor, &GpuTensor, &GpuTensor, Accumulate) -> soma::Result<soma::Dispatch>;
+/// A product's CPU twin (`cpu::matmul_nt` ...).
+type MatmulTwin = fn(&mut [f32], &[f32], &[f32], &MatmulParams);
+
+/// One product: its name, recorder, twin, and the shapes of a and b.
+type MatmulCase = (
+    &'static str,
+    MatmulRecorder,
+    MatmulTwin,
+    [usize; 2],
+    [usize; 2],
+);
+
+/// The three products of an `m x k` by `k x n` shape.
+fn matmul_forms(m: usize, k: usize, n: usize) -> [MatmulCase; 3] {
+    [
+        ("nt", ops::matmul_nt, cpu::matmul_nt, [m, k], [n, k]),
+        ("nn", ops::matmul_nn, cpu::matmul_nn, [m, k], [k, n]),
+        ("tn", ops::matmul_tn, cpu::matmul_tn, [k, m], [k, n]),
+    ]
+}
+
 #[test]
 fn matmul_tiles_sum_in_naive_order() {
     let Some(gpu) = gpu("matmul_tiles_sum_in_naive_order") else {
@@ -439,21 +463,7 @@ fn matmul_tiles_sum_in_naive_order() {
         k: k as u32,
         accumulate: 0,
     };
-    type Form = fn(
-        &Kernels,
-        &GpuTensor,
-        &GpuTensor,
-        &GpuTensor,
-        Accumulate,
-    ) -> soma::Result<soma::Dispatch>;
-    type Twin = fn(&mut [f32], &[f32], &[f32], &MatmulParams);
-    // (name, GPU product, CPU twin, shape of a, shape of b)
-    type Case = (&'static str, Form, Twin, [usize; 2], [usize; 2]);
-    let forms: [Case; 3] = [
-        ("nt", ops::matmul_nt, cpu::matmul_nt, [m, k], [n, k]),
-        ("nn", ops::matmul_nn, cpu::matmul_nn, [m, k], [k, n]),
-        ("tn", ops::matmul_tn, cpu::matmul_tn, [k, m], [k, n]),
-    ];
+    let forms = matmul_forms(m, k, n);
     let mut inexact = Vec::new();
     for (name, form, twin, a_shape, b_shape) in forms {
         let a = rng.vec(m * k, -1.0, 1.0);
@@ -569,22 +579,7 @@ fn matmul_workgroup_tiles_match_cpu_bitwise() {
                 let prior = rng.vec(m * n, -1.0, 1.0);
                 let a = rng.vec(m * k, -1.0, 1.0);
                 let b = rng.vec(k * n, -1.0, 1.0);
-                type Form = fn(
-                    &Kernels,
-                    &GpuTensor,
-                    &GpuTensor,
-                    &GpuTensor,
-                    Accumulate,
-                ) -> soma::Result<soma::Dispatch>;
-                type Twin = fn(&mut [f32], &[f32], &[f32], &MatmulParams);
-                // (name, GPU product, CPU twin, shape of a, shape of b)
-                type Case = (&'static str, Form, Twin, [usize; 2], [usize; 2]);
-                let forms: [Case; 3] = [
-                    ("nt", ops::matmul_nt, cpu::matmul_nt, [m, k], [n, k]),
-                    ("nn", ops::matmul_nn, cpu::matmul_nn, [m, k], [k, n]),
-                    ("tn", ops::matmul_tn, cpu::matmul_tn, [k, m], [k, n]),
-                ];
-                for (name, form, twin, a_shape, b_shape) in forms {
+                for (name, form, twin, a_shape, b_shape) in matmul_forms(m, k, n) {
                     let mut want = prior.clone();
                     twin(&mut want, &a, &b, &p);
                     let out = up(gpu, "out", &[m, n], &prior);

@@ -23,11 +23,10 @@
 //! driver that does not contract (lavapipe: `tests/kernels.rs` checks it) and strict mode
 //! may use it.
 
-use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-use super::tiled::{epilogue_for, Epilogue, MatmulForm};
+use super::tiled::{cached, epilogue_for, Epilogue, Generated, MatmulForm};
 
 /// A workgroup's block of `out` (`bm x bn`), the slice of k staged per step (`bk`) and the
 /// outputs of each invocation (`tm x tn`); the workgroup is `(bn / tn) x (bm / tm)`
@@ -156,16 +155,14 @@ pub fn generated(
     tile: WgTile,
     epilogue: Epilogue,
 ) -> (&'static str, &'static str) {
-    type Sources = HashMap<(MatmulForm, WgTile, Epilogue), (&'static str, &'static str)>;
-    static CACHE: OnceLock<Mutex<Sources>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    static CACHE: Generated<WgTile> = OnceLock::new();
     let epilogue = epilogue_for(form, epilogue);
-    *map.entry((form, tile, epilogue)).or_insert_with(|| {
-        // A bounded set exists (WG_TILES x 3 forms, plus 3 epilogues), so leaking is too.
-        let entry: &'static str = Box::leak(entry_name(form, tile, epilogue).into_boxed_str());
-        let source: &'static str = Box::leak(source(form, tile, epilogue).into_boxed_str());
-        (source, entry)
+    // A bounded set exists (WG_TILES x 3 forms, plus 3 epilogues), so leaking is too.
+    cached(&CACHE, (form, tile, epilogue), || {
+        (
+            source(form, tile, epilogue),
+            entry_name(form, tile, epilogue),
+        )
     })
 }
 
