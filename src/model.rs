@@ -177,6 +177,19 @@ impl Model {
     /// preprocessing is applied), in batches of `batch` rows: one submission for all batches
     /// on the GPU.
     pub fn evaluate(&self, device: Device<'_>, data: &Dataset, batch: usize) -> Result<Evaluation> {
+        self.evaluate_in(device, data, batch, crate::exec::Determinism::Default)
+    }
+
+    /// [`Model::evaluate`] keeping `determinism`'s promise: under `Determinism::Strict`,
+    /// strict kernels and soma's own arithmetic, so the loss and accuracy have the same bits
+    /// on every adapter that passes the strict self-test and on the CPU (docs/determinism.md).
+    pub fn evaluate_in(
+        &self,
+        device: Device<'_>,
+        data: &Dataset,
+        batch: usize,
+        determinism: crate::exec::Determinism,
+    ) -> Result<Evaluation> {
         let data = self.prepare(data)?;
         let mut run = Run::new(
             device,
@@ -187,7 +200,7 @@ impl Model {
             None,
             Some(&data),
             batch,
-            crate::exec::Determinism::Default,
+            determinism,
         )?;
         run.evaluate()
     }

@@ -51,6 +51,9 @@ fn strict_digits_has_the_same_checkpoint_tensors_on_the_gpu_and_the_cpu() {
         "strict digits: the checkpoint tensors differ between {} and the CPU",
         gpu["adapter"]
     );
+    // The test split's evaluation runs in the same mode: the same loss and accuracy.
+    assert_eq!(gpu["test_loss"], cpu["test_loss"], "{gpu}\n{cpu}");
+    assert_eq!(gpu["test_accuracy"], cpu["test_accuracy"]);
     // The hash is the weights': the default mode's arithmetic (tuned products, the
     // driver's exp and division) ends 20 epochs elsewhere.
     let default = train(&dir, "default", &["--device", "gpu"]);

@@ -641,7 +641,9 @@ fn train_in(
     }
     model.params = trainer.parameters()?;
     save_checkpoint(dir, rc, &model.params, data, &trainer)?;
-    let eval = model.evaluate(device, &data.test, 1024)?;
+    // In the run's mode: under strict mode the printed test loss and accuracy are the same
+    // on every adapter that passes the self-test, like the weights.
+    let eval = model.evaluate_in(device, &data.test, 1024, rc.train.determinism)?;
     let regression =
         super::report::regression_in_units(model, device, &data.test, data.target_scaler.as_ref())?;
     Ok(Outcome::Finished {
