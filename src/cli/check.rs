@@ -29,6 +29,9 @@ struct TensorDiff {
     max_abs: f64,
     max_rel: f64,
     rel_l2: f64,
+    /// Every value has the same bits on both sides (the report's `bitwise_equal`).
+    #[serde(skip)]
+    bits_equal: bool,
 }
 
 #[derive(Serialize)]
@@ -68,6 +71,7 @@ fn diff(name: String, g: &[f32], c: &[f32]) -> TensorDiff {
         max_abs,
         max_rel,
         rel_l2: (num / den.max(1e-30)).sqrt(),
+        bits_equal: g.len() == c.len() && g.iter().zip(c).all(|(x, y)| x.to_bits() == y.to_bits()),
     }
 }
 
@@ -136,12 +140,7 @@ pub fn run(cmd: CheckCommand) -> Result<()> {
             tensors.push(diff(format!("layers.{i}.bias"), gb, cb));
         }
     }
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-    let bitwise_equal = bits(&gl) == bits(&cl)
-        && gp.layers.iter().zip(&cp.layers).all(|(g, c)| {
-            bits(&g.weight) == bits(&c.weight)
-                && g.bias.as_deref().map(bits) == c.bias.as_deref().map(bits)
-        });
+    let bitwise_equal = loss_diff.bits_equal && tensors.iter().all(|t| t.bits_equal);
     let pass = if strict {
         bitwise_equal
     } else {
