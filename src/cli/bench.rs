@@ -578,12 +578,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             "--peak-gflops {p}: a peak must be a positive number"
         )));
     }
-    let determinism: Determinism = match cmd.deterministic.as_deref() {
-        None => Determinism::Default,
-        Some(d) => d
-            .parse()
-            .map_err(|_| Error::Config(format!("--deterministic {d}: use default or strict")))?,
-    };
+    let determinism = Determinism::from_flag(cmd.deterministic.as_deref())?;
     let want = |b: &str| cmd.only.is_empty() || cmd.only.iter().any(|o| o.eq_ignore_ascii_case(b));
     // B2's data is read before the device opens: a bad --mnist fails before any work.
     let b2_train = if want("B2") {

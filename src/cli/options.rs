@@ -343,12 +343,7 @@ impl Resolved {
             scale: self.scale.as_deref().map(str::parse).transpose()?,
             scale_target: self.scale_target.as_deref().map(str::parse).transpose()?,
             init: self.init_scheme.parse()?,
-            determinism: match self.deterministic.as_deref() {
-                None => Determinism::Default,
-                Some(d) => d.parse().map_err(|_| {
-                    Error::Config(format!("--deterministic {d}: use default or strict"))
-                })?,
-            },
+            determinism: Determinism::from_flag(self.deterministic.as_deref())?,
         })
     }
 }

@@ -118,6 +118,17 @@ pub enum Determinism {
 }
 
 impl Determinism {
+    /// The mode a `--deterministic` flag names (`None`: not given, the default), or an error
+    /// that names the flag.
+    pub fn from_flag(value: Option<&str>) -> Result<Determinism> {
+        match value {
+            None => Ok(Determinism::Default),
+            Some(d) => d
+                .parse()
+                .map_err(|_| Error::Config(format!("--deterministic {d}: use default or strict"))),
+        }
+    }
+
     pub fn math(self) -> Math {
         match self {
             Determinism::Default => Math::Native,
