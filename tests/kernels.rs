@@ -370,16 +370,7 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
         k: k as u32,
         accumulate: 0,
     };
-    let ap = ActivationParams {
-        rows: m as u32,
-        cols: n as u32,
-        kind: Activation::Relu.code(),
-        ..Default::default()
-    };
-    let mut dx = vec![0.0; m * n];
-    cpu::matmul_nn(&mut dx, &d, &w, &mp);
-    let mut want = vec![0.0; m * n];
-    cpu::activation_backward(&mut want, &dx, &pre, &ap, Math::Native);
+    let want = relu_delta_twin(&d, &w, &pre, &mp);
     let mut fused_tiles = 0;
     for &t in TILES {
         let kn = &with_variant(gpu, MatmulVariant::Tile(t));
@@ -426,6 +417,23 @@ fn relu_delta_fuses_the_derivative_into_the_tile() {
 /// too. On llvmpipe, the adapter CI has, that holds for all three forms, and the test
 /// demands it; elsewhere a form whose naive sums differ from the twin's in the last bits has
 /// every tile checked against the twin within the matmul tolerance instead.
+/// The twins of `relu_delta`'s two kernels in a row: `dpre = (d · w) * relu'(pre)`, the
+/// product summed like `matmul_nn`'s (`mp` its sizes).
+fn relu_delta_twin(d: &[f32], w: &[f32], pre: &[f32], mp: &MatmulParams) -> Vec<f32> {
+    let len = (mp.m * mp.n) as usize;
+    let ap = ActivationParams {
+        rows: mp.m,
+        cols: mp.n,
+        kind: Activation::Relu.code(),
+        ..Default::default()
+    };
+    let mut dx = vec![0.0; len];
+    cpu::matmul_nn(&mut dx, d, w, mp);
+    let mut want = vec![0.0; len];
+    cpu::activation_backward(&mut want, &dx, pre, &ap, Math::Native);
+    want
+}
+
 /// A product's recorder (`ops::matmul_nt` ...).
 type MatmulRecorder =
     fn(&Kernels, &GpuTensor, &GpuTensor, &GpuTensor, Accumulate) -> soma::Result<soma::Dispatch>;
@@ -695,16 +703,7 @@ fn workgroup_epilogues_match_cpu_bitwise() {
             let dd = rng.vec(m * k, -1.0, 1.0);
             let wn = rng.vec(k * n, -1.0, 1.0);
             let pre_v = rng.vec(m * n, -1.0, 1.0);
-            let ap = ActivationParams {
-                rows: m as u32,
-                cols: n as u32,
-                kind: Activation::Relu.code(),
-                ..Default::default()
-            };
-            let mut dx = vec![0.0; m * n];
-            cpu::matmul_nn(&mut dx, &dd, &wn, &mp);
-            let mut want = vec![0.0; m * n];
-            cpu::activation_backward(&mut want, &dx, &pre_v, &ap, Math::Native);
+            let want = relu_delta_twin(&dd, &wn, &pre_v, &mp);
             let dpre = GpuTensor::zeros(gpu, "dpre", &[m, n]).unwrap();
             let d = ops::relu_delta(
                 kn,
