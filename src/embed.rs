@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Held};
 use crate::kernels::{self, Dispatch};
 use crate::network::Network;
 use crate::ops::loss::Loss;
@@ -220,9 +220,9 @@ const MAP_FAILED: u8 = 2;
 /// 16-byte staging buffer per slot.
 #[derive(Debug)]
 struct TimestampTimer {
-    queries: wgpu::QuerySet,
-    resolve: wgpu::Buffer,
-    staging: Vec<wgpu::Buffer>,
+    queries: Held<wgpu::QuerySet>,
+    resolve: Held<wgpu::Buffer>,
+    staging: Held<Vec<wgpu::Buffer>>,
     busy: Vec<bool>,
     period_ns: f64,
 }
@@ -253,9 +253,9 @@ impl TimestampTimer {
                 })
                 .collect();
             TimestampTimer {
-                queries,
-                resolve,
-                staging,
+                queries: gpu.hold(queries),
+                resolve: gpu.hold(resolve),
+                staging: gpu.hold(staging),
                 busy: vec![false; slots],
                 period_ns: gpu.queue.get_timestamp_period() as f64,
             }
@@ -271,7 +271,10 @@ impl TimestampTimer {
             let end = u64::from_le_bytes(view[8..16].try_into().ok()?);
             end.checked_sub(begin)
         };
-        self.staging[slot].unmap();
+        {
+            let _serial = self.staging.serial().lock();
+            self.staging[slot].unmap();
+        }
         self.busy[slot] = false;
         ticks.map(|t| Duration::from_nanos((t as f64 * self.period_ns) as u64))
     }
@@ -480,6 +483,7 @@ impl FrameBudget {
                 let state = Arc::new(AtomicU8::new(MAP_PENDING));
                 let s = state.clone();
                 gpu.count_map();
+                let _serial = gpu.serial().lock();
                 t.staging[i].map_async(wgpu::MapMode::Read, .., move |r| {
                     s.store(
                         if r.is_ok() { MAP_OK } else { MAP_FAILED },

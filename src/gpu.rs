@@ -72,6 +72,76 @@ pub struct Gpu {
     pub(crate) strict_check: std::sync::OnceLock<std::result::Result<(), String>>,
     /// The SPIR-V float controls the device advertises for f32, asked once.
     float_controls: std::sync::OnceLock<FloatControls>,
+    /// On GL, the lock around every call soma makes into the device ([`Serial`]).
+    serial: Serial,
+}
+
+/// On the GL backend, one reentrant lock per device that soma holds around each of its calls
+/// into the device, and around the drop of each object it owns there ([`Held`]); elsewhere
+/// nothing.
+///
+/// A GL context belongs to one thread at a time. wgpu's GL backend shares one context per
+/// adapter behind a lock that it waits on for at most 6 seconds before it panics ("Could not
+/// lock adapter context"), so while one thread compiled a large kernel (llvmpipe's GLSL
+/// compiler takes longer than that for the biggest generated ones), another thread's upload,
+/// submission or even a dropped buffer panicked. With this lock, threads that share a GL
+/// `Gpu` wait for each other in soma, without a deadline, and never queue on wgpu's timed
+/// lock. It costs nothing elsewhere: Vulkan, Metal and DX12 take calls from any thread.
+/// Calls a host application makes into a borrowed GL device itself are not covered.
+#[derive(Clone, Default)]
+pub struct Serial(Option<Arc<parking_lot::ReentrantMutex<()>>>);
+
+impl Serial {
+    fn for_backend(backend: wgpu::Backend) -> Serial {
+        Serial((backend == wgpu::Backend::Gl).then(|| Arc::new(parking_lot::ReentrantMutex::new(()))))
+    }
+
+    /// Holds the lock (on GL) until the guard drops.
+    pub fn lock(&self) -> Option<parking_lot::ReentrantMutexGuard<'_, ()>> {
+        self.0.as_ref().map(|m| m.lock())
+    }
+}
+
+impl std::fmt::Debug for Serial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Serial(gl)" } else { "Serial(none)" })
+    }
+}
+
+/// A wgpu object (a buffer, bind group or pipeline) whose drop runs under its device's
+/// [`Serial`] lock: dropping one can delete a GL object, which needs the GL context. It
+/// dereferences to the object.
+pub struct Held<T> {
+    inner: std::mem::ManuallyDrop<T>,
+    serial: Serial,
+}
+
+impl<T> Held<T> {
+    /// The lock this object's drop takes.
+    pub fn serial(&self) -> &Serial {
+        &self.serial
+    }
+}
+
+impl<T> std::ops::Deref for Held<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        let _guard = self.serial.lock();
+        // SAFETY: `inner` is dropped exactly once, here, and never used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.inner) }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Held<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (*self.inner).fmt(f)
+    }
 }
 
 /// How `Gpu::new` picks an adapter.
@@ -234,6 +304,7 @@ impl Gpu {
     fn assemble(device: wgpu::Device, queue: wgpu::Queue, ownership: Ownership) -> Gpu {
         let limits = device.limits();
         let summary = AdapterSummary::new(&device.adapter_info(), &limits, device.features());
+        let summary_backend = summary.backend;
         Gpu {
             device,
             queue,
@@ -244,6 +315,20 @@ impl Gpu {
             maps: AtomicU64::new(0),
             strict_check: std::sync::OnceLock::new(),
             float_controls: std::sync::OnceLock::new(),
+            serial: Serial::for_backend(summary_backend),
+        }
+    }
+
+    /// The lock soma holds around its calls into this device (on GL; see [`Serial`]).
+    pub fn serial(&self) -> &Serial {
+        &self.serial
+    }
+
+    /// `object`, dropped under this device's [`Serial`] lock.
+    pub fn hold<T>(&self, object: T) -> Held<T> {
+        Held {
+            inner: std::mem::ManuallyDrop::new(object),
+            serial: self.serial.clone(),
         }
     }
 
@@ -296,8 +381,16 @@ impl Gpu {
 
     /// Submits command buffers (the only place soma submits) and counts the submission.
     pub fn submit(&self, buffers: Vec<wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
+        let _serial = self.serial.lock();
         self.submissions.fetch_add(1, Ordering::Relaxed);
         self.queue.submit(buffers)
+    }
+
+    /// Queues a write of `data` into `buffer` at `offset` (it lands before the next
+    /// submission); on GL, under the device's [`Serial`] lock.
+    pub fn write_buffer(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        let _serial = self.serial.lock();
+        self.queue.write_buffer(buffer, offset, data);
     }
 
     pub(crate) fn count_map(&self) {
@@ -306,6 +399,7 @@ impl Gpu {
 
     /// Blocks until every submitted piece of work has completed.
     pub fn wait(&self) -> Result<()> {
+        let _serial = self.serial.lock();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
@@ -334,8 +428,9 @@ impl Gpu {
     }
 
     /// Runs `f` inside a validation error scope and turns a captured error into
-    /// `Error::Shader { label, .. }`.
+    /// `Error::Shader { label, .. }`; on GL, under the device's [`Serial`] lock.
     pub fn scoped<T>(&self, label: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let _serial = self.serial.lock();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
         match pollster::block_on(scope.pop()) {
@@ -403,4 +498,58 @@ fn vulkan_float_controls(device: &wgpu::Device) -> FloatControls {
 )))]
 fn vulkan_float_controls(_device: &wgpu::Device) -> FloatControls {
     FloatControls::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn gl_objects_drop_under_the_serial_lock() {
+        let serial = Serial::for_backend(wgpu::Backend::Gl);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let held = Held {
+            inner: std::mem::ManuallyDrop::new(Flag(dropped.clone())),
+            serial: serial.clone(),
+        };
+        let guard = serial.lock().expect("GL has a serial lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let started = Instant::now();
+            drop(held);
+            tx.send(started.elapsed()).unwrap();
+        });
+        // The drop waits while another thread holds the lock (a long compile, say).
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!dropped.load(Ordering::SeqCst), "dropped while the lock was held");
+        // Reentrant: the holder may take it again (a tensor dropped inside a locked call).
+        assert!(serial.lock().is_some());
+        drop(guard);
+        let waited = rx.recv().unwrap();
+        worker.join().unwrap();
+        assert!(dropped.load(Ordering::SeqCst));
+        assert!(waited >= Duration::from_millis(150), "{waited:?}");
+    }
+
+    #[test]
+    fn other_backends_take_no_lock() {
+        for backend in [
+            wgpu::Backend::Vulkan,
+            wgpu::Backend::Metal,
+            wgpu::Backend::Dx12,
+            wgpu::Backend::BrowserWebGpu,
+            wgpu::Backend::Noop,
+        ] {
+            assert!(Serial::for_backend(backend).lock().is_none(), "{backend:?}");
+        }
+    }
 }

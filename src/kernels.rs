@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Held};
 use crate::math::Math;
 use crate::params::{Params, ParamsInfo};
 use crate::tensor::GpuTensor;
@@ -74,8 +74,8 @@ pub struct KernelSpec {
 #[derive(Debug)]
 pub struct Pipeline {
     pub spec: KernelSpec,
-    pub pipeline: wgpu::ComputePipeline,
-    pub layout: wgpu::BindGroupLayout,
+    pub pipeline: Held<wgpu::ComputePipeline>,
+    pub layout: Held<wgpu::BindGroupLayout>,
 }
 
 impl Pipeline {
@@ -128,7 +128,8 @@ impl Pipeline {
             )?),
             Math::Strict | Math::Native => None,
         };
-        gpu.scoped(entry, || {
+        let started = std::time::Instant::now();
+        let built = gpu.scoped(entry, || {
             let module = match &spirv {
                 // SAFETY: the words are naga's own SPIR-V for a module it has just parsed and
                 // validated, with decorations added only where SPIR-V allows them (the
@@ -173,10 +174,16 @@ impl Pipeline {
             });
             Pipeline {
                 spec,
-                pipeline,
-                layout,
+                pipeline: gpu.hold(pipeline),
+                layout: gpu.hold(layout),
             }
-        })
+        });
+        log::debug!(
+            "compiled {entry} ({} bytes of source) in {:.2?}",
+            source.len(),
+            started.elapsed()
+        );
+        built
     }
 }
 
@@ -187,9 +194,9 @@ impl Pipeline {
 pub struct Dispatch {
     pipeline: Arc<Pipeline>,
     /// Each bound tensor's buffer, offset and size (`None`: to the end of the buffer).
-    buffers: Vec<(wgpu::Buffer, u64, Option<std::num::NonZeroU64>)>,
-    bind_group: wgpu::BindGroup,
-    uniform: wgpu::Buffer,
+    buffers: Held<Vec<(wgpu::Buffer, u64, Option<std::num::NonZeroU64>)>>,
+    bind_group: Held<wgpu::BindGroup>,
+    uniform: Held<wgpu::Buffer>,
     param_size: u64,
     stride: u64,
     entries: u32,
@@ -230,13 +237,15 @@ impl Dispatch {
             }
             _ => workgroups,
         };
-        let buffers = tensors
-            .iter()
-            .map(|t| {
-                let b = t.binding();
-                (b.buffer.clone(), b.offset, b.size)
-            })
-            .collect::<Vec<_>>();
+        let buffers = gpu.hold(
+            tensors
+                .iter()
+                .map(|t| {
+                    let b = t.binding();
+                    (b.buffer.clone(), b.offset, b.size)
+                })
+                .collect::<Vec<_>>(),
+        );
         let param_size = std::mem::size_of::<P>() as u64;
         let align = gpu.limits().min_uniform_buffer_offset_alignment as u64;
         let stride = param_size.next_multiple_of(align);
@@ -263,7 +272,7 @@ impl Dispatch {
         param_size: u64,
         stride: u64,
         entries: usize,
-    ) -> Result<(wgpu::Buffer, wgpu::BindGroup)> {
+    ) -> Result<(Held<wgpu::Buffer>, Held<wgpu::BindGroup>)> {
         let entry = pipeline.spec.entry;
         gpu.scoped(entry, || {
             let uniform = gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -297,7 +306,7 @@ impl Dispatch {
                 layout: &pipeline.layout,
                 entries: &bind,
             });
-            (uniform, bind_group)
+            (gpu.hold(uniform), gpu.hold(bind_group))
         })
     }
 
@@ -307,7 +316,7 @@ impl Dispatch {
             let at = i * self.stride as usize;
             bytes[at..at + self.param_size as usize].copy_from_slice(bytemuck::bytes_of(p));
         }
-        gpu.queue.write_buffer(&self.uniform, 0, &bytes);
+        gpu.write_buffer(&self.uniform, 0, &bytes);
     }
 
     /// Replaces the parameter entries. Growing the number of entries rebuilds the uniform
@@ -345,7 +354,7 @@ impl Dispatch {
         }
         let offset = (entry.min(self.entries.saturating_sub(1)) as u64 * self.stride) as u32;
         pass.set_pipeline(&self.pipeline.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[offset]);
+        pass.set_bind_group(0, &*self.bind_group, &[offset]);
         let [x, y, z] = self.workgroups;
         pass.dispatch_workgroups(x, y, z);
     }

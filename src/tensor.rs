@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Held};
 
 /// The element type of a tensor's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub enum DType {
 /// [`binding`]: GpuTensor::binding
 #[derive(Debug)]
 pub struct GpuTensor {
-    buffer: wgpu::Buffer,
+    buffer: Held<wgpu::Buffer>,
     /// Where the tensor starts in `buffer`, in bytes (0 unless a slot of an arena).
     offset: u64,
     /// The bytes of `buffer` it owns from `offset` (its data, padded), when a slot of an
@@ -45,14 +45,14 @@ impl GpuTensor {
         // A binding may not be empty: an empty tensor still gets one 16-byte buffer.
         let size = bytes.max(16).next_multiple_of(4);
         let buffer = gpu.scoped(label, || {
-            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            gpu.hold(gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            })
+            }))
         })?;
         Ok(GpuTensor {
             buffer,
@@ -80,8 +80,7 @@ impl GpuTensor {
     pub fn upload(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> Result<GpuTensor> {
         Self::check_len(label, shape, data.len())?;
         let t = Self::create(gpu, label, shape, DType::F32)?;
-        gpu.queue
-            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
+        gpu.write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
         Ok(t)
     }
 
@@ -89,8 +88,7 @@ impl GpuTensor {
     pub fn upload_u32(gpu: &Gpu, label: &str, shape: &[usize], data: &[u32]) -> Result<GpuTensor> {
         Self::check_len(label, shape, data.len())?;
         let t = Self::create(gpu, label, shape, DType::U32)?;
-        gpu.queue
-            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
+        gpu.write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
         Ok(t)
     }
 
@@ -137,7 +135,7 @@ impl GpuTensor {
             .iter()
             .zip(offsets.iter().zip(sizes))
             .map(|((name, shape), (&at, &size))| GpuTensor {
-                buffer: whole.buffer.clone(),
+                buffer: gpu.hold((*whole.buffer).clone()),
                 offset: at,
                 slot: Some(size),
                 shape: shape.to_vec(),
@@ -152,8 +150,7 @@ impl GpuTensor {
     pub fn write(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
         self.expect_dtype(DType::F32)?;
         Self::check_len(&self.label, &self.shape, data.len())?;
-        gpu.queue
-            .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        gpu.write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -161,8 +158,7 @@ impl GpuTensor {
     pub fn write_u32(&self, gpu: &Gpu, data: &[u32]) -> Result<()> {
         self.expect_dtype(DType::U32)?;
         Self::check_len(&self.label, &self.shape, data.len())?;
-        gpu.queue
-            .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        gpu.write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -264,12 +260,13 @@ pub fn start_read_many(gpu: &Gpu, tensors: &[&GpuTensor]) -> Result<Readback> {
         .map(|t| t.label())
         .collect::<Vec<_>>()
         .join(", ");
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+    let _serial = gpu.serial().lock();
+    let staging = gpu.hold(gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(&format!("{label} readback")),
         size: bytes.max(4),
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
-    });
+    }));
     let mut encoder = gpu
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -344,7 +341,7 @@ pub fn check_copies(pairs: &[(&GpuTensor, &GpuTensor)]) -> Result<()> {
 
 /// A readback in flight: a staging buffer whose map has been requested.
 pub struct Readback {
-    staging: wgpu::Buffer,
+    staging: Held<wgpu::Buffer>,
     receiver: futures_intrusive::channel::shared::OneshotReceiver<
         std::result::Result<(), wgpu::BufferAsyncError>,
     >,
@@ -393,7 +390,10 @@ impl Readback {
                 })?;
             view[..self.bytes as usize].to_vec()
         };
-        self.staging.unmap();
+        {
+            let _serial = self.staging.serial().lock();
+            self.staging.unmap();
+        }
         Ok(data)
     }
 }

@@ -747,6 +747,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     /// Runs the harness over `inputs` on `gpu`'s device.
     fn run_on_gpu(gpu: &crate::gpu::Gpu, inputs: &[[u32; 4]]) -> Vec<[u32; 4]> {
         use wgpu::util::DeviceExt;
+        let _serial = gpu.serial().lock();
         let device = &gpu.device;
         let source = format!("{WGSL}\n{HARNESS}");
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
