@@ -83,6 +83,7 @@ fn tuned_choice_is_cached_on_disk_and_reused() {
         k,
         Accumulate::Overwrite,
         gpu.adapter().device_type,
+        gpu.adapter().backend,
     )
     .contains(&choice));
 

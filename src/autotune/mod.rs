@@ -136,11 +136,19 @@ pub const BIG_TILE_OUTPUTS: u32 = 1024;
 /// adapters too (the bigger ones suit only a software rasteriser's wide vectors).
 pub const HARDWARE_TILE_OUTPUTS: u32 = 64;
 
-/// The candidates for one product on an adapter of type `device`. On a CPU adapter
-/// (lavapipe): blocked, then every register tile that fits and leaves enough workgroups
-/// ([`MIN_WORKGROUPS`], [`MIN_WORKGROUPS_BIG`]), smallest first. On any other (a hardware
-/// GPU): blocked, then the workgroup tiles of [`WG_TILES`] that leave [`MIN_WORKGROUPS`],
-/// then the register tiles of at most [`HARDWARE_TILE_OUTPUTS`] outputs that fit.
+/// Register tiles of at most this many outputs per invocation are tried through the GL
+/// backend. llvmpipe compiles a kernel on its first dispatch, and through GL (naga's GLSL,
+/// Mesa's GLSL compiler) the bigger tiles take far longer than through Vulkan: on a 2-core
+/// host with Mesa 22.3, cold, 256 outputs took about 2 s, 1024 took 10 to 17 s and 2048
+/// took 34 to 90 s, where lavapipe compiles each in a few seconds.
+pub const GL_TILE_OUTPUTS: u32 = 256;
+
+/// The candidates for one product on an adapter of type `device` through `backend`. On a
+/// CPU adapter (lavapipe): blocked, then every register tile that fits and leaves enough
+/// workgroups ([`MIN_WORKGROUPS`], [`MIN_WORKGROUPS_BIG`]), smallest first. On any other (a
+/// hardware GPU): blocked, then the workgroup tiles of [`WG_TILES`] that leave
+/// [`MIN_WORKGROUPS`], then the register tiles of at most [`HARDWARE_TILE_OUTPUTS`] outputs
+/// that fit. Through GL, no register tile of more than [`GL_TILE_OUTPUTS`] outputs.
 pub fn candidates(
     form: MatmulForm,
     m: usize,
@@ -148,6 +156,7 @@ pub fn candidates(
     k: usize,
     acc: Accumulate,
     device: wgpu::DeviceType,
+    backend: wgpu::Backend,
 ) -> Vec<MatmulChoice> {
     let hardware = match device {
         wgpu::DeviceType::Cpu => false,
@@ -173,6 +182,7 @@ pub fn candidates(
             .iter()
             .filter(|t| t.fits(form, m, n, k, acc))
             .filter(|t| !hardware || t.outputs() <= HARDWARE_TILE_OUTPUTS)
+            .filter(|t| backend != wgpu::Backend::Gl || t.outputs() <= GL_TILE_OUTPUTS)
             .filter(|t| {
                 let [x, y, _] = t.grid(m, n);
                 let big = t.outputs() >= BIG_TILE_OUTPUTS;
@@ -269,7 +279,8 @@ pub fn choose(
     k: usize,
     acc: Accumulate,
 ) -> Result<MatmulChoice> {
-    let cands = candidates(form, m, n, k, acc, kernels.gpu().adapter().device_type);
+    let adapter = kernels.gpu().adapter();
+    let cands = candidates(form, m, n, k, acc, adapter.device_type, adapter.backend);
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     if cands.len() == 1 || flops < TUNE_MIN_FLOPS {
         return Ok(MatmulChoice::Blocked);
@@ -411,7 +422,8 @@ mod tests {
         let (m, n, k) = (1024, 1024, 1024);
         let form = MatmulForm::Nn;
         let acc = Accumulate::Overwrite;
-        let cpu = candidates(form, m, n, k, acc, wgpu::DeviceType::Cpu);
+        let vk = wgpu::Backend::Vulkan;
+        let cpu = candidates(form, m, n, k, acc, wgpu::DeviceType::Cpu, vk);
         assert!(
             !cpu.iter().any(|c| matches!(c, MatmulChoice::Workgroup(_))),
             "{cpu:?}"
@@ -425,7 +437,7 @@ mod tests {
             wgpu::DeviceType::VirtualGpu,
             wgpu::DeviceType::Other,
         ] {
-            let hw = candidates(form, m, n, k, acc, device);
+            let hw = candidates(form, m, n, k, acc, device, vk);
             assert_eq!(hw[0], MatmulChoice::Blocked);
             for &t in WG_TILES {
                 assert!(
@@ -448,6 +460,7 @@ mod tests {
             41,
             Accumulate::Add,
             wgpu::DeviceType::DiscreteGpu,
+            vk,
         );
         assert_eq!(
             odd,
@@ -458,5 +471,20 @@ mod tests {
                 MatmulChoice::Workgroup(WG_TILES[2]),
             ]
         );
+    }
+
+    #[test]
+    fn gl_keeps_the_tiles_it_compiles_quickly() {
+        let (form, acc) = (MatmulForm::Nt, Accumulate::Overwrite);
+        let (m, n, k) = (1024, 1024, 1024);
+        let vk = candidates(form, m, n, k, acc, wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan);
+        let gl = candidates(form, m, n, k, acc, wgpu::DeviceType::Cpu, wgpu::Backend::Gl);
+        let big = |c: &MatmulChoice| matches!(c, MatmulChoice::Tile(t) if t.outputs() > GL_TILE_OUTPUTS);
+        assert!(vk.iter().any(big), "{vk:?}");
+        assert!(!gl.iter().any(big), "{gl:?}");
+        // Everything else is the same list.
+        let kept: Vec<_> = vk.iter().filter(|c| !big(c)).copied().collect();
+        assert_eq!(gl, kept);
+        assert!(gl.len() > 1, "{gl:?}");
     }
 }

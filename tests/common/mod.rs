@@ -27,6 +27,28 @@ pub fn gpu(test: &str) -> Option<&'static Gpu> {
     }
 }
 
+/// The register tiles that `gpu` runs: every one, except through GL, where the tuner offers
+/// none of more than `GL_TILE_OUTPUTS` outputs (llvmpipe's GL compiler takes from 10 s to
+/// minutes over each bigger one; `soma::autotune::GL_TILE_OUTPUTS` says more).
+pub fn tiles_for(gpu: &Gpu) -> Vec<soma::ops::matmul::Tile> {
+    let gl = gpu.adapter().backend == wgpu::Backend::Gl;
+    soma::ops::matmul::TILES
+        .iter()
+        .copied()
+        .filter(|t| !gl || t.outputs() <= soma::autotune::GL_TILE_OUTPUTS)
+        .collect()
+}
+
+/// The workgroup tiles to test on `gpu`: every one, except through GL, where only the
+/// smallest. The tuner offers them on hardware adapters only, and llvmpipe's GL compiler
+/// takes 2 s over each form of the smallest, 7 to 11 s of the 64 x 64 ones with K slices of 8,
+/// 34 to 54 s with slices of 16 and more than 90 s of the 128 x 128 ones (cold, 2 cores).
+pub fn wg_tiles_for(gpu: &Gpu) -> Vec<soma::ops::matmul::WgTile> {
+    let gl = gpu.adapter().backend == wgpu::Backend::Gl;
+    let all = soma::ops::matmul::WG_TILES;
+    all[..if gl { 1 } else { all.len() }].to_vec()
+}
+
 /// Whether `gpu` is Mesa's llvmpipe (lavapipe through Vulkan, or through GL): the CPU
 /// adapter CI runs on. Its shader compiler keeps a multiply and an add apart (no fused
 /// multiply-add), so a kernel that sums in its CPU twin's order gives the twin's bits.
