@@ -93,7 +93,9 @@ pub struct Serial(Option<Arc<parking_lot::ReentrantMutex<()>>>);
 
 impl Serial {
     fn for_backend(backend: wgpu::Backend) -> Serial {
-        Serial((backend == wgpu::Backend::Gl).then(|| Arc::new(parking_lot::ReentrantMutex::new(()))))
+        Serial(
+            (backend == wgpu::Backend::Gl).then(|| Arc::new(parking_lot::ReentrantMutex::new(()))),
+        )
     }
 
     /// Holds the lock (on GL) until the guard drops.
@@ -104,7 +106,11 @@ impl Serial {
 
 impl std::fmt::Debug for Serial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Serial(gl)" } else { "Serial(none)" })
+        f.write_str(if self.0.is_some() {
+            "Serial(gl)"
+        } else {
+            "Serial(none)"
+        })
     }
 }
 
@@ -530,7 +536,10 @@ mod tests {
         });
         // The drop waits while another thread holds the lock (a long compile, say).
         std::thread::sleep(Duration::from_millis(200));
-        assert!(!dropped.load(Ordering::SeqCst), "dropped while the lock was held");
+        assert!(
+            !dropped.load(Ordering::SeqCst),
+            "dropped while the lock was held"
+        );
         // Reentrant: the holder may take it again (a tensor dropped inside a locked call).
         assert!(serial.lock().is_some());
         drop(guard);

@@ -477,9 +477,18 @@ mod tests {
     fn gl_keeps_the_tiles_it_compiles_quickly() {
         let (form, acc) = (MatmulForm::Nt, Accumulate::Overwrite);
         let (m, n, k) = (1024, 1024, 1024);
-        let vk = candidates(form, m, n, k, acc, wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan);
+        let vk = candidates(
+            form,
+            m,
+            n,
+            k,
+            acc,
+            wgpu::DeviceType::Cpu,
+            wgpu::Backend::Vulkan,
+        );
         let gl = candidates(form, m, n, k, acc, wgpu::DeviceType::Cpu, wgpu::Backend::Gl);
-        let big = |c: &MatmulChoice| matches!(c, MatmulChoice::Tile(t) if t.outputs() > GL_TILE_OUTPUTS);
+        let big =
+            |c: &MatmulChoice| matches!(c, MatmulChoice::Tile(t) if t.outputs() > GL_TILE_OUTPUTS);
         assert!(vk.iter().any(big), "{vk:?}");
         assert!(!gl.iter().any(big), "{gl:?}");
         // Everything else is the same list.
