@@ -63,24 +63,31 @@ fn column_sum_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // out[0] = sum of x[0..len]: one workgroup of 256; lane i sums x[i], x[i+256], ... in order,
-// then a fixed binary tree over the 256 partial sums. The CPU twin follows the same order.
+// then a pairwise tree over the 256 partial sums with ascending offsets: at offset 1, 2, 4,
+// ..., 128, lane i (a multiple of 2*offset) adds partial[i + offset] to partial[i]; so
+// ((p0 + p1) + (p2 + p3)) + ... The CPU twin follows the same order, and so does
+// `reduce_sum_subgroup` (reduce_subgroup.wgsl), whose first levels run as subgroup shuffles.
 @group(0) @binding(0) var<storage, read_write> rs_out: array<f32>;
 @group(0) @binding(1) var<storage, read> rs_x: array<f32>;
 @group(0) @binding(2) var<uniform> rs_p: ReduceParams;
 
 var<workgroup> partial: array<f32, 256>;
 
-@compute @workgroup_size(256, 1, 1)
-fn reduce_sum(@builtin(local_invocation_index) lane: u32) {
+// Lane `lane`'s partial sum: x[lane], x[lane + 256], ... in order.
+fn reduce_sum_lane(lane: u32) -> f32 {
     var acc = 0.0;
     for (var i = lane; i < rs_p.len; i = i + 256u) {
         acc = acc + rs_x[i];
     }
-    partial[lane] = acc;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
-        if (lane < stride) {
-            partial[lane] = partial[lane] + partial[lane + stride];
+    return acc;
+}
+
+// The tree's levels from `offset` up, over partial[0..256) (lane = local index), and the
+// store of partial[0]; every invocation of the workgroup calls it.
+fn reduce_sum_tree(lane: u32, first_offset: u32) {
+    for (var offset = first_offset; offset < 256u; offset = offset << 1u) {
+        if ((lane & (2u * offset - 1u)) == 0u) {
+            partial[lane] = partial[lane] + partial[lane + offset];
         }
         workgroupBarrier();
     }
@@ -91,6 +98,13 @@ fn reduce_sum(@builtin(local_invocation_index) lane: u32) {
             rs_out[0] = partial[0];
         }
     }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn reduce_sum(@builtin(local_invocation_index) lane: u32) {
+    partial[lane] = reduce_sum_lane(lane);
+    workgroupBarrier();
+    reduce_sum_tree(lane, 1u);
 }
 
 // Index of the largest entry of each row (the first one on ties).
@@ -128,19 +142,11 @@ fn argmax(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(2) var<storage, read> cc_labels: array<u32>;
 @group(0) @binding(3) var<uniform> cc_p: RowsParams;
 
-@compute @workgroup_size(64, 1, 1)
-fn correct_count(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row = gid.x;
-    if (row >= cc_p.rows) {
-        return;
-    }
+// Row `row`'s prediction: the argmax, or with one column, 1 at or above the threshold.
+fn cc_prediction(row: u32) -> u32 {
     let base = row * cc_p.cols;
     if (cc_p.cols == 1u) {
-        let predicted = select(0u, 1u, cc_x[base] >= cc_p.threshold);
-        if (predicted == cc_labels[row]) {
-            atomicAdd(&cc_count[0], 1u);
-        }
-        return;
+        return select(0u, 1u, cc_x[base] >= cc_p.threshold);
     }
     var best = 0u;
     var best_value = cc_x[base];
@@ -151,7 +157,16 @@ fn correct_count(@builtin(global_invocation_id) gid: vec3<u32>) {
             best_value = v;
         }
     }
-    if (best == cc_labels[row]) {
+    return best;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn correct_count(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= cc_p.rows) {
+        return;
+    }
+    if (cc_prediction(row) == cc_labels[row]) {
         atomicAdd(&cc_count[0], 1u);
     }
 }

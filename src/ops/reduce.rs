@@ -1,5 +1,8 @@
 //! Reductions (`shaders/reduce.wgsl`): column sums (the bias gradient), a sum in a fixed
-//! order (the loss), the row-wise argmax and the count of correct predictions.
+//! order (the loss), the row-wise argmax and the count of correct predictions. Where the
+//! device has subgroups ([`Kernels::subgroups`]), the sum and the count record their
+//! subgroup forms (`shaders/reduce_subgroup.wgsl`), which give the same bits as the
+//! workgroup forms on every adapter: one twin serves both.
 
 use crate::error::{Error, Result};
 use crate::kernels::Dispatch;
@@ -56,7 +59,11 @@ pub fn column_sum(
     }
 }
 
-/// `out[0] = Σ x` (or `+=` with `Accumulate::Add`), in a fixed order.
+/// `out[0] = Σ x` (or `+=` with `Accumulate::Add`), in a fixed order that does not depend
+/// on the adapter: lane i of 256 sums `x[i], x[i+256], ...` in order, then a pairwise tree
+/// over the 256 partial sums with ascending offsets 1, 2, ..., 128
+/// (`((p0 + p1) + (p2 + p3)) + ...`). The subgroup form runs the tree's levels below the
+/// subgroup size as shuffle butterflies, in the same pairs.
 pub fn reduce_sum(
     k: &Kernels,
     out: &GpuTensor,
@@ -71,7 +78,12 @@ pub fn reduce_sum(
         accumulate: acc.flag(),
         ..Default::default()
     };
-    dispatch(k, Kernel::ReduceSum, &[out, x], &[p], [1, 1, 1])
+    let kernel = if k.subgroups() {
+        Kernel::ReduceSumSubgroup
+    } else {
+        Kernel::ReduceSum
+    };
+    dispatch(k, kernel, &[out, x], &[p], [1, 1, 1])
 }
 
 /// `out[r] = argmax_c x[r][c]` (u32, the first maximum on ties).
@@ -88,7 +100,9 @@ pub fn argmax(k: &Kernels, out: &GpuTensor, x: &GpuTensor) -> Result<Dispatch> {
 }
 
 /// `count[0] += #{r < rows : prediction(x[r]) == labels[r]}` (u32 count, u32 labels); the
-/// prediction is the argmax, or `x >= threshold` for a single column.
+/// prediction is the argmax, or `x >= threshold` for a single column. Integer sums, exact in
+/// any order: the subgroup form adds each subgroup's hits with `subgroupAdd` and makes one
+/// atomic add per subgroup.
 pub fn correct_count(
     k: &Kernels,
     count: &GpuTensor,
@@ -111,9 +125,14 @@ pub fn correct_count(
         threshold,
         ..Default::default()
     };
+    let kernel = if k.subgroups() {
+        Kernel::CorrectCountSubgroup
+    } else {
+        Kernel::CorrectCount
+    };
     dispatch(
         k,
-        Kernel::CorrectCount,
+        kernel,
         &[count, logits, labels],
         &[p],
         grid_rows(batch_rows),
@@ -137,7 +156,8 @@ pub mod cpu {
         }
     }
 
-    /// `out[0] = Σ x` in the shader's order: 256 strided partial sums, then a binary tree.
+    /// `out[0] = Σ x` in the shaders' order (both forms): 256 strided partial sums, then a
+    /// pairwise tree with ascending offsets.
     pub fn reduce_sum(out: &mut [f32], x: &[f32], p: &ReduceParams) {
         let len = p.len as usize;
         let mut partial = [0.0f32; 256];
@@ -150,12 +170,12 @@ pub mod cpu {
             }
             *slot = acc;
         }
-        let mut stride = 128;
-        while stride > 0 {
-            for lane in 0..stride {
-                partial[lane] += partial[lane + stride];
+        let mut offset = 1;
+        while offset < 256 {
+            for lane in (0..256).step_by(2 * offset) {
+                partial[lane] += partial[lane + offset];
             }
-            stride >>= 1;
+            offset <<= 1;
         }
         store(out, 0, partial[0], p.accumulate);
     }
