@@ -62,6 +62,46 @@ fn column_sum_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// The same sums with the rows split over 32 lanes per column, for hardware GPUs, where one
+// invocation per column leaves most of the device idle (a bias of 10 columns: 10
+// invocations). Workgroups of 256 invocations, 8 columns each: position p sums column
+// 8 * group + p / 32, rows p % 32, p % 32 + 32, ... in order; then a pairwise tree over the
+// column's 32 partial sums with ascending offsets 1, 2, 4, 8, 16. Its twin is
+// `cpu::column_sum_split`; `column_sum_split_subgroup` keeps the same order.
+fn column_sum_split_lane(group: u32, position: u32) -> f32 {
+    let col = group * 8u + position / 32u;
+    var acc = 0.0;
+    if (col < cs_p.cols) {
+        for (var r = position % 32u; r < cs_p.rows; r = r + 32u) {
+            acc = acc + cs_x[r * cs_p.cols + col];
+        }
+    }
+    return acc;
+}
+
+// The column tree's levels from offset `first` up, and the store of each column's sum.
+fn column_sum_split_tree(group: u32, index: u32, first: u32) {
+    pairwise_levels(index, first, 32u);
+    let col = group * 8u + index / 32u;
+    if ((index & 31u) == 0u && col < cs_p.cols) {
+        if (cs_p.accumulate != 0u) {
+            cs_out[col] = cs_out[col] + partial[index];
+        } else {
+            cs_out[col] = partial[index];
+        }
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn column_sum_split(
+    @builtin(local_invocation_index) index: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    partial[index] = column_sum_split_lane(group.x, index);
+    workgroupBarrier();
+    column_sum_split_tree(group.x, index, 1u);
+}
+
 // out[0] = sum of x[0..len]: one workgroup of 256; lane i sums x[i], x[i+256], ... in order,
 // then a pairwise tree over the 256 partial sums with ascending offsets: at offset 1, 2, 4,
 // ..., 128, lane i (a multiple of 2*offset) adds partial[i + offset] to partial[i]; so
@@ -82,16 +122,23 @@ fn reduce_sum_lane(lane: u32) -> f32 {
     return acc;
 }
 
-// The tree's levels from `offset` up, over partial[0..256) (lane = local index), and the
-// store of partial[0]; every invocation of the workgroup calls it.
-fn reduce_sum_tree(lane: u32, first_offset: u32) {
-    for (var offset = first_offset; offset < 256u; offset = offset << 1u) {
-        if ((lane & (2u * offset - 1u)) == 0u) {
-            partial[lane] = partial[lane] + partial[lane + offset];
+// The pairwise tree's levels at offsets first, 2*first, ... below `end`, over
+// partial[0..256) in blocks of `end` (a power of two): position i (a multiple of 2*offset)
+// adds partial[i + offset] to partial[i]. Every invocation of the workgroup calls it, with
+// the same arguments; `index` is the invocation's local index.
+fn pairwise_levels(index: u32, first: u32, end: u32) {
+    for (var offset = first; offset < end; offset = offset << 1u) {
+        if ((index & (2u * offset - 1u)) == 0u) {
+            partial[index] = partial[index] + partial[index + offset];
         }
         workgroupBarrier();
     }
-    if (lane == 0u) {
+}
+
+// The tree's levels from offset `first` up, and the store of partial[0].
+fn reduce_sum_tree(index: u32, first: u32) {
+    pairwise_levels(index, first, 256u);
+    if (index == 0u) {
         if (rs_p.accumulate != 0u) {
             rs_out[0] = rs_out[0] + partial[0];
         } else {

@@ -1132,6 +1132,52 @@ fn subgroup_reductions_match_their_fallbacks_and_twins() {
         }
     }
 
+    // The split column sum (the bias gradient on hardware GPUs) in both forms, at row
+    // counts around the 32 lanes per column and column counts around the 8 per workgroup.
+    let mut differs = false;
+    for rows in [1usize, 7, 31, 32, 33, 64, 100, 255, 257, 300] {
+        for cols in [1usize, 7, 8, 9, 10, 64, 255, 257] {
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.uniform(-1.0, 1.0) * 10f32.powf(rng.uniform(-3.0, 3.0)))
+                .collect();
+            let xt = up(gpu, "x", &[rows, cols], &x);
+            let prior = rng.vec(cols, -1.0, 1.0);
+            for acc in [Accumulate::Overwrite, Accumulate::Add] {
+                let p = RowsParams {
+                    rows: rows as u32,
+                    cols: cols as u32,
+                    accumulate: (acc == Accumulate::Add) as u32,
+                    ..Default::default()
+                };
+                let mut want = prior.clone();
+                cpu::column_sum_split(&mut want, &x, &p);
+                let mut serial = prior.clone();
+                cpu::column_sum(&mut serial, &x, &p);
+                differs |= want
+                    .iter()
+                    .zip(&serial)
+                    .any(|(a, b)| a.to_bits() != b.to_bits());
+                for (form, kn) in [("subgroup", sg), ("workgroup", wg)] {
+                    let out = up(gpu, "out", &[cols], &prior);
+                    let split = ops::ColumnSumForm::Split;
+                    run(gpu, &ops::column_sum_as(kn, split, &out, &xt, acc).unwrap());
+                    let got = out.read(gpu).unwrap();
+                    for (c, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "column_sum_split {form} {rows}x{cols} {acc:?} col {c}: {g} vs twin {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        differs,
+        "the split order differs from the row order somewhere"
+    );
+
     for rows in [1usize, 7, 63, 64, 65, 255, 257, 300, 1000] {
         for cols in [1usize, 3, 10] {
             let x = rng.vec(rows * cols, -1.0, 1.0);

@@ -66,7 +66,7 @@ pub use matmul::{
 };
 pub use optim::{update, UpdateRule};
 pub use perceptron::perceptron_epoch;
-pub use reduce::{argmax, column_sum, correct_count, reduce_sum};
+pub use reduce::{argmax, column_sum, column_sum_as, correct_count, reduce_sum, ColumnSumForm};
 
 /// Every family's uniform struct, for code that fills them by hand (tests, tools).
 pub mod uniforms {
@@ -146,11 +146,15 @@ kernel_table! {
     DenseBackward => ACTIVATION, "dense_backward", [W, R, R, R], DenseParams;
     ColumnSum => REDUCE, "column_sum", [W, R], RowsParams;
     ColumnSumVec4 => REDUCE, "column_sum_vec4", [W, R], RowsParams;
+    /// column_sum with the rows split over 32 lanes per column (its own order)
+    ColumnSumSplit => REDUCE, "column_sum_split", [W, R], RowsParams;
     ReduceSum => REDUCE, "reduce_sum", [W, R], ReduceParams;
     Argmax => REDUCE, "argmax", [W, R], RowsParams;
     CorrectCount => REDUCE, "correct_count", [W, R, R], RowsParams;
     /// reduce_sum with its first levels as subgroup shuffles (same order, same bits)
     ReduceSumSubgroup => REDUCE_SUBGROUP, "reduce_sum_subgroup", [W, R], ReduceParams;
+    /// column_sum_split with its first levels as subgroup shuffles (same order, same bits)
+    ColumnSumSplitSubgroup => REDUCE_SUBGROUP, "column_sum_split_subgroup", [W, R], RowsParams;
     /// correct_count with one atomicAdd per subgroup
     CorrectCountSubgroup => REDUCE_SUBGROUP, "correct_count_subgroup", [W, R, R], RowsParams;
     Softmax => LOSS, "softmax", [W, R], RowsParams;

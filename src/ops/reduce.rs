@@ -36,9 +36,54 @@ params_struct! {
     }
 }
 
-/// `out (cols) = Σ_rows x (rows, cols)` — the bias gradient.
+/// How a column sum orders its additions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnSumForm {
+    /// One invocation per column (four with vec4 loads where `cols` is a multiple of 4),
+    /// rows in order: the twin is [`cpu::column_sum`].
+    Serial,
+    /// Rows split over 32 lanes per column, 8 columns per workgroup: lane r sums rows r,
+    /// r+32, ... in order, then a pairwise tree over the 32 partial sums with ascending
+    /// offsets 1, 2, 4, 8, 16. Its subgroup form (where [`Kernels::subgroups`]) runs the
+    /// tree's levels below the subgroup size as shuffle butterflies in the same pairs, so the
+    /// two give the same bits whatever the size. The twin is [`cpu::column_sum_split`].
+    Split,
+}
+
+impl ColumnSumForm {
+    /// The form a bias gradient runs in on `k`'s device: split on a hardware GPU, where one
+    /// invocation per column leaves it idle; serial on a CPU adapter (lavapipe), where it
+    /// measures faster, and under strict mode, whose CPU reference sums in row order.
+    pub fn for_kernels(k: &Kernels) -> ColumnSumForm {
+        let hardware = match k.gpu().adapter().device_type {
+            wgpu::DeviceType::Cpu => false,
+            wgpu::DeviceType::DiscreteGpu
+            | wgpu::DeviceType::IntegratedGpu
+            | wgpu::DeviceType::VirtualGpu
+            | wgpu::DeviceType::Other => true,
+        };
+        if hardware && !k.tuning().is_strict() {
+            ColumnSumForm::Split
+        } else {
+            ColumnSumForm::Serial
+        }
+    }
+}
+
+/// `out (cols) = Σ_rows x (rows, cols)`, rows in order ([`ColumnSumForm::Serial`]).
 pub fn column_sum(
     k: &Kernels,
+    out: &GpuTensor,
+    x: &GpuTensor,
+    acc: Accumulate,
+) -> Result<Dispatch> {
+    column_sum_as(k, ColumnSumForm::Serial, out, x, acc)
+}
+
+/// `out (cols) = Σ_rows x (rows, cols)` in `form`'s order — the bias gradient.
+pub fn column_sum_as(
+    k: &Kernels,
+    form: ColumnSumForm,
     out: &GpuTensor,
     x: &GpuTensor,
     acc: Accumulate,
@@ -51,7 +96,16 @@ pub fn column_sum(
         accumulate: acc.flag(),
         ..Default::default()
     };
-    if cols.is_multiple_of(4) {
+    let split_groups = (cols as u32).div_ceil(8);
+    let fits = split_groups <= k.gpu().limits().max_compute_workgroups_per_dimension;
+    if form == ColumnSumForm::Split && fits {
+        let kernel = if k.subgroups() {
+            Kernel::ColumnSumSplitSubgroup
+        } else {
+            Kernel::ColumnSumSplit
+        };
+        dispatch(k, kernel, &[out, x], &[p], [split_groups, 1, 1])
+    } else if cols.is_multiple_of(4) {
         let groups = (cols as u32 / 4).div_ceil(8);
         dispatch(k, Kernel::ColumnSumVec4, &[out, x], &[p], [groups, 1, 1])
     } else {
@@ -153,6 +207,30 @@ pub mod cpu {
                 acc += x[r * cols + col];
             }
             store(out, col, acc, p.accumulate);
+        }
+    }
+
+    /// Twin of `column_sum_split` (and its subgroup form): per column, 32 lanes sum rows
+    /// r, r+32, ... in order, then a pairwise tree over the 32 with ascending offsets.
+    pub fn column_sum_split(out: &mut [f32], x: &[f32], p: &RowsParams) {
+        let (rows, cols) = (p.rows as usize, p.cols as usize);
+        for col in 0..cols {
+            let mut partial = [0.0f32; 32];
+            for (lane, slot) in partial.iter_mut().enumerate() {
+                let mut r = lane;
+                while r < rows {
+                    *slot += x[r * cols + col];
+                    r += 32;
+                }
+            }
+            let mut offset = 1;
+            while offset < 32 {
+                for lane in (0..32).step_by(2 * offset) {
+                    partial[lane] += partial[lane + offset];
+                }
+                offset <<= 1;
+            }
+            store(out, col, partial[0], p.accumulate);
         }
     }
 
