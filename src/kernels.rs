@@ -43,6 +43,18 @@ pub const OPTIM: Shader = shader!("optim.wgsl");
 pub const DATA: Shader = shader!("data.wgsl");
 pub const PERCEPTRON: Shader = shader!("perceptron.wgsl");
 pub const STRICT_SELF_TEST: Shader = shader!("strict_self_test.wgsl");
+/// softmax's subgroup form: `loss_subgroup.wgsl` after `loss.wgsl`.
+pub const LOSS_SUBGROUP: Shader = Shader {
+    file: "loss_subgroup.wgsl",
+    source: concat!(
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/loss.wgsl")),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/loss_subgroup.wgsl"
+        )),
+    ),
+    subgroups: true,
+};
 /// The reductions' subgroup forms: `reduce_subgroup.wgsl` after `reduce.wgsl`, whose
 /// bindings and routines it uses.
 pub const REDUCE_SUBGROUP: Shader = Shader {
@@ -69,6 +81,7 @@ pub const SHADERS: &[Shader] = &[
     PERCEPTRON,
     STRICT_SELF_TEST,
     REDUCE_SUBGROUP,
+    LOSS_SUBGROUP,
 ];
 
 /// How a kernel uses one of its storage bindings.

@@ -1159,7 +1159,7 @@ fn subgroup_reductions_match_their_fallbacks_and_twins() {
                     .any(|(a, b)| a.to_bits() != b.to_bits());
                 for (form, kn) in [("subgroup", sg), ("workgroup", wg)] {
                     let out = up(gpu, "out", &[cols], &prior);
-                    let split = ops::ColumnSumForm::Split;
+                    let split = ops::SumForm::Split;
                     run(gpu, &ops::column_sum_as(kn, split, &out, &xt, acc).unwrap());
                     let got = out.read(gpu).unwrap();
                     for (c, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -1201,6 +1201,64 @@ fn subgroup_reductions_match_their_fallbacks_and_twins() {
                         count.read_u32(gpu).unwrap(),
                         want,
                         "correct_count {form} {rows}x{cols}, {live} live"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_split_matches_cpu_in_both_forms() {
+    let Some(gpu) = gpu("softmax_split_matches_cpu_in_both_forms") else {
+        return;
+    };
+    let (sg, wg) = (&with_subgroups(gpu, true), &with_subgroups(gpu, false));
+    // soma's own exp and division (the same bits in Rust and WGSL) where the kernels load as
+    // SPIR-V that the driver may not reorder: there the split form equals its twin bit for
+    // bit. (Those kernels run the workgroup form: strict SPIR-V has no subgroups.)
+    let strict = Kernels::new(gpu, Tuning::strict());
+    let mut rng = TestRng::new(61);
+    let split = ops::SumForm::Split;
+    for rows in [1usize, 7, 8, 9, 33, 300] {
+        for cols in [1usize, 7, 31, 32, 33, 100, 530] {
+            let x = rng.vec(rows * cols, -30.0, 30.0);
+            let xt = up(gpu, "x", &[rows, cols], &x);
+            let p = RowsParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                ..Default::default()
+            };
+            let label = format!("softmax_split {rows}x{cols}");
+            let mut got = Vec::new();
+            for kn in [sg, wg] {
+                let out = GpuTensor::zeros(gpu, "softmax", &[rows, cols]).unwrap();
+                run(gpu, &ops::softmax_as(kn, split, &out, &xt).unwrap());
+                got.push(out.read(gpu).unwrap());
+            }
+            // The subgroup form and the fallback: the same order and the same exp, so the
+            // same bits.
+            for (i, (a, b)) in got[0].iter().zip(&got[1]).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{label} [{i}]: subgroup {a}, workgroup {b}"
+                );
+            }
+            let mut want = vec![0.0; rows * cols];
+            cpu::softmax_split(&mut want, &x, &p, Math::Native);
+            // The driver's exp against Rust's (a few ulps), through a sum of up to 530 terms.
+            assert_close(&label, &got[0], &want, 1e-6, 1e-5);
+            if gpu.takes_spirv() {
+                let out = GpuTensor::zeros(gpu, "softmax", &[rows, cols]).unwrap();
+                run(gpu, &ops::softmax_as(&strict, split, &out, &xt).unwrap());
+                let mut want = vec![0.0; rows * cols];
+                cpu::softmax_split(&mut want, &x, &p, Math::Strict);
+                for (i, (g, w)) in out.read(gpu).unwrap().iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "strict {label} [{i}]: {g} vs twin {w}"
                     );
                 }
             }

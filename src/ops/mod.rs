@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{
-    Access, Dispatch, KernelSpec, Pipeline, Shader, ACTIVATION, DATA, LOSS, MATMUL, OPTIM,
-    PERCEPTRON, REDUCE, REDUCE_SUBGROUP, STRICT_SELF_TEST,
+    Access, Dispatch, KernelSpec, Pipeline, Shader, ACTIVATION, DATA, LOSS, LOSS_SUBGROUP, MATMUL,
+    OPTIM, PERCEPTRON, REDUCE, REDUCE_SUBGROUP, STRICT_SELF_TEST,
 };
 use crate::params::{Params, ParamsInfo};
 use crate::tensor::{DType, GpuTensor};
@@ -59,14 +59,16 @@ pub mod reduce;
 pub use activation::{activation_backward, bias_activation_forward, Activation};
 pub use data::{gather_labels, gather_rows, gather_rows_u8};
 pub use fused_mlp::{fused_mlp, fused_mlp_fits};
-pub use loss::{binary_cross_entropy, loss, mse_loss, softmax, softmax_cross_entropy, Loss};
+pub use loss::{
+    binary_cross_entropy, loss, mse_loss, softmax, softmax_as, softmax_cross_entropy, Loss,
+};
 pub use matmul::{
     dense_backward, dense_forward, matmul_nn, matmul_nt, matmul_tn, relu_delta, MatmulChoice,
     MatmulVariant,
 };
 pub use optim::{update, UpdateRule};
 pub use perceptron::perceptron_epoch;
-pub use reduce::{argmax, column_sum, column_sum_as, correct_count, reduce_sum, ColumnSumForm};
+pub use reduce::{argmax, column_sum, column_sum_as, correct_count, reduce_sum, SumForm};
 
 /// Every family's uniform struct, for code that fills them by hand (tests, tools).
 pub mod uniforms {
@@ -158,6 +160,10 @@ kernel_table! {
     /// correct_count with one atomicAdd per subgroup
     CorrectCountSubgroup => REDUCE_SUBGROUP, "correct_count_subgroup", [W, R, R], RowsParams;
     Softmax => LOSS, "softmax", [W, R], RowsParams;
+    /// softmax with each row split over 32 lanes (its own order)
+    SoftmaxSplit => LOSS, "softmax_split", [W, R], RowsParams;
+    /// softmax_split with its first levels as subgroup shuffles (same order, same bits)
+    SoftmaxSplitSubgroup => LOSS_SUBGROUP, "softmax_split_subgroup", [W, R], RowsParams;
     MseLoss => LOSS, "mse_loss", [W, W, R, R], LossParams;
     SoftmaxCrossEntropy => LOSS, "softmax_cross_entropy", [W, W, R, R], LossParams;
     BinaryCrossEntropy => LOSS, "binary_cross_entropy", [W, W, R, R], LossParams;

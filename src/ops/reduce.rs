@@ -36,25 +36,27 @@ params_struct! {
     }
 }
 
-/// How a column sum orders its additions.
+/// How a column sum ([`column_sum_as`]) or a softmax (`ops::softmax_as`) orders its sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ColumnSumForm {
-    /// One invocation per column (four with vec4 loads where `cols` is a multiple of 4),
-    /// rows in order: the twin is [`cpu::column_sum`].
+pub enum SumForm {
+    /// One invocation per column (four with vec4 loads where `cols` is a multiple of 4) or
+    /// per row, summing in order: the twins are [`cpu::column_sum`] and `cpu::softmax`.
     Serial,
-    /// Rows split over 32 lanes per column, 8 columns per workgroup: lane r sums rows r,
-    /// r+32, ... in order, then a pairwise tree over the 32 partial sums with ascending
+    /// Each column (or row) split over 32 lanes, 8 per workgroup: lane j sums elements j,
+    /// j+32, ... in order, then a pairwise tree over the 32 partial sums with ascending
     /// offsets 1, 2, 4, 8, 16. Its subgroup form (where [`Kernels::subgroups`]) runs the
     /// tree's levels below the subgroup size as shuffle butterflies in the same pairs, so the
-    /// two give the same bits whatever the size. The twin is [`cpu::column_sum_split`].
+    /// two give the same bits whatever the size. The twins are [`cpu::column_sum_split`] and
+    /// `cpu::softmax_split`.
     Split,
 }
 
-impl ColumnSumForm {
-    /// The form a bias gradient runs in on `k`'s device: split on a hardware GPU, where one
-    /// invocation per column leaves it idle; serial on a CPU adapter (lavapipe), where it
-    /// measures faster, and under strict mode, whose CPU reference sums in row order.
-    pub fn for_kernels(k: &Kernels) -> ColumnSumForm {
+impl SumForm {
+    /// The form a bias gradient (or a softmax) runs in on `k`'s device: split on a hardware
+    /// GPU, where one invocation per column leaves it idle; serial on a CPU adapter
+    /// (lavapipe), where it measures faster, and under strict mode, whose CPU reference sums
+    /// in order.
+    pub fn for_kernels(k: &Kernels) -> SumForm {
         let hardware = match k.gpu().adapter().device_type {
             wgpu::DeviceType::Cpu => false,
             wgpu::DeviceType::DiscreteGpu
@@ -63,27 +65,27 @@ impl ColumnSumForm {
             | wgpu::DeviceType::Other => true,
         };
         if hardware && !k.tuning().is_strict() {
-            ColumnSumForm::Split
+            SumForm::Split
         } else {
-            ColumnSumForm::Serial
+            SumForm::Serial
         }
     }
 }
 
-/// `out (cols) = Σ_rows x (rows, cols)`, rows in order ([`ColumnSumForm::Serial`]).
+/// `out (cols) = Σ_rows x (rows, cols)`, rows in order ([`SumForm::Serial`]).
 pub fn column_sum(
     k: &Kernels,
     out: &GpuTensor,
     x: &GpuTensor,
     acc: Accumulate,
 ) -> Result<Dispatch> {
-    column_sum_as(k, ColumnSumForm::Serial, out, x, acc)
+    column_sum_as(k, SumForm::Serial, out, x, acc)
 }
 
 /// `out (cols) = Σ_rows x (rows, cols)` in `form`'s order — the bias gradient.
 pub fn column_sum_as(
     k: &Kernels,
-    form: ColumnSumForm,
+    form: SumForm,
     out: &GpuTensor,
     x: &GpuTensor,
     acc: Accumulate,
@@ -98,7 +100,7 @@ pub fn column_sum_as(
     };
     let split_groups = (cols as u32).div_ceil(8);
     let fits = split_groups <= k.gpu().limits().max_compute_workgroups_per_dimension;
-    if form == ColumnSumForm::Split && fits {
+    if form == SumForm::Split && fits {
         let kernel = if k.subgroups() {
             Kernel::ColumnSumSplitSubgroup
         } else {
