@@ -62,6 +62,90 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// The same softmax with each row split over 32 lanes, 8 rows per workgroup of 256, for
+// hardware GPUs, where one invocation per row leaves most of the device idle. Position p
+// works on row 8 * group + p / 32 and its columns p % 32, p % 32 + 32, ...: the row's max
+// (exact in any order), then the sum of exp(z - max): each lane adds its columns in order,
+// then a pairwise tree over the 32 lane sums with ascending offsets 1, 2, 4, 8, 16; then
+// each lane writes its columns. Its twin is `cpu::softmax_split`; `softmax_split_subgroup`
+// (loss_subgroup.wgsl) keeps the same order.
+var<workgroup> sm_partial: array<f32, 256>;
+
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+fn softmax_split_row(group: u32, position: u32) -> u32 {
+    return group * 8u + position / 32u;
+}
+
+// Position p's largest logit (-inf past the last row or column).
+fn softmax_split_lane_max(group: u32, position: u32) -> f32 {
+    let row = softmax_split_row(group, position);
+    var m = neg_inf();
+    if (row < sm_p.rows) {
+        for (var c = position % 32u; c < sm_p.cols; c = c + 32u) {
+            m = max(m, sm_logits[row * sm_p.cols + c]);
+        }
+    }
+    return m;
+}
+
+// Position p's sum of exp(z - m) over its columns, in order.
+fn softmax_split_lane_sum(group: u32, position: u32, m: f32) -> f32 {
+    let row = softmax_split_row(group, position);
+    var s = 0.0;
+    if (row < sm_p.rows) {
+        for (var c = position % 32u; c < sm_p.cols; c = c + 32u) {
+            s = s + soma_exp(sm_logits[row * sm_p.cols + c] - m);
+        }
+    }
+    return s;
+}
+
+// The tree levels at offsets first, 2*first, ... below 32 over sm_partial, taking the max
+// (`is_max`) or the sum of each pair; every invocation calls it with the same arguments.
+fn softmax_split_levels(index: u32, first: u32, is_max: bool) {
+    for (var offset = first; offset < 32u; offset = offset << 1u) {
+        if ((index & (2u * offset - 1u)) == 0u) {
+            let a = sm_partial[index];
+            let b = sm_partial[index + offset];
+            if (is_max) {
+                sm_partial[index] = max(a, b);
+            } else {
+                sm_partial[index] = a + b;
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+fn softmax_split_store(group: u32, position: u32, m: f32, s: f32) {
+    let row = softmax_split_row(group, position);
+    if (row < sm_p.rows) {
+        for (var c = position % 32u; c < sm_p.cols; c = c + 32u) {
+            let i = row * sm_p.cols + c;
+            sm_out[i] = soma_div(soma_exp(sm_logits[i] - m), s);
+        }
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn softmax_split(
+    @builtin(local_invocation_index) index: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    sm_partial[index] = softmax_split_lane_max(group.x, index);
+    workgroupBarrier();
+    softmax_split_levels(index, 1u, true);
+    let m = sm_partial[index & ~31u];
+    workgroupBarrier();
+    sm_partial[index] = softmax_split_lane_sum(group.x, index, m);
+    workgroupBarrier();
+    softmax_split_levels(index, 1u, false);
+    softmax_split_store(group.x, index, m, sm_partial[index & ~31u]);
+}
+
 @group(0) @binding(0) var<storage, read_write> mse_grad: array<f32>;
 @group(0) @binding(1) var<storage, read_write> mse_row_loss: array<f32>;
 @group(0) @binding(2) var<storage, read> mse_pred: array<f32>;

@@ -262,9 +262,12 @@ impl Gpu {
         let adapter = pick_adapter(request)?;
         let info = adapter.get_info();
         let limits = wanted_limits(&adapter.limits());
-        // Timestamps for `soma bench`; passthrough SPIR-V for strict mode's kernels (Vulkan).
+        // Timestamps for `soma bench`; passthrough SPIR-V for strict mode's kernels (Vulkan);
+        // subgroup operations for the reductions' subgroup forms (`Gpu::subgroups`).
         let features = adapter.features()
-            & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::PASSTHROUGH_SHADERS);
+            & (wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::PASSTHROUGH_SHADERS
+                | wgpu::Features::SUBGROUP);
         let desc = wgpu::DeviceDescriptor {
             label: Some("soma"),
             required_features: features,
@@ -301,8 +304,10 @@ impl Gpu {
     /// before anything is dispatched (`embed::required_limits` says how large). Strict mode
     /// (`Determinism::Strict`) loads its kernels as SPIR-V marked `NoContraction` only where
     /// the host requested `Features::PASSTHROUGH_SHADERS` on a Vulkan device; otherwise its
-    /// self-test decides whether the driver's own compilation keeps the order. soma leaves
-    /// the host's error handler alone.
+    /// self-test decides whether the driver's own compilation keeps the order. The
+    /// reductions take their subgroup forms only where the host requested
+    /// `Features::SUBGROUP` ([`Gpu::subgroups`]); without it they run their workgroup-memory
+    /// forms, which give the same bits. soma leaves the host's error handler alone.
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         Gpu::assemble(device, queue, Ownership::Borrowed)
     }
@@ -365,6 +370,20 @@ impl Gpu {
                 FloatControls::default()
             }
         })
+    }
+
+    /// The subgroup sizes the adapter may run (smallest, largest) where the device was
+    /// opened with `Features::SUBGROUP` (soma requests it where the adapter has it; a
+    /// borrowed device has it when its host asked for it); `None` elsewhere (GL, say), and
+    /// then no kernel that uses subgroup operations is compiled. The reductions that use
+    /// them sum in an order that does not depend on the size, and check in the shader that
+    /// the subgroups they run in are usable (see `shaders/reduce_subgroup.wgsl`).
+    pub fn subgroups(&self) -> Option<(u32, u32)> {
+        if !self.device.features().contains(wgpu::Features::SUBGROUP) {
+            return None;
+        }
+        let info = self.device.adapter_info();
+        Some((info.subgroup_min_size, info.subgroup_max_size))
     }
 
     /// The limits the device was opened with.

@@ -20,6 +20,9 @@ use crate::tensor::GpuTensor;
 pub struct Shader {
     pub file: &'static str,
     pub source: &'static str,
+    /// Whether it uses subgroup operations: compiled only on a device with
+    /// `Features::SUBGROUP` ([`Gpu::subgroups`]).
+    pub subgroups: bool,
 }
 
 macro_rules! shader {
@@ -27,6 +30,7 @@ macro_rules! shader {
         Shader {
             file: $file,
             source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
+            subgroups: false,
         }
     };
 }
@@ -39,6 +43,31 @@ pub const OPTIM: Shader = shader!("optim.wgsl");
 pub const DATA: Shader = shader!("data.wgsl");
 pub const PERCEPTRON: Shader = shader!("perceptron.wgsl");
 pub const STRICT_SELF_TEST: Shader = shader!("strict_self_test.wgsl");
+/// softmax's subgroup form: `loss_subgroup.wgsl` after `loss.wgsl`.
+pub const LOSS_SUBGROUP: Shader = Shader {
+    file: "loss_subgroup.wgsl",
+    source: concat!(
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/loss.wgsl")),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/loss_subgroup.wgsl"
+        )),
+    ),
+    subgroups: true,
+};
+/// The reductions' subgroup forms: `reduce_subgroup.wgsl` after `reduce.wgsl`, whose
+/// bindings and routines it uses.
+pub const REDUCE_SUBGROUP: Shader = Shader {
+    file: "reduce_subgroup.wgsl",
+    source: concat!(
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/reduce_subgroup.wgsl"
+        )),
+    ),
+    subgroups: true,
+};
 
 /// Every kernel's shader file. (`math_native.wgsl`, `math_strict.wgsl` and `math_vec4.wgsl`
 /// are preludes, put before these by [`Math::source`].)
@@ -51,6 +80,8 @@ pub const SHADERS: &[Shader] = &[
     DATA,
     PERCEPTRON,
     STRICT_SELF_TEST,
+    REDUCE_SUBGROUP,
+    LOSS_SUBGROUP,
 ];
 
 /// How a kernel uses one of its storage bindings.
@@ -119,6 +150,16 @@ impl Pipeline {
             },
             count: None,
         });
+        if shader.subgroups && gpu.subgroups().is_none() {
+            return Err(Error::Shader {
+                label: entry.to_string(),
+                message: format!(
+                    "{} uses subgroup operations and the device was opened without \
+                     Features::SUBGROUP",
+                    shader.file
+                ),
+            });
+        }
         let source = math.source(shader.source);
         let spirv = match math {
             Math::Strict if gpu.takes_spirv() => Some(crate::spirv::strict_spirv(

@@ -1052,6 +1052,220 @@ fn argmax_and_correct_count_match_cpu() {
     }
 }
 
+/// Kernels with the reductions' subgroup forms on or off (`Tuning::subgroups`).
+fn with_subgroups(gpu: &'static Gpu, on: bool) -> Kernels<'static> {
+    Kernels::new(
+        gpu,
+        Tuning {
+            subgroups: on,
+            ..Tuning::default()
+        },
+    )
+}
+
+#[test]
+fn subgroup_reductions_match_their_fallbacks_and_twins() {
+    let Some(gpu) = gpu("subgroup_reductions_match_their_fallbacks_and_twins") else {
+        return;
+    };
+    let (sg, wg) = (&with_subgroups(gpu, true), &with_subgroups(gpu, false));
+    assert!(!wg.subgroups());
+    // lavapipe through Vulkan has subgroups (of 8), so the subgroup forms run here; GL has
+    // none, and both kernels run the fallback.
+    let vulkan = gpu.adapter().backend == wgpu::Backend::Vulkan;
+    if is_llvmpipe(gpu) && vulkan {
+        assert!(
+            gpu.subgroups().is_some() && sg.subgroups(),
+            "lavapipe has subgroups"
+        );
+    }
+    println!(
+        "subgroups {:?}, subgroup forms {}",
+        gpu.subgroups(),
+        sg.subgroups()
+    );
+    let mut rng = TestRng::new(41);
+    for len in [1usize, 2, 7, 8, 9, 255, 256, 257, 1000, 4099, 70_001] {
+        // Magnitudes over six decades, both signs: a different order of additions gives
+        // different bits (checked below for the longer vectors).
+        let x: Vec<f32> = (0..len)
+            .map(|_| rng.uniform(-1.0, 1.0) * 10f32.powf(rng.uniform(-3.0, 3.0)))
+            .collect();
+        let xt = up(gpu, "x", &[len], &x);
+        for acc in [Accumulate::Overwrite, Accumulate::Add] {
+            let p = ReduceParams {
+                len: len as u32,
+                accumulate: (acc == Accumulate::Add) as u32,
+                ..Default::default()
+            };
+            let mut want = vec![0.25f32];
+            cpu::reduce_sum(&mut want, &x, &p);
+            for (form, kn) in [("subgroup", sg), ("workgroup", wg)] {
+                let out = up(gpu, "sum", &[1], &[0.25]);
+                run(gpu, &ops::reduce_sum(kn, &out, &xt, acc).unwrap());
+                let got = out.read(gpu).unwrap();
+                assert_eq!(
+                    got[0].to_bits(),
+                    want[0].to_bits(),
+                    "reduce_sum {form} len {len} {acc:?}: {} vs twin {}",
+                    got[0],
+                    want[0]
+                );
+            }
+        }
+        if len >= 1000 {
+            let serial = x.iter().fold(0.0f32, |a, &v| a + v);
+            let mut tree = [0.0f32];
+            cpu::reduce_sum(
+                &mut tree,
+                &x,
+                &ReduceParams {
+                    len: len as u32,
+                    ..Default::default()
+                },
+            );
+            assert_ne!(
+                serial.to_bits(),
+                tree[0].to_bits(),
+                "len {len}: order-sensitive data"
+            );
+        }
+    }
+
+    // The split column sum (the bias gradient on hardware GPUs) in both forms, at row
+    // counts around the 32 lanes per column and column counts around the 8 per workgroup.
+    let mut differs = false;
+    for rows in [1usize, 7, 31, 32, 33, 64, 100, 255, 257, 300] {
+        for cols in [1usize, 7, 8, 9, 10, 64, 255, 257] {
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.uniform(-1.0, 1.0) * 10f32.powf(rng.uniform(-3.0, 3.0)))
+                .collect();
+            let xt = up(gpu, "x", &[rows, cols], &x);
+            let prior = rng.vec(cols, -1.0, 1.0);
+            for acc in [Accumulate::Overwrite, Accumulate::Add] {
+                let p = RowsParams {
+                    rows: rows as u32,
+                    cols: cols as u32,
+                    accumulate: (acc == Accumulate::Add) as u32,
+                    ..Default::default()
+                };
+                let mut want = prior.clone();
+                cpu::column_sum_split(&mut want, &x, &p);
+                let mut serial = prior.clone();
+                cpu::column_sum(&mut serial, &x, &p);
+                differs |= want
+                    .iter()
+                    .zip(&serial)
+                    .any(|(a, b)| a.to_bits() != b.to_bits());
+                for (form, kn) in [("subgroup", sg), ("workgroup", wg)] {
+                    let out = up(gpu, "out", &[cols], &prior);
+                    let split = ops::SumForm::Split;
+                    run(gpu, &ops::column_sum_as(kn, split, &out, &xt, acc).unwrap());
+                    let got = out.read(gpu).unwrap();
+                    for (c, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "column_sum_split {form} {rows}x{cols} {acc:?} col {c}: {g} vs twin {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        differs,
+        "the split order differs from the row order somewhere"
+    );
+
+    for rows in [1usize, 7, 63, 64, 65, 255, 257, 300, 1000] {
+        for cols in [1usize, 3, 10] {
+            let x = rng.vec(rows * cols, -1.0, 1.0);
+            let labels: Vec<u32> = (0..rows).map(|_| rng.below(cols.max(2) as u32)).collect();
+            let lt = up_u32(gpu, "labels", &[rows], &labels);
+            let xt = up(gpu, "x", &[rows, cols], &x);
+            for live in [rows, rows.div_ceil(3)] {
+                let p = RowsParams {
+                    rows: live as u32,
+                    cols: cols as u32,
+                    threshold: 0.0,
+                    ..Default::default()
+                };
+                let mut want = vec![5u32];
+                cpu::correct_count(&mut want, &x, &labels, &p);
+                for (form, kn) in [("subgroup", sg), ("workgroup", wg)] {
+                    let count = up_u32(gpu, "count", &[1], &[5]);
+                    let d = ops::correct_count(kn, &count, &xt, &lt, live, 0.0).unwrap();
+                    run(gpu, &d);
+                    assert_eq!(
+                        count.read_u32(gpu).unwrap(),
+                        want,
+                        "correct_count {form} {rows}x{cols}, {live} live"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_split_matches_cpu_in_both_forms() {
+    let Some(gpu) = gpu("softmax_split_matches_cpu_in_both_forms") else {
+        return;
+    };
+    let (sg, wg) = (&with_subgroups(gpu, true), &with_subgroups(gpu, false));
+    // soma's own exp and division (the same bits in Rust and WGSL) where the kernels load as
+    // SPIR-V that the driver may not reorder: there the split form equals its twin bit for
+    // bit. (Those kernels run the workgroup form: strict SPIR-V has no subgroups.)
+    let strict = Kernels::new(gpu, Tuning::strict());
+    let mut rng = TestRng::new(61);
+    let split = ops::SumForm::Split;
+    for rows in [1usize, 7, 8, 9, 33, 300] {
+        for cols in [1usize, 7, 31, 32, 33, 100, 530] {
+            let x = rng.vec(rows * cols, -30.0, 30.0);
+            let xt = up(gpu, "x", &[rows, cols], &x);
+            let p = RowsParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                ..Default::default()
+            };
+            let label = format!("softmax_split {rows}x{cols}");
+            let mut got = Vec::new();
+            for kn in [sg, wg] {
+                let out = GpuTensor::zeros(gpu, "softmax", &[rows, cols]).unwrap();
+                run(gpu, &ops::softmax_as(kn, split, &out, &xt).unwrap());
+                got.push(out.read(gpu).unwrap());
+            }
+            // The subgroup form and the fallback: the same order and the same exp, so the
+            // same bits.
+            for (i, (a, b)) in got[0].iter().zip(&got[1]).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{label} [{i}]: subgroup {a}, workgroup {b}"
+                );
+            }
+            let mut want = vec![0.0; rows * cols];
+            cpu::softmax_split(&mut want, &x, &p, Math::Native);
+            // The driver's exp against Rust's (a few ulps), through a sum of up to 530 terms.
+            assert_close(&label, &got[0], &want, 1e-6, 1e-5);
+            if gpu.takes_spirv() {
+                let out = GpuTensor::zeros(gpu, "softmax", &[rows, cols]).unwrap();
+                run(gpu, &ops::softmax_as(&strict, split, &out, &xt).unwrap());
+                let mut want = vec![0.0; rows * cols];
+                cpu::softmax_split(&mut want, &x, &p, Math::Strict);
+                for (i, (g, w)) in out.read(gpu).unwrap().iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "strict {label} [{i}]: {g} vs twin {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn softmax_matches_cpu() {
     let Some(gpu) = gpu("softmax_matches_cpu") else {

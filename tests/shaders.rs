@@ -18,10 +18,39 @@ fn parse_with(file: &str, source: &str, math: Math) -> naga::Module {
     let source = &*math.source(source);
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
-    Validator::new(ValidationFlags::all(), Capabilities::empty())
+    Validator::new(ValidationFlags::all(), capabilities(file))
         .validate(&module)
         .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
     module
+}
+
+/// What a device must have to compile `file`: subgroup operations for the files that say
+/// they use them (`Shader::subgroups`), nothing beyond WebGPU's core for every other.
+fn capabilities(file: &str) -> Capabilities {
+    if SHADERS.iter().any(|s| s.file == file && s.subgroups) {
+        Capabilities::SUBGROUP
+    } else {
+        Capabilities::empty()
+    }
+}
+
+#[test]
+fn only_the_subgroup_shaders_need_subgroups() {
+    // A file marked as using subgroups fails without them (so the mark is needed), and the
+    // others validate without them (checked by `parse` above).
+    let marked: Vec<_> = SHADERS.iter().filter(|s| s.subgroups).collect();
+    assert!(!marked.is_empty());
+    for s in marked {
+        let source = &*Math::Native.source(s.source);
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        assert!(
+            Validator::new(ValidationFlags::all(), Capabilities::empty())
+                .validate(&module)
+                .is_err(),
+            "{} validates without subgroups: unmark it",
+            s.file
+        );
+    }
 }
 
 #[test]
@@ -75,7 +104,7 @@ fn every_kernel_entry_point_exists_with_its_bindings() {
             .unwrap_or_else(|| panic!("{}: no entry point {entry}", shader.file));
         assert_eq!(ep.stage, naga::ShaderStage::Compute, "{entry}");
         // The globals the entry point uses, by binding.
-        let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+        let info = Validator::new(ValidationFlags::all(), capabilities(shader.file))
             .validate(&module)
             .unwrap();
         let idx = module

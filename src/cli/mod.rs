@@ -23,7 +23,8 @@ use soma::checkpoint::{self, Checkpoint};
 use soma::{Device, Error, Gpu, Kernels, Result, Tuning};
 
 /// The opened device: the GPU's kernels, with the tuning the environment asks for
-/// (`SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`, `SOMA_AUTOTUNE`), when there is a GPU.
+/// (`SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`, `SOMA_AUTOTUNE`, `SOMA_SUBGROUPS`), when
+/// there is a GPU.
 pub struct Opened {
     kernels: Option<Kernels<'static>>,
 }

@@ -348,7 +348,8 @@ impl<'a> GpuExec<'a> {
                 ops::activation_backward(k, &t[*dpre], &t[*dout], &t[*pre], act)?
             }
             Op::ColumnSum { out, x, params } => {
-                ops::column_sum(k, &t[*out], &t[*x], acc(params.accumulate))?
+                let form = ops::SumForm::for_kernels(k);
+                ops::column_sum_as(k, form, &t[*out], &t[*x], acc(params.accumulate))?
             }
             Op::Loss {
                 kind,

@@ -8,7 +8,7 @@ use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::{DType, GpuTensor};
 
-use super::reduce::RowsParams;
+use super::reduce::{RowsParams, SumForm};
 use super::{dispatch, expect_dtype, expect_len, expect_shape, grid_rows, matrix, Kernel, Kernels};
 
 /// The loss functions soma trains with.
@@ -88,8 +88,23 @@ params_struct! {
     }
 }
 
-/// `out = softmax(logits)` row by row.
+/// `out = softmax(logits)` row by row, in the form that suits the device
+/// ([`SumForm::for_kernels`]).
 pub fn softmax(k: &Kernels, out: &GpuTensor, logits: &GpuTensor) -> Result<Dispatch> {
+    softmax_as(k, SumForm::for_kernels(k), out, logits)
+}
+
+/// `out = softmax(logits)` row by row, max-subtracted, the sum of the exponentials in
+/// `form`'s order: [`SumForm::Serial`], one invocation per row, columns in order (twin
+/// `cpu::softmax`); [`SumForm::Split`], 32 lanes per row, each summing columns j, j+32, ...
+/// in order, then a pairwise tree with ascending offsets (twin `cpu::softmax_split`, for
+/// its workgroup and subgroup forms alike).
+pub fn softmax_as(
+    k: &Kernels,
+    form: SumForm,
+    out: &GpuTensor,
+    logits: &GpuTensor,
+) -> Result<Dispatch> {
     let (rows, cols) = matrix("softmax", logits)?;
     expect_shape("softmax", out, (rows, cols))?;
     let p = RowsParams {
@@ -97,7 +112,21 @@ pub fn softmax(k: &Kernels, out: &GpuTensor, logits: &GpuTensor) -> Result<Dispa
         cols: cols as u32,
         ..Default::default()
     };
-    dispatch(k, Kernel::Softmax, &[out, logits], &[p], grid_rows(rows))
+    let split_groups = (rows as u32).div_ceil(8);
+    let fits = split_groups <= k.gpu().limits().max_compute_workgroups_per_dimension;
+    match form {
+        SumForm::Split if fits => {
+            let kernel = if k.subgroups() {
+                Kernel::SoftmaxSplitSubgroup
+            } else {
+                Kernel::SoftmaxSplit
+            };
+            dispatch(k, kernel, &[out, logits], &[p], [split_groups, 1, 1])
+        }
+        SumForm::Split | SumForm::Serial => {
+            dispatch(k, Kernel::Softmax, &[out, logits], &[p], grid_rows(rows))
+        }
+    }
 }
 
 fn loss_kernel(kind: Loss) -> Kernel {
@@ -219,6 +248,33 @@ pub mod cpu {
             }
             for c in 0..cols {
                 out[r * cols + c] = math.div(math.exp(z[c] - m), s);
+            }
+        }
+    }
+
+    /// Twin of `softmax_split` (and its subgroup form): per row the max, then 32 lanes sum
+    /// exp(z - max) over columns j, j+32, ... in order, a pairwise tree over the 32 with
+    /// ascending offsets, and each output exp(z - max) / sum.
+    pub fn softmax_split(out: &mut [f32], logits: &[f32], p: &RowsParams, math: Math) {
+        let cols = p.cols as usize;
+        for r in 0..p.rows as usize {
+            let z = &logits[r * cols..r * cols + cols];
+            let m = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut partial = [0.0f32; 32];
+            for (lane, slot) in partial.iter_mut().enumerate() {
+                for &v in z.iter().skip(lane).step_by(32) {
+                    *slot += math.exp(v - m);
+                }
+            }
+            let mut offset = 1;
+            while offset < 32 {
+                for lane in (0..32).step_by(2 * offset) {
+                    partial[lane] += partial[lane + offset];
+                }
+                offset <<= 1;
+            }
+            for c in 0..cols {
+                out[r * cols + c] = math.div(math.exp(z[c] - m), partial[0]);
             }
         }
     }

@@ -1,5 +1,8 @@
 //! Reductions (`shaders/reduce.wgsl`): column sums (the bias gradient), a sum in a fixed
-//! order (the loss), the row-wise argmax and the count of correct predictions.
+//! order (the loss), the row-wise argmax and the count of correct predictions. Where the
+//! device has subgroups ([`Kernels::subgroups`]), the sum and the count record their
+//! subgroup forms (`shaders/reduce_subgroup.wgsl`), which give the same bits as the
+//! workgroup forms on every adapter: one twin serves both.
 
 use crate::error::{Error, Result};
 use crate::kernels::Dispatch;
@@ -33,9 +36,56 @@ params_struct! {
     }
 }
 
-/// `out (cols) = Σ_rows x (rows, cols)` — the bias gradient.
+/// How a column sum ([`column_sum_as`]) or a softmax (`ops::softmax_as`) orders its sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SumForm {
+    /// One invocation per column (four with vec4 loads where `cols` is a multiple of 4) or
+    /// per row, summing in order: the twins are [`cpu::column_sum`] and `cpu::softmax`.
+    Serial,
+    /// Each column (or row) split over 32 lanes, 8 per workgroup: lane j sums elements j,
+    /// j+32, ... in order, then a pairwise tree over the 32 partial sums with ascending
+    /// offsets 1, 2, 4, 8, 16. Its subgroup form (where [`Kernels::subgroups`]) runs the
+    /// tree's levels below the subgroup size as shuffle butterflies in the same pairs, so the
+    /// two give the same bits whatever the size. The twins are [`cpu::column_sum_split`] and
+    /// `cpu::softmax_split`.
+    Split,
+}
+
+impl SumForm {
+    /// The form a bias gradient (or a softmax) runs in on `k`'s device: split on a hardware
+    /// GPU, where one invocation per column leaves it idle; serial on a CPU adapter
+    /// (lavapipe), where it measures faster, and under strict mode, whose CPU reference sums
+    /// in order.
+    pub fn for_kernels(k: &Kernels) -> SumForm {
+        let hardware = match k.gpu().adapter().device_type {
+            wgpu::DeviceType::Cpu => false,
+            wgpu::DeviceType::DiscreteGpu
+            | wgpu::DeviceType::IntegratedGpu
+            | wgpu::DeviceType::VirtualGpu
+            | wgpu::DeviceType::Other => true,
+        };
+        if hardware && !k.tuning().is_strict() {
+            SumForm::Split
+        } else {
+            SumForm::Serial
+        }
+    }
+}
+
+/// `out (cols) = Σ_rows x (rows, cols)`, rows in order ([`SumForm::Serial`]).
 pub fn column_sum(
     k: &Kernels,
+    out: &GpuTensor,
+    x: &GpuTensor,
+    acc: Accumulate,
+) -> Result<Dispatch> {
+    column_sum_as(k, SumForm::Serial, out, x, acc)
+}
+
+/// `out (cols) = Σ_rows x (rows, cols)` in `form`'s order — the bias gradient.
+pub fn column_sum_as(
+    k: &Kernels,
+    form: SumForm,
     out: &GpuTensor,
     x: &GpuTensor,
     acc: Accumulate,
@@ -48,7 +98,16 @@ pub fn column_sum(
         accumulate: acc.flag(),
         ..Default::default()
     };
-    if cols.is_multiple_of(4) {
+    let split_groups = (cols as u32).div_ceil(8);
+    let fits = split_groups <= k.gpu().limits().max_compute_workgroups_per_dimension;
+    if form == SumForm::Split && fits {
+        let kernel = if k.subgroups() {
+            Kernel::ColumnSumSplitSubgroup
+        } else {
+            Kernel::ColumnSumSplit
+        };
+        dispatch(k, kernel, &[out, x], &[p], [split_groups, 1, 1])
+    } else if cols.is_multiple_of(4) {
         let groups = (cols as u32 / 4).div_ceil(8);
         dispatch(k, Kernel::ColumnSumVec4, &[out, x], &[p], [groups, 1, 1])
     } else {
@@ -56,7 +115,11 @@ pub fn column_sum(
     }
 }
 
-/// `out[0] = Σ x` (or `+=` with `Accumulate::Add`), in a fixed order.
+/// `out[0] = Σ x` (or `+=` with `Accumulate::Add`), in a fixed order that does not depend
+/// on the adapter: lane i of 256 sums `x[i], x[i+256], ...` in order, then a pairwise tree
+/// over the 256 partial sums with ascending offsets 1, 2, ..., 128
+/// (`((p0 + p1) + (p2 + p3)) + ...`). The subgroup form runs the tree's levels below the
+/// subgroup size as shuffle butterflies, in the same pairs.
 pub fn reduce_sum(
     k: &Kernels,
     out: &GpuTensor,
@@ -71,7 +134,12 @@ pub fn reduce_sum(
         accumulate: acc.flag(),
         ..Default::default()
     };
-    dispatch(k, Kernel::ReduceSum, &[out, x], &[p], [1, 1, 1])
+    let kernel = if k.subgroups() {
+        Kernel::ReduceSumSubgroup
+    } else {
+        Kernel::ReduceSum
+    };
+    dispatch(k, kernel, &[out, x], &[p], [1, 1, 1])
 }
 
 /// `out[r] = argmax_c x[r][c]` (u32, the first maximum on ties).
@@ -88,7 +156,9 @@ pub fn argmax(k: &Kernels, out: &GpuTensor, x: &GpuTensor) -> Result<Dispatch> {
 }
 
 /// `count[0] += #{r < rows : prediction(x[r]) == labels[r]}` (u32 count, u32 labels); the
-/// prediction is the argmax, or `x >= threshold` for a single column.
+/// prediction is the argmax, or `x >= threshold` for a single column. Integer sums, exact in
+/// any order: the subgroup form adds each subgroup's hits with `subgroupAdd` and makes one
+/// atomic add per subgroup.
 pub fn correct_count(
     k: &Kernels,
     count: &GpuTensor,
@@ -111,9 +181,14 @@ pub fn correct_count(
         threshold,
         ..Default::default()
     };
+    let kernel = if k.subgroups() {
+        Kernel::CorrectCountSubgroup
+    } else {
+        Kernel::CorrectCount
+    };
     dispatch(
         k,
-        Kernel::CorrectCount,
+        kernel,
         &[count, logits, labels],
         &[p],
         grid_rows(batch_rows),
@@ -137,7 +212,32 @@ pub mod cpu {
         }
     }
 
-    /// `out[0] = Σ x` in the shader's order: 256 strided partial sums, then a binary tree.
+    /// Twin of `column_sum_split` (and its subgroup form): per column, 32 lanes sum rows
+    /// r, r+32, ... in order, then a pairwise tree over the 32 with ascending offsets.
+    pub fn column_sum_split(out: &mut [f32], x: &[f32], p: &RowsParams) {
+        let (rows, cols) = (p.rows as usize, p.cols as usize);
+        for col in 0..cols {
+            let mut partial = [0.0f32; 32];
+            for (lane, slot) in partial.iter_mut().enumerate() {
+                let mut r = lane;
+                while r < rows {
+                    *slot += x[r * cols + col];
+                    r += 32;
+                }
+            }
+            let mut offset = 1;
+            while offset < 32 {
+                for lane in (0..32).step_by(2 * offset) {
+                    partial[lane] += partial[lane + offset];
+                }
+                offset <<= 1;
+            }
+            store(out, col, partial[0], p.accumulate);
+        }
+    }
+
+    /// `out[0] = Σ x` in the shaders' order (both forms): 256 strided partial sums, then a
+    /// pairwise tree with ascending offsets.
     pub fn reduce_sum(out: &mut [f32], x: &[f32], p: &ReduceParams) {
         let len = p.len as usize;
         let mut partial = [0.0f32; 256];
@@ -150,12 +250,12 @@ pub mod cpu {
             }
             *slot = acc;
         }
-        let mut stride = 128;
-        while stride > 0 {
-            for lane in 0..stride {
-                partial[lane] += partial[lane + stride];
+        let mut offset = 1;
+        while offset < 256 {
+            for lane in (0..256).step_by(2 * offset) {
+                partial[lane] += partial[lane + offset];
             }
-            stride >>= 1;
+            offset <<= 1;
         }
         store(out, 0, partial[0], p.accumulate);
     }
