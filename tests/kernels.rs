@@ -1558,6 +1558,19 @@ const FUSED_FORMS: [(u32, u8, bool, bool); 7] = [
     (64, 2, true, false),
 ];
 
+/// The forms tried for the 128-wide case (`fused_cases()[WIDEST_CASE]`): the unstaged
+/// 32-row tiles of 1 or 2 rows per invocation fit 32 KiB of workgroup memory; the staged
+/// one needs 96 KiB and the 64-row one 64 KiB (declined where the device has less), and 4
+/// rows per invocation are not built for layers over 64 wide (declined everywhere).
+const WIDEST_FORMS: [(u32, u8, bool, bool); 5] = [
+    (32, 1, false, true),
+    (32, 2, false, false),
+    (32, 4, false, false),
+    (32, 1, true, false),
+    (64, 2, false, false),
+];
+const WIDEST_CASE: usize = 5;
+
 /// The loss's parameters as the fused pass takes them.
 fn fused_params(live: usize, outputs: usize, rows: usize, start: usize) -> FusedMlpParams {
     let lp = Loss::Mse.params(live, outputs, rows);
@@ -1824,6 +1837,15 @@ fn fused_cases() -> Vec<FusedCase> {
             live: 65,
             bce: false,
         },
+        // The widest layers (128), a partial batch over two tiles of 32.
+        FusedCase {
+            widths: vec![8, 128, 128, 4],
+            acts: vec![Relu, Tanh, Identity],
+            bias: vec![true, true, true],
+            rows: 40,
+            live: 37,
+            bce: false,
+        },
         // Binary cross-entropy, a partial batch over two tiles of 32, GELU hidden.
         FusedCase {
             widths: vec![5, 16, 3],
@@ -1875,7 +1897,7 @@ fn fused_mlp_matches_its_twin() {
     let kn = &with_variant(gpu, MatmulVariant::default());
     let mut rng = TestRng::new(32);
     let align = (gpu.limits().min_storage_buffer_offset_alignment as usize).max(16);
-    let mut ran = 0;
+    let (mut ran, mut declined) = (0, 0);
     // Through the GL backend llvmpipe compiles the forms of several rows per invocation for
     // minutes (the tuner does not try the pass there); the one-row forms stand in for them.
     let gl = gpu.adapter().backend == wgpu::Backend::Gl;
@@ -1887,6 +1909,8 @@ fn fused_mlp_matches_its_twin() {
     let forms = |i: usize| {
         let mut f = if i == 0 {
             FUSED_FORMS.to_vec()
+        } else if i == WIDEST_CASE {
+            WIDEST_FORMS.to_vec()
         } else {
             vec![(32, 1, true, true), (64, 8, false, false)]
         };
@@ -1963,14 +1987,18 @@ fn fused_mlp_matches_its_twin() {
         .unwrap();
         let Some(d) = d else {
             // Declined: only for want of workgroup memory (64-row tiles with staged weights
-            // need 48 KiB for 64-wide layers).
+            // need 48 KiB for 64-wide layers), or for more rows per invocation than layers
+            // over 64 wide are built with.
             let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
             assert!(
-                shape.workgroup_bytes() > limit,
+                shape.workgroup_bytes() > limit
+                    || shape.rows_per_invocation > shape.most_rows_per_invocation(),
                 "{} declined with {} of {limit} bytes",
                 shape.entry_point(),
                 shape.workgroup_bytes()
             );
+            assert!(soma::ops::fused_mlp::fused_mlp_misfit(kn, shape).is_some());
+            declined += 1;
             continue;
         };
         ran += 1;
@@ -2015,8 +2043,13 @@ fn fused_mlp_matches_its_twin() {
             1e-4,
         );
     }
-    // Each decline above was for want of workgroup memory; lavapipe (32 KiB) declines only
-    // the staged 64-row form for the 64-wide network (48 KiB).
+    // Each decline above was for want of workgroup memory or for rows per invocation;
+    // lavapipe (32 KiB) declines the staged 64-row form for the 64-wide network (48 KiB), and
+    // the 4-row, staged and 64-row forms for the 128-wide one.
     assert!(ran > 0, "no form ran");
-    println!("fused_mlp: {ran} runs");
+    assert!(
+        declined > 0,
+        "the 4-row form of 128-wide layers is declined everywhere"
+    );
+    println!("fused_mlp: {ran} runs, {declined} declined");
 }

@@ -442,6 +442,80 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
     }
 }
 
+/// A network with a 128-wide layer (the widest the fused pass takes) trains through the
+/// pass like the CPU reference, in the first form that fits; a form named by the tuning that
+/// is not built for it, or does not fit the device, is an error naming the form and why.
+#[test]
+fn fused_mlp_pass_takes_128_wide_layers() {
+    let Some(own) = common::gpu("fused_mlp_pass_takes_128_wide_layers") else {
+        return;
+    };
+    let (train, _) = digits();
+    // 3 steps of 64 rows.
+    let train = first_rows(&train, 192);
+    let net = Network::mlp(&[64, 128, 10], Activation::Tanh, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 4).unwrap();
+    let opt = Optimizer {
+        lr: 0.05,
+        ..Optimizer::new(OptimizerKind::Momentum)
+    };
+    let own_k = Kernels::new(own, fused_form("on"));
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(
+        Device::Tuned(&own_k),
+        &model,
+        Loss::Mse,
+        opt,
+        &train,
+        None,
+        &config,
+    )
+    .unwrap();
+    let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+    assert!(
+        kernels.iter().any(|k| k.starts_with("fused_mlp_t32_r1")),
+        "kernels of a step: {kernels:?}"
+    );
+    let (gl, gp) = run_steps(Device::Tuned(&own_k), &model, Loss::Mse, opt, &train, 64);
+    let (cl, cp) = run_steps(Device::CpuReference, &model, Loss::Mse, opt, &train, 64);
+    assert_eq!(gl.len(), 3);
+    let (d, i) = max_rel_diff(&gl, &cl);
+    assert!(d < 1e-4, "step loss differs by {d:e} at step {i}");
+    for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
+        let rel = rel_l2(&g.weight, &c.weight);
+        assert!(rel < 1e-4, "layers.{l}.weight relative L2 error {rel:e}");
+    }
+    // 4 rows per invocation are not built for 128-wide layers, on any device; 64-row tiles
+    // with the 64 x 128 layer staged need 96 KiB of workgroup memory.
+    let limit = own.limits().max_compute_workgroup_storage_size;
+    for form in ["t32_r4", "t64_r1_staged"] {
+        if form == "t64_r1_staged" && limit >= 96 * 1024 {
+            continue;
+        }
+        let k = Kernels::new(own, fused_form(form));
+        let e = Trainer::new(
+            Device::Tuned(&k),
+            &model,
+            Loss::Mse,
+            opt,
+            &train,
+            None,
+            &config,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{form} was built"));
+        let text = e.to_string();
+        assert!(
+            matches!(e, Error::Config(_)) && text.contains(form) && text.contains("does not fit"),
+            "{form}: {text}"
+        );
+    }
+}
+
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {

@@ -12,7 +12,9 @@
 //! gradient arena.
 //!
 //! The kernel comes in forms with the same arithmetic: weights from the arena or staged,
-//! 32 or 64 rows per workgroup, and 1, 2, 4 or 8 rows per invocation. A hardware GPU wants
+//! 32 or 64 rows per workgroup, and 1, 2, 4 or 8 rows per invocation (at most 2 for layers
+//! over 64 wide), each used only where the device has the workgroup memory and invocations
+//! it needs ([`fused_mlp_fits`]). A hardware GPU wants
 //! one row per invocation and many invocations; a CPU adapter such as lavapipe, which pays
 //! for every load once per invocation, wants 8 rows per invocation (each weight read once
 //! for all 8) and 8 invocations per workgroup (one 256-bit vector).
@@ -39,13 +41,17 @@ mod source;
 
 pub use source::{generated, source};
 
-/// Rows per workgroup: 32 (16 KiB of workgroup memory for 64-wide layers, the WebGPU
-/// default) or 64 (32 KiB), per form.
+/// Rows per workgroup: 32 or 64, per form. A tile's deltas and layer inputs take
+/// `tile_rows x (widest output + widest input) x 4` bytes of workgroup memory: 16 KiB for
+/// 32 rows of 64-wide layers (the WebGPU default limit), 32 KiB for 32 rows of 128-wide
+/// layers or 64 rows of 64-wide ones, 64 KiB for 64 rows of 128-wide ones.
 pub const TILE_ROWS: [u32; 2] = [32, 64];
 
-/// The widest layer input or output the fused pass takes (its workgroup memory holds a
-/// tile's deltas and inputs, `tile_rows x MAX_WIDTH` each).
-pub const MAX_WIDTH: usize = 64;
+/// The widest layer input or output the fused pass takes (tiny-cuda-nn's widths are 64 and
+/// 128). Its workgroup memory holds a tile's deltas and inputs, `tile_rows x` the widest
+/// layer each, and, staged, the largest layer's weights (64 KiB for a 128 x 128 layer): a
+/// form is used only where [`fused_mlp_fits`] says the device has room for it.
+pub const MAX_WIDTH: usize = 128;
 
 /// The most layers the fused pass takes.
 pub const MAX_LAYERS: usize = 8;
@@ -64,7 +70,9 @@ pub enum FusedMlp {
     /// Wherever the network fits, in this form (named like its entry point,
     /// `fused_mlp_t64_r8` or `t64_r8`; `_staged` for staged weights). Whether the pass
     /// gathers its rows and which loss it computes follow from the training step, and add
-    /// `_gather` and `_bce` to the entry point.
+    /// `_gather` and `_bce` to the entry point. A form that the device or the network does
+    /// not fit (workgroup memory, invocations, rows per invocation) is an `Error::Config`
+    /// naming the limit.
     Form {
         tile_rows: u8,
         rows_per_invocation: u8,
@@ -125,7 +133,8 @@ pub struct MlpShape {
     /// Floats in the arena (and in each partials row).
     pub arena_len: u32,
     /// Each layer's weights are first copied into workgroup memory and read from there
-    /// (another 16 KiB for a 64 x 64 layer); otherwise every row reads them from the arena.
+    /// (another 16 KiB for a 64 x 64 layer, 64 KiB for a 128 x 128 one); otherwise every
+    /// row reads them from the arena.
     pub staged: bool,
     /// The loss: mean squared error, or binary cross-entropy on the logits (both over
     /// value targets).
@@ -286,6 +295,20 @@ impl MlpShape {
         self.tile_rows as u32
     }
 
+    /// The most rows per invocation the pass is built with for this network: 8 where every
+    /// layer is at most 64 wide, 2 where one is wider. The source is unrolled over each
+    /// layer's inputs (outputs, backward) for every row an invocation takes, so it grows as
+    /// rows x width²: for 8-128-128-4 llvmpipe (Vulkan) compiles the 1-row form in 1.0 s,
+    /// the 4-row one in 8.1 s and the 8-row one in 34 s, and the 8-row form holds some 24
+    /// KiB of private arrays per invocation.
+    pub fn most_rows_per_invocation(&self) -> u8 {
+        if self.max_width() > 64 {
+            2
+        } else {
+            8
+        }
+    }
+
     /// Invocations per workgroup.
     pub fn invocations(&self) -> u32 {
         self.tile_rows() / self.rows_per_invocation as u32
@@ -354,15 +377,52 @@ params_struct! {
     }
 }
 
-/// Whether the device's limits let it run the fused pass in the form `shape`: enough storage
-/// buffers per stage (six, seven to gather), workgroup memory and invocations.
+/// Whether the device's limits let it run the fused pass in the form `shape` (enough storage
+/// buffers per stage, six or seven to gather, workgroup memory and invocations), and the
+/// form is one built for the network (see [`MlpShape::most_rows_per_invocation`]).
 pub fn fused_mlp_fits(k: &Kernels, shape: MlpShape) -> bool {
+    fused_mlp_misfit(k, shape).is_none()
+}
+
+/// What keeps the fused pass from running in the form `shape` (the limit it needs more of,
+/// with both numbers, or too many rows per invocation for its widths), or `None` where the
+/// form fits.
+pub fn fused_mlp_misfit(k: &Kernels, shape: MlpShape) -> Option<String> {
     let limits = k.gpu().limits();
     let buffers = if shape.gather { 7 } else { 6 };
-    limits.max_storage_buffers_per_shader_stage >= buffers
-        && (limits.max_compute_workgroup_storage_size as u64) >= shape.workgroup_bytes()
-        && limits.max_compute_invocations_per_workgroup >= shape.invocations()
-        && limits.max_compute_workgroup_size_x >= shape.invocations()
+    let form = shape.entry_point();
+    if shape.rows_per_invocation > shape.most_rows_per_invocation() {
+        return Some(format!(
+            "{form} is not built for {}: layers wider than 64 take at most {} rows per \
+             invocation (its unrolled source compiles for too long)",
+            shape.name(),
+            shape.most_rows_per_invocation()
+        ));
+    }
+    if limits.max_storage_buffers_per_shader_stage < buffers {
+        return Some(format!(
+            "{form} binds {buffers} storage buffers; the device binds {} per stage",
+            limits.max_storage_buffers_per_shader_stage
+        ));
+    }
+    let bytes = shape.workgroup_bytes();
+    let limit = limits.max_compute_workgroup_storage_size as u64;
+    if bytes > limit {
+        return Some(format!(
+            "{form} needs {bytes} bytes of workgroup memory for {} (max_compute_workgroup_storage_size {limit})",
+            shape.name()
+        ));
+    }
+    let invocations = shape.invocations();
+    let most = limits
+        .max_compute_invocations_per_workgroup
+        .min(limits.max_compute_workgroup_size_x);
+    if invocations > most {
+        return Some(format!(
+            "{form} runs {invocations} invocations per workgroup; the device runs {most}"
+        ));
+    }
+    None
 }
 
 /// The fully fused training pass of a small network with MSE or binary cross-entropy (see
@@ -471,6 +531,17 @@ mod tests {
         MlpShape::new(&layers, 4480).unwrap()
     }
 
+    /// B3's network with its second hidden layer 128 wide: 2-64-128-1.
+    fn wide_b3() -> MlpShape {
+        let mut l = b3().layers();
+        l[1].outputs = 128;
+        l[1].bias_at = Some(192 + 64 * 128);
+        l[2].inputs = 128;
+        l[2].weight_at = 192 + 64 * 128 + 128;
+        l[2].bias_at = Some(l[2].weight_at + 128);
+        MlpShape::new(&l, l[2].weight_at + 144).unwrap()
+    }
+
     #[test]
     fn shapes_round_trip_and_limits_hold() {
         let s = b3();
@@ -484,9 +555,19 @@ mod tests {
         assert_eq!(s.name(), "2-64a1-64a1-1a0");
         assert!(s.workgroup_bytes() <= 16384);
         let mut wide = l.clone();
-        wide[1].outputs = 65;
-        wide[2].inputs = 65;
+        wide[1].outputs = 129;
+        wide[2].inputs = 129;
         assert!(MlpShape::new(&wide, 9000).is_none());
+        // 128 wide: 32 KiB for a tile of 32 rows, 32 KiB more with the 64 x 128 layer
+        // staged, and at most 2 rows per invocation.
+        let w = wide_b3();
+        assert_eq!(w.workgroup_bytes(), 32 * 256 * 4);
+        assert_eq!(
+            w.with_staged(true).workgroup_bytes(),
+            (32 * 256 + 64 * 128) * 4
+        );
+        assert_eq!(w.most_rows_per_invocation(), 2);
+        assert_eq!(s.most_rows_per_invocation(), 8);
         let mut broken = l.clone();
         broken[2].inputs = 32;
         assert!(MlpShape::new(&broken, 4480).is_none());
@@ -507,6 +588,15 @@ mod tests {
                     }
                 }
             }
+        }
+        // The widest network's forms that are built (at most 2 rows per invocation).
+        let wide = wide_b3();
+        for (rows, staged, gather) in [(1, true, true), (2, false, false)] {
+            validate(
+                wide.with_rows_per_invocation(rows)
+                    .with_staged(staged)
+                    .with_gather(gather),
+            );
         }
         assert_eq!(
             b3().with_gather(true).entry_point(),
