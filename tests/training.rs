@@ -442,6 +442,107 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
     }
 }
 
+/// The lecture's digits classifier (sigmoid hidden layer, softmax cross-entropy on class
+/// labels) trains through the fused pass like the op-by-op CPU reference: the same step
+/// losses and weights within rounding, and the same accuracy, which the correct count reads
+/// from the pass's logits and the gathered labels.
+#[test]
+fn fused_mlp_pass_trains_softmax_classifiers_like_the_cpu_reference() {
+    let Some(own) = common::gpu("fused_mlp_pass_trains_softmax_classifiers_like_the_cpu_reference")
+    else {
+        return;
+    };
+    let (train, _) = digits();
+    // 10 steps of 64 rows, the last one partial (620 = 9 * 64 + 44).
+    let train = first_rows(&train, 620);
+    let net = Network::mlp(&[64, 32, 10], Activation::Sigmoid, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 6).unwrap();
+    let opt = Optimizer {
+        lr: 0.5,
+        ..Optimizer::new(OptimizerKind::Momentum)
+    };
+    let loss = Loss::SoftmaxCrossEntropy;
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        shuffle: true,
+        seed: 3,
+        log_every: 1,
+        ..Default::default()
+    };
+    // The step losses, the epoch's metrics and the final parameters.
+    let epoch = |device: Device<'_>| {
+        let mut t = Trainer::new(device, &model, loss, opt, &train, None, &config).unwrap();
+        let mut losses = vec![];
+        let m = t
+            .run_epoch(|p: Progress| losses.push(p.loss.unwrap()))
+            .unwrap();
+        (losses, m, t.parameters().unwrap())
+    };
+    let (cl, cm, cp) = epoch(Device::CpuReference);
+    let gl_backend = own.adapter().backend == wgpu::Backend::Gl;
+    for (form, entry) in [
+        ("on", "fused_mlp_t32_r1_staged_gather_softmax"),
+        ("t64_r8", "fused_mlp_t64_r8_gather_softmax"),
+    ] {
+        if gl_backend && form != "on" {
+            println!("fused softmax: GL backend, {form} skipped");
+            continue;
+        }
+        let own_k = Kernels::new(own, fused_form(form));
+        let mut t = Trainer::new(
+            Device::Tuned(&own_k),
+            &model,
+            loss,
+            opt,
+            &train,
+            None,
+            &config,
+        )
+        .unwrap();
+        let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+        assert!(kernels.contains(&entry), "kernels of a step: {kernels:?}");
+        assert!(
+            !kernels.iter().any(|k| k.starts_with("matmul")
+                || k.starts_with("softmax")
+                || k.contains("activation")
+                || k.starts_with("gather_rows")),
+            "the fused pass replaces the op-by-op kernels: {kernels:?}"
+        );
+        // The labels' gather (the pass and the correct count read them); the pass; loss sum
+        // and correct count; the sum over tiles; the update.
+        assert_eq!(kernels.len(), 6, "kernels of a step: {kernels:?}");
+        let (gl, gm, gp) = epoch(Device::Tuned(&own_k));
+        assert_eq!(gl.len(), 10);
+        let (d, i) = max_rel_diff(&gl, &cl);
+        assert!(d < 1e-4, "{entry}: step loss differs by {d:e} at step {i}");
+        for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
+            let rel = rel_l2(&g.weight, &c.weight);
+            assert!(
+                rel < 1e-4,
+                "{entry}: layers.{l}.weight relative L2 error {rel:e}"
+            );
+            let rel = rel_l2(g.bias.as_ref().unwrap(), c.bias.as_ref().unwrap());
+            assert!(
+                rel < 1e-4,
+                "{entry}: layers.{l}.bias relative L2 error {rel:e}"
+            );
+        }
+        let (ga, ca) = (gm.train_accuracy.unwrap(), cm.train_accuracy.unwrap());
+        // One row's argmax may flip under rounding; no more.
+        assert!(
+            (ga - ca).abs() <= 1.0 / 620.0 + 1e-6,
+            "{entry}: accuracy {ga} against {ca}"
+        );
+        assert!((gm.train_loss - cm.train_loss).abs() <= 1e-4 * cm.train_loss.abs());
+    }
+    // The run learned (above chance, 0.1, within its one epoch of 10 steps) and moved the
+    // weights: the comparison above is not of two copies of the initial parameters.
+    assert!(cm.train_accuracy.unwrap() > 0.2, "{cm:?}");
+    let moved = rel_l2(&cp.layers[0].weight, &model.params.layers[0].weight);
+    assert!(moved > 1e-3, "weights barely moved: {moved:e}");
+}
+
 /// A network with a 128-wide layer (the widest the fused pass takes) trains through the
 /// pass like the CPU reference, in the first form that fits; a form named by the tuning that
 /// is not built for it, or does not fit the device, is an error naming the form and why.

@@ -9,7 +9,7 @@ use crate::gpu::Gpu;
 use crate::kernels::Dispatch;
 use crate::ops::data::GatherParams;
 use crate::ops::fused_mlp::{FusedMlp, FusedMlpParams, MlpLayer, MlpShape};
-use crate::ops::{self, Accumulate, Loss};
+use crate::ops::{self, Accumulate};
 use crate::plan::{entry, BufId, Op, Plan, Update, UpdateTensor};
 use crate::tensor::{DType, GpuTensor};
 
@@ -337,9 +337,11 @@ impl GpuExec<'_> {
     }
 
     /// The fused pass's view of the training step, where the step is one the pass takes:
-    /// an MSE or binary cross-entropy loss (value targets), every parameter a slot of the
-    /// arena, and a network the pass's shapes hold. Where the input rows and their target
-    /// values are gathered from f32 tables by one row order, the pass gathers them itself.
+    /// any of the losses (MSE or binary cross-entropy over value targets, softmax
+    /// cross-entropy over class labels), every parameter a slot of the arena, and a network
+    /// the pass's shapes hold. Where the input rows and their target values are gathered
+    /// from f32 tables by one row order, the pass gathers them itself; class labels it reads
+    /// from the gathered batch.
     fn mlp_pass(&self, plan: &Plan) -> Option<MlpPass> {
         let step = &plan.train_step;
         let a = self.arenas.as_ref()?;
@@ -352,11 +354,6 @@ impl GpuExec<'_> {
         } = &step.loss.as_ref()?.loss
         else {
             return None;
-        };
-        let bce = match kind {
-            Loss::Mse => false,
-            Loss::BinaryCrossEntropy => true,
-            Loss::SoftmaxCrossEntropy => return None,
         };
         // Every parameter is a slot of the arena (the grads arena has the same layout).
         let in_arena = |id: BufId| self.tensors[id].buffer() == a.params.buffer();
@@ -375,7 +372,7 @@ impl GpuExec<'_> {
                 bias_at: l.bias.map(slot),
             });
         }
-        let shape = MlpShape::new(&mlp, a.params.len())?.with_bce(bce);
+        let shape = MlpShape::new(&mlp, a.params.len())?.with_loss(*kind);
         // The gathers of the input rows and their target values become the pass's own reads
         // where both gather f32 rows by one row order, step for step.
         let gather = step.gather.as_ref();
@@ -395,22 +392,26 @@ impl GpuExec<'_> {
                 None
             }
         }
-        let gathered = match (
-            rows_of(gather.and_then(|g| g.input.as_ref())),
-            rows_of(gather.and_then(|g| g.values.as_ref())),
-        ) {
-            (Some(gx), Some(gt))
-                if gx.1 == gt.1
-                    && gx.2.len() == gt.2.len()
-                    && gx
-                        .2
-                        .iter()
-                        .zip(gt.2)
-                        .all(|(a, b)| a.start == b.start && a.rows == b.rows) =>
-            {
-                Some((gx, gt))
+        let gx = rows_of(gather.and_then(|g| g.input.as_ref()));
+        // Class labels are read from the gathered batch: their gather stays in the step, for
+        // the correct count.
+        let gathered = if kind.takes_labels() {
+            gx.map(|gx| (gx, None))
+        } else {
+            match (gx, rows_of(gather.and_then(|g| g.values.as_ref()))) {
+                (Some(gx), Some(gt))
+                    if gx.1 == gt.1
+                        && gx.2.len() == gt.2.len()
+                        && gx
+                            .2
+                            .iter()
+                            .zip(gt.2)
+                            .all(|(a, b)| a.start == b.start && a.rows == b.rows) =>
+                {
+                    Some((gx, Some(gt)))
+                }
+                _ => None,
             }
-            _ => None,
         };
         let n = loss
             .len()
@@ -429,7 +430,7 @@ impl GpuExec<'_> {
             })
             .collect();
         let (x, target, indices) = match &gathered {
-            Some((gx, gt)) => (gx.0, gt.0, Some(gx.1)),
+            Some((gx, gt)) => (gx.0, gt.map_or(*target, |gt| gt.0), Some(gx.1)),
             None => (plan.input, *target, None),
         };
         Some(MlpPass {

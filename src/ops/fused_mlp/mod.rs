@@ -1,6 +1,7 @@
 //! The fully fused training pass of a small MLP (every width at most [`MAX_WIDTH`]): one
-//! dispatch runs the forward pass, the loss gradient (mean squared error, or binary
-//! cross-entropy on the logits) and the backward pass of a tile of 32 or 64 batch rows per
+//! dispatch runs the forward pass, the loss gradient (mean squared error, binary
+//! cross-entropy on the logits, or softmax cross-entropy on the logits against class
+//! labels) and the backward pass of a tile of 32 or 64 batch rows per
 //! workgroup, with every row's activations and deltas in its invocation's private memory,
 //! in the manner of tiny-cuda-nn's fully fused MLP.
 //! Weights and biases are read from the parameter arena (one binding; the slots' offsets
@@ -34,7 +35,7 @@ use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::{DType, GpuTensor};
 
-use super::{dispatch, expect_len, expect_shape, matrix, Kernel, Kernels};
+use super::{dispatch, expect_dtype, expect_len, expect_shape, matrix, Kernel, Kernels, Loss};
 
 pub mod cpu;
 mod source;
@@ -70,7 +71,7 @@ pub enum FusedMlp {
     /// Wherever the network fits, in this form (named like its entry point,
     /// `fused_mlp_t64_r8` or `t64_r8`; `_staged` for staged weights). Whether the pass
     /// gathers its rows and which loss it computes follow from the training step, and add
-    /// `_gather` and `_bce` to the entry point. A form that the device or the network does
+    /// `_gather` and `_bce` or `_softmax` to the entry point. A form that the device or the network does
     /// not fit (workgroup memory, invocations, rows per invocation) is an `Error::Config`
     /// naming the limit.
     Form {
@@ -136,9 +137,10 @@ pub struct MlpShape {
     /// (another 16 KiB for a 64 x 64 layer, 64 KiB for a 128 x 128 one); otherwise every
     /// row reads them from the arena.
     pub staged: bool,
-    /// The loss: mean squared error, or binary cross-entropy on the logits (both over
-    /// value targets).
-    pub bce: bool,
+    /// The loss, with `mse_loss`'s, `binary_cross_entropy`'s or `softmax_cross_entropy`'s
+    /// formulas: the first two over value targets (f32, batch x outputs), softmax
+    /// cross-entropy over class labels (u32, one per row).
+    pub loss: Loss,
     /// Rows per workgroup, one of [`TILE_ROWS`].
     pub tile_rows: u8,
     /// The pass gathers its batch from the data tables through the row order itself (the
@@ -177,7 +179,7 @@ impl MlpShape {
             bias_at: [0; MAX_LAYERS],
             arena_len: arena_len as u32,
             staged: false,
-            bce: false,
+            loss: Loss::Mse,
             tile_rows: 32,
             gather: false,
             rows_per_invocation: 1,
@@ -219,7 +221,8 @@ impl MlpShape {
 
     /// A short name of the network and loss for logs and the tuner's cache: widths with
     /// each layer's activation code (and slope where it has one), `nb` for a layer without
-    /// bias, then `bce` for binary cross-entropy, e.g. `2-64a1-64a1-1a0`.
+    /// bias, then `bce` for binary cross-entropy or `softmax` for softmax cross-entropy, e.g.
+    /// `2-64a1-64a1-1a0`.
     pub fn name(&self) -> String {
         let mut name = self.inputs().to_string();
         for l in self.layers() {
@@ -231,8 +234,10 @@ impl MlpShape {
                 name.push_str("nb");
             }
         }
-        if self.bce {
-            name.push_str(" bce");
+        match self.loss {
+            Loss::Mse => {}
+            Loss::BinaryCrossEntropy => name.push_str(" bce"),
+            Loss::SoftmaxCrossEntropy => name.push_str(" softmax"),
         }
         name
     }
@@ -271,9 +276,9 @@ impl MlpShape {
         }
     }
 
-    /// The same network trained with binary cross-entropy on its logits rather than MSE.
-    pub fn with_bce(self, bce: bool) -> MlpShape {
-        MlpShape { bce, ..self }
+    /// The same network trained with `loss`.
+    pub fn with_loss(self, loss: Loss) -> MlpShape {
+        MlpShape { loss, ..self }
     }
 
     /// The same network, gathering its batch itself or not.
@@ -425,13 +430,15 @@ pub fn fused_mlp_misfit(k: &Kernels, shape: MlpShape) -> Option<String> {
     None
 }
 
-/// The fully fused training pass of a small network with MSE or binary cross-entropy (see
-/// `fused_mlp.rs`):
+/// The fully fused training pass of a small network with MSE, binary cross-entropy or
+/// softmax cross-entropy (see the module's documentation):
 /// `partial` (tiles, arena length) gets each tile's gradient sums laid out like the parameter
 /// arena `weights`, `pred` (batch, outputs) the network's output and `row_loss` each row's
 /// loss. It reads the batch `x` (batch, inputs) and `target` (batch, outputs), or, for a
 /// gathering shape, rows `indices[start + r]` of the tables `x` and `target` (any number of
-/// rows). `params` holds the loss's live rows and scale and the step's `start`. `None` where
+/// rows). For softmax cross-entropy `target` is the batch's class labels (u32, batch), read
+/// as they are by the gathering forms too: the labels' own gather stays in the step, since
+/// the correct count reads them as well. `params` holds the loss's live rows and scale and the step's `start`. `None` where
 /// the device cannot run it: fewer storage buffers per stage than it binds (six, seven to
 /// gather), or less workgroup memory or fewer invocations than the form needs.
 #[allow(clippy::too_many_arguments)]
@@ -474,7 +481,9 @@ pub fn fused_mlp(
         };
         let (data_rows, _) = matrix(op, x)?;
         expect_shape(op, x, (data_rows, shape.inputs()))?;
-        expect_shape(op, target, (data_rows, shape.outputs()))?;
+        if !shape.loss.takes_labels() {
+            expect_shape(op, target, (data_rows, shape.outputs()))?;
+        }
         if indices.dtype() != DType::U32 {
             return Err(Error::shape(
                 op,
@@ -485,7 +494,15 @@ pub fn fused_mlp(
         bound.push(indices);
     } else {
         expect_shape(op, x, (rows, shape.inputs()))?;
-        expect_shape(op, target, (rows, shape.outputs()))?;
+        if !shape.loss.takes_labels() {
+            expect_shape(op, target, (rows, shape.outputs()))?;
+        }
+    }
+    if shape.loss.takes_labels() {
+        expect_dtype(op, target, DType::U32)?;
+        expect_len(op, target, rows)?;
+    } else {
+        expect_dtype(op, target, DType::F32)?;
     }
     dispatch(
         k,
@@ -598,9 +615,28 @@ mod tests {
                     .with_gather(gather),
             );
         }
+        for loss in [Loss::BinaryCrossEntropy, Loss::SoftmaxCrossEntropy] {
+            for rows in [1, 8] {
+                validate(
+                    b3().with_loss(loss)
+                        .with_gather(true)
+                        .with_rows_per_invocation(rows),
+                );
+            }
+        }
         assert_eq!(
             b3().with_gather(true).entry_point(),
             "fused_mlp_t32_r1_gather"
+        );
+        assert_eq!(
+            b3().with_gather(true)
+                .with_loss(Loss::SoftmaxCrossEntropy)
+                .entry_point(),
+            "fused_mlp_t32_r1_gather_softmax"
+        );
+        assert_eq!(
+            b3().with_loss(Loss::SoftmaxCrossEntropy).name(),
+            "2-64a1-64a1-1a0 softmax"
         );
         assert_eq!(
             b3().with_tile_rows(64)
