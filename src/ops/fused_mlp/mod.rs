@@ -439,8 +439,9 @@ pub fn fused_mlp_misfit(k: &Kernels, shape: MlpShape) -> Option<String> {
 /// rows). For softmax cross-entropy `target` is the batch's class labels (u32, batch), read
 /// as they are by the gathering forms too: the labels' own gather stays in the step, since
 /// the correct count reads them as well. `params` holds the loss's live rows and scale and the step's `start`. `None` where
-/// the device cannot run it: fewer storage buffers per stage than it binds (six, seven to
-/// gather), or less workgroup memory or fewer invocations than the form needs.
+/// the form does not fit ([`fused_mlp_misfit`] says why): fewer storage buffers per stage
+/// than it binds (six, seven to gather), less workgroup memory or fewer invocations than it
+/// needs, or more rows per invocation than the network's widths are built with.
 #[allow(clippy::too_many_arguments)]
 pub fn fused_mlp(
     k: &Kernels,
