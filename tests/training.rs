@@ -39,8 +39,16 @@ fn first_rows(d: &Dataset, n: usize) -> Dataset {
 
 /// The first `n` features of every row.
 fn first_cols(d: &Dataset, n: usize) -> Dataset {
-    let features = (0..d.len()).flat_map(|r| d.row(r)[..n].to_vec()).collect();
-    Dataset::new(d.name.clone(), features, n, d.targets.clone()).unwrap()
+    cols(d, 0..n)
+}
+
+/// Features `range` of every row.
+fn cols(d: &Dataset, range: std::ops::Range<usize>) -> Dataset {
+    let width = range.len();
+    let features = (0..d.len())
+        .flat_map(|r| d.row(r)[range.clone()].to_vec())
+        .collect();
+    Dataset::new(d.name.clone(), features, width, d.targets.clone()).unwrap()
 }
 
 /// The running mean loss after every step of one epoch, and the final parameters.
@@ -458,6 +466,195 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
         assert!(
             rel < 1e-4,
             "bce: layers.{l}.weight relative L2 error {rel:e}"
+        );
+    }
+}
+
+/// The lecture's digits classifier (sigmoid hidden layer, softmax cross-entropy on class
+/// labels) trains through the fused pass like the op-by-op CPU reference: the same step
+/// losses and weights within rounding, and the same accuracy, which the correct count reads
+/// from the pass's logits and the gathered labels.
+#[test]
+fn fused_mlp_pass_trains_softmax_classifiers_like_the_cpu_reference() {
+    let Some(own) = common::gpu("fused_mlp_pass_trains_softmax_classifiers_like_the_cpu_reference")
+    else {
+        return;
+    };
+    // Through GL (see fused_mlp_pass_trains_like_the_cpu_reference): 8 of digits' middle
+    // pixels, through a layer of 8.
+    let gl_backend = own.adapter().backend == wgpu::Backend::Gl;
+    let (train, _) = digits();
+    // 10 steps of 64 rows, the last one partial (620 = 9 * 64 + 44).
+    let train = first_rows(&train, 620);
+    let (train, widths) = if gl_backend {
+        (cols(&train, 28..36), [8, 8, 10])
+    } else {
+        (train, [64, 32, 10])
+    };
+    let net = Network::mlp(&widths, Activation::Sigmoid, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 6).unwrap();
+    let opt = Optimizer {
+        lr: 0.5,
+        ..Optimizer::new(OptimizerKind::Momentum)
+    };
+    let loss = Loss::SoftmaxCrossEntropy;
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        shuffle: true,
+        seed: 3,
+        log_every: 1,
+        ..Default::default()
+    };
+    // The step losses, the epoch's metrics and the final parameters.
+    let epoch = |device: Device<'_>| {
+        let mut t = Trainer::new(device, &model, loss, opt, &train, None, &config).unwrap();
+        let mut losses = vec![];
+        let m = t
+            .run_epoch(|p: Progress| losses.push(p.loss.unwrap()))
+            .unwrap();
+        (losses, m, t.parameters().unwrap())
+    };
+    let (cl, cm, cp) = epoch(Device::CpuReference);
+    for (form, entry) in [
+        ("on", "fused_mlp_t32_r1_staged_gather_softmax"),
+        ("t64_r8", "fused_mlp_t64_r8_gather_softmax"),
+    ] {
+        if gl_backend && form != "on" {
+            println!("fused softmax: GL backend, {form} skipped");
+            continue;
+        }
+        let own_k = Kernels::new(own, fused_form(form));
+        let mut t = Trainer::new(
+            Device::Tuned(&own_k),
+            &model,
+            loss,
+            opt,
+            &train,
+            None,
+            &config,
+        )
+        .unwrap();
+        let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+        assert!(kernels.contains(&entry), "kernels of a step: {kernels:?}");
+        assert!(
+            !kernels.iter().any(|k| k.starts_with("matmul")
+                || k.starts_with("softmax")
+                || k.contains("activation")
+                || k.starts_with("gather_rows")),
+            "the fused pass replaces the op-by-op kernels: {kernels:?}"
+        );
+        // The labels' gather (the pass and the correct count read them); the pass; loss sum
+        // and correct count; the sum over tiles; the update.
+        assert_eq!(kernels.len(), 6, "kernels of a step: {kernels:?}");
+        let (gl, gm, gp) = epoch(Device::Tuned(&own_k));
+        assert_eq!(gl.len(), 10);
+        let (d, i) = max_rel_diff(&gl, &cl);
+        assert!(d < 1e-4, "{entry}: step loss differs by {d:e} at step {i}");
+        for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
+            let rel = rel_l2(&g.weight, &c.weight);
+            assert!(
+                rel < 1e-4,
+                "{entry}: layers.{l}.weight relative L2 error {rel:e}"
+            );
+            let rel = rel_l2(g.bias.as_ref().unwrap(), c.bias.as_ref().unwrap());
+            assert!(
+                rel < 1e-4,
+                "{entry}: layers.{l}.bias relative L2 error {rel:e}"
+            );
+        }
+        let (ga, ca) = (gm.train_accuracy.unwrap(), cm.train_accuracy.unwrap());
+        // One row's argmax may flip under rounding; no more.
+        assert!(
+            (ga - ca).abs() <= 1.0 / 620.0 + 1e-6,
+            "{entry}: accuracy {ga} against {ca}"
+        );
+        assert!((gm.train_loss - cm.train_loss).abs() <= 1e-4 * cm.train_loss.abs());
+    }
+    // The run learned (above chance, 0.1, within its one epoch of 10 steps) and moved the
+    // weights: the comparison above is not of two copies of the initial parameters.
+    assert!(cm.train_accuracy.unwrap() > 0.2, "{cm:?}");
+    let moved = rel_l2(&cp.layers[0].weight, &model.params.layers[0].weight);
+    assert!(moved > 1e-3, "weights barely moved: {moved:e}");
+}
+
+/// A network with a 128-wide layer (the widest the fused pass takes) trains through the
+/// pass like the CPU reference, in the first form that fits; a form named by the tuning that
+/// is not built for it, or does not fit the device, is an error naming the form and why.
+#[test]
+fn fused_mlp_pass_takes_128_wide_layers() {
+    let Some(own) = common::gpu("fused_mlp_pass_takes_128_wide_layers") else {
+        return;
+    };
+    let (train, _) = digits();
+    // 3 steps of 64 rows.
+    let train = first_rows(&train, 192);
+    let net = Network::mlp(&[64, 128, 10], Activation::Tanh, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 4).unwrap();
+    let opt = Optimizer {
+        lr: 0.05,
+        ..Optimizer::new(OptimizerKind::Momentum)
+    };
+    let own_k = Kernels::new(own, fused_form("on"));
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(
+        Device::Tuned(&own_k),
+        &model,
+        Loss::Mse,
+        opt,
+        &train,
+        None,
+        &config,
+    )
+    .unwrap();
+    // Through GL llvmpipe compiles a 128-wide fused pass for minutes (see
+    // fused_mlp_pass_trains_like_the_cpu_reference) and the tuner never runs the pass there:
+    // GL checks the refusals below only.
+    if own.adapter().backend == wgpu::Backend::Gl {
+        println!("fused_mlp_pass_takes_128_wide_layers: GL backend, refusals only");
+    } else {
+        let kernels: Vec<&str> = t.profile_step().unwrap().iter().map(|k| k.0).collect();
+        assert!(
+            kernels.iter().any(|k| k.starts_with("fused_mlp_t32_r1")),
+            "kernels of a step: {kernels:?}"
+        );
+        let (gl, gp) = run_steps(Device::Tuned(&own_k), &model, Loss::Mse, opt, &train, 64);
+        let (cl, cp) = run_steps(Device::CpuReference, &model, Loss::Mse, opt, &train, 64);
+        assert_eq!(gl.len(), 3);
+        let (d, i) = max_rel_diff(&gl, &cl);
+        assert!(d < 1e-4, "step loss differs by {d:e} at step {i}");
+        for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
+            let rel = rel_l2(&g.weight, &c.weight);
+            assert!(rel < 1e-4, "layers.{l}.weight relative L2 error {rel:e}");
+        }
+    }
+    // 4 rows per invocation are not built for 128-wide layers, on any device; 64-row tiles
+    // with the 64 x 128 layer staged need 96 KiB of workgroup memory.
+    let limit = own.limits().max_compute_workgroup_storage_size;
+    for form in ["t32_r4", "t64_r1_staged"] {
+        if form == "t64_r1_staged" && limit >= 96 * 1024 {
+            continue;
+        }
+        let k = Kernels::new(own, fused_form(form));
+        let e = Trainer::new(
+            Device::Tuned(&k),
+            &model,
+            Loss::Mse,
+            opt,
+            &train,
+            None,
+            &config,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{form} was built"));
+        let text = e.to_string();
+        assert!(
+            matches!(e, Error::Config(_)) && text.contains(form) && text.contains("does not fit"),
+            "{form}: {text}"
         );
     }
 }

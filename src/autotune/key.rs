@@ -10,6 +10,7 @@ use crate::gpu::{AdapterSummary, Gpu};
 use crate::kernels;
 use crate::math;
 use crate::ops::fused_mlp::{self, MlpLayer, MlpShape};
+use crate::ops::Loss;
 use crate::ops::{Activation, Kernel};
 
 /// What the cache is keyed by: the adapter, its driver, soma's version and a hash of every
@@ -120,13 +121,17 @@ pub fn key_sources() -> Vec<(String, Cow<'static, str>)> {
             for rows in [1, 2, 4, 8] {
                 for staged in [false, true] {
                     for gather in [false, true] {
-                        for bce in [false, true] {
+                        for loss in [
+                            Loss::Mse,
+                            Loss::BinaryCrossEntropy,
+                            Loss::SoftmaxCrossEntropy,
+                        ] {
                             let shape = mlp
                                 .with_tile_rows(tile_rows)
                                 .with_rows_per_invocation(rows)
                                 .with_staged(staged)
                                 .with_gather(gather)
-                                .with_bce(bce);
+                                .with_loss(loss);
                             sources.push((
                                 format!(
                                     "fused pass of {}: t{tile_rows} r{rows} staged {staged} \
@@ -240,15 +245,17 @@ mod tests {
             .iter()
             .filter(|(n, _)| n.starts_with("fused pass"))
             .collect();
-        assert_eq!(fused.len(), 2 * 4 * 2 * 2 * 2);
-        let t64_r8_staged_gather_bce = fused_mlp::source(
+        assert_eq!(fused.len(), 2 * 4 * 2 * 2 * 3);
+        let t64_r8_staged_gather_softmax = fused_mlp::source(
             mlp.with_tile_rows(64)
                 .with_rows_per_invocation(8)
                 .with_staged(true)
                 .with_gather(true)
-                .with_bce(true),
+                .with_loss(Loss::SoftmaxCrossEntropy),
         );
-        assert!(fused.iter().any(|(_, t)| *t == t64_r8_staged_gather_bce));
+        assert!(fused
+            .iter()
+            .any(|(_, t)| *t == t64_r8_staged_gather_softmax));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::gpu::Gpu;
 use crate::kernels::Dispatch;
 use crate::ops::data::GatherParams;
 use crate::ops::fused_mlp::{FusedMlp, FusedMlpParams, MlpLayer, MlpShape};
-use crate::ops::{self, Accumulate, Loss};
+use crate::ops::{self, Accumulate};
 use crate::plan::{entry, BufId, Op, Plan, Update, UpdateTensor};
 use crate::tensor::{DType, GpuTensor};
 
@@ -168,9 +168,11 @@ impl GpuExec<'_> {
         let k = &*self.kernels;
         let t = &self.tensors;
         let len = a.params.len();
-        // Two forms, the first that the device runs of each: one row per invocation in
-        // tiles of 32 with the weights staged in workgroup memory (a hardware GPU's form),
-        // and 8 or 4 rows per invocation, 8 invocations per workgroup (a CPU adapter's).
+        // Two forms, the first that fits of each: one row per invocation in tiles of 32
+        // with the weights staged in workgroup memory (a hardware GPU's form; unstaged where
+        // the weights do not fit, as a 128 x 128 layer's 64 KiB), and 8, 4 or 2 rows per
+        // invocation, 8 to 16 invocations per workgroup (a CPU adapter's; 128-wide layers
+        // take at most 2, `MlpShape::most_rows_per_invocation`).
         let groups = match policy {
             FusedMlp::Form {
                 tile_rows,
@@ -179,24 +181,51 @@ impl GpuExec<'_> {
             } => vec![vec![(tile_rows as u32, rows_per_invocation, staged)]],
             FusedMlp::Auto | FusedMlp::On | FusedMlp::Off => vec![
                 vec![(32, 1, true), (32, 1, false)],
-                vec![(64, 8, false), (32, 4, false)],
+                vec![(64, 8, false), (32, 4, false), (32, 2, false)],
             ],
         };
+        let shape_of = |(tile, rows, staged): (u32, u8, bool)| {
+            pass.shape
+                .with_gather(pass.indices.is_some())
+                .with_tile_rows(tile)
+                .with_rows_per_invocation(rows)
+                .with_staged(staged)
+        };
+        // What keeps the device from running a form: its limits, or the partial sums'
+        // buffer (one row of the arena per tile).
+        let misfit = |shape: MlpShape| {
+            let bytes = (shape.tiles(plan.batch) * len * 4) as u64;
+            ops::fused_mlp::fused_mlp_misfit(k, shape).or_else(|| {
+                g.check_buffer_size("fused MLP partial sums", bytes)
+                    .err()
+                    .map(|e| e.to_string())
+            })
+        };
+        // A form named by the tuning must fit: a clear error rather than a silent fallback
+        // (or a validation error from the driver).
+        if let FusedMlp::Form {
+            tile_rows,
+            rows_per_invocation,
+            staged,
+        } = policy
+        {
+            let shape = shape_of((tile_rows as u32, rows_per_invocation, staged));
+            if let Some(why) = misfit(shape) {
+                return Err(crate::error::Error::Config(format!(
+                    "the fused MLP form {} does not fit this device: {why}; name a smaller \
+                     form (fewer rows per workgroup, weights not staged), `on` for the first \
+                     form that fits, or `auto`",
+                    shape.entry_point()
+                )));
+            }
+        }
         let forms: Vec<MlpShape> = groups
             .into_iter()
             .filter_map(|options| {
-                options.into_iter().find_map(|(tile, rows, staged)| {
-                    let shape = pass
-                        .shape
-                        .with_gather(pass.indices.is_some())
-                        .with_tile_rows(tile)
-                        .with_rows_per_invocation(rows)
-                        .with_staged(staged);
-                    let bytes = (shape.tiles(plan.batch) * len * 4) as u64;
-                    let fits = ops::fused_mlp_fits(k, shape)
-                        && g.check_buffer_size("fused MLP partial sums", bytes).is_ok();
-                    fits.then_some(shape)
-                })
+                options
+                    .into_iter()
+                    .map(shape_of)
+                    .find(|&shape| misfit(shape).is_none())
             })
             .collect();
         // The pass in one form and the sum over its tiles (pipelines built here, so only
@@ -308,9 +337,11 @@ impl GpuExec<'_> {
     }
 
     /// The fused pass's view of the training step, where the step is one the pass takes:
-    /// an MSE or binary cross-entropy loss (value targets), every parameter a slot of the
-    /// arena, and a network the pass's shapes hold. Where the input rows and their target
-    /// values are gathered from f32 tables by one row order, the pass gathers them itself.
+    /// any of the losses (MSE or binary cross-entropy over value targets, softmax
+    /// cross-entropy over class labels), every parameter a slot of the arena, and a network
+    /// the pass's shapes hold. Where the input rows and their target values are gathered
+    /// from f32 tables by one row order, the pass gathers them itself; class labels it reads
+    /// from the gathered batch.
     fn mlp_pass(&self, plan: &Plan) -> Option<MlpPass> {
         let step = &plan.train_step;
         let a = self.arenas.as_ref()?;
@@ -323,11 +354,6 @@ impl GpuExec<'_> {
         } = &step.loss.as_ref()?.loss
         else {
             return None;
-        };
-        let bce = match kind {
-            Loss::Mse => false,
-            Loss::BinaryCrossEntropy => true,
-            Loss::SoftmaxCrossEntropy => return None,
         };
         // Every parameter is a slot of the arena (the grads arena has the same layout).
         let in_arena = |id: BufId| self.tensors[id].buffer() == a.params.buffer();
@@ -346,7 +372,7 @@ impl GpuExec<'_> {
                 bias_at: l.bias.map(slot),
             });
         }
-        let shape = MlpShape::new(&mlp, a.params.len())?.with_bce(bce);
+        let shape = MlpShape::new(&mlp, a.params.len())?.with_loss(*kind);
         // The gathers of the input rows and their target values become the pass's own reads
         // where both gather f32 rows by one row order, step for step.
         let gather = step.gather.as_ref();
@@ -366,22 +392,26 @@ impl GpuExec<'_> {
                 None
             }
         }
-        let gathered = match (
-            rows_of(gather.and_then(|g| g.input.as_ref())),
-            rows_of(gather.and_then(|g| g.values.as_ref())),
-        ) {
-            (Some(gx), Some(gt))
-                if gx.1 == gt.1
-                    && gx.2.len() == gt.2.len()
-                    && gx
-                        .2
-                        .iter()
-                        .zip(gt.2)
-                        .all(|(a, b)| a.start == b.start && a.rows == b.rows) =>
-            {
-                Some((gx, gt))
+        let gx = rows_of(gather.and_then(|g| g.input.as_ref()));
+        // Class labels are read from the gathered batch: their gather stays in the step, for
+        // the correct count.
+        let gathered = if kind.takes_labels() {
+            gx.map(|gx| (gx, None))
+        } else {
+            match (gx, rows_of(gather.and_then(|g| g.values.as_ref()))) {
+                (Some(gx), Some(gt))
+                    if gx.1 == gt.1
+                        && gx.2.len() == gt.2.len()
+                        && gx
+                            .2
+                            .iter()
+                            .zip(gt.2)
+                            .all(|(a, b)| a.start == b.start && a.rows == b.rows) =>
+                {
+                    Some((gx, Some(gt)))
+                }
+                _ => None,
             }
-            _ => None,
         };
         let n = loss
             .len()
@@ -400,7 +430,7 @@ impl GpuExec<'_> {
             })
             .collect();
         let (x, target, indices) = match &gathered {
-            Some((gx, gt)) => (gx.0, gt.0, Some(gx.1)),
+            Some((gx, gt)) => (gx.0, gt.map_or(*target, |gt| gt.0), Some(gx.1)),
             None => (plan.input, *target, None),
         };
         Some(MlpPass {

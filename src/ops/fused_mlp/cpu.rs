@@ -6,20 +6,31 @@ use crate::math::Math;
 use super::{FusedMlpParams, MlpShape};
 use crate::ops::activation::cpu::{apply, derivative_of, sigmoid};
 use crate::ops::activation::Activation;
+use crate::ops::Loss;
+
+/// What the fused pass's twin trains towards: value targets (batch x outputs, for MSE and
+/// binary cross-entropy) or class labels (one per row, for softmax cross-entropy).
+#[derive(Clone, Copy, Debug)]
+pub enum MlpTargets<'a> {
+    Values(&'a [f32]),
+    Labels(&'a [u32]),
+}
 
 /// The twin of the fused training pass: per tile of `shape.tile_rows()` rows, each row's forward
-/// pass, loss gradient (MSE or binary cross-entropy) and backward pass (the op-by-op twins' arithmetic, in their order),
+/// pass, loss gradient (MSE, binary cross-entropy or softmax cross-entropy) and backward
+/// pass (the op-by-op twins' arithmetic, in their order),
 /// and the tile's weight and bias gradient sums into its row of `partial` (tiles, arena
 /// length), laid out like the parameter arena `w`. Rows past `p.batch_rows` count as zeros;
 /// rows past `p.rows` get a zero gradient and loss. `x` and `target` are the gathered batch
-/// (for the kernel's gathering forms, what `gather_rows` makes of the tables).
+/// (for the kernel's gathering forms, what `gather_rows` makes of the tables); the target's
+/// kind must be the one `shape.loss` takes (the other gives NaN gradients and losses).
 #[allow(clippy::too_many_arguments)]
 pub fn fused_mlp(
     partial: &mut [f32],
     pred: &mut [f32],
     row_loss: &mut [f32],
     x: &[f32],
-    target: &[f32],
+    target: MlpTargets<'_>,
     w: &[f32],
     shape: &MlpShape,
     p: &FusedMlpParams,
@@ -66,27 +77,13 @@ pub fn fused_mlp(
             }
             let y = act.last().unwrap();
             let live = row < live_rows;
-            let mut sum = 0.0f32;
-            let mut dl = vec![0.0f32; n_out];
-            for c in 0..n_out {
-                if row < batch {
-                    pred[r * n_out + c] = y[c];
-                }
-                let (z, t) = (y[c], target[r * n_out + c]);
-                // mse_loss's formulas, or binary_cross_entropy's on the logits.
-                let (grad, term) = if shape.bce {
-                    (
-                        (sigmoid(z, Math::Native) - t) * p.scale,
-                        z.max(0.0) - z * t + (1.0 + (-z.abs()).exp()).ln(),
-                    )
-                } else {
-                    (2.0 * (z - t) * p.scale, (z - t) * (z - t))
-                };
-                dl[c] = if live { grad } else { 0.0 };
-                sum += term;
-            }
             if row < batch {
-                row_loss[r] = if live { sum / n_out as f32 } else { 0.0 };
+                pred[r * n_out..r * n_out + n_out].copy_from_slice(y);
+            }
+            let (dl, loss) = row_loss_and_grad(y, target, r, shape.loss, p.scale);
+            let dl = if live { dl } else { vec![0.0; n_out] };
+            if row < batch {
+                row_loss[r] = if live { loss } else { 0.0 };
             }
             acts.push(act);
             pres.push(pre);
@@ -148,5 +145,63 @@ pub fn fused_mlp(
                 }
             }
         }
+    }
+}
+
+/// One row's loss gradient and loss from its output `y`, against row `r` of `target`: the
+/// formulas of the loss twins (`mse_loss`, `binary_cross_entropy`, `softmax_cross_entropy`)
+/// in their order, with `Math::Native`.
+fn row_loss_and_grad(
+    y: &[f32],
+    target: MlpTargets<'_>,
+    r: usize,
+    loss: Loss,
+    scale: f32,
+) -> (Vec<f32>, f32) {
+    let n_out = y.len();
+    let math = Math::Native;
+    match (loss, target) {
+        (Loss::Mse | Loss::BinaryCrossEntropy, MlpTargets::Values(t)) => {
+            let t = &t[r * n_out..r * n_out + n_out];
+            let mut sum = 0.0f32;
+            let mut dl = vec![0.0f32; n_out];
+            for c in 0..n_out {
+                let (z, t) = (y[c], t[c]);
+                let (grad, term) = if loss == Loss::BinaryCrossEntropy {
+                    (
+                        (sigmoid(z, math) - t) * scale,
+                        z.max(0.0) - z * t + math.log(1.0 + math.exp(-z.abs())),
+                    )
+                } else {
+                    (2.0 * (z - t) * scale, (z - t) * (z - t))
+                };
+                dl[c] = grad;
+                sum += term;
+            }
+            (dl, math.div(sum, n_out as f32))
+        }
+        (Loss::SoftmaxCrossEntropy, MlpTargets::Labels(labels)) => {
+            let label = labels[r] as usize;
+            let m = y.iter().skip(1).fold(y[0], |m, &v| m.max(v));
+            let mut s = 0.0f32;
+            for &v in y {
+                s += math.exp(v - m);
+            }
+            let dl = (0..n_out)
+                .map(|c| {
+                    let prob = math.div(math.exp(y[c] - m), s);
+                    let target = if c == label { 1.0 } else { 0.0 };
+                    (prob - target) * scale
+                })
+                .collect();
+            let loss = if label >= n_out {
+                f32::NAN
+            } else {
+                m + math.log(s) - y[label]
+            };
+            (dl, loss)
+        }
+        (Loss::Mse | Loss::BinaryCrossEntropy, MlpTargets::Labels(_))
+        | (Loss::SoftmaxCrossEntropy, MlpTargets::Values(_)) => (vec![f32::NAN; n_out], f32::NAN),
     }
 }

@@ -1,6 +1,7 @@
 //! The fully fused training pass of a small MLP (every width at most [`MAX_WIDTH`]): one
-//! dispatch runs the forward pass, the loss gradient (mean squared error, or binary
-//! cross-entropy on the logits) and the backward pass of a tile of 32 or 64 batch rows per
+//! dispatch runs the forward pass, the loss gradient (mean squared error, binary
+//! cross-entropy on the logits, or softmax cross-entropy on the logits against class
+//! labels) and the backward pass of a tile of 32 or 64 batch rows per
 //! workgroup, with every row's activations and deltas in its invocation's private memory,
 //! in the manner of tiny-cuda-nn's fully fused MLP.
 //! Weights and biases are read from the parameter arena (one binding; the slots' offsets
@@ -12,7 +13,9 @@
 //! gradient arena.
 //!
 //! The kernel comes in forms with the same arithmetic: weights from the arena or staged,
-//! 32 or 64 rows per workgroup, and 1, 2, 4 or 8 rows per invocation. A hardware GPU wants
+//! 32 or 64 rows per workgroup, and 1, 2, 4 or 8 rows per invocation (at most 2 for layers
+//! over 64 wide), each used only where the device has the workgroup memory and invocations
+//! it needs ([`fused_mlp_fits`]). A hardware GPU wants
 //! one row per invocation and many invocations; a CPU adapter such as lavapipe, which pays
 //! for every load once per invocation, wants 8 rows per invocation (each weight read once
 //! for all 8) and 8 invocations per workgroup (one 256-bit vector).
@@ -32,20 +35,24 @@ use crate::kernels::Dispatch;
 use crate::params::params_struct;
 use crate::tensor::{DType, GpuTensor};
 
-use super::{dispatch, expect_len, expect_shape, matrix, Kernel, Kernels};
+use super::{dispatch, expect_dtype, expect_len, expect_shape, matrix, Kernel, Kernels, Loss};
 
 pub mod cpu;
 mod source;
 
 pub use source::{generated, source};
 
-/// Rows per workgroup: 32 (16 KiB of workgroup memory for 64-wide layers, the WebGPU
-/// default) or 64 (32 KiB), per form.
+/// Rows per workgroup: 32 or 64, per form. A tile's deltas and layer inputs take
+/// `tile_rows x (widest output + widest input) x 4` bytes of workgroup memory: 16 KiB for
+/// 32 rows of 64-wide layers (the WebGPU default limit), 32 KiB for 32 rows of 128-wide
+/// layers or 64 rows of 64-wide ones, 64 KiB for 64 rows of 128-wide ones.
 pub const TILE_ROWS: [u32; 2] = [32, 64];
 
-/// The widest layer input or output the fused pass takes (its workgroup memory holds a
-/// tile's deltas and inputs, `tile_rows x MAX_WIDTH` each).
-pub const MAX_WIDTH: usize = 64;
+/// The widest layer input or output the fused pass takes (tiny-cuda-nn's widths are 64 and
+/// 128). Its workgroup memory holds a tile's deltas and inputs, `tile_rows x` the widest
+/// layer each, and, staged, the largest layer's weights (64 KiB for a 128 x 128 layer): a
+/// form is used only where [`fused_mlp_fits`] says the device has room for it.
+pub const MAX_WIDTH: usize = 128;
 
 /// The most layers the fused pass takes.
 pub const MAX_LAYERS: usize = 8;
@@ -64,7 +71,9 @@ pub enum FusedMlp {
     /// Wherever the network fits, in this form (named like its entry point,
     /// `fused_mlp_t64_r8` or `t64_r8`; `_staged` for staged weights). Whether the pass
     /// gathers its rows and which loss it computes follow from the training step, and add
-    /// `_gather` and `_bce` to the entry point.
+    /// `_gather` and `_bce` or `_softmax` to the entry point. A form that the device or the network does
+    /// not fit (workgroup memory, invocations, rows per invocation) is an `Error::Config`
+    /// naming the limit.
     Form {
         tile_rows: u8,
         rows_per_invocation: u8,
@@ -125,11 +134,13 @@ pub struct MlpShape {
     /// Floats in the arena (and in each partials row).
     pub arena_len: u32,
     /// Each layer's weights are first copied into workgroup memory and read from there
-    /// (another 16 KiB for a 64 x 64 layer); otherwise every row reads them from the arena.
+    /// (another 16 KiB for a 64 x 64 layer, 64 KiB for a 128 x 128 one); otherwise every
+    /// row reads them from the arena.
     pub staged: bool,
-    /// The loss: mean squared error, or binary cross-entropy on the logits (both over
-    /// value targets).
-    pub bce: bool,
+    /// The loss, with `mse_loss`'s, `binary_cross_entropy`'s or `softmax_cross_entropy`'s
+    /// formulas: the first two over value targets (f32, batch x outputs), softmax
+    /// cross-entropy over class labels (u32, one per row).
+    pub loss: Loss,
     /// Rows per workgroup, one of [`TILE_ROWS`].
     pub tile_rows: u8,
     /// The pass gathers its batch from the data tables through the row order itself (the
@@ -168,7 +179,7 @@ impl MlpShape {
             bias_at: [0; MAX_LAYERS],
             arena_len: arena_len as u32,
             staged: false,
-            bce: false,
+            loss: Loss::Mse,
             tile_rows: 32,
             gather: false,
             rows_per_invocation: 1,
@@ -210,7 +221,8 @@ impl MlpShape {
 
     /// A short name of the network and loss for logs and the tuner's cache: widths with
     /// each layer's activation code (and slope where it has one), `nb` for a layer without
-    /// bias, then `bce` for binary cross-entropy, e.g. `2-64a1-64a1-1a0`.
+    /// bias, then `bce` for binary cross-entropy or `softmax` for softmax cross-entropy, e.g.
+    /// `2-64a1-64a1-1a0`.
     pub fn name(&self) -> String {
         let mut name = self.inputs().to_string();
         for l in self.layers() {
@@ -222,8 +234,10 @@ impl MlpShape {
                 name.push_str("nb");
             }
         }
-        if self.bce {
-            name.push_str(" bce");
+        match self.loss {
+            Loss::Mse => {}
+            Loss::BinaryCrossEntropy => name.push_str(" bce"),
+            Loss::SoftmaxCrossEntropy => name.push_str(" softmax"),
         }
         name
     }
@@ -262,9 +276,9 @@ impl MlpShape {
         }
     }
 
-    /// The same network trained with binary cross-entropy on its logits rather than MSE.
-    pub fn with_bce(self, bce: bool) -> MlpShape {
-        MlpShape { bce, ..self }
+    /// The same network trained with `loss`.
+    pub fn with_loss(self, loss: Loss) -> MlpShape {
+        MlpShape { loss, ..self }
     }
 
     /// The same network, gathering its batch itself or not.
@@ -284,6 +298,20 @@ impl MlpShape {
     /// Rows per workgroup.
     pub fn tile_rows(&self) -> u32 {
         self.tile_rows as u32
+    }
+
+    /// The most rows per invocation the pass is built with for this network: 8 where every
+    /// layer is at most 64 wide, 2 where one is wider. The source is unrolled over each
+    /// layer's inputs (outputs, backward) for every row an invocation takes, so it grows as
+    /// rows x width²: for 8-128-128-4 llvmpipe (Vulkan) compiles the 1-row form in 1.0 s,
+    /// the 4-row one in 8.1 s and the 8-row one in 34 s, and the 8-row form holds some 24
+    /// KiB of private arrays per invocation.
+    pub fn most_rows_per_invocation(&self) -> u8 {
+        if self.max_width() > 64 {
+            2
+        } else {
+            8
+        }
     }
 
     /// Invocations per workgroup.
@@ -354,26 +382,66 @@ params_struct! {
     }
 }
 
-/// Whether the device's limits let it run the fused pass in the form `shape`: enough storage
-/// buffers per stage (six, seven to gather), workgroup memory and invocations.
+/// Whether the device's limits let it run the fused pass in the form `shape` (enough storage
+/// buffers per stage, six or seven to gather, workgroup memory and invocations), and the
+/// form is one built for the network (see [`MlpShape::most_rows_per_invocation`]).
 pub fn fused_mlp_fits(k: &Kernels, shape: MlpShape) -> bool {
-    let limits = k.gpu().limits();
-    let buffers = if shape.gather { 7 } else { 6 };
-    limits.max_storage_buffers_per_shader_stage >= buffers
-        && (limits.max_compute_workgroup_storage_size as u64) >= shape.workgroup_bytes()
-        && limits.max_compute_invocations_per_workgroup >= shape.invocations()
-        && limits.max_compute_workgroup_size_x >= shape.invocations()
+    fused_mlp_misfit(k, shape).is_none()
 }
 
-/// The fully fused training pass of a small network with MSE or binary cross-entropy (see
-/// `fused_mlp.rs`):
+/// What keeps the fused pass from running in the form `shape` (the limit it needs more of,
+/// with both numbers, or too many rows per invocation for its widths), or `None` where the
+/// form fits.
+pub fn fused_mlp_misfit(k: &Kernels, shape: MlpShape) -> Option<String> {
+    let limits = k.gpu().limits();
+    let buffers = if shape.gather { 7 } else { 6 };
+    let form = shape.entry_point();
+    if shape.rows_per_invocation > shape.most_rows_per_invocation() {
+        return Some(format!(
+            "{form} is not built for {}: layers wider than 64 take at most {} rows per \
+             invocation (its unrolled source compiles for too long)",
+            shape.name(),
+            shape.most_rows_per_invocation()
+        ));
+    }
+    if limits.max_storage_buffers_per_shader_stage < buffers {
+        return Some(format!(
+            "{form} binds {buffers} storage buffers; the device binds {} per stage",
+            limits.max_storage_buffers_per_shader_stage
+        ));
+    }
+    let bytes = shape.workgroup_bytes();
+    let limit = limits.max_compute_workgroup_storage_size as u64;
+    if bytes > limit {
+        return Some(format!(
+            "{form} needs {bytes} bytes of workgroup memory for {} (max_compute_workgroup_storage_size {limit})",
+            shape.name()
+        ));
+    }
+    let invocations = shape.invocations();
+    let most = limits
+        .max_compute_invocations_per_workgroup
+        .min(limits.max_compute_workgroup_size_x);
+    if invocations > most {
+        return Some(format!(
+            "{form} runs {invocations} invocations per workgroup; the device runs {most}"
+        ));
+    }
+    None
+}
+
+/// The fully fused training pass of a small network with MSE, binary cross-entropy or
+/// softmax cross-entropy (see the module's documentation):
 /// `partial` (tiles, arena length) gets each tile's gradient sums laid out like the parameter
 /// arena `weights`, `pred` (batch, outputs) the network's output and `row_loss` each row's
 /// loss. It reads the batch `x` (batch, inputs) and `target` (batch, outputs), or, for a
 /// gathering shape, rows `indices[start + r]` of the tables `x` and `target` (any number of
-/// rows). `params` holds the loss's live rows and scale and the step's `start`. `None` where
-/// the device cannot run it: fewer storage buffers per stage than it binds (six, seven to
-/// gather), or less workgroup memory or fewer invocations than the form needs.
+/// rows). For softmax cross-entropy `target` is the batch's class labels (u32, batch), read
+/// as they are by the gathering forms too: the labels' own gather stays in the step, since
+/// the correct count reads them as well. `params` holds the loss's live rows and scale and the step's `start`. `None` where
+/// the form does not fit ([`fused_mlp_misfit`] says why): fewer storage buffers per stage
+/// than it binds (six, seven to gather), less workgroup memory or fewer invocations than it
+/// needs, or more rows per invocation than the network's widths are built with.
 #[allow(clippy::too_many_arguments)]
 pub fn fused_mlp(
     k: &Kernels,
@@ -414,7 +482,9 @@ pub fn fused_mlp(
         };
         let (data_rows, _) = matrix(op, x)?;
         expect_shape(op, x, (data_rows, shape.inputs()))?;
-        expect_shape(op, target, (data_rows, shape.outputs()))?;
+        if !shape.loss.takes_labels() {
+            expect_shape(op, target, (data_rows, shape.outputs()))?;
+        }
         if indices.dtype() != DType::U32 {
             return Err(Error::shape(
                 op,
@@ -425,7 +495,15 @@ pub fn fused_mlp(
         bound.push(indices);
     } else {
         expect_shape(op, x, (rows, shape.inputs()))?;
-        expect_shape(op, target, (rows, shape.outputs()))?;
+        if !shape.loss.takes_labels() {
+            expect_shape(op, target, (rows, shape.outputs()))?;
+        }
+    }
+    if shape.loss.takes_labels() {
+        expect_dtype(op, target, DType::U32)?;
+        expect_len(op, target, rows)?;
+    } else {
+        expect_dtype(op, target, DType::F32)?;
     }
     dispatch(
         k,
@@ -471,6 +549,17 @@ mod tests {
         MlpShape::new(&layers, 4480).unwrap()
     }
 
+    /// B3's network with its second hidden layer 128 wide: 2-64-128-1.
+    fn wide_b3() -> MlpShape {
+        let mut l = b3().layers();
+        l[1].outputs = 128;
+        l[1].bias_at = Some(192 + 64 * 128);
+        l[2].inputs = 128;
+        l[2].weight_at = 192 + 64 * 128 + 128;
+        l[2].bias_at = Some(l[2].weight_at + 128);
+        MlpShape::new(&l, l[2].weight_at + 144).unwrap()
+    }
+
     #[test]
     fn shapes_round_trip_and_limits_hold() {
         let s = b3();
@@ -484,9 +573,19 @@ mod tests {
         assert_eq!(s.name(), "2-64a1-64a1-1a0");
         assert!(s.workgroup_bytes() <= 16384);
         let mut wide = l.clone();
-        wide[1].outputs = 65;
-        wide[2].inputs = 65;
+        wide[1].outputs = 129;
+        wide[2].inputs = 129;
         assert!(MlpShape::new(&wide, 9000).is_none());
+        // 128 wide: 32 KiB for a tile of 32 rows, 32 KiB more with the 64 x 128 layer
+        // staged, and at most 2 rows per invocation.
+        let w = wide_b3();
+        assert_eq!(w.workgroup_bytes(), 32 * 256 * 4);
+        assert_eq!(
+            w.with_staged(true).workgroup_bytes(),
+            (32 * 256 + 64 * 128) * 4
+        );
+        assert_eq!(w.most_rows_per_invocation(), 2);
+        assert_eq!(s.most_rows_per_invocation(), 8);
         let mut broken = l.clone();
         broken[2].inputs = 32;
         assert!(MlpShape::new(&broken, 4480).is_none());
@@ -508,9 +607,37 @@ mod tests {
                 }
             }
         }
+        // The widest network's forms that are built (at most 2 rows per invocation).
+        let wide = wide_b3();
+        for (rows, staged, gather) in [(1, true, true), (2, false, false)] {
+            validate(
+                wide.with_rows_per_invocation(rows)
+                    .with_staged(staged)
+                    .with_gather(gather),
+            );
+        }
+        for loss in [Loss::BinaryCrossEntropy, Loss::SoftmaxCrossEntropy] {
+            for rows in [1, 8] {
+                validate(
+                    b3().with_loss(loss)
+                        .with_gather(true)
+                        .with_rows_per_invocation(rows),
+                );
+            }
+        }
         assert_eq!(
             b3().with_gather(true).entry_point(),
             "fused_mlp_t32_r1_gather"
+        );
+        assert_eq!(
+            b3().with_gather(true)
+                .with_loss(Loss::SoftmaxCrossEntropy)
+                .entry_point(),
+            "fused_mlp_t32_r1_gather_softmax"
+        );
+        assert_eq!(
+            b3().with_loss(Loss::SoftmaxCrossEntropy).name(),
+            "2-64a1-64a1-1a0 softmax"
         );
         assert_eq!(
             b3().with_tile_rows(64)

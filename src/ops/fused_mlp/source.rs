@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use super::MlpShape;
 use crate::kernels::ACTIVATION;
+use crate::ops::Loss;
 
 /// The generated source of `shape` and its entry point.
 pub fn generated(shape: MlpShape) -> (&'static str, &'static str) {
@@ -30,7 +31,11 @@ fn entry_name(shape: MlpShape) -> String {
         shape.rows_per_invocation,
         if shape.staged { "_staged" } else { "" },
         if shape.gather { "_gather" } else { "" },
-        if shape.bce { "_bce" } else { "" }
+        match shape.loss {
+            Loss::Mse => "",
+            Loss::BinaryCrossEntropy => "_bce",
+            Loss::SoftmaxCrossEntropy => "_softmax",
+        }
     )
 }
 
@@ -110,12 +115,15 @@ struct FusedMlpParams {{
 @group(0) @binding(1) var<storage, read_write> fm_pred: array<f32>;
 @group(0) @binding(2) var<storage, read_write> fm_row_loss: array<f32>;
 @group(0) @binding(3) var<storage, read> fm_x: array<f32>;
-@group(0) @binding(4) var<storage, read> fm_target: array<f32>;
+@group(0) @binding(4) var<storage, read> fm_target: array<{target_ty}>;
 @group(0) @binding(5) var<storage, read> fm_w: array<f32>;
 {tail_bindings}
 var<workgroup> fm_delta: array<f32, {d}>;
 var<workgroup> fm_input: array<f32, {a}>;
 {staged_decl}
+fn fm_nan() -> f32 {{
+    return bitcast<f32>(0x7fc00000u);
+}}
 {funcs}
 @compute @workgroup_size({inv}, 1, 1)
 fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
@@ -134,6 +142,11 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
         pre_all = rpi * pre_len,
         w_all = rpi * max_w,
         funcs = activation_functions(),
+        target_ty = if shape.loss.takes_labels() {
+            "u32"
+        } else {
+            "f32"
+        },
         tail_bindings = if shape.gather {
             "@group(0) @binding(6) var<storage, read> fm_idx: array<u32>;
 @group(0) @binding(7) var<uniform> fm_p: FusedMlpParams;
@@ -251,19 +264,14 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
         }
         s.push_str("    }\n");
     }
-    // The loss and its gradient: mse_loss's formulas, or binary_cross_entropy's on the
-    // logits.
-    let (grad, term) = if shape.bce {
-        (
-            "(sigmoid(y) - tv) * fm_p.scale",
-            "max(y, 0.0) - y * tv + log(1.0 + exp(-abs(y)))",
-        )
-    } else {
-        ("2.0 * (y - tv) * fm_p.scale", "(y - tv) * (y - tv)")
-    };
-    for j in rows.clone() {
-        s.push_str(&format!(
-            "    var sum{j} = 0.0;
+    // The loss and its gradient: mse_loss's formulas, binary_cross_entropy's on the logits,
+    // or softmax_cross_entropy's on the logits against class labels (in shaders/loss.wgsl's
+    // order of operations).
+    let values = |grad: &str, term: &str| {
+        let mut s = String::new();
+        for j in rows.clone() {
+            s.push_str(&format!(
+                "    var sum{j} = 0.0;
     for (var c = 0u; c < {n_out}u; c = c + 1u) {{
         let y = act[{a}u + c];
         if (in_batch{j}) {{
@@ -277,15 +285,62 @@ fn {entry}(@builtin(local_invocation_id) lid: vec3<u32>,
         fm_row_loss[r{j}] = select(0.0, sum{j} / f32({n_out}u), live{j});
     }}
 ",
-            a = j * act_len + act_at[last],
-            dj = j * max_w,
-            target = if shape.gather {
-                format!("select(0.0, fm_target[src{j} * {n_out}u + c], live{j})")
-            } else {
-                format!("fm_target[r{j} * {n_out}u + c]")
-            },
-        ));
-    }
+                a = j * act_len + act_at[last],
+                dj = j * max_w,
+                target = if shape.gather {
+                    format!("select(0.0, fm_target[src{j} * {n_out}u + c], live{j})")
+                } else {
+                    format!("fm_target[r{j} * {n_out}u + c]")
+                },
+            ));
+        }
+        s
+    };
+    // The labels are the gathered batch's (a label past the outputs gives a NaN loss, as
+    // from the loss kernel; the logit it picks is read in the loop, not at a varying index).
+    let softmax = || {
+        let mut s = String::new();
+        for j in rows.clone() {
+            s.push_str(&format!(
+                "    let label{j} = fm_target[r{j}];
+    var m{j} = act[{a}u];
+    for (var c = 1u; c < {n_out}u; c = c + 1u) {{
+        m{j} = max(m{j}, act[{a}u + c]);
+    }}
+    var s{j} = 0.0;
+    for (var c = 0u; c < {n_out}u; c = c + 1u) {{
+        s{j} = s{j} + soma_exp(act[{a}u + c] - m{j});
+    }}
+    var zl{j} = 0.0;
+    for (var c = 0u; c < {n_out}u; c = c + 1u) {{
+        let y = act[{a}u + c];
+        if (in_batch{j}) {{
+            fm_pred[r{j} * {n_out}u + c] = y;
+        }}
+        let prob = soma_div(soma_exp(y - m{j}), s{j});
+        let onehot = select(0.0, 1.0, c == label{j});
+        dl[{dj}u + c] = select(0.0, (prob - onehot) * fm_p.scale, live{j});
+        zl{j} = select(zl{j}, y, c == label{j});
+    }}
+    if (in_batch{j}) {{
+        let ce{j} = select(m{j} + soma_log(s{j}) - zl{j}, fm_nan(), label{j} >= {n_out}u);
+        fm_row_loss[r{j}] = select(0.0, ce{j}, live{j});
+    }}
+",
+                a = j * act_len + act_at[last],
+                dj = j * max_w,
+            ));
+        }
+        s
+    };
+    s.push_str(&match shape.loss {
+        Loss::Mse => values("2.0 * (y - tv) * fm_p.scale", "(y - tv) * (y - tv)"),
+        Loss::BinaryCrossEntropy => values(
+            "(sigmoid(y) - tv) * fm_p.scale",
+            "max(y, 0.0) - y * tv + log(1.0 + exp(-abs(y)))",
+        ),
+        Loss::SoftmaxCrossEntropy => softmax(),
+    });
     for (l, layer) in layers.iter().enumerate().rev() {
         let (ni, no, wo) = (layer.inputs, layer.outputs, layer.weight_at);
         s.push_str(&format!(
