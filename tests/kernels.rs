@@ -2334,8 +2334,9 @@ fn fused_mlp_matches_its_twin() {
     // lavapipe (32 KiB) declines the staged 64-row form for the 64-wide network (48 KiB), and
     // the 4-row, staged and 64-row forms for the 128-wide one.
     assert!(ran > 0, "no form ran");
+    // (Through GL the 128-wide network is not among the narrow ones that run.)
     assert!(
-        declined > 0,
+        gl || declined > 0,
         "the 4-row form of 128-wide layers is declined everywhere"
     );
     println!("fused_mlp: {ran} runs, {declined} declined");
