@@ -363,7 +363,12 @@ fn small_host_limits_give_too_large_not_a_panic() {
         let fused = matches!(
             k,
             soma::Kernel::MatmulTile(_, _, soma::ops::matmul::Epilogue::BiasAct { .. })
-                | soma::Kernel::MatmulWorkgroup(_, _, soma::ops::matmul::Epilogue::BiasAct { .. })
+                | soma::Kernel::MatmulWorkgroup(
+                    _,
+                    _,
+                    _,
+                    soma::ops::matmul::Epilogue::BiasAct { .. }
+                )
                 | soma::Kernel::DenseForward
                 | soma::Kernel::Update(soma::UpdateRule::RmsProp, _)
         );

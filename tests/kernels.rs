@@ -539,14 +539,39 @@ fn matmul_tiles_sum_in_naive_order() {
 
 /// (m, k, n) of the workgroup-tile tests: one output, sizes under one block and one slice,
 /// edges in every dimension of every tile (k not a multiple of any slice), several blocks
-/// with edges, and whole blocks and slices of every tile.
+/// with edges, and whole blocks and slices of every tile. The multiples of 4 among m, k and
+/// n take each form through every pair of loads it has (`wg_loads`): both scalar, A or B
+/// alone as vec4, both vec4, with k edges where a vec4 of k lies wholly past the end.
 const WG_CASES: &[(usize, usize, usize)] = &[
     (1, 1, 1),
     (7, 3, 5),
     (33, 29, 17),
-    (130, 40, 70),
+    // nt both vec4, nn A, tn A; k = 36 ends in the middle of a slice of every tile.
+    (132, 36, 70),
+    // nt and nn both vec4, tn B.
+    (33, 20, 68),
+    // nt scalar, nn B, tn both vec4.
+    (36, 29, 44),
     (128, 32, 128),
 ];
+
+/// The loads part of a workgroup tile's entry point for `form` ("nt", "nn", "tn") at
+/// (m, k, n): vec4 for an operand whose contiguous dimension is a multiple of 4 (A along k
+/// in nt and nn and along m in tn, B along k in nt and along n in nn and tn).
+fn wg_loads(form: &str, m: usize, k: usize, n: usize) -> &'static str {
+    let (a, b) = match form {
+        "nt" => (k, k),
+        "nn" => (k, n),
+        "tn" => (m, n),
+        _ => unreachable!("{form}"),
+    };
+    match (a % 4 == 0, b % 4 == 0) {
+        (false, false) => "",
+        (true, false) => "_v4a",
+        (false, true) => "_v4b",
+        (true, true) => "_v4",
+    }
+}
 
 /// Asserts `got` equals `want` bit for bit on llvmpipe (which contracts no multiply-add, so
 /// a kernel summing in the naive order gives the CPU twin's bits), and within the matmul
@@ -599,7 +624,10 @@ fn matmul_workgroup_tiles_match_cpu_bitwise() {
                         acc,
                     )
                     .unwrap();
-                    assert_eq!(d.entry(), format!("matmul_{name}_{}", t.name()));
+                    assert_eq!(
+                        d.entry(),
+                        format!("matmul_{name}_{}{}", t.name(), wg_loads(name, m, k, n))
+                    );
                     run(gpu, &d);
                     let label = format!("matmul_{name} {} {m}x{k}x{n} {acc:?}", t.name());
                     assert_twin_bits(gpu, &label, &out.read(gpu).unwrap(), &want, k);
@@ -663,7 +691,15 @@ fn workgroup_epilogues_match_cpu_bitwise() {
                 let d = ops::dense_forward(kn, &out, &pre, &xt, &wt, Some(&bt), &dummy, act)
                     .unwrap()
                     .expect("a workgroup tile runs the fused kernel");
-                assert!(d.entry().contains(&t.name()) && d.entry().contains("_bias"));
+                let relu = if act == Activation::Relu { "_relu" } else { "" };
+                assert_eq!(
+                    d.entry(),
+                    format!(
+                        "matmul_nt_{}{}_bias{relu}",
+                        t.name(),
+                        wg_loads("nt", m, k, n)
+                    )
+                );
                 run(gpu, &d);
                 let label = format!("dense_forward {} {m}x{k}x{n} {act:?}", t.name());
                 assert_twin_bits(
@@ -714,7 +750,14 @@ fn workgroup_epilogues_match_cpu_bitwise() {
             )
             .unwrap()
             .expect("a workgroup tile runs the fused kernel");
-            assert!(d.entry().contains(&t.name()) && d.entry().ends_with("_relu_grad"));
+            assert_eq!(
+                d.entry(),
+                format!(
+                    "matmul_nn_{}{}_relu_grad",
+                    t.name(),
+                    wg_loads("nn", m, k, n)
+                )
+            );
             run(gpu, &d);
             let label = format!("relu_delta {} {m}x{k}x{n}", t.name());
             assert_twin_bits(gpu, &label, &dpre.read(gpu).unwrap(), &want, k);

@@ -202,3 +202,33 @@ fn every_kernels_uniform_matches_wgsl() {
     // Every file's structs are some kernel's uniform.
     assert!(checked.len() >= SHADERS.len(), "{checked:?}");
 }
+
+#[test]
+fn every_workgroup_tile_is_validated_with_every_load() {
+    // The kernels the tests above validate include each workgroup tile of each form and
+    // epilogue with scalar loads, A or B as vec4, and both (`WgLoads`), so no entry point the
+    // recorders choose by shape escapes naga.
+    use soma::ops::matmul::{Epilogue, MatmulForm, WgLoads, WG_TILES};
+    let all = Kernel::all();
+    for &t in WG_TILES {
+        for loads in WgLoads::ALL {
+            let mut want: Vec<Kernel> = MatmulForm::ALL
+                .iter()
+                .map(|&form| Kernel::MatmulWorkgroup(form, t, loads, Epilogue::Store))
+                .collect();
+            want.extend([
+                Kernel::MatmulWorkgroup(MatmulForm::Nt, t, loads, Epilogue::BiasAct { relu: true }),
+                Kernel::MatmulWorkgroup(
+                    MatmulForm::Nt,
+                    t,
+                    loads,
+                    Epilogue::BiasAct { relu: false },
+                ),
+                Kernel::MatmulWorkgroup(MatmulForm::Nn, t, loads, Epilogue::ReluGrad),
+            ]);
+            for k in want {
+                assert!(all.contains(&k), "{k:?} is not in Kernel::all");
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ pub mod tiled;
 pub mod workgroup;
 
 pub use tiled::{Epilogue, MatmulForm, Tile, TILES};
-pub use workgroup::{WgTile, WG_TILES};
+pub use workgroup::{WgLoads, WgTile, WG_TILES};
 
 params_struct! {
     /// Sizes of a matrix product `out (m, n) = op(a) · op(b)`; see the three matmul forms.
@@ -375,7 +375,12 @@ pub fn dense_forward(
             let relu = act == Activation::Relu;
             dispatch(
                 kernels,
-                Kernel::MatmulWorkgroup(MatmulForm::Nt, t, Epilogue::BiasAct { relu }),
+                Kernel::MatmulWorkgroup(
+                    MatmulForm::Nt,
+                    t,
+                    wg_loads(MatmulForm::Nt, &p, x, w),
+                    Epilogue::BiasAct { relu },
+                ),
                 &[pre, x, w, out, bias],
                 &[p],
                 t.grid(m, n),
@@ -437,7 +442,12 @@ pub fn relu_delta(
         .map(Some),
         MatmulChoice::Workgroup(t) => dispatch(
             kernels,
-            Kernel::MatmulWorkgroup(MatmulForm::Nn, t, Epilogue::ReluGrad),
+            Kernel::MatmulWorkgroup(
+                MatmulForm::Nn,
+                t,
+                wg_loads(MatmulForm::Nn, &p, d, w),
+                Epilogue::ReluGrad,
+            ),
             &[dpre, d, w, pre],
             &[p],
             t.grid(m, n),
@@ -526,7 +536,7 @@ pub(crate) fn matmul_dispatch(
         ),
         MatmulChoice::Workgroup(t) => dispatch(
             kernels,
-            Kernel::MatmulWorkgroup(form, t, Epilogue::Store),
+            Kernel::MatmulWorkgroup(form, t, wg_loads(form, p, a, b), Epilogue::Store),
             &[out, a, b],
             &[*p],
             t.grid(m, n),
@@ -570,6 +580,14 @@ pub(crate) fn matmul_dispatch(
             )
         }
     }
+}
+
+/// How a workgroup tile reads the operands `a` and `b` of a product of `form` sized `p`: as
+/// vec4 where the shapes allow it and the binding starts on 16 bytes ([`WgLoads::for_shape`],
+/// [`WgLoads::aligned`]), else one f32 per load.
+fn wg_loads(form: MatmulForm, p: &MatmulParams, a: &GpuTensor, b: &GpuTensor) -> WgLoads {
+    WgLoads::for_shape(form, p.m as usize, p.n as usize, p.k as usize)
+        .aligned(a.offset(), b.offset())
 }
 
 fn matmul_params(op: &str, m: usize, n: usize, k: usize, acc: Accumulate) -> Result<MatmulParams> {
