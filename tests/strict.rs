@@ -25,13 +25,62 @@ fn hash(summary: &Value) -> &str {
         .unwrap_or_else(|| panic!("no tensors_sha256 in {summary}"))
 }
 
+/// Whether the test binary's adapter (the one `soma` picks too) passes strict mode's
+/// self-test. Where it does not (llvmpipe through GL, under `WGPU_BACKEND=gl`), a strict
+/// run must be refused with the finding before anything is written, which `refused` checks.
+fn adapter_passes_the_self_test(gpu: &soma::Gpu) -> bool {
+    let kernels = soma::ops::Kernels::new(gpu, soma::ops::Tuning::strict());
+    soma::exec::strict::self_test(&kernels).is_ok()
+}
+
+/// `soma args` (with `--out dir/out` among them, if any) was refused by strict mode's
+/// self-test, by name, leaving no run directory.
+fn refused(dir: &TempDir, out: &str, args: &[&str]) {
+    let ran = soma(dir, args);
+    assert_eq!(
+        ran.code,
+        Some(1),
+        "{args:?} ran on an adapter that fails the self-test"
+    );
+    let e = ran.stderr_lines().join("\n");
+    assert!(
+        e.contains("strict mode refuses") && e.contains("self-test found"),
+        "{e}"
+    );
+    assert!(
+        !dir.join(out).exists(),
+        "a refused run leaves no run directory"
+    );
+}
+
 #[test]
 fn strict_digits_has_the_same_checkpoint_tensors_on_the_gpu_and_the_cpu() {
-    if common::gpu("strict_digits_has_the_same_checkpoint_tensors_on_the_gpu_and_the_cpu").is_none()
-    {
+    let Some(g) =
+        common::gpu("strict_digits_has_the_same_checkpoint_tensors_on_the_gpu_and_the_cpu")
+    else {
+        return;
+    };
+    let dir = TempDir::new("strict-digits");
+    if !adapter_passes_the_self_test(g) {
+        let out = dir.arg("gpu");
+        refused(
+            &dir,
+            "gpu",
+            &[
+                "train",
+                "--epochs",
+                "20",
+                "--json",
+                "--out",
+                &out,
+                "--deterministic",
+                "strict",
+                "--device",
+                "gpu",
+            ],
+        );
         return;
     }
-    let dir = TempDir::new("strict-digits");
     let gpu = train(
         &dir,
         "gpu",
@@ -65,10 +114,25 @@ fn strict_digits_has_the_same_checkpoint_tensors_on_the_gpu_and_the_cpu() {
 
 #[test]
 fn strict_check_is_bit_identical_over_every_family() {
-    if common::gpu("strict_check_is_bit_identical_over_every_family").is_none() {
+    let Some(g) = common::gpu("strict_check_is_bit_identical_over_every_family") else {
+        return;
+    };
+    let dir = TempDir::new("strict-check");
+    if !adapter_passes_the_self_test(g) {
+        refused(
+            &dir,
+            "unused",
+            &[
+                "check",
+                "--deterministic",
+                "strict",
+                "--json",
+                "--steps",
+                "12",
+            ],
+        );
         return;
     }
-    let dir = TempDir::new("strict-check");
     // Each activation (sigmoid and tanh through soma_exp and soma_div, GELU's derivative),
     // each loss (softmax cross-entropy, MSE, binary cross-entropy through soma_log), each
     // optimizer (Adam's and RMSprop's square roots and divisions), odd widths and a
