@@ -242,14 +242,7 @@ fn fused_layers_train_like_the_cpu_reference() {
 
     let (gl, gp) = run_steps(Device::Tuned(&own), &model, loss, opt, &train, 32);
     let (cl, cp) = run_steps(Device::CpuReference, &model, loss, opt, &train, 32);
-    let (d, i) = max_rel_diff(&gl, &cl);
-    assert!(d < 1e-4, "step loss differs by {d:e} at step {i}");
-    for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
-        let rel = rel_l2(&g.weight, &c.weight);
-        assert!(rel < 1e-4, "layers.{l}.weight relative L2 error {rel:e}");
-        let rel = rel_l2(g.bias.as_ref().unwrap(), c.bias.as_ref().unwrap());
-        assert!(rel < 1e-4, "layers.{l}.bias relative L2 error {rel:e}");
-    }
+    assert_follows("fused layers", (&gl, &gp), (&cl, &cp));
 }
 
 /// The optimizer update of every parameter tensor is one dispatch over the parameter arena,
@@ -414,20 +407,7 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
 
         let (gl, gp) = run_steps(Device::Tuned(&own_k), &model, Loss::Mse, opt, &train, 64);
         assert_eq!(gl.len(), 10);
-        let (d, i) = max_rel_diff(&gl, &cl);
-        assert!(d < 1e-4, "{entry}: step loss differs by {d:e} at step {i}");
-        for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
-            let rel = rel_l2(&g.weight, &c.weight);
-            assert!(
-                rel < 1e-4,
-                "{entry}: layers.{l}.weight relative L2 error {rel:e}"
-            );
-            let rel = rel_l2(g.bias.as_ref().unwrap(), c.bias.as_ref().unwrap());
-            assert!(
-                rel < 1e-4,
-                "{entry}: layers.{l}.bias relative L2 error {rel:e}"
-            );
-        }
+        assert_follows(entry, (&gl, &gp), (&cl, &cp));
     }
     // The run moved the weights: the comparison above is not of two copies of the initial
     // parameters.
@@ -459,15 +439,7 @@ fn fused_mlp_pass_trains_like_the_cpu_reference() {
     assert!(kernels.contains(&entry), "kernels of a step: {kernels:?}");
     let (gl, gp) = run_steps(Device::Tuned(&own_k), &model, loss, opt, &bc, 64);
     let (cl, cp) = run_steps(Device::CpuReference, &model, loss, opt, &bc, 64);
-    let (d, i) = max_rel_diff(&gl, &cl);
-    assert!(d < 1e-4, "bce: step loss differs by {d:e} at step {i}");
-    for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
-        let rel = rel_l2(&g.weight, &c.weight);
-        assert!(
-            rel < 1e-4,
-            "bce: layers.{l}.weight relative L2 error {rel:e}"
-        );
-    }
+    assert_follows("bce", (&gl, &gp), (&cl, &cp));
 }
 
 /// The lecture's digits classifier (sigmoid hidden layer, softmax cross-entropy on class
@@ -549,20 +521,7 @@ fn fused_mlp_pass_trains_softmax_classifiers_like_the_cpu_reference() {
         assert_eq!(kernels.len(), 6, "kernels of a step: {kernels:?}");
         let (gl, gm, gp) = epoch(Device::Tuned(&own_k));
         assert_eq!(gl.len(), 10);
-        let (d, i) = max_rel_diff(&gl, &cl);
-        assert!(d < 1e-4, "{entry}: step loss differs by {d:e} at step {i}");
-        for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
-            let rel = rel_l2(&g.weight, &c.weight);
-            assert!(
-                rel < 1e-4,
-                "{entry}: layers.{l}.weight relative L2 error {rel:e}"
-            );
-            let rel = rel_l2(g.bias.as_ref().unwrap(), c.bias.as_ref().unwrap());
-            assert!(
-                rel < 1e-4,
-                "{entry}: layers.{l}.bias relative L2 error {rel:e}"
-            );
-        }
+        assert_follows(entry, (&gl, &gp), (&cl, &cp));
         let (ga, ca) = (gm.train_accuracy.unwrap(), cm.train_accuracy.unwrap());
         // One row's argmax may flip under rounding; no more.
         assert!(
@@ -630,12 +589,7 @@ fn fused_mlp_pass_takes_128_wide_layers() {
         let (gl, gp) = run_steps(Device::Tuned(&own_k), &model, Loss::Mse, opt, &train, 64);
         let (cl, cp) = run_steps(Device::CpuReference, &model, Loss::Mse, opt, &train, 64);
         assert_eq!(gl.len(), 3);
-        let (d, i) = max_rel_diff(&gl, &cl);
-        assert!(d < 1e-4, "step loss differs by {d:e} at step {i}");
-        for (l, (g, c)) in gp.layers.iter().zip(&cp.layers).enumerate() {
-            let rel = rel_l2(&g.weight, &c.weight);
-            assert!(rel < 1e-4, "layers.{l}.weight relative L2 error {rel:e}");
-        }
+        assert_follows("128-wide", (&gl, &gp), (&cl, &cp));
     }
     // 4 rows per invocation are not built for 128-wide layers, on any device; 64-row tiles
     // with the 64 x 128 layer staged need 96 KiB of workgroup memory.
@@ -661,6 +615,27 @@ fn fused_mlp_pass_takes_128_wide_layers() {
             matches!(e, Error::Config(_)) && text.contains(form) && text.contains("does not fit"),
             "{form}: {text}"
         );
+    }
+}
+
+/// Training on `got` followed the reference `want`: every step's running loss and every
+/// layer's weight and bias within a relative 1e-4 (L2 over the tensor for parameters).
+fn assert_follows(label: &str, got: (&[f32], &Parameters), want: (&[f32], &Parameters)) {
+    let (d, i) = max_rel_diff(got.0, want.0);
+    assert!(d < 1e-4, "{label}: step loss differs by {d:e} at step {i}");
+    for (l, (g, c)) in got.1.layers.iter().zip(&want.1.layers).enumerate() {
+        let rel = rel_l2(&g.weight, &c.weight);
+        assert!(
+            rel < 1e-4,
+            "{label}: layers.{l}.weight relative L2 error {rel:e}"
+        );
+        if let (Some(gb), Some(cb)) = (&g.bias, &c.bias) {
+            let rel = rel_l2(gb, cb);
+            assert!(
+                rel < 1e-4,
+                "{label}: layers.{l}.bias relative L2 error {rel:e}"
+            );
+        }
     }
 }
 
@@ -777,15 +752,7 @@ fn gelu_and_rmsprop_agree_on_every_device() {
     }
     for (name, device) in devices {
         let (l, p) = run_steps(device, &model, loss, opt, &train, 32);
-        let (d, i) = max_rel_diff(&l, &rl);
-        assert!(d < 1e-4, "{name}: step loss differs by {d:e} at step {i}");
-        for (k, (g, c)) in p.layers.iter().zip(&rp.layers).enumerate() {
-            let rel = rel_l2(&g.weight, &c.weight);
-            assert!(
-                rel < 1e-4,
-                "{name}: layers.{k}.weight relative L2 error {rel:e}"
-            );
-        }
+        assert_follows(name, (&l, &p), (&rl, &rp));
     }
 }
 
