@@ -218,6 +218,88 @@ fn softmax_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// The same loss with each row split over 32 lanes, 8 rows per workgroup of 256, for hardware
+// GPUs, in softmax_split's order: position p works on row 8 * group + p / 32 and its columns
+// p % 32, p % 32 + 32, ...; the row's max (exact in any order), then the sum of exp(z - max):
+// each lane adds its columns in order, then a pairwise tree over the 32 lane sums (in
+// sm_partial) with ascending offsets 1, 2, 4, 8, 16; then each lane writes the gradient of
+// its columns and the row's first lane the row's loss, by the serial kernel's formulas.
+// Its twin is `cpu::softmax_cross_entropy_split`; `softmax_cross_entropy_split_subgroup`
+// (loss_subgroup.wgsl) keeps the same order.
+
+// Position p's largest logit (-inf past the last live row or column).
+fn ce_split_lane_max(group: u32, position: u32) -> f32 {
+    let row = softmax_split_row(group, position);
+    var m = neg_inf();
+    if (row < ce_p.rows) {
+        for (var c = position % 32u; c < ce_p.cols; c = c + 32u) {
+            m = max(m, ce_logits[row * ce_p.cols + c]);
+        }
+    }
+    return m;
+}
+
+// Position p's sum of exp(z - m) over its columns, in order.
+fn ce_split_lane_sum(group: u32, position: u32, m: f32) -> f32 {
+    let row = softmax_split_row(group, position);
+    var s = 0.0;
+    if (row < ce_p.rows) {
+        for (var c = position % 32u; c < ce_p.cols; c = c + 32u) {
+            s = s + soma_exp(ce_logits[row * ce_p.cols + c] - m);
+        }
+    }
+    return s;
+}
+
+// Position p's gradient columns and, for the row's first lane, the row's loss; zeros on the
+// padding rows from `rows` up to `batch_rows`.
+fn ce_split_store(group: u32, position: u32, m: f32, s: f32) {
+    let row = softmax_split_row(group, position);
+    if (row >= ce_p.batch_rows) {
+        return;
+    }
+    let lane = position % 32u;
+    let base = row * ce_p.cols;
+    if (row >= ce_p.rows) {
+        for (var c = lane; c < ce_p.cols; c = c + 32u) {
+            ce_grad[base + c] = 0.0;
+        }
+        if (lane == 0u) {
+            ce_row_loss[row] = 0.0;
+        }
+        return;
+    }
+    let label = ce_labels[row];
+    for (var c = lane; c < ce_p.cols; c = c + 32u) {
+        let prob = soma_div(soma_exp(ce_logits[base + c] - m), s);
+        let onehot = select(0.0, 1.0, c == label);
+        ce_grad[base + c] = (prob - onehot) * ce_p.scale;
+    }
+    if (lane == 0u) {
+        if (label >= ce_p.cols) {
+            ce_row_loss[row] = nan();
+        } else {
+            ce_row_loss[row] = m + soma_log(s) - ce_logits[base + label];
+        }
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn softmax_cross_entropy_split(
+    @builtin(local_invocation_index) index: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    sm_partial[index] = ce_split_lane_max(group.x, index);
+    workgroupBarrier();
+    softmax_split_levels(index, 1u, true);
+    let m = sm_partial[index & ~31u];
+    workgroupBarrier();
+    sm_partial[index] = ce_split_lane_sum(group.x, index, m);
+    workgroupBarrier();
+    softmax_split_levels(index, 1u, false);
+    ce_split_store(group.x, index, m, sm_partial[index & ~31u]);
+}
+
 @group(0) @binding(0) var<storage, read_write> bce_grad: array<f32>;
 @group(0) @binding(1) var<storage, read_write> bce_row_loss: array<f32>;
 @group(0) @binding(2) var<storage, read> bce_logits: array<f32>;

@@ -1309,6 +1309,111 @@ fn softmax_split_matches_cpu_in_both_forms() {
     }
 }
 
+/// The loss's row losses: NaN where the twin has NaN (a label past the outputs), else close.
+fn assert_row_loss(label: &str, got: &[f32], want: &[f32]) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.is_nan(), w.is_nan(), "{label} [{i}]: {g} vs twin {w}");
+    }
+    let finite = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|x| if x.is_nan() { 0.0 } else { *x })
+            .collect()
+    };
+    assert_close(label, &finite(got), &finite(want), 1e-5, 1e-5);
+}
+
+#[test]
+fn softmax_cross_entropy_split_matches_cpu_in_both_forms() {
+    let Some(gpu) = gpu("softmax_cross_entropy_split_matches_cpu_in_both_forms") else {
+        return;
+    };
+    let (sg, wg) = (&with_subgroups(gpu, true), &with_subgroups(gpu, false));
+    // Strict SPIR-V kernels (workgroup form only) equal the twin bit for bit.
+    let strict = Kernels::new(gpu, Tuning::strict());
+    let mut rng = TestRng::new(62);
+    let split = ops::SumForm::Split;
+    let kind = Loss::SoftmaxCrossEntropy;
+    for batch_rows in [1usize, 7, 8, 9, 33, 300] {
+        for cols in [1usize, 2, 10, 33, 100] {
+            // Every row live, and a partial last batch (the padding gets zeros).
+            for rows in [batch_rows, batch_rows.div_ceil(3)] {
+                let x = rng.vec(batch_rows * cols, -30.0, 30.0);
+                let mut labels: Vec<u32> =
+                    (0..batch_rows).map(|_| rng.below(cols as u32)).collect();
+                // A label past the outputs: a NaN loss for its row, no out-of-bounds read.
+                labels[0] = cols as u32;
+                let xt = up(gpu, "x", &[batch_rows, cols], &x);
+                let lt = up_u32(gpu, "labels", &[batch_rows], &labels);
+                let p = kind.params(rows, cols, batch_rows);
+                let label = format!("softmax_cross_entropy_split {rows}/{batch_rows}x{cols}");
+                let launch = |kn: &Kernels| {
+                    let grad = up(
+                        gpu,
+                        "grad",
+                        &[batch_rows, cols],
+                        &vec![9.0; batch_rows * cols],
+                    );
+                    let loss = up(gpu, "row_loss", &[batch_rows], &vec![9.0; batch_rows]);
+                    let d = ops::loss_as(kn, kind, split, &grad, &loss, &xt, &lt, rows).unwrap();
+                    run(gpu, &d);
+                    (grad.read(gpu).unwrap(), loss.read(gpu).unwrap())
+                };
+                let (sg_grad, sg_loss) = launch(sg);
+                let (wg_grad, wg_loss) = launch(wg);
+                // The subgroup form and the fallback: the same order, the same bits.
+                for (i, (a, b)) in sg_grad
+                    .iter()
+                    .chain(&sg_loss)
+                    .zip(wg_grad.iter().chain(&wg_loss))
+                    .enumerate()
+                {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{label} [{i}]: subgroup {a}, workgroup {b}"
+                    );
+                }
+                let mut want_grad = vec![9.0; batch_rows * cols];
+                let mut want_loss = vec![9.0; batch_rows];
+                cpu::softmax_cross_entropy_split(
+                    &mut want_grad,
+                    &mut want_loss,
+                    &x,
+                    &labels,
+                    &p,
+                    Math::Native,
+                );
+                // The driver's exp and log against Rust's (a few ulps).
+                assert_close(&format!("grad {label}"), &sg_grad, &want_grad, 1e-7, 1e-5);
+                assert_row_loss(&format!("row_loss {label}"), &sg_loss, &want_loss);
+                if gpu.takes_spirv() {
+                    let (grad, loss) = launch(&strict);
+                    cpu::softmax_cross_entropy_split(
+                        &mut want_grad,
+                        &mut want_loss,
+                        &x,
+                        &labels,
+                        &p,
+                        Math::Strict,
+                    );
+                    for (i, (g, w)) in grad
+                        .iter()
+                        .chain(&loss)
+                        .zip(want_grad.iter().chain(&want_loss))
+                        .enumerate()
+                    {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "strict {label} [{i}]: {g} vs twin {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn softmax_matches_cpu() {
     let Some(gpu) = gpu("softmax_matches_cpu") else {

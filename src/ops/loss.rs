@@ -140,10 +140,31 @@ fn loss_kernel(kind: Loss) -> Kernel {
 /// A loss and its gradient over `pred (batch_rows, cols)`, the first `rows` live:
 /// `grad` (same shape), `row_loss (batch_rows)`. `target` is u32 labels `(batch_rows)` for
 /// softmax cross-entropy and f32 `(batch_rows, cols)` otherwise. The batch loss is
-/// `Σ row_loss / rows`.
+/// `Σ row_loss / rows`. Softmax cross-entropy sums its exponentials in the form that suits
+/// the device ([`SumForm::for_kernels`]), as [`softmax`] does.
 pub fn loss(
     k: &Kernels,
     kind: Loss,
+    grad: &GpuTensor,
+    row_loss: &GpuTensor,
+    pred: &GpuTensor,
+    target: &GpuTensor,
+    rows: usize,
+) -> Result<Dispatch> {
+    let form = SumForm::for_kernels(k);
+    loss_as(k, kind, form, grad, row_loss, pred, target, rows)
+}
+
+/// [`loss`] with softmax cross-entropy's sum of exponentials in `form`'s order (the other
+/// losses ignore it): [`SumForm::Serial`], one invocation per row, columns in order (twin
+/// `cpu::softmax_cross_entropy`); [`SumForm::Split`], 32 lanes per row, each summing
+/// columns j, j+32, ... in order, then a pairwise tree with ascending offsets (twin
+/// `cpu::softmax_cross_entropy_split`, for its workgroup and subgroup forms alike).
+#[allow(clippy::too_many_arguments)]
+pub fn loss_as(
+    k: &Kernels,
+    kind: Loss,
+    form: SumForm,
     grad: &GpuTensor,
     row_loss: &GpuTensor,
     pred: &GpuTensor,
@@ -169,13 +190,19 @@ pub fn loss(
         ));
     }
     let p = kind.params(rows, cols, batch_rows);
-    dispatch(
-        k,
-        loss_kernel(kind),
-        &[grad, row_loss, pred, target],
-        &[p],
-        grid_rows(batch_rows),
-    )
+    let split_groups = (batch_rows as u32).div_ceil(8);
+    let fits = split_groups <= k.gpu().limits().max_compute_workgroups_per_dimension;
+    let (kernel, grid) = if kind == Loss::SoftmaxCrossEntropy && form == SumForm::Split && fits {
+        let kernel = if k.subgroups() {
+            Kernel::SoftmaxCrossEntropySplitSubgroup
+        } else {
+            Kernel::SoftmaxCrossEntropySplit
+        };
+        (kernel, [split_groups, 1, 1])
+    } else {
+        (loss_kernel(kind), grid_rows(batch_rows))
+    };
+    dispatch(k, kernel, &[grad, row_loss, pred, target], &[p], grid)
 }
 
 /// MSE: see [`loss`].
@@ -332,6 +359,53 @@ pub mod cpu {
             for &v in z {
                 s += math.exp(v - m);
             }
+            for c in 0..cols {
+                let prob = math.div(math.exp(z[c] - m), s);
+                let target = if c == label { 1.0 } else { 0.0 };
+                grad[row * cols + c] = (prob - target) * p.scale;
+            }
+            row_loss[row] = if label >= cols {
+                f32::NAN
+            } else {
+                m + math.log(s) - z[label]
+            };
+        }
+    }
+
+    /// Twin of `softmax_cross_entropy_split` (and its subgroup form): per row the max, then
+    /// 32 lanes sum exp(z - max) over columns j, j+32, ... in order, a pairwise tree over the
+    /// 32 with ascending offsets, then the gradient and the loss by the serial formulas.
+    pub fn softmax_cross_entropy_split(
+        grad: &mut [f32],
+        row_loss: &mut [f32],
+        logits: &[f32],
+        labels: &[u32],
+        p: &LossParams,
+        math: Math,
+    ) {
+        let cols = p.cols as usize;
+        for row in 0..p.batch_rows as usize {
+            if row >= p.rows as usize {
+                zero_tail(grad, row_loss, row, cols);
+                continue;
+            }
+            let z = &logits[row * cols..row * cols + cols];
+            let label = labels[row] as usize;
+            let m = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut partial = [0.0f32; 32];
+            for (lane, slot) in partial.iter_mut().enumerate() {
+                for &v in z.iter().skip(lane).step_by(32) {
+                    *slot += math.exp(v - m);
+                }
+            }
+            let mut offset = 1;
+            while offset < 32 {
+                for lane in (0..32).step_by(2 * offset) {
+                    partial[lane] += partial[lane + offset];
+                }
+                offset <<= 1;
+            }
+            let s = partial[0];
             for c in 0..cols {
                 let prob = math.div(math.exp(z[c] - m), s);
                 let target = if c == label { 1.0 } else { 0.0 };

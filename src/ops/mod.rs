@@ -60,7 +60,7 @@ pub use activation::{activation_backward, bias_activation_forward, Activation};
 pub use data::{gather_labels, gather_rows, gather_rows_u8};
 pub use fused_mlp::{fused_mlp, fused_mlp_fits};
 pub use loss::{
-    binary_cross_entropy, loss, mse_loss, softmax, softmax_as, softmax_cross_entropy, Loss,
+    binary_cross_entropy, loss, loss_as, mse_loss, softmax, softmax_as, softmax_cross_entropy, Loss,
 };
 pub use matmul::{
     dense_backward, dense_forward, matmul_nn, matmul_nt, matmul_tn, relu_delta, MatmulChoice,
@@ -166,6 +166,10 @@ kernel_table! {
     SoftmaxSplitSubgroup => LOSS_SUBGROUP, "softmax_split_subgroup", [W, R], RowsParams;
     MseLoss => LOSS, "mse_loss", [W, W, R, R], LossParams;
     SoftmaxCrossEntropy => LOSS, "softmax_cross_entropy", [W, W, R, R], LossParams;
+    /// softmax_cross_entropy with each row split over 32 lanes (softmax_split's order)
+    SoftmaxCrossEntropySplit => LOSS, "softmax_cross_entropy_split", [W, W, R, R], LossParams;
+    /// softmax_cross_entropy_split with its first levels as subgroup shuffles (same bits)
+    SoftmaxCrossEntropySplitSubgroup => LOSS_SUBGROUP, "softmax_cross_entropy_split_subgroup", [W, W, R, R], LossParams;
     BinaryCrossEntropy => LOSS, "binary_cross_entropy", [W, W, R, R], LossParams;
     GatherRows => DATA, "gather_rows", [W, R, R], GatherParams;
     GatherRowsVec4 => DATA, "gather_rows_vec4", [W, R, R], GatherParams;

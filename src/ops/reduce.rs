@@ -36,7 +36,8 @@ params_struct! {
     }
 }
 
-/// How a column sum ([`column_sum_as`]) or a softmax (`ops::softmax_as`) orders its sums.
+/// How a column sum ([`column_sum_as`]), a softmax (`ops::softmax_as`) or a softmax
+/// cross-entropy (`ops::loss_as`) orders its sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SumForm {
     /// One invocation per column (four with vec4 loads where `cols` is a multiple of 4) or
@@ -46,8 +47,8 @@ pub enum SumForm {
     /// j+32, ... in order, then a pairwise tree over the 32 partial sums with ascending
     /// offsets 1, 2, 4, 8, 16. Its subgroup form (where [`Kernels::subgroups`]) runs the
     /// tree's levels below the subgroup size as shuffle butterflies in the same pairs, so the
-    /// two give the same bits whatever the size. The twins are [`cpu::column_sum_split`] and
-    /// `cpu::softmax_split`.
+    /// two give the same bits whatever the size. The twins are [`cpu::column_sum_split`],
+    /// `cpu::softmax_split` and `cpu::softmax_cross_entropy_split`.
     Split,
 }
 
