@@ -263,16 +263,78 @@ pub mod cpu {
     use crate::math::Math;
     use crate::ops::activation::cpu::sigmoid;
 
+    /// A row's max and sum of exp(z - max) in the serial kernels' order: the max from z[0]
+    /// on, the sum over the columns in order.
+    fn serial_max_sum(z: &[f32], math: Math) -> (f32, f32) {
+        let m = z.iter().skip(1).fold(z[0], |m, &v| m.max(v));
+        let mut s = 0.0f32;
+        for &v in z {
+            s += math.exp(v - m);
+        }
+        (m, s)
+    }
+
+    /// A row's max and sum of exp(z - max) in the split kernels' order: 32 lanes each sum
+    /// their columns j, j+32, ... in order, then a pairwise tree over the 32 with ascending
+    /// offsets (the max is the same in any order).
+    fn split_max_sum(z: &[f32], math: Math) -> (f32, f32) {
+        let m = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut partial = [0.0f32; 32];
+        for (lane, slot) in partial.iter_mut().enumerate() {
+            for &v in z.iter().skip(lane).step_by(32) {
+                *slot += math.exp(v - m);
+            }
+        }
+        let mut offset = 1;
+        while offset < 32 {
+            for lane in (0..32).step_by(2 * offset) {
+                partial[lane] += partial[lane + offset];
+            }
+            offset <<= 1;
+        }
+        (m, partial[0])
+    }
+
+    /// Softmax cross-entropy over every row of the batch, each row's max and sum from
+    /// `max_sum`: the gradient (prob - onehot) * scale and the loss m + log(s) - z[label]
+    /// (NaN for a label past the outputs; zeros past `rows`).
+    fn cross_entropy_rows(
+        grad: &mut [f32],
+        row_loss: &mut [f32],
+        logits: &[f32],
+        labels: &[u32],
+        p: &LossParams,
+        math: Math,
+        max_sum: fn(&[f32], Math) -> (f32, f32),
+    ) {
+        let cols = p.cols as usize;
+        for row in 0..p.batch_rows as usize {
+            if row >= p.rows as usize {
+                zero_tail(grad, row_loss, row, cols);
+                continue;
+            }
+            let z = &logits[row * cols..row * cols + cols];
+            let label = labels[row] as usize;
+            let (m, s) = max_sum(z, math);
+            for c in 0..cols {
+                let prob = math.div(math.exp(z[c] - m), s);
+                let target = if c == label { 1.0 } else { 0.0 };
+                grad[row * cols + c] = (prob - target) * p.scale;
+            }
+            row_loss[row] = if label >= cols {
+                f32::NAN
+            } else {
+                m + math.log(s) - z[label]
+            };
+        }
+    }
+
     /// Row-wise softmax, max-subtracted.
     pub fn softmax(out: &mut [f32], logits: &[f32], p: &RowsParams, math: Math) {
         let cols = p.cols as usize;
         for r in 0..p.rows as usize {
             let z = &logits[r * cols..r * cols + cols];
-            let m = z.iter().skip(1).fold(z[0], |m, &v| m.max(v));
-            let mut s = 0.0f32;
-            for &v in z {
-                s += math.exp(v - m);
-            }
+            let (m, s) = serial_max_sum(z, math);
             for c in 0..cols {
                 out[r * cols + c] = math.div(math.exp(z[c] - m), s);
             }
@@ -286,22 +348,9 @@ pub mod cpu {
         let cols = p.cols as usize;
         for r in 0..p.rows as usize {
             let z = &logits[r * cols..r * cols + cols];
-            let m = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut partial = [0.0f32; 32];
-            for (lane, slot) in partial.iter_mut().enumerate() {
-                for &v in z.iter().skip(lane).step_by(32) {
-                    *slot += math.exp(v - m);
-                }
-            }
-            let mut offset = 1;
-            while offset < 32 {
-                for lane in (0..32).step_by(2 * offset) {
-                    partial[lane] += partial[lane + offset];
-                }
-                offset <<= 1;
-            }
+            let (m, s) = split_max_sum(z, math);
             for c in 0..cols {
-                out[r * cols + c] = math.div(math.exp(z[c] - m), partial[0]);
+                out[r * cols + c] = math.div(math.exp(z[c] - m), s);
             }
         }
     }
@@ -346,30 +395,7 @@ pub mod cpu {
         p: &LossParams,
         math: Math,
     ) {
-        let cols = p.cols as usize;
-        for row in 0..p.batch_rows as usize {
-            if row >= p.rows as usize {
-                zero_tail(grad, row_loss, row, cols);
-                continue;
-            }
-            let z = &logits[row * cols..row * cols + cols];
-            let label = labels[row] as usize;
-            let m = z.iter().skip(1).fold(z[0], |m, &v| m.max(v));
-            let mut s = 0.0f32;
-            for &v in z {
-                s += math.exp(v - m);
-            }
-            for c in 0..cols {
-                let prob = math.div(math.exp(z[c] - m), s);
-                let target = if c == label { 1.0 } else { 0.0 };
-                grad[row * cols + c] = (prob - target) * p.scale;
-            }
-            row_loss[row] = if label >= cols {
-                f32::NAN
-            } else {
-                m + math.log(s) - z[label]
-            };
-        }
+        cross_entropy_rows(grad, row_loss, logits, labels, p, math, serial_max_sum)
     }
 
     /// Twin of `softmax_cross_entropy_split` (and its subgroup form): per row the max, then
@@ -383,40 +409,7 @@ pub mod cpu {
         p: &LossParams,
         math: Math,
     ) {
-        let cols = p.cols as usize;
-        for row in 0..p.batch_rows as usize {
-            if row >= p.rows as usize {
-                zero_tail(grad, row_loss, row, cols);
-                continue;
-            }
-            let z = &logits[row * cols..row * cols + cols];
-            let label = labels[row] as usize;
-            let m = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut partial = [0.0f32; 32];
-            for (lane, slot) in partial.iter_mut().enumerate() {
-                for &v in z.iter().skip(lane).step_by(32) {
-                    *slot += math.exp(v - m);
-                }
-            }
-            let mut offset = 1;
-            while offset < 32 {
-                for lane in (0..32).step_by(2 * offset) {
-                    partial[lane] += partial[lane + offset];
-                }
-                offset <<= 1;
-            }
-            let s = partial[0];
-            for c in 0..cols {
-                let prob = math.div(math.exp(z[c] - m), s);
-                let target = if c == label { 1.0 } else { 0.0 };
-                grad[row * cols + c] = (prob - target) * p.scale;
-            }
-            row_loss[row] = if label >= cols {
-                f32::NAN
-            } else {
-                m + math.log(s) - z[label]
-            };
-        }
+        cross_entropy_rows(grad, row_loss, logits, labels, p, math, split_max_sum)
     }
 
     /// Binary cross-entropy from logits and 0/1 targets, and its gradient.
