@@ -105,6 +105,11 @@ pub enum Error {
     #[error("strict mode refuses {adapter}: its self-test found {findings}. Run without --deterministic strict (the default mode still gives the same bits from run to run on this adapter), or on an adapter that passes (a Vulkan driver loads strict kernels as SPIR-V marked NoContraction)")]
     StrictRefused { adapter: String, findings: String },
 
+    /// A data-parallel peer (an MPI rank, say) that failed or stopped answering: the run
+    /// cannot go on without its shard of the gradients.
+    #[error("replica {rank} is lost: {message}")]
+    Peer { rank: usize, message: String },
+
     /// A checkpoint that does not match the network it is loaded into.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },

@@ -41,6 +41,7 @@ pub mod model;
 pub mod network;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 pub mod params;
 pub mod perceptron;
 pub mod plan;

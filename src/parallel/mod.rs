@@ -1,0 +1,45 @@
+//! Data-parallel training: one replica of a run per device, each on its fixed shard of every
+//! global batch, their gradients summed in a fixed order before every replica applies the
+//! same update. This module owns the description of the replicas ([`DataParallel`]) and
+//! what carries sums between processes ([`Exchange`]; MPI's is `mpi.rs`, behind the `mpi`
+//! feature). Running the replicas is the executor's (`exec/replicas.rs`).
+//!
+//! The sum of replica gradients g_0 … g_{R-1} is `((g_0 + g_1) + g_2) + …`, elementwise in
+//! replica order, whatever carries them: so a run is bitwise reproducible, and R replicas in
+//! one process give the same bits as R processes of one replica each on the same adapters.
+//! Each replica's loss gradient carries 1/(the global batch's live rows), so the sum is the
+//! mean over the global batch.
+
+use crate::error::Result;
+use crate::exec::Device;
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+/// What carries a data-parallel run's sums between processes: every process holds one
+/// replica (its rank), contributes one vector to each sum, and gets back the same result.
+pub trait Exchange: Send + Sync {
+    /// This process's replica: its rank, 0-based.
+    fn rank(&self) -> usize;
+
+    /// Replicas over every process (the number of ranks).
+    fn size(&self) -> usize;
+
+    /// Replaces `values` on every rank with the elementwise sum over the ranks' `values`,
+    /// added in rank order (`((v_0 + v_1) + v_2) + …`), so that every rank gets the same bits
+    /// and they do not depend on the transport's reduction tree. Every rank passes the same
+    /// length. A rank that does not answer within the exchange's timeout, or has gone, is an
+    /// `Error::Peer` naming it.
+    fn sum_f32(&self, values: &mut [f32]) -> Result<()>;
+
+    /// The same for counts (correct predictions), summed exactly (wrapping at 2^32).
+    fn sum_u32(&self, values: &mut [u32]) -> Result<()>;
+}
+
+/// The replicas of a data-parallel run: the devices this process drives (one replica each,
+/// replica `i` on `devices[i]`), or, for a run over several processes, the one device of this
+/// process's replica and the exchange between the processes (replica `exchange.rank()`).
+pub struct DataParallel<'a> {
+    pub devices: Vec<Device<'a>>,
+    pub exchange: Option<&'a dyn Exchange>,
+}
