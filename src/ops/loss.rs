@@ -26,9 +26,22 @@ pub enum Loss {
 impl Loss {
     /// The parameters for `rows` live rows of width `cols` in a buffer of `batch_rows` rows.
     pub fn params(self, rows: usize, cols: usize, batch_rows: usize) -> LossParams {
+        self.params_of_share(rows, cols, batch_rows, rows)
+    }
+
+    /// The parameters for `rows` live rows that are one replica's share of a global batch of
+    /// `mean_rows` live rows: the gradient carries the global batch's mean factor, so that
+    /// the replicas' gradients sum to the global batch's.
+    pub fn params_of_share(
+        self,
+        rows: usize,
+        cols: usize,
+        batch_rows: usize,
+        mean_rows: usize,
+    ) -> LossParams {
         let n = match self {
-            Loss::SoftmaxCrossEntropy => rows,
-            Loss::Mse | Loss::BinaryCrossEntropy => rows * cols,
+            Loss::SoftmaxCrossEntropy => mean_rows,
+            Loss::Mse | Loss::BinaryCrossEntropy => mean_rows * cols,
         };
         LossParams {
             rows: rows as u32,

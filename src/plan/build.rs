@@ -16,7 +16,8 @@ impl Plan {
     pub(super) fn forward_step(&self, d: &DataBufs) -> Step {
         let batch = self.batch;
         let outputs = self.network.output_width();
-        let params = gather_entries(d.rows, batch, self.network.input_width());
+        let shard = &self.shard;
+        let params = gather_entries(d.rows, shard, batch, self.network.input_width());
         let input = if d.x_u8 {
             Op::GatherRowsU8 {
                 out: self.input,
@@ -41,7 +42,7 @@ impl Plan {
                     out,
                     labels,
                     indices: d.indices,
-                    params: gather_entries(d.rows, batch, 1),
+                    params: gather_entries(d.rows, shard, batch, 1),
                 }),
             values: self
                 .batch_values
@@ -50,7 +51,7 @@ impl Plan {
                     out,
                     data,
                     indices: d.indices,
-                    params: gather_entries(d.rows, batch, outputs),
+                    params: gather_entries(d.rows, shard, batch, outputs),
                 }),
         };
         let mut x = self.input;
@@ -70,10 +71,11 @@ impl Plan {
             });
             x = bufs.out;
         }
-        let live: Vec<usize> = gather_entries(d.rows, batch, 1)
+        let live: Vec<usize> = gather_entries(d.rows, shard, batch, 1)
             .iter()
             .map(|g| g.rows as usize)
             .collect();
+        let global = shard.global_rows(d.rows);
         let loss = self.loss.and_then(|kind| {
             let target = if kind.takes_labels() {
                 self.batch_labels
@@ -87,7 +89,7 @@ impl Plan {
                     row_loss: self.row_loss,
                     pred: x,
                     target,
-                    params: loss_params(kind, &live, outputs, batch),
+                    params: loss_params(kind, &live, &global, outputs, batch),
                 },
                 sum: Op::ReduceSum {
                     out: d.loss_sum,

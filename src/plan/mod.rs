@@ -23,7 +23,7 @@ pub use data::{check_inputs, pixel_bytes, targets_for, PIXEL_DIVISOR};
 
 use step::gather_entries;
 pub use step::{
-    entry, ArenaLayout, BackwardStage, DenseStage, Gather, LossStage, Op, Step, Update,
+    entry, ArenaLayout, BackwardStage, DenseStage, Gather, LossStage, Op, Shard, Step, Update,
     UpdateTensor,
 };
 
@@ -97,7 +97,11 @@ pub struct Plan {
     /// `None` for a forward-only plan (no targets).
     pub loss: Option<Loss>,
     pub optimizer: Option<Optimizer>,
+    /// Rows of the batch buffers: the global batch, or one replica's share of it.
     pub batch: usize,
+    /// Which rows of every global batch the steps take (all of them, but in a replica of a
+    /// data-parallel run).
+    pub shard: Shard,
     pub buffers: Vec<BufSpec>,
     pub layers: Vec<LayerBufs>,
     /// The batch input `(batch, inputs)`.
@@ -190,6 +194,7 @@ impl Plan {
             train,
             eval,
             batch,
+            (0, 1),
         ))
     }
 
@@ -209,10 +214,19 @@ impl Plan {
             values: false,
             classes: false,
         };
-        Ok(Plan::lay_out(network, None, None, None, Some(eval), batch))
+        Ok(Plan::lay_out(
+            network,
+            None,
+            None,
+            None,
+            Some(eval),
+            batch,
+            (0, 1),
+        ))
     }
 
-    /// Every buffer and both steps of a run; the inputs were checked by the caller.
+    /// Every buffer and both steps of a run, or of replica `index` of `count` (`shard`) of a
+    /// data-parallel one; the inputs were checked by the caller.
     fn lay_out(
         network: &Network,
         loss: Option<Loss>,
@@ -220,6 +234,7 @@ impl Plan {
         train: Option<Layout>,
         eval: Option<Layout>,
         batch: usize,
+        (index, count): (usize, usize),
     ) -> Plan {
         let largest = train
             .iter()
@@ -227,7 +242,13 @@ impl Plan {
             .map(|d| d.rows)
             .max()
             .unwrap_or(1);
-        let batch = batch.min(largest).max(1);
+        let global_batch = batch.min(largest).max(1);
+        let shard = Shard {
+            index,
+            count,
+            global_batch,
+        };
+        let batch = global_batch.div_ceil(count);
         let outputs = network.output_width();
         let mut b = Builder {
             buffers: Vec::new(),
@@ -303,7 +324,7 @@ impl Plan {
             indices: b.u32(format!("{what} order"), &[d.rows]),
             loss_sum: b.f32(format!("{what} loss sum"), &[1]),
             correct: d.classes.then(|| b.u32(format!("{what} correct"), &[1])),
-            steps: d.rows.div_ceil(batch),
+            steps: d.rows.div_ceil(global_batch),
         };
         let train_bufs = train.map(|d| data_bufs(&mut b, d, "train"));
         let eval_bufs = eval.map(|d| data_bufs(&mut b, d, "eval"));
@@ -313,6 +334,7 @@ impl Plan {
             loss,
             optimizer: optimizer.copied(),
             batch,
+            shard,
             buffers: b.buffers,
             layers,
             input,
@@ -342,6 +364,50 @@ impl Plan {
         plan
     }
 
+    /// Replica `index` of `count` of this plan in a data-parallel run: the same buffers
+    /// (batch-sized ones for its share of each global batch), and steps that take its
+    /// share of every global batch of this plan (see [`Shard`]), with this plan's update
+    /// entries. A plan whose features are streamed from the host cannot be split.
+    pub fn shard(&self, index: usize, count: usize) -> Result<Plan> {
+        if count == 0 || index >= count {
+            return Err(Error::Config(format!(
+                "replica {index} of {count}: no such replica"
+            )));
+        }
+        let width = self.network.input_width();
+        let layout = |d: &DataBufs| -> Result<Layout> {
+            if d.streamed.is_some() {
+                return Err(Error::Config(format!(
+                    "{}: a table too large for one binding is streamed from the host, and a streamed table cannot be split across replicas yet; train it on one device",
+                    self.buffers[d.x].name
+                )));
+            }
+            Ok(Layout {
+                rows: d.rows,
+                width,
+                bytes: d.x_u8,
+                labels: d.labels.is_some(),
+                values: d.values.is_some(),
+                classes: d.correct.is_some(),
+            })
+        };
+        let train = self.train.as_ref().map(layout).transpose()?;
+        let eval = self.eval.as_ref().map(layout).transpose()?;
+        let mut plan = Plan::lay_out(
+            &self.network,
+            self.loss,
+            self.optimizer.as_ref(),
+            train,
+            eval,
+            self.shard.global_batch,
+            (index, count),
+        );
+        plan.determinism = self.determinism;
+        plan.train_step.update.clone_from(&self.train_step.update);
+        plan.train_step.refresh();
+        Ok(plan)
+    }
+
     /// Leaves the features of the training (`train`) or evaluation set on the host: the
     /// step's gather of the input rows goes, its parameters kept in `DataBufs::streamed`,
     /// and the feature buffer shrinks to one row. For tables larger than a device binding
@@ -362,7 +428,9 @@ impl Plan {
         d.streamed = Some(match gathered {
             Some(Op::GatherRows { params, .. } | Op::GatherRowsU8 { params, .. }) => params,
             // Every plan gathers its input rows with one of the two.
-            Some(_) | None => gather_entries(d.rows, self.batch, self.network.input_width()),
+            Some(_) | None => {
+                gather_entries(d.rows, &self.shard, self.batch, self.network.input_width())
+            }
         });
         step.refresh();
         d.x_u8 = false;

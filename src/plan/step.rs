@@ -416,30 +416,82 @@ impl Step {
     }
 }
 
-/// The per-step parameters of a pass over `rows` rows in batches of `batch`.
-pub(super) fn gather_entries(rows: usize, batch: usize, cols: usize) -> Vec<GatherParams> {
-    (0..rows.div_ceil(batch))
-        .map(|s| GatherParams {
-            rows: (rows - s * batch).min(batch) as u32,
-            cols: cols as u32,
-            start: (s * batch) as u32,
-            batch_rows: batch as u32,
-            divisor: super::PIXEL_DIVISOR,
-            ..Default::default()
+/// The per-step parameters of a pass over `rows` rows in global batches of
+/// `shard.global_batch`, taking `shard`'s part of each into a buffer of `batch` rows.
+pub(super) fn gather_entries(
+    rows: usize,
+    shard: &Shard,
+    batch: usize,
+    cols: usize,
+) -> Vec<GatherParams> {
+    (0..rows.div_ceil(shard.global_batch))
+        .map(|s| {
+            let (start, live) = shard.rows_of(rows, s, batch);
+            GatherParams {
+                rows: live as u32,
+                cols: cols as u32,
+                start: start as u32,
+                batch_rows: batch as u32,
+                divisor: super::PIXEL_DIVISOR,
+                ..Default::default()
+            }
         })
         .collect()
 }
 
-/// The loss's per-step parameters for `live` rows per step.
+/// The loss's per-step parameters for `live` rows per step of a shard whose global
+/// batches have `global` live rows.
 pub(super) fn loss_params(
     loss: Loss,
     live: &[usize],
+    global: &[usize],
     outputs: usize,
     batch: usize,
 ) -> Vec<LossParams> {
     live.iter()
-        .map(|&r| loss.params(r, outputs, batch))
+        .zip(global)
+        .map(|(&r, &g)| loss.params_of_share(r, outputs, batch, g))
         .collect()
+}
+
+/// Which rows of every global batch a plan's steps take: all of them, or one replica's
+/// fixed share in a data-parallel run. Replica `index` of `count` takes rows
+/// `index * b .. (index + 1) * b` of each global batch (clipped to its live rows), where
+/// `b` is the plan's batch, `global_batch.div_ceil(count)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+    /// Rows in a global batch.
+    pub global_batch: usize,
+}
+
+impl Shard {
+    /// The whole of every batch of `batch` rows.
+    pub fn whole(batch: usize) -> Shard {
+        Shard {
+            index: 0,
+            count: 1,
+            global_batch: batch,
+        }
+    }
+
+    /// Where this shard's rows of global step `step` start in the pass's row order, and
+    /// how many are live, for shards of `batch` rows over `rows` rows.
+    pub fn rows_of(&self, rows: usize, step: usize, batch: usize) -> (usize, usize) {
+        let first = step * self.global_batch;
+        let live = rows.saturating_sub(first).min(self.global_batch);
+        let lo = (self.index * batch).min(live);
+        let hi = (lo + batch).min(live);
+        (first + lo, hi - lo)
+    }
+
+    /// Live rows of every global step over `rows` rows.
+    pub fn global_rows(&self, rows: usize) -> Vec<usize> {
+        (0..rows.div_ceil(self.global_batch))
+            .map(|s| (rows - s * self.global_batch).min(self.global_batch))
+            .collect()
+    }
 }
 
 /// The correct count's per-step parameters.
