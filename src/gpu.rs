@@ -158,6 +158,9 @@ pub struct AdapterRequest {
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name (`SOMA_ADAPTER` when `None`).
     pub name_contains: Option<String>,
+    /// The adapter at this index of [`enumerate_adapters`] on `backends` (as `soma devices`
+    /// numbers them), instead of the best one; the name filter must match it too.
+    pub index: Option<usize>,
 }
 
 fn type_rank(t: wgpu::DeviceType) -> u8 {
@@ -190,6 +193,29 @@ pub fn enumerate_adapters(backends: Option<wgpu::Backends>) -> Vec<AdapterSummar
         .collect()
 }
 
+/// The indices into [`enumerate_adapters`] (on all backends, or `WGPU_BACKEND`'s) of the
+/// distinct adapters: those of the first backend in Vulkan, Metal, DX12, GL order that has
+/// any. One adapter is often reachable through two backends (lavapipe through Vulkan and
+/// llvmpipe through GL are one CPU); within one backend, each entry is its own adapter.
+pub fn distinct_adapters() -> Vec<usize> {
+    let adapters = enumerate_adapters(None);
+    let order = [
+        wgpu::Backend::Vulkan,
+        wgpu::Backend::Metal,
+        wgpu::Backend::Dx12,
+        wgpu::Backend::Gl,
+    ];
+    for backend in order {
+        let of: Vec<usize> = (0..adapters.len())
+            .filter(|&i| adapters[i].backend == backend)
+            .collect();
+        if !of.is_empty() {
+            return of;
+        }
+    }
+    (0..adapters.len()).collect()
+}
+
 fn pick_adapter(request: &AdapterRequest) -> Result<wgpu::Adapter> {
     let filter = request
         .name_contains
@@ -197,6 +223,36 @@ fn pick_adapter(request: &AdapterRequest) -> Result<wgpu::Adapter> {
         .or_else(|| std::env::var("SOMA_ADAPTER").ok())
         .filter(|s| !s.is_empty())
         .map(|s| s.to_lowercase());
+    if let Some(index) = request.index {
+        // The order `enumerate_adapters` (and so `soma devices`) lists them in.
+        let backends = request
+            .backends
+            .or_else(wgpu::Backends::from_env)
+            .unwrap_or(wgpu::Backends::all());
+        let instance = instance_for(backends);
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let names: Vec<String> = adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("[{i}] {} ({:?})", a.get_info().name, a.get_info().backend))
+            .collect();
+        let found = adapters.into_iter().nth(index).filter(|a| {
+            filter
+                .as_ref()
+                .is_none_or(|f| a.get_info().name.to_lowercase().contains(f))
+        });
+        return found.ok_or_else(|| Error::NoAdapter {
+            detail: format!(
+                " at index {index}{} (adapters present: {}; `soma devices` lists them)",
+                filter.map_or(String::new(), |f| format!(" matching '{f}'")),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        });
+    }
     let explicit = request.backends.or_else(wgpu::Backends::from_env);
     // Vulkan/Metal/DX12 first; GL only when asked for or when nothing else exists.
     let tries: Vec<wgpu::Backends> = match explicit {

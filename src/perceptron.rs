@@ -58,6 +58,11 @@ pub fn train(
     let mut errors_per_epoch = Vec::new();
     let weights =
         match device {
+            Device::Gpus(_) | Device::Parallel(_) => {
+                return Err(Error::Config(
+                    "the perceptron rule trains on one device: its epoch is one sequential pass over the rows, which does not split across replicas".into(),
+                ))
+            }
             Device::Cpu | Device::CpuReference => {
                 let mut weights = initial.to_vec();
                 let mut errors = [0u32];

@@ -145,7 +145,7 @@ fn b1(ctx: &mut Ctx<'_>, sizes: &[usize], peak: Option<(f64, String)>) -> Result
         let mut times = Vec::new();
         let first: Vec<f32>;
         match ctx.device {
-            Device::Gpu(_) | Device::Tuned(_) => {
+            Device::Gpu(_) | Device::Tuned(_) | Device::Gpus(_) | Device::Parallel(_) => {
                 let Some(result) = ctx
                     .device
                     .with_kernels(|k| -> Result<(Vec<f32>, Vec<f64>)> {
@@ -170,7 +170,7 @@ fn b1(ctx: &mut Ctx<'_>, sizes: &[usize], peak: Option<(f64, String)>) -> Result
                         Ok((first, times))
                     })
                 else {
-                    return Err(Error::Config("B1 on a GPU needs a GPU device".into()));
+                    return Err(Error::Config("B1 on a GPU runs on one GPU device".into()));
                 };
                 (first, times) = result?;
             }
@@ -589,7 +589,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let opened = open_device(cmd.device)?;
     let device = opened.device();
     let (peer, adapter) = match device {
-        Device::Gpu(_) | Device::Tuned(_) => ("soma-gpu", device.name()),
+        Device::Gpu(_) | Device::Tuned(_) | Device::Gpus(_) | Device::Parallel(_) => {
+            ("soma-gpu", device.name())
+        }
         Device::Cpu | Device::CpuReference => ("soma-cpu", "cpu".to_string()),
     };
     let cpu_like = device

@@ -16,7 +16,7 @@ use crate::ops::{self, Activation};
 use crate::plan::{entry, BackwardStage, BufId, DenseStage, Op, Plan, Step};
 use crate::tensor::{copy_tensors, DType, GpuTensor};
 
-use super::{acc, Pass};
+use super::{acc, Half, Pass};
 
 mod fuse;
 
@@ -127,7 +127,11 @@ impl<'a> GpuExec<'a> {
             mlp_form: None,
         };
         let mut train = exec.build_step(plan, &plan.train_step)?;
-        exec.fuse_mlp(plan, &mut train)?;
+        // A replica's step runs in halves around the gradient exchange; the fused pass
+        // updates inside its one dispatch.
+        if plan.shard.count == 1 {
+            exec.fuse_mlp(plan, &mut train)?;
+        }
         exec.updates = (0..train.len())
             .filter(|&i| train[i].0 == Part::Update)
             .collect();
@@ -432,9 +436,37 @@ impl<'a> GpuExec<'a> {
     /// Records steps `steps` of `pass` into one compute pass and submits it once, with a
     /// pending snapshot's copies ahead of the pass in the same submission.
     pub(super) fn run(&mut self, pass: Pass, steps: Range<usize>) -> Result<()> {
-        let (label, dispatches) = match pass {
-            Pass::Train => ("train step", &self.train),
-            Pass::Eval => ("eval step", &self.eval),
+        let (label, len) = match pass {
+            Pass::Train => ("train step", self.train.len()),
+            Pass::Eval => ("eval step", self.eval.len()),
+        };
+        self.submit(label, pass, 0..len, steps)
+    }
+
+    /// Submits one half of training step `step` (see [`Half`]): its gradients, with a
+    /// pending snapshot's copies ahead of them, or its update.
+    pub(super) fn run_half(&mut self, step: usize, half: Half) -> Result<()> {
+        let len = self.train.len();
+        let first_update = self.updates.first().copied().unwrap_or(len);
+        let (label, range) = match half {
+            Half::Gradients => ("train step gradients", 0..first_update),
+            Half::Update => ("train step update", first_update..len),
+        };
+        self.submit(label, Pass::Train, range, step..step + 1)
+    }
+
+    /// Records dispatches `range` of `pass` for steps `steps` into one compute pass and
+    /// submits it once, with a pending snapshot's copies ahead of the pass.
+    fn submit(
+        &mut self,
+        label: &str,
+        pass: Pass,
+        range: Range<usize>,
+        steps: Range<usize>,
+    ) -> Result<()> {
+        let dispatches = match pass {
+            Pass::Train => &self.train[range],
+            Pass::Eval => &self.eval[range],
         };
         if self.save_pending || self.shadow_pending {
             let mut pairs = Vec::new();

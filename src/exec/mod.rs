@@ -14,12 +14,14 @@ use crate::gpu::Gpu;
 use crate::kernels;
 use crate::ops::Accumulate;
 use crate::ops::{Kernels, Tuning};
+use crate::parallel::DataParallel;
 use crate::plan::{BufId, Op, Plan};
 use crate::tensor::{start_read_many, DType, GpuTensor};
 
 mod cpu;
 mod gpu;
 mod locate;
+mod replicas;
 pub mod strict;
 
 use cpu::HostBuf;
@@ -27,6 +29,7 @@ pub use cpu::{CpuExec, CpuMatmul};
 pub use gpu::GpuExec;
 use gpu::KernelsRef;
 pub use locate::OpDivergence;
+pub use replicas::Replicas;
 pub use strict::Determinism;
 
 /// Where a run executes.
@@ -44,37 +47,71 @@ pub enum Device<'a> {
     /// On the host with nothing but the plain-loop twins of the GPU kernels, in their order
     /// of operations: the yardstick for cross-checking (slow for large products).
     CpuReference,
+    /// Data-parallel on these GPUs: one replica each (default tuning), each on its fixed
+    /// share of every global batch, the gradients summed in GPU order every step (see
+    /// [`crate::parallel`]).
+    Gpus(&'a [Gpu]),
+    /// Data-parallel over these replicas' devices (tuned kernels, CPU ones for
+    /// cross-checking), or over processes through an exchange.
+    Parallel(&'a DataParallel<'a>),
 }
 
 impl<'a> Device<'a> {
     /// Runs `f` with this device's kernels: the shared ones of `Device::Tuned`, or ones made
     /// for the call (default tuning) on `Device::Gpu`; `None` on the CPU devices.
+    /// `None` also on the data-parallel devices, which have no one device's kernels.
     pub fn with_kernels<R>(self, f: impl FnOnce(&Kernels<'a>) -> R) -> Option<R> {
         match self {
             Device::Gpu(g) => Some(f(&Kernels::new(g, Default::default()))),
             Device::Tuned(k) => Some(f(k)),
-            Device::Cpu | Device::CpuReference => None,
+            Device::Cpu | Device::CpuReference | Device::Gpus(_) | Device::Parallel(_) => None,
         }
     }
 
-    /// The GPU, for the GPU devices.
+    /// The GPU, for the GPU devices (the first replica's, for the data-parallel ones).
     pub fn gpu(&self) -> Option<&'a Gpu> {
         match self {
             Device::Gpu(g) => Some(g),
             Device::Tuned(k) => Some(k.gpu()),
             Device::Cpu | Device::CpuReference => None,
+            Device::Gpus(g) => g.first(),
+            Device::Parallel(p) => p.devices.first().and_then(|d| d.gpu()),
         }
     }
 
-    /// A short name for logs: the adapter's name, or "cpu".
+    /// The devices of the replicas, for the data-parallel devices (one, for a single one).
+    pub fn replicas(&self) -> Vec<Device<'a>> {
+        match *self {
+            Device::Gpus(g) => g.iter().map(Device::Gpu).collect(),
+            Device::Parallel(p) => p.devices.clone(),
+            Device::Gpu(_) | Device::Tuned(_) | Device::Cpu | Device::CpuReference => vec![*self],
+        }
+    }
+
+    /// A short name for logs: the adapter's name, or "cpu"; the replicas' names, joined
+    /// with " + ", for the data-parallel devices.
     pub fn name(&self) -> String {
         match self {
             Device::Gpu(g) => g.adapter().name.clone(),
             Device::Tuned(k) => k.gpu().adapter().name.clone(),
             Device::Cpu => "cpu".into(),
             Device::CpuReference => "cpu (reference)".into(),
+            Device::Gpus(_) | Device::Parallel(_) => self
+                .replicas()
+                .iter()
+                .map(|d| d.name())
+                .collect::<Vec<_>>()
+                .join(" + "),
         }
     }
+}
+
+/// Which half of a training step a data-parallel replica runs: up to its gradients
+/// (gathers, forward, loss, metrics, backward), or the update that follows their exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Half {
+    Gradients,
+    Update,
 }
 
 /// Which op list of the plan.
@@ -101,10 +138,11 @@ fn acc(flag: u32) -> Accumulate {
 
 // ---------------------------------------------------------------------------------------
 
-/// A plan's executor: on a GPU or on the CPU.
+/// A plan's executor: on a GPU, on the CPU, or data-parallel over replicas of either.
 pub enum Executor<'a> {
     Gpu(Box<GpuExec<'a>>),
     Cpu(CpuExec),
+    Replicas(Box<Replicas<'a>>),
 }
 
 fn type_error(plan: &Plan, id: BufId, want: DType) -> Error {
@@ -121,6 +159,11 @@ impl<'a> Executor<'a> {
     /// shared kernels of `Device::Tuned` when they are strict, kernels of its own
     /// otherwise), and the plain-loop twins with soma's arithmetic on the CPU.
     pub fn new(device: Device<'a>, plan: &Plan) -> Result<Executor<'a>> {
+        match device {
+            Device::Gpus(_) => return Replicas::executor(&device.replicas(), None, plan),
+            Device::Parallel(p) => return Replicas::executor(&p.devices, p.exchange, plan),
+            Device::Gpu(_) | Device::Tuned(_) | Device::Cpu | Device::CpuReference => {}
+        }
         let strict = plan.determinism == Determinism::Strict;
         let math = plan.determinism.math();
         let kernels = match device {
@@ -132,7 +175,7 @@ impl<'a> Executor<'a> {
                 Some(KernelsRef::Owned(Kernels::new(k.gpu(), Tuning::strict())))
             }
             Device::Tuned(k) => Some(KernelsRef::Shared(k)),
-            Device::Cpu | Device::CpuReference => None,
+            Device::Cpu | Device::CpuReference | Device::Gpus(_) | Device::Parallel(_) => None,
         };
         Ok(match kernels {
             Some(k) => {
@@ -144,9 +187,12 @@ impl<'a> Executor<'a> {
             None => {
                 let matmul = match device {
                     Device::Cpu if !strict => CpuMatmul::Gemm,
-                    Device::Cpu | Device::CpuReference | Device::Gpu(_) | Device::Tuned(_) => {
-                        CpuMatmul::Reference
-                    }
+                    Device::Cpu
+                    | Device::CpuReference
+                    | Device::Gpu(_)
+                    | Device::Tuned(_)
+                    | Device::Gpus(_)
+                    | Device::Parallel(_) => CpuMatmul::Reference,
                 };
                 Executor::Cpu(CpuExec::new(plan, matmul, math))
             }
@@ -171,6 +217,7 @@ impl<'a> Executor<'a> {
                 c.bufs[id] = HostBuf::F32(data.to_vec());
                 Ok(())
             }
+            Executor::Replicas(r) => r.write_f32(id, data),
         }
     }
 
@@ -192,6 +239,7 @@ impl<'a> Executor<'a> {
                 c.bufs[id] = HostBuf::U32(data.to_vec());
                 Ok(())
             }
+            Executor::Replicas(r) => r.write_u32(id, data),
         }
     }
 
@@ -200,6 +248,7 @@ impl<'a> Executor<'a> {
         match self {
             Executor::Gpu(g) => g.tensors[id].read(g.gpu),
             Executor::Cpu(c) => Ok(c.f(id).to_vec()),
+            Executor::Replicas(r) => r.read_f32(id),
         }
     }
 
@@ -208,6 +257,7 @@ impl<'a> Executor<'a> {
         match self {
             Executor::Gpu(g) => g.tensors[id].read_u32(g.gpu),
             Executor::Cpu(c) => Ok(c.u(id).to_vec()),
+            Executor::Replicas(r) => r.read_u32(id),
         }
     }
 
@@ -222,6 +272,7 @@ impl<'a> Executor<'a> {
                 ))
             }
             Executor::Cpu(c) => Ok(ids.iter().map(|&id| c.f(id).to_vec()).collect()),
+            Executor::Replicas(r) => r.read_many_f32(ids),
         }
     }
 
@@ -249,6 +300,7 @@ impl<'a> Executor<'a> {
                     HostBuf::U32(v) => v.first().map_or([0; 4], |x| x.to_le_bytes()),
                 })
                 .collect()),
+            Executor::Replicas(r) => r.read_words(ids),
         }
     }
 
@@ -264,6 +316,30 @@ impl<'a> Executor<'a> {
                 }
                 Ok(())
             }
+            Executor::Replicas(r) => r.run(pass, steps),
+        }
+    }
+
+    /// Runs one half of training step `step` (a data-parallel replica's step, split around
+    /// the exchange of its gradients).
+    pub(crate) fn run_half(&mut self, plan: &Plan, step: usize, half: Half) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.run_half(step, half),
+            Executor::Cpu(c) => {
+                let ops = ops_of(plan, Pass::Train);
+                let split = replicas::first_update(plan);
+                let ops = match half {
+                    Half::Gradients => &ops[..split],
+                    Half::Update => &ops[split..],
+                };
+                for op in ops {
+                    c.exec(op, step);
+                }
+                Ok(())
+            }
+            Executor::Replicas(_) => Err(Error::Config(
+                "a replica cannot itself be data-parallel".into(),
+            )),
         }
     }
 
@@ -288,6 +364,9 @@ impl<'a> Executor<'a> {
             Executor::Cpu(_) => Err(Error::Config(
                 "profiling kernels needs the GPU executor".into(),
             )),
+            Executor::Replicas(_) => Err(Error::Config(
+                "profiling kernels runs on one GPU, not on several replicas".into(),
+            )),
         }
     }
 
@@ -296,7 +375,7 @@ impl<'a> Executor<'a> {
     pub fn fused_mlp_form(&self) -> Option<&'static str> {
         match self {
             Executor::Gpu(g) => g.mlp_form,
-            Executor::Cpu(_) => None,
+            Executor::Cpu(_) | Executor::Replicas(_) => None,
         }
     }
 
@@ -322,6 +401,9 @@ impl<'a> Executor<'a> {
             Executor::Cpu(_) => Err(Error::Config(
                 "recording into a compute pass needs the GPU executor".into(),
             )),
+            Executor::Replicas(_) => Err(Error::Config(
+                "recording into a host's compute pass needs one GPU, not several replicas (their steps exchange gradients through the host)".into(),
+            )),
         }
     }
 
@@ -331,6 +413,7 @@ impl<'a> Executor<'a> {
             Executor::Gpu(g) => g.set_epoch(plan),
             // The CPU executor reads the plan's ops directly.
             Executor::Cpu(_) => Ok(()),
+            Executor::Replicas(r) => r.set_epoch(plan),
         }
     }
 
@@ -342,6 +425,7 @@ impl<'a> Executor<'a> {
                 c.snapshot = ids.iter().map(|&id| (id, c.bufs[id].clone())).collect();
                 Ok(())
             }
+            Executor::Replicas(r) => r.save(ids),
         }
     }
 
@@ -355,6 +439,7 @@ impl<'a> Executor<'a> {
                 c.shadow = ids.iter().map(|&id| (id, c.bufs[id].clone())).collect();
                 Ok(())
             }
+            Executor::Replicas(r) => r.save_shadow(ids),
         }
     }
 
@@ -372,6 +457,7 @@ impl<'a> Executor<'a> {
                     ))),
                 })
                 .collect(),
+            Executor::Replicas(r) => r.read_shadow(),
         }
     }
 
@@ -390,6 +476,9 @@ impl<'a> Executor<'a> {
             Executor::Cpu(_) => Err(Error::Config(
                 "locating a divergent op compares the GPU against the CPU: it needs the GPU executor".into(),
             )),
+            Executor::Replicas(_) => Err(Error::Config(
+                "locating a divergent op replays one GPU's step: run it on one device, not several replicas".into(),
+            )),
         }
     }
 
@@ -403,6 +492,7 @@ impl<'a> Executor<'a> {
                 }
                 Ok(())
             }
+            Executor::Replicas(r) => r.restore(),
         }
     }
 
@@ -413,6 +503,7 @@ impl<'a> Executor<'a> {
         match self {
             Executor::Gpu(g) => g.tensors.get(id),
             Executor::Cpu(_) => None,
+            Executor::Replicas(r) => r.tensor(id),
         }
     }
 
@@ -421,6 +512,7 @@ impl<'a> Executor<'a> {
         match self {
             Executor::Gpu(g) => Some(&g.kernels),
             Executor::Cpu(_) => None,
+            Executor::Replicas(r) => r.first_exec().kernels(),
         }
     }
 
@@ -429,6 +521,7 @@ impl<'a> Executor<'a> {
         match self {
             Executor::Gpu(g) => Some(g.gpu),
             Executor::Cpu(_) => None,
+            Executor::Replicas(r) => r.first_exec().gpu(),
         }
     }
 }

@@ -43,3 +43,15 @@ pub struct DataParallel<'a> {
     pub devices: Vec<Device<'a>>,
     pub exchange: Option<&'a dyn Exchange>,
 }
+
+impl std::fmt::Debug for DataParallel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataParallel")
+            .field("devices", &self.devices)
+            .field(
+                "exchange",
+                &self.exchange.map(|e| format!("rank {} of {}", e.rank(), e.size())),
+            )
+            .finish()
+    }
+}

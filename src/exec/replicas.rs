@@ -1,0 +1,333 @@
+//! The data-parallel executor: one replica of a plan per device, each taking its fixed share
+//! of every global batch (`Plan::shard`). A training step runs on every replica up to its
+//! gradients; the gradients cross the host once, are summed in replica order (and over the
+//! processes, through an [`Exchange`]), and the sum goes back to every replica, which then
+//! applies the same update. An evaluation pass runs each replica on its share, with no
+//! exchange. Metric sums (loss, correct count) are read as their sums over the replicas.
+//! What to run when is still the trainer's: it drives this executor as it drives one.
+
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+use crate::parallel::Exchange;
+use crate::plan::{BufId, Op, Plan};
+use crate::tensor::{start_read_many, DType, GpuTensor};
+
+use super::{ops_of, split_f32, Device, Executor, Half, Pass};
+
+/// One replica: its share of the plan, and the executor that holds it.
+struct Replica<'a> {
+    plan: Plan,
+    exec: Executor<'a>,
+}
+
+/// The replicas this process drives, and the exchange with other processes' replicas.
+pub struct Replicas<'a> {
+    replicas: Vec<Replica<'a>>,
+    exchange: Option<&'a dyn Exchange>,
+    /// Every gradient buffer, in the order of the summed vector.
+    grads: Vec<BufId>,
+    /// The metric accumulators (loss sums, correct counts): read as their sums.
+    summed: Vec<BufId>,
+}
+
+impl<'a> Replicas<'a> {
+    /// The executor of `plan` over `devices` (one replica each) or, with an `exchange`,
+    /// over one device per process: a plain one where there is a single replica in all.
+    pub(super) fn executor(
+        devices: &[Device<'a>],
+        exchange: Option<&'a dyn Exchange>,
+        plan: &Plan,
+    ) -> Result<Executor<'a>> {
+        let (first, count) = match exchange {
+            Some(e) if devices.len() == 1 => (e.rank(), e.size()),
+            Some(e) => {
+                return Err(Error::Config(format!(
+                    "a run over {} processes drives one device in each, not {}",
+                    e.size(),
+                    devices.len()
+                )))
+            }
+            None => (0, devices.len()),
+        };
+        match devices {
+            [] => Err(Error::Config(
+                "a data-parallel run needs at least one device".into(),
+            )),
+            [one] if count == 1 => Executor::new(*one, plan),
+            _ => {
+                if devices
+                    .iter()
+                    .any(|d| matches!(d, Device::Gpus(_) | Device::Parallel(_)))
+                {
+                    return Err(Error::Config(
+                        "a replica's device cannot itself be data-parallel".into(),
+                    ));
+                }
+                check_limits(devices)?;
+                let replicas = devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &device)| {
+                        let plan = plan.shard(first + i, count)?;
+                        let exec = Executor::new(device, &plan)?;
+                        Ok(Replica { plan, exec })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let grads = plan
+                    .layers
+                    .iter()
+                    .flat_map(|l| std::iter::once(l.d_weight).chain(l.d_bias))
+                    .collect();
+                let summed = [plan.train.as_ref(), plan.eval.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|d| std::iter::once(d.loss_sum).chain(d.correct))
+                    .collect();
+                Ok(Executor::Replicas(Box::new(Replicas {
+                    replicas,
+                    exchange,
+                    grads,
+                    summed,
+                })))
+            }
+        }
+    }
+
+    /// Replicas in this process.
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Never: a `Replicas` has two replicas or more over every process.
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    fn first(&self) -> &Executor<'a> {
+        &self.replicas[0].exec
+    }
+
+    pub(super) fn write_f32(&mut self, id: BufId, data: &[f32]) -> Result<()> {
+        for r in &mut self.replicas {
+            r.exec.write_f32(&r.plan, id, data)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn write_u32(&mut self, id: BufId, data: &[u32]) -> Result<()> {
+        for r in &mut self.replicas {
+            r.exec.write_u32(&r.plan, id, data)?;
+        }
+        Ok(())
+    }
+
+    /// Every replica's values of f32 buffers `ids`, one readback per replica (all started
+    /// before any is waited for).
+    fn read_all_f32(&self, ids: &[BufId]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let started = self
+            .replicas
+            .iter()
+            .map(|r| match &r.exec {
+                Executor::Gpu(g) => {
+                    let tensors: Vec<&GpuTensor> = ids.iter().map(|&id| &g.tensors[id]).collect();
+                    Ok(Some((start_read_many(g.gpu, &tensors)?, tensors)))
+                }
+                Executor::Cpu(_) | Executor::Replicas(_) => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.replicas
+            .iter()
+            .zip(started)
+            .map(|(r, pending)| match (pending, &r.exec) {
+                (Some((readback, tensors)), Executor::Gpu(g)) => {
+                    Ok(split_f32(&readback.wait(g.gpu)?, &tensors))
+                }
+                (_, exec) => ids.iter().map(|&id| exec.read_f32(id)).collect(),
+            })
+            .collect()
+    }
+
+    /// The elementwise sum of f32 buffers `ids` over every replica, in replica order (this
+    /// process's, then through the exchange over the processes'), concatenated.
+    fn sum_f32(&self, ids: &[BufId]) -> Result<Vec<f32>> {
+        let mut all = self.read_all_f32(ids)?.into_iter().map(|v| v.concat());
+        let mut sum = all.next().unwrap_or_default();
+        for values in all {
+            for (s, v) in sum.iter_mut().zip(values) {
+                *s += v;
+            }
+        }
+        if let Some(e) = self.exchange {
+            e.sum_f32(&mut sum)?;
+        }
+        Ok(sum)
+    }
+
+    /// The sum of u32 buffer `id` over every replica (wrapping), in replica order.
+    fn sum_u32(&self, id: BufId) -> Result<Vec<u32>> {
+        let mut sum: Vec<u32> = Vec::new();
+        for r in &self.replicas {
+            let values = r.exec.read_u32(id)?;
+            if sum.is_empty() {
+                sum = values;
+            } else {
+                for (s, v) in sum.iter_mut().zip(values) {
+                    *s = s.wrapping_add(v);
+                }
+            }
+        }
+        if let Some(e) = self.exchange {
+            e.sum_u32(&mut sum)?;
+        }
+        Ok(sum)
+    }
+
+    pub(super) fn read_f32(&self, id: BufId) -> Result<Vec<f32>> {
+        if self.summed.contains(&id) {
+            self.sum_f32(&[id])
+        } else {
+            self.first().read_f32(id)
+        }
+    }
+
+    pub(super) fn read_u32(&self, id: BufId) -> Result<Vec<u32>> {
+        if self.summed.contains(&id) {
+            self.sum_u32(id)
+        } else {
+            self.first().read_u32(id)
+        }
+    }
+
+    pub(super) fn read_many_f32(&self, ids: &[BufId]) -> Result<Vec<Vec<f32>>> {
+        ids.iter().map(|&id| self.read_f32(id)).collect()
+    }
+
+    pub(super) fn read_words(&self, ids: &[BufId]) -> Result<Vec<[u8; 4]>> {
+        ids.iter()
+            .map(|&id| {
+                let dtype = self.replicas[0].plan.buffers[id].dtype;
+                Ok(match dtype {
+                    DType::F32 => self
+                        .read_f32(id)?
+                        .first()
+                        .map_or([0; 4], |x| x.to_le_bytes()),
+                    DType::U32 => self
+                        .read_u32(id)?
+                        .first()
+                        .map_or([0; 4], |x| x.to_le_bytes()),
+                })
+            })
+            .collect()
+    }
+
+    /// Steps `steps` of `pass`: training steps one at a time, each in two halves around the
+    /// gradients' sum; evaluation batches all at once on every replica.
+    pub(super) fn run(&mut self, pass: Pass, steps: Range<usize>) -> Result<()> {
+        if pass == Pass::Eval {
+            for r in &mut self.replicas {
+                r.exec.run(&r.plan, pass, steps.clone())?;
+            }
+            return Ok(());
+        }
+        for s in steps {
+            for r in &mut self.replicas {
+                r.exec.run_half(&r.plan, s, Half::Gradients)?;
+            }
+            let sum = self.sum_f32(&self.grads)?;
+            let mut at = 0;
+            for i in 0..self.grads.len() {
+                let id = self.grads[i];
+                let len = self.replicas[0].plan.buffers[id].len();
+                self.write_f32(id, &sum[at..at + len])?;
+                at += len;
+            }
+            for r in &mut self.replicas {
+                r.exec.run_half(&r.plan, s, Half::Update)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the update's entries of `plan` (after `Plan::set_epoch`) into every replica.
+    pub(super) fn set_epoch(&mut self, plan: &Plan) -> Result<()> {
+        for r in &mut self.replicas {
+            r.plan.train_step.update.clone_from(&plan.train_step.update);
+            r.plan.train_step.refresh();
+            r.exec.set_epoch(&r.plan)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn save(&mut self, ids: &[BufId]) -> Result<()> {
+        self.replicas.iter_mut().try_for_each(|r| r.exec.save(ids))
+    }
+
+    pub(super) fn restore(&mut self) -> Result<()> {
+        self.replicas.iter_mut().try_for_each(|r| r.exec.restore())
+    }
+
+    /// The shadow check compares the state every replica shares: the first replica's.
+    pub(super) fn save_shadow(&mut self, ids: &[BufId]) -> Result<()> {
+        self.replicas[0].exec.save_shadow(ids)
+    }
+
+    pub(super) fn read_shadow(&mut self) -> Result<Vec<(BufId, Vec<f32>)>> {
+        self.replicas[0].exec.read_shadow()
+    }
+
+    /// The first replica's tensor, but for the metric sums, which no one tensor holds.
+    pub(super) fn tensor(&self, id: BufId) -> Option<&GpuTensor> {
+        if self.summed.contains(&id) {
+            None
+        } else {
+            self.first().tensor(id)
+        }
+    }
+
+    pub(super) fn first_exec(&self) -> &Executor<'a> {
+        self.first()
+    }
+}
+
+/// Where a CPU replica's training step splits: its first update op.
+pub(super) fn first_update(plan: &Plan) -> usize {
+    let ops = ops_of(plan, Pass::Train);
+    ops.iter()
+        .position(|op| matches!(op, Op::Update { .. }))
+        .unwrap_or(ops.len())
+}
+
+/// Refuses GPUs whose limits differ (naming them and the limits), before anything is
+/// allocated: the replicas must be able to run the same kernels on the same shapes.
+fn check_limits(devices: &[Device<'_>]) -> Result<()> {
+    let gpus: Vec<_> = devices.iter().filter_map(|d| d.gpu()).collect();
+    let Some(first) = gpus.first() else {
+        return Ok(());
+    };
+    for g in &gpus[1..] {
+        let mut differ = Vec::new();
+        first
+            .limits()
+            .check_limits_with_fail_fn(g.limits(), false, |name, a, b| {
+                differ.push(format!("{name} {a} against {b}"))
+            });
+        g.limits()
+            .check_limits_with_fail_fn(first.limits(), false, |name, a, b| {
+                differ.push(format!("{name} {b} against {a}"))
+            });
+        if !differ.is_empty() {
+            differ.sort();
+            differ.dedup();
+            return Err(Error::Config(format!(
+                "the replicas' adapters have different limits: {} ({:?}) and {} ({:?}) differ in {}; train on adapters of one kind",
+                first.adapter().name,
+                first.adapter().backend,
+                g.adapter().name,
+                g.adapter().backend,
+                differ.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
