@@ -34,6 +34,12 @@ enum Command {
         /// [default: auto, or the TOML file's `device`]
         #[arg(long, value_enum)]
         device: Option<DeviceChoice>,
+        /// Train data-parallel, one replica per adapter: all (each adapter of the first of
+        /// Vulkan, Metal, DX12, GL that has any), or adapter numbers as `soma devices` lists
+        /// them, such as 0,2 (0,0 opens adapter 0 twice). Each global batch of --batch-size
+        /// rows is split into fixed shares [default: one adapter; a resumed run's own]
+        #[arg(long)]
+        devices: Option<String>,
         /// The run directory [default: runs/<UTC timestamp>]
         #[arg(long)]
         out: Option<PathBuf>,
@@ -170,6 +176,7 @@ fn main() -> ExitCode {
             options,
             config,
             device,
+            devices,
             out,
             resume,
             json,
@@ -178,6 +185,7 @@ fn main() -> ExitCode {
             options,
             config,
             device,
+            devices,
             out,
             resume,
             json,

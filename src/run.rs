@@ -87,6 +87,10 @@ impl<'a> Run<'a> {
             ));
         }
         let plan = Plan::forward(network, rows, 1024)?;
+        // Predictions are the batch buffers themselves, which replicas would each hold a
+        // share of: the first replica's device runs them all (every replica's weights are
+        // the same).
+        let device = device.replicas().first().copied().unwrap_or(device);
         let mut run = Run::allocate(device, plan, params)?;
         run.upload_data(Pass::Eval, x, None)?;
         Ok(run)

@@ -396,3 +396,114 @@ fn replicas_refuse_what_they_cannot_run() {
     let e = refused(Device::Parallel(&none));
     assert!(e.contains("at least one device"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The command: `soma train --devices`.
+
+use common::bin::{self, TempDir};
+
+/// `soma train --devices 0,0` names the replicas it opens, keeps `--devices` in the run's
+/// config.json, and a run stopped after an epoch and resumed (on the same replicas, from the
+/// config) ends with the tensors of the run that never stopped; the finished run's
+/// checkpoint then trains further on one device.
+#[test]
+fn train_devices_names_its_replicas_and_resumes_bit_identically() {
+    if gpu("train_devices_names_its_replicas_and_resumes_bit_identically").is_none() {
+        return;
+    }
+    let dir = TempDir::new("devices");
+    let common = ["train", "--devices", "0,0", "--seed", "2"];
+    let run = |extra: &[&str]| {
+        let mut args = common.to_vec();
+        args.extend_from_slice(extra);
+        bin::soma(&dir, &args).ok()
+    };
+    let whole = run(&["--out", &dir.arg("whole"), "--epochs", "3", "--json"]);
+    let sha = |r: &bin::Ran| r.json()["tensors_sha256"].as_str().unwrap().to_string();
+    let want = sha(&whole);
+    assert!(
+        whole.json()["adapter"].as_str().unwrap().contains(" + "),
+        "{}",
+        whole.stdout
+    );
+    let text = run(&["--out", &dir.arg("text"), "--epochs", "1"]);
+    let named: Vec<&str> = text
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("replica "))
+        .collect();
+    assert_eq!(named.len(), 2, "{}", text.stderr);
+    assert!(named[1].starts_with("replica 1: adapter [0] "), "{named:?}");
+
+    run(&[
+        "--out",
+        &dir.arg("b"),
+        "--epochs",
+        "3",
+        "--stop-after",
+        "1",
+        "--json",
+    ]);
+    let config = bin::read(&dir.join("b.partial").join("config.json"));
+    assert!(config.contains("\"devices\": \"0,0\""), "{config}");
+    let b = dir.arg("b.partial");
+    let resumed = bin::soma(&dir, &["train", "--resume", &b, "--json"]).ok();
+    assert_eq!(sha(&resumed), want, "stopped and resumed on two replicas");
+    assert!(resumed.json()["adapter"].as_str().unwrap().contains(" + "));
+
+    let on_one = bin::soma(
+        &dir,
+        &[
+            "train",
+            "--resume",
+            &dir.arg("b"),
+            "--devices",
+            "0",
+            "--epochs",
+            "4",
+            "--json",
+        ],
+    )
+    .ok();
+    assert!(!on_one.json()["adapter"].as_str().unwrap().contains(" + "));
+}
+
+/// Bad `--devices` are refused with one clear line and no run directory: a word that is not
+/// an adapter number, a number past the adapters, `--device cpu` beside it, and adapters
+/// whose limits differ (lavapipe through Vulkan beside llvmpipe through GL, where both are
+/// listed).
+#[test]
+fn train_devices_refuses_what_it_cannot_open() {
+    if gpu("train_devices_refuses_what_it_cannot_open").is_none() {
+        return;
+    }
+    let dir = TempDir::new("devices-bad");
+    let out = dir.arg("never");
+    let refused = |args: &[&str], want: &str| {
+        let mut all = vec!["train", "--epochs", "1", "--out", &out];
+        all.extend_from_slice(args);
+        let r = bin::soma(&dir, &all);
+        if r.code == Some(0) || !r.stderr.contains(want) {
+            r.fail(&format!("not refused with '{want}'"));
+        }
+        assert!(!dir.join("never").exists() && !dir.join("never.partial").exists());
+    };
+    refused(&["--devices", "zero"], "'zero' is not an adapter number");
+    refused(&["--devices", "0,99"], "index 99");
+    refused(&["--devices", "0,0", "--device", "cpu"], "--device is cpu");
+    let listed = bin::soma(&dir, &["devices", "--json"]).ok().json();
+    let backends: Vec<String> = listed["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["backend"].as_str().unwrap().to_string())
+        .collect();
+    if let (Some(v), Some(g)) = (
+        backends.iter().position(|b| b == "Vulkan"),
+        backends.iter().position(|b| b == "Gl"),
+    ) {
+        refused(&["--devices", &format!("{v},{g}")], "different limits");
+    } else {
+        println!("no Vulkan and GL adapter side by side: the limits refusal is shown in refuse_what_they_cannot_run");
+    }
+}

@@ -19,21 +19,27 @@ pub use options::DeviceChoice;
 
 use std::path::{Path, PathBuf};
 
+use std::str::FromStr;
+
 use soma::checkpoint::{self, Checkpoint};
+use soma::gpu::{distinct_adapters, AdapterRequest};
+use soma::parallel::DataParallel;
 use soma::{Device, Error, Gpu, Kernels, Result, Tuning};
 
 /// The opened device: the GPU's kernels, with the tuning the environment asks for
 /// (`SOMA_MATMUL`, `SOMA_FUSE`, `SOMA_FUSED_MLP`, `SOMA_AUTOTUNE`, `SOMA_SUBGROUPS`), when
-/// there is a GPU.
+/// there is a GPU; or the replicas of a data-parallel run.
 pub struct Opened {
     kernels: Option<Kernels<'static>>,
+    parallel: Option<&'static DataParallel<'static>>,
 }
 
 impl Opened {
     pub fn device(&self) -> Device<'_> {
-        match &self.kernels {
-            Some(k) => Device::Tuned(k),
-            None => Device::Cpu,
+        match (&self.kernels, self.parallel) {
+            (_, Some(p)) => Device::Parallel(p),
+            (Some(k), None) => Device::Tuned(k),
+            (None, None) => Device::Cpu,
         }
     }
 }
@@ -43,20 +49,137 @@ fn kept(gpu: Gpu, tuning: Tuning) -> Opened {
     let gpu: &'static Gpu = Box::leak(Box::new(gpu));
     Opened {
         kernels: Some(Kernels::new(gpu, tuning)),
+        parallel: None,
     }
+}
+
+/// `--devices`: the adapters of a data-parallel run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DevicesSpec {
+    /// One replica on each distinct adapter (`soma::gpu::distinct_adapters`).
+    All,
+    /// One replica on each listed adapter, by its `soma devices` number; a number given
+    /// twice opens that adapter twice.
+    Indices(Vec<usize>),
+}
+
+impl FromStr for DevicesSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<DevicesSpec> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(DevicesSpec::All);
+        }
+        let indices = s
+            .split(',')
+            .map(|p| {
+                p.trim().parse::<usize>().map_err(|_| {
+                    Error::Config(format!(
+                        "--devices {s}: '{}' is not an adapter number; give all, or numbers as `soma devices` lists them, such as 0,2 (0,0 opens adapter 0 twice)",
+                        p.trim()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DevicesSpec::Indices(indices))
+    }
+}
+
+impl std::fmt::Display for DevicesSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DevicesSpec::All => write!(f, "all"),
+            DevicesSpec::Indices(i) => write!(
+                f,
+                "{}",
+                i.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+}
+
+impl DevicesSpec {
+    /// The adapter numbers this names.
+    fn indices(&self) -> Vec<usize> {
+        match self {
+            DevicesSpec::All => distinct_adapters(),
+            DevicesSpec::Indices(i) => i.clone(),
+        }
+    }
+}
+
+/// Opens one device per adapter `spec` names, each with kernels of its own (tuned as the
+/// environment says), for a data-parallel run; a spec that names one adapter opens it as
+/// a single device. Prints the adapters it uses unless `quiet`.
+pub fn open_devices(choice: DeviceChoice, spec: &DevicesSpec, quiet: bool) -> Result<Opened> {
+    if choice == DeviceChoice::Cpu {
+        return Err(Error::Config(format!(
+            "--devices {spec} names GPU adapters, but --device is cpu; drop one of them"
+        )));
+    }
+    let tuning = Tuning::from_env()?;
+    let indices = spec.indices();
+    if indices.is_empty() {
+        return Err(Error::NoAdapter {
+            detail: format!(" for --devices {spec}"),
+        });
+    }
+    let mut kernels = Vec::new();
+    for &i in &indices {
+        let gpu = Gpu::with_request(&AdapterRequest {
+            index: Some(i),
+            ..Default::default()
+        })?;
+        if !quiet {
+            let a = gpu.adapter();
+            eprintln!(
+                "replica {}: adapter [{i}] {} ({:?}, {:?})",
+                kernels.len(),
+                a.name,
+                a.backend,
+                a.device_type
+            );
+        }
+        let gpu: &'static Gpu = Box::leak(Box::new(gpu));
+        kernels.push(Kernels::new(gpu, tuning));
+    }
+    if kernels.len() == 1 {
+        return Ok(Opened {
+            kernels: kernels.pop(),
+            parallel: None,
+        });
+    }
+    let kernels: &'static [Kernels<'static>] = Box::leak(kernels.into_boxed_slice());
+    let parallel: &'static DataParallel<'static> = Box::leak(Box::new(DataParallel {
+        devices: kernels.iter().map(Device::Tuned).collect(),
+        exchange: None,
+    }));
+    Ok(Opened {
+        kernels: None,
+        parallel: Some(parallel),
+    })
 }
 
 pub fn open_device(choice: DeviceChoice) -> Result<Opened> {
     // A bad SOMA_* value fails before any device is opened.
     let tuning = Tuning::from_env()?;
     match choice {
-        DeviceChoice::Cpu => Ok(Opened { kernels: None }),
+        DeviceChoice::Cpu => Ok(Opened {
+            kernels: None,
+            parallel: None,
+        }),
         DeviceChoice::Gpu => Ok(kept(Gpu::new()?, tuning)),
         DeviceChoice::Auto => match Gpu::new() {
             Ok(g) => Ok(kept(g, tuning)),
             Err(e @ Error::NoAdapter { .. }) => {
                 eprintln!("warning: {e}\nwarning: running on the CPU path");
-                Ok(Opened { kernels: None })
+                Ok(Opened {
+                    kernels: None,
+                    parallel: None,
+                })
             }
             Err(e) => Err(e),
         },

@@ -23,7 +23,7 @@ use super::options::{self, Resolved, TrainOptions};
 use super::prepare::{build_network, choose_loss, join, prepare_data, train_config, Prepared};
 use super::report::{number, read_metrics, regression_line, MetricsLog, CURVES_EVERY};
 use super::run_dir::{RunDir, Start};
-use super::{open_device, DeviceChoice};
+use super::{open_device, open_devices, DeviceChoice, DevicesSpec};
 
 /// What `config.json` of a run directory holds: every setting, resolved.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,6 +37,9 @@ pub struct RunConfig {
     /// Classes of a classification task.
     pub classes: Option<usize>,
     pub device: String,
+    /// `--devices`, for a data-parallel run: a resume opens the same replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<String>,
     pub soma_version: String,
 }
 
@@ -46,6 +49,8 @@ pub struct TrainCommand {
     pub config: Option<PathBuf>,
     /// `None`: the TOML config's `device`, else auto.
     pub device: Option<DeviceChoice>,
+    /// `--devices` (a data-parallel run); `None`: one device, or the resumed run's.
+    pub devices: Option<String>,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub json: bool,
@@ -186,7 +191,18 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     let optimizer: Optimizer = choices.optimizer;
     let config = train_config(&options, &choices)?;
     let init = choices.init;
-    let gpu = open_device(device_choice)?;
+    let devices = match cmd.devices.as_deref() {
+        Some(spec) => Some(spec.parse::<DevicesSpec>()?),
+        None => stored
+            .as_ref()
+            .and_then(|c| c.devices.as_deref())
+            .map(str::parse::<DevicesSpec>)
+            .transpose()?,
+    };
+    let gpu = match &devices {
+        Some(spec) => open_devices(device_choice, spec, cmd.json)?,
+        None => open_device(device_choice)?,
+    };
     let device = gpu.device();
     let adapter = device.name();
 
@@ -229,6 +245,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         scale: prepared.scaler.kind,
         classes: prepared.train.targets.classes(),
         device: adapter.clone(),
+        devices: devices.as_ref().map(|d| d.to_string()),
         soma_version: env!("CARGO_PKG_VERSION").into(),
     };
     let result = start().and_then(|(mut model, resume_state)| {

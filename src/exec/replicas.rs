@@ -29,6 +29,9 @@ pub struct Replicas<'a> {
     grads: Vec<BufId>,
     /// The metric accumulators (loss sums, correct counts): read as their sums.
     summed: Vec<BufId>,
+    /// The batch buffers, which hold each replica's own share of a batch: no one replica's
+    /// is the run's, so they are not read.
+    shares: Vec<BufId>,
 }
 
 impl<'a> Replicas<'a> {
@@ -84,11 +87,17 @@ impl<'a> Replicas<'a> {
                     .flatten()
                     .flat_map(|d| std::iter::once(d.loss_sum).chain(d.correct))
                     .collect();
+                let mut shares = vec![plan.input, plan.row_loss, plan.grad_out];
+                shares.extend(plan.batch_labels.iter().chain(&plan.batch_values));
+                for l in &plan.layers {
+                    shares.extend([l.pre, l.out].iter().chain(&l.delta));
+                }
                 Ok(Executor::Replicas(Box::new(Replicas {
                     replicas,
                     exchange,
                     grads,
                     summed,
+                    shares,
                 })))
             }
         }
@@ -183,7 +192,19 @@ impl<'a> Replicas<'a> {
         Ok(sum)
     }
 
+    /// Refuses a batch buffer: each replica holds its own share.
+    fn shared(&self, id: BufId) -> Result<()> {
+        if self.shares.contains(&id) {
+            return Err(Error::Config(format!(
+                "'{}' holds each replica's own share of the batch; read it from a run on one device",
+                self.replicas[0].plan.buffers[id].name
+            )));
+        }
+        Ok(())
+    }
+
     pub(super) fn read_f32(&self, id: BufId) -> Result<Vec<f32>> {
+        self.shared(id)?;
         if self.summed.contains(&id) {
             self.sum_f32(&[id])
         } else {
@@ -192,6 +213,7 @@ impl<'a> Replicas<'a> {
     }
 
     pub(super) fn read_u32(&self, id: BufId) -> Result<Vec<u32>> {
+        self.shared(id)?;
         if self.summed.contains(&id) {
             self.sum_u32(id)
         } else {
@@ -276,9 +298,10 @@ impl<'a> Replicas<'a> {
         self.replicas[0].exec.read_shadow()
     }
 
-    /// The first replica's tensor, but for the metric sums, which no one tensor holds.
+    /// The first replica's tensor, but for the metric sums and the batch buffers, which no
+    /// one replica's tensor holds.
     pub(super) fn tensor(&self, id: BufId) -> Option<&GpuTensor> {
-        if self.summed.contains(&id) {
+        if self.summed.contains(&id) || self.shares.contains(&id) {
             None
         } else {
             self.first().tensor(id)
