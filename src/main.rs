@@ -40,6 +40,10 @@ enum Command {
         /// rows is split into fixed shares [default: one adapter; a resumed run's own]
         #[arg(long)]
         devices: Option<String>,
+        /// With --devices: hand each layer's gradients over as soon as its backward pass is
+        /// done, while the layers below it compute (the same bits either way)
+        #[arg(long)]
+        overlap: bool,
         /// The run directory [default: runs/<UTC timestamp>]
         #[arg(long)]
         out: Option<PathBuf>,
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
             config,
             device,
             devices,
+            overlap,
             out,
             resume,
             json,
@@ -186,6 +191,11 @@ fn main() -> ExitCode {
             config,
             device,
             devices,
+            overlap: if overlap {
+                soma::parallel::Overlap::PerLayer
+            } else {
+                soma::parallel::Overlap::Off
+            },
             out,
             resume,
             json,

@@ -8,7 +8,7 @@ mod common;
 
 use common::gpu;
 use soma::data::{self, Dataset};
-use soma::parallel::DataParallel;
+use soma::parallel::{DataParallel, Overlap};
 use soma::trainer::{Flow, Progress};
 use soma::{
     Activation, Determinism, Device, Error, Gpu, Init, Loss, Model, Network, Optimizer, Parameters,
@@ -196,6 +196,38 @@ fn two_replica_runs_are_bitwise_identical() {
     assert_same_bits("two runs", &a, &b);
 }
 
+/// Handing each layer's gradients over as soon as its backward stage is done changes when
+/// they cross, not what is summed: the same bits as one hand-over per step, on GPU replicas
+/// and on CPU reference replicas, for three layers with and without biases' activations.
+#[test]
+fn per_layer_hand_over_gives_the_bits_of_one_per_step() {
+    let Some(gpus) = two_gpus("per_layer_hand_over_gives_the_bits_of_one_per_step") else {
+        return;
+    };
+    let data = digits(90);
+    let net = Network::mlp(&[64, 20, 16, 10], Activation::Tanh, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 6).unwrap();
+    let c = config(14, 1);
+    let opt = Optimizer::momentum(0.05, 0.9);
+    let loss = Loss::SoftmaxCrossEntropy;
+    let gpu_devices = vec![Device::Gpu(&gpus[0]), Device::Gpu(&gpus[1])];
+    for devices in [
+        gpu_devices,
+        vec![Device::CpuReference, Device::CpuReference],
+    ] {
+        let run = |overlap| {
+            let p = DataParallel {
+                devices: devices.clone(),
+                exchange: None,
+                overlap,
+            };
+            train(Device::Parallel(&p), &model, loss, opt, &data, &c)
+        };
+        let label = format!("{:?}", devices[0]);
+        assert_same_bits(&label, &run(Overlap::PerLayer), &run(Overlap::Off));
+    }
+}
+
 /// Under strict mode every replica runs kernels in the CPU twins' order and the sum is the
 /// host's, so two GPU replicas give the bits of two CPU reference replicas. (One device
 /// sums each gradient over the whole batch in one chain: other bits, to rounding.)
@@ -216,6 +248,7 @@ fn strict_gpu_replicas_give_the_cpu_reference_replicas_bits() {
     let refs = DataParallel {
         devices: vec![Device::CpuReference, Device::CpuReference],
         exchange: None,
+        overlap: Overlap::Off,
     };
     let want = train(Device::Parallel(&refs), &model, loss, opt, &data, &c);
     match Trainer::new(Device::Gpus(&gpus), &model, loss, opt, &data, None, &c) {
@@ -372,6 +405,7 @@ fn replicas_refuse_what_they_cannot_run() {
         let two = DataParallel {
             devices: vec![Device::Gpu(&gpus[0]), Device::Gpu(&borrowed)],
             exchange: None,
+            overlap: Overlap::Off,
         };
         let e = refused(Device::Parallel(&two));
         assert!(e.contains("different limits") && e.contains("max_"), "{e}");
@@ -381,10 +415,12 @@ fn replicas_refuse_what_they_cannot_run() {
     let inner = DataParallel {
         devices: vec![Device::Cpu, Device::Cpu],
         exchange: None,
+        overlap: Overlap::Off,
     };
     let nested = DataParallel {
         devices: vec![Device::Parallel(&inner), Device::Cpu],
         exchange: None,
+        overlap: Overlap::Off,
     };
     let e = refused(Device::Parallel(&nested));
     assert!(e.contains("cannot itself be data-parallel"), "{e}");
@@ -392,6 +428,7 @@ fn replicas_refuse_what_they_cannot_run() {
     let none = DataParallel {
         devices: vec![],
         exchange: None,
+        overlap: Overlap::Off,
     };
     let e = refused(Device::Parallel(&none));
     assert!(e.contains("at least one device"), "{e}");

@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use soma::checkpoint::{self, Checkpoint};
 use soma::gpu::{distinct_adapters, AdapterRequest};
-use soma::parallel::DataParallel;
+use soma::parallel::{DataParallel, Overlap};
 use soma::{Device, Error, Gpu, Kernels, Result, Tuning};
 
 /// The opened device: the GPU's kernels, with the tuning the environment asks for
@@ -113,8 +113,14 @@ impl DevicesSpec {
 
 /// Opens one device per adapter `spec` names, each with kernels of its own (tuned as the
 /// environment says), for a data-parallel run; a spec that names one adapter opens it as
-/// a single device. Prints the adapters it uses unless `quiet`.
-pub fn open_devices(choice: DeviceChoice, spec: &DevicesSpec, quiet: bool) -> Result<Opened> {
+/// a single device, `overlap` saying when the replicas' gradients cross the host. Prints the
+/// adapters it uses unless `quiet`.
+pub fn open_devices(
+    choice: DeviceChoice,
+    spec: &DevicesSpec,
+    overlap: Overlap,
+    quiet: bool,
+) -> Result<Opened> {
     if choice == DeviceChoice::Cpu {
         return Err(Error::Config(format!(
             "--devices {spec} names GPU adapters, but --device is cpu; drop one of them"
@@ -156,6 +162,7 @@ pub fn open_devices(choice: DeviceChoice, spec: &DevicesSpec, quiet: bool) -> Re
     let parallel: &'static DataParallel<'static> = Box::leak(Box::new(DataParallel {
         devices: kernels.iter().map(Device::Tuned).collect(),
         exchange: None,
+        overlap,
     }));
     Ok(Opened {
         kernels: None,

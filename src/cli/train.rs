@@ -51,6 +51,8 @@ pub struct TrainCommand {
     pub device: Option<DeviceChoice>,
     /// `--devices` (a data-parallel run); `None`: one device, or the resumed run's.
     pub devices: Option<String>,
+    /// `--overlap`: when the replicas' gradients cross the host.
+    pub overlap: soma::parallel::Overlap,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub json: bool,
@@ -199,8 +201,13 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             .map(str::parse::<DevicesSpec>)
             .transpose()?,
     };
+    if cmd.overlap == soma::parallel::Overlap::PerLayer && devices.is_none() {
+        return Err(Error::Config(
+            "--overlap hands gradients between the replicas of --devices; a run on one device has none".into(),
+        ));
+    }
     let gpu = match &devices {
-        Some(spec) => open_devices(device_choice, spec, cmd.json)?,
+        Some(spec) => open_devices(device_choice, spec, cmd.overlap, cmd.json)?,
         None => open_device(device_choice)?,
     };
     let device = gpu.device();

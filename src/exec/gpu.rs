@@ -16,7 +16,7 @@ use crate::ops::{self, Activation};
 use crate::plan::{entry, BackwardStage, BufId, DenseStage, Op, Plan, Step};
 use crate::tensor::{copy_tensors, DType, GpuTensor};
 
-use super::{acc, Half, Pass};
+use super::{acc, Pass, StepBounds};
 
 mod fuse;
 
@@ -74,6 +74,9 @@ pub struct GpuExec<'a> {
     updates: Vec<usize>,
     /// The fused pass's entry point, where it runs.
     pub(super) mlp_form: Option<&'static str>,
+    /// The training dispatch after which each backward stage's parameter gradients are
+    /// complete, last layer first (see `Step::grad_ends`).
+    grad_ends: Vec<usize>,
 }
 
 impl<'a> GpuExec<'a> {
@@ -125,8 +128,10 @@ impl<'a> GpuExec<'a> {
             arenas,
             updates: vec![],
             mlp_form: None,
+            grad_ends: vec![],
         };
-        let mut train = exec.build_step(plan, &plan.train_step)?;
+        let (mut train, grad_ends) = exec.build_step(plan, &plan.train_step)?;
+        exec.grad_ends = grad_ends;
         // A replica's step runs in halves around the gradient exchange; the fused pass
         // updates inside its one dispatch.
         if plan.shard.count == 1 {
@@ -138,14 +143,18 @@ impl<'a> GpuExec<'a> {
         exec.train = train.into_iter().map(|(_, d)| d).collect();
         exec.eval = exec
             .build_step(plan, &plan.eval_step)?
+            .0
             .into_iter()
             .map(|(_, d)| d)
             .collect();
         Ok(exec)
     }
 
-    /// The dispatches of a step, stage by stage, each with the part of the step it does.
-    fn build_step(&self, plan: &Plan, step: &Step) -> Result<Vec<(Part, Dispatch)>> {
+    /// The dispatches of a step, stage by stage, each with the part of the step it does;
+    /// and where each backward stage's parameter gradients are complete.
+    #[allow(clippy::type_complexity)]
+    fn build_step(&self, plan: &Plan, step: &Step) -> Result<(Vec<(Part, Dispatch)>, Vec<usize>)> {
+        let mut grad_ends = Vec::with_capacity(step.backward.len());
         let mut out = Vec::with_capacity(step.ops().len());
         if let Some(g) = &step.gather {
             for (part, op) in [
@@ -185,6 +194,7 @@ impl<'a> GpuExec<'a> {
             if let Some(op) = stage.bias_grad() {
                 out.push((Part::Backward, self.build(plan, &op)?));
             }
+            grad_ends.push(out.len());
             done = false;
             if let Some(op) = stage.input_delta() {
                 let fused = match step.backward.get(j + 1) {
@@ -209,7 +219,7 @@ impl<'a> GpuExec<'a> {
                 }
             }
         }
-        Ok(out)
+        Ok((out, grad_ends))
     }
 
     /// A layer's forward pass as one dispatch (`ops::dense_forward`: the product's tile or
@@ -443,16 +453,21 @@ impl<'a> GpuExec<'a> {
         self.submit(label, pass, 0..len, steps)
     }
 
-    /// Submits one half of training step `step` (see [`Half`]): its gradients, with a
-    /// pending snapshot's copies ahead of them, or its update.
-    pub(super) fn run_half(&mut self, step: usize, half: Half) -> Result<()> {
+    /// Where each backward stage's gradients are complete (last layer first), where the
+    /// update starts, and the training dispatches in all.
+    pub(super) fn step_bounds(&self) -> StepBounds {
         let len = self.train.len();
-        let first_update = self.updates.first().copied().unwrap_or(len);
-        let (label, range) = match half {
-            Half::Gradients => ("train step gradients", 0..first_update),
-            Half::Update => ("train step update", first_update..len),
-        };
-        self.submit(label, Pass::Train, range, step..step + 1)
+        StepBounds {
+            grad_ends: self.grad_ends.clone(),
+            first_update: self.updates.first().copied().unwrap_or(len),
+            len,
+        }
+    }
+
+    /// Submits training dispatches `range` of step `step` (a part of a data-parallel
+    /// replica's step), with a pending snapshot's copies ahead of them.
+    pub(super) fn run_range(&mut self, step: usize, range: Range<usize>) -> Result<()> {
+        self.submit("train step part", Pass::Train, range, step..step + 1)
     }
 
     /// Records dispatches `range` of `pass` for steps `steps` into one compute pass and

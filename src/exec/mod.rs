@@ -14,7 +14,7 @@ use crate::gpu::Gpu;
 use crate::kernels;
 use crate::ops::Accumulate;
 use crate::ops::{Kernels, Tuning};
-use crate::parallel::DataParallel;
+use crate::parallel::{DataParallel, Overlap};
 use crate::plan::{BufId, Op, Plan};
 use crate::tensor::{start_read_many, DType, GpuTensor};
 
@@ -106,12 +106,14 @@ impl<'a> Device<'a> {
     }
 }
 
-/// Which half of a training step a data-parallel replica runs: up to its gradients
-/// (gathers, forward, loss, metrics, backward), or the update that follows their exchange.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Half {
-    Gradients,
-    Update,
+/// Where a training step's parts end, in its executor's units (dispatches or ops): after
+/// each backward stage's parameter gradients (last layer first), before the update. A
+/// data-parallel replica runs its step in parts around the exchange of its gradients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StepBounds {
+    pub grad_ends: Vec<usize>,
+    pub first_update: usize,
+    pub len: usize,
 }
 
 /// Which op list of the plan.
@@ -160,8 +162,12 @@ impl<'a> Executor<'a> {
     /// otherwise), and the plain-loop twins with soma's arithmetic on the CPU.
     pub fn new(device: Device<'a>, plan: &Plan) -> Result<Executor<'a>> {
         match device {
-            Device::Gpus(_) => return Replicas::executor(&device.replicas(), None, plan),
-            Device::Parallel(p) => return Replicas::executor(&p.devices, p.exchange, plan),
+            Device::Gpus(_) => {
+                return Replicas::executor(&device.replicas(), None, Overlap::default(), plan)
+            }
+            Device::Parallel(p) => {
+                return Replicas::executor(&p.devices, p.exchange, p.overlap, plan)
+            }
             Device::Gpu(_) | Device::Tuned(_) | Device::Cpu | Device::CpuReference => {}
         }
         let strict = plan.determinism == Determinism::Strict;
@@ -320,19 +326,33 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Runs one half of training step `step` (a data-parallel replica's step, split around
-    /// the exchange of its gradients).
-    pub(crate) fn run_half(&mut self, plan: &Plan, step: usize, half: Half) -> Result<()> {
+    /// Where training step's parts end (see [`StepBounds`]).
+    pub(crate) fn step_bounds(&self, plan: &Plan) -> StepBounds {
         match self {
-            Executor::Gpu(g) => g.run_half(step, half),
+            Executor::Gpu(g) => g.step_bounds(),
+            Executor::Cpu(_) | Executor::Replicas(_) => {
+                let (grad_ends, first_update) = plan.train_step.grad_ends();
+                StepBounds {
+                    grad_ends,
+                    first_update,
+                    len: ops_of(plan, Pass::Train).len(),
+                }
+            }
+        }
+    }
+
+    /// Runs part `range` of training step `step` (in [`StepBounds`] units): one part of a
+    /// data-parallel replica's step, split around the exchange of its gradients.
+    pub(crate) fn run_range(
+        &mut self,
+        plan: &Plan,
+        step: usize,
+        range: Range<usize>,
+    ) -> Result<()> {
+        match self {
+            Executor::Gpu(g) => g.run_range(step, range),
             Executor::Cpu(c) => {
-                let ops = ops_of(plan, Pass::Train);
-                let split = replicas::first_update(plan);
-                let ops = match half {
-                    Half::Gradients => &ops[..split],
-                    Half::Update => &ops[split..],
-                };
-                for op in ops {
+                for op in &ops_of(plan, Pass::Train)[range] {
                     c.exec(op, step);
                 }
                 Ok(())

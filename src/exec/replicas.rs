@@ -13,18 +13,22 @@ use crate::parallel::Exchange;
 use crate::plan::{BufId, Op, Plan};
 use crate::tensor::{start_read_many, DType, GpuTensor};
 
-use super::{ops_of, split_f32, Device, Executor, Half, Pass};
+use super::{split_f32, Device, Executor, Pass, StepBounds};
+use crate::parallel::Overlap;
 
-/// One replica: its share of the plan, and the executor that holds it.
+/// One replica: its share of the plan, the executor that holds it, and where its training
+/// step's parts end.
 struct Replica<'a> {
     plan: Plan,
     exec: Executor<'a>,
+    bounds: StepBounds,
 }
 
 /// The replicas this process drives, and the exchange with other processes' replicas.
 pub struct Replicas<'a> {
     replicas: Vec<Replica<'a>>,
     exchange: Option<&'a dyn Exchange>,
+    overlap: Overlap,
     /// Every gradient buffer, in the order of the summed vector.
     grads: Vec<BufId>,
     /// The metric accumulators (loss sums, correct counts): read as their sums.
@@ -40,6 +44,7 @@ impl<'a> Replicas<'a> {
     pub(super) fn executor(
         devices: &[Device<'a>],
         exchange: Option<&'a dyn Exchange>,
+        overlap: Overlap,
         plan: &Plan,
     ) -> Result<Executor<'a>> {
         let (first, count) = match exchange {
@@ -74,7 +79,8 @@ impl<'a> Replicas<'a> {
                     .map(|(i, &device)| {
                         let plan = plan.shard(first + i, count)?;
                         let exec = Executor::new(device, &plan)?;
-                        Ok(Replica { plan, exec })
+                        let bounds = exec.step_bounds(&plan);
+                        Ok(Replica { plan, exec, bounds })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let grads = plan
@@ -95,6 +101,7 @@ impl<'a> Replicas<'a> {
                 Ok(Executor::Replicas(Box::new(Replicas {
                     replicas,
                     exchange,
+                    overlap,
                     grads,
                     summed,
                     shares,
@@ -243,7 +250,7 @@ impl<'a> Replicas<'a> {
             .collect()
     }
 
-    /// Steps `steps` of `pass`: training steps one at a time, each in two halves around the
+    /// Steps `steps` of `pass`: training steps one at a time, each in parts around the
     /// gradients' sum; evaluation batches all at once on every replica.
     pub(super) fn run(&mut self, pass: Pass, steps: Range<usize>) -> Result<()> {
         if pass == Pass::Eval {
@@ -253,20 +260,100 @@ impl<'a> Replicas<'a> {
             return Ok(());
         }
         for s in steps {
-            for r in &mut self.replicas {
-                r.exec.run_half(&r.plan, s, Half::Gradients)?;
+            match self.overlap {
+                Overlap::Off => {
+                    for r in &mut self.replicas {
+                        r.exec.run_range(&r.plan, s, 0..r.bounds.first_update)?;
+                    }
+                    let grads = self.grads.clone();
+                    let sum = self.sum_f32(&grads)?;
+                    self.write_sum(&grads, &sum)?;
+                }
+                Overlap::PerLayer => self.gradients_by_layer(s)?,
             }
-            let sum = self.sum_f32(&self.grads)?;
+            for r in &mut self.replicas {
+                let b = &r.bounds;
+                r.exec.run_range(&r.plan, s, b.first_update..b.len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `sum`, the concatenated values of `ids`, into every replica.
+    fn write_sum(&mut self, ids: &[BufId], sum: &[f32]) -> Result<()> {
+        let mut at = 0;
+        for &id in ids {
+            let len = self.replicas[0].plan.buffers[id].len();
+            self.write_f32(id, &sum[at..at + len])?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Step `s` up to its update with each layer's gradients handed over as soon as its
+    /// backward stage is done: every replica's step is submitted in parts, one per stage,
+    /// each followed by the readback of that stage's gradients; then stage by stage (last
+    /// layer first), each is summed, exchanged and written back while the devices compute
+    /// the stages below it.
+    fn gradients_by_layer(&mut self, s: usize) -> Result<()> {
+        // The gradient buffers of each stage, last layer first.
+        let buckets: Vec<Vec<BufId>> = self.replicas[0]
+            .plan
+            .train_step
+            .backward
+            .iter()
+            .map(|b| std::iter::once(b.d_weight).chain(b.d_bias).collect())
+            .collect();
+        let mut pending = Vec::with_capacity(self.replicas.len());
+        for r in &mut self.replicas {
+            let mut started = Vec::with_capacity(buckets.len());
             let mut at = 0;
-            for i in 0..self.grads.len() {
-                let id = self.grads[i];
-                let len = self.replicas[0].plan.buffers[id].len();
-                self.write_f32(id, &sum[at..at + len])?;
-                at += len;
+            for (&end, ids) in r.bounds.grad_ends.iter().zip(&buckets) {
+                if end > at {
+                    r.exec.run_range(&r.plan, s, at..end)?;
+                }
+                at = end;
+                started.push(match &r.exec {
+                    Executor::Gpu(g) => {
+                        let tensors: Vec<&GpuTensor> =
+                            ids.iter().map(|&id| &g.tensors[id]).collect();
+                        Some(start_read_many(g.gpu, &tensors)?)
+                    }
+                    Executor::Cpu(_) | Executor::Replicas(_) => None,
+                });
             }
-            for r in &mut self.replicas {
-                r.exec.run_half(&r.plan, s, Half::Update)?;
+            if r.bounds.first_update > at {
+                r.exec.run_range(&r.plan, s, at..r.bounds.first_update)?;
             }
+            pending.push(started);
+        }
+        for (j, ids) in buckets.iter().enumerate() {
+            let mut sum: Vec<f32> = Vec::new();
+            for (r, started) in self.replicas.iter().zip(&mut pending) {
+                let values: Vec<f32> = match (started[j].take(), r.exec.gpu()) {
+                    (Some(readback), Some(gpu)) => readback
+                        .wait(gpu)?
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    _ => ids
+                        .iter()
+                        .map(|&id| r.exec.read_f32(id))
+                        .collect::<Result<Vec<_>>>()?
+                        .concat(),
+                };
+                if sum.is_empty() {
+                    sum = values;
+                } else {
+                    for (a, v) in sum.iter_mut().zip(values) {
+                        *a += v;
+                    }
+                }
+            }
+            if let Some(e) = self.exchange {
+                e.sum_f32(&mut sum)?;
+            }
+            self.write_sum(ids, &sum)?;
         }
         Ok(())
     }
@@ -311,14 +398,6 @@ impl<'a> Replicas<'a> {
     pub(super) fn first_exec(&self) -> &Executor<'a> {
         self.first()
     }
-}
-
-/// Where a CPU replica's training step splits: its first update op.
-pub(super) fn first_update(plan: &Plan) -> usize {
-    let ops = ops_of(plan, Pass::Train);
-    ops.iter()
-        .position(|op| matches!(op, Op::Update { .. }))
-        .unwrap_or(ops.len())
 }
 
 /// Refuses GPUs whose limits differ (naming them and the limits), before anything is

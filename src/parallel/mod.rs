@@ -42,12 +42,27 @@ pub trait Exchange: Send + Sync {
 pub struct DataParallel<'a> {
     pub devices: Vec<Device<'a>>,
     pub exchange: Option<&'a dyn Exchange>,
+    pub overlap: Overlap,
+}
+
+/// When a replica's gradients cross the host. The sums are the same either way, bit for bit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overlap {
+    /// All of them at once, after the whole backward pass: one readback and one exchange
+    /// per step.
+    #[default]
+    Off,
+    /// Each layer's as soon as its backward stage is done, while the devices compute the
+    /// layers below it (PyTorch DDP's buckets, one per layer): one readback and one
+    /// exchange per layer.
+    PerLayer,
 }
 
 impl std::fmt::Debug for DataParallel<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataParallel")
             .field("devices", &self.devices)
+            .field("overlap", &self.overlap)
             .field(
                 "exchange",
                 &self.exchange.map(|e| format!("rank {} of {}", e.rank(), e.size())),

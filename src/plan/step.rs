@@ -388,6 +388,23 @@ impl Step {
         &self.ops
     }
 
+    /// Where each backward stage's parameter gradients are complete in the op list (the
+    /// index after its bias gradient, last layer first), and where the update starts: the
+    /// points a data-parallel step can hand gradients over while the rest of its backward
+    /// pass runs.
+    pub fn grad_ends(&self) -> (Vec<usize>, usize) {
+        let mut at = self.ops.len() - self.update.as_ref().map_or(0, |u| u.tensors.len());
+        let first_update = at;
+        let mut ends = Vec::with_capacity(self.backward.len());
+        for b in self.backward.iter().rev() {
+            at -= b.input_delta().is_some() as usize;
+            ends.push(at);
+            at -= 1 + b.bias_grad().is_some() as usize + b.activation_backward().is_some() as usize;
+        }
+        ends.reverse();
+        (ends, first_update)
+    }
+
     /// Rebuilds the op list from the stages (after a stage changed).
     pub fn refresh(&mut self) {
         let mut ops = Vec::new();
