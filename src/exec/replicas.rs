@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::parallel::Exchange;
-use crate::plan::{BufId, Op, Plan};
+use crate::plan::{BufId, Plan};
 use crate::tensor::{start_read_many, DType, GpuTensor};
 
 use super::{split_f32, Device, Executor, Pass, StepBounds};
