@@ -44,6 +44,12 @@ enum Command {
         /// done, while the layers below it compute (the same bits either way)
         #[arg(long)]
         overlap: bool,
+        /// This process is one replica of a run over several: mpi (under `mpirun -n R`, one
+        /// replica per rank; rank 0 writes the run directory). Needs soma built with
+        /// `--features mpi`. Each rank takes the adapter --devices (else every distinct
+        /// adapter) lists at its node-local rank
+        #[arg(long, value_enum)]
+        distributed: Option<cli::options::Distributed>,
         /// The run directory [default: runs/<UTC timestamp>]
         #[arg(long)]
         out: Option<PathBuf>,
@@ -182,6 +188,7 @@ fn main() -> ExitCode {
             device,
             devices,
             overlap,
+            distributed,
             out,
             resume,
             json,
@@ -196,6 +203,7 @@ fn main() -> ExitCode {
             } else {
                 soma::parallel::Overlap::Off
             },
+            distributed,
             out,
             resume,
             json,

@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use soma::checkpoint::{self, Checkpoint};
 use soma::gpu::{distinct_adapters, AdapterRequest};
-use soma::parallel::{DataParallel, Overlap};
+use soma::parallel::{DataParallel, Exchange, Overlap};
 use soma::{Device, Error, Gpu, Kernels, Result, Tuning};
 
 /// The opened device: the GPU's kernels, with the tuning the environment asks for
@@ -168,6 +168,72 @@ pub fn open_devices(
         kernels: None,
         parallel: Some(parallel),
     })
+}
+
+/// The MPI exchange of `--distributed mpi`: MPI starts here (the exchange finalizes it when
+/// dropped), with the timeout of `SOMA_MPI_TIMEOUT`.
+#[cfg(feature = "mpi")]
+pub fn open_mpi() -> Result<Box<dyn Exchange>> {
+    use soma::parallel::mpi::{timeout_from_env, MpiExchange};
+    Ok(Box::new(MpiExchange::init(timeout_from_env()?)?))
+}
+
+/// `--distributed mpi` in a build without MPI: an error that says how to build it.
+#[cfg(not(feature = "mpi"))]
+pub fn open_mpi() -> Result<Box<dyn Exchange>> {
+    Err(Error::Config(
+        "--distributed mpi: this soma was built without MPI; build it with `cargo build --release --features mpi` (Open MPI's libopenmpi-dev, pkg-config and libclang-dev are needed to build it)".into(),
+    ))
+}
+
+/// The node-local rank the MPI launcher gives this process (Open MPI's
+/// `OMPI_COMM_WORLD_LOCAL_RANK`, MPICH's `MPI_LOCALRANKID`), if any.
+fn local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// The device of this process's replica in a run over `exchange`'s processes: the adapter
+/// that `spec` (else every distinct adapter) lists at the node-local rank, cycling when
+/// the node has more ranks than adapters. Printed unless `quiet`.
+pub fn open_rank_device(
+    choice: DeviceChoice,
+    spec: Option<&DevicesSpec>,
+    exchange: &dyn Exchange,
+    quiet: bool,
+) -> Result<&'static Kernels<'static>> {
+    if choice == DeviceChoice::Cpu {
+        return Err(Error::Config(
+            "--distributed runs one replica per process on a GPU adapter, but --device is cpu"
+                .into(),
+        ));
+    }
+    let tuning = Tuning::from_env()?;
+    let indices = spec.map_or_else(distinct_adapters, |s| s.indices());
+    let local = local_rank().unwrap_or(exchange.rank());
+    let Some(&index) = indices.get(local % indices.len().max(1)) else {
+        return Err(Error::NoAdapter {
+            detail: format!(" for rank {}", exchange.rank()),
+        });
+    };
+    let gpu = Gpu::with_request(&AdapterRequest {
+        index: Some(index),
+        ..Default::default()
+    })?;
+    if !quiet {
+        let a = gpu.adapter();
+        eprintln!(
+            "rank {} of {} (local rank {local}): adapter [{index}] {} ({:?}, {:?})",
+            exchange.rank(),
+            exchange.size(),
+            a.name,
+            a.backend,
+            a.device_type
+        );
+    }
+    let gpu: &'static Gpu = Box::leak(Box::new(gpu));
+    Ok(Box::leak(Box::new(Kernels::new(gpu, tuning))))
 }
 
 pub fn open_device(choice: DeviceChoice) -> Result<Opened> {

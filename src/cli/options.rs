@@ -25,6 +25,14 @@ pub enum DeviceChoice {
     Cpu,
 }
 
+/// `--distributed`: how the processes of a data-parallel run reach each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Distributed {
+    /// Over MPI, one replica per rank (`mpirun -n R soma train --distributed mpi ...`); needs
+    /// soma built with `--features mpi`.
+    Mpi,
+}
+
 /// Every setting of a training run. `None` means "the default" (see `resolve`).
 #[derive(Args, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -14,12 +14,13 @@ use soma::checkpoint::{self, Checkpoint, Resume};
 use soma::data::ScaleKind;
 use soma::exec::Determinism;
 use soma::metrics::RegressionMetrics;
+use soma::parallel::{any_agrees, DataParallel, Exchange};
 use soma::trainer::{EpochMetrics, Flow, TrainConfig, Trainer};
 use soma::{Error, Loss, Model, Network, Optimizer, Result};
 
 use super::init::InitWeights;
 use super::interrupt;
-use super::options::{self, Resolved, TrainOptions};
+use super::options::{self, Distributed, Resolved, TrainOptions};
 use super::prepare::{build_network, choose_loss, join, prepare_data, train_config, Prepared};
 use super::report::{number, read_metrics, regression_line, MetricsLog, CURVES_EVERY};
 use super::run_dir::{RunDir, Start};
@@ -53,6 +54,8 @@ pub struct TrainCommand {
     pub devices: Option<String>,
     /// `--overlap`: when the replicas' gradients cross the host.
     pub overlap: soma::parallel::Overlap,
+    /// `--distributed`: this process is one replica of a run over several processes.
+    pub distributed: Option<Distributed>,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub json: bool,
@@ -206,22 +209,127 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             "--overlap hands gradients between the replicas of --devices; a run on one device has none".into(),
         ));
     }
-    let gpu = match &devices {
-        Some(spec) => open_devices(device_choice, spec, cmd.overlap, cmd.json)?,
-        None => open_device(device_choice)?,
+    // Over MPI: MPI starts here; from now on a rank that fails takes the others down.
+    let mpi = match cmd.distributed {
+        Some(Distributed::Mpi) => Some(super::open_mpi()?),
+        None => None,
     };
-    let device = gpu.device();
-    let adapter = device.name();
+    let peers: Option<&dyn Exchange> = mpi.as_deref();
+    let outcome = (|| {
+        let opened;
+        let replica;
+        let device = match peers {
+            Some(e) => {
+                let kernels = super::open_rank_device(device_choice, devices.as_ref(), e, cmd.json)?;
+                replica = DataParallel {
+                    devices: vec![soma::Device::Tuned(kernels)],
+                    exchange: Some(e),
+                    overlap: cmd.overlap,
+                };
+                soma::Device::Parallel(&replica)
+            }
+            None => {
+                opened = match &devices {
+                    Some(spec) => open_devices(device_choice, spec, cmd.overlap, cmd.json)?,
+                    None => open_device(device_choice)?,
+                };
+                opened.device()
+            }
+        };
+        let adapter = match peers {
+            Some(e) => format!("{} x {} ranks", device.name(), e.size()),
+            None => device.name(),
+        };
+        // Every rank has read the run's settings and checkpoint before rank 0 touches its
+        // directory.
+        any_agrees(peers, false)?;
+        train_run(
+            &cmd,
+            Setup {
+                network,
+                loss,
+                optimizer,
+                config,
+                init,
+                init_weights,
+                resumed,
+                resumed_path,
+                resume_dir,
+                options,
+                prepared,
+                devices,
+                started,
+            },
+            device,
+            adapter,
+            peers,
+        )
+    })();
+    match (outcome, peers) {
+        (Err(e), Some(p)) if p.size() > 1 => {
+            eprintln!("error: rank {} of {}: {e}", p.rank(), p.size());
+            p.abort(1)
+        }
+        (outcome, _) => outcome,
+    }
+}
 
-    // The run directory, written as DIR.partial (locked) until the run completes.
-    let run_dir = match &resume_dir {
-        Some(dir) => RunDir::resume(dir)?,
-        None => match cmd.out.as_ref().map(normal) {
+/// What `run` prepared for the training itself.
+struct Setup {
+    network: Network,
+    loss: Loss,
+    optimizer: Optimizer,
+    config: TrainConfig,
+    init: soma::Init,
+    init_weights: Option<InitWeights>,
+    resumed: Option<Checkpoint>,
+    resumed_path: Option<PathBuf>,
+    resume_dir: Option<PathBuf>,
+    options: Resolved,
+    prepared: Prepared,
+    devices: Option<DevicesSpec>,
+    started: Instant,
+}
+
+/// Trains on `device` into the run directory (rank 0's alone, over several processes:
+/// the other ranks train the same steps and write nothing).
+fn train_run(
+    cmd: &TrainCommand,
+    setup: Setup,
+    device: soma::Device<'_>,
+    adapter: String,
+    peers: Option<&dyn Exchange>,
+) -> Result<()> {
+    let Setup {
+        network,
+        loss,
+        optimizer,
+        config,
+        init,
+        init_weights,
+        resumed,
+        resumed_path,
+        resume_dir,
+        options,
+        prepared,
+        devices,
+        started,
+    } = setup;
+    let writer = peers.is_none_or(|e| e.rank() == 0);
+    // The run directory, written as DIR.partial (locked) until the run completes; rank 0's
+    // only.
+    let normal = |p: &PathBuf| -> PathBuf { p.components().collect() };
+    let run_dir = match (&resume_dir, writer) {
+        (_, false) => None,
+        (Some(dir), true) => Some(RunDir::resume(dir)?),
+        (None, true) => Some(match cmd.out.as_ref().map(normal) {
             Some(out) => RunDir::create(out)?,
             None => RunDir::create_first_free(default_run_dirs())?,
-        },
+        }),
     };
-    let work_dir = run_dir.work.clone();
+    let work_dir = run_dir
+        .as_ref()
+        .map_or_else(|| resume_dir.clone().unwrap_or_default(), |d| d.work.clone());
     interrupt::install(&work_dir);
 
     // Starting point: fresh, from --init weights, or from the resumed checkpoint.
@@ -252,7 +360,10 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         scale: prepared.scaler.kind,
         classes: prepared.train.targets.classes(),
         device: adapter.clone(),
-        devices: devices.as_ref().map(|d| d.to_string()),
+        devices: match peers {
+            Some(_) => None,
+            None => devices.as_ref().map(|d| d.to_string()),
+        },
         soma_version: env!("CARGO_PKG_VERSION").into(),
     };
     let result = start().and_then(|(mut model, resume_state)| {
@@ -265,8 +376,17 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             device,
             &work_dir,
             started,
+            peers,
         )
     });
+    let Some(run_dir) = run_dir else {
+        // Another rank's: rank 0 reports.
+        return match result {
+            Ok(Outcome::Interrupted) => std::process::exit(130),
+            Ok(Outcome::Paused | Outcome::Finished { .. }) => Ok(()),
+            Err(e) => Err(e),
+        };
+    };
     match result {
         Ok(Outcome::Paused) => Ok(()),
         Ok(Outcome::Interrupted) => {
@@ -473,14 +593,19 @@ fn train_in(
     device: soma::Device<'_>,
     dir: &Path,
     started: Instant,
+    peers: Option<&dyn Exchange>,
 ) -> Result<Outcome> {
-    soma::fs::write_atomic(
-        &dir.join("config.json"),
-        serde_json::to_string_pretty(rc)
-            .map_err(|e| Error::Config(e.to_string()))?
-            .as_bytes(),
-    )?;
-    let bar = if cmd.json {
+    // Over several processes, rank 0 alone writes the run's files.
+    let writer = peers.is_none_or(|e| e.rank() == 0);
+    if writer {
+        soma::fs::write_atomic(
+            &dir.join("config.json"),
+            serde_json::to_string_pretty(rc)
+                .map_err(|e| Error::Config(e.to_string()))?
+                .as_bytes(),
+        )?;
+    }
+    let bar = if cmd.json || !writer {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(0)
@@ -510,13 +635,16 @@ fn train_in(
         // Lines past the checkpoint's epoch (a kill between the two writes) are dropped.
         history = read_metrics(&metrics_path, r.state.epoch)?;
     }
-    let mut metrics = MetricsLog::start(&metrics_path, &history)?;
+    let mut metrics = match writer {
+        true => Some(MetricsLog::start(&metrics_path, &history)?),
+        false => None,
+    };
     let mut shadow_log = match rc.train.shadow_check {
-        Some(_) => Some(super::report::ShadowLog::start(
+        Some(_) if writer => Some(super::report::ShadowLog::start(
             &dir.join("shadow.jsonl"),
             resume.as_ref().map_or(0, |r| r.state.step),
         )?),
-        None => None,
+        Some(_) | None => None,
     };
     let mut shadow_seen = 0;
     let curves_path = dir.join("curves.svg");
@@ -568,7 +696,7 @@ fn train_in(
                 m.samples_per_s
             );
             // The bar is hidden when stderr is not a terminal; the epoch lines still print.
-            if cmd.json {
+            if cmd.json || !writer {
             } else if bar.is_hidden() {
                 println!("{line}");
             } else {
@@ -582,7 +710,7 @@ fn train_in(
             if let (Some(log), false) = (shadow_log.as_mut(), fresh.is_empty()) {
                 log.append(fresh)?;
                 let line = super::report::shadow_line(fresh);
-                if cmd.json {
+                if cmd.json || !writer {
                 } else if bar.is_hidden() {
                     println!("{line}");
                 } else {
@@ -591,16 +719,20 @@ fn train_in(
             }
             history.push(*m);
             // The metrics line is durable before the checkpoint that counts it.
-            metrics.append(m)?;
-            save_checkpoint(dir, rc, &t.parameters()?, data, t)?;
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.append(m)?;
+                save_checkpoint(dir, rc, &t.parameters()?, data, t)?;
+            }
             // Redrawn at most every CURVES_EVERY (and once at the end).
-            if curves_drawn.is_none_or(|t| t.elapsed() >= CURVES_EVERY) {
+            if writer && curves_drawn.is_none_or(|t| t.elapsed() >= CURVES_EVERY) {
                 soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance)?;
                 curves_drawn = Some(Instant::now());
             }
             epoch_start.set(Instant::now());
             let last = t.epoch() >= rc.train.epochs;
-            if !last && (interrupt::requested() || cmd.stop_after.is_some_and(|k| t.epoch() >= k)) {
+            // Every rank stops where any was interrupted.
+            let interrupted = any_agrees(peers, interrupt::requested())?;
+            if !last && (interrupted || cmd.stop_after.is_some_and(|k| t.epoch() >= k)) {
                 return Ok(Flow::Stop);
             }
             Ok(Flow::Continue)
@@ -635,12 +767,16 @@ fn train_in(
         }
     }
     // The last epochs' curves, also when the run stopped on an error.
-    let drawn = soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance);
+    let drawn = match writer {
+        true => soma::plot::write_curves(&curves_path, &history, &title(rc), val_variance),
+        false => Ok(()),
+    };
     let fit = fit?;
     drawn?;
     if fit.paused {
         let interrupted = interrupt::requested();
-        eprintln!(
+        if writer {
+            eprintln!(
             "{} after epoch {}; continue with: soma train --resume {}",
             if interrupted {
                 "interrupted"
@@ -650,6 +786,7 @@ fn train_in(
             trainer.epoch(),
             dir.display()
         );
+        }
         return Ok(if interrupted {
             Outcome::Interrupted
         } else {
@@ -664,7 +801,9 @@ fn train_in(
         );
     }
     model.params = trainer.parameters()?;
-    save_checkpoint(dir, rc, &model.params, data, &trainer)?;
+    if writer {
+        save_checkpoint(dir, rc, &model.params, data, &trainer)?;
+    }
     // In the run's mode: under strict mode the printed test loss and accuracy are the same
     // on every adapter that passes the self-test, like the weights.
     let eval = model.evaluate_in(device, &data.test, 1024, rc.train.determinism)?;

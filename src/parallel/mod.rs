@@ -34,6 +34,22 @@ pub trait Exchange: Send + Sync {
 
     /// The same for counts (correct predictions), summed exactly (wrapping at 2^32).
     fn sum_u32(&self, values: &mut [u32]) -> Result<()>;
+
+    /// Ends every process of the run with exit code `code`: what a process does after an
+    /// error, so that the others stop at once instead of waiting for it until their timeout.
+    fn abort(&self, code: i32) -> !;
+}
+
+/// Whether any process of a run says yes: `local` summed over the processes, so that all
+/// of them take the same decision (stopping at an interrupt that reached only some, say);
+/// also a barrier. With no exchange, `local` itself.
+pub fn any_agrees(exchange: Option<&dyn Exchange>, local: bool) -> Result<bool> {
+    let Some(e) = exchange else {
+        return Ok(local);
+    };
+    let mut count = [local as u32];
+    e.sum_u32(&mut count)?;
+    Ok(count[0] > 0)
 }
 
 /// The replicas of a data-parallel run: the devices this process drives (one replica each,
