@@ -9,6 +9,7 @@
 //! SOMA_MPI_TIMEOUT=2 mpirun -n 2 target/release/examples/mpi_exchange sleep
 //!                                                           # rank 1 sleeps 10 s before a sum
 //! mpirun -n 2 target/release/examples/mpi_exchange mismatch # rank 1 sums 8 values, the rest 7
+//! mpirun -n 2 target/release/examples/mpi_exchange kinds    # rank 1 sums u32, the rest f32
 //! ```
 //! (`--oversubscribe` for more ranks than cores; `--allow-run-as-root` as root.)
 //!
@@ -38,6 +39,8 @@ enum Mode {
     Sleep,
     /// Rank 1 sums 8 values where the others sum 7.
     Mismatch,
+    /// Rank 1 sums u32 values where the others sum f32.
+    Kinds,
 }
 
 enum Failure {
@@ -61,8 +64,9 @@ fn main() -> ExitCode {
         ["die"] => Mode::Die,
         ["sleep"] => Mode::Sleep,
         ["mismatch"] => Mode::Mismatch,
+        ["kinds"] => Mode::Kinds,
         _ => {
-            eprintln!("usage: mpirun -n RANKS mpi_exchange [sums|die|sleep|mismatch]");
+            eprintln!("usage: mpirun -n RANKS mpi_exchange [sums|die|sleep|mismatch|kinds]");
             return ExitCode::from(2);
         }
     };
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Mode::Die => lose_rank_1(&exchange, die),
         Mode::Sleep => lose_rank_1(&exchange, || std::thread::sleep(SLEEP)),
         Mode::Mismatch => mismatch(&exchange),
+        Mode::Kinds => kinds(&exchange),
     };
     let rank = exchange.rank();
     match outcome {
@@ -149,6 +154,19 @@ fn mismatch(exchange: &MpiExchange) -> Result<(), Failure> {
     exchange.sum_f32(&mut values)?;
     Err(Failure::Wrong(format!(
         "rank {rank}: a sum of 7 values on some ranks and 8 on rank 1 returned"
+    )))
+}
+
+/// Rank 1 sums u32 values, the others f32: rank 0 must refuse the sum.
+fn kinds(exchange: &MpiExchange) -> Result<(), Failure> {
+    let rank = exchange.rank();
+    if rank == 1 {
+        exchange.sum_u32(&mut [1; 7])?;
+    } else {
+        exchange.sum_f32(&mut [1.0; 7])?;
+    }
+    Err(Failure::Wrong(format!(
+        "rank {rank}: a sum of f32 on some ranks and u32 on rank 1 returned"
     )))
 }
 

@@ -242,6 +242,26 @@ fn a_length_mismatch_names_the_rank() {
     );
 }
 
+/// Ranks that call different sums: rank 0 refuses the sum and names the rank.
+#[test]
+fn sums_of_different_kinds_name_the_rank() {
+    let job = mpirun(2, &["kinds"], &[]);
+    assert_eq!(
+        job.code,
+        Some(3),
+        "exit code (3: an error from the exchange):\n{}",
+        job.output
+    );
+    assert!(
+        job.output.contains(
+            "replica 1 is lost: sent a u32 sum where rank 0 expected an f32 sum: the ranks \
+             call the exchange in different orders"
+        ),
+        "{}",
+        job.output
+    );
+}
+
 /// A bad SOMA_MPI_TIMEOUT is refused before MPI starts.
 #[test]
 fn a_bad_timeout_is_refused() {

@@ -408,9 +408,9 @@ fn check<T: Summand>(status: &Status, len: usize, rank: usize) -> Result<(), Los
         return Err(Lost {
             rank,
             message: format!(
-                "sent {} where rank {} expected {}: the ranks call the exchange in different orders",
+                "sent {} where {} expected {}: the ranks call the exchange in different orders",
                 kind_of(status.tag()),
-                if rank == 0 { "this rank" } else { "0" },
+                if rank == 0 { "this rank" } else { "rank 0" },
                 kind_of(T::TAG)
             ),
         });
