@@ -220,7 +220,8 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         let replica;
         let device = match peers {
             Some(e) => {
-                let kernels = super::open_rank_device(device_choice, devices.as_ref(), e, cmd.json)?;
+                let kernels =
+                    super::open_rank_device(device_choice, devices.as_ref(), e, cmd.json)?;
                 replica = DataParallel {
                     devices: vec![soma::Device::Tuned(kernels)],
                     exchange: Some(e),
@@ -327,9 +328,10 @@ fn train_run(
             None => RunDir::create_first_free(default_run_dirs())?,
         }),
     };
-    let work_dir = run_dir
-        .as_ref()
-        .map_or_else(|| resume_dir.clone().unwrap_or_default(), |d| d.work.clone());
+    let work_dir = run_dir.as_ref().map_or_else(
+        || resume_dir.clone().unwrap_or_default(),
+        |d| d.work.clone(),
+    );
     interrupt::install(&work_dir);
 
     // Starting point: fresh, from --init weights, or from the resumed checkpoint.
@@ -368,7 +370,7 @@ fn train_run(
     };
     let result = start().and_then(|(mut model, resume_state)| {
         train_in(
-            &cmd,
+            cmd,
             &prepared,
             &run_config,
             &mut model,
@@ -777,15 +779,15 @@ fn train_in(
         let interrupted = interrupt::requested();
         if writer {
             eprintln!(
-            "{} after epoch {}; continue with: soma train --resume {}",
-            if interrupted {
-                "interrupted"
-            } else {
-                "stopped as asked"
-            },
-            trainer.epoch(),
-            dir.display()
-        );
+                "{} after epoch {}; continue with: soma train --resume {}",
+                if interrupted {
+                    "interrupted"
+                } else {
+                    "stopped as asked"
+                },
+                trainer.epoch(),
+                dir.display()
+            );
         }
         return Ok(if interrupted {
             Outcome::Interrupted

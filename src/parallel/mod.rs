@@ -81,7 +81,9 @@ impl std::fmt::Debug for DataParallel<'_> {
             .field("overlap", &self.overlap)
             .field(
                 "exchange",
-                &self.exchange.map(|e| format!("rank {} of {}", e.rank(), e.size())),
+                &self
+                    .exchange
+                    .map(|e| format!("rank {} of {}", e.rank(), e.size())),
             )
             .finish()
     }

@@ -304,6 +304,10 @@ impl Exchange for MpiExchange {
     fn sum_u32(&self, values: &mut [u32]) -> Result<()> {
         self.sum(values)
     }
+
+    fn abort(&self, code: i32) -> ! {
+        MpiExchange::abort(self, code)
+    }
 }
 
 /// The exchange's timeout: [`TIMEOUT_ENV`] in seconds (a decimal number over 0, such as `90`
