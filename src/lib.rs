@@ -13,7 +13,8 @@
 //! and [`spirv`] strict mode's `NoContraction` pass; [`kernels`] pipelines and
 //! dispatches; [`ops`] the op families with their twins, the kernel table, `Kernels` and
 //! `Tuning`; [`autotune`] the tuner; [`network`], [`optim`] and [`plan`] the run's
-//! description; [`exec`] the executors; [`run`], [`model`] and [`trainer`] runs and their
+//! description; [`exec`] the executors ([`parallel`]: data-parallel replicas and the
+//! exchange between processes); [`run`], [`model`] and [`trainer`] runs and their
 //! scheduling; [`metrics`] regression metrics; [`embed`] the host-application API; [`data`],
 //! [`checkpoint`], [`export`], [`plot`] and [`fs`] files; [`lecture`], [`perceptron`] and [`inspect`] the lecture's pieces.
 

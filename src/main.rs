@@ -40,8 +40,8 @@ enum Command {
         /// rows is split into fixed shares [default: one adapter; a resumed run's own]
         #[arg(long)]
         devices: Option<String>,
-        /// With --devices: hand each layer's gradients over as soon as its backward pass is
-        /// done, while the layers below it compute (the same bits either way)
+        /// With --devices or --distributed: hand each layer's gradients over as soon as its
+        /// backward pass is done, while the layers below it compute (the same bits either way)
         #[arg(long)]
         overlap: bool,
         /// This process is one replica of a run over several: mpi (under `mpirun -n R`, one

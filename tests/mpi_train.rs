@@ -66,7 +66,8 @@ fn sha(v: &Value) -> String {
 
 /// Two ranks against two replicas in one process, on the same adapter: the same bits, since
 /// both sum the gradients on the host in replica order; rank 0 alone made a run directory;
-/// stopped after an epoch and resumed on two ranks, the same bits again.
+/// with `--overlap`, and stopped after an epoch and resumed on two ranks, the same bits
+/// again.
 #[test]
 fn two_ranks_give_the_bits_of_two_replicas_in_one_process_and_resume() {
     let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
@@ -97,7 +98,13 @@ fn two_ranks_give_the_bits_of_two_replicas_in_one_process_and_resume() {
         .collect();
     let mut made = made;
     made.sort();
-    assert_eq!(made, ["local", "ranks"], "run directories");
+    assert_eq!(made, ["local", "ranks"], "run directories: rank 0's alone");
+
+    // Each layer's gradients handed over as soon as they are done: the same sums.
+    let mut args = common.to_vec();
+    args.extend(["--distributed", "mpi", "--overlap", "--out", "overlap"]);
+    let overlap = ok_json(&run(mpirun(2, &dir, &args)), "2 ranks, --overlap");
+    assert_eq!(sha(&overlap), sha(&local), "2 ranks with --overlap");
 
     let mut args = common.to_vec();
     args.extend([

@@ -204,9 +204,12 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             .map(str::parse::<DevicesSpec>)
             .transpose()?,
     };
-    if cmd.overlap == soma::parallel::Overlap::PerLayer && devices.is_none() {
+    if cmd.overlap == soma::parallel::Overlap::PerLayer
+        && devices.is_none()
+        && cmd.distributed.is_none()
+    {
         return Err(Error::Config(
-            "--overlap hands gradients between the replicas of --devices; a run on one device has none".into(),
+            "--overlap hands gradients between the replicas of --devices or --distributed; a run on one device has none".into(),
         ));
     }
     // Over MPI: MPI starts here; from now on a rank that fails takes the others down.
@@ -779,13 +782,19 @@ fn train_in(
         let interrupted = interrupt::requested();
         if writer {
             eprintln!(
-                "{} after epoch {}; continue with: soma train --resume {}",
+                "{} after epoch {}; continue with: {}soma train {}--resume {}",
                 if interrupted {
                     "interrupted"
                 } else {
                     "stopped as asked"
                 },
                 trainer.epoch(),
+                peers.map_or(String::new(), |e| format!("mpirun -n {} ", e.size())),
+                if peers.is_some() {
+                    "--distributed mpi "
+                } else {
+                    ""
+                },
                 dir.display()
             );
         }
