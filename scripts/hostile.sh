@@ -185,6 +185,9 @@ step:1:0 train --device cpu --schedule step:1:0
 --val-fraction train --device cpu --val-fraction NaN
 --task train --device cpu --task regression
 --stop-after train --device cpu --stop-after 0
+not.an.adapter.number train --devices zero
+--device.is.cpu train --device cpu --devices 0,0
+--overlap train --device cpu --overlap
 EOF
 expect_error 7 "--lr" soma train --device cpu --resume model --lr 0.5
 expect_error 7 "--layers" soma train --device cpu --resume model --layers 64,9,10

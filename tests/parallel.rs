@@ -228,6 +228,51 @@ fn per_layer_hand_over_gives_the_bits_of_one_per_step() {
     }
 }
 
+/// `--shadow-check` during a data-parallel run: every Nth step is replayed on the CPU path
+/// at the global batch and compared with the replicas' state. Within the default tolerance
+/// every step passes; held to a tolerance no rounding meets, every step is reported past it
+/// and training goes on (the op-by-op search, which runs one device's step, is not tried).
+#[test]
+fn shadow_check_replays_the_global_batch_against_the_replicas() {
+    let Some(gpus) = two_gpus("shadow_check_replays_the_global_batch_against_the_replicas") else {
+        return;
+    };
+    let data = digits(96);
+    let net = Network::mlp(&[64, 16, 10], Activation::Relu, Activation::Identity).unwrap();
+    let model = Model::new(net, Init::Pytorch, 8).unwrap();
+    let opt = Optimizer::adam(0.01);
+    for (tolerance, pass) in [(None, true), (Some(1e-30), false)] {
+        let c = TrainConfig {
+            shadow_check: Some(2),
+            shadow_tolerance: tolerance,
+            ..config(16, 1)
+        };
+        let mut t = Trainer::new(
+            Device::Gpus(&gpus),
+            &model,
+            Loss::SoftmaxCrossEntropy,
+            opt,
+            &data,
+            None,
+            &c,
+        )
+        .unwrap();
+        t.run_epoch(|_| {}).unwrap();
+        let reports = t.shadow_reports();
+        assert_eq!(reports.len(), 3, "steps 2, 4 and 6 of 6");
+        for r in reports {
+            assert_eq!(
+                r.pass(),
+                pass,
+                "{tolerance:?}: step {}: {:?}",
+                r.step,
+                r.worst()
+            );
+            assert!(!r.searched);
+        }
+    }
+}
+
 /// Under strict mode every replica runs kernels in the CPU twins' order and the sum is the
 /// host's, so two GPU replicas give the bits of two CPU reference replicas. (One device
 /// sums each gradient over the whole batch in one chain: other bits, to rounding.)

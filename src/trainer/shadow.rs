@@ -299,7 +299,10 @@ impl<'a> Trainer<'a> {
             searched: false,
         };
         let first_failure = self.shadow.as_ref().is_some_and(|s| !s.searched);
-        if !report.pass() && first_failure && self.run.exec.gpu().is_some() && !self.streamed() {
+        // Op by op runs one device's step: not a data-parallel one, whose ops run on every
+        // replica around a sum.
+        let one_gpu = matches!(self.run.exec, crate::exec::Executor::Gpu(_));
+        if !report.pass() && first_failure && one_gpu && !self.streamed() {
             report.located = self.locate_failed_step(&pre)?;
             report.searched = true;
             if let Some(s) = self.shadow.as_mut() {
