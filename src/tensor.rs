@@ -254,19 +254,65 @@ fn words<T>(bytes: &[u8], word: fn([u8; 4]) -> T) -> Vec<T> {
 /// staging buffer in one submission, which is mapped once; the bytes come back
 /// concatenated.
 pub fn start_read_many(gpu: &Gpu, tensors: &[&GpuTensor]) -> Result<Readback> {
+    let staging = Staging::for_tensors(gpu, tensors);
+    start_read_many_into(gpu, tensors, &staging)
+}
+
+/// A staging buffer kept for a readback that repeats (a data-parallel step's gradients, every
+/// step): created once, mapped by each readback and unmapped when its bytes are taken. One
+/// readback at a time may use it.
+#[derive(Clone)]
+pub struct Staging {
+    buffer: Arc<Held<wgpu::Buffer>>,
+    bytes: u64,
+}
+
+impl Staging {
+    /// A staging buffer for readbacks of `tensors` (or of any tensors as large in all).
+    pub fn for_tensors(gpu: &Gpu, tensors: &[&GpuTensor]) -> Staging {
+        let bytes: u64 = tensors.iter().map(|t| t.byte_len()).sum();
+        let label = tensors
+            .iter()
+            .map(|t| t.label())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _serial = gpu.serial().lock();
+        Staging {
+            buffer: Arc::new(gpu.hold(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{label} readback")),
+                size: bytes.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }))),
+            bytes,
+        }
+    }
+}
+
+/// [`start_read_many`] into a staging buffer the caller keeps (see [`Staging`]), which must
+/// hold the tensors and not be in use by another readback.
+pub fn start_read_many_into(
+    gpu: &Gpu,
+    tensors: &[&GpuTensor],
+    staging: &Staging,
+) -> Result<Readback> {
     let bytes: u64 = tensors.iter().map(|t| t.byte_len()).sum();
     let label = tensors
         .iter()
         .map(|t| t.label())
         .collect::<Vec<_>>()
         .join(", ");
+    if bytes > staging.bytes {
+        return Err(Error::Readback {
+            label,
+            message: format!(
+                "{bytes} bytes do not fit the {}-byte staging buffer",
+                staging.bytes
+            ),
+        });
+    }
     let _serial = gpu.serial().lock();
-    let staging = gpu.hold(gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(&format!("{label} readback")),
-        size: bytes.max(4),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    }));
+    let staging = staging.buffer.clone();
     let mut encoder = gpu
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -341,7 +387,7 @@ pub fn check_copies(pairs: &[(&GpuTensor, &GpuTensor)]) -> Result<()> {
 
 /// A readback in flight: a staging buffer whose map has been requested.
 pub struct Readback {
-    staging: Held<wgpu::Buffer>,
+    staging: Arc<Held<wgpu::Buffer>>,
     receiver: futures_intrusive::channel::shared::OneshotReceiver<
         std::result::Result<(), wgpu::BufferAsyncError>,
     >,

@@ -11,7 +11,7 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::parallel::Exchange;
 use crate::plan::{BufId, Plan};
-use crate::tensor::{start_read_many, DType, GpuTensor};
+use crate::tensor::{start_read_many, start_read_many_into, DType, GpuTensor, Staging};
 
 use super::{split_f32, Device, Executor, Pass, StepBounds};
 use crate::parallel::Overlap;
@@ -22,6 +22,22 @@ struct Replica<'a> {
     plan: Plan,
     exec: Executor<'a>,
     bounds: StepBounds,
+    /// On a GPU replica of a training run, the staging buffers its gradients are read back
+    /// through every step, made once: all of them ([`ALL_GRADS`]), then each backward
+    /// stage's, last layer first (`--overlap`).
+    staging: Vec<Staging>,
+}
+
+/// The index in `Replica::staging` of the staging buffer for every gradient at once.
+const ALL_GRADS: usize = 0;
+
+/// Each backward stage's gradient buffers, last layer first.
+fn buckets(plan: &Plan) -> Vec<Vec<BufId>> {
+    plan.train_step
+        .backward
+        .iter()
+        .map(|b| std::iter::once(b.d_weight).chain(b.d_bias).collect())
+        .collect()
 }
 
 /// The replicas this process drives, and the exchange with other processes' replicas.
@@ -80,7 +96,25 @@ impl<'a> Replicas<'a> {
                         let plan = plan.shard(first + i, count)?;
                         let exec = Executor::new(device, &plan)?;
                         let bounds = exec.step_bounds(&plan);
-                        Ok(Replica { plan, exec, bounds })
+                        let staging = match (&exec, &plan.train) {
+                            (Executor::Gpu(g), Some(_)) => {
+                                let tensors = |ids: &[BufId]| -> Vec<&GpuTensor> {
+                                    ids.iter().map(|&id| &g.tensors[id]).collect()
+                                };
+                                let all: Vec<BufId> = buckets(&plan).concat();
+                                std::iter::once(all)
+                                    .chain(buckets(&plan))
+                                    .map(|ids| Staging::for_tensors(g.gpu, &tensors(&ids)))
+                                    .collect()
+                            }
+                            _ => Vec::new(),
+                        };
+                        Ok(Replica {
+                            plan,
+                            exec,
+                            bounds,
+                            staging,
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let grads = plan
@@ -139,15 +173,20 @@ impl<'a> Replicas<'a> {
     }
 
     /// Every replica's values of f32 buffers `ids`, one readback per replica (all started
-    /// before any is waited for).
-    fn read_all_f32(&self, ids: &[BufId]) -> Result<Vec<Vec<Vec<f32>>>> {
+    /// before any is waited for), through each replica's kept staging buffer `staging` where
+    /// it has one.
+    fn read_all_f32(&self, ids: &[BufId], staging: Option<usize>) -> Result<Vec<Vec<Vec<f32>>>> {
         let started = self
             .replicas
             .iter()
             .map(|r| match &r.exec {
                 Executor::Gpu(g) => {
                     let tensors: Vec<&GpuTensor> = ids.iter().map(|&id| &g.tensors[id]).collect();
-                    Ok(Some((start_read_many(g.gpu, &tensors)?, tensors)))
+                    let readback = match staging.and_then(|i| r.staging.get(i)) {
+                        Some(kept) => start_read_many_into(g.gpu, &tensors, kept)?,
+                        None => start_read_many(g.gpu, &tensors)?,
+                    };
+                    Ok(Some((readback, tensors)))
                 }
                 Executor::Cpu(_) | Executor::Replicas(_) => Ok(None),
             })
@@ -166,8 +205,11 @@ impl<'a> Replicas<'a> {
 
     /// The elementwise sum of f32 buffers `ids` over every replica, in replica order (this
     /// process's, then through the exchange over the processes'), concatenated.
-    fn sum_f32(&self, ids: &[BufId]) -> Result<Vec<f32>> {
-        let mut all = self.read_all_f32(ids)?.into_iter().map(|v| v.concat());
+    fn sum_f32(&self, ids: &[BufId], staging: Option<usize>) -> Result<Vec<f32>> {
+        let mut all = self
+            .read_all_f32(ids, staging)?
+            .into_iter()
+            .map(|v| v.concat());
         let mut sum = all.next().unwrap_or_default();
         for values in all {
             for (s, v) in sum.iter_mut().zip(values) {
@@ -213,7 +255,7 @@ impl<'a> Replicas<'a> {
     pub(super) fn read_f32(&self, id: BufId) -> Result<Vec<f32>> {
         self.shared(id)?;
         if self.summed.contains(&id) {
-            self.sum_f32(&[id])
+            self.sum_f32(&[id], None)
         } else {
             self.first().read_f32(id)
         }
@@ -266,7 +308,7 @@ impl<'a> Replicas<'a> {
                         r.exec.run_range(&r.plan, s, 0..r.bounds.first_update)?;
                     }
                     let grads = self.grads.clone();
-                    let sum = self.sum_f32(&grads)?;
+                    let sum = self.sum_f32(&grads, Some(ALL_GRADS))?;
                     self.write_sum(&grads, &sum)?;
                 }
                 Overlap::PerLayer => self.gradients_by_layer(s)?,
@@ -296,14 +338,7 @@ impl<'a> Replicas<'a> {
     /// layer first), each is summed, exchanged and written back while the devices compute
     /// the stages below it.
     fn gradients_by_layer(&mut self, s: usize) -> Result<()> {
-        // The gradient buffers of each stage, last layer first.
-        let buckets: Vec<Vec<BufId>> = self.replicas[0]
-            .plan
-            .train_step
-            .backward
-            .iter()
-            .map(|b| std::iter::once(b.d_weight).chain(b.d_bias).collect())
-            .collect();
+        let buckets = buckets(&self.replicas[0].plan);
         let mut pending = Vec::with_capacity(self.replicas.len());
         for r in &mut self.replicas {
             let mut started = Vec::with_capacity(buckets.len());
@@ -317,7 +352,10 @@ impl<'a> Replicas<'a> {
                     Executor::Gpu(g) => {
                         let tensors: Vec<&GpuTensor> =
                             ids.iter().map(|&id| &g.tensors[id]).collect();
-                        Some(start_read_many(g.gpu, &tensors)?)
+                        Some(match r.staging.get(1 + started.len()) {
+                            Some(kept) => start_read_many_into(g.gpu, &tensors, kept)?,
+                            None => start_read_many(g.gpu, &tensors)?,
+                        })
                     }
                     Executor::Cpu(_) | Executor::Replicas(_) => None,
                 });
