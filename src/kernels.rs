@@ -42,6 +42,7 @@ pub const LOSS: Shader = shader!("loss.wgsl");
 pub const OPTIM: Shader = shader!("optim.wgsl");
 pub const DATA: Shader = shader!("data.wgsl");
 pub const PERCEPTRON: Shader = shader!("perceptron.wgsl");
+pub const SCALE: Shader = shader!("scale.wgsl");
 pub const STRICT_SELF_TEST: Shader = shader!("strict_self_test.wgsl");
 /// softmax's subgroup form: `loss_subgroup.wgsl` after `loss.wgsl`.
 pub const LOSS_SUBGROUP: Shader = Shader {
@@ -79,6 +80,7 @@ pub const SHADERS: &[Shader] = &[
     OPTIM,
     DATA,
     PERCEPTRON,
+    SCALE,
     STRICT_SELF_TEST,
     REDUCE_SUBGROUP,
     LOSS_SUBGROUP,

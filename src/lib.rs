@@ -81,6 +81,7 @@ pub mod cpu {
     pub use crate::ops::optim::cpu::*;
     pub use crate::ops::perceptron::cpu::*;
     pub use crate::ops::reduce::cpu::*;
+    pub use crate::ops::scale::cpu::*;
 }
 
 /// The Rust snippets of the README and `docs/`, compiled as doc tests so that they keep

@@ -19,6 +19,7 @@
 //! | [`optim`] | `optim.wgsl` | one update kernel per [`optim::UpdateRule`] |
 //! | [`data`] | `data.wgsl` | row and label gathers |
 //! | [`perceptron`] | `perceptron.wgsl` | Rosenblatt's rule |
+//! | [`scale`] | `scale.wgsl` | dynamic loss scaling for mixed precision |
 //! | [`fused_mlp`](mod@fused_mlp) | generated | the fully fused small-MLP training pass |
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{
     Access, Dispatch, KernelSpec, Pipeline, Shader, ACTIVATION, DATA, LOSS, LOSS_SUBGROUP, MATMUL,
-    OPTIM, PERCEPTRON, REDUCE, REDUCE_SUBGROUP, STRICT_SELF_TEST,
+    OPTIM, PERCEPTRON, REDUCE, REDUCE_SUBGROUP, SCALE, STRICT_SELF_TEST,
 };
 use crate::params::{Params, ParamsInfo};
 use crate::tensor::{DType, GpuTensor};
@@ -45,6 +46,7 @@ use matmul::{
 use optim::OptimParams;
 use perceptron::PerceptronParams;
 use reduce::{ReduceParams, RowsParams};
+use scale::ScaleParams;
 use Access::{Read as R, ReadWrite as W};
 
 pub mod activation;
@@ -55,6 +57,7 @@ pub mod matmul;
 pub mod optim;
 pub mod perceptron;
 pub mod reduce;
+pub mod scale;
 
 pub use activation::{activation_backward, bias_activation_forward, Activation};
 pub use data::{gather_labels, gather_rows, gather_rows_u8};
@@ -80,6 +83,7 @@ pub mod uniforms {
     pub use super::optim::OptimParams;
     pub use super::perceptron::PerceptronParams;
     pub use super::reduce::{ReduceParams, RowsParams};
+    pub use super::scale::ScaleParams;
 }
 
 /// The kernel table: one line per kernel of a `.wgsl` file (variant, shader, entry point,
@@ -177,6 +181,13 @@ kernel_table! {
     GatherRowsU8Vec4 => DATA, "gather_rows_u8_vec4", [W, R, R], GatherParams;
     GatherLabels => DATA, "gather_labels", [W, R, R], GatherParams;
     PerceptronEpoch => PERCEPTRON, "perceptron_epoch", [W, W, R, R], PerceptronParams;
+    /// x, state
+    ScaleValues => SCALE, "scale_values", [W, R], ScaleParams;
+    /// state, x (f32 read as bits)
+    GradOverflow => SCALE, "grad_overflow", [W, R], ScaleParams;
+    /// x, state
+    UnscaleValues => SCALE, "unscale_values", [W, R], ScaleParams;
+    LossScaleUpdate => SCALE, "loss_scale_update", [W], ScaleParams;
     /// Strict mode's self-test (`exec::strict`): out (bit patterns), x
     StrictSelfTest => STRICT_SELF_TEST, "strict_self_test", [W, R], ReduceParams;
 }
