@@ -619,8 +619,10 @@ fn train_in(
     let batch = rc.train.batch_size;
     // The bar's running loss: read back five times an epoch, and only when a bar is drawn
     // (a readback waits for the device).
+    // Over several processes every read of the loss is a sum over the ranks, which each must
+    // make at the same steps, and only rank 0 has a bar: no such reads within an epoch.
     let mut config = rc.train.clone();
-    if !bar.is_hidden() {
+    if !bar.is_hidden() && peers.is_none() {
         config.log_every = rows.div_ceil(batch.max(1)).div_ceil(5).max(1);
     }
     let mut trainer = Trainer::new(
