@@ -270,12 +270,7 @@ pub struct Staging {
 impl Staging {
     /// A staging buffer for readbacks of `tensors` (or of any tensors as large in all).
     pub fn for_tensors(gpu: &Gpu, tensors: &[&GpuTensor]) -> Staging {
-        let bytes: u64 = tensors.iter().map(|t| t.byte_len()).sum();
-        let label = tensors
-            .iter()
-            .map(|t| t.label())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (bytes, label) = bytes_and_label(tensors);
         let _serial = gpu.serial().lock();
         Staging {
             buffer: Arc::new(gpu.hold(gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -289,6 +284,17 @@ impl Staging {
     }
 }
 
+/// The bytes of `tensors` in all, and their labels joined, for a readback's staging buffer.
+fn bytes_and_label(tensors: &[&GpuTensor]) -> (u64, String) {
+    let bytes = tensors.iter().map(|t| t.byte_len()).sum();
+    let label = tensors
+        .iter()
+        .map(|t| t.label())
+        .collect::<Vec<_>>()
+        .join(", ");
+    (bytes, label)
+}
+
 /// [`start_read_many`] into a staging buffer the caller keeps (see [`Staging`]), which must
 /// hold the tensors and not be in use by another readback.
 pub fn start_read_many_into(
@@ -296,12 +302,7 @@ pub fn start_read_many_into(
     tensors: &[&GpuTensor],
     staging: &Staging,
 ) -> Result<Readback> {
-    let bytes: u64 = tensors.iter().map(|t| t.byte_len()).sum();
-    let label = tensors
-        .iter()
-        .map(|t| t.label())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (bytes, label) = bytes_and_label(tensors);
     if bytes > staging.bytes {
         return Err(Error::Readback {
             label,
