@@ -3,9 +3,10 @@
 //! forms a dense layer needs (`nt` forward, `nn` input delta, `tn` weight gradient), the
 //! kernel each product runs on ([`MatmulVariant`], [`MatmulChoice`]), and the fused forms
 //! that finish a layer in the product's epilogue (`dense_forward`, `relu_delta`,
-//! `dense_backward`). The same three products with f16 operands, and the cast that makes
-//! them, are in [`f16`] (`shaders/matmul_f16.wgsl`). Which kernel a product runs on is the tuner's choice, made by the
-//! executor before it records (`crate::autotune`); a recorder only looks it up.
+//! `dense_backward`). Which kernel a product runs on is the tuner's choice, made by the
+//! executor before it records (`crate::autotune`); a recorder only looks it up. The same
+//! three products with f16 operands, and the cast that makes them, are in [`mod@f16`]
+//! (`shaders/matmul_f16.wgsl`): one kernel per form, not tuned.
 
 use crate::error::{Error, Result};
 use crate::kernels::Dispatch;
