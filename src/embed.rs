@@ -80,7 +80,7 @@ pub fn largest_buffer(workload: &Workload<'_>) -> Result<u64> {
         workload.validation,
         workload.batch_size,
     )?;
-    let tensors = plan.buffers.iter().map(|b| b.len() as u64 * 4);
+    let tensors = plan.buffers.iter().map(|b| b.byte_len());
     let align = wgpu::Limits::default().min_uniform_buffer_offset_alignment as u64;
     let uniforms = [&plan.train, &plan.eval]
         .into_iter()

@@ -319,11 +319,13 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = wanted_limits(&adapter.limits());
         // Timestamps for `soma bench`; passthrough SPIR-V for strict mode's kernels (Vulkan);
-        // subgroup operations for the reductions' subgroup forms (`Gpu::subgroups`).
+        // subgroup operations for the reductions' subgroup forms (`Gpu::subgroups`); f16 in
+        // shaders and storage buffers for the f16 kernels (`Gpu::shader_f16`).
         let features = adapter.features()
             & (wgpu::Features::TIMESTAMP_QUERY
                 | wgpu::Features::PASSTHROUGH_SHADERS
-                | wgpu::Features::SUBGROUP);
+                | wgpu::Features::SUBGROUP
+                | wgpu::Features::SHADER_F16);
         let desc = wgpu::DeviceDescriptor {
             label: Some("soma"),
             required_features: features,
@@ -363,7 +365,10 @@ impl Gpu {
     /// self-test decides whether the driver's own compilation keeps the order. The
     /// reductions take their subgroup forms only where the host requested
     /// `Features::SUBGROUP` ([`Gpu::subgroups`]); without it they run their workgroup-memory
-    /// forms, which give the same bits. soma leaves the host's error handler alone.
+    /// forms, which give the same bits. The f16 kernels (`ops::matmul::matmul_nt_f16` and
+    /// the rest of `ops::matmul::f16`) run only where the host requested
+    /// `Features::SHADER_F16` ([`Gpu::shader_f16`]); without it their recorders return
+    /// `Error::Config` naming the feature. soma leaves the host's error handler alone.
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         Gpu::assemble(device, queue, Ownership::Borrowed)
     }
@@ -440,6 +445,13 @@ impl Gpu {
         }
         let info = self.device.adapter_info();
         Some((info.subgroup_min_size, info.subgroup_max_size))
+    }
+
+    /// Whether the device was opened with `Features::SHADER_F16` (f16 in shaders and in
+    /// storage buffers), which the f16 kernels need: soma requests it where the adapter has
+    /// it; a borrowed device has it when its host asked for it.
+    pub fn shader_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
     }
 
     /// The limits the device was opened with.

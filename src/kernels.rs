@@ -23,6 +23,24 @@ pub struct Shader {
     /// Whether it uses subgroup operations: compiled only on a device with
     /// `Features::SUBGROUP` ([`Gpu::subgroups`]).
     pub subgroups: bool,
+    /// Whether it uses f16 (`enable f16;`): compiled only on a device with
+    /// `Features::SHADER_F16` ([`Gpu::shader_f16`]).
+    pub f16: bool,
+}
+
+impl Shader {
+    /// What naga must allow to validate the shader: subgroup operations and f16 where it
+    /// uses them, nothing beyond WebGPU's core otherwise.
+    pub fn capabilities(&self) -> naga::valid::Capabilities {
+        let mut c = naga::valid::Capabilities::empty();
+        if self.subgroups {
+            c |= naga::valid::Capabilities::SUBGROUP;
+        }
+        if self.f16 {
+            c |= naga::valid::Capabilities::SHADER_FLOAT16;
+        }
+        c
+    }
 }
 
 macro_rules! shader {
@@ -31,6 +49,7 @@ macro_rules! shader {
             file: $file,
             source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
             subgroups: false,
+            f16: false,
         }
     };
 }
@@ -44,6 +63,11 @@ pub const DATA: Shader = shader!("data.wgsl");
 pub const PERCEPTRON: Shader = shader!("perceptron.wgsl");
 pub const SCALE: Shader = shader!("scale.wgsl");
 pub const STRICT_SELF_TEST: Shader = shader!("strict_self_test.wgsl");
+/// The f16-operand products and the f32 -> f16 cast (`enable f16;`).
+pub const MATMUL_F16: Shader = Shader {
+    f16: true,
+    ..shader!("matmul_f16.wgsl")
+};
 /// softmax's subgroup form: `loss_subgroup.wgsl` after `loss.wgsl`.
 pub const LOSS_SUBGROUP: Shader = Shader {
     file: "loss_subgroup.wgsl",
@@ -55,6 +79,7 @@ pub const LOSS_SUBGROUP: Shader = Shader {
         )),
     ),
     subgroups: true,
+    f16: false,
 };
 /// The reductions' subgroup forms: `reduce_subgroup.wgsl` after `reduce.wgsl`, whose
 /// bindings and routines it uses.
@@ -68,6 +93,7 @@ pub const REDUCE_SUBGROUP: Shader = Shader {
         )),
     ),
     subgroups: true,
+    f16: false,
 };
 
 /// Every kernel's shader file. (`math_native.wgsl`, `math_strict.wgsl` and `math_vec4.wgsl`
@@ -84,6 +110,7 @@ pub const SHADERS: &[Shader] = &[
     STRICT_SELF_TEST,
     REDUCE_SUBGROUP,
     LOSS_SUBGROUP,
+    MATMUL_F16,
 ];
 
 /// How a kernel uses one of its storage bindings.
@@ -162,12 +189,22 @@ impl Pipeline {
                 ),
             });
         }
+        if shader.f16 && !gpu.shader_f16() {
+            return Err(Error::Shader {
+                label: entry.to_string(),
+                message: format!(
+                    "{} uses f16 and the device was opened without Features::SHADER_F16",
+                    shader.file
+                ),
+            });
+        }
         let source = math.source(shader.source);
         let spirv = match math {
-            Math::Strict if gpu.takes_spirv() => Some(crate::spirv::strict_spirv(
+            Math::Strict if gpu.takes_spirv() => Some(crate::spirv::strict_spirv_with(
                 &source,
                 entry,
                 gpu.float_controls(),
+                shader.capabilities(),
             )?),
             Math::Strict | Math::Native => None,
         };

@@ -103,7 +103,7 @@ impl<'a> Run<'a> {
         log::info!(
             "plan: {} buffers ({:.1} MiB), {} ops per training step, batch {}",
             plan.buffers.len(),
-            plan.buffers.iter().map(|b| b.len() * 4).sum::<usize>() as f64 / (1 << 20) as f64,
+            plan.buffers.iter().map(|b| b.byte_len()).sum::<u64>() as f64 / (1 << 20) as f64,
             plan.train_step.ops().len(),
             plan.batch
         );
@@ -289,7 +289,7 @@ fn stream_large_tables(plan: &mut Plan, device: Device<'_>) {
     for train in [true, false] {
         let bufs = if train { &plan.train } else { &plan.eval };
         if let Some(d) = bufs {
-            let bytes = plan.buffers[d.x].len() as u64 * 4;
+            let bytes = plan.buffers[d.x].byte_len();
             if bytes > limit {
                 log::info!(
                     "{}: {bytes} bytes exceed the adapter's {limit}-byte binding limit; streaming its batches from the host",

@@ -246,6 +246,17 @@ pub struct StrictModule {
 /// backend does (bounds checks that clamp, loops bounded), and applies [`no_contraction`]
 /// and [`float_controls`].
 pub fn strict_spirv(source: &str, entry: &str, controls: FloatControls) -> Result<StrictModule> {
+    strict_spirv_with(source, entry, controls, naga::valid::Capabilities::empty())
+}
+
+/// [`strict_spirv`] of a shader that needs `capabilities` beyond WebGPU's core
+/// (`Shader::capabilities`: subgroup operations, f16).
+pub fn strict_spirv_with(
+    source: &str,
+    entry: &str,
+    controls: FloatControls,
+    capabilities: naga::valid::Capabilities,
+) -> Result<StrictModule> {
     use naga::back::spv;
     let shader_error = |message: String| Error::Shader {
         label: entry.to_string(),
@@ -253,12 +264,9 @@ pub fn strict_spirv(source: &str, entry: &str, controls: FloatControls) -> Resul
     };
     let module =
         naga::front::wgsl::parse_str(source).map_err(|e| shader_error(e.emit_to_string(source)))?;
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .map_err(|e| shader_error(e.emit_to_string(source)))?;
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+        .validate(&module)
+        .map_err(|e| shader_error(e.emit_to_string(source)))?;
     let options = spv::Options {
         lang_version: (1, 0),
         bounds_check_policies: naga::proc::BoundsCheckPolicies {

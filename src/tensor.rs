@@ -1,6 +1,10 @@
 //! `GpuTensor`: one storage buffer with a shape, an element type and a label. Upload, zeros
 //! and readback live here; readback is the one place in soma that maps a buffer. This module
 //! records no kernels (see `kernels`).
+//!
+//! Element types are 4 bytes wide except [`DType::F16`], 2 bytes: an f16 tensor of n values
+//! holds 2n bytes of data, and its buffer is padded to a multiple of 4 bytes (what wgpu's
+//! copies and writes move), so copies and readbacks move [`GpuTensor::padded_byte_len`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +17,19 @@ use crate::gpu::{Gpu, Held};
 pub enum DType {
     F32,
     U32,
+    /// IEEE binary16: uploaded from f32 rounded to nearest even, read back widened to f32
+    /// (exactly). Kernels that bind it need `Features::SHADER_F16` ([`Gpu::shader_f16`]).
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 => 2,
+        }
+    }
 }
 
 /// `shape.iter().product()` elements of `dtype`, row-major, in a storage buffer: a buffer of
@@ -34,13 +51,31 @@ pub struct GpuTensor {
     label: String,
 }
 
-fn byte_len(shape: &[usize]) -> u64 {
-    shape.iter().product::<usize>() as u64 * 4
+fn byte_len(shape: &[usize], dtype: DType) -> u64 {
+    shape.iter().product::<usize>() as u64 * dtype.size()
+}
+
+/// `value` rounded to the nearest f16, ties to even, as its bit pattern: a magnitude of 65520
+/// or more (halfway past the largest finite f16, 65504) becomes infinity, one of 2^-25 or
+/// less (half the smallest subnormal, 2^-24) becomes zero, NaN stays NaN.
+fn f16_bits(value: f32) -> u16 {
+    half::f16::from_f32(value).to_bits()
+}
+
+/// f32s rounded to f16, as little-endian bytes padded with a zero f16 to a multiple of 4 bytes
+/// (wgpu writes whole 4-byte words).
+fn f16_bytes(values: &[f32]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|&v| f16_bits(v).to_le_bytes())
+        .collect();
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes
 }
 
 impl GpuTensor {
     fn create(gpu: &Gpu, label: &str, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
-        let bytes = byte_len(shape);
+        let bytes = byte_len(shape, dtype);
         gpu.check_buffer_size(label, bytes)?;
         // A binding may not be empty: an empty tensor still gets one 16-byte buffer.
         let size = bytes.max(16).next_multiple_of(4);
@@ -92,6 +127,20 @@ impl GpuTensor {
         Ok(t)
     }
 
+    /// A new f16 tensor holding `values`, each rounded to the nearest f16, ties to even (a
+    /// magnitude of 65520 or more becomes infinity, one of 2^-25 or less zero).
+    pub fn upload_f16(
+        gpu: &Gpu,
+        label: &str,
+        shape: &[usize],
+        values: &[f32],
+    ) -> Result<GpuTensor> {
+        Self::check_len(label, shape, values.len())?;
+        let t = Self::create(gpu, label, shape, DType::F16)?;
+        gpu.write_buffer(&t.buffer, t.offset, &f16_bytes(values));
+        Ok(t)
+    }
+
     /// A new f32 tensor of zeros (wgpu zero-initialises new buffers).
     pub fn zeros(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<GpuTensor> {
         Self::create(gpu, label, shape, DType::F32)
@@ -100,6 +149,11 @@ impl GpuTensor {
     /// A new u32 tensor of zeros.
     pub fn zeros_u32(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<GpuTensor> {
         Self::create(gpu, label, shape, DType::U32)
+    }
+
+    /// A new f16 tensor of zeros.
+    pub fn zeros_f16(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<GpuTensor> {
+        Self::create(gpu, label, shape, DType::F16)
     }
 
     /// f32 tensors of zeros sharing one buffer of `bytes` bytes, so that one dispatch can run
@@ -121,7 +175,9 @@ impl GpuTensor {
                 .iter()
                 .zip(offsets.iter().zip(sizes))
                 .all(|((_, shape), (&at, &size))| {
-                    byte_len(shape) <= size && at.is_multiple_of(4) && at + size <= bytes
+                    byte_len(shape, DType::F32) <= size
+                        && at.is_multiple_of(4)
+                        && at + size <= bytes
                 });
         if !fits {
             return Err(Error::shape(
@@ -159,6 +215,15 @@ impl GpuTensor {
         self.expect_dtype(DType::U32)?;
         Self::check_len(&self.label, &self.shape, data.len())?;
         gpu.write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Overwrites the whole f16 tensor with `values`, each rounded to f16 as
+    /// [`GpuTensor::upload_f16`] does.
+    pub fn write_f16(&self, gpu: &Gpu, values: &[f32]) -> Result<()> {
+        self.expect_dtype(DType::F16)?;
+        Self::check_len(&self.label, &self.shape, values.len())?;
+        gpu.write_buffer(&self.buffer, self.offset, &f16_bytes(values));
         Ok(())
     }
 
@@ -205,9 +270,16 @@ impl GpuTensor {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Size of the data in bytes (the buffer may be padded beyond it).
+    /// Size of the data in bytes: elements times [`DType::size`] (the buffer may be padded
+    /// beyond it).
     pub fn byte_len(&self) -> u64 {
-        byte_len(&self.shape)
+        byte_len(&self.shape, self.dtype)
+    }
+    /// The bytes a copy or readback of the tensor moves: [`GpuTensor::byte_len`] rounded up
+    /// to a multiple of 4 (wgpu copies whole 4-byte words). Larger than `byte_len` only for
+    /// an f16 tensor of odd length, by 2 bytes of padding.
+    pub fn padded_byte_len(&self) -> u64 {
+        self.byte_len().next_multiple_of(4)
     }
 
     /// Starts a readback: records a copy into a staging buffer, submits it, and asks for the
@@ -232,6 +304,17 @@ impl GpuTensor {
         Ok(words(&bytes, u32::from_le_bytes))
     }
 
+    /// Reads the f16 tensor back to the host, each value widened to f32 (exactly), blocking.
+    pub fn read_f16(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.expect_dtype(DType::F16)?;
+        let bytes = self.start_read(gpu)?.wait(gpu)?;
+        Ok(bytes
+            .chunks_exact(2)
+            .take(self.len())
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect())
+    }
+
     /// Reads the f32 tensor back without blocking: the future completes when whoever owns the
     /// device polls it past the copy (a host's frame loop, or `Gpu::wait`).
     pub async fn read_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
@@ -252,7 +335,8 @@ fn words<T>(bytes: &[u8], word: fn([u8; 4]) -> T) -> Vec<T> {
 
 /// Starts one readback of several tensors: each is copied, whole and in order, into one
 /// staging buffer in one submission, which is mapped once; the bytes come back
-/// concatenated.
+/// concatenated, each tensor's [`GpuTensor::padded_byte_len`] of them (its data, and for an
+/// f16 tensor of odd length 2 bytes of padding).
 pub fn start_read_many(gpu: &Gpu, tensors: &[&GpuTensor]) -> Result<Readback> {
     let staging = Staging::for_tensors(gpu, tensors);
     start_read_many_into(gpu, tensors, &staging)
@@ -286,7 +370,7 @@ impl Staging {
 
 /// The bytes of `tensors` in all, and their labels joined, for a readback's staging buffer.
 fn bytes_and_label(tensors: &[&GpuTensor]) -> (u64, String) {
-    let bytes = tensors.iter().map(|t| t.byte_len()).sum();
+    let bytes = tensors.iter().map(|t| t.padded_byte_len()).sum();
     let label = tensors
         .iter()
         .map(|t| t.label())
@@ -321,10 +405,11 @@ pub fn start_read_many_into(
         });
     let mut at = 0;
     for t in tensors {
-        if t.byte_len() > 0 {
-            encoder.copy_buffer_to_buffer(t.buffer(), t.offset, &staging, at, t.byte_len());
+        let len = t.padded_byte_len();
+        if len > 0 {
+            encoder.copy_buffer_to_buffer(t.buffer(), t.offset, &staging, at, len);
         }
-        at += t.byte_len();
+        at += len;
     }
     gpu.submit(vec![encoder.finish()]);
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
@@ -366,7 +451,7 @@ pub fn record_copies(encoder: &mut wgpu::CommandEncoder, pairs: &[(&GpuTensor, &
                 src.offset,
                 dst.buffer(),
                 dst.offset,
-                src.byte_len(),
+                src.padded_byte_len(),
             );
         }
     }

@@ -24,14 +24,14 @@ fn parse_with(file: &str, source: &str, math: Math) -> naga::Module {
     module
 }
 
-/// What a device must have to compile `file`: subgroup operations for the files that say
-/// they use them (`Shader::subgroups`), nothing beyond WebGPU's core for every other.
+/// What a device must have to compile `file`: subgroup operations and f16 for the files that
+/// say they use them (`Shader::subgroups`, `Shader::f16`, through `Shader::capabilities`),
+/// nothing beyond WebGPU's core for every other (the generated kernels among them).
 fn capabilities(file: &str) -> Capabilities {
-    if SHADERS.iter().any(|s| s.file == file && s.subgroups) {
-        Capabilities::SUBGROUP
-    } else {
-        Capabilities::empty()
-    }
+    SHADERS
+        .iter()
+        .find(|s| s.file == file)
+        .map_or(Capabilities::empty(), |s| s.capabilities())
 }
 
 #[test]
@@ -49,6 +49,65 @@ fn only_the_subgroup_shaders_need_subgroups() {
                 .is_err(),
             "{} validates without subgroups: unmark it",
             s.file
+        );
+    }
+}
+
+#[test]
+fn only_the_f16_shaders_need_f16() {
+    // A file marked as using f16 fails without the capability (so the mark is needed), and
+    // validates with it alone (beside any subgroup mark); the others validate without it.
+    let marked: Vec<_> = SHADERS.iter().filter(|s| s.f16).collect();
+    assert!(marked.iter().any(|s| s.file == "matmul_f16.wgsl"));
+    for s in marked {
+        let source = &*Math::Native.source(s.source);
+        assert!(
+            source.starts_with("enable f16;"),
+            "{}: the enable directive comes first",
+            s.file
+        );
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let without = s.capabilities() - Capabilities::SHADER_FLOAT16;
+        assert!(
+            Validator::new(ValidationFlags::all(), without)
+                .validate(&module)
+                .is_err(),
+            "{} validates without f16: unmark it",
+            s.file
+        );
+        Validator::new(ValidationFlags::all(), s.capabilities())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {}", s.file, e.emit_to_string(source)));
+    }
+    for s in SHADERS.iter().filter(|s| !s.f16) {
+        assert!(!s.capabilities().contains(Capabilities::SHADER_FLOAT16));
+    }
+}
+
+#[test]
+fn f16_kernels_write_strict_spirv() {
+    // Strict mode compiles every kernel it records through naga's SPIR-V writer with its
+    // shader's capabilities: the f16 kernels come out as SPIR-V too.
+    let s = soma::kernels::MATMUL_F16;
+    for entry in [
+        "matmul_nt_f16",
+        "matmul_nn_f16",
+        "matmul_tn_f16",
+        "cast_f16",
+    ] {
+        let m = soma::spirv::strict_spirv_with(
+            s.source,
+            entry,
+            soma::spirv::FloatControls::default(),
+            s.capabilities(),
+        )
+        .unwrap_or_else(|e| panic!("{entry}: {e}"));
+        // The products' multiplies and adds are marked; the cast has no arithmetic to mark.
+        assert_eq!(
+            m.decorated > 0,
+            entry != "cast_f16",
+            "{entry}: {} float operations marked",
+            m.decorated
         );
     }
 }

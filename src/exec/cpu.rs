@@ -1,6 +1,7 @@
 //! The CPU executor: host vectors and the CPU twins of the op families, op by op in plan order.
 
 use crate::cpu;
+use crate::error::Result;
 use crate::math::Math;
 use crate::ops::matmul::{BlockedMatmulParams, MatmulParams};
 use crate::plan::{entry, BufId, Op, Plan};
@@ -35,22 +36,29 @@ pub struct CpuExec {
 }
 
 impl CpuExec {
-    pub(super) fn new(plan: &Plan, matmul: CpuMatmul, math: Math) -> CpuExec {
+    /// The host buffers of `plan`; an error for an f16 buffer, which the CPU executor does
+    /// not hold yet.
+    pub(super) fn new(plan: &Plan, matmul: CpuMatmul, math: Math) -> Result<CpuExec> {
         let bufs = plan
             .buffers
             .iter()
-            .map(|b| match b.dtype {
-                DType::F32 => HostBuf::F32(vec![0.0; b.len()]),
-                DType::U32 => HostBuf::U32(vec![0; b.len()]),
+            .enumerate()
+            .map(|(id, b)| match b.dtype {
+                DType::F32 => Ok(HostBuf::F32(vec![0.0; b.len()])),
+                DType::U32 => Ok(HostBuf::U32(vec![0; b.len()])),
+                DType::F16 => Err(super::f16_unsupported(
+                    &plan.buffers[id].name,
+                    "the CPU executor",
+                )),
             })
-            .collect();
-        CpuExec {
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CpuExec {
             bufs,
             snapshot: vec![],
             shadow: vec![],
             matmul,
             math,
-        }
+        })
     }
 
     pub(super) fn f(&self, id: BufId) -> &[f32] {

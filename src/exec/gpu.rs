@@ -84,7 +84,7 @@ impl<'a> GpuExec<'a> {
         let gpu = kernels.gpu();
         // Every buffer is checked against the adapter's limits before any is created.
         for b in &plan.buffers {
-            gpu.check_buffer_size(&b.name, b.len() as u64 * 4)?;
+            gpu.check_buffer_size(&b.name, b.byte_len())?;
         }
         let mut arenas = match (&plan.train_step.update, kernels.tuning().fuse) {
             (Some(update), true) => Arenas::plan(gpu, plan, update)?,
@@ -105,6 +105,7 @@ impl<'a> GpuExec<'a> {
                 (Some(t), _) => Ok(t),
                 (None, DType::F32) => GpuTensor::zeros(gpu, &b.name, &b.shape),
                 (None, DType::U32) => GpuTensor::zeros_u32(gpu, &b.name, &b.shape),
+                (None, DType::F16) => GpuTensor::zeros_f16(gpu, &b.name, &b.shape),
             })
             .collect::<Result<Vec<_>>>()?;
         // Every product's kernel is chosen (and, where nothing is cached, measured) now, so

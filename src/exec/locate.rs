@@ -59,7 +59,7 @@ pub(super) fn locate(
     skip: &[BufId],
 ) -> Result<Option<OpDivergence>> {
     gpu.flush_save()?;
-    let mut cpu = CpuExec::new(plan, CpuMatmul::Reference, plan.determinism.math());
+    let mut cpu = CpuExec::new(plan, CpuMatmul::Reference, plan.determinism.math())?;
     let live: Vec<BufId> = (0..plan.buffers.len())
         .filter(|id| !skip.contains(id))
         .collect();
@@ -124,6 +124,12 @@ pub(super) fn locate(
             cpu.bufs[id] = match plan.buffers[id].dtype {
                 DType::F32 => HostBuf::F32(device.clone()),
                 DType::U32 => HostBuf::U32(device.iter().map(|v| v.to_bits()).collect()),
+                DType::F16 => {
+                    return Err(super::f16_unsupported(
+                        &plan.buffers[id].name,
+                        "`soma check --locate`",
+                    ))
+                }
             };
         }
         if worst.is_some() {
@@ -141,6 +147,12 @@ fn copy_to_host(gpu: &GpuExec<'_>, plan: &Plan, ids: &[BufId], cpu: &mut CpuExec
         cpu.bufs[id] = match plan.buffers[id].dtype {
             DType::F32 => HostBuf::F32(values),
             DType::U32 => HostBuf::U32(values.iter().map(|v| v.to_bits()).collect()),
+            DType::F16 => {
+                return Err(super::f16_unsupported(
+                    &plan.buffers[id].name,
+                    "`soma check --locate`",
+                ))
+            }
         };
     }
     Ok(())

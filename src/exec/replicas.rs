@@ -287,6 +287,12 @@ impl<'a> Replicas<'a> {
                         .read_u32(id)?
                         .first()
                         .map_or([0; 4], |x| x.to_le_bytes()),
+                    DType::F16 => {
+                        return Err(super::f16_unsupported(
+                            &self.replicas[0].plan.buffers[id].name,
+                            "a data-parallel run",
+                        ))
+                    }
                 })
             })
             .collect()

@@ -45,6 +45,10 @@ impl BufSpec {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Size of the data in bytes.
+    pub fn byte_len(&self) -> u64 {
+        self.len() as u64 * self.dtype.size()
+    }
 }
 
 /// The buffers of one dataset resident for the run.

@@ -353,6 +353,13 @@ impl<'a> Trainer<'a> {
                     let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
                     self.run.exec.write_u32(&self.run.plan, id, &words)?
                 }
+                // `read_many_f32` above refuses f16 buffers, so none gets here.
+                crate::tensor::DType::F16 => {
+                    return Err(Error::Config(format!(
+                        "buffer '{}' is F16: the shadow check does not handle f16 buffers yet",
+                        self.run.plan.buffers[id].name
+                    )))
+                }
             }
         }
         found

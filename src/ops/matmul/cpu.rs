@@ -1,5 +1,6 @@
 //! The twins of the matrix products: plain loops that sum in the kernels' order (the
-//! reference), and a threaded gemm for the fast CPU path (equal to rounding).
+//! reference), and a threaded gemm for the fast CPU path (equal to rounding); the twins of the
+//! f16 kernels (products of f16 values held as f32, and the cast that rounds to f16).
 
 use super::{BlockedMatmulParams, DenseParams, MatmulParams};
 use crate::math::Math;
@@ -56,6 +57,32 @@ pub fn matmul_tn(out: &mut [f32], a: &[f32], b: &[f32], p: &MatmulParams) {
             }
             store(out, row * n + col, acc, p.accumulate);
         }
+    }
+}
+
+/// `out (m, n) f32 = a (m, k) · b (n, k)ᵀ` of f16 values held as f32 (already rounded to
+/// f16, by [`cast_f16`] say): the twin of the f16 kernel. Each product of two f16 values is
+/// exact in f32, so this is `matmul_nt`'s sum, in the same k order, of those values.
+pub fn matmul_nt_f16(out: &mut [f32], a: &[f32], b: &[f32], p: &MatmulParams) {
+    matmul_nt(out, a, b, p);
+}
+
+/// `out (m, n) f32 = a (m, k) · b (k, n)` of f16 values held as f32: `matmul_nn` over them.
+pub fn matmul_nn_f16(out: &mut [f32], a: &[f32], b: &[f32], p: &MatmulParams) {
+    matmul_nn(out, a, b, p);
+}
+
+/// `out (m, n) f32 = a (k, m)ᵀ · b (k, n)` of f16 values held as f32: `matmul_tn` over them.
+pub fn matmul_tn_f16(out: &mut [f32], a: &[f32], b: &[f32], p: &MatmulParams) {
+    matmul_tn(out, a, b, p);
+}
+
+/// `out[i] = x[i]` rounded to the nearest f16 (ties to even), held as f32: a magnitude of
+/// 65520 or more becomes infinity, one of 2^-25 or less zero (both of x's sign), NaN stays
+/// NaN. The twin of the `cast_f16` kernel; `out` and `x` have one length.
+pub fn cast_f16(out: &mut [f32], x: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = half::f16::from_f32(v).to_f32();
     }
 }
 

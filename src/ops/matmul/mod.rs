@@ -4,7 +4,9 @@
 //! kernel each product runs on ([`MatmulVariant`], [`MatmulChoice`]), and the fused forms
 //! that finish a layer in the product's epilogue (`dense_forward`, `relu_delta`,
 //! `dense_backward`). Which kernel a product runs on is the tuner's choice, made by the
-//! executor before it records (`crate::autotune`); a recorder only looks it up.
+//! executor before it records (`crate::autotune`); a recorder only looks it up. The same
+//! three products with f16 operands, and the cast that makes them, are in [`mod@f16`]
+//! (`shaders/matmul_f16.wgsl`): one kernel per form, not tuned.
 
 use crate::error::{Error, Result};
 use crate::kernels::Dispatch;
@@ -15,9 +17,11 @@ use super::activation::Activation;
 use super::{dispatch, expect_len, expect_shape, matrix, u32_of, Accumulate, Kernel, Kernels};
 
 pub mod cpu;
+pub mod f16;
 pub mod tiled;
 pub mod workgroup;
 
+pub use f16::{cast_f16, matmul_nn_f16, matmul_nt_f16, matmul_tn_f16, CastParams};
 pub use tiled::{Epilogue, MatmulForm, Tile, TILES};
 pub use workgroup::{WgLoads, WgTile, WG_TILES};
 
