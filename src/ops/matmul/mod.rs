@@ -14,6 +14,7 @@ use crate::tensor::GpuTensor;
 use super::activation::Activation;
 use super::{dispatch, expect_len, expect_shape, matrix, u32_of, Accumulate, Kernel, Kernels};
 
+pub mod coop;
 pub mod cpu;
 pub mod tiled;
 pub mod workgroup;
