@@ -738,6 +738,7 @@ fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use naga::back::spv;
     use naga::valid::{Capabilities, ValidationFlags, Validator};
 
     const EPILOGUES: [Epilogue; 4] = [
@@ -841,6 +842,122 @@ mod tests {
                     !src.contains(&format!("let {g} ")) && !src.contains(&format!("var {g} ")),
                     "{name}: a local shadows `{g}`"
                 );
+            }
+        }
+    }
+
+    /// The SPIR-V capabilities wgpu-hal 30's Vulkan backend grants a device opened with
+    /// `features` (vulkan/adapter.rs, `naga_options`: the ones every device has, then those
+    /// of each feature; with `EXPERIMENTAL_COOPERATIVE_MATRIX`, `CooperativeMatrixKHR` and
+    /// `VulkanMemoryModel`). naga refuses to write a module that needs any other.
+    fn vulkan_capabilities(features: wgpu::Features) -> naga::FastHashSet<spv::Capability> {
+        use spv::Capability as C;
+        let mut caps = vec![
+            C::Shader,
+            C::Matrix,
+            C::Sampled1D,
+            C::Image1D,
+            C::ImageQuery,
+            C::DerivativeControl,
+            C::StorageImageExtendedFormats,
+        ];
+        if features.contains(wgpu::Features::SUBGROUP) {
+            caps.extend([
+                C::GroupNonUniform,
+                C::GroupNonUniformVote,
+                C::GroupNonUniformArithmetic,
+                C::GroupNonUniformBallot,
+                C::GroupNonUniformShuffle,
+                C::GroupNonUniformShuffleRelative,
+                C::GroupNonUniformQuad,
+            ]);
+        }
+        if features.contains(wgpu::Features::SHADER_F16) {
+            caps.push(C::Float16);
+        }
+        if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            caps.extend([C::CooperativeMatrixKHR, C::VulkanMemoryModel]);
+        }
+        caps.into_iter().collect()
+    }
+
+    /// Each instruction of a SPIR-V module: (opcode, operands).
+    fn instructions(words: &[u32]) -> Vec<(u32, &[u32])> {
+        let mut all = Vec::new();
+        let mut at = 5; // past the header
+        while at < words.len() {
+            let count = (words[at] >> 16) as usize;
+            assert!(count > 0 && at + count <= words.len(), "malformed SPIR-V");
+            all.push((words[at] & 0xffff, &words[at + 1..at + count]));
+            at += count;
+        }
+        all
+    }
+
+    #[test]
+    fn every_generated_kernel_translates_to_spirv_for_vulkan() {
+        // SPIR-V opcodes and operands (SPIR-V 1.6 and SPV_KHR_cooperative_matrix).
+        const OP_MEMORY_MODEL: u32 = 14;
+        const OP_CAPABILITY: u32 = 17;
+        const OP_COOP_LOAD: u32 = 4457;
+        const OP_COOP_STORE: u32 = 4458;
+        const OP_COOP_MUL_ADD: u32 = 4459;
+        const MEMORY_MODEL_VULKAN: u32 = 3;
+        for (form, shape, tile, epilogue) in every_kernel() {
+            let name = entry_name(form, shape, tile, epilogue);
+            let src = coop_source(form, shape, tile, epilogue);
+            let (module, info) = validate(&src, capabilities(shape)).unwrap();
+            // As wgpu-hal writes it: SPIR-V 1.3 for a Vulkan 1.1 device, 1.6 from 1.3 on;
+            // indices clamped (no robustBufferAccess2), workgroup memory zeroed by code.
+            for lang_version in [(1, 3), (1, 6)] {
+                let options = spv::Options {
+                    lang_version,
+                    flags: spv::WriterFlags::empty(),
+                    capabilities: Some(vulkan_capabilities(shape.features())),
+                    bounds_check_policies: naga::proc::BoundsCheckPolicies {
+                        index: naga::proc::BoundsCheckPolicy::Restrict,
+                        buffer: naga::proc::BoundsCheckPolicy::Restrict,
+                        image_load: naga::proc::BoundsCheckPolicy::Restrict,
+                        binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+                    },
+                    zero_initialize_workgroup_memory:
+                        spv::ZeroInitializeWorkgroupMemoryMode::Polyfill,
+                    force_loop_bounding: true,
+                    ..spv::Options::default()
+                };
+                let pipeline = spv::PipelineOptions {
+                    shader_stage: naga::ShaderStage::Compute,
+                    entry_point: name.clone(),
+                };
+                let words = spv::write_vec(&module, &info, &options, Some(&pipeline))
+                    .unwrap_or_else(|e| panic!("{name}: SPIR-V {lang_version:?}: {e}"));
+                let ops = instructions(&words);
+                let count = |op: u32| ops.iter().filter(|(o, _)| *o == op).count() as u32;
+                let caps: Vec<u32> = ops
+                    .iter()
+                    .filter(|(o, _)| *o == OP_CAPABILITY)
+                    .map(|(_, operands)| operands[0])
+                    .collect();
+                for cap in [
+                    spv::Capability::CooperativeMatrixKHR,
+                    spv::Capability::VulkanMemoryModel,
+                    spv::Capability::GroupNonUniform,
+                ] {
+                    assert!(caps.contains(&(cap as u32)), "{name}: no {cap:?}");
+                }
+                assert_eq!(
+                    caps.contains(&(spv::Capability::Float16 as u32)),
+                    shape.uses_f16(),
+                    "{name}"
+                );
+                let model = ops.iter().find(|(o, _)| *o == OP_MEMORY_MODEL).unwrap();
+                assert_eq!(model.1[1], MEMORY_MODEL_VULKAN, "{name}");
+                // One multiply-add per slot and step of k, two loads each, one store per
+                // slot: the cooperative operations the source has, and no others.
+                let (slots, steps) = (tile.slots(), tile.steps);
+                assert_eq!(count(OP_COOP_MUL_ADD), slots * steps, "{name}");
+                assert_eq!(count(OP_COOP_LOAD), 2 * slots * steps, "{name}");
+                assert_eq!(count(OP_COOP_STORE), slots, "{name}");
             }
         }
     }
