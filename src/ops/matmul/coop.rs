@@ -1,14 +1,17 @@
 //! Tensor-core matmul kernels (cooperative matrices), generated: one WGSL entry point per
 //! form, fragment shape and element types ([`CoopShape`]), workgroup block ([`CoopTile`])
-//! and epilogue, and the list of shapes an adapter offers that soma can generate
-//! ([`supported_shapes`], [`adapter_shapes`]). It does not open devices, build pipelines or
-//! record dispatches: the caller asks for [`CoopShape::features`] and experimental
-//! features when it opens the device, and looks the kernels up with [`generated`].
+//! and epilogue, in two kinds (staged through workgroup memory: any shape, every epilogue;
+//! direct: whole fragments only, no workgroup memory), and the list of shapes an adapter
+//! offers that soma can generate ([`supported_shapes`], [`adapter_shapes`]). It does not
+//! open devices, build pipelines or record dispatches: the caller requests
+//! [`CoopShape::features`] and experimental features when it opens the device, and looks
+//! the kernels up with [`generated`] and [`generated_direct`].
 //!
 //! These forms run only on an adapter that has `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`
 //! (Vulkan with `VK_KHR_cooperative_matrix` and the Vulkan memory model at device scope, or
 //! Metal on Apple7+/Mac2+); lavapipe and the GL backend have none, so here they are only
-//! parsed, validated and translated to SPIR-V by naga, in the tests below.
+//! parsed, validated and translated to SPIR-V by naga, in the tests below. No kernel here
+//! has run on a device yet.
 //!
 //! # What wgpu and naga 30 offer
 //! - WGSL: `enable wgpu_cooperative_matrix;`, the types `coop_mat8x8<T, R>` and
@@ -20,22 +23,31 @@
 //!   matrices have subgroup scope (naga writes `Scope::Subgroup` in SPIR-V).
 //! - A fragment is opaque: naga 30 allows `+` and `-` between two fragments of one type and
 //!   `*` by a scalar of the element type, and nothing else (no element access, no
-//!   conversion between element types, no `max` or `select`). So no epilogue runs on a
-//!   fragment in registers: every kernel here stores its fragments to workgroup memory,
+//!   conversion between element types, no `max` or `select`). So no epilogue can run on a
+//!   fragment in registers: the staged kernels store their fragments to workgroup memory,
 //!   and the epilogue (the add of `p.accumulate`, bias and ReLU or identity, ReLU's
 //!   derivative: the [`Epilogue`]s of the other generated kernels) runs from there, one
-//!   output per invocation, with the bounds checks of the matrix's edges. An f16
-//!   accumulator is widened to f32 there as well.
+//!   output per invocation, with the bounds checks of the matrix's edges; an f16
+//!   accumulator is widened to f32 there too. The direct kernels can only overwrite or
+//!   accumulate (a fragment loaded from `out` is the accumulator's start).
 //! - Cooperative operations must run in uniform control flow, and naga checks it with its
 //!   own analysis: an `if` whose condition derives from anything but `workgroup_id`,
 //!   `num_workgroups`, uniforms and read-only storage makes every cooperative operation
 //!   under it an error ("Required uniformity of control flow for COOP_OPS ... is not
 //!   fulfilled"), `subgroup_id` included, although it is the same across a subgroup, the
-//!   operations' scope. A loop's exit does not count against uniformity in naga 30, so a
-//!   subgroup picks its fragments with loops that run once or never (`for (var t = sg;
-//!   t < T; t = t + T)`), which is uniform across the subgroup in fact. The test
-//!   `naga_rejects_a_subgroup_branch_around_a_cooperative_operation` keeps this fact
-//!   checked.
+//!   operations' scope. A loop's exit, `break` or `continue` does not count against
+//!   uniformity in naga 30, so a subgroup picks its fragments with loops (in the staged
+//!   kernels, loops that run once or never: `for (var t = sg; t < T; t = t + T)`), which
+//!   are uniform across the subgroup in fact. The test
+//!   `naga_rejects_a_subgroup_branch_around_a_cooperative_operation` keeps this checked.
+//! - naga 30's SPIR-V for cooperative matrices declares the Vulkan memory model, but still
+//!   writes every load and store as private and its barriers without availability and
+//!   visibility operations (wgpu issue 8805). The staged kernels pass values between
+//!   invocations through workgroup memory and a barrier, as every other workgroup kernel
+//!   does, and so rely on drivers that treat the two memory models alike; the direct
+//!   kernels pass nothing between invocations.
+//! - naga 30 writes no SPIR-V for a `coopStore` whose stride is computed in the call (see
+//!   [`coop_direct_source`]); the kernels bind such a stride to a `let` first.
 //! - wgpu: `Adapter::cooperative_matrix_properties()` lists the configurations (M, N, K,
 //!   A/B and C element types, saturating); wgpu-hal's Vulkan backend keeps only those of
 //!   subgroup scope with M, N and K each 8 or 16 and A = B, C = result types; Metal
@@ -46,7 +58,7 @@
 //!   with `ExperimentalFeaturesNotEnabled`), `Features::SUBGROUP` for `subgroup_id` and
 //!   `num_subgroups`, and `Features::SHADER_F16` for f16 fragments or buffers.
 //!
-//! # The kernel
+//! # The staged kernels ([`coop_source`])
 //! A workgroup computes a `bm x bn` block of `out` as `rows x cols` fragments of `s x s`
 //! (`bm = rows * s`, `bn = cols * s`). Per slice of `bk = steps * s` in k, its invocations
 //! copy a `bm x bk` slice of A and a `bk x bn` slice of B into workgroup memory in the
@@ -68,9 +80,16 @@
 //! Any m, n and k, overwriting or accumulating: edges go through the zero-padded slices
 //! and the bounds-checked epilogue, so the caller needs no fallback. Every cooperative load
 //! and store is of workgroup memory at an offset and stride that are multiples of 16 bytes
-//! (what `VK_KHR_cooperative_matrix` asks of pointers and strides); the operands' buffers
-//! need no alignment beyond their element's. The base of a workgroup array is placed by
-//! the driver (naga declares no explicit layout for workgroup memory).
+//! (Vulkan asks a cooperative load's pointer and stride to be aligned, to 16 bytes where a
+//! fragment's row is that wide); the operands' buffers need no alignment beyond their
+//! element's. The base of a workgroup array is placed by the driver (naga declares no
+//! explicit layout for workgroup memory).
+//!
+//! # The direct kernels ([`coop_direct_source`])
+//! The same blocks, with each fragment loaded from `a` and `b` and stored into `out` by
+//! the cooperative operations themselves, where m, n and k are multiples of the fragment
+//! side and the accumulator is f32 ([`direct_fits`]); elsewhere the caller takes a staged
+//! kernel.
 //!
 //! Tensor cores sum in their own order, with f16 products, so these kernels do not give
 //! the naive kernel's bits, and strict mode must not use them; their twin comparison needs
@@ -735,6 +754,140 @@ fn store(
     line("}".into());
 }
 
+/// Whether the direct kernels ([`coop_direct_source`]) of `shape` can run a product of
+/// these sizes with `out`, `a` and `b` starting `offsets` bytes into their buffers: an f32
+/// accumulator (stored straight into the f32 output), m, n and k multiples of the fragment
+/// side (a fragment never reaches past the matrices, and every row of a fragment and every
+/// stride then falls on 16 bytes), and each binding on 16 bytes (soma's own tensors are;
+/// an arena laid out by hand may not be). Elsewhere the staged kernels take the product.
+pub fn direct_fits(shape: CoopShape, m: usize, n: usize, k: usize, offsets: [u64; 3]) -> bool {
+    let s = shape.size.get() as usize;
+    shape.accumulator == CoopScalar::F32
+        && m.is_multiple_of(s)
+        && n.is_multiple_of(s)
+        && k.is_multiple_of(s)
+        && offsets.iter().all(|o| o.is_multiple_of(16))
+}
+
+/// The entry point of a direct kernel, e.g. `matmul_tn_coop16_4x2_direct`.
+pub fn direct_entry_name(form: MatmulForm, shape: CoopShape, tile: CoopTile) -> String {
+    format!(
+        "matmul_{}_{}_{}x{}_direct",
+        form.name(),
+        shape.name(),
+        tile.rows,
+        tile.cols
+    )
+}
+
+/// The generated source and entry point of one direct kernel, built once per process;
+/// `None` for an f16 accumulator (see [`coop_direct_source`]).
+pub fn generated_direct(
+    form: MatmulForm,
+    shape: CoopShape,
+    tile: CoopTile,
+) -> Option<(&'static str, &'static str)> {
+    static CACHE: Generated<(CoopShape, CoopTile)> = OnceLock::new();
+    let source = coop_direct_source(form, shape, tile)?;
+    Some(cached(
+        &CACHE,
+        (form, (shape, tile), Epilogue::Store),
+        || (source, direct_entry_name(form, shape, tile)),
+    ))
+}
+
+/// The WGSL of a direct kernel: the staged kernel's product and bindings (`out`, `a`, `b`,
+/// `MatmulParams`; `Store` only, accumulating as `p.accumulate` says), with every fragment
+/// loaded from the operands' buffers and stored into `out` by the cooperative operations
+/// themselves, for the shapes of [`direct_fits`]. No workgroup memory and no barrier: a
+/// subgroup takes fragments `sg`, `sg + nsg`, ... of its block and runs each through all
+/// of k, one fragment of k at a time; `steps` of `tile` is not used. `None` for an f16
+/// accumulator, which a fragment cannot convert to the f32 output.
+///
+/// Nothing passes between invocations through plain memory here, which matters under
+/// naga 30's SPIR-V: cooperative matrices switch the module to the Vulkan memory model,
+/// where naga still writes its loads and stores as private and its barriers without
+/// availability and visibility operations (wgpu issue 8805), so the staged kernels'
+/// exchange through workgroup memory relies on drivers that treat the two models alike.
+///
+/// The store's stride is bound to a `let` first: naga 30's WGSL front end pushes the
+/// `CooperativeStore` statement without emitting the expressions computed in its arguments
+/// (front/wgsl/lower/mod.rs, `coopStore`, unlike `textureStore`), so `coopStoreT(acc,
+/// &out[o], p.n)` validates but its SPIR-V output panics ("Expression [..] is not
+/// cached!", back/spv/block.rs:4160). A literal stride, as the staged kernels have, is a
+/// constant and unaffected.
+pub fn coop_direct_source(form: MatmulForm, shape: CoopShape, tile: CoopTile) -> Option<String> {
+    if shape.accumulator != CoopScalar::F32 {
+        return None;
+    }
+    let entry = direct_entry_name(form, shape, tile);
+    let s = shape.size.get();
+    let (bm, bn, _) = tile.block(shape);
+    let (wg, frags, cols) = (tile.invocations(), tile.fragments(), tile.cols);
+    let e = shape.operand.wgsl();
+    let frag = |role: &str, t: &str| format!("coop_mat{s}x{s}<{t}, {role}>");
+    let enable_f16 = if shape.uses_f16() {
+        "enable f16;\n"
+    } else {
+        ""
+    };
+    // A (r, k0) and B (k0, c) as fragments, in each form's layout (see `coop_source`).
+    let a_load = match a_run(form) {
+        // a (m, k), row-major: rows k apart.
+        Run::K => format!("coopLoadT<{}>(&a[r * p.k + k0], p.k)", frag("A", e)),
+        // a (k, m): column-major in A's terms, columns m apart.
+        Run::Rows => format!("coopLoad<{}>(&a[k0 * p.m + r], p.m)", frag("A", e)),
+    };
+    let b_load = match b_run(form) {
+        // b (n, k): column-major in B's terms, columns k apart.
+        Run::K => format!("coopLoad<{}>(&b[c * p.k + k0], p.k)", frag("B", e)),
+        // b (k, n), row-major: rows n apart.
+        Run::Rows => format!("coopLoadT<{}>(&b[k0 * p.n + c], p.n)", frag("B", e)),
+    };
+    let c_frag = frag("C", "f32");
+    let mut src = String::new();
+    let _ = write!(
+        src,
+        "// Generated by soma (src/ops/matmul/coop.rs): {entry}, a {bm} x {bn} block per \
+         workgroup of {wg} invocations as {rows} x {cols} fragments of {s} x {s} ({e} \
+         operands, f32 accumulators) read and written in place; m, n and k are multiples of \
+         {s}.\n\
+         {enable_f16}\
+         enable wgpu_cooperative_matrix;\n\n\
+         struct MatmulParams {{\n    m: u32,\n    n: u32,\n    k: u32,\n    accumulate: u32,\n}}\n\n\
+         @group(0) @binding(0) var<storage, read_write> out: array<f32>;\n\
+         @group(0) @binding(1) var<storage, read> a: array<{e}>;\n\
+         @group(0) @binding(2) var<storage, read> b: array<{e}>;\n\
+         @group(0) @binding(3) var<uniform> p: MatmulParams;\n\n\
+         @compute @workgroup_size({wg}, 1, 1)\n\
+         fn {entry}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32, \
+         @builtin(num_subgroups) nsg: u32) {{\n\
+         \x20   let row0 = wid.y * {bm}u;\n\
+         \x20   let col0 = wid.x * {bn}u;\n\
+         \x20   // Fragment t of the block, (r, c) in out; past the matrix's edge the subgroup\n\
+         \x20   // skips it (a `continue` does not count against uniformity in naga 30, an `if`\n\
+         \x20   // around the operations would).\n\
+         \x20   for (var t = sg; t < {frags}u; t = t + nsg) {{\n\
+         \x20       let r = row0 + t / {cols}u * {s}u;\n\
+         \x20       let c = col0 + t % {cols}u * {s}u;\n\
+         \x20       if (r >= p.m || c >= p.n) {{ continue; }}\n\
+         \x20       let o = r * p.n + c;\n\
+         \x20       // The stride as a `let`: naga 30 writes no SPIR-V for a coopStoreT whose\n\
+         \x20       // stride is computed in the call (see `coop_direct_source`).\n\
+         \x20       let ld = p.n;\n\
+         \x20       var acc: {c_frag};\n\
+         \x20       if (p.accumulate != 0u) {{ acc = coopLoadT<{c_frag}>(&out[o], ld); }}\n\
+         \x20       for (var k0 = 0u; k0 < p.k; k0 = k0 + {s}u) {{\n\
+         \x20           acc = coopMultiplyAdd({a_load}, {b_load}, acc);\n\
+         \x20       }}\n\
+         \x20       coopStoreT(acc, &out[o], ld);\n\
+         \x20   }}\n\
+         }}\n",
+        rows = tile.rows,
+    );
+    Some(src)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -894,72 +1047,172 @@ mod tests {
         all
     }
 
+    /// `entry` of `module` as SPIR-V `lang_version`, written as wgpu-hal 30's Vulkan backend
+    /// writes it for a device with `shape`'s features: its capabilities only, indices
+    /// clamped (no robustBufferAccess2), workgroup memory zeroed by code, loops bounded.
+    fn write_spirv(
+        module: &naga::Module,
+        info: &naga::valid::ModuleInfo,
+        shape: CoopShape,
+        entry: &str,
+        lang_version: (u8, u8),
+    ) -> Vec<u32> {
+        let options = spv::Options {
+            lang_version,
+            flags: spv::WriterFlags::empty(),
+            capabilities: Some(vulkan_capabilities(shape.features())),
+            bounds_check_policies: naga::proc::BoundsCheckPolicies {
+                index: naga::proc::BoundsCheckPolicy::Restrict,
+                buffer: naga::proc::BoundsCheckPolicy::Restrict,
+                image_load: naga::proc::BoundsCheckPolicy::Restrict,
+                binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+            },
+            zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::Polyfill,
+            force_loop_bounding: true,
+            ..spv::Options::default()
+        };
+        let pipeline = spv::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: entry.to_string(),
+        };
+        spv::write_vec(module, info, &options, Some(&pipeline))
+            .unwrap_or_else(|e| panic!("{entry}: SPIR-V {lang_version:?}: {e}"))
+    }
+
+    // SPIR-V opcodes and operands (SPIR-V 1.6 and SPV_KHR_cooperative_matrix).
+    const OP_MEMORY_MODEL: u32 = 14;
+    const OP_CAPABILITY: u32 = 17;
+    const OP_COOP_LOAD: u32 = 4457;
+    const OP_COOP_STORE: u32 = 4458;
+    const OP_COOP_MUL_ADD: u32 = 4459;
+    const MEMORY_MODEL_VULKAN: u32 = 3;
+
+    /// Checks that `words` declare cooperative matrices under the Vulkan memory model,
+    /// subgroups, and f16 where `shape` has it, and returns how many cooperative
+    /// (loads, stores, multiply-adds) they hold.
+    fn check_spirv(words: &[u32], shape: CoopShape, name: &str) -> (u32, u32, u32) {
+        let ops = instructions(words);
+        let count = |op: u32| ops.iter().filter(|(o, _)| *o == op).count() as u32;
+        let caps: Vec<u32> = ops
+            .iter()
+            .filter(|(o, _)| *o == OP_CAPABILITY)
+            .map(|(_, operands)| operands[0])
+            .collect();
+        for cap in [
+            spv::Capability::CooperativeMatrixKHR,
+            spv::Capability::VulkanMemoryModel,
+            spv::Capability::GroupNonUniform,
+        ] {
+            assert!(caps.contains(&(cap as u32)), "{name}: no {cap:?}");
+        }
+        assert_eq!(
+            caps.contains(&(spv::Capability::Float16 as u32)),
+            shape.uses_f16(),
+            "{name}"
+        );
+        let model = ops.iter().find(|(o, _)| *o == OP_MEMORY_MODEL).unwrap();
+        assert_eq!(model.1[1], MEMORY_MODEL_VULKAN, "{name}");
+        (
+            count(OP_COOP_LOAD),
+            count(OP_COOP_STORE),
+            count(OP_COOP_MUL_ADD),
+        )
+    }
+
     #[test]
     fn every_generated_kernel_translates_to_spirv_for_vulkan() {
-        // SPIR-V opcodes and operands (SPIR-V 1.6 and SPV_KHR_cooperative_matrix).
-        const OP_MEMORY_MODEL: u32 = 14;
-        const OP_CAPABILITY: u32 = 17;
-        const OP_COOP_LOAD: u32 = 4457;
-        const OP_COOP_STORE: u32 = 4458;
-        const OP_COOP_MUL_ADD: u32 = 4459;
-        const MEMORY_MODEL_VULKAN: u32 = 3;
         for (form, shape, tile, epilogue) in every_kernel() {
             let name = entry_name(form, shape, tile, epilogue);
             let src = coop_source(form, shape, tile, epilogue);
             let (module, info) = validate(&src, capabilities(shape)).unwrap();
-            // As wgpu-hal writes it: SPIR-V 1.3 for a Vulkan 1.1 device, 1.6 from 1.3 on;
-            // indices clamped (no robustBufferAccess2), workgroup memory zeroed by code.
+            // SPIR-V 1.3 (what wgpu-hal writes for a Vulkan 1.1 device) and 1.6 (from 1.3).
             for lang_version in [(1, 3), (1, 6)] {
-                let options = spv::Options {
-                    lang_version,
-                    flags: spv::WriterFlags::empty(),
-                    capabilities: Some(vulkan_capabilities(shape.features())),
-                    bounds_check_policies: naga::proc::BoundsCheckPolicies {
-                        index: naga::proc::BoundsCheckPolicy::Restrict,
-                        buffer: naga::proc::BoundsCheckPolicy::Restrict,
-                        image_load: naga::proc::BoundsCheckPolicy::Restrict,
-                        binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
-                    },
-                    zero_initialize_workgroup_memory:
-                        spv::ZeroInitializeWorkgroupMemoryMode::Polyfill,
-                    force_loop_bounding: true,
-                    ..spv::Options::default()
-                };
-                let pipeline = spv::PipelineOptions {
-                    shader_stage: naga::ShaderStage::Compute,
-                    entry_point: name.clone(),
-                };
-                let words = spv::write_vec(&module, &info, &options, Some(&pipeline))
-                    .unwrap_or_else(|e| panic!("{name}: SPIR-V {lang_version:?}: {e}"));
-                let ops = instructions(&words);
-                let count = |op: u32| ops.iter().filter(|(o, _)| *o == op).count() as u32;
-                let caps: Vec<u32> = ops
-                    .iter()
-                    .filter(|(o, _)| *o == OP_CAPABILITY)
-                    .map(|(_, operands)| operands[0])
-                    .collect();
-                for cap in [
-                    spv::Capability::CooperativeMatrixKHR,
-                    spv::Capability::VulkanMemoryModel,
-                    spv::Capability::GroupNonUniform,
-                ] {
-                    assert!(caps.contains(&(cap as u32)), "{name}: no {cap:?}");
-                }
-                assert_eq!(
-                    caps.contains(&(spv::Capability::Float16 as u32)),
-                    shape.uses_f16(),
-                    "{name}"
-                );
-                let model = ops.iter().find(|(o, _)| *o == OP_MEMORY_MODEL).unwrap();
-                assert_eq!(model.1[1], MEMORY_MODEL_VULKAN, "{name}");
+                let words = write_spirv(&module, &info, shape, &name, lang_version);
+                let (loads, stores, mul_adds) = check_spirv(&words, shape, &name);
                 // One multiply-add per slot and step of k, two loads each, one store per
                 // slot: the cooperative operations the source has, and no others.
                 let (slots, steps) = (tile.slots(), tile.steps);
-                assert_eq!(count(OP_COOP_MUL_ADD), slots * steps, "{name}");
-                assert_eq!(count(OP_COOP_LOAD), 2 * slots * steps, "{name}");
-                assert_eq!(count(OP_COOP_STORE), slots, "{name}");
+                assert_eq!(mul_adds, slots * steps, "{name}");
+                assert_eq!(loads, 2 * slots * steps, "{name}");
+                assert_eq!(stores, slots, "{name}");
             }
         }
+    }
+
+    #[test]
+    fn every_direct_kernel_validates_and_translates_to_spirv() {
+        let mut count = 0;
+        for form in MatmulForm::ALL {
+            for shape in CoopShape::ALL {
+                for &tile in COOP_TILES {
+                    let Some(src) = coop_direct_source(form, shape, tile) else {
+                        assert_eq!(shape.accumulator, CoopScalar::F16, "{}", shape.name());
+                        continue;
+                    };
+                    count += 1;
+                    let name = direct_entry_name(form, shape, tile);
+                    let (module, info) = validate(&src, capabilities(shape))
+                        .unwrap_or_else(|e| panic!("{name} does not validate:\n{e}\n{src}"));
+                    assert_eq!(module.entry_points.len(), 1, "{name}");
+                    let ep = &module.entry_points[0];
+                    assert_eq!(ep.name, name, "the source names another entry point");
+                    assert_eq!(ep.workgroup_size, [tile.invocations(), 1, 1], "{name}");
+                    let mut bindings: Vec<(u32, String)> = module
+                        .global_variables
+                        .iter()
+                        .filter_map(|(_, g)| Some((g.binding.as_ref()?.binding, g.name.clone()?)))
+                        .collect();
+                    bindings.sort();
+                    let names: Vec<&str> = bindings.iter().map(|(_, n)| n.as_str()).collect();
+                    assert_eq!(names, ["out", "a", "b", "p"], "{name}");
+                    assert!(
+                        module
+                            .global_variables
+                            .iter()
+                            .all(|(_, g)| g.space != naga::AddressSpace::WorkGroup),
+                        "{name}: no workgroup memory"
+                    );
+                    for lang_version in [(1, 3), (1, 6)] {
+                        let words = write_spirv(&module, &info, shape, &name, lang_version);
+                        // A and B per step of k, and out when accumulating; one store, one
+                        // multiply-add.
+                        assert_eq!(check_spirv(&words, shape, &name), (3, 1, 1), "{name}");
+                    }
+                }
+            }
+        }
+        // 3 forms x 4 shapes with f32 accumulators x the tiles.
+        assert_eq!(count, 3 * 4 * COOP_TILES.len());
+        let shape = CoopShape::ALL[4];
+        assert_eq!(
+            direct_entry_name(MatmulForm::Tn, shape, CoopTile::new(4, 2, 1)),
+            "matmul_tn_coop16_4x2_direct"
+        );
+        let (src, entry) = generated_direct(MatmulForm::Nt, shape, COOP_TILES[0]).unwrap();
+        assert_eq!(entry, "matmul_nt_coop16_2x2_direct");
+        let again = generated_direct(MatmulForm::Nt, shape, COOP_TILES[0]).unwrap();
+        assert!(std::ptr::eq(src, again.0));
+    }
+
+    #[test]
+    fn direct_kernels_take_whole_fragments_on_16_bytes() {
+        let s16 = CoopShape::new(CoopSize::Sixteen, CoopScalar::F16, CoopScalar::F32);
+        let s8 = CoopShape::new(CoopSize::Eight, CoopScalar::F32, CoopScalar::F32);
+        let acc16 = CoopShape::new(CoopSize::Sixteen, CoopScalar::F16, CoopScalar::F16);
+        assert!(direct_fits(s16, 64, 784, 256, [0, 0, 4096]));
+        assert!(direct_fits(s16, 16, 16, 16, [0, 16, 32]));
+        assert!(!direct_fits(s16, 64, 10, 256, [0, 0, 0]), "n = 10");
+        assert!(!direct_fits(s16, 64, 32, 8, [0, 0, 0]), "k = 8 < 16");
+        assert!(!direct_fits(s16, 7, 32, 16, [0, 0, 0]), "m = 7");
+        assert!(!direct_fits(s16, 64, 32, 16, [0, 8, 0]), "a at 8 bytes");
+        assert!(direct_fits(s8, 8, 24, 40, [0, 0, 0]));
+        assert!(!direct_fits(s8, 8, 20, 40, [0, 0, 0]));
+        assert!(
+            !direct_fits(acc16, 64, 64, 64, [0, 0, 0]),
+            "f16 accumulator"
+        );
+        assert!(coop_direct_source(MatmulForm::Nn, acc16, COOP_TILES[0]).is_none());
+        assert!(generated_direct(MatmulForm::Nn, acc16, COOP_TILES[0]).is_none());
     }
 
     #[test]
