@@ -16,6 +16,7 @@ use crate::tensor::GpuTensor;
 use super::activation::Activation;
 use super::{dispatch, expect_len, expect_shape, matrix, u32_of, Accumulate, Kernel, Kernels};
 
+pub mod coop;
 pub mod cpu;
 pub mod f16;
 pub mod tiled;
