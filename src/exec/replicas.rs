@@ -11,9 +11,9 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::parallel::Exchange;
 use crate::plan::{BufId, Plan};
-use crate::tensor::{start_read_many, start_read_many_into, DType, GpuTensor, Staging};
+use crate::tensor::{start_read_many, start_read_many_into, DType, GpuTensor, Readback, Staging};
 
-use super::{split_f32, Device, Executor, Pass, StepBounds};
+use super::{Device, Executor, Pass, StepBounds};
 use crate::parallel::Overlap;
 
 /// One replica: its share of the plan, the executor that holds it, and where its training
@@ -26,6 +26,52 @@ struct Replica<'a> {
     /// through every step, made once: all of them ([`ALL_GRADS`]), then each backward
     /// stage's, last layer first (`--overlap`).
     staging: Vec<Staging>,
+}
+
+impl Replica<'_> {
+    /// Starts the readback of f32 buffers `ids` on a GPU replica, through its kept staging
+    /// buffer `staging` where it has one; `None` on a CPU replica (read it directly).
+    fn start_read(&self, ids: &[BufId], staging: Option<usize>) -> Result<Option<Readback>> {
+        let Executor::Gpu(g) = &self.exec else {
+            return Ok(None);
+        };
+        let tensors: Vec<&GpuTensor> = ids.iter().map(|&id| &g.tensors[id]).collect();
+        let readback = match staging.and_then(|i| self.staging.get(i)) {
+            Some(kept) => start_read_many_into(g.gpu, &tensors, kept)?,
+            None => start_read_many(g.gpu, &tensors)?,
+        };
+        Ok(Some(readback))
+    }
+
+    /// The values of `ids`, concatenated: from a readback `start_read` began, else read
+    /// directly.
+    fn finish_read(&self, ids: &[BufId], pending: Option<Readback>) -> Result<Vec<f32>> {
+        match (pending, self.exec.gpu()) {
+            // f32 tensors, one after another: the bytes are their values in order.
+            (Some(readback), Some(gpu)) => Ok(readback
+                .wait(gpu)?
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()),
+            _ => Ok(ids
+                .iter()
+                .map(|&id| self.exec.read_f32(id))
+                .collect::<Result<Vec<_>>>()?
+                .concat()),
+        }
+    }
+}
+
+/// Adds `values` into `sum` elementwise (the next replica's, in replica order); the first
+/// replica's become the sum.
+fn add_in_order(sum: &mut Vec<f32>, values: Vec<f32>) {
+    if sum.is_empty() {
+        *sum = values;
+    } else {
+        for (s, v) in sum.iter_mut().zip(values) {
+            *s += v;
+        }
+    }
 }
 
 /// The index in `Replica::staging` of the staging buffer for every gradient at once.
@@ -172,49 +218,19 @@ impl<'a> Replicas<'a> {
         Ok(())
     }
 
-    /// Every replica's values of f32 buffers `ids`, one readback per replica (all started
-    /// before any is waited for), through each replica's kept staging buffer `staging` where
-    /// it has one.
-    fn read_all_f32(&self, ids: &[BufId], staging: Option<usize>) -> Result<Vec<Vec<Vec<f32>>>> {
+    /// The elementwise sum of f32 buffers `ids` over every replica, in replica order (this
+    /// process's, then through the exchange over the processes'), concatenated: one readback
+    /// per replica, all started before any is waited for, through each replica's kept
+    /// staging buffer `staging` where it has one.
+    fn sum_f32(&self, ids: &[BufId], staging: Option<usize>) -> Result<Vec<f32>> {
         let started = self
             .replicas
             .iter()
-            .map(|r| match &r.exec {
-                Executor::Gpu(g) => {
-                    let tensors: Vec<&GpuTensor> = ids.iter().map(|&id| &g.tensors[id]).collect();
-                    let readback = match staging.and_then(|i| r.staging.get(i)) {
-                        Some(kept) => start_read_many_into(g.gpu, &tensors, kept)?,
-                        None => start_read_many(g.gpu, &tensors)?,
-                    };
-                    Ok(Some((readback, tensors)))
-                }
-                Executor::Cpu(_) | Executor::Replicas(_) => Ok(None),
-            })
+            .map(|r| r.start_read(ids, staging))
             .collect::<Result<Vec<_>>>()?;
-        self.replicas
-            .iter()
-            .zip(started)
-            .map(|(r, pending)| match (pending, &r.exec) {
-                (Some((readback, tensors)), Executor::Gpu(g)) => {
-                    Ok(split_f32(&readback.wait(g.gpu)?, &tensors))
-                }
-                (_, exec) => ids.iter().map(|&id| exec.read_f32(id)).collect(),
-            })
-            .collect()
-    }
-
-    /// The elementwise sum of f32 buffers `ids` over every replica, in replica order (this
-    /// process's, then through the exchange over the processes'), concatenated.
-    fn sum_f32(&self, ids: &[BufId], staging: Option<usize>) -> Result<Vec<f32>> {
-        let mut all = self
-            .read_all_f32(ids, staging)?
-            .into_iter()
-            .map(|v| v.concat());
-        let mut sum = all.next().unwrap_or_default();
-        for values in all {
-            for (s, v) in sum.iter_mut().zip(values) {
-                *s += v;
-            }
+        let mut sum = Vec::new();
+        for (r, pending) in self.replicas.iter().zip(started) {
+            add_in_order(&mut sum, r.finish_read(ids, pending)?);
         }
         if let Some(e) = self.exchange {
             e.sum_f32(&mut sum)?;
@@ -354,17 +370,7 @@ impl<'a> Replicas<'a> {
                     r.exec.run_range(&r.plan, s, at..end)?;
                 }
                 at = end;
-                started.push(match &r.exec {
-                    Executor::Gpu(g) => {
-                        let tensors: Vec<&GpuTensor> =
-                            ids.iter().map(|&id| &g.tensors[id]).collect();
-                        Some(match r.staging.get(1 + started.len()) {
-                            Some(kept) => start_read_many_into(g.gpu, &tensors, kept)?,
-                            None => start_read_many(g.gpu, &tensors)?,
-                        })
-                    }
-                    Executor::Cpu(_) | Executor::Replicas(_) => None,
-                });
+                started.push(r.start_read(ids, Some(1 + started.len()))?);
             }
             if r.bounds.first_update > at {
                 r.exec.run_range(&r.plan, s, at..r.bounds.first_update)?;
@@ -374,25 +380,7 @@ impl<'a> Replicas<'a> {
         for (j, ids) in buckets.iter().enumerate() {
             let mut sum: Vec<f32> = Vec::new();
             for (r, started) in self.replicas.iter().zip(&mut pending) {
-                let values: Vec<f32> = match (started[j].take(), r.exec.gpu()) {
-                    (Some(readback), Some(gpu)) => readback
-                        .wait(gpu)?
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                    _ => ids
-                        .iter()
-                        .map(|&id| r.exec.read_f32(id))
-                        .collect::<Result<Vec<_>>>()?
-                        .concat(),
-                };
-                if sum.is_empty() {
-                    sum = values;
-                } else {
-                    for (a, v) in sum.iter_mut().zip(values) {
-                        *a += v;
-                    }
-                }
+                add_in_order(&mut sum, r.finish_read(ids, started[j].take())?);
             }
             if let Some(e) = self.exchange {
                 e.sum_f32(&mut sum)?;
