@@ -44,6 +44,10 @@ const GENERATORS: &[(&str, &str)] = &[
         include_str!("../ops/matmul/workgroup.rs"),
     ),
     (
+        "src/ops/matmul/coop.rs",
+        include_str!("../ops/matmul/coop.rs"),
+    ),
+    (
         "src/ops/fused_mlp/source.rs",
         include_str!("../ops/fused_mlp/source.rs"),
     ),
